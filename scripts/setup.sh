@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything dormant needs, then builds it. Idempotent, and fast
+# (about a second) when everything is already there. Used by npm run demo,
+# npm test and npm run bench*; safe to run by hand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: e2fsprogs (demo image), qemu-utils, libnbd-bin, nbdkit,
+# fio (real NBD clients and peers for tests and benchmarks).
+DEB_PACKAGES=(e2fsprogs qemu-utils libnbd-bin nbdkit fio openssl)
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}" >&2
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm dependencies, exactly as locked.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: npm ci" >&2
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# Build (TypeScript -> dist/) when a source is newer than the last build.
+if [ ! -f dist/.tsbuildinfo ] || [ -n "$(find src tsconfig.json package.json -newer dist/.tsbuildinfo -print -quit)" ]; then
+  echo "setup: building" >&2
+  npx tsc -p .
+  touch dist/.tsbuildinfo
+fi

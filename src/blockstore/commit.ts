@@ -1,0 +1,77 @@
+/**
+ * Applying a write-back generation to the index, inside one transaction.
+ *
+ * For each pending entry (lineage, block) at version v:
+ *  - data: put (lineage, block, v) -> chunk, +1 ref; the chunk it replaces -1;
+ *  - zeroes: if an older entry or the origin shows data under it, put a
+ *    tombstone (0); otherwise delete the entry, leaving a plain hole.
+ * New chunks still referenced are entered in the chunk table, the hash index
+ * and their segment's live count first. Entries of lineages removed since
+ * the write are dropped. Reference counts are summed per chunk and written
+ * once. The caller synced the segments before this runs.
+ */
+import type { IndexDbs } from './index-db.js';
+import type { Catalog } from './catalog.js';
+import type { BlockMap } from './blockmap.js';
+import type { Generation, Writeback } from './writeback.js';
+import { chunkKey, decodeChunk, encodeChunk, hashKey, mapKey, mapValue, parseMapValue } from './keys.js';
+import { invariant } from './errors.js';
+
+const EMPTY = Buffer.alloc(0);
+const TOMBSTONE = mapValue(0);
+
+/** Runs inside a write transaction; returns the ids of new chunks it entered. */
+export function applyGeneration(
+  dbs: IndexDbs, catalog: Catalog, blockMap: BlockMap, writeback: Writeback, gen: Generation,
+): Set<number> {
+  const entered = new Set<number>();
+  const refDelta = new Map<number, number>();
+  const segLive = new Map<number, number>();
+  const bump = (id: number, d: number) => refDelta.set(id, (refDelta.get(id) ?? 0) + d);
+
+  for (const [lineage, m] of gen) {
+    if (!catalog.lineages.has(lineage)) continue; // removed meanwhile
+    for (const e of m.values()) {
+      if (e.target === 0 || entered.has(e.target)) continue;
+      const c = writeback.newChunks.get(e.target);
+      if (!c) continue; // already committed
+      dbs.chunks.put(chunkKey(c.id), encodeChunk({ hash: c.hash, segment: c.loc.segment, slot: c.loc.slot, refs: 0 }));
+      dbs.hashes.put(hashKey(c.hash, c.id), EMPTY);
+      segLive.set(c.loc.segment, (segLive.get(c.loc.segment) ?? 0) + 1);
+      entered.add(c.id);
+    }
+  }
+
+  for (const [lineage, m] of gen) {
+    const l = catalog.lineages.get(lineage);
+    if (!l) continue;
+    const parentChain = l.parent ? catalog.chain(l.parent) : [];
+    for (const [block, e] of m) {
+      const key = mapKey(lineage, block, e.version);
+      const oldRaw = dbs.map.getBinary(key);
+      const old = oldRaw === undefined ? undefined : parseMapValue(oldRaw);
+      if (old) bump(old, -1);
+      if (e.target !== 0) {
+        dbs.map.put(key, mapValue(e.target));
+        bump(e.target, +1);
+        continue;
+      }
+      const below = e.version > 1 ? blockMap.seek(lineage, block, e.version - 1) : undefined;
+      const showsData = below !== undefined ? below !== 0 : blockMap.lookup(parentChain, block) !== 0;
+      if (showsData) dbs.map.put(key, TOMBSTONE);
+      else if (oldRaw !== undefined) dbs.map.remove(key);
+    }
+  }
+
+  for (const [id, d] of refDelta) {
+    if (d === 0) continue;
+    const raw = dbs.chunks.getBinary(chunkKey(id));
+    invariant(raw, `chunk ${id} referenced by the block map exists`);
+    const c = decodeChunk(raw);
+    const refs = c.refs + d;
+    invariant(refs >= 0, `chunk ${id} reference count stays >= 0`);
+    dbs.chunks.put(chunkKey(id), encodeChunk({ ...c, refs }));
+  }
+  for (const [seg, n] of segLive) dbs.segments.put(seg, (dbs.segments.get(seg) ?? 0) + n);
+  return entered;
+}

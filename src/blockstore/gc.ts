@@ -1,0 +1,172 @@
+/**
+ * Garbage collection, in three passes, each a transaction of its own so
+ * readers and writers keep going between them:
+ *
+ *  1. dead block-map entries: an entry at v_i followed by one at v_(i+1) is
+ *     dead when no retained version of its lineage (snapshots, head) lies in
+ *     [v_i, v_(i+1)); every entry of a removed lineage is dead. The check runs
+ *     inside the transaction, against the catalog of that moment.
+ *  2. chunks: refs == 0 and not referenced by a pending write -> deleted
+ *     (record, hash index, read fingerprints), segment live count - 1.
+ *  3. segments: an empty one is deleted; one whose live fraction is under
+ *     COMPACT_LIVE_FRACTION has its chunks copied to the active segment
+ *     (verified on the way), synced, re-pointed in one commit, then deleted.
+ *     Chunk ids never change, so a reader resolves either the old or the new
+ *     location; deleted files' descriptors stay open until no read can use them.
+ */
+import { BLOCK_SIZE, COMPACT_LIVE_FRACTION, SEGMENT_HEADER_SIZE } from './constants.js';
+import type { Catalog } from './catalog.js';
+import type { BlockMap } from './blockmap.js';
+import type { IndexDbs } from './index-db.js';
+import type { BlockEngine } from './engine.js';
+import type { Location, SegmentFiles } from './segments.js';
+import type { Writeback } from './writeback.js';
+import { chunkKey, decodeChunk, encodeChunk, hashKey, mapKey, parseChunkKey } from './keys.js';
+import { DormantError } from './errors.js';
+import type { GcResult } from './types.js';
+
+/** What GC needs from the store. */
+export interface GcContext {
+  dbs: IndexDbs;
+  catalog: Catalog;
+  blockMap: BlockMap;
+  segments: SegmentFiles;
+  writeback: Writeback;
+  engine: BlockEngine;
+  commit<T>(body: () => T, before?: () => Promise<void>): Promise<T>;
+}
+
+let running = false;
+
+/** Runs the three passes; one GC at a time per process. */
+export async function collectGarbage(ctx: GcContext): Promise<GcResult> {
+  if (running) throw new DormantError('EBUSY', 'garbage collection is already running');
+  running = true;
+  try {
+    const result: GcResult = { deadEntries: 0, chunksFreed: 0, segmentsCompacted: 0, segmentsDeleted: 0, bytesReclaimed: 0 };
+    for (const lineage of ctx.blockMap.lineagesWithEntries()) {
+      result.deadEntries += await ctx.commit(() => removeDeadEntries(ctx, lineage));
+    }
+    result.chunksFreed = await ctx.commit(() => freeChunks(ctx));
+    await compactSegments(ctx, result);
+    return result;
+  } finally {
+    running = false;
+  }
+}
+
+function removeDeadEntries(ctx: GcContext, lineage: number): number {
+  const { dbs, catalog, blockMap } = ctx;
+  const retained = catalog.lineages.has(lineage) ? catalog.retainedVersions(lineage) : [];
+  const seen = (from: number, to: number) => retained.some((r) => r >= from && r < to);
+  const dead: Array<{ block: number; version: number; chunk: number }> = [];
+  let prev: { block: number; version: number; chunk: number } | null = null;
+  for (const e of blockMap.entries(lineage)) {
+    if (prev && !seen(prev.version, prev.block === e.block ? e.version : Infinity)) dead.push(prev);
+    prev = e;
+  }
+  if (prev && !seen(prev.version, Infinity)) dead.push(prev);
+  const refDelta = new Map<number, number>();
+  for (const e of dead) {
+    dbs.map.remove(mapKey(lineage, e.block, e.version));
+    if (e.chunk !== 0) refDelta.set(e.chunk, (refDelta.get(e.chunk) ?? 0) + 1);
+  }
+  for (const [id, n] of refDelta) {
+    const raw = dbs.chunks.getBinary(chunkKey(id));
+    if (!raw) continue;
+    const c = decodeChunk(raw);
+    dbs.chunks.put(chunkKey(id), encodeChunk({ ...c, refs: Math.max(0, c.refs - n) }));
+  }
+  return dead.length;
+}
+
+function freeChunks(ctx: GcContext): number {
+  const { dbs, writeback } = ctx;
+  const freed = new Set<number>();
+  const segDelta = new Map<number, number>();
+  for (const { key, value } of dbs.chunks.getRange({})) {
+    const c = decodeChunk(value);
+    const id = parseChunkKey(key);
+    if (c.refs !== 0 || writeback.references(id)) continue;
+    freed.add(id);
+    dbs.chunks.remove(key);
+    dbs.hashes.remove(hashKey(c.hash, id));
+    segDelta.set(c.segment, (segDelta.get(c.segment) ?? 0) + 1);
+  }
+  for (const [seg, n] of segDelta) {
+    const live = (dbs.segments.get(seg) ?? 0) - n;
+    if (live > 0) dbs.segments.put(seg, live); else dbs.segments.remove(seg);
+  }
+  if (freed.size > 0) {
+    for (const key of dbs.prints.getKeys({})) {
+      const k = key as [string, number];
+      if (freed.has(k[1])) dbs.prints.remove(k);
+    }
+  }
+  return freed.size;
+}
+
+async function compactSegments(ctx: GcContext, result: GcResult): Promise<void> {
+  const { dbs, segments, engine, writeback } = ctx;
+  const slotsOf = (id: number) => Math.max(1, Math.ceil((segments.fileSize(id) - SEGMENT_HEADER_SIZE) / BLOCK_SIZE));
+  // A mostly dead active segment is sealed so it can be compacted too, unless
+  // a pending write's chunk lives there (it is not in the chunk table yet).
+  const current = segments.activeSegment();
+  if (current !== 0 && (dbs.segments.get(current) ?? 0) / slotsOf(current) < COMPACT_LIVE_FRACTION
+    && ![...writeback.newChunks.values()].some((c) => c.loc.segment === current)) {
+    segments.seal();
+  }
+  const active = segments.activeSegment();
+  const candidates = new Map<number, { size: number; live: number }>();
+  for (const id of segments.list()) {
+    if (id === active) continue;
+    const live = dbs.segments.get(id) ?? 0;
+    if (live / slotsOf(id) < COMPACT_LIVE_FRACTION) candidates.set(id, { size: segments.fileSize(id), live });
+  }
+  if (candidates.size === 0) return;
+
+  // Chunks living in candidate segments.
+  const moving = new Map<number, Array<{ id: number; slot: number }>>();
+  for (const { key, value } of dbs.chunks.getRange({})) {
+    const c = decodeChunk(value);
+    if (!candidates.has(c.segment)) continue;
+    let list = moving.get(c.segment);
+    if (!list) { list = []; moving.set(c.segment, list); }
+    list.push({ id: parseChunkKey(key), slot: c.slot });
+  }
+
+  const buf = Buffer.allocUnsafe(BLOCK_SIZE);
+  for (const [seg, info] of candidates) {
+    const chunks = moving.get(seg) ?? [];
+    const moved: Array<{ id: number; from: Location; to: Location }> = [];
+    let readable = true;
+    for (const c of chunks) {
+      try {
+        engine.readChunk(c.id, buf, 0);
+      } catch (err) {
+        if (err instanceof DormantError && err.code === 'EIO') { readable = false; break; }
+        throw err;
+      }
+      moved.push({ id: c.id, from: { segment: seg, slot: c.slot }, to: segments.append(buf) });
+    }
+    if (!readable) continue; // keep a damaged segment: its good chunks stay readable in place
+    await ctx.commit(() => {
+      const delta = new Map<number, number>();
+      for (const m of moved) {
+        const raw = dbs.chunks.getBinary(chunkKey(m.id));
+        if (!raw) continue;
+        const c = decodeChunk(raw);
+        if (c.segment !== m.from.segment || c.slot !== m.from.slot) continue;
+        dbs.chunks.put(chunkKey(m.id), encodeChunk({ ...c, segment: m.to.segment, slot: m.to.slot }));
+        delta.set(m.to.segment, (delta.get(m.to.segment) ?? 0) + 1);
+      }
+      dbs.segments.remove(seg);
+      for (const [s, n] of delta) dbs.segments.put(s, (dbs.segments.get(s) ?? 0) + n);
+    }, () => segments.sync());
+    segments.remove(seg);
+    segments.closeRetired();
+    result.bytesReclaimed += info.size - moved.length * BLOCK_SIZE;
+    if (moved.length > 0) result.segmentsCompacted++; else result.segmentsDeleted++;
+  }
+  await segments.sync();
+}

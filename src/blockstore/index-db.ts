@@ -1,0 +1,106 @@
+/**
+ * The LMDB index of a store: one environment (`index/`) with named databases.
+ *
+ *   meta      string -> value       formatVersion, created
+ *   catalog   string -> record      'v:<name>' volumes, 's:<name>@<snap>' snapshots,
+ *                                   'l:<id>' lineages (msgpack records, see catalog.ts)
+ *   map       binary -> binary      block map entries (keys.ts)
+ *   chunks    binary -> binary      chunk id -> record (keys.ts)
+ *   hashes    binary -> empty       hash + chunk id, the dedup index
+ *   segments  uint32 -> number      segment id -> live chunk count
+ *   prints    [label, id] -> number read fingerprints: chunk reads per client label
+ *
+ * Every write goes through `commit()`, which serialises transactions so the
+ * store's ordering rules hold (segment data synced before a commit that
+ * points at it; a snapshot's version bump before later block entries).
+ * A commit resolves once LMDB reports the transaction flushed to disk.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { open, type Database, type RootDatabase } from 'lmdb';
+import { FORMAT_VERSION } from './constants.js';
+import { DormantError } from './errors.js';
+
+/** The named databases of the index. */
+export interface IndexDbs {
+  env: RootDatabase;
+  meta: Database<unknown, string>;
+  catalog: Database<unknown, string>;
+  map: Database<Buffer, Buffer>;
+  chunks: Database<Buffer, Buffer>;
+  hashes: Database<Buffer, Buffer>;
+  segments: Database<number, number>;
+  prints: Database<number, [string, number]>;
+}
+
+/** Directory of the LMDB environment inside a store. */
+export function indexDir(storeDir: string): string {
+  return path.join(storeDir, 'index');
+}
+
+/** True when `storeDir` holds an index. */
+export function indexExists(storeDir: string): boolean {
+  return fs.existsSync(path.join(indexDir(storeDir), 'data.mdb'));
+}
+
+/** Opens (or, with create, makes) the index; checks the format version. */
+export function openIndex(storeDir: string, create: boolean): IndexDbs {
+  const dir = indexDir(storeDir);
+  if (!create && !indexExists(storeDir)) {
+    throw new DormantError('ENOTINIT', `store not initialised at ${storeDir} (run: dormant init)`, { path: storeDir });
+  }
+  fs.mkdirSync(dir, { recursive: true });
+  const env = open({ path: dir, maxDbs: 16, pageSize: 4096 });
+  const binary = { keyEncoding: 'binary', encoding: 'binary' } as const;
+  const dbs: IndexDbs = {
+    env,
+    meta: env.openDB<unknown, string>('meta', {}),
+    catalog: env.openDB<unknown, string>('catalog', {}),
+    map: env.openDB<Buffer, Buffer>('map', binary),
+    chunks: env.openDB<Buffer, Buffer>('chunks', binary),
+    hashes: env.openDB<Buffer, Buffer>('hashes', binary),
+    segments: env.openDB<number, number>('segments', { keyEncoding: 'uint32' }),
+    prints: env.openDB<number, [string, number]>('prints', {}),
+  };
+  const version = dbs.meta.get('formatVersion');
+  if (version === undefined && !create) {
+    void env.close();
+    throw new DormantError('EFORMAT', `store at ${storeDir} has an index without a format version`, { path: storeDir });
+  }
+  if (version !== undefined && version !== FORMAT_VERSION) {
+    void env.close();
+    throw new DormantError('EFORMAT',
+      `store at ${storeDir} has format version ${String(version)}; this dormant reads version ${FORMAT_VERSION}`,
+      { path: storeDir });
+  }
+  return dbs;
+}
+
+/** Serialises write transactions and waits for each to be durable. */
+export class Committer {
+  private tail: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly dbs: IndexDbs) {}
+
+  /**
+   * Queues `body` to run inside a write transaction after every earlier
+   * commit; resolves with its result once the transaction is on disk.
+   * `before` runs first, outside the transaction (e.g. syncing segments).
+   */
+  commit<T>(body: () => T, before?: () => Promise<void>): Promise<T> {
+    const run = async (): Promise<T> => {
+      if (before) await before();
+      const result = await this.dbs.env.transaction(body);
+      await this.dbs.env.flushed;
+      return result as T;
+    };
+    const p = this.tail.then(run, run);
+    this.tail = p.catch(() => undefined);
+    return p;
+  }
+
+  /** Resolves when every queued commit has finished. */
+  idle(): Promise<void> {
+    return this.tail.then(() => undefined);
+  }
+}

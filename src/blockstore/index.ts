@@ -1,0 +1,13 @@
+/**
+ * Public surface of the block store: open a store, open volumes, and the
+ * shared error type. Everything else in this folder is internal.
+ */
+export { Store, type StoreOptions } from './store.js';
+export { DormantError, isDormantError, USER_ERROR_CODES, type ErrorCode } from './errors.js';
+export { BLOCK_SIZE, MAX_VOLUME_SIZE, FORMAT_VERSION } from './constants.js';
+export { xxh3, type HashFunction } from './hash.js';
+export { checkName, splitName } from './catalog.js';
+export type {
+  VolumeKind, VolumeHandle, ReadOptions, WriteOptions, Extent, VolumeSummary, VolumeInfo, StoreStats, GcResult,
+  FingerprintEntry,
+} from './types.js';

@@ -1,0 +1,275 @@
+/**
+ * Append-only segment files: the store's data.
+ *
+ * On-disk layout of `segments/XXXXXXXX.seg` (format version 1):
+ *   [0, 4096)   header: [0] magic "DORMSEG\n" [8] u32 format version
+ *               [12] u32 segment id [16] u64 created (ms) [32] xxh3-128 of
+ *               bytes [0, 32) — the header's checksum; rest zero
+ *   [4096 + slot * 4096, +4096)  one chunk per slot, raw 4096 bytes
+ * A chunk's checksum is its name (the hash in the index), verified by the
+ * store on every read. Slots are never rewritten; GC copies live chunks out
+ * and deletes the whole file.
+ *
+ * Ordering rule (the durability contract): appended data is only referenced
+ * by the index after `sync()` has fdatasync'ed every file written since the
+ * last sync (and fsync'ed the directory when a file was created). Appends go
+ * to an in-memory buffer first and reach the file when it fills or at sync;
+ * reads of buffered slots are served from the buffer.
+ *
+ * After a crash the last segment may end with a partial or unreferenced tail:
+ * appends resume at the next whole slot and the tail is garbage for GC.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+  BLOCK_SIZE, BLOCKS_PER_SEGMENT, FORMAT_VERSION, SEGMENT_HEADER_SIZE, SEGMENT_MAGIC,
+} from './constants.js';
+import { DormantError } from './errors.js';
+import type { HashFunction } from './hash.js';
+
+/** Where a chunk lives. */
+export interface Location { segment: number; slot: number }
+
+/** Blocks buffered before they are written to the file in one call. */
+const APPEND_BUFFER_BLOCKS = 256;
+/** Open file descriptors kept for reading. */
+const MAX_OPEN_FDS = 256;
+
+/** Path of segment `id` inside `dir`. */
+export function segmentPath(dir: string, id: number): string {
+  return path.join(dir, `${id.toString(16).padStart(8, '0')}.seg`);
+}
+
+function encodeHeader(id: number, hash: HashFunction): Buffer {
+  const h = Buffer.alloc(SEGMENT_HEADER_SIZE);
+  h.write(SEGMENT_MAGIC, 0, 'latin1');
+  h.writeUInt32BE(FORMAT_VERSION, 8);
+  h.writeUInt32BE(id, 12);
+  h.writeBigUInt64BE(BigInt(Date.now()), 16);
+  hash(h.subarray(0, 32)).copy(h, 32);
+  return h;
+}
+
+/** Owns the segment directory: appends, reads, sync, deletion. */
+export class SegmentFiles {
+  private readonly fds = new Map<number, number>(); // id -> fd, insertion order = LRU
+  private readonly retired: number[] = []; // fds of deleted segments, closed later
+  private readonly unsynced = new Set<number>();
+  private dirUnsynced = false;
+  private active = 0; // segment being appended (0 = none yet)
+  private activeFd = -1;
+  private nextSlot = 0; // next slot of `active` to hand out
+  private buffer = Buffer.allocUnsafe(APPEND_BUFFER_BLOCKS * BLOCK_SIZE);
+  private bufferBase = 0; // slot of buffer[0]
+  private bufferCount = 0;
+  private verifiedHeaders = new Set<number>();
+
+  constructor(readonly dir: string, private readonly hash: HashFunction) {}
+
+  /** Ids of the segment files present, ascending. */
+  list(): number[] {
+    return fs.readdirSync(this.dir)
+      .filter((f) => /^[0-9a-f]{8}\.seg$/.test(f))
+      .map((f) => parseInt(f.slice(0, 8), 16))
+      .sort((a, b) => a - b);
+  }
+
+  /** Size in bytes of segment `id` on disk (0 if missing). */
+  fileSize(id: number): number {
+    try { return fs.statSync(segmentPath(this.dir, id)).size; } catch { return 0; }
+  }
+
+  /** Resumes appending into the newest segment if it has room (after open). */
+  resume(): void {
+    const ids = this.list();
+    const last = ids[ids.length - 1];
+    if (last === undefined) return;
+    const size = this.fileSize(last);
+    const slot = Math.ceil(Math.max(0, size - SEGMENT_HEADER_SIZE) / BLOCK_SIZE);
+    if (size < SEGMENT_HEADER_SIZE || slot >= BLOCKS_PER_SEGMENT) return;
+    this.fdFor(last); // validates the header
+    this.active = last;
+    this.activeFd = this.fdFor(last);
+    this.nextSlot = slot;
+    this.bufferBase = slot;
+  }
+
+  /** Highest segment id in use (active or on disk). */
+  highestId(): number {
+    const ids = this.list();
+    return Math.max(this.active, ids[ids.length - 1] ?? 0);
+  }
+
+  /** The segment currently appended to (0 if none); GC never compacts it. */
+  activeSegment(): number { return this.active; }
+
+  /**
+   * Stops appending to the active segment (writes buffered data first), so
+   * GC may compact it; the next append starts a new segment.
+   */
+  seal(): void {
+    this.drain();
+    this.active = 0;
+    this.activeFd = -1;
+    this.bufferBase = 0;
+  }
+
+  /** Appends one block; the data may stay buffered until `sync()` or the buffer fills. */
+  append(block: Buffer): Location {
+    if (this.active === 0 || this.nextSlot >= BLOCKS_PER_SEGMENT) this.startSegment();
+    if (this.bufferCount === APPEND_BUFFER_BLOCKS) this.drain();
+    block.copy(this.buffer, this.bufferCount * BLOCK_SIZE, 0, BLOCK_SIZE);
+    this.bufferCount++;
+    return { segment: this.active, slot: this.nextSlot++ };
+  }
+
+  /** Reads one chunk's bytes into `target` at `targetOffset`. */
+  readInto(loc: Location, target: Buffer, targetOffset: number): void {
+    if (loc.segment === this.active && loc.slot >= this.bufferBase && loc.slot < this.bufferBase + this.bufferCount) {
+      const at = (loc.slot - this.bufferBase) * BLOCK_SIZE;
+      this.buffer.copy(target, targetOffset, at, at + BLOCK_SIZE);
+      return;
+    }
+    const fd = this.fdFor(loc.segment);
+    const pos = SEGMENT_HEADER_SIZE + loc.slot * BLOCK_SIZE;
+    let n: number;
+    try {
+      n = fs.readSync(fd, target, targetOffset, BLOCK_SIZE, pos);
+    } catch (err) {
+      throw new DormantError('EIO', `cannot read segment ${loc.segment}: ${(err as Error).message}`, { cause: err });
+    }
+    if (n !== BLOCK_SIZE) {
+      throw new DormantError('EIO', `segment ${loc.segment} is truncated at slot ${loc.slot}`);
+    }
+  }
+
+  /** Writes buffered appends to the file (no fsync). */
+  drain(): void {
+    if (this.bufferCount === 0) return;
+    const bytes = this.bufferCount * BLOCK_SIZE;
+    const pos = SEGMENT_HEADER_SIZE + this.bufferBase * BLOCK_SIZE;
+    let done = 0;
+    while (done < bytes) {
+      done += fs.writeSync(this.activeFd, this.buffer, done, bytes - done, pos + done);
+    }
+    this.unsynced.add(this.active);
+    this.bufferBase += this.bufferCount;
+    this.bufferCount = 0;
+  }
+
+  /** True when appends since the last sync still need one. */
+  needsSync(): boolean {
+    return this.bufferCount > 0 || this.unsynced.size > 0 || this.dirUnsynced;
+  }
+
+  /** Makes every append so far durable (fdatasync files, fsync the directory if needed). */
+  async sync(): Promise<void> {
+    this.drain();
+    const ids = [...this.unsynced];
+    this.unsynced.clear();
+    const dirSync = this.dirUnsynced;
+    this.dirUnsynced = false;
+    await Promise.all(ids.map((id) => fdatasync(this.fdFor(id))));
+    if (dirSync) await fsyncPath(this.dir);
+  }
+
+  /** Deletes a segment file (after the index no longer points into it). */
+  remove(id: number): void {
+    if (id === this.active) throw new DormantError('EINTERNAL', `cannot delete the active segment ${id}`);
+    const fd = this.fds.get(id);
+    if (fd !== undefined) {
+      this.fds.delete(id);
+      this.retired.push(fd); // a reader may still hold this location; close later
+    }
+    fs.rmSync(segmentPath(this.dir, id), { force: true });
+    this.verifiedHeaders.delete(id);
+    this.dirUnsynced = true;
+  }
+
+  /** Closes fds of deleted segments (call when no read can be in flight). */
+  closeRetired(): void {
+    for (const fd of this.retired.splice(0)) fs.closeSync(fd);
+  }
+
+  /** Closes every file (after a final sync). */
+  close(): void {
+    this.drain();
+    for (const fd of this.fds.values()) fs.closeSync(fd);
+    this.fds.clear();
+    this.closeRetired();
+    this.active = 0;
+    this.activeFd = -1;
+  }
+
+  private startSegment(): void {
+    this.drain();
+    const id = this.highestId() + 1;
+    const file = segmentPath(this.dir, id);
+    const fd = fs.openSync(file, 'wx+');
+    fs.writeSync(fd, encodeHeader(id, this.hash), 0, SEGMENT_HEADER_SIZE, 0);
+    this.fds.set(id, fd);
+    this.verifiedHeaders.add(id);
+    this.unsynced.add(id);
+    this.dirUnsynced = true;
+    this.active = id;
+    this.activeFd = fd;
+    this.nextSlot = 0;
+    this.bufferBase = 0;
+  }
+
+  private fdFor(id: number): number {
+    const cached = this.fds.get(id);
+    if (cached !== undefined) {
+      this.fds.delete(id); // refresh LRU position
+      this.fds.set(id, cached);
+      return cached;
+    }
+    let fd: number;
+    try {
+      fd = fs.openSync(segmentPath(this.dir, id), 'r+');
+    } catch (err) {
+      throw new DormantError('EIO', `segment ${id} is missing: ${(err as Error).message}`, { cause: err });
+    }
+    if (!this.verifiedHeaders.has(id)) {
+      try {
+        this.checkHeader(fd, id);
+      } catch (err) {
+        fs.closeSync(fd);
+        throw err;
+      }
+      this.verifiedHeaders.add(id);
+    }
+    this.fds.set(id, fd);
+    if (this.fds.size > MAX_OPEN_FDS) {
+      for (const [oldId, oldFd] of this.fds) {
+        if (oldId === this.active) continue;
+        if (this.unsynced.has(oldId)) continue;
+        this.fds.delete(oldId);
+        fs.closeSync(oldFd);
+        break;
+      }
+    }
+    return fd;
+  }
+
+  private checkHeader(fd: number, id: number): void {
+    const h = Buffer.alloc(SEGMENT_HEADER_SIZE);
+    const n = fs.readSync(fd, h, 0, SEGMENT_HEADER_SIZE, 0);
+    const bad = (why: string) => new DormantError('EIO', `segment ${id} has a bad header: ${why}`);
+    if (n !== SEGMENT_HEADER_SIZE) throw bad('short file');
+    if (h.toString('latin1', 0, 8) !== SEGMENT_MAGIC) throw bad('wrong magic');
+    if (!this.hash(h.subarray(0, 32)).equals(h.subarray(32, 48))) throw bad('checksum mismatch');
+    const version = h.readUInt32BE(8);
+    if (version !== FORMAT_VERSION) throw bad(`format version ${version}, expected ${FORMAT_VERSION}`);
+    if (h.readUInt32BE(12) !== id) throw bad(`it names itself segment ${h.readUInt32BE(12)}`);
+  }
+}
+
+function fdatasync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+async function fsyncPath(p: string): Promise<void> {
+  const fh = await fs.promises.open(p, 'r');
+  try { await fh.sync(); } finally { await fh.close(); }
+}

@@ -1,0 +1,338 @@
+/**
+ * The store: a directory with an LMDB index and append-only segment files,
+ * owned by one process at a time.
+ *
+ *   DIR/index/      LMDB environment (index-db.ts)
+ *   DIR/segments/   segment files (segments.ts)
+ *   DIR/lock.pid    pid of the owner (informational; the lock is lock.ts)
+ *
+ * Ordering rules:
+ *  - flush: sync segments, then commit the write-back generation (commit.ts);
+ *    flushes run one after another, each covering every write acknowledged
+ *    before it was called;
+ *  - snapshot: flush until the volume has no pending writes, bump the head
+ *    version synchronously, then commit the catalog change; the commit queue
+ *    keeps it ahead of any later flush;
+ *  - remove refuses while a handle is open or a branch depends on it.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { MAX_VOLUME_SIZE, WRITEBACK_INTERVAL_MS, WRITEBACK_MAX_BLOCKS, FORMAT_VERSION } from './constants.js';
+import { DormantError } from './errors.js';
+import { xxh3, type HashFunction } from './hash.js';
+import { Committer, indexExists, openIndex, type IndexDbs } from './index-db.js';
+import { Catalog, checkName, splitName, type PersistOps } from './catalog.js';
+import { SegmentFiles } from './segments.js';
+import { Writeback } from './writeback.js';
+import { BlockEngine } from './engine.js';
+import { applyGeneration } from './commit.js';
+import { Fingerprints } from './fingerprints.js';
+import { Volume, type VolumeHost } from './volume.js';
+import { acquireStoreLock, type StoreLock } from './lock.js';
+import { computeInfo, computeList, computeStats } from './usage.js';
+import { collectGarbage } from './gc.js';
+import { parseChunkKey } from './keys.js';
+import type {
+  FingerprintEntry, GcResult, StoreStats, VolumeHandle, VolumeInfo, VolumeKind, VolumeSummary,
+} from './types.js';
+
+/** Options for opening a store. */
+export interface StoreOptions {
+  /** Chunk-naming function; tests inject a colliding one. Default xxh3-128. */
+  hash?: HashFunction;
+  /** Background flush interval in ms (0 disables the timer). */
+  writebackIntervalMs?: number;
+}
+
+/** A versioned copy-on-write block store. */
+export class Store implements VolumeHost {
+  readonly engine: BlockEngine;
+  readonly catalog = new Catalog();
+  private readonly writeback = new Writeback();
+  private readonly fingerprintsDb: Fingerprints;
+  private readonly committer: Committer;
+  private readonly segments: SegmentFiles;
+  private readonly openHandles = new Map<string, number>();
+  private flushTail: Promise<void> = Promise.resolve();
+  private backgroundFlush: Promise<void> | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private closed = false;
+
+  private constructor(readonly dir: string, private readonly dbs: IndexDbs, private readonly lock: StoreLock,
+    hash: HashFunction, intervalMs: number) {
+    this.committer = new Committer(dbs);
+    this.segments = new SegmentFiles(path.join(dir, 'segments'), hash);
+    this.catalog.load(dbs.catalog.getRange({}) as Iterable<{ key: string; value: unknown }>);
+    this.segments.resume();
+    this.fingerprintsDb = new Fingerprints(dbs);
+    let nextChunk = 1;
+    for (const key of dbs.chunks.getKeys({ reverse: true, limit: 1 })) nextChunk = parseChunkKey(key as Buffer) + 1;
+    this.engine = new BlockEngine(dbs, this.catalog, this.segments, this.writeback, hash, this.fingerprintsDb, nextChunk);
+    if (intervalMs > 0) {
+      this.timer = setInterval(() => { if (this.writeback.size > 0) this.flushInBackground(); }, intervalMs);
+      this.timer.unref();
+    }
+  }
+
+  /** Creates a new store in `dir` (made if missing) and opens it. EEXIST if one is there. */
+  static async init(dir: string, opts: StoreOptions = {}): Promise<Store> {
+    const abs = path.resolve(dir);
+    if (indexExists(abs)) throw new DormantError('EEXIST', `a store already exists at ${abs}`, { path: abs });
+    fs.mkdirSync(path.join(abs, 'segments'), { recursive: true });
+    const lock = await acquireStoreLock(abs);
+    try {
+      const dbs = openIndex(abs, true);
+      await dbs.env.transaction(() => {
+        dbs.meta.put('formatVersion', FORMAT_VERSION);
+        dbs.meta.put('created', new Date().toISOString());
+      });
+      await dbs.env.flushed;
+      return new Store(abs, dbs, lock, opts.hash ?? xxh3, opts.writebackIntervalMs ?? WRITEBACK_INTERVAL_MS);
+    } catch (err) {
+      await lock.release();
+      throw err;
+    }
+  }
+
+  /** Opens an existing store; takes its single-writer lock (ELOCKED if taken). */
+  static async open(dir: string, opts: StoreOptions = {}): Promise<Store> {
+    const abs = path.resolve(dir);
+    if (!indexExists(abs)) {
+      throw new DormantError('ENOTINIT', `store not initialised at ${abs} (run: dormant init)`, { path: abs });
+    }
+    const lock = await acquireStoreLock(abs);
+    try {
+      fs.mkdirSync(path.join(abs, 'segments'), { recursive: true });
+      const dbs = openIndex(abs, false);
+      return new Store(abs, dbs, lock, opts.hash ?? xxh3, opts.writebackIntervalMs ?? WRITEBACK_INTERVAL_MS);
+    } catch (err) {
+      await lock.release();
+      throw err;
+    }
+  }
+
+  /** Creates an empty volume of `size` bytes. */
+  async createVolume(name: string, size: number, kind: VolumeKind = 'disk'): Promise<void> {
+    this.live();
+    checkSize(size);
+    checkKind(kind);
+    await this.persist(this.catalog.addVolume(name, size, kind, null, null));
+  }
+
+  /** Freezes `volume` as `volume@snap` in O(1); returns the snapshot's name. */
+  async snapshot(volume: string, snap: string): Promise<string> {
+    this.live();
+    checkName(snap, 'snapshot name');
+    const lineage = this.catalog.resolve(volume).lineage;
+    if (splitName(volume).snap !== null) throw new DormantError('EINVAL', `cannot snapshot a snapshot ('${volume}')`);
+    if (this.catalog.exists(`${volume}@${snap}`)) {
+      throw new DormantError('EEXIST', `snapshot '${volume}@${snap}' already exists`, { volume });
+    }
+    // Pending writes belong to the version being frozen: commit them first.
+    for (let i = 0; this.writeback.hasLineage(lineage); i++) {
+      if (i > 100) throw new DormantError('EBUSY', `volume '${volume}' is being written too fast to snapshot`);
+      await this.flush();
+    }
+    await this.persist(this.catalog.addSnapshot(volume, snap));
+    return `${volume}@${snap}`;
+  }
+
+  /** Creates writable volume `name` whose content is snapshot `from` (`vol@snap`), in O(1). */
+  async branch(name: string, from: string): Promise<void> {
+    this.live();
+    if (splitName(from).snap === null) {
+      throw new DormantError('EINVAL',
+        `'${from}' is not a snapshot: branch from volume@snap (make one with: dormant snapshot ${from} <snap>)`);
+    }
+    const src = this.catalog.resolve(from);
+    const parent = this.catalog.pointOf(from);
+    await this.persist(this.catalog.addVolume(name, src.size, src.kind, parent, from));
+  }
+
+  /** Removes a volume (with its snapshots) or a snapshot; returns the names removed. */
+  async remove(name: string): Promise<string[]> {
+    this.live();
+    const { snap } = splitName(name);
+    const targets = snap === null ? [name, ...this.catalog.snapshotsOf(name)] : [name];
+    this.catalog.resolve(name);
+    for (const t of targets) {
+      const open = this.openHandles.get(t) ?? 0;
+      if (open > 0) throw new DormantError('EBUSY', `'${t}' is in use (${open} open handle${open > 1 ? 's' : ''})`, { volume: t });
+      const deps = this.catalog.branchesOf(t);
+      if (deps.length > 0) {
+        throw new DormantError('EBUSY',
+          `cannot remove '${name}': ${deps.length === 1 ? 'branch' : 'branches'} ${deps.join(', ')} depend${deps.length === 1 ? 's' : ''} on '${t}'`,
+          { volume: t });
+      }
+    }
+    if (snap === null) {
+      const lineage = this.catalog.resolve(name).lineage;
+      await this.persist(this.catalog.removeVolume(name));
+      this.writeback.dropLineage(lineage);
+    } else {
+      await this.persist(this.catalog.removeSnapshot(name));
+    }
+    return targets;
+  }
+
+  /** Grows a volume (shrinking is refused: data could be lost). */
+  async resize(name: string, size: number): Promise<void> {
+    this.live();
+    checkSize(size);
+    const cur = this.catalog.resolve(name);
+    if (cur.readOnly) throw new DormantError('EROFS', `'${name}' is a read-only snapshot`, { volume: name });
+    if (size < cur.size) {
+      throw new DormantError('EINVAL', `cannot shrink '${name}' from ${cur.size} to ${size} bytes`, { volume: name });
+    }
+    await this.persist(this.catalog.setSize(name, size));
+  }
+
+  /** Opens a volume (`vol`, writable) or snapshot (`vol@snap`, read-only). */
+  async openVolume(name: string): Promise<VolumeHandle> {
+    this.live();
+    const r = this.catalog.resolve(name);
+    this.openHandles.set(name, (this.openHandles.get(name) ?? 0) + 1);
+    return new Volume(this, name, r.kind, r.readOnly);
+  }
+
+  /** True when `name` is a volume or snapshot of this store. */
+  has(name: string): boolean {
+    return this.catalog.exists(name);
+  }
+
+  /** Every volume and snapshot with its space accounting. */
+  async list(): Promise<VolumeSummary[]> {
+    this.live();
+    await this.flush();
+    return computeList(this.catalog, this.engine.blockMap, this.dbs);
+  }
+
+  /** Details of one volume or snapshot. */
+  async info(name: string): Promise<VolumeInfo> {
+    this.live();
+    this.catalog.resolve(name);
+    await this.flush();
+    return computeInfo(this.catalog, this.engine.blockMap, this.dbs, name, this.openHandles.get(name) ?? 0);
+  }
+
+  /** Store totals. */
+  async stats(): Promise<StoreStats> {
+    this.live();
+    await this.flush();
+    return computeStats(this.dir, this.catalog, this.engine.blockMap, this.dbs, this.segments);
+  }
+
+  /** Reclaims unreferenced chunks and compacts sparse segments. */
+  async gc(): Promise<GcResult> {
+    this.live();
+    await this.flush();
+    return collectGarbage({
+      dbs: this.dbs, catalog: this.catalog, blockMap: this.engine.blockMap, segments: this.segments,
+      writeback: this.writeback, engine: this.engine,
+      commit: (body, before) => this.committer.commit(body, before),
+    });
+  }
+
+  /** Chunks read by client `label`, most read first. */
+  fingerprints(label: string): FingerprintEntry[] {
+    const out: FingerprintEntry[] = [];
+    for (const [id, count] of this.fingerprintsDb.counts(label)) {
+      let hash: Buffer;
+      try { hash = this.engine.chunkLocation(id).hash; } catch { continue; } // chunk since collected
+      out.push({ hash: hash.toString('hex'), count });
+    }
+    return out.sort((a, b) => b.count - a.count || (a.hash < b.hash ? -1 : 1));
+  }
+
+  /** Client labels with recorded reads. */
+  fingerprintLabels(): string[] {
+    return this.fingerprintsDb.labels();
+  }
+
+  /** Makes every write acknowledged so far durable. */
+  flush(): Promise<void> {
+    const run = () => this.flushOnce();
+    const p = this.flushTail.then(run, run);
+    this.flushTail = p.catch(() => undefined);
+    return p;
+  }
+
+  /** Flushes, stops background work, closes files and releases the lock. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.timer) clearInterval(this.timer);
+    await this.flush();
+    await this.committer.idle();
+    this.closed = true;
+    this.segments.close();
+    await this.dbs.env.close();
+    await this.lock.release();
+  }
+
+  /** VolumeHost: schedules write-back when enough is pending. */
+  afterWrite(): void {
+    if (this.writeback.size >= WRITEBACK_MAX_BLOCKS) this.flushInBackground();
+  }
+
+  /** VolumeHost: a handle closed. */
+  release(name: string): void {
+    const n = (this.openHandles.get(name) ?? 1) - 1;
+    if (n > 0) this.openHandles.set(name, n); else this.openHandles.delete(name);
+  }
+
+  /** Open handles per name (for `rm` messages and the daemon). */
+  openCount(name: string): number {
+    return this.openHandles.get(name) ?? 0;
+  }
+
+  private flushInBackground(): void {
+    if (this.backgroundFlush || this.closed) return;
+    this.backgroundFlush = this.flush()
+      .catch((err) => { process.emitWarning(`dormant: background flush failed: ${(err as Error).message}`); })
+      .finally(() => { this.backgroundFlush = null; });
+  }
+
+  private async flushOnce(): Promise<void> {
+    if (this.closed) return;
+    if (this.writeback.size === 0 && !this.segments.needsSync() && !this.fingerprintsDb.hasDirty) return;
+    const gen = this.writeback.takeGeneration();
+    const prints = this.fingerprintsDb.take();
+    let entered: Set<number>;
+    try {
+      entered = await this.committer.commit(() => {
+        const ids = applyGeneration(this.dbs, this.catalog, this.engine.blockMap, this.writeback, gen);
+        this.fingerprintsDb.apply(prints);
+        return ids;
+      }, () => this.segments.sync());
+    } catch (err) {
+      this.writeback.restoreGeneration(gen);
+      this.fingerprintsDb.restore(prints);
+      throw err instanceof DormantError ? err
+        : new DormantError('EIO', `flush failed: ${(err as Error).message}`, { cause: err });
+    }
+    this.writeback.finishGeneration(gen, entered);
+  }
+
+  private async persist(ops: PersistOps): Promise<void> {
+    await this.committer.commit(() => {
+      for (const [k, v] of ops.put) this.dbs.catalog.put(k, v);
+      for (const k of ops.remove) this.dbs.catalog.remove(k);
+    });
+  }
+
+  private live(): void {
+    if (this.closed) throw new DormantError('ECLOSED', 'store is closed');
+  }
+}
+
+function checkSize(size: number): void {
+  if (!Number.isSafeInteger(size) || size <= 0 || size > MAX_VOLUME_SIZE) {
+    throw new DormantError('EINVAL', `bad size ${size}: must be between 1 byte and 1 PiB`);
+  }
+}
+
+function checkKind(kind: string): void {
+  if (kind !== 'disk' && kind !== 'memory') {
+    throw new DormantError('EINVAL', `bad kind '${kind}': use disk or memory`);
+  }
+}

@@ -1,0 +1,128 @@
+/**
+ * The public shapes of the block store: what the NBD server, the FUSE view,
+ * the pager and the CLI see. Every method of `VolumeHandle` is required, so
+ * a new view (snapshot, remote parent, read-only) has to decide each one.
+ */
+
+/** What a volume holds. `memory` volumes back VM RAM through the FUSE view. */
+export type VolumeKind = 'disk' | 'memory';
+
+/** Options for a write-like call. `fua`: durable before the promise resolves. */
+export interface WriteOptions {
+  fua?: boolean;
+}
+
+/** Options for a read. `label` attributes the read to a client (a VM) for read fingerprints. */
+export interface ReadOptions {
+  label?: string;
+}
+
+/** A run of blocks that are all data or all hole (for NBD BLOCK_STATUS, `info`). */
+export interface Extent {
+  offset: number;
+  length: number;
+  /** true: reads as zeroes and takes no space. */
+  hole: boolean;
+}
+
+/**
+ * An open volume or snapshot. Byte ranges need no alignment; the store does
+ * read-modify-write on partial blocks. Ranges must lie inside `size`
+ * (ERANGE otherwise). Snapshots are read-only (EROFS on writes).
+ */
+export interface VolumeHandle {
+  /** `vol` or `vol@snap`. */
+  readonly name: string;
+  readonly kind: VolumeKind;
+  readonly readOnly: boolean;
+  /** Current size in bytes. */
+  readonly size: number;
+  read(offset: number, length: number, opts?: ReadOptions): Promise<Buffer>;
+  write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void>;
+  /** Discard: the range reads as zeroes afterwards. */
+  trim(offset: number, length: number, opts?: WriteOptions): Promise<void>;
+  /** Write zeroes (stored as holes: zero blocks are never stored). */
+  zero(offset: number, length: number, opts?: WriteOptions): Promise<void>;
+  /** Durability point: every write that resolved before this call survives a crash once it resolves. */
+  flush(): Promise<void>;
+  /** Hint that the range will be read soon (NBD CACHE). */
+  cache(offset: number, length: number): Promise<void>;
+  /** Data/hole map of a range, merged into maximal runs. */
+  extents(offset: number, length: number): Promise<Extent[]>;
+  /** Releases the handle; the volume can then be removed. */
+  close(): Promise<void>;
+}
+
+/** One row of `dormant list`. Byte counts. */
+export interface VolumeSummary {
+  name: string;
+  type: 'volume' | 'snapshot';
+  kind: VolumeKind;
+  size: number;
+  /** Bytes of non-hole blocks visible in this volume (own + inherited). */
+  allocated: number;
+  /** Bytes of blocks no other volume or snapshot shares (freed by removing only this one). */
+  unique: number;
+  /** allocated - unique: shared with its origin, its snapshots or deduplicated with others. */
+  shared: number;
+  /** `vol@snap` this was branched from, or null. */
+  origin: string | null;
+  created: string;
+}
+
+/** `dormant info`. */
+export interface VolumeInfo extends VolumeSummary {
+  /** Origins up to the root: [`golden@base`, ...]. */
+  parentChain: string[];
+  blocks: {
+    total: number;
+    allocated: number;
+    /** Blocks written in this volume's own lineage (not inherited). */
+    own: number;
+    /** Blocks visible through the origin chain. */
+    inherited: number;
+    holes: number;
+  };
+  /** For a volume: its snapshots. */
+  snapshots: string[];
+  /** Volumes branched from this snapshot (or from this volume's snapshots). */
+  branches: string[];
+  openHandles: number;
+}
+
+/** `dormant stats`. */
+export interface StoreStats {
+  path: string;
+  formatVersion: number;
+  volumes: number;
+  snapshots: number;
+  /** Sum of allocated bytes of all volumes and snapshots, as their readers see them. */
+  logicalBytes: number;
+  /** Bytes of distinct chunks referenced by the index. */
+  storedBytes: number;
+  /** logicalBytes / storedBytes (1 when nothing is stored). */
+  dedupRatio: number;
+  chunks: number;
+  segments: number;
+  /** Sum of segment file sizes (including garbage GC has not reclaimed yet). */
+  segmentBytes: number;
+  /** segmentBytes - storedBytes, roughly what GC could reclaim. */
+  garbageBytes: number;
+  indexBytes: number;
+}
+
+/** What `gc` did. */
+export interface GcResult {
+  deadEntries: number;
+  chunksFreed: number;
+  segmentsCompacted: number;
+  segmentsDeleted: number;
+  bytesReclaimed: number;
+}
+
+/** Per client label: which chunks it read and how often. */
+export interface FingerprintEntry {
+  /** xxh3-128 of the chunk, hex. */
+  hash: string;
+  count: number;
+}

@@ -1,0 +1,147 @@
+/**
+ * Write-back: acknowledged writes that are not yet in the index.
+ *
+ * A write appends new chunk data to a segment (unsynced) and records a
+ * pending entry (lineage, block) -> {version, target}, target being a chunk
+ * id or 0 (zeroes). Reads look here first. A flush takes the whole current
+ * generation, syncs the segments, and commits the generation to the index in
+ * one transaction; writes that arrive meanwhile go to a new generation.
+ * Since only synced data is ever committed, the index never points at data
+ * a crash could lose.
+ *
+ * State per generation: Map<lineage, Map<block, PendingEntry>>. Two
+ * generations at most: `current` and `flushing`. New chunks keep their id
+ * from the moment they are appended; only those still referenced when their
+ * generation commits are entered in the chunk table.
+ */
+import type { Location } from './segments.js';
+
+/** A pending block: the version it was written at and its chunk (0 = zeroes). */
+export interface PendingEntry { version: number; target: number }
+
+/** A chunk appended to a segment but not yet in the index. */
+export interface NewChunk { id: number; hash: Buffer; loc: Location }
+
+/** One generation of pending entries. */
+export type Generation = Map<number, Map<number, PendingEntry>>;
+
+/** The write-back overlay. */
+export class Writeback {
+  private current: Generation = new Map();
+  private flushing: Generation | null = null;
+  private count = 0;
+  /** New chunks by id, until committed or dropped. */
+  readonly newChunks = new Map<number, NewChunk>();
+  private readonly newByHash = new Map<string, number[]>();
+  /** Chunk id -> number of pending entries (any generation) that reference it. */
+  private readonly refs = new Map<number, number>();
+
+  /** Pending blocks in the current generation. */
+  get size(): number { return this.count; }
+
+  /** True when a flush is under way. */
+  get isFlushing(): boolean { return this.flushing !== null; }
+
+  /** Pending entry for a block, newest generation first. */
+  get(lineage: number, block: number): PendingEntry | undefined {
+    return this.current.get(lineage)?.get(block) ?? this.flushing?.get(lineage)?.get(block);
+  }
+
+  /** True when lineage has pending entries in any generation. */
+  hasLineage(lineage: number): boolean {
+    return (this.current.get(lineage)?.size ?? 0) > 0 || (this.flushing?.get(lineage)?.size ?? 0) > 0;
+  }
+
+  /** Records a write of `target` (chunk id or 0) to a block. */
+  set(lineage: number, block: number, version: number, target: number): void {
+    let m = this.current.get(lineage);
+    if (!m) { m = new Map(); this.current.set(lineage, m); }
+    const old = m.get(block);
+    if (old) this.unref(old.target); else this.count++;
+    m.set(block, { version, target });
+    this.ref(target);
+  }
+
+  /** New chunk candidates whose hash equals `hash`. */
+  newChunksWithHash(hash: Buffer): number[] {
+    return this.newByHash.get(hash.toString('latin1')) ?? [];
+  }
+
+  /** Registers a chunk just appended to a segment. */
+  addNewChunk(c: NewChunk): void {
+    this.newChunks.set(c.id, c);
+    const k = c.hash.toString('latin1');
+    const list = this.newByHash.get(k);
+    if (list) list.push(c.id); else this.newByHash.set(k, [c.id]);
+  }
+
+  /** True when chunk `id` is referenced by a pending entry (GC must keep it). */
+  references(id: number): boolean {
+    return (this.refs.get(id) ?? 0) > 0;
+  }
+
+  /** Drops every pending entry of a removed lineage. */
+  dropLineage(lineage: number): void {
+    const m = this.current.get(lineage);
+    if (m) {
+      for (const e of m.values()) this.unref(e.target);
+      this.count -= m.size;
+      this.current.delete(lineage);
+    }
+    const f = this.flushing?.get(lineage);
+    if (f) { for (const e of f.values()) this.unref(e.target); this.flushing!.delete(lineage); }
+  }
+
+  /** Starts a flush: the current generation becomes the flushing one. */
+  takeGeneration(): Generation {
+    if (this.flushing) throw new Error('a flush is already under way');
+    const g = this.current;
+    this.flushing = g;
+    this.current = new Map();
+    this.count = 0;
+    return g;
+  }
+
+  /** Ends a flush: the flushing generation is in the index (or was dropped). */
+  finishGeneration(g: Generation, committedNew: Set<number>): void {
+    for (const m of g.values()) for (const e of m.values()) this.unref(e.target);
+    this.flushing = null;
+    // New chunks no longer referenced anywhere can be forgotten; the
+    // committed ones now live in the index.
+    for (const [id, c] of this.newChunks) {
+      if (committedNew.has(id) || !this.references(id)) this.forgetNew(id, c);
+    }
+  }
+
+  /** Returns a generation that failed to commit to the current one (newer writes win). */
+  restoreGeneration(g: Generation): void {
+    for (const [lineage, m] of g) {
+      for (const [block, e] of m) {
+        if (!this.current.get(lineage)?.has(block)) this.set(lineage, block, e.version, e.target);
+        this.unref(e.target);
+      }
+    }
+    this.flushing = null;
+  }
+
+  private forgetNew(id: number, c: NewChunk): void {
+    this.newChunks.delete(id);
+    const k = c.hash.toString('latin1');
+    const list = this.newByHash.get(k);
+    if (list) {
+      const i = list.indexOf(id);
+      if (i >= 0) list.splice(i, 1);
+      if (list.length === 0) this.newByHash.delete(k);
+    }
+  }
+
+  private ref(target: number): void {
+    if (target !== 0) this.refs.set(target, (this.refs.get(target) ?? 0) + 1);
+  }
+
+  private unref(target: number): void {
+    if (target === 0) return;
+    const n = (this.refs.get(target) ?? 0) - 1;
+    if (n > 0) this.refs.set(target, n); else this.refs.delete(target);
+  }
+}

@@ -1,0 +1,28 @@
+/**
+ * The one place where errors become exit codes and stderr lines.
+ *   0 success, 1 user error (one clear line), 2 internal error.
+ */
+import { DormantError, USER_ERROR_CODES } from '../blockstore/index.js';
+
+/** Exit code for a user error. */
+export const EXIT_USER = 1;
+/** Exit code for an internal error. */
+export const EXIT_INTERNAL = 2;
+
+/** Prints one line for `err` and returns the exit code. */
+export function reportError(err: unknown): number {
+  if (err instanceof DormantError) {
+    process.stderr.write(`dormant: ${err.message}\n`);
+    if (USER_ERROR_CODES.has(err.code)) return EXIT_USER;
+    if (process.env.DORMANT_DEBUG) process.stderr.write(`${err.stack}\n`);
+    return EXIT_INTERNAL;
+  }
+  const e = err as NodeJS.ErrnoException;
+  if (e && (e.code === 'ENOENT' || e.code === 'EACCES' || e.code === 'EISDIR' || e.code === 'ENOTDIR') && e.path) {
+    process.stderr.write(`dormant: ${e.code === 'ENOENT' ? 'no such file' : 'cannot access'}: ${e.path}\n`);
+    return EXIT_USER;
+  }
+  process.stderr.write(`dormant: internal error: ${e?.message ?? String(err)}\n`);
+  if (process.env.DORMANT_DEBUG) process.stderr.write(`${e?.stack}\n`);
+  return EXIT_INTERNAL;
+}

@@ -1,0 +1,46 @@
+/**
+ * The dormant command line: a commander program over the modules.
+ * Exit codes: 0 success, 1 user error, 2 internal error (exit.ts).
+ */
+import { Command, CommanderError } from 'commander';
+import { addStoreCommands } from './store-commands.js';
+import { EXIT_USER, reportError } from './exit.js';
+
+/** Builds the program; `run` wraps each action so errors become exit codes. */
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('dormant')
+    .description('versioned copy-on-write block store for mostly idle VMs')
+    .version('0.1.0')
+    .option('--store <dir>', 'store directory (default: $DORMANT_STORE, else $XDG_DATA_HOME/dormant)')
+    .exitOverride()
+    .configureOutput({
+      // One line: "dormant: unknown option '--x' (see dormant --help)".
+      outputError: (str, write) => write(`dormant: ${str.trim().replace(/^error: /, '')} (see dormant --help)\n`),
+    });
+  const run = async (fn: () => Promise<void>) => {
+    try {
+      await fn();
+    } catch (err) {
+      process.exitCode = reportError(err);
+    }
+  };
+  addStoreCommands(program, run);
+  for (const c of program.commands) c.exitOverride();
+  return program;
+}
+
+/** Runs the CLI with `argv` (process.argv layout). */
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      process.exitCode = err.exitCode === 0 ? 0 : EXIT_USER;
+      return;
+    }
+    process.exitCode = reportError(err);
+  }
+}

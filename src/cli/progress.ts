@@ -1,0 +1,39 @@
+/**
+ * A progress line on stderr for long operations, only when stderr is a
+ * terminal (scripts and CI see nothing). Redrawn at most 10 times a second.
+ */
+import { formatBytes, formatRate } from './format.js';
+
+/** Progress of a byte-count job. */
+export class Progress {
+  private readonly started = Date.now();
+  private lastDraw = 0;
+  private readonly enabled: boolean;
+
+  constructor(private readonly label: string, private readonly total: number,
+    stream: NodeJS.WriteStream = process.stderr) {
+    this.enabled = Boolean(stream.isTTY);
+    this.stream = stream;
+  }
+
+  private readonly stream: NodeJS.WriteStream;
+
+  /** Reports that `done` bytes of `total` are finished. */
+  update(done: number): void {
+    if (!this.enabled) return;
+    const now = Date.now();
+    if (now - this.lastDraw < 100 && done < this.total) return;
+    this.lastDraw = now;
+    const pct = this.total === 0 ? 100 : Math.floor((done / this.total) * 100);
+    const width = 30;
+    const fill = Math.round((pct / 100) * width);
+    const bar = '#'.repeat(fill) + '-'.repeat(width - fill);
+    const rate = formatRate(done, (now - this.started) / 1000);
+    this.stream.write(`\r${this.label} [${bar}] ${String(pct).padStart(3)}% ${formatBytes(done)}/${formatBytes(this.total)} ${rate}  `);
+  }
+
+  /** Clears the line. */
+  done(): void {
+    if (this.enabled) this.stream.write('\r\x1b[K');
+  }
+}

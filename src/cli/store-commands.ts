@@ -1,0 +1,233 @@
+/**
+ * Store commands: init, import, export, create, branch, snapshot, list,
+ * info, rm, gc, stats. Each parses, calls the store, prints; nothing more.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import os from 'node:os';
+import type { Command } from 'commander';
+import { BLOCK_SIZE, DormantError, Store, type VolumeKind, type VolumeSummary } from '../blockstore/index.js';
+import { formatBytes, formatRate, parseSize, table } from './format.js';
+import { Progress } from './progress.js';
+
+/** Bytes moved per read/write call by import and export. */
+const COPY_CHUNK = 4 * 1024 * 1024;
+
+/** The store directory: --store, else $DORMANT_STORE, else $XDG_DATA_HOME/dormant. */
+export function storeDir(cmd: Command): string {
+  const opt = cmd.optsWithGlobals().store as string | undefined;
+  if (opt) return path.resolve(opt);
+  if (process.env.DORMANT_STORE) return path.resolve(process.env.DORMANT_STORE);
+  const data = process.env.XDG_DATA_HOME || path.join(os.homedir(), '.local', 'share');
+  return path.join(data, 'dormant');
+}
+
+/** Opens the store, runs `fn`, always closes. */
+async function withStore<T>(cmd: Command, fn: (s: Store) => Promise<T>): Promise<T> {
+  const store = await Store.open(storeDir(cmd));
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
+}
+
+function parseKind(kind: string): VolumeKind {
+  if (kind !== 'disk' && kind !== 'memory') throw new DormantError('EINVAL', `bad kind '${kind}': use disk or memory`);
+  return kind;
+}
+
+const print = (s: string) => process.stdout.write(`${s}\n`);
+const printJson = (v: unknown) => process.stdout.write(`${JSON.stringify(v, null, 2)}\n`);
+
+/** Registers the store commands on `program`. */
+export function addStoreCommands(program: Command, run: (fn: () => Promise<void>) => Promise<void>): void {
+  program.command('init')
+    .description('create the store (at --store, $DORMANT_STORE or ~/.local/share/dormant)')
+    .action((_o, cmd: Command) => run(async () => {
+      const store = await Store.init(storeDir(cmd));
+      await store.close();
+      print(`initialised store at ${store.dir}`);
+    }));
+
+  program.command('import <name> <file>')
+    .description('copy a raw image file into a new volume; prints its size')
+    .option('--kind <kind>', 'disk or memory', 'disk')
+    .action((name: string, file: string, o: { kind: string }, cmd: Command) => run(async () => {
+      const kind = parseKind(o.kind);
+      await withStore(cmd, async (store) => {
+        const started = Date.now();
+        const fh = await fs.promises.open(file, 'r');
+        try {
+          const st = await fh.stat();
+          if (!st.isFile()) throw new DormantError('EINVAL', `'${file}' is not a regular file`);
+          const size = st.size;
+          if (size === 0) throw new DormantError('EINVAL', `'${file}' is empty: a volume needs at least 1 byte`);
+          await store.createVolume(name, size, kind);
+          try {
+            await copyIntoVolume(store, name, fh, size);
+          } catch (err) {
+            await store.remove(name).catch(() => undefined); // no half-imported volume
+            throw err;
+          }
+          const [info] = (await store.list()).filter((v) => v.name === name);
+          const secs = (Date.now() - started) / 1000;
+          print(`imported ${name}: ${formatBytes(size)} (${size} bytes), ${formatBytes(info.allocated)} allocated, `
+            + `in ${secs.toFixed(2)} s (${formatRate(size, secs)})`);
+        } finally {
+          await fh.close();
+        }
+      });
+    }));
+
+  program.command('export <volume> <file>')
+    .description('copy a volume or snapshot (volume@snap) to a raw image file (sparse)')
+    .action((name: string, file: string, _o, cmd: Command) => run(async () => {
+      await withStore(cmd, async (store) => {
+        const h = await store.openVolume(name);
+        try {
+          const started = Date.now();
+          const size = h.size;
+          const fh = await fs.promises.open(file, 'w');
+          const progress = new Progress(`export ${name}`, size);
+          try {
+            for (const ext of await h.extents(0, size)) {
+              if (ext.hole) { progress.update(ext.offset + ext.length); continue; }
+              for (let off = ext.offset; off < ext.offset + ext.length; off += COPY_CHUNK) {
+                const len = Math.min(COPY_CHUNK, ext.offset + ext.length - off);
+                const data = await h.read(off, len);
+                await fh.write(data, 0, len, off);
+                progress.update(off + len);
+              }
+            }
+            await fh.truncate(size);
+            await fh.sync();
+          } finally {
+            progress.done();
+            await fh.close();
+          }
+          const secs = (Date.now() - started) / 1000;
+          print(`exported ${name} to ${file}: ${formatBytes(size)} (${size} bytes) in ${secs.toFixed(2)} s`);
+        } finally {
+          await h.close();
+        }
+      });
+    }));
+
+  program.command('create <name>')
+    .description('create an empty volume')
+    .requiredOption('--size <size>', 'size, e.g. 10G, 512M, 4096')
+    .option('--kind <kind>', 'disk or memory', 'disk')
+    .action((name: string, o: { size: string; kind: string }, cmd: Command) => run(async () => {
+      const size = parseSize(o.size);
+      const kind = parseKind(o.kind);
+      await withStore(cmd, (store) => store.createVolume(name, size, kind));
+      print(`created ${kind} volume ${name}: ${formatBytes(size)} (${size} bytes)`);
+    }));
+
+  program.command('branch <new>')
+    .description('create a writable volume whose content is a snapshot (O(1))')
+    .requiredOption('--from <volume@snap>', 'the snapshot to branch from')
+    .action((name: string, o: { from: string }, cmd: Command) => run(async () => {
+      await withStore(cmd, (store) => store.branch(name, o.from));
+      print(`created branch ${name} from ${o.from}`);
+    }));
+
+  program.command('snapshot <volume> <snap>')
+    .description('freeze a volume as volume@snap (O(1))')
+    .action((volume: string, snap: string, _o, cmd: Command) => run(async () => {
+      const full = await withStore(cmd, (store) => store.snapshot(volume, snap));
+      print(`created snapshot ${full}`);
+    }));
+
+  program.command('list')
+    .description('volumes and snapshots: size, allocated, unique and shared bytes')
+    .option('--json', 'machine-readable output')
+    .action((o: { json?: boolean }, cmd: Command) => run(async () => {
+      const rows = await withStore(cmd, (store) => store.list());
+      if (o.json) { printJson({ volumes: rows }); return; }
+      if (rows.length === 0) { print('no volumes (create one with: dormant create NAME --size 10G)'); return; }
+      print(listTable(rows));
+    }));
+
+  program.command('info <name>')
+    .description('details of a volume or snapshot: parent chain, sizes, block counts')
+    .option('--json', 'machine-readable output')
+    .action((name: string, o: { json?: boolean }, cmd: Command) => run(async () => {
+      const i = await withStore(cmd, (store) => store.info(name));
+      if (o.json) { printJson(i); return; }
+      print([
+        `name:        ${i.name} (${i.type}, ${i.kind})`,
+        `size:        ${formatBytes(i.size)} (${i.size} bytes, ${i.blocks.total} blocks of ${BLOCK_SIZE})`,
+        `origin:      ${i.parentChain.length ? i.parentChain.join(' <- ') : '-'}`,
+        `allocated:   ${formatBytes(i.allocated)} (${i.blocks.allocated} blocks: ${i.blocks.own} own, ${i.blocks.inherited} inherited)`,
+        `holes:       ${i.blocks.holes} blocks`,
+        `unique:      ${formatBytes(i.unique)}`,
+        `shared:      ${formatBytes(i.shared)}`,
+        `snapshots:   ${i.snapshots.length ? i.snapshots.join(', ') : '-'}`,
+        `branches:    ${i.branches.length ? i.branches.join(', ') : '-'}`,
+        `created:     ${i.created}`,
+      ].join('\n'));
+    }));
+
+  program.command('rm <name>')
+    .description('remove a volume (with its snapshots) or a snapshot; refused while branches depend on it')
+    .action((name: string, _o, cmd: Command) => run(async () => {
+      const removed = await withStore(cmd, (store) => store.remove(name));
+      print(`removed ${removed.join(', ')} (run dormant gc to reclaim the space)`);
+    }));
+
+  program.command('gc')
+    .description('reclaim space no volume or snapshot uses; prints bytes reclaimed')
+    .option('--json', 'machine-readable output')
+    .action((o: { json?: boolean }, cmd: Command) => run(async () => {
+      const r = await withStore(cmd, (store) => store.gc());
+      if (o.json) { printJson(r); return; }
+      print(`reclaimed ${formatBytes(r.bytesReclaimed)} (${r.bytesReclaimed} bytes): ${r.chunksFreed} chunks freed, `
+        + `${r.deadEntries} dead map entries, ${r.segmentsCompacted} segments compacted, ${r.segmentsDeleted} deleted`);
+    }));
+
+  program.command('stats')
+    .description('store totals: logical and stored bytes, dedup ratio, segments')
+    .option('--json', 'machine-readable output')
+    .action((o: { json?: boolean }, cmd: Command) => run(async () => {
+      const s = await withStore(cmd, (store) => store.stats());
+      if (o.json) { printJson(s); return; }
+      print([
+        `store:       ${s.path} (format ${s.formatVersion})`,
+        `volumes:     ${s.volumes} (+ ${s.snapshots} snapshots)`,
+        `logical:     ${formatBytes(s.logicalBytes)} (allocated bytes as volumes see them)`,
+        `stored:      ${formatBytes(s.storedBytes)} in ${s.chunks} chunks`,
+        `dedup ratio: ${s.dedupRatio.toFixed(2)}`,
+        `segments:    ${s.segments} files, ${formatBytes(s.segmentBytes)} (${formatBytes(s.garbageBytes)} reclaimable by gc)`,
+        `index:       ${formatBytes(s.indexBytes)}`,
+      ].join('\n'));
+    }));
+}
+
+async function copyIntoVolume(store: Store, name: string, fh: fs.promises.FileHandle, size: number): Promise<void> {
+  const h = await store.openVolume(name);
+  const progress = new Progress(`import ${name}`, size);
+  const buf = Buffer.allocUnsafe(COPY_CHUNK);
+  try {
+    for (let off = 0; off < size;) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(COPY_CHUNK, size - off), off);
+      if (bytesRead === 0) throw new DormantError('EIO', `unexpected end of file at byte ${off}`);
+      await h.write(off, buf.subarray(0, bytesRead));
+      off += bytesRead;
+      progress.update(off);
+    }
+    await h.flush();
+  } finally {
+    progress.done();
+    await h.close();
+  }
+}
+
+function listTable(rows: VolumeSummary[]): string {
+  return table(
+    ['NAME', 'TYPE', 'KIND', 'SIZE', 'ALLOCATED', 'UNIQUE', 'SHARED', 'ORIGIN'],
+    rows.map((r) => [r.name, r.type, r.kind, formatBytes(r.size), formatBytes(r.allocated), formatBytes(r.unique),
+      formatBytes(r.shared), r.origin ?? '-']),
+  );
+}
