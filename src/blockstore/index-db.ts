@@ -50,7 +50,12 @@ export function openIndex(storeDir: string, create: boolean): IndexDbs {
     throw new DormantError('ENOTINIT', `store not initialised at ${storeDir} (run: dormant init)`, { path: storeDir });
   }
   fs.mkdirSync(dir, { recursive: true });
-  const env = open({ path: dir, maxDbs: 16, pageSize: 4096 });
+  // overlappingSync off: with it, a process killed between commit and sync
+  // left a transaction that one later opener ignored and the next one used,
+  // so data could reappear after the store had been read without it (found
+  // by test/integration/crash.test.ts). Off, a commit is synced before it
+  // resolves and every opener sees the same last transaction.
+  const env = open({ path: dir, maxDbs: 16, pageSize: 4096, overlappingSync: false });
   const binary = { keyEncoding: 'binary', encoding: 'binary' } as const;
   const dbs: IndexDbs = {
     env,
