@@ -87,7 +87,7 @@ export class SegmentFiles {
     const size = this.fileSize(last);
     const slot = Math.ceil(Math.max(0, size - SEGMENT_HEADER_SIZE) / BLOCK_SIZE);
     if (size < SEGMENT_HEADER_SIZE || slot >= BLOCKS_PER_SEGMENT) return;
-    this.fdFor(last); // validates the header
+    try { this.fdFor(last); } catch { return; } // a damaged header: its reads are EIO, appends go to a new segment
     this.active = last;
     this.activeFd = this.fdFor(last);
     this.nextSlot = slot;
