@@ -5,8 +5,8 @@
  *  - data: put (lineage, block, v) -> chunk, +1 ref; the chunk it replaces -1;
  *  - zeroes: if an older entry or the origin shows data under it, put a
  *    tombstone (0); otherwise delete the entry, leaving a plain hole.
- * New chunks still referenced are entered in the chunk table, the hash index
- * and their segment's live count first. Entries of lineages removed since
+ * New chunks still referenced are entered in the chunk table (once, with
+ * their final reference count), the hash index and their segment's live count. Entries of lineages removed since
  * the write are dropped. Reference counts are summed per chunk and written
  * once. The caller synced the segments before this runs.
  */
@@ -14,10 +14,9 @@ import type { IndexDbs } from './index-db.js';
 import type { Catalog } from './catalog.js';
 import type { BlockMap } from './blockmap.js';
 import type { Generation, Writeback } from './writeback.js';
-import { chunkKey, decodeChunk, encodeChunk, hashKey, mapKey, mapValue, parseMapValue } from './keys.js';
+import { chunkKey, decodeChunk, decodeIds, encodeChunk, encodeIds, mapKey, mapValue, parseMapValue } from './keys.js';
 import { invariant } from './errors.js';
 
-const EMPTY = Buffer.alloc(0);
 const TOMBSTONE = mapValue(0);
 
 /** Runs inside a write transaction; returns the ids of new chunks it entered. */
@@ -30,21 +29,8 @@ export function applyGeneration(
   const bump = (id: number, d: number) => refDelta.set(id, (refDelta.get(id) ?? 0) + d);
 
   for (const [lineage, m] of gen) {
-    if (!catalog.lineages.has(lineage)) continue; // removed meanwhile
-    for (const e of m.values()) {
-      if (e.target === 0 || entered.has(e.target)) continue;
-      const c = writeback.newChunks.get(e.target);
-      if (!c) continue; // already committed
-      dbs.chunks.put(chunkKey(c.id), encodeChunk({ hash: c.hash, segment: c.loc.segment, slot: c.loc.slot, refs: 0 }));
-      dbs.hashes.put(hashKey(c.hash, c.id), EMPTY);
-      segLive.set(c.loc.segment, (segLive.get(c.loc.segment) ?? 0) + 1);
-      entered.add(c.id);
-    }
-  }
-
-  for (const [lineage, m] of gen) {
     const l = catalog.lineages.get(lineage);
-    if (!l) continue;
+    if (!l) continue; // removed meanwhile
     const parentChain = l.parent ? catalog.chain(l.parent) : [];
     for (const [block, e] of m) {
       const key = mapKey(lineage, block, e.version);
@@ -54,6 +40,7 @@ export function applyGeneration(
       if (e.target !== 0) {
         dbs.map.put(key, mapValue(e.target));
         bump(e.target, +1);
+        if (writeback.newChunks.has(e.target)) entered.add(e.target);
         continue;
       }
       const below = e.version > 1 ? blockMap.seek(lineage, block, e.version - 1) : undefined;
@@ -61,6 +48,18 @@ export function applyGeneration(
       if (showsData) dbs.map.put(key, TOMBSTONE);
       else if (oldRaw !== undefined) dbs.map.remove(key);
     }
+  }
+
+  // New chunks still referenced: one record each, written with its final count.
+  for (const id of entered) {
+    const c = writeback.newChunks.get(id)!;
+    const refs = refDelta.get(id) ?? 0;
+    refDelta.delete(id);
+    invariant(refs > 0, `new chunk ${id} is referenced`);
+    dbs.chunks.put(chunkKey(id), encodeChunk({ hash: c.hash, segment: c.loc.segment, slot: c.loc.slot, refs }));
+    const same = dbs.hashes.getBinary(c.hash);
+    dbs.hashes.put(c.hash, same ? encodeIds([...decodeIds(same), id]) : mapValue(id));
+    segLive.set(c.loc.segment, (segLive.get(c.loc.segment) ?? 0) + 1);
   }
 
   for (const [id, d] of refDelta) {

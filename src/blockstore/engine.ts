@@ -11,13 +11,13 @@
  * Everything here is synchronous and runs to completion on the JS thread, so
  * no two operations interleave inside a block; only flush (store.ts) awaits.
  */
-import { BLOCK_SIZE, ZERO_BLOCK } from './constants.js';
+import { BLOCK_SIZE, HASH_SIZE, ZERO_BLOCK } from './constants.js';
 import { DormantError } from './errors.js';
 import type { HashFunction } from './hash.js';
 import type { IndexDbs } from './index-db.js';
 import type { Catalog, Point } from './catalog.js';
 import { BlockMap, UNRESOLVED } from './blockmap.js';
-import { chunkKey, decodeChunk, hashKey } from './keys.js';
+import { chunkKey, decodeChunk, decodeIds } from './keys.js';
 import type { Location, SegmentFiles } from './segments.js';
 import type { Writeback } from './writeback.js';
 import type { Fingerprints } from './fingerprints.js';
@@ -69,15 +69,57 @@ export class BlockEngine {
     return ids;
   }
 
-  /** Reads `n` whole blocks into `out` at `outOffset`; attributes them to `label`. */
+  /**
+   * Reads `n` whole blocks into `out` at `outOffset`; attributes them to
+   * `label`. Chunks in consecutive slots of one segment are read with one
+   * system call, then each block is checked against its hash.
+   */
   readBlocks(t: Target, first: number, n: number, out: Buffer, outOffset: number, label?: string): void {
     const ids = this.resolve(t, first, n);
+    const segs = new Array<number>(n);
+    const slots = new Array<number>(n);
+    const hashes = Buffer.allocUnsafe(n * HASH_SIZE);
     for (let i = 0; i < n; i++) {
+      if (ids[i] === 0) continue;
+      const loc = this.locate(ids[i], hashes, i * HASH_SIZE);
+      segs[i] = loc.segment;
+      slots[i] = loc.slot;
+    }
+    for (let i = 0; i < n;) {
       const at = outOffset + i * BLOCK_SIZE;
-      if (ids[i] === 0) out.fill(0, at, at + BLOCK_SIZE);
-      else this.readChunk(ids[i], out, at, t.name, first + i);
+      if (ids[i] === 0) { out.fill(0, at, at + BLOCK_SIZE); i++; continue; }
+      let j = i + 1;
+      while (j < n && ids[j] !== 0 && segs[j] === segs[i] && slots[j] === slots[i] + (j - i)) j++;
+      this.segments.readRun({ segment: segs[i], slot: slots[i] }, j - i, out, at);
+      for (let k = i; k < j; k++) {
+        const b = out.subarray(outOffset + k * BLOCK_SIZE, outOffset + (k + 1) * BLOCK_SIZE);
+        if (this.hash(b).compare(hashes, k * HASH_SIZE, (k + 1) * HASH_SIZE) !== 0) {
+          throw this.damaged({ segment: segs[k], slot: slots[k] }, t.name, first + k);
+        }
+      }
+      i = j;
     }
     if (label !== undefined) this.fingerprints.record(label, ids);
+  }
+
+  /** Segment location of chunk `id`; copies its hash into `hashOut` at `hashAt`. */
+  private locate(id: number, hashOut: Buffer, hashAt: number): Location {
+    const pending = this.writeback.newChunks.get(id);
+    if (pending) {
+      pending.hash.copy(hashOut, hashAt);
+      return pending.loc;
+    }
+    const raw = this.dbs.chunks.getBinaryFast(chunkKey(id)); // valid until the next get: copied out at once
+    if (!raw) throw new DormantError('EIO', `chunk ${id} is missing from the index`);
+    raw.copy(hashOut, hashAt, 0, HASH_SIZE);
+    return { segment: raw.readUInt32BE(16), slot: raw.readUInt32BE(20) };
+  }
+
+  private damaged(loc: Location, volume?: string, block?: number): DormantError {
+    const where = volume === undefined ? '' : ` (block ${block} of ${volume})`;
+    return new DormantError('EIO',
+      `data in segment ${loc.segment} slot ${loc.slot} does not match its checksum${where}`,
+      { volume, offset: block === undefined ? undefined : block * BLOCK_SIZE, length: BLOCK_SIZE });
   }
 
   /** Writes whole blocks from `data` (length n * BLOCK_SIZE) at block `first`. */
@@ -113,12 +155,7 @@ export class BlockEngine {
   readChunk(id: number, out: Buffer, at: number, volume?: string, block?: number): void {
     const { loc, hash } = this.chunkLocation(id);
     this.segments.readInto(loc, out, at);
-    if (!this.hash(out.subarray(at, at + BLOCK_SIZE)).equals(hash)) {
-      const where = volume === undefined ? '' : ` (block ${block} of ${volume})`;
-      throw new DormantError('EIO',
-        `data in segment ${loc.segment} slot ${loc.slot} does not match its checksum${where}`,
-        { volume, offset: block === undefined ? undefined : block * BLOCK_SIZE, length: BLOCK_SIZE });
-    }
+    if (!this.hash(out.subarray(at, at + BLOCK_SIZE)).equals(hash)) throw this.damaged(loc, volume, block);
   }
 
   /** Id of a chunk holding exactly `block`'s bytes, stored anew if none does. */
@@ -127,7 +164,7 @@ export class BlockEngine {
     for (const id of this.writeback.newChunksWithHash(h)) {
       if (this.sameBytes(id, block)) return id;
     }
-    for (const id of this.committedWithHash(h)) {
+    for (const id of decodeIds(this.dbs.hashes.getBinary(h))) {
       if (this.sameBytes(id, block)) return id;
     }
     if (this.nextChunkId >= MAX_CHUNK_ID) throw new DormantError('ENOSPC', 'chunk ids exhausted');
@@ -135,13 +172,6 @@ export class BlockEngine {
     const loc = this.segments.append(block);
     this.writeback.addNewChunk({ id, hash: h, loc });
     return id;
-  }
-
-  private *committedWithHash(h: Buffer): Generator<number> {
-    for (const key of this.dbs.hashes.getKeys({ start: hashKey(h, 0), end: hashKey(h, MAX_CHUNK_ID) })) {
-      const k = key as Buffer;
-      yield k.readUInt32BE(16) * 2 ** 32 + k.readUInt32BE(20);
-    }
   }
 
   /** Byte comparison before sharing; a candidate that fails to read is not shared. */

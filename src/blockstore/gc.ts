@@ -21,7 +21,7 @@ import type { IndexDbs } from './index-db.js';
 import type { BlockEngine } from './engine.js';
 import type { Location, SegmentFiles } from './segments.js';
 import type { Writeback } from './writeback.js';
-import { chunkKey, decodeChunk, encodeChunk, hashKey, mapKey, parseChunkKey } from './keys.js';
+import { chunkKey, decodeChunk, decodeIds, encodeChunk, encodeIds, mapKey, parseChunkKey } from './keys.js';
 import { DormantError } from './errors.js';
 import type { GcResult } from './types.js';
 
@@ -90,7 +90,8 @@ function freeChunks(ctx: GcContext): number {
     if (c.refs !== 0 || writeback.references(id)) continue;
     freed.add(id);
     dbs.chunks.remove(key);
-    dbs.hashes.remove(hashKey(c.hash, id));
+    const rest = decodeIds(dbs.hashes.getBinary(c.hash)).filter((x) => x !== id);
+    if (rest.length > 0) dbs.hashes.put(c.hash, encodeIds(rest)); else dbs.hashes.remove(c.hash);
     segDelta.set(c.segment, (segDelta.get(c.segment) ?? 0) + 1);
   }
   for (const [seg, n] of segDelta) {

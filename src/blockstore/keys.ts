@@ -8,8 +8,8 @@
  *
  * Chunk record (chunk id -> 28 bytes): [0] hash(16) [16] u32 segment
  * [20] u32 slot (block index inside the segment) [24] u32 refs.
- * Hash index key: hash(16) + u64 chunk id -> empty; several ids under one
- * hash are contents that collide.
+ * Hash index: hash(16) -> n x u64 chunk ids; several ids under one hash are
+ * contents that collide (a point look-up per written block, no cursor).
  */
 import { HASH_SIZE } from './constants.js';
 
@@ -76,7 +76,14 @@ export function decodeChunk(b: Buffer): ChunkRecord {
   };
 }
 
-/** Key of the hash index. */
-export function hashKey(hash: Buffer, chunkId: number): Buffer {
-  return Buffer.concat([hash, mapValue(chunkId)]);
+/** Chunk ids stored under one hash in the hash index. */
+export function decodeIds(v: Buffer | undefined): number[] {
+  const out: number[] = [];
+  if (v) for (let i = 0; i + 8 <= v.length; i += 8) out.push(v.readUInt32BE(i) * 2 ** 32 + v.readUInt32BE(i + 4));
+  return out;
+}
+
+/** Encodes the chunk ids of one hash. */
+export function encodeIds(ids: readonly number[]): Buffer {
+  return Buffer.concat(ids.map(mapValue));
 }

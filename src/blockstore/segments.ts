@@ -123,6 +123,34 @@ export class SegmentFiles {
     return { segment: this.active, slot: this.nextSlot++ };
   }
 
+  /**
+   * Reads `count` chunks stored in consecutive slots from `loc` into
+   * `target` at `targetOffset` with one system call (a sequential read of a
+   * volume usually maps to consecutive slots).
+   */
+  readRun(loc: Location, count: number, target: Buffer, targetOffset: number): void {
+    const inBuffer = loc.segment === this.active && loc.slot + count > this.bufferBase;
+    if (count === 1 || inBuffer) {
+      for (let i = 0; i < count; i++) {
+        this.readInto({ segment: loc.segment, slot: loc.slot + i }, target, targetOffset + i * BLOCK_SIZE);
+      }
+      return;
+    }
+    const fd = this.fdFor(loc.segment);
+    const bytes = count * BLOCK_SIZE;
+    let done = 0;
+    try {
+      while (done < bytes) {
+        const n = fs.readSync(fd, target, targetOffset + done, bytes - done, SEGMENT_HEADER_SIZE + loc.slot * BLOCK_SIZE + done);
+        if (n === 0) break;
+        done += n;
+      }
+    } catch (err) {
+      throw new DormantError('EIO', `cannot read segment ${loc.segment}: ${(err as Error).message}`, { cause: err });
+    }
+    if (done !== bytes) throw new DormantError('EIO', `segment ${loc.segment} is truncated near slot ${loc.slot}`);
+  }
+
   /** Reads one chunk's bytes into `target` at `targetOffset`. */
   readInto(loc: Location, target: Buffer, targetOffset: number): void {
     if (loc.segment === this.active && loc.slot >= this.bufferBase && loc.slot < this.bufferBase + this.bufferCount) {

@@ -15,8 +15,8 @@ export interface VolumeHost {
   readonly engine: BlockEngine;
   readonly catalog: Catalog;
   flush(): Promise<void>;
-  /** Called after every mutation (lets the store schedule write-back). */
-  afterWrite(): void;
+  /** Called after every mutation; a returned promise makes the writer wait (backpressure). */
+  afterWrite(): Promise<void> | undefined;
   /** Called once when the handle closes. */
   release(name: string): void;
 }
@@ -145,7 +145,8 @@ export class Volume implements VolumeHandle {
   }
 
   private async finish(opts: WriteOptions): Promise<void> {
-    this.host.afterWrite();
+    const backpressure = this.host.afterWrite();
+    if (backpressure) await backpressure;
     if (opts.fua) await this.host.flush();
   }
 
