@@ -8,6 +8,6 @@ export { BLOCK_SIZE, MAX_VOLUME_SIZE, FORMAT_VERSION } from './constants.js';
 export { xxh3, type HashFunction } from './hash.js';
 export { checkName, splitName } from './catalog.js';
 export type {
-  VolumeKind, VolumeHandle, ReadOptions, WriteOptions, Extent, VolumeSummary, VolumeInfo, StoreStats, GcResult,
+  VolumeKind, VolumeHandle, ReadOptions, WriteOptions, Extent, VolumeEntry, VolumeSummary, VolumeInfo, StoreStats, GcResult,
   FingerprintEntry,
 } from './types.js';

@@ -33,7 +33,7 @@ import { computeInfo, computeList, computeStats } from './usage.js';
 import { collectGarbage } from './gc.js';
 import { parseChunkKey } from './keys.js';
 import type {
-  FingerprintEntry, GcResult, StoreStats, VolumeHandle, VolumeInfo, VolumeKind, VolumeSummary,
+  FingerprintEntry, GcResult, StoreStats, VolumeEntry, VolumeHandle, VolumeInfo, VolumeKind, VolumeSummary,
 } from './types.js';
 
 /** Options for opening a store. */
@@ -200,6 +200,24 @@ export class Store implements VolumeHost {
     return this.catalog.exists(name);
   }
 
+  /** One volume or snapshot without space accounting (cheap); null when unknown. */
+  describe(name: string): VolumeEntry | null {
+    if (!this.catalog.exists(name)) return null;
+    const r = this.catalog.resolve(name);
+    const rec = r.readOnly ? this.catalog.snapshots.get(name)! : this.catalog.volumes.get(name)!;
+    return {
+      name, type: r.readOnly ? 'snapshot' : 'volume', kind: r.kind, size: r.size,
+      origin: r.readOnly ? null : this.catalog.lineage(r.lineage).origin, created: rec.created,
+    };
+  }
+
+  /** Every volume and snapshot without space accounting (cheap), volumes each followed by their snapshots. */
+  entries(): VolumeEntry[] {
+    return [...this.catalog.volumes.keys()].sort()
+      .flatMap((v) => [v, ...this.catalog.snapshotsOf(v)])
+      .map((n) => this.describe(n)!);
+  }
+
   /** Every volume and snapshot with its space accounting. */
   async list(): Promise<VolumeSummary[]> {
     this.live();
@@ -269,9 +287,15 @@ export class Store implements VolumeHost {
     await this.lock.release();
   }
 
-  /** VolumeHost: schedules write-back when enough is pending. */
-  afterWrite(): void {
-    if (this.writeback.size >= WRITEBACK_MAX_BLOCKS) this.flushInBackground();
+  /**
+   * VolumeHost: schedules write-back when enough is pending, and makes the
+   * writer wait for it past twice that (a writer that never yields would
+   * otherwise grow the pending set without bound).
+   */
+  afterWrite(): Promise<void> | undefined {
+    if (this.writeback.size < WRITEBACK_MAX_BLOCKS) return undefined;
+    this.flushInBackground();
+    return this.writeback.size >= 2 * WRITEBACK_MAX_BLOCKS ? this.backgroundFlush ?? undefined : undefined;
   }
 
   /** VolumeHost: a handle closed. */

@@ -53,21 +53,25 @@ export interface VolumeHandle {
   close(): Promise<void>;
 }
 
-/** One row of `dormant list`. Byte counts. */
-export interface VolumeSummary {
+/** A volume or snapshot as the catalog knows it (cheap: no space accounting). */
+export interface VolumeEntry {
   name: string;
   type: 'volume' | 'snapshot';
   kind: VolumeKind;
   size: number;
+  /** `vol@snap` this was branched from, or null. */
+  origin: string | null;
+  created: string;
+}
+
+/** One row of `dormant list`. Byte counts. */
+export interface VolumeSummary extends VolumeEntry {
   /** Bytes of non-hole blocks visible in this volume (own + inherited). */
   allocated: number;
   /** Bytes of blocks no other volume or snapshot shares (freed by removing only this one). */
   unique: number;
   /** allocated - unique: shared with its origin, its snapshots or deduplicated with others. */
   shared: number;
-  /** `vol@snap` this was branched from, or null. */
-  origin: string | null;
-  created: string;
 }
 
 /** `dormant info`. */

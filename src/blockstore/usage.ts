@@ -24,8 +24,8 @@ interface PointUsage { ownData: number; unique: number; ownBlocks: number[]; all
 
 const key = (p: Point) => `${p.lineage}:${p.version}`;
 
-/** Usage of every readable point, by `lineage:version`. */
-function computePoints(catalog: Catalog, blockMap: BlockMap, dbs: IndexDbs): Map<string, PointUsage> {
+/** Usage of every readable point (or those of the `only` lineages), by `lineage:version`. */
+function computePoints(catalog: Catalog, blockMap: BlockMap, dbs: IndexDbs, only?: Set<number>): Map<string, PointUsage> {
   const result = new Map<string, PointUsage>();
   const refsOf = (id: number) => {
     const raw = dbs.chunks.getBinary(chunkKey(id));
@@ -35,6 +35,7 @@ function computePoints(catalog: Catalog, blockMap: BlockMap, dbs: IndexDbs): Map
   for (const l of catalog.lineages.values()) if (l.parent) inherits.add(key(l.parent));
 
   for (const l of catalog.lineages.values()) {
+    if (only && !only.has(l.id)) continue;
     const versions = catalog.retainedVersions(l.id);
     const usage = versions.map((): PointUsage => ({ ownData: 0, unique: 0, ownBlocks: [], allocated: 0, inherited: 0 }));
     const firstAtLeast = (v: number) => {
@@ -84,6 +85,7 @@ function computePoints(catalog: Catalog, blockMap: BlockMap, dbs: IndexDbs): Map
     return u.allocated;
   };
   for (const l of catalog.lineages.values()) {
+    if (only && !only.has(l.id)) continue;
     for (const v of catalog.retainedVersions(l.id)) resolveAllocated({ lineage: l.id, version: v });
   }
   return result;
@@ -121,7 +123,8 @@ export function computeList(catalog: Catalog, blockMap: BlockMap, dbs: IndexDbs)
 /** Details of one name. */
 export function computeInfo(catalog: Catalog, blockMap: BlockMap, dbs: IndexDbs, name: string,
   openHandles: number): VolumeInfo {
-  const points = computePoints(catalog, blockMap, dbs);
+  // Only the lineages this name reads through need scanning.
+  const points = computePoints(catalog, blockMap, dbs, new Set(catalog.chain(catalog.pointOf(name)).map((p) => p.lineage)));
   const u = points.get(key(catalog.pointOf(name)));
   const s = summarize(catalog, name, u);
   const total = Math.ceil(s.size / BLOCK_SIZE);
