@@ -1,0 +1,152 @@
+#!/usr/bin/env node
+/**
+ * NBD benchmark: fio's nbd engine over Unix sockets against
+ *   - dormant serving a branch of a 1 GiB golden image,
+ *   - qemu-nbd -t -e 16 serving a qcow2 overlay on the raw image,
+ *   - nbdkit --filter=cow file on the raw image.
+ * Workloads: 4 KiB randread/randwrite at iodepth 16, 1 MiB seq read/write at
+ * iodepth 4, each for BENCH_RUNTIME seconds (default 10). Prints IOPS and
+ * MB/s per server and the dormant/peer ratio per workload.
+ *
+ * Build first (`npx tsc`); this imports the compiled modules from dist/.
+ * Env: BENCH_SIZE_MIB (default 1024), BENCH_RUNTIME (s, default 10),
+ * BENCH_DIR (work dir, default a temp dir, removed afterwards).
+ */
+import { spawn, execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
+import { randomFillSync } from 'node:crypto';
+import { existsSync, mkdtempSync, openSync, closeSync, writeSync, rmSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const dist = path.join(here, '..', 'dist');
+if (!existsSync(path.join(dist, 'nbd', 'index.js'))) {
+  console.error('bench/nbd.mjs: dist/nbd/index.js missing; run `npx tsc` first');
+  process.exit(2);
+}
+const { NbdServer, StoreBackend, silentLogger } = await import(path.join(dist, 'nbd', 'index.js'));
+const { Store } = await import(path.join(dist, 'blockstore', 'index.js'));
+
+const MiB = 1024 * 1024;
+const SIZE = Number(process.env.BENCH_SIZE_MIB ?? 1024) * MiB;
+const RUNTIME = Number(process.env.BENCH_RUNTIME ?? 10);
+const ownDir = process.env.BENCH_DIR === undefined;
+const dir = process.env.BENCH_DIR ?? mkdtempSync(path.join(tmpdir(), 'dormant-bench-'));
+mkdirSync(dir, { recursive: true });
+
+const WORKLOADS = [
+  { name: '4k randread qd16', rw: 'randread', bs: '4k', iodepth: 16 },
+  { name: '1M seqread qd4', rw: 'read', bs: '1M', iodepth: 4 },
+  { name: '4k randwrite qd16', rw: 'randwrite', bs: '4k', iodepth: 16 },
+  { name: '1M seqwrite qd4', rw: 'write', bs: '1M', iodepth: 4 },
+];
+
+const children = [];
+function startChild(cmd, args) {
+  const c = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+  children.push(c);
+  return c;
+}
+function stopChildren() {
+  for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
+}
+process.on('exit', stopChildren);
+
+async function waitForSocket(p, ms = 20_000) {
+  const end = Date.now() + ms;
+  while (!existsSync(p)) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${p}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Writes the golden image: the raw file and the dormant volume get the same random bytes. */
+async function makeGolden(store, rawPath) {
+  await store.createVolume('golden', SIZE);
+  const h = await store.openVolume('golden');
+  const fd = openSync(rawPath, 'w');
+  const buf = Buffer.allocUnsafe(4 * MiB);
+  for (let off = 0; off < SIZE; off += buf.length) {
+    randomFillSync(buf);
+    writeSync(fd, buf, 0, buf.length, off);
+    await h.write(off, buf);
+  }
+  closeSync(fd);
+  await h.flush();
+  await h.close();
+  await store.snapshot('golden', 'base');
+  await store.branch('vm', 'golden@base');
+}
+
+/** Runs fio asynchronously: dormant serves from this very process, so the event loop must stay free. */
+async function fio(uri, w) {
+  const args = [
+    '--name=bench', '--ioengine=nbd', `--uri=${uri}`, `--rw=${w.rw}`, `--bs=${w.bs}`, `--iodepth=${w.iodepth}`,
+    '--numjobs=1', `--size=${SIZE}`, `--runtime=${RUNTIME}`, '--time_based', '--output-format=json',
+  ];
+  const { stdout: out } = await promisify(execFile)('fio', args, { encoding: 'utf8', timeout: (RUNTIME + 60) * 1000, maxBuffer: 16 * MiB });
+  const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
+  const side = w.rw.includes('read') ? job.read : job.write;
+  return { iops: side.iops, mbps: side.bw_bytes / 1e6 };
+}
+
+async function main() {
+  const rawPath = path.join(dir, 'golden.raw');
+  console.log(`bench: ${SIZE / MiB} MiB golden image, ${RUNTIME} s per run, work dir ${dir}`);
+  const t0 = Date.now();
+  const store = await Store.init(path.join(dir, 'store'));
+  await makeGolden(store, rawPath);
+  console.log(`bench: golden written in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+
+  const dormantSock = path.join(dir, 'dormant.sock');
+  const server = new NbdServer({ backend: new StoreBackend(store), socketPath: dormantSock, logger: silentLogger });
+  await server.listen();
+
+  const overlay = path.join(dir, 'overlay.qcow2');
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', rawPath, '-F', 'raw', overlay]);
+  const qemuSock = path.join(dir, 'qemu.sock');
+  startChild('qemu-nbd', ['-t', '-e', '16', '-k', qemuSock, '-f', 'qcow2', '-x', 'vm', overlay]);
+  const nbdkitSock = path.join(dir, 'nbdkit.sock');
+  startChild('nbdkit', ['-f', '-U', nbdkitSock, '-e', 'vm', '--filter=cow', 'file', rawPath]);
+  await waitForSocket(qemuSock);
+  await waitForSocket(nbdkitSock);
+
+  const targets = [
+    { name: 'dormant', uri: `nbd+unix:///vm?socket=${dormantSock}` },
+    { name: 'qemu-nbd', uri: `nbd+unix:///vm?socket=${qemuSock}` },
+    { name: 'nbdkit-cow', uri: `nbd+unix:///vm?socket=${nbdkitSock}` },
+  ];
+  const results = {};
+  for (const w of WORKLOADS) {
+    for (const t of targets) {
+      results[`${w.name}|${t.name}`] = await fio(t.uri, w);
+      const r = results[`${w.name}|${t.name}`];
+      console.log(`bench: ${w.name.padEnd(18)} ${t.name.padEnd(10)} ${r.iops.toFixed(0).padStart(8)} IOPS ${r.mbps.toFixed(1).padStart(8)} MB/s`);
+    }
+  }
+
+  console.log('\nworkload            ' + targets.map((t) => t.name.padStart(22)).join('') + '   dormant/qemu-nbd  dormant/nbdkit');
+  for (const w of WORKLOADS) {
+    const cells = targets.map((t) => {
+      const r = results[`${w.name}|${t.name}`];
+      return `${r.iops.toFixed(0)} IOPS ${r.mbps.toFixed(0)} MB/s`.padStart(22);
+    });
+    const d = results[`${w.name}|dormant`].iops;
+    const q = results[`${w.name}|qemu-nbd`].iops;
+    const k = results[`${w.name}|nbdkit-cow`].iops;
+    console.log(`${w.name.padEnd(20)}${cells.join('')}   ${(d / q).toFixed(2).padStart(16)}  ${(d / k).toFixed(2).padStart(14)}`);
+  }
+
+  await server.close();
+  await store.close();
+}
+
+try {
+  await main();
+} finally {
+  stopChildren();
+  await new Promise((r) => setTimeout(r, 200));
+  if (ownDir) rmSync(dir, { recursive: true, force: true });
+}

@@ -1,0 +1,266 @@
+/**
+ * One client connection: drives the handshake machine over the socket,
+ * upgrades to TLS in-band, then hands the socket to the transmission loop.
+ *
+ * Lifecycle:
+ *   GREETING -> HANDSHAKE (options; STARTTLS swaps the socket for a
+ *   TLSSocket) -> TRANSMISSION -> CLOSING (flush on shutdown, close the
+ *   handle, end or destroy the socket) -> CLOSED (`closed` resolves).
+ *
+ * Rules: nothing thrown here escapes `run()`; every failure ends this
+ * connection only. The handle opened by GO/EXPORT_NAME is closed exactly
+ * once, after the last request using it completed. During the handshake
+ * the receive queue is bounded by pausing the socket.
+ */
+import type { Socket } from 'node:net';
+import * as tls from 'node:tls';
+import type { Duplex } from 'node:stream';
+import type { NbdBackend, NbdLogger } from './backend.js';
+import { ByteQueue } from './bytequeue.js';
+import * as C from './codec.js';
+import { Handshake, type HandshakeStep, type NegotiatedExport, type TlsMode } from './handshake.js';
+import * as P from './protocol.js';
+import { Transmission, type EndReason, type TransmissionLimits } from './transmission.js';
+
+/** Longest option payload we accept; more is treated as a DoS and closes. */
+export const MAX_OPTION_DATA = 64 * 1024;
+/** Receive-queue size during the handshake above which we stop reading. */
+const HANDSHAKE_QUEUE_LIMIT = 4 * MAX_OPTION_DATA;
+/** How long a graceful close may wait for the peer before the socket is destroyed. */
+const CLOSE_GRACE_MS = 5000;
+
+/** Everything a connection needs from its server. */
+export interface ConnectionConfig {
+  backend: NbdBackend;
+  logger: NbdLogger;
+  tlsMode: TlsMode;
+  secureContext?: tls.SecureContext;
+  labelBy: 'export' | 'peer';
+  defaultExport?: string;
+  limits: TransmissionLimits;
+  handshakeTimeoutMs: number;
+}
+
+/** One NBD client connection. */
+export class Connection {
+  /** Resolves once the socket is closed and the handle released. */
+  readonly closed: Promise<void>;
+  private socket: Duplex;
+  private readonly queue = new ByteQueue();
+  private readonly hs: Handshake;
+  private transmission: Transmission | null = null;
+  private waiter: (() => void) | null = null;
+  private eof = false;
+  private paused = false;
+  private exportName = '-';
+  private endReason: string = 'closed';
+  private shuttingDown = false;
+  private readonly name: string;
+  private readonly peer: string;
+  private readonly onData = (chunk: Buffer): void => this.receive(chunk);
+  private readonly onEof = (): void => this.markEof();
+  private socketClosed!: () => void;
+  private readonly socketClosedEvent = new Promise<void>((resolve) => (this.socketClosed = resolve));
+  private readonly onClose = (): void => {
+    this.markEof();
+    this.socketClosed();
+  };
+
+  constructor(id: number, private readonly raw: Socket, private readonly cfg: ConnectionConfig) {
+    this.name = `conn#${id}`;
+    this.peer = raw.remoteAddress !== undefined ? `${raw.remoteAddress}:${raw.remotePort}` : 'unix';
+    this.socket = raw;
+    this.hs = new Handshake({ backend: cfg.backend, tlsMode: cfg.tlsMode, defaultExport: cfg.defaultExport, logger: cfg.logger });
+    this.closed = this.run().catch((err: unknown) => {
+      cfg.logger.error(`nbd: ${this.name}: unexpected failure`, err);
+      raw.destroy();
+    });
+  }
+
+  /** Server shutdown: a handshaking client is dropped, a transmitting one finishes its requests. */
+  shutdown(): Promise<void> {
+    this.shuttingDown = true;
+    if (this.transmission !== null) this.transmission.shutdown();
+    else this.raw.destroy();
+    return this.closed;
+  }
+
+  private attach(s: Duplex): void {
+    s.on('data', this.onData);
+    s.on('end', this.onEof);
+    s.on('close', this.onClose);
+    s.on('error', this.onEof);
+  }
+
+  private receive(chunk: Buffer): void {
+    this.queue.push(chunk);
+    if (this.transmission !== null) {
+      this.transmission.onData();
+      return;
+    }
+    if (this.queue.length > HANDSHAKE_QUEUE_LIMIT && !this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    }
+    this.wake();
+  }
+
+  private markEof(): void {
+    this.eof = true;
+    this.transmission?.onClose();
+    this.wake();
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = null;
+    w?.();
+  }
+
+  /** Waits until `n` bytes are queued; false on EOF. */
+  private async need(n: number): Promise<boolean> {
+    while (this.queue.length < n) {
+      if (this.eof) return false;
+      if (this.paused) {
+        this.paused = false;
+        this.socket.resume();
+      }
+      await new Promise<void>((resolve) => (this.waiter = resolve));
+    }
+    return true;
+  }
+
+  private write(bufs: Buffer[]): void {
+    if (!this.socket.writable) return;
+    if (bufs.length === 1) this.socket.write(bufs[0]);
+    else if (bufs.length > 1) this.socket.write(Buffer.concat(bufs));
+  }
+
+  private async run(): Promise<void> {
+    this.cfg.logger.info(`nbd: ${this.name} connected from ${this.peer}`);
+    this.raw.setNoDelay(true);
+    this.attach(this.raw);
+    const deadline = setTimeout(() => {
+      this.endReason = 'handshake timeout';
+      this.raw.destroy();
+    }, this.cfg.handshakeTimeoutMs);
+    deadline.unref();
+    this.socket.write(this.hs.greeting());
+    const exp = await this.handshake();
+    clearTimeout(deadline);
+    let stats = '';
+    if (exp !== null) {
+      this.exportName = exp.name;
+      const reason = await this.transmit(exp);
+      stats = this.statsText();
+      await this.release(exp, reason);
+    }
+    await this.socketClosedEvent;
+    this.cfg.logger.info(`nbd: ${this.name} disconnected export=${this.exportName} reason=${this.endReason}${stats}`);
+  }
+
+  /** Runs option haggling; returns the export to serve, or null when the connection should close. */
+  private async handshake(): Promise<NegotiatedExport | null> {
+    if (!(await this.need(4))) return this.quit('eof in handshake');
+    const flags = this.queue.take(4).readUInt32BE(0);
+    let step: HandshakeStep = this.hs.clientFlags(flags);
+    for (;;) {
+      this.write(step.replies);
+      switch (step.next) {
+        case 'close':
+          return this.quit(step.reason, true);
+        case 'transmit':
+          if (this.shuttingDown || this.eof) {
+            await step.export.handle.close().catch((err) => this.cfg.logger.error(`nbd: ${this.name}: close failed`, err));
+            return this.quit('closed during handshake');
+          }
+          return step.export;
+        case 'starttls':
+          if (!(await this.upgradeTls())) return this.quit('TLS handshake failed');
+          this.hs.tlsStarted();
+          break;
+        case 'continue':
+          break;
+      }
+      if (this.shuttingDown) return this.quit('shutdown');
+      if (!(await this.need(P.OPTION_HEADER_SIZE))) return this.quit('eof in handshake');
+      const head = C.decodeOptionHeader(this.queue.peek(P.OPTION_HEADER_SIZE), this.queue.peekOffset());
+      if (head === null) return this.quit('bad option magic');
+      if (head.length > MAX_OPTION_DATA) return this.quit(`option ${head.option} with ${head.length} bytes`);
+      if (!(await this.need(P.OPTION_HEADER_SIZE + head.length))) return this.quit('eof in handshake');
+      this.queue.skip(P.OPTION_HEADER_SIZE);
+      const data = this.queue.take(head.length);
+      step = await this.hs.option(head.option, data);
+    }
+  }
+
+  /** Ends the handshake: `graceful` lets queued replies (ABORT's ACK) reach the peer first. */
+  private quit(reason: string, graceful = false): null {
+    this.endReason = reason;
+    if (graceful && this.socket.writable) this.endGracefully();
+    else this.hardClose();
+    return null;
+  }
+
+  private endGracefully(): void {
+    this.socket.end();
+    setTimeout(() => this.hardClose(), CLOSE_GRACE_MS).unref();
+  }
+
+  private hardClose(): void {
+    this.socket.destroy();
+    this.raw.destroy();
+  }
+
+  /** Swaps the plaintext socket for a server-side TLSSocket after the STARTTLS ACK. */
+  private async upgradeTls(): Promise<boolean> {
+    if (this.cfg.secureContext === undefined || this.queue.length > 0 || this.eof) return false;
+    const raw = this.raw;
+    raw.removeListener('data', this.onData);
+    raw.removeListener('end', this.onEof);
+    const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: this.cfg.secureContext });
+    secure.on('error', () => {}); // reported through 'close'; a listener keeps errors from escaping
+    const ok = await new Promise<boolean>((resolve) => {
+      secure.once('secure', () => resolve(true));
+      secure.once('error', () => resolve(false));
+      secure.once('close', () => resolve(false));
+    });
+    if (!ok) {
+      secure.destroy();
+      return false;
+    }
+    this.socket = secure;
+    this.attach(secure);
+    return true;
+  }
+
+  private transmit(exp: NegotiatedExport): Promise<EndReason> {
+    const label = this.cfg.labelBy === 'peer' && this.raw.remoteAddress !== undefined ? this.raw.remoteAddress : exp.name;
+    const t = new Transmission(this.socket, this.queue, exp, label, this.cfg.limits, this.cfg.logger, this.name);
+    this.transmission = t;
+    if (this.paused) {
+      this.paused = false;
+      this.socket.resume();
+    }
+    if (this.shuttingDown) t.shutdown();
+    if (this.queue.length > 0) t.onData();
+    if (this.eof) t.onClose();
+    return t.done;
+  }
+
+  private statsText(): string {
+    const s = this.transmission?.stats;
+    if (s === undefined) return '';
+    return ` requests=${s.requests} reads=${s.reads} writes=${s.writes} bytesRead=${s.bytesRead} bytesWritten=${s.bytesWritten} errors=${s.errors}`;
+  }
+
+  /** After the last request: flush on shutdown, close the handle, close the socket. */
+  private async release(exp: NegotiatedExport, reason: EndReason): Promise<void> {
+    this.endReason = reason;
+    const log = (what: string) => (err: unknown) => this.cfg.logger.error(`nbd: ${this.name}: ${what} failed`, err);
+    if (reason === 'shutdown') await exp.handle.flush().catch(log('flush'));
+    await exp.handle.close().catch(log('close'));
+    if ((reason === 'disc' || reason === 'shutdown') && this.socket.writable) this.endGracefully();
+    else this.hardClose();
+  }
+}

@@ -1,0 +1,323 @@
+/**
+ * The transmission phase of one connection: parse requests, run them
+ * against the export's VolumeHandle, write replies.
+ *
+ * Design:
+ * - Parsing is synchronous over the ByteQueue (`pump`), called on every
+ *   received chunk, on every completion and on socket 'drain'. A WRITE is
+ *   dispatched only once its whole payload is queued.
+ * - Requests run concurrently; replies go out in completion order (the
+ *   cookie identifies them). Every reply is written within one synchronous
+ *   run, so chunks of different replies never interleave inside a chunk.
+ *   Writes in one tick are corked together and flushed by one writev.
+ * - Memory is bounded: no new request is parsed while `maxInFlight`
+ *   requests or `maxInFlightBytes` of payload/read data are outstanding, or
+ *   the socket holds `maxWriteBuffer` unsent bytes; then the socket is
+ *   paused. One request is always admitted, so any legal size progresses.
+ * - Errors are per request (validated here, at the edge). Only protocol
+ *   violations (bad magic, a payload beyond the drain bound) end the
+ *   connection. `execute` never rejects.
+ *
+ * States: RUNNING -> (DISC | shutdown | peer closed | violation) STOPPING
+ * -> in-flight == 0 -> DONE (`done` resolves with the reason).
+ */
+import type { Duplex } from 'node:stream';
+import type { NbdLogger } from './backend.js';
+import type { ByteQueue } from './bytequeue.js';
+import * as C from './codec.js';
+import { errnoName, mapStoreError, outOfRangeErrno } from './errors.js';
+import type { NegotiatedExport } from './handshake.js';
+import * as P from './protocol.js';
+import { blockStatusDescriptors, readReplyChunks } from './replies.js';
+
+/** Per-connection bounds. */
+export interface TransmissionLimits {
+  /** Requests executing at once. */
+  maxInFlight: number;
+  /** Bytes of WRITE payloads and READ results held at once. */
+  maxInFlightBytes: number;
+  /** Unsent reply bytes before we stop taking requests. */
+  maxWriteBuffer: number;
+  /** An oversize WRITE payload up to this many bytes is drained; beyond it we disconnect. */
+  drainLimit: number;
+}
+
+/** Defaults: 64 requests, 64 MiB, 16 MiB of unsent replies, drain up to 128 MiB. */
+export const DEFAULT_LIMITS: TransmissionLimits = {
+  maxInFlight: 64,
+  maxInFlightBytes: 64 * 1024 * 1024,
+  maxWriteBuffer: 16 * 1024 * 1024,
+  drainLimit: 128 * 1024 * 1024,
+};
+
+/** Counters reported in the disconnect log line. */
+export interface TransmissionStats {
+  requests: number;
+  reads: number;
+  writes: number;
+  bytesRead: number;
+  bytesWritten: number;
+  errors: number;
+}
+
+/** Why transmission ended. */
+export type EndReason = 'disc' | 'shutdown' | 'closed' | 'violation';
+
+/** Flags each command accepts (FUA is valid on all once SEND_FUA is advertised). */
+function allowedFlags(type: number, structured: boolean): number | undefined {
+  const fua = P.NBD_CMD_FLAG_FUA;
+  switch (type) {
+    case P.NBD_CMD_READ: return fua | (structured ? P.NBD_CMD_FLAG_DF : 0);
+    case P.NBD_CMD_WRITE: case P.NBD_CMD_FLUSH: case P.NBD_CMD_TRIM: case P.NBD_CMD_CACHE: case P.NBD_CMD_DISC:
+      return fua;
+    case P.NBD_CMD_WRITE_ZEROES: return fua | P.NBD_CMD_FLAG_NO_HOLE | P.NBD_CMD_FLAG_FAST_ZERO;
+    case P.NBD_CMD_BLOCK_STATUS: return fua | P.NBD_CMD_FLAG_REQ_ONE;
+    default: return undefined;
+  }
+}
+
+const FUA = { fua: true } as const;
+const MAX_SAFE_OFFSET = BigInt(Number.MAX_SAFE_INTEGER);
+const NO_FUA = { fua: false } as const;
+
+/** Runs the transmission phase over `socket`, reading requests from `queue`. */
+export class Transmission {
+  /** Resolves once no request is in flight and no more will be parsed. */
+  readonly done: Promise<EndReason>;
+  readonly stats: TransmissionStats = { requests: 0, reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, errors: 0 };
+  private resolveDone!: (r: EndReason) => void;
+  private ending: EndReason | null = null;
+  private finished = false;
+  private inFlight = 0;
+  private inFlightBytes = 0;
+  private paused = false;
+  private corked = false;
+  private drainRemaining = 0;
+  private readonly readOpts: { label: string };
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
+
+  constructor(
+    private readonly socket: Duplex,
+    private readonly queue: ByteQueue,
+    private readonly exp: NegotiatedExport,
+    label: string,
+    private readonly limits: TransmissionLimits,
+    private readonly logger: NbdLogger,
+    private readonly connName: string,
+  ) {
+    this.readOpts = { label };
+    this.done = new Promise((resolve) => (this.resolveDone = resolve));
+    socket.on('drain', () => this.pump());
+  }
+
+  /** Call after pushing received bytes into the queue. */
+  onData(): void {
+    this.pump();
+  }
+
+  /** The peer closed or the socket failed: stop parsing, let in-flight requests finish. */
+  onClose(): void {
+    this.stop('closed');
+  }
+
+  /** Server shutdown: answer queued requests with ESHUTDOWN, finish in-flight ones. */
+  shutdown(): void {
+    if (this.ending === null) {
+      this.ending = 'shutdown';
+      this.pump();
+      this.checkFinished();
+    }
+  }
+
+  private stop(reason: EndReason): void {
+    if (this.ending === null || (reason === 'violation' && this.ending !== 'violation')) this.ending = reason;
+    if (reason !== 'shutdown') this.queue.clear();
+    if (reason === 'violation') this.socket.destroy();
+    this.checkFinished();
+  }
+
+  private checkFinished(): void {
+    if (this.ending !== null && this.inFlight === 0 && !this.finished) {
+      this.finished = true;
+      this.resolveDone(this.ending);
+    }
+  }
+
+  private overLimits(): boolean {
+    return (
+      this.inFlight >= this.limits.maxInFlight ||
+      (this.inFlight > 0 && this.inFlightBytes >= this.limits.maxInFlightBytes) ||
+      this.socket.writableLength >= this.limits.maxWriteBuffer
+    );
+  }
+
+  /** Parses and dispatches every complete request the limits allow. */
+  private pump(): void {
+    const q = this.queue;
+    while (this.ending === null || this.ending === 'shutdown') {
+      if (this.drainRemaining > 0) {
+        const n = Math.min(this.drainRemaining, q.length);
+        q.skip(n);
+        this.drainRemaining -= n;
+        if (this.drainRemaining > 0) break;
+      }
+      if (this.ending === null && this.overLimits()) {
+        if (!this.paused) {
+          this.paused = true;
+          this.socket.pause();
+        }
+        return;
+      }
+      if (q.length < P.REQUEST_SIZE) break;
+      const buf = q.peek(P.REQUEST_SIZE);
+      const h = C.decodeRequest(buf, q.peekOffset());
+      if (h === null) {
+        this.logger.error(`nbd: ${this.connName}: bad request magic, closing`);
+        this.stop('violation');
+        return;
+      }
+      let payload: Buffer | null = null;
+      if (h.type === P.NBD_CMD_WRITE) {
+        if (h.length > P.MAX_PAYLOAD_SIZE) {
+          q.skip(P.REQUEST_SIZE);
+          if (h.length > this.limits.drainLimit) {
+            this.logger.error(`nbd: ${this.connName}: WRITE payload of ${h.length} bytes, closing`);
+            this.stop('violation');
+            return;
+          }
+          this.stats.requests++;
+          this.replyError(h, P.NBD_EINVAL, 'payload too large');
+          this.drainRemaining = h.length;
+          continue;
+        }
+        if (q.length < P.REQUEST_SIZE + h.length) break;
+        q.skip(P.REQUEST_SIZE);
+        payload = q.take(h.length);
+      } else {
+        q.skip(P.REQUEST_SIZE);
+      }
+      this.stats.requests++;
+      if (h.type === P.NBD_CMD_DISC) {
+        this.stop('disc');
+        return;
+      }
+      if (this.ending === 'shutdown') this.replyError(h, P.NBD_ESHUTDOWN, 'server shutting down');
+      else this.dispatch(h, payload);
+    }
+    if (this.paused && this.ending === null) {
+      this.paused = false;
+      this.socket.resume();
+    }
+  }
+
+  private dispatch(h: C.RequestHeader, payload: Buffer | null): void {
+    const cost = h.type === P.NBD_CMD_READ || h.type === P.NBD_CMD_WRITE ? h.length : 0;
+    this.inFlight++;
+    this.inFlightBytes += cost;
+    const complete = (): void => {
+      this.inFlight--;
+      this.inFlightBytes -= cost;
+      if (this.ending === null) this.pump();
+      this.checkFinished();
+    };
+    this.execute(h, payload).then(complete, (err: unknown) => {
+      // A bug: the client may be owed a reply we cannot send. Close this connection only.
+      this.logger.error(`nbd: ${this.connName}: request handling failed, closing`, err);
+      this.stop('violation');
+      complete();
+    });
+  }
+
+  /** Validates and runs one request; writes exactly one complete reply. Never rejects. */
+  private async execute(h: C.RequestHeader, payload: Buffer | null): Promise<void> {
+    const exp = this.exp;
+    const structured = exp.structuredReplies;
+    const allowed = allowedFlags(h.type, structured);
+    if (allowed === undefined) return this.replyError(h, P.NBD_EINVAL, 'unknown command');
+    if ((h.flags & ~allowed) !== 0) return this.replyError(h, P.NBD_EINVAL, 'invalid flags');
+    const t = h.type;
+    const writes = t === P.NBD_CMD_WRITE || t === P.NBD_CMD_TRIM || t === P.NBD_CMD_WRITE_ZEROES;
+    if (writes && exp.readOnly) return this.replyError(h, P.NBD_EPERM, 'read-only export');
+    // u64 bounds: an offset above 2^53 is out of range for any volume (sizes are < 2^50); below it
+    // offset + length (< 2^53 + 2^32) compares exactly as a double against the size.
+    const offset = h.offset > MAX_SAFE_OFFSET ? Number.POSITIVE_INFINITY : Number(h.offset);
+    const length = h.length;
+    if (t !== P.NBD_CMD_FLUSH && offset + length > exp.handle.size) {
+      return this.replyError(h, outOfRangeErrno(t), 'out of range');
+    }
+    const opts = (h.flags & P.NBD_CMD_FLAG_FUA) !== 0 ? FUA : NO_FUA;
+    const handle = exp.handle;
+    try {
+      switch (t) {
+        case P.NBD_CMD_READ: {
+          if (length > P.MAX_PAYLOAD_SIZE) return this.replyError(h, P.NBD_EINVAL, 'read too large');
+          const data = length === 0 ? Buffer.alloc(0) : await handle.read(offset, length, this.readOpts);
+          if (data.length !== length) throw new Error(`store returned ${data.length} bytes for ${length}`);
+          this.stats.reads++;
+          this.stats.bytesRead += length;
+          if (structured) this.send(readReplyChunks(h.cookie, offset, data, (h.flags & P.NBD_CMD_FLAG_DF) !== 0));
+          else this.send([C.encodeSimpleReply(h.cookie, 0), data]);
+          return;
+        }
+        case P.NBD_CMD_WRITE:
+          if (length > 0 && payload !== null) await handle.write(offset, payload, opts);
+          this.stats.writes++;
+          this.stats.bytesWritten += length;
+          break;
+        case P.NBD_CMD_FLUSH:
+          await handle.flush();
+          break;
+        case P.NBD_CMD_TRIM:
+          if (length > 0) await handle.trim(offset, length, opts);
+          break;
+        case P.NBD_CMD_WRITE_ZEROES:
+          if (length > 0) await handle.zero(offset, length, opts);
+          break;
+        case P.NBD_CMD_CACHE:
+          if (length > 0) await handle.cache(offset, length);
+          break;
+        case P.NBD_CMD_BLOCK_STATUS: {
+          if (!exp.baseAllocation) return this.replyError(h, P.NBD_EINVAL, 'no metadata context selected');
+          if (length === 0) return this.replyError(h, P.NBD_EINVAL, 'zero length');
+          const extents = await handle.extents(offset, length);
+          const reqOne = (h.flags & P.NBD_CMD_FLAG_REQ_ONE) !== 0;
+          const descs = blockStatusDescriptors(extents, offset, length, reqOne);
+          this.send([C.encodeBlockStatus(h.cookie, P.NBD_REPLY_FLAG_DONE, 1, descs)]);
+          return;
+        }
+      }
+      this.send([C.encodeSimpleReply(h.cookie, 0)]);
+    } catch (err) {
+      const m = mapStoreError(err, t);
+      if (m.unexpected) {
+        this.logger.error(`nbd: ${this.connName}: command ${t} at ${offset}+${length} failed (${errnoName(m.errno)})`, err);
+      }
+      this.replyError(h, m.errno, m.message);
+    }
+  }
+
+  /** One error reply: an ERROR chunk under structured replies, else a simple reply. */
+  private replyError(h: C.RequestHeader, errno: number, message: string): void {
+    this.stats.errors++;
+    if (this.exp.structuredReplies) {
+      this.send([C.encodeErrorChunk(h.cookie, P.NBD_REPLY_FLAG_DONE, errno, message)]);
+    } else {
+      this.send([C.encodeSimpleReply(h.cookie, errno)]);
+    }
+  }
+
+  /** Writes one reply's buffers back to back; corks so one tick's replies leave in one writev. */
+  private send(bufs: Buffer[]): void {
+    const s = this.socket;
+    if (s.destroyed || !s.writable) return;
+    if (!this.corked) {
+      this.corked = true;
+      s.cork();
+      process.nextTick(this.uncork);
+    }
+    for (const b of bufs) s.write(b);
+  }
+}
