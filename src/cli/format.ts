@@ -10,8 +10,8 @@ const SUFFIX: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 
 export function formatBytes(n: number): string {
   let i = 0;
   let v = n;
-  while (Math.abs(v) >= 1024 && i < UNITS.length - 1) { v /= 1024; i++; }
-  return i === 0 ? `${v} B` : `${v.toFixed(v >= 100 ? 0 : 1)} ${UNITS[i]}`;
+  while (Math.abs(v) >= (i === 0 ? 1024 : 1023.5) && i < UNITS.length - 1) { v /= 1024; i++; } // never "1024 KiB"
+  return i === 0 ? `${v} B` : `${v.toFixed(v >= 99.95 ? 0 : 1)} ${UNITS[i]}`;
 }
 
 /** "64M", "1.5G", "4096", "2TiB" -> bytes (binary units); EINVAL otherwise. */

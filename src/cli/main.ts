@@ -4,6 +4,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { addStoreCommands } from './store-commands.js';
+import { addServeCommand } from './serve.js';
 import { EXIT_USER, reportError } from './exit.js';
 
 /** Builds the program; `run` wraps each action so errors become exit codes. */
@@ -17,7 +18,7 @@ export function buildProgram(): Command {
     .exitOverride()
     .configureOutput({
       // One line: "dormant: unknown option '--x' (see dormant --help)".
-      outputError: (str, write) => write(`dormant: ${str.trim().replace(/^error: /, '')} (see dormant --help)\n`),
+      outputError: (str, write) => write(`dormant: ${str.trim().replace(/^error: /, '').replace(/\s*\n\s*/g, ' ')} (see dormant --help)\n`),
     });
   const run = async (fn: () => Promise<void>) => {
     try {
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
     }
   };
   addStoreCommands(program, run);
+  addServeCommand(program, run);
   for (const c of program.commands) c.exitOverride();
   return program;
 }

@@ -10,7 +10,7 @@ export class Progress {
   private lastDraw = 0;
   private readonly enabled: boolean;
 
-  constructor(private readonly label: string, private readonly total: number,
+  constructor(private readonly label: string, private total: number,
     stream: NodeJS.WriteStream = process.stderr) {
     this.enabled = Boolean(stream.isTTY);
     this.stream = stream;
@@ -18,8 +18,9 @@ export class Progress {
 
   private readonly stream: NodeJS.WriteStream;
 
-  /** Reports that `done` bytes of `total` are finished. */
-  update(done: number): void {
+  /** Reports that `done` bytes of `total` (default: the constructor's) are finished. */
+  update(done: number, total = this.total): void {
+    this.total = total;
     if (!this.enabled) return;
     const now = Date.now();
     if (now - this.lastDraw < 100 && done < this.total) return;

@@ -2,16 +2,15 @@
  * Store commands: init, import, export, create, branch, snapshot, list,
  * info, rm, gc, stats. Each parses, calls the store, prints; nothing more.
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
 import type { Command } from 'commander';
 import { BLOCK_SIZE, DormantError, Store, type VolumeKind, type VolumeSummary } from '../blockstore/index.js';
+import {
+  CONTROL_SOCKET_NAME, LocalControl, RemoteControl, daemonAnswers, type StoreControl,
+} from '../migrate/index.js';
 import { formatBytes, formatRate, parseSize, table } from './format.js';
 import { Progress } from './progress.js';
-
-/** Bytes moved per read/write call by import and export. */
-const COPY_CHUNK = 4 * 1024 * 1024;
 
 /** The store directory: --store, else $DORMANT_STORE, else $XDG_DATA_HOME/dormant. */
 export function storeDir(cmd: Command): string {
@@ -22,13 +21,20 @@ export function storeDir(cmd: Command): string {
   return path.join(data, 'dormant');
 }
 
-/** Opens the store, runs `fn`, always closes. */
-async function withStore<T>(cmd: Command, fn: (s: Store) => Promise<T>): Promise<T> {
-  const store = await Store.open(storeDir(cmd));
+/**
+ * Runs `fn` against the store: through the daemon's control socket when a
+ * `dormant serve` owns it, else by opening the store here (single-writer lock).
+ */
+async function withStore<T>(cmd: Command, fn: (s: StoreControl) => Promise<T>): Promise<T> {
+  const dir = storeDir(cmd);
+  const socket = path.join(dir, CONTROL_SOCKET_NAME);
+  const control: StoreControl = await daemonAnswers(socket)
+    ? new RemoteControl(socket)
+    : new LocalControl(await Store.open(dir), true);
   try {
-    return await fn(store);
+    return await fn(control);
   } finally {
-    await store.close();
+    await control.close();
   }
 }
 
@@ -55,63 +61,21 @@ export function addStoreCommands(program: Command, run: (fn: () => Promise<void>
     .option('--kind <kind>', 'disk or memory', 'disk')
     .action((name: string, file: string, o: { kind: string }, cmd: Command) => run(async () => {
       const kind = parseKind(o.kind);
-      await withStore(cmd, async (store) => {
-        const started = Date.now();
-        const fh = await fs.promises.open(file, 'r');
-        try {
-          const st = await fh.stat();
-          if (!st.isFile()) throw new DormantError('EINVAL', `'${file}' is not a regular file`);
-          const size = st.size;
-          if (size === 0) throw new DormantError('EINVAL', `'${file}' is empty: a volume needs at least 1 byte`);
-          await store.createVolume(name, size, kind);
-          try {
-            await copyIntoVolume(store, name, fh, size);
-          } catch (err) {
-            await store.remove(name).catch(() => undefined); // no half-imported volume
-            throw err;
-          }
-          const [info] = (await store.list()).filter((v) => v.name === name);
-          const secs = (Date.now() - started) / 1000;
-          print(`imported ${name}: ${formatBytes(size)} (${size} bytes), ${formatBytes(info.allocated)} allocated, `
-            + `in ${secs.toFixed(2)} s (${formatRate(size, secs)})`);
-        } finally {
-          await fh.close();
-        }
-      });
+      const progress = new Progress(`import ${name}`, 0);
+      const r = await withStore(cmd, (c) => c.importFile(name, path.resolve(file), kind, (d, t) => progress.update(d, t)))
+        .finally(() => progress.done());
+      print(`imported ${name}: ${formatBytes(r.size)} (${r.size} bytes), ${formatBytes(r.allocated)} allocated, `
+        + `in ${r.seconds.toFixed(2)} s (${formatRate(r.size, r.seconds)})`);
     }));
 
   program.command('export <volume> <file>')
     .description('copy a volume or snapshot (volume@snap) to a raw image file (sparse)')
     .action((name: string, file: string, _o, cmd: Command) => run(async () => {
-      await withStore(cmd, async (store) => {
-        const h = await store.openVolume(name);
-        try {
-          const started = Date.now();
-          const size = h.size;
-          const fh = await fs.promises.open(file, 'w');
-          const progress = new Progress(`export ${name}`, size);
-          try {
-            for (const ext of await h.extents(0, size)) {
-              if (ext.hole) { progress.update(ext.offset + ext.length); continue; }
-              for (let off = ext.offset; off < ext.offset + ext.length; off += COPY_CHUNK) {
-                const len = Math.min(COPY_CHUNK, ext.offset + ext.length - off);
-                const data = await h.read(off, len);
-                await fh.write(data, 0, len, off);
-                progress.update(off + len);
-              }
-            }
-            await fh.truncate(size);
-            await fh.sync();
-          } finally {
-            progress.done();
-            await fh.close();
-          }
-          const secs = (Date.now() - started) / 1000;
-          print(`exported ${name} to ${file}: ${formatBytes(size)} (${size} bytes) in ${secs.toFixed(2)} s`);
-        } finally {
-          await h.close();
-        }
-      });
+      const progress = new Progress(`export ${name}`, 0);
+      const r = await withStore(cmd, (c) => c.exportFile(name, path.resolve(file), (d, t) => progress.update(d, t)))
+        .finally(() => progress.done());
+      print(`exported ${name} to ${file}: ${formatBytes(r.size)} (${r.size} bytes, ${formatBytes(r.allocated)} allocated) `
+        + `in ${r.seconds.toFixed(2)} s`);
     }));
 
   program.command('create <name>')
@@ -203,25 +167,6 @@ export function addStoreCommands(program: Command, run: (fn: () => Promise<void>
         `index:       ${formatBytes(s.indexBytes)}`,
       ].join('\n'));
     }));
-}
-
-async function copyIntoVolume(store: Store, name: string, fh: fs.promises.FileHandle, size: number): Promise<void> {
-  const h = await store.openVolume(name);
-  const progress = new Progress(`import ${name}`, size);
-  const buf = Buffer.allocUnsafe(COPY_CHUNK);
-  try {
-    for (let off = 0; off < size;) {
-      const { bytesRead } = await fh.read(buf, 0, Math.min(COPY_CHUNK, size - off), off);
-      if (bytesRead === 0) throw new DormantError('EIO', `unexpected end of file at byte ${off}`);
-      await h.write(off, buf.subarray(0, bytesRead));
-      off += bytesRead;
-      progress.update(off);
-    }
-    await h.flush();
-  } finally {
-    progress.done();
-    await h.close();
-  }
 }
 
 function listTable(rows: VolumeSummary[]): string {

@@ -1,0 +1,73 @@
+/**
+ * StoreControl over the daemon's control socket (control-server.ts).
+ * Errors come back as DormantError with the daemon's code and message, so
+ * the CLI reports them exactly as if it had opened the store itself.
+ */
+import http from 'node:http';
+import fs from 'node:fs';
+import { DormantError, type ErrorCode } from '../blockstore/index.js';
+import type { ProgressFn } from '../blockstore/transfer.js';
+import type { ControlOp, StoreControl } from './control.js';
+
+/** Calls one operation; `progress` receives streamed progress lines. */
+function call(socketPath: string, op: ControlOp, args: unknown[], progress?: ProgressFn): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ socketPath, path: `/v1/${op}`, method: 'POST', headers: { 'content-type': 'application/json' } },
+      (res) => {
+        let buf = '';
+        let settled = false;
+        const line = (text: string) => {
+          if (!text) return;
+          const msg = JSON.parse(text) as { progress?: [number, number]; result?: unknown; error?: { code: ErrorCode; message: string } };
+          if (msg.progress) progress?.(msg.progress[0], msg.progress[1]);
+          else if (msg.error) { settled = true; reject(new DormantError(msg.error.code, msg.error.message)); }
+          else if ('result' in msg) { settled = true; resolve(msg.result); }
+        };
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => {
+          buf += d;
+          let nl: number;
+          while ((nl = buf.indexOf('\n')) >= 0) { line(buf.slice(0, nl)); buf = buf.slice(nl + 1); }
+        });
+        res.on('end', () => {
+          line(buf.trim());
+          if (!settled) reject(new DormantError('EINTERNAL', `the daemon ended control request ${op} without an answer`));
+        });
+        res.on('error', reject);
+      });
+    req.on('error', (err) => reject(new DormantError('EINTERNAL', `control socket ${socketPath}: ${err.message}`, { cause: err })));
+    req.end(JSON.stringify(args));
+  });
+}
+
+/** True when a daemon answers on `socketPath`. */
+export async function daemonAnswers(socketPath: string): Promise<boolean> {
+  if (!fs.existsSync(socketPath)) return false;
+  return new Promise((resolve) => {
+    const req = http.request({ socketPath, path: '/v1/ping', method: 'POST' }, (res) => { res.resume(); resolve(true); });
+    req.on('error', () => resolve(false));
+    req.setTimeout(2000, () => { req.destroy(); resolve(false); });
+    req.end();
+  });
+}
+
+/** StoreControl that forwards every call to the daemon. */
+export class RemoteControl implements StoreControl {
+  constructor(readonly socketPath: string) {}
+
+  async createVolume(name: string, size: number, kind: string) { await call(this.socketPath, 'createVolume', [name, size, kind]); }
+  async snapshot(volume: string, snap: string) { return call(this.socketPath, 'snapshot', [volume, snap]) as Promise<string>; }
+  async branch(name: string, from: string) { await call(this.socketPath, 'branch', [name, from]); }
+  async remove(name: string) { return call(this.socketPath, 'remove', [name]) as Promise<string[]>; }
+  async list() { return call(this.socketPath, 'list', []) as ReturnType<StoreControl['list']>; }
+  async info(name: string) { return call(this.socketPath, 'info', [name]) as ReturnType<StoreControl['info']>; }
+  async stats() { return call(this.socketPath, 'stats', []) as ReturnType<StoreControl['stats']>; }
+  async gc() { return call(this.socketPath, 'gc', []) as ReturnType<StoreControl['gc']>; }
+  async importFile(name: string, file: string, kind: string, progress?: ProgressFn) {
+    return call(this.socketPath, 'importFile', [name, file, kind], progress) as ReturnType<StoreControl['importFile']>;
+  }
+  async exportFile(name: string, file: string, progress?: ProgressFn) {
+    return call(this.socketPath, 'exportFile', [name, file], progress) as ReturnType<StoreControl['exportFile']>;
+  }
+  async close() { /* nothing held between calls */ }
+}
