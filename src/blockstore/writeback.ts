@@ -32,7 +32,8 @@ export class Writeback {
   private count = 0;
   /** New chunks by id, until committed or dropped. */
   readonly newChunks = new Map<number, NewChunk>();
-  private readonly newByHash = new Map<string, number[]>();
+  /** 48-bit hash prefix -> new chunk ids (candidates; callers byte-compare). */
+  private readonly newByHash = new Map<number, number[]>();
   /** Chunk id -> number of pending entries (any generation) that reference it. */
   private readonly refs = new Map<number, number>();
 
@@ -64,13 +65,13 @@ export class Writeback {
 
   /** New chunk candidates whose hash equals `hash`. */
   newChunksWithHash(hash: Buffer): number[] {
-    return this.newByHash.get(hash.toString('latin1')) ?? [];
+    return this.newByHash.get(hash.readUIntBE(0, 6)) ?? [];
   }
 
   /** Registers a chunk just appended to a segment. */
   addNewChunk(c: NewChunk): void {
     this.newChunks.set(c.id, c);
-    const k = c.hash.toString('latin1');
+    const k = c.hash.readUIntBE(0, 6);
     const list = this.newByHash.get(k);
     if (list) list.push(c.id); else this.newByHash.set(k, [c.id]);
   }
@@ -126,7 +127,7 @@ export class Writeback {
 
   private forgetNew(id: number, c: NewChunk): void {
     this.newChunks.delete(id);
-    const k = c.hash.toString('latin1');
+    const k = c.hash.readUIntBE(0, 6);
     const list = this.newByHash.get(k);
     if (list) {
       const i = list.indexOf(id);
