@@ -7,9 +7,10 @@
 //   A b v   block b holds value v, durable (FUA write acknowledged)
 //   F       flush acknowledged: every W before it is durable
 //   P name  snapshot crash@name exists, frozen with every W before it
-// Values: Z (zeroes), S<k> (shared pattern k, deduplicated), G<b>.<g> (unique).
+// Values: see crash-values.mjs.
 import fs from 'node:fs';
 import { Store } from '../../dist/blockstore/index.js';
+import { encode } from './crash-values.mjs';
 
 const [dir, seedArg, genArg, logPath] = process.argv.slice(2);
 const BLOCK = 4096;
@@ -17,15 +18,6 @@ const BLOCKS = 2048;
 let seed = Number(seedArg) >>> 0;
 const rand = (n) => { seed = (seed * 1664525 + 1013904223) >>> 0; return seed % n; };
 let gen = Number(genArg);
-
-export function encode(value) {
-  const b = Buffer.alloc(BLOCK);
-  if (value === 'Z') return b;
-  b.write(value.padEnd(24, '.'), 0, 'latin1');
-  const fill = [...value].reduce((a, c) => (a * 31 + c.charCodeAt(0)) & 0xff, 7) || 1;
-  b.fill(fill, 24);
-  return b;
-}
 
 const log = fs.openSync(logPath, 'w');
 const out = (line) => fs.writeSync(log, `${line}\n`);

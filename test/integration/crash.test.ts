@@ -12,6 +12,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Store } from '../../src/blockstore/index.js';
+import { decode } from './crash-values.mjs';
 
 const BLOCK = 4096;
 const BLOCKS = 2048;
@@ -19,21 +20,6 @@ const ROUNDS = 12;
 const child = path.join(__dirname, 'crash-child.mjs');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dormant-crash-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-
-function encode(value: string): Buffer {
-  const b = Buffer.alloc(BLOCK);
-  if (value === 'Z') return b;
-  b.write(value.padEnd(24, '.'), 0, 'latin1');
-  const fill = [...value].reduce((a, c) => (a * 31 + c.charCodeAt(0)) & 0xff, 7) || 1;
-  b.fill(fill, 24);
-  return b;
-}
-
-function decode(b: Buffer): string {
-  if (b.every((x) => x === 0)) return 'Z';
-  const v = b.toString('latin1', 0, 24).replace(/\.+$/, '');
-  return encode(v).equals(b) ? v : `garbage(${b.toString('hex', 0, 16)})`;
-}
 
 /** Per block: the durable value and the values written after it. */
 const durable: string[] = new Array(BLOCKS).fill('Z');
