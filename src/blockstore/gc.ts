@@ -139,7 +139,9 @@ async function compactSegments(ctx: GcContext, result: GcResult): Promise<void> 
   const buf = Buffer.allocUnsafe(BLOCK_SIZE);
   for (const [seg, info] of candidates) {
     const chunks = moving.get(seg) ?? [];
-    const moved: Array<{ id: number; from: Location; to: Location }> = [];
+    // Verify every chunk before copying any: a damaged segment is left in
+    // place whole (its good chunks stay readable there), and copies of its
+    // good chunks are not made, only to become garbage again at every GC.
     let readable = true;
     for (const c of chunks) {
       try {
@@ -148,9 +150,13 @@ async function compactSegments(ctx: GcContext, result: GcResult): Promise<void> 
         if (err instanceof DormantError && err.code === 'EIO') { readable = false; break; }
         throw err;
       }
+    }
+    if (!readable) continue;
+    const moved: Array<{ id: number; from: Location; to: Location }> = [];
+    for (const c of chunks) {
+      engine.readChunk(c.id, buf, 0);
       moved.push({ id: c.id, from: { segment: seg, slot: c.slot }, to: segments.append(buf) });
     }
-    if (!readable) continue; // keep a damaged segment: its good chunks stay readable in place
     await ctx.commit(() => {
       const delta = new Map<number, number>();
       for (const m of moved) {

@@ -44,7 +44,21 @@ export function indexExists(storeDir: string): boolean {
 }
 
 /** Opens (or, with create, makes) the index; checks the format version. */
-export function openIndex(storeDir: string, create: boolean): IndexDbs {
+export async function openIndexChecked(storeDir: string, create: boolean): Promise<IndexDbs> {
+  const dbs = openIndex(storeDir, create);
+  const version = dbs.meta.get('formatVersion');
+  if ((version === undefined && !create) || (version !== undefined && version !== FORMAT_VERSION)) {
+    await dbs.env.close();
+    throw new DormantError('EFORMAT', version === undefined
+      ? `store at ${storeDir} has an index without a format version`
+      : `store at ${storeDir} has format version ${String(version)}; this dormant reads version ${FORMAT_VERSION}`,
+    { path: storeDir });
+  }
+  return dbs;
+}
+
+/** Opens (or makes) the LMDB environment and its databases, unchecked. */
+function openIndex(storeDir: string, create: boolean): IndexDbs {
   const dir = indexDir(storeDir);
   if (!create && !indexExists(storeDir)) {
     throw new DormantError('ENOTINIT', `store not initialised at ${storeDir} (run: dormant init)`, { path: storeDir });
@@ -67,17 +81,6 @@ export function openIndex(storeDir: string, create: boolean): IndexDbs {
     segments: env.openDB<number, number>('segments', { keyEncoding: 'uint32' }),
     prints: env.openDB<number, [string, number]>('prints', {}),
   };
-  const version = dbs.meta.get('formatVersion');
-  if (version === undefined && !create) {
-    void env.close();
-    throw new DormantError('EFORMAT', `store at ${storeDir} has an index without a format version`, { path: storeDir });
-  }
-  if (version !== undefined && version !== FORMAT_VERSION) {
-    void env.close();
-    throw new DormantError('EFORMAT',
-      `store at ${storeDir} has format version ${String(version)}; this dormant reads version ${FORMAT_VERSION}`,
-      { path: storeDir });
-  }
   return dbs;
 }
 

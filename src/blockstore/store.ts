@@ -20,7 +20,7 @@ import path from 'node:path';
 import { MAX_VOLUME_SIZE, WRITEBACK_INTERVAL_MS, WRITEBACK_MAX_BLOCKS, FORMAT_VERSION } from './constants.js';
 import { DormantError } from './errors.js';
 import { xxh3, type HashFunction } from './hash.js';
-import { Committer, indexExists, openIndex, type IndexDbs } from './index-db.js';
+import { Committer, indexExists, openIndexChecked, type IndexDbs } from './index-db.js';
 import { Catalog, checkName, splitName, type PersistOps } from './catalog.js';
 import { SegmentFiles } from './segments.js';
 import { Writeback } from './writeback.js';
@@ -31,6 +31,7 @@ import { Volume, type VolumeHost } from './volume.js';
 import { acquireStoreLock, type StoreLock } from './lock.js';
 import { computeInfo, computeList, computeStats } from './usage.js';
 import { collectGarbage } from './gc.js';
+import { checkIndex } from './check.js';
 import { parseChunkKey } from './keys.js';
 import type {
   FingerprintEntry, GcResult, StoreStats, VolumeEntry, VolumeHandle, VolumeInfo, VolumeKind, VolumeSummary,
@@ -74,6 +75,16 @@ export class Store implements VolumeHost {
     }
   }
 
+  /** Builds the Store over an open index; closes the index if that fails. */
+  private static async construct(dir: string, dbs: IndexDbs, lock: StoreLock, opts: StoreOptions): Promise<Store> {
+    try {
+      return new Store(dir, dbs, lock, opts.hash ?? xxh3, opts.writebackIntervalMs ?? WRITEBACK_INTERVAL_MS);
+    } catch (err) {
+      await dbs.env.close();
+      throw err;
+    }
+  }
+
   /** Creates a new store in `dir` (made if missing) and opens it. EEXIST if one is there. */
   static async init(dir: string, opts: StoreOptions = {}): Promise<Store> {
     const abs = path.resolve(dir);
@@ -81,13 +92,13 @@ export class Store implements VolumeHost {
     fs.mkdirSync(path.join(abs, 'segments'), { recursive: true });
     const lock = await acquireStoreLock(abs);
     try {
-      const dbs = openIndex(abs, true);
+      const dbs = await openIndexChecked(abs, true);
       await dbs.env.transaction(() => {
         dbs.meta.put('formatVersion', FORMAT_VERSION);
         dbs.meta.put('created', new Date().toISOString());
       });
       await dbs.env.flushed;
-      return new Store(abs, dbs, lock, opts.hash ?? xxh3, opts.writebackIntervalMs ?? WRITEBACK_INTERVAL_MS);
+      return await Store.construct(abs, dbs, lock, opts);
     } catch (err) {
       await lock.release();
       throw err;
@@ -103,8 +114,8 @@ export class Store implements VolumeHost {
     const lock = await acquireStoreLock(abs);
     try {
       fs.mkdirSync(path.join(abs, 'segments'), { recursive: true });
-      const dbs = openIndex(abs, false);
-      return new Store(abs, dbs, lock, opts.hash ?? xxh3, opts.writebackIntervalMs ?? WRITEBACK_INTERVAL_MS);
+      const dbs = await openIndexChecked(abs, false);
+      return await Store.construct(abs, dbs, lock, opts);
     } catch (err) {
       await lock.release();
       throw err;
@@ -249,6 +260,14 @@ export class Store implements VolumeHost {
       writeback: this.writeback, engine: this.engine,
       commit: (body, before) => this.committer.commit(body, before),
     });
+  }
+
+  /** Consistency check of the index and segments (flushes first); one line per problem. */
+  async check(): Promise<string[]> {
+    this.live();
+    await this.flush();
+    await this.committer.idle();
+    return checkIndex(this.dbs, this.catalog, this.segments);
   }
 
   /** Chunks read by client `label`, most read first. */

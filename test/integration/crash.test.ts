@@ -102,6 +102,7 @@ describe('SIGKILL during writes and flushes', () => {
       gen += 1_000_000;
       // Opens with no repair step; everything acknowledged is there.
       const store = await Store.open(path.join(dir, 'store'));
+      expect(await store.check(), `index consistent after kill ${round}`).toEqual([]);
       await verify(store, round);
       if (round % 3 === 2) {
         // Drop the oldest snapshot now and then, collect, and check again.
@@ -114,6 +115,7 @@ describe('SIGKILL during writes and flushes', () => {
         // bytes stay as garbage only in segments too full to compact.
         expect(r.chunksFreed).toBeGreaterThan(0);
         expect(after).toBeLessThanOrEqual(before + r.chunksFreed * BLOCK);
+        expect(await store.check(), `index consistent after gc ${round}`).toEqual([]);
         await verify(store);
       }
       await store.close();

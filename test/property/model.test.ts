@@ -191,8 +191,10 @@ async function runOps(ops: Op[], hash?: HashFunction): Promise<void> {
         if (!got.equals(buf)) throw new Error(`${n} differs from the model after ${JSON.stringify(o)}`);
       }
     }
-    // And the space accounting agrees with the model's non-zero blocks.
+    // The index is consistent, and the space accounting agrees with the
+    // model's non-zero blocks.
     await closeHandles();
+    expect(await store.check()).toEqual([]);
     for (const v of await store.list()) {
       const buf = model(v.name)!;
       let blocks = 0;
