@@ -13,6 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Store } from '../../src/blockstore/index.js';
 import { decode } from './crash-values.mjs';
+import { ensureBuilt } from '../helpers/cli.js';
 
 const BLOCK = 4096;
 const BLOCKS = 2048;
@@ -92,6 +93,7 @@ async function verify(store: Store, round = -1): Promise<void> {
 
 describe('SIGKILL during writes and flushes', () => {
   test(`${ROUNDS} kills at random moments lose nothing acknowledged`, async () => {
+    ensureBuilt(); // the child runs dist/, this test src/: they must be the same code
     const init = await Store.init(path.join(dir, 'store'));
     await init.createVolume('crash', BLOCKS * BLOCK);
     await init.close();
