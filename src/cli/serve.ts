@@ -5,6 +5,7 @@
  * connection on stderr. SIGTERM/SIGINT: stop accepting, finish in-flight
  * requests, flush, release the store, exit 0.
  */
+import fs from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { DormantError, Store } from '../blockstore/index.js';
@@ -59,17 +60,30 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
         throw new DormantError('EINVAL', `bad --label-by '${o.labelBy}': use export or peer`);
       }
       const tcp = o.tcp ? parseListen(o.listen) : undefined;
+      for (const [flag, file] of [['--tls-cert', o.tlsCert], ['--tls-key', o.tlsKey]] as const) {
+        if (file === undefined) continue;
+        try { fs.accessSync(file, fs.constants.R_OK); } catch {
+          throw new DormantError('EINVAL', `cannot read ${flag} '${file}'`);
+        }
+      }
       const dir = storeDir(cmd);
       const store = await Store.open(dir);
       const socketPath = path.resolve(o.socket ?? path.join(dir, NBD_SOCKET_NAME));
-      const nbd = new NbdServer({
-        backend: new StoreBackend(store, { readOnly: Boolean(o.readOnly) }),
-        tcp,
-        socketPath,
-        tls: { mode: tls, certFile: o.tlsCert, keyFile: o.tlsKey },
-        labelBy: o.labelBy,
-        logger: { info: log, error: (msg: string, err?: unknown) => log(`${msg}${err ? `: ${(err as Error).message ?? err}` : ''}`) },
-      });
+      const labelBy = o.labelBy === 'peer' ? 'peer' : 'export';
+      let nbd: NbdServer;
+      try {
+        nbd = new NbdServer({
+          backend: new StoreBackend(store, { readOnly: Boolean(o.readOnly) }),
+          tcp,
+          socketPath,
+          tls: { mode: tls, certFile: o.tlsCert, keyFile: o.tlsKey },
+          labelBy,
+          logger: { info: log, error: (msg: string, err?: unknown) => log(`${msg}${err ? `: ${(err as Error).message ?? err}` : ''}`) },
+        });
+      } catch (err) {
+        await store.close();
+        throw new DormantError('EINVAL', `cannot set up TLS: ${(err as Error).message}`, { cause: err });
+      }
       let control: Awaited<ReturnType<typeof serveControl>> | undefined;
       try {
         const addrs = await nbd.listen();
@@ -91,7 +105,7 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
       await new Promise<void>((resolve) => {
         let stopping = false;
         const stop = (sig: string) => {
-          if (stopping) return;
+          if (stopping) { log(`dormant serve: ${sig} again: already stopping, still flushing`); return; }
           stopping = true;
           log(`dormant serve: ${sig}: finishing in-flight requests, flushing`);
           void (async () => {
@@ -102,8 +116,9 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
             resolve();
           })();
         };
-        process.once('SIGTERM', () => stop('SIGTERM'));
-        process.once('SIGINT', () => stop('SIGINT'));
+        // A repeated signal must not cut the final flush short.
+        process.on('SIGTERM', () => stop('SIGTERM'));
+        process.on('SIGINT', () => stop('SIGINT'));
       });
     }));
 }

@@ -142,7 +142,7 @@ export class NbdServer {
   private createListener(): net.Server {
     const s = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
     s.maxConnections = this.opts.maxConnections ?? 1024;
-    s.on('error', (err) => this.logger.error('nbd: listener error', err));
+    s.on('error', (err) => { if (s.listening) this.logger.error('nbd: listener error', err); }); // listen() failures are listen()'s to report
     this.listeners.push(s);
     return s;
   }

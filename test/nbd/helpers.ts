@@ -41,7 +41,9 @@ export function run(cmd: string, args: string[], timeoutMs = 60_000): Promise<st
 export function runFailing(cmd: string, args: string[], timeoutMs = 30_000): Promise<string> {
   return new Promise((resolve, reject) => {
     execFile(cmd, args, { timeout: timeoutMs, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
-      if (err && !err.killed) resolve(`${stdout}${stderr}`);
+      // A tool that cannot start (not installed) is a failure of the test, not the expected refusal.
+      if (err && (err as NodeJS.ErrnoException).code === 'ENOENT') reject(new Error(`${cmd} is not installed`));
+      else if (err && !err.killed) resolve(`${stdout}${stderr}`);
       else reject(new Error(`${cmd} ${args.join(' ')} unexpectedly ${err ? 'timed out' : 'succeeded'}: ${stdout}${stderr}`));
     });
   });
