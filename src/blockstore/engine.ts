@@ -174,10 +174,14 @@ export class BlockEngine {
     return id;
   }
 
-  /** Byte comparison before sharing; a candidate that fails to read is not shared. */
+  /**
+   * Byte comparison before sharing; a candidate that fails to read is not
+   * shared. No hash check of the candidate is needed: if its bytes equal
+   * `block`, they hash to `block`'s name, which is the candidate's name.
+   */
   private sameBytes(id: number, block: Buffer): boolean {
     try {
-      this.readChunk(id, this.scratch, 0);
+      this.segments.readInto(this.chunkLocation(id).loc, this.scratch, 0);
     } catch (err) {
       if (err instanceof DormantError && err.code === 'EIO') return false;
       throw err;
