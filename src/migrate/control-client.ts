@@ -63,6 +63,7 @@ export class RemoteControl implements StoreControl {
   async info(name: string) { return call(this.socketPath, 'info', [name]) as ReturnType<StoreControl['info']>; }
   async stats() { return call(this.socketPath, 'stats', []) as ReturnType<StoreControl['stats']>; }
   async gc() { return call(this.socketPath, 'gc', []) as ReturnType<StoreControl['gc']>; }
+  async check() { return call(this.socketPath, 'check', []) as ReturnType<StoreControl['check']>; }
   async importFile(name: string, file: string, kind: string, progress?: ProgressFn) {
     return call(this.socketPath, 'importFile', [name, file, kind], progress) as ReturnType<StoreControl['importFile']>;
   }

@@ -22,6 +22,8 @@ export interface StoreControl {
   info(name: string): Promise<VolumeInfo>;
   stats(): Promise<StoreStats>;
   gc(): Promise<GcResult>;
+  /** Consistency check of the store; one line per problem, [] when consistent. */
+  check(): Promise<string[]>;
   /** `file` is a path on the host that owns the store. */
   importFile(name: string, file: string, kind: VolumeKind, progress?: ProgressFn): Promise<TransferResult>;
   exportFile(name: string, file: string, progress?: ProgressFn): Promise<TransferResult>;
@@ -31,7 +33,7 @@ export interface StoreControl {
 
 /** Names of the operations, as used on the wire. */
 export const CONTROL_OPS = [
-  'createVolume', 'snapshot', 'branch', 'remove', 'list', 'info', 'stats', 'gc', 'importFile', 'exportFile',
+  'createVolume', 'snapshot', 'branch', 'remove', 'list', 'info', 'stats', 'gc', 'check', 'importFile', 'exportFile',
 ] as const;
 
 /** One control operation name. */
@@ -49,6 +51,7 @@ export class LocalControl implements StoreControl {
   info(name: string) { return this.store.info(name); }
   stats() { return this.store.stats(); }
   gc() { return this.store.gc(); }
+  check() { return this.store.check(); }
   importFile(name: string, file: string, kind: VolumeKind, progress?: ProgressFn) {
     return importFile(this.store, name, file, kind, progress);
   }
