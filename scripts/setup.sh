@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: e2fsprogs (demo image), qemu-utils, libnbd-bin, nbdkit,
-# fio (real NBD clients and peers for tests and benchmarks).
-DEB_PACKAGES=(e2fsprogs qemu-utils libnbd-bin nbdkit fio openssl)
+# fio (real NBD clients and peers for tests and benchmarks), libfuse2 + fuse3
+# (fuse-native loads libfuse.so.2; fusermount comes with fuse3).
+DEB_PACKAGES=(e2fsprogs qemu-utils libnbd-bin nbdkit fio openssl libfuse2 fuse3)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -11,6 +11,7 @@ import type { Command } from 'commander';
 import { DormantError, Store } from '../blockstore/index.js';
 import { NbdServer, StoreBackend, type TlsMode } from '../nbd/index.js';
 import { CONTROL_SOCKET_NAME, LocalControl, serveControl } from '../migrate/index.js';
+import { mountStore, type FuseMount } from '../fuse/index.js';
 import { storeDir } from './store-commands.js';
 
 /** File name of the NBD Unix socket inside the store directory. */
@@ -26,6 +27,7 @@ interface ServeOptions {
   readOnly?: boolean;
   labelBy: string;
   foreground?: boolean;
+  mount?: string;
 }
 
 function parseListen(text: string): { host: string; port: number } {
@@ -50,6 +52,7 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
     .option('--read-only', 'export every volume read-only')
     .option('--label-by <what>', 'read fingerprints per export name or per client peer address: export|peer', 'export')
     .option('--foreground', 'run in the foreground (the default; accepted for scripts)')
+    .option('--mount <dir>', 'also show the store as files under DIR (FUSE: volumes/<vol>, snapshots/<vol@snap>)')
     .action((o: ServeOptions, cmd: Command) => run(async () => {
       const tls = o.tls as TlsMode;
       if (!['off', 'on', 'require'].includes(tls)) throw new DormantError('EINVAL', `bad --tls '${o.tls}': use off, on or require`);
@@ -85,16 +88,19 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
         throw new DormantError('EINVAL', `cannot set up TLS: ${(err as Error).message}`, { cause: err });
       }
       let control: Awaited<ReturnType<typeof serveControl>> | undefined;
+      let fuse: FuseMount | undefined;
       try {
         const addrs = await nbd.listen();
+        if (o.mount !== undefined) fuse = await mountStore(store, o.mount, { log, readOnly: Boolean(o.readOnly) });
         control = await serveControl(new LocalControl(store, false), path.join(dir, CONTROL_SOCKET_NAME), log);
         const where = [
           addrs.tcp ? `nbd://${addrs.tcp.host.includes(':') ? `[${addrs.tcp.host}]` : addrs.tcp.host}:${addrs.tcp.port}/<volume>` : null,
           `nbd+unix:///<volume>?socket=${socketPath}`,
         ].filter(Boolean).join(' and ');
         log(`dormant serve: store ${dir}; NBD on ${where}${tls !== 'off' ? ` (TLS ${tls})` : ''}${o.readOnly ? ' (read-only)' : ''}; `
-          + `control socket ${path.join(dir, CONTROL_SOCKET_NAME)}`);
+          + `control socket ${path.join(dir, CONTROL_SOCKET_NAME)}${fuse ? `; FUSE on ${fuse.dir}` : ''}`);
       } catch (err) {
+        await fuse?.unmount().catch(() => undefined);
         await nbd.close().catch(() => undefined);
         await store.close();
         const e = err as NodeJS.ErrnoException;
@@ -110,6 +116,7 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
           log(`dormant serve: ${sig}: finishing in-flight requests, flushing`);
           void (async () => {
             await control?.close();
+            await fuse?.unmount().catch((err: Error) => log(`dormant serve: ${err.message}`));
             await nbd.close();
             await store.close();
             log('dormant serve: stopped');
