@@ -323,11 +323,6 @@ export class Store implements VolumeHost {
     if (n > 0) this.openHandles.set(name, n); else this.openHandles.delete(name);
   }
 
-  /** Open handles per name (for `rm` messages and the daemon). */
-  openCount(name: string): number {
-    return this.openHandles.get(name) ?? 0;
-  }
-
   private flushInBackground(): void {
     if (this.backgroundFlush || this.closed) return;
     this.backgroundFlush = this.flush()

@@ -40,9 +40,6 @@ export class Writeback {
   /** Pending blocks in the current generation. */
   get size(): number { return this.count; }
 
-  /** True when a flush is under way. */
-  get isFlushing(): boolean { return this.flushing !== null; }
-
   /** Pending entry for a block, newest generation first. */
   get(lineage: number, block: number): PendingEntry | undefined {
     return this.current.get(lineage)?.get(block) ?? this.flushing?.get(lineage)?.get(block);
