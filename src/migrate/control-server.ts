@@ -17,6 +17,21 @@ import { CONTROL_OPS, type ControlOp, type StoreControl } from './control.js';
 /** Largest request body accepted (arguments are small). */
 const MAX_BODY = 64 * 1024;
 
+/** Argument types of each operation, checked before the call. */
+const ARG_TYPES: Record<ControlOp, ReadonlyArray<'string' | 'number'>> = {
+  createVolume: ['string', 'number', 'string'],
+  snapshot: ['string', 'string'],
+  branch: ['string', 'string'],
+  remove: ['string'],
+  list: [],
+  info: ['string'],
+  stats: [],
+  gc: [],
+  check: [],
+  importFile: ['string', 'string', 'string'],
+  exportFile: ['string', 'string'],
+};
+
 /** A running control server. */
 export interface ControlServer { close(): Promise<void> }
 
@@ -56,6 +71,12 @@ async function handle(control: StoreControl, req: http.IncomingMessage, res: htt
   } catch (err) {
     res.writeHead(400, { 'content-type': 'application/json' });
     res.end(`${JSON.stringify({ error: { code: 'EINVAL', message: (err as Error).message } })}\n`);
+    return;
+  }
+  const want = ARG_TYPES[op];
+  if (args.length !== want.length || args.some((a, i) => typeof a !== want[i])) {
+    res.writeHead(400, { 'content-type': 'application/json' });
+    res.end(`${JSON.stringify({ error: { code: 'EINVAL', message: `${op} takes (${want.join(', ')})` } })}\n`);
     return;
   }
   res.writeHead(200, { 'content-type': 'application/x-ndjson' });
