@@ -23,6 +23,20 @@ import type { Writeback } from './writeback.js';
 import type { Fingerprints } from './fingerprints.js';
 
 const MAX_CHUNK_ID = 2 ** 53 - 1;
+/** Average time of synchronous reads beyond the copy, above which the page cache is missing. */
+const COLD_EXCESS_MS = 0.25;
+/** Bytes per ms a page-cache hit copies at the least (1 GB/s). */
+const CACHED_BYTES_PER_MS = 1e6;
+/** How long reads go to libuv's pool after a cold synchronous read. */
+const COLD_HOLD_MS = 250;
+
+/** Runs of consecutive slots to read, and the expected hash of every block. */
+interface ReadPlan {
+  runs: Array<{ index: number; count: number; loc: Location }>;
+  hashes: Buffer;
+  segs: number[];
+  slots: number[];
+}
 
 /** A point to read or write, with its search chain. */
 export interface Target {
@@ -36,6 +50,10 @@ export interface Target {
 /** Block-level operations shared by every volume handle. */
 export class BlockEngine {
   private readonly scratch = Buffer.allocUnsafe(BLOCK_SIZE);
+  /** Until this performance.now(), reads go to libuv's pool (the page cache is missing); 0: warm. */
+  private coldUntil = 0;
+  /** Moving average of synchronous read time beyond the copy (ms). */
+  private excessMs = 0;
   readonly blockMap: BlockMap;
 
   constructor(
@@ -46,6 +64,8 @@ export class BlockEngine {
     private readonly hash: HashFunction,
     private readonly fingerprints: Fingerprints,
     private nextChunkId: number,
+    /** Always read through libuv's pool (StoreOptions.readMode 'pool'). */
+    private readonly poolReads = false,
   ) {
     this.blockMap = new BlockMap(dbs);
   }
@@ -72,9 +92,48 @@ export class BlockEngine {
   /**
    * Reads `n` whole blocks into `out` at `outOffset`; attributes them to
    * `label`. Chunks in consecutive slots of one segment are read with one
-   * system call, then each block is checked against its hash.
+   * system call, then each block is checked against its hash. Synchronous:
+   * for read-modify-write inside one operation.
    */
   readBlocks(t: Target, first: number, n: number, out: Buffer, outOffset: number, label?: string): void {
+    const plan = this.plan(t, first, n, out, outOffset, label);
+    for (const r of plan.runs) this.segments.readRun(r.loc, r.count, out, outOffset + r.index * BLOCK_SIZE);
+    this.verify(plan, t, first, out, outOffset);
+  }
+
+  /**
+   * `readBlocks` for request handlers, adapting to the page cache. Which
+   * chunks to read is decided synchronously (one consistent view of the
+   * index). While reads are served from the page cache they run
+   * synchronously (a libuv pool round trip costs far more than a cached
+   * pread). A synchronous read slower than a cache hit means the disk is
+   * being read: for COLD_HOLD_MS the reads then go to libuv's pool, in
+   * parallel, so one cold read no longer stalls every other request; after
+   * that a synchronous read probes again. (RWF_NOWAIT would tell a cache
+   * miss exactly; Node does not expose preadv2 flags: native/ can.)
+   */
+  async readBlocksAsync(t: Target, first: number, n: number, out: Buffer, outOffset: number, label?: string): Promise<void> {
+    const plan = this.plan(t, first, n, out, outOffset, label);
+    if (plan.runs.length > 0 && (this.poolReads || performance.now() < this.coldUntil)) {
+      await Promise.all(plan.runs.map((r) => this.segments.readRunAsync(r.loc, r.count, out, outOffset + r.index * BLOCK_SIZE)));
+    } else if (plan.runs.length > 0) {
+      const started = performance.now();
+      for (const r of plan.runs) this.segments.readRun(r.loc, r.count, out, outOffset + r.index * BLOCK_SIZE);
+      // Time beyond what copying from the page cache takes, averaged so that
+      // one preempted read does not flip the mode; a probe after a hold that
+      // finds the cache warm resets the average at once.
+      // Each sample is capped, so a single scheduling stall of milliseconds
+      // cannot flip the mode; three slow reads in a row do.
+      const excess = Math.min(4 * COLD_EXCESS_MS,
+        Math.max(0, performance.now() - started - (n * BLOCK_SIZE) / CACHED_BYTES_PER_MS));
+      this.excessMs = this.coldUntil > 0 && excess < COLD_EXCESS_MS ? excess : this.excessMs * 0.9 + excess * 0.1;
+      this.coldUntil = this.excessMs > COLD_EXCESS_MS ? performance.now() + COLD_HOLD_MS : 0;
+    }
+    this.verify(plan, t, first, out, outOffset);
+  }
+
+  /** Resolves blocks to chunk locations, zero-fills holes, groups consecutive slots into runs. */
+  private plan(t: Target, first: number, n: number, out: Buffer, outOffset: number, label?: string): ReadPlan {
     const ids = this.resolve(t, first, n);
     const segs = new Array<number>(n);
     const slots = new Array<number>(n);
@@ -85,21 +144,32 @@ export class BlockEngine {
       segs[i] = loc.segment;
       slots[i] = loc.slot;
     }
+    const runs: ReadPlan['runs'] = [];
     for (let i = 0; i < n;) {
-      const at = outOffset + i * BLOCK_SIZE;
-      if (ids[i] === 0) { out.fill(0, at, at + BLOCK_SIZE); i++; continue; }
+      if (ids[i] === 0) {
+        out.fill(0, outOffset + i * BLOCK_SIZE, outOffset + (i + 1) * BLOCK_SIZE);
+        i++;
+        continue;
+      }
       let j = i + 1;
       while (j < n && ids[j] !== 0 && segs[j] === segs[i] && slots[j] === slots[i] + (j - i)) j++;
-      this.segments.readRun({ segment: segs[i], slot: slots[i] }, j - i, out, at);
-      for (let k = i; k < j; k++) {
-        const b = out.subarray(outOffset + k * BLOCK_SIZE, outOffset + (k + 1) * BLOCK_SIZE);
-        if (this.hash(b).compare(hashes, k * HASH_SIZE, (k + 1) * HASH_SIZE) !== 0) {
-          throw this.damaged({ segment: segs[k], slot: slots[k] }, t.name, first + k);
-        }
-      }
+      runs.push({ index: i, count: j - i, loc: { segment: segs[i], slot: slots[i] } });
       i = j;
     }
     if (label !== undefined) this.fingerprints.record(label, ids);
+    return { runs, hashes, segs, slots };
+  }
+
+  /** Checks every block read against its chunk's hash (EIO on mismatch). */
+  private verify(plan: ReadPlan, t: Target, first: number, out: Buffer, outOffset: number): void {
+    for (const r of plan.runs) {
+      for (let k = r.index; k < r.index + r.count; k++) {
+        const b = out.subarray(outOffset + k * BLOCK_SIZE, outOffset + (k + 1) * BLOCK_SIZE);
+        if (this.hash(b).compare(plan.hashes, k * HASH_SIZE, (k + 1) * HASH_SIZE) !== 0) {
+          throw this.damaged({ segment: plan.segs[k], slot: plan.slots[k] }, t.name, first + k);
+        }
+      }
+    }
   }
 
   /** Segment location of chunk `id`; copies its hash into `hashOut` at `hashAt`. */

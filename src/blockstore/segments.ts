@@ -53,7 +53,8 @@ function encodeHeader(id: number, hash: HashFunction): Buffer {
 /** Owns the segment directory: appends, reads, sync, deletion. */
 export class SegmentFiles {
   private readonly fds = new Map<number, number>(); // id -> fd, insertion order = LRU
-  private readonly retired: number[] = []; // fds of deleted segments, closed later
+  private readonly retired: number[] = []; // fds of deleted segments, closed once unpinned
+  private readonly pins = new Map<number, number>(); // fd -> asynchronous reads in flight
   private readonly unsynced = new Set<number>();
   private dirUnsynced = false;
   private active = 0; // segment being appended (0 = none yet)
@@ -151,6 +152,39 @@ export class SegmentFiles {
     if (done !== bytes) throw new DormantError('EIO', `segment ${loc.segment} is truncated near slot ${loc.slot}`);
   }
 
+  /**
+   * `readRun` without blocking the JS thread: the read runs on libuv's
+   * pool, so cold reads of many requests proceed in parallel. Buffered
+   * slots are copied at once. The fd stays open (pinned) until the read
+   * completes, even if GC deletes the segment meanwhile: slots are never
+   * rewritten, so the bytes read are the ones the caller located.
+   */
+  async readRunAsync(loc: Location, count: number, target: Buffer, targetOffset: number): Promise<void> {
+    const inBuffer = loc.segment === this.active && loc.slot + count > this.bufferBase;
+    if (inBuffer) { this.readRun(loc, count, target, targetOffset); return; }
+    const fd = this.fdFor(loc.segment);
+    this.pins.set(fd, (this.pins.get(fd) ?? 0) + 1);
+    const bytes = count * BLOCK_SIZE;
+    let done = 0;
+    try {
+      while (done < bytes) {
+        const n = await new Promise<number>((resolve, reject) => {
+          fs.read(fd, target, targetOffset + done, bytes - done, SEGMENT_HEADER_SIZE + loc.slot * BLOCK_SIZE + done,
+            (err, got) => (err ? reject(err) : resolve(got)));
+        });
+        if (n === 0) break;
+        done += n;
+      }
+    } catch (err) {
+      throw new DormantError('EIO', `cannot read segment ${loc.segment}: ${(err as Error).message}`, { cause: err });
+    } finally {
+      const left = (this.pins.get(fd) ?? 1) - 1;
+      if (left > 0) this.pins.set(fd, left); else this.pins.delete(fd);
+      if (left <= 0 && this.retired.includes(fd)) this.closeRetired();
+    }
+    if (done !== bytes) throw new DormantError('EIO', `segment ${loc.segment} is truncated near slot ${loc.slot}`);
+  }
+
   /** Reads one chunk's bytes into `target` at `targetOffset`. */
   readInto(loc: Location, target: Buffer, targetOffset: number): void {
     if (loc.segment === this.active && loc.slot >= this.bufferBase && loc.slot < this.bufferBase + this.bufferCount) {
@@ -216,7 +250,12 @@ export class SegmentFiles {
 
   /** Closes fds of deleted segments (call when no read can be in flight). */
   closeRetired(): void {
-    for (const fd of this.retired.splice(0)) fs.closeSync(fd);
+    for (let i = this.retired.length - 1; i >= 0; i--) {
+      const fd = this.retired[i];
+      if (this.pins.has(fd)) continue; // an asynchronous read still uses it
+      this.retired.splice(i, 1);
+      fs.closeSync(fd);
+    }
   }
 
   /** Closes every file (after a final sync). */
@@ -272,6 +311,7 @@ export class SegmentFiles {
       for (const [oldId, oldFd] of this.fds) {
         if (oldId === this.active) continue;
         if (this.unsynced.has(oldId)) continue;
+        if (this.pins.has(oldFd)) continue;
         this.fds.delete(oldId);
         fs.closeSync(oldFd);
         break;

@@ -43,6 +43,12 @@ export interface StoreOptions {
   hash?: HashFunction;
   /** Background flush interval in ms (0 disables the timer). */
   writebackIntervalMs?: number;
+  /**
+   * Segment reads of request handlers: 'adaptive' (default: synchronous
+   * while the page cache serves them, libuv's pool in parallel after slow
+   * reads) or 'pool' (always the pool: for slow media, and for tests).
+   */
+  readMode?: 'adaptive' | 'pool';
 }
 
 /** A versioned copy-on-write block store. */
@@ -60,7 +66,7 @@ export class Store implements VolumeHost {
   private closed = false;
 
   private constructor(readonly dir: string, private readonly dbs: IndexDbs, private readonly lock: StoreLock,
-    hash: HashFunction, intervalMs: number) {
+    hash: HashFunction, intervalMs: number, readMode: StoreOptions['readMode']) {
     this.committer = new Committer(dbs);
     this.segments = new SegmentFiles(path.join(dir, 'segments'), hash);
     this.catalog.load(dbs.catalog.getRange({}) as Iterable<{ key: string; value: unknown }>);
@@ -68,7 +74,8 @@ export class Store implements VolumeHost {
     this.fingerprintsDb = new Fingerprints(dbs);
     let nextChunk = 1;
     for (const key of dbs.chunks.getKeys({ reverse: true, limit: 1 })) nextChunk = parseChunkKey(key as Buffer) + 1;
-    this.engine = new BlockEngine(dbs, this.catalog, this.segments, this.writeback, hash, this.fingerprintsDb, nextChunk);
+    this.engine = new BlockEngine(dbs, this.catalog, this.segments, this.writeback, hash, this.fingerprintsDb, nextChunk,
+      readMode === 'pool');
     if (intervalMs > 0) {
       this.timer = setInterval(() => { if (this.writeback.size > 0) this.flushInBackground(); }, intervalMs);
       this.timer.unref();
@@ -78,7 +85,7 @@ export class Store implements VolumeHost {
   /** Builds the Store over an open index; closes the index if that fails. */
   private static async construct(dir: string, dbs: IndexDbs, lock: StoreLock, opts: StoreOptions): Promise<Store> {
     try {
-      return new Store(dir, dbs, lock, opts.hash ?? xxh3, opts.writebackIntervalMs ?? WRITEBACK_INTERVAL_MS);
+      return new Store(dir, dbs, lock, opts.hash ?? xxh3, opts.writebackIntervalMs ?? WRITEBACK_INTERVAL_MS, opts.readMode);
     } catch (err) {
       await dbs.env.close();
       throw err;

@@ -40,11 +40,11 @@ export class Volume implements VolumeHandle {
     const last = Math.floor((offset + length - 1) / BLOCK_SIZE);
     const n = last - first + 1;
     if (offset % BLOCK_SIZE === 0 && length === n * BLOCK_SIZE) {
-      this.host.engine.readBlocks(t, first, n, out, 0, opts.label);
+      await this.host.engine.readBlocksAsync(t, first, n, out, 0, opts.label);
       return out;
     }
     const tmp = Buffer.allocUnsafe(n * BLOCK_SIZE);
-    this.host.engine.readBlocks(t, first, n, tmp, 0, opts.label);
+    await this.host.engine.readBlocksAsync(t, first, n, tmp, 0, opts.label);
     const skip = offset - first * BLOCK_SIZE;
     tmp.copy(out, 0, skip, skip + length);
     return out;

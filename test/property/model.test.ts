@@ -81,9 +81,9 @@ async function expectCode(p: Promise<unknown>, code: string): Promise<void> {
   throw new Error(`expected ${code}`);
 }
 
-async function runOps(ops: Op[], hash?: HashFunction): Promise<void> {
+async function runOps(ops: Op[], hash?: HashFunction, readMode: 'adaptive' | 'pool' = 'adaptive'): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dormant-model-'));
-  let store = await Store.init(dir, { hash, writebackIntervalMs: 0 });
+  let store = await Store.init(dir, { hash, writebackIntervalMs: 0, readMode });
   const handles = new Map<string, VolumeHandle>();
   const m: Model = { vols: new Map(), snaps: new Map(), origin: new Map() };
   const handle = async (n: string) => {
@@ -180,7 +180,7 @@ async function runOps(ops: Op[], hash?: HashFunction): Promise<void> {
         case 'reopen':
           await closeHandles();
           await store.close();
-          store = await Store.open(dir, { hash, writebackIntervalMs: 0 });
+          store = await Store.open(dir, { hash, writebackIntervalMs: 0, readMode });
           break;
       }
       // After every step, every volume and snapshot reads exactly as the model.
@@ -212,6 +212,11 @@ describe('store against a plain in-memory model', () => {
   test('random operation sequences (xxh3)', async () => {
     await fc.assert(fc.asyncProperty(fc.array(opArb, { minLength: 20, maxLength: 60, size: 'max' }), (ops) => runOps(ops)),
       { numRuns: 150, seed: Number(process.env.DORMANT_SEED ?? Date.now() % 2 ** 31) });
+  });
+
+  test('random operation sequences with every read through the thread pool', async () => {
+    await fc.assert(fc.asyncProperty(fc.array(opArb, { minLength: 20, maxLength: 60, size: 'max' }),
+      (ops) => runOps(ops, undefined, 'pool')), { numRuns: 60 });
   });
 
   test('random operation sequences with a hash that always collides', async () => {
