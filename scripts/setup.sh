@@ -7,8 +7,11 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: e2fsprogs (demo image), qemu-utils, libnbd-bin, nbdkit,
 # fio (real NBD clients and peers for tests and benchmarks), libfuse2 + fuse3
-# (fuse-native loads libfuse.so.2; fusermount comes with fuse3).
-DEB_PACKAGES=(e2fsprogs qemu-utils libnbd-bin nbdkit fio openssl libfuse2 fuse3)
+# (fuse-native loads libfuse.so.2; fusermount comes with fuse3), and for the
+# test guest (dormant image build-test-guest, test/e2e): busybox-static, cpio,
+# kmod (depmod) and qemu-system-x86 to boot it. The guest's kernel is not
+# installed: the builder fetches it with apt-get download.
+DEB_PACKAGES=(e2fsprogs qemu-utils libnbd-bin nbdkit fio openssl libfuse2 fuse3 busybox-static cpio kmod qemu-system-x86)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

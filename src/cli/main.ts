@@ -6,6 +6,7 @@ import { Command, CommanderError } from 'commander';
 import { addStoreCommands } from './store-commands.js';
 import { addServeCommand } from './serve.js';
 import { addMountCommand } from './mount.js';
+import { addImageCommands } from './image.js';
 import { EXIT_USER, reportError } from './exit.js';
 
 /** Builds the program; `run` wraps each action so errors become exit codes. */
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
   addStoreCommands(program, run);
   addServeCommand(program, run);
   addMountCommand(program, run);
+  addImageCommands(program, run);
   for (const c of program.commands) c.exitOverride();
   return program;
 }

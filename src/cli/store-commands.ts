@@ -26,7 +26,7 @@ export function storeDir(cmd: Command): string {
  * Runs `fn` against the store: through the daemon's control socket when a
  * `dormant serve` owns it, else by opening the store here (single-writer lock).
  */
-async function withStore<T>(cmd: Command, fn: (s: StoreControl) => Promise<T>): Promise<T> {
+export async function withStore<T>(cmd: Command, fn: (s: StoreControl) => Promise<T>): Promise<T> {
   const dir = storeDir(cmd);
   const socket = path.join(dir, CONTROL_SOCKET_NAME);
   const control: StoreControl = await daemonAnswers(socket)
