@@ -7,6 +7,7 @@ import { addStoreCommands } from './store-commands.js';
 import { addServeCommand } from './serve.js';
 import { addMountCommand } from './mount.js';
 import { addImageCommands } from './image.js';
+import { addVmCommands } from './vm.js';
 import { EXIT_USER, reportError } from './exit.js';
 
 /** Builds the program; `run` wraps each action so errors become exit codes. */
@@ -33,6 +34,7 @@ export function buildProgram(): Command {
   addServeCommand(program, run);
   addMountCommand(program, run);
   addImageCommands(program, run);
+  addVmCommands(program, run);
   for (const c of program.commands) c.exitOverride();
   return program;
 }

@@ -3,7 +3,9 @@
  * (TCP and a Unix socket) and over the control socket, so every other CLI
  * command keeps working through it. Runs in the foreground, one log line per
  * connection on stderr. SIGTERM/SIGINT: stop accepting, finish in-flight
- * requests, flush, release the store, exit 0.
+ * requests, flush, release the store, exit 0. With --mount, the daemon also
+ * runs VMs (src/pager VmSupervisor, `dormant vm ...`); they are stopped first
+ * on SIGTERM/SIGINT.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -12,6 +14,7 @@ import { DormantError, Store } from '../blockstore/index.js';
 import { NbdServer, StoreBackend, type TlsMode } from '../nbd/index.js';
 import { CONTROL_SOCKET_NAME, LocalControl, serveControl } from '../migrate/index.js';
 import { mountStore, type FuseMount } from '../fuse/index.js';
+import { VmSupervisor } from '../pager/index.js';
 import { storeDir } from './store-commands.js';
 
 /** File name of the NBD Unix socket inside the store directory. */
@@ -89,10 +92,13 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
       }
       let control: Awaited<ReturnType<typeof serveControl>> | undefined;
       let fuse: FuseMount | undefined;
+      let vms: VmSupervisor | undefined;
       try {
         const addrs = await nbd.listen();
         if (o.mount !== undefined) fuse = await mountStore(store, o.mount, { log, readOnly: Boolean(o.readOnly) });
-        control = await serveControl(new LocalControl(store, false), path.join(dir, CONTROL_SOCKET_NAME), log);
+        // VMs keep their RAM on the FUSE view: no mount, no VMs.
+        if (fuse) vms = new VmSupervisor({ storeDir: dir, mountDir: fuse.dir, nbdSocket: socketPath, log });
+        control = await serveControl(new LocalControl(store, false, vms), path.join(dir, CONTROL_SOCKET_NAME), log);
         const where = [
           addrs.tcp ? `nbd://${addrs.tcp.host.includes(':') ? `[${addrs.tcp.host}]` : addrs.tcp.host}:${addrs.tcp.port}/<volume>` : null,
           `nbd+unix:///<volume>?socket=${socketPath}`,
@@ -115,6 +121,8 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
           stopping = true;
           log(`dormant serve: ${sig}: finishing in-flight requests, flushing`);
           void (async () => {
+            // QEMU maps its RAM through the FUSE view and reads its disk over NBD: VMs go first.
+            await vms?.stopAll().catch((err: Error) => log(`dormant serve: stopping VMs: ${err.message}`));
             await control?.close();
             await fuse?.unmount().catch((err: Error) => log(`dormant serve: ${err.message}`));
             await nbd.close();

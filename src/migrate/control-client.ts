@@ -7,6 +7,7 @@ import http from 'node:http';
 import fs from 'node:fs';
 import { DormantError, type ErrorCode } from '../blockstore/index.js';
 import type { ProgressFn } from '../blockstore/transfer.js';
+import type { VmRecord, VmSpec, VmStatus } from '../pager/index.js';
 import type { ControlOp, StoreControl } from './control.js';
 
 /** Calls one operation; `progress` receives streamed progress lines. */
@@ -70,5 +71,10 @@ export class RemoteControl implements StoreControl {
   async exportFile(name: string, file: string, progress?: ProgressFn) {
     return call(this.socketPath, 'exportFile', [name, file], progress) as ReturnType<StoreControl['exportFile']>;
   }
+  async vmCreate(spec: VmSpec) { return call(this.socketPath, 'vmCreate', [spec]) as Promise<VmRecord>; }
+  async vmStart(name: string, kvm: boolean) { return call(this.socketPath, 'vmStart', [name, kvm]) as Promise<VmStatus>; }
+  async vmStop(name: string, timeoutMs: number) { return call(this.socketPath, 'vmStop', [name, timeoutMs]) as Promise<VmStatus>; }
+  async vmStatus(name: string) { return call(this.socketPath, 'vmStatus', [name]) as Promise<VmStatus>; }
+  async vmList() { return call(this.socketPath, 'vmList', []) as Promise<VmStatus[]>; }
   async close() { /* nothing held between calls */ }
 }

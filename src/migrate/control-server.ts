@@ -18,7 +18,7 @@ import { CONTROL_OPS, type ControlOp, type StoreControl } from './control.js';
 const MAX_BODY = 64 * 1024;
 
 /** Argument types of each operation, checked before the call. */
-const ARG_TYPES: Record<ControlOp, ReadonlyArray<'string' | 'number'>> = {
+const ARG_TYPES: Record<ControlOp, ReadonlyArray<'string' | 'number' | 'boolean' | 'object'>> = {
   createVolume: ['string', 'number', 'string'],
   snapshot: ['string', 'string'],
   branch: ['string', 'string'],
@@ -30,6 +30,11 @@ const ARG_TYPES: Record<ControlOp, ReadonlyArray<'string' | 'number'>> = {
   check: [],
   importFile: ['string', 'string', 'string'],
   exportFile: ['string', 'string'],
+  vmCreate: ['object'],
+  vmStart: ['string', 'boolean'],
+  vmStop: ['string', 'number'],
+  vmStatus: ['string'],
+  vmList: [],
 };
 
 /** A running control server. */
@@ -74,7 +79,7 @@ async function handle(control: StoreControl, req: http.IncomingMessage, res: htt
     return;
   }
   const want = ARG_TYPES[op];
-  if (args.length !== want.length || args.some((a, i) => typeof a !== want[i])) {
+  if (args.length !== want.length || args.some((a, i) => typeof a !== want[i] || a === null)) {
     res.writeHead(400, { 'content-type': 'application/json' });
     res.end(`${JSON.stringify({ error: { code: 'EINVAL', message: `${op} takes (${want.join(', ')})` } })}\n`);
     return;

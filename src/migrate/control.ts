@@ -5,9 +5,12 @@
  * implement every method, so a command never knows which one it has.
  */
 import {
-  Store, type GcResult, type StoreStats, type VolumeInfo, type VolumeKind, type VolumeSummary,
+  DormantError, Store, type GcResult, type StoreStats, type VolumeInfo, type VolumeKind, type VolumeSummary,
 } from '../blockstore/index.js';
 import { exportFile, importFile, type ProgressFn, type TransferResult } from '../blockstore/transfer.js';
+import {
+  createVm, listVms, offlineStatus, readVm, type VmRecord, type VmSpec, type VmStatus, type VmSupervisor,
+} from '../pager/index.js';
 
 /** File name of the daemon's control socket inside the store directory. */
 export const CONTROL_SOCKET_NAME = 'control.sock';
@@ -27,6 +30,12 @@ export interface StoreControl {
   /** `file` is a path on the host that owns the store. */
   importFile(name: string, file: string, kind: VolumeKind, progress?: ProgressFn): Promise<TransferResult>;
   exportFile(name: string, file: string, progress?: ProgressFn): Promise<TransferResult>;
+  /** VMs (src/pager): create works offline; start and stop need the daemon's supervisor. */
+  vmCreate(spec: VmSpec): Promise<VmRecord>;
+  vmStart(name: string, kvm: boolean): Promise<VmStatus>;
+  vmStop(name: string, timeoutMs: number): Promise<VmStatus>;
+  vmStatus(name: string): Promise<VmStatus>;
+  vmList(): Promise<VmStatus[]>;
   /** Releases the store (local) or the connection (remote). */
   close(): Promise<void>;
 }
@@ -34,14 +43,19 @@ export interface StoreControl {
 /** Names of the operations, as used on the wire. */
 export const CONTROL_OPS = [
   'createVolume', 'snapshot', 'branch', 'remove', 'list', 'info', 'stats', 'gc', 'check', 'importFile', 'exportFile',
+  'vmCreate', 'vmStart', 'vmStop', 'vmStatus', 'vmList',
 ] as const;
 
 /** One control operation name. */
 export type ControlOp = typeof CONTROL_OPS[number];
 
-/** StoreControl over a Store this process owns. `own`: close the store on close(). */
+/**
+ * StoreControl over a Store this process owns. `own`: close the store on
+ * close(). `vms`: the daemon's VM supervisor (absent offline, or when the
+ * daemon has no FUSE mount to put VM memory on).
+ */
 export class LocalControl implements StoreControl {
-  constructor(readonly store: Store, private readonly own: boolean) {}
+  constructor(readonly store: Store, private readonly own: boolean, private readonly vms?: VmSupervisor) {}
 
   createVolume(name: string, size: number, kind: VolumeKind) { return this.store.createVolume(name, size, kind); }
   snapshot(volume: string, snap: string) { return this.store.snapshot(volume, snap); }
@@ -57,6 +71,19 @@ export class LocalControl implements StoreControl {
   }
   exportFile(name: string, file: string, progress?: ProgressFn) {
     return exportFile(this.store, name, file, progress);
+  }
+  async vmCreate(spec: VmSpec) { return createVm(this.store, spec); }
+  async vmStart(name: string, kvm: boolean) { return this.supervisor().start(name, { kvm }); }
+  async vmStop(name: string, timeoutMs: number) { return this.supervisor().stop(name, timeoutMs); }
+  async vmStatus(name: string) {
+    return this.vms ? this.vms.status(name) : offlineStatus(readVm(this.store.dir, name));
+  }
+  async vmList() { return this.vms ? this.vms.list() : listVms(this.store.dir).map(offlineStatus); }
+  private supervisor(): VmSupervisor {
+    if (!this.vms) {
+      throw new DormantError('EINVAL', 'VMs need the daemon with a FUSE mount for their memory: dormant serve --mount DIR');
+    }
+    return this.vms;
   }
   async close() { if (this.own) await this.store.close(); }
 }

@@ -29,6 +29,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { DormantError } from '../blockstore/index.js';
+import { withCacheLock } from './cache-lock.js';
 
 /** Bump when the image layout or the guest's scripts change: invalidates caches. */
 export const BUILDER_VERSION = 1;
@@ -366,14 +367,20 @@ exit 0
  * gzip and e2fsprogs on the host.
  */
 export async function buildTestGuest(name: string, opts: BuildOptions = {}): Promise<BuildResult> {
-  const started = Date.now();
-  const log = opts.log ?? (() => undefined);
   const size = opts.size ?? DEFAULT_IMAGE_SIZE;
   if (size < 32 * 1024 * 1024 || size % 4096 !== 0) {
     throw new DormantError('EINVAL', `bad image size ${size}: at least 32M, a multiple of 4096`);
   }
   const cacheDir = path.resolve(opts.cacheDir ?? defaultCacheDir());
   await fs.mkdir(cacheDir, { recursive: true });
+  // Concurrent builders (two test files, two users) share downloads and
+  // outputs: one builds, the others wait and then find it cached.
+  return withCacheLock(cacheDir, () => buildLocked(name, size, cacheDir, opts), opts.log);
+}
+
+async function buildLocked(name: string, size: number, cacheDir: string, opts: BuildOptions): Promise<BuildResult> {
+  const started = Date.now();
+  const log = opts.log ?? (() => undefined);
 
   const kernel = await kernelPackage();
   const busyboxVersion = await installedVersion('busybox-static');

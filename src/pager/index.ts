@@ -1,6 +1,7 @@
 /**
- * Public surface of the pager. Today: the test guest image builder (a real
- * bootable golden image from Debian packages). The VM runner, idleness,
+ * Public surface of the pager. The test guest image builder (a real
+ * bootable golden image from Debian packages) and the VM runner (records,
+ * QEMU launcher, QMP client, supervisor). Idleness,
  * working sets, page-out and sharing join here.
  */
 export {
@@ -8,3 +9,10 @@ export {
   BUILDER_VERSION, DEFAULT_IMAGE_SIZE, DEFAULT_CMDLINE, DEFAULT_HOSTNAME,
   type ImageMeta, type BuildOptions, type BuildResult,
 } from './image.js';
+export {
+  createVm, readVm, listVms, writeVm, vmPaths, checkVmName, checkMemory, hostMemTotal, VMS_DIR, RAM_ALIGN,
+  type VmRecord, type VmSpec,
+} from './vm-record.js';
+export { VmSupervisor, offlineStatus, STOP_TIMEOUT_MS, type VmState, type VmStatus, type SupervisorOptions } from './supervisor.js';
+export { qemuArgs, residentMemory, parseSmaps, freePort, QEMU_BINARY, type LaunchPaths, type LaunchOptions, type Resident } from './qemu.js';
+export { QmpClient } from './qmp.js';

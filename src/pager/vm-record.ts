@@ -1,0 +1,157 @@
+/**
+ * VM records: the configuration of each VM, one small JSON file per VM in
+ * the store directory, STORE/vms/<vm>.json, written atomically (temp file,
+ * fsync, rename). The store directory belongs to whoever holds the store's
+ * lock, so records are written only by that process: the daemon (through its
+ * control operations) or an offline CLI command that opened the store.
+ *
+ * A VM owns two volumes: its disk branch `<vm>` and its memory volume
+ * `<vm>.mem` (RAM size). Next to the record the runner keeps the QMP socket
+ * (<vm>.qmp) and the serial log (<vm>.log). Runtime state (running, crashed)
+ * is not recorded here: the daemon's supervisor holds it.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { DormantError, checkName, splitName, type Store } from '../blockstore/index.js';
+
+/** Directory of VM records inside the store directory. */
+export const VMS_DIR = 'vms';
+/** Guest RAM must be a multiple of this (huge-page size; QEMU's file backend aligns to it). */
+export const RAM_ALIGN = 2 * 1024 * 1024;
+
+/** A VM's configuration. */
+export interface VmRecord {
+  name: string;
+  /** Disk branch volume (= name). */
+  disk: string;
+  /** Memory volume (`<name>.mem`). */
+  memory: string;
+  /** Snapshot the disk was branched from. */
+  from: string;
+  memoryBytes: number;
+  cpus: number;
+  /** Test-guest image the kernel comes from, and its files. */
+  image: string;
+  kernel: string;
+  initrd: string;
+  /** Kernel command line, `dormant.hostname=<vm>` included. */
+  cmdline: string;
+  created: string;
+}
+
+/** What `vm create` asks for (kernel files already resolved by the caller). */
+export interface VmSpec {
+  name: string;
+  from: string;
+  memoryBytes: number;
+  cpus: number;
+  image: string;
+  kernel: string;
+  initrd: string;
+  /** Base command line of the image (without dormant.hostname). */
+  cmdline: string;
+}
+
+/** Paths of a VM's files in the store directory. */
+export function vmPaths(storeDir: string, name: string): { record: string; qmp: string; log: string } {
+  const dir = path.join(storeDir, VMS_DIR);
+  return { record: path.join(dir, `${name}.json`), qmp: path.join(dir, `${name}.qmp`), log: path.join(dir, `${name}.log`) };
+}
+
+/** Throws EINVAL unless `name` is a valid VM name (a volume name leaving room for `.mem`). */
+export function checkVmName(name: string): void {
+  checkName(name, 'VM name');
+  if (name.length > 120) throw new DormantError('EINVAL', `invalid VM name '${name}': at most 120 characters`);
+}
+
+/** Host RAM (MemTotal of /proc/meminfo) in bytes. */
+export function hostMemTotal(): number {
+  const m = /^MemTotal:\s+(\d+) kB/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
+  if (!m) throw new DormantError('EINTERNAL', 'cannot read MemTotal from /proc/meminfo');
+  return Number(m[1]) * 1024;
+}
+
+/** Throws EINVAL unless `bytes` is a usable guest RAM size on this host. */
+export function checkMemory(bytes: number, text = String(bytes)): void {
+  if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes % RAM_ALIGN !== 0) {
+    throw new DormantError('EINVAL', `bad memory '${text}': must be a multiple of 2 MiB`);
+  }
+  const total = hostMemTotal();
+  if (bytes > total) {
+    throw new DormantError('EINVAL', `bad memory '${text}': larger than this host's RAM (${Math.floor(total / 2 ** 20)} MiB)`);
+  }
+}
+
+/** Reads a VM record; ENOENT when there is none. */
+export function readVm(storeDir: string, name: string): VmRecord {
+  checkVmName(name);
+  try {
+    return JSON.parse(fs.readFileSync(vmPaths(storeDir, name).record, 'utf8')) as VmRecord;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new DormantError('ENOENT', `unknown VM '${name}'`);
+    throw err;
+  }
+}
+
+/** Every VM record, sorted by name. */
+export function listVms(storeDir: string): VmRecord[] {
+  const dir = path.join(storeDir, VMS_DIR);
+  if (!fs.existsSync(dir)) return [];
+  return fs.readdirSync(dir).filter((f) => f.endsWith('.json')).sort()
+    .map((f) => JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8')) as VmRecord);
+}
+
+/** Writes `rec` atomically (temp file, fsync, rename, fsync of the directory). */
+export function writeVm(storeDir: string, rec: VmRecord): void {
+  const dir = path.join(storeDir, VMS_DIR);
+  fs.mkdirSync(dir, { recursive: true });
+  const file = vmPaths(storeDir, rec.name).record;
+  const tmp = `${file}.tmp-${process.pid}`;
+  const fd = fs.openSync(tmp, 'w', 0o600);
+  try {
+    fs.writeSync(fd, `${JSON.stringify(rec, null, 2)}\n`);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+  const dfd = fs.openSync(dir, 'r');
+  try { fs.fsyncSync(dfd); } finally { fs.closeSync(dfd); }
+}
+
+/**
+ * Creates VM `spec.name` in `store` (whose directory this process owns):
+ * disk branch, memory volume, record. Undoes what it made when a step fails.
+ */
+export async function createVm(store: Store, spec: VmSpec): Promise<VmRecord> {
+  checkVmName(spec.name);
+  checkMemory(spec.memoryBytes);
+  if (!Number.isInteger(spec.cpus) || spec.cpus < 1 || spec.cpus > 64) {
+    throw new DormantError('EINVAL', `bad --cpus '${spec.cpus}': use 1 to 64`);
+  }
+  if (splitName(spec.from).snap === null) {
+    throw new DormantError('EINVAL', `bad --from '${spec.from}': name a snapshot, volume@snap`);
+  }
+  await store.info(spec.from); // ENOENT: unknown snapshot
+  if (fs.existsSync(vmPaths(store.dir, spec.name).record)) throw new DormantError('EEXIST', `VM '${spec.name}' exists`);
+  const memory = `${spec.name}.mem`;
+  await store.branch(spec.name, spec.from);
+  try {
+    await store.createVolume(memory, spec.memoryBytes, 'memory');
+  } catch (err) {
+    await store.remove(spec.name).catch(() => undefined);
+    throw err;
+  }
+  const rec: VmRecord = {
+    name: spec.name, disk: spec.name, memory, from: spec.from, memoryBytes: spec.memoryBytes, cpus: spec.cpus,
+    image: spec.image, kernel: spec.kernel, initrd: spec.initrd,
+    cmdline: `${spec.cmdline} dormant.hostname=${spec.name}`, created: new Date().toISOString(),
+  };
+  try {
+    writeVm(store.dir, rec);
+  } catch (err) {
+    for (const v of [memory, spec.name]) await store.remove(v).catch(() => undefined);
+    throw err;
+  }
+  return rec;
+}

@@ -1,0 +1,168 @@
+/**
+ * `dormant vm` end to end: the daemon (`serve --mount`) runs two real VMs
+ * (the test guest of test/e2e/boot.test.ts, from the same image cache so it
+ * is not rebuilt) from one golden snapshot, each answering HTTP with its own
+ * hostname; `vm status` reports resident guest RAM; a QEMU killed with
+ * SIGKILL is reported `crashed` while the other VM keeps serving; `vm stop`
+ * stops; SIGTERM to the daemon stops a running VM before the daemon exits;
+ * bad inputs fail with exit 1 and one line.
+ *
+ * Every QEMU pid seen is SIGKILLed in afterAll whatever the outcome, then the
+ * daemon is stopped, the mount lazily unmounted and temp dirs removed.
+ */
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BIN, cliEnv, dormant, dormantJson, ensureBuilt, expectFailure, expectOk } from '../helpers/cli.js';
+import { TempDirs } from '../helpers/tmp.js';
+import { cleanupMounts, startDaemon, type MountDaemon } from '../fuse/helpers.js';
+
+const CACHE = path.join(os.tmpdir(), 'dormant-test-images');
+const BOOT_TIMEOUT_MS = 120_000;
+const tmp = new TempDirs();
+
+let store = '';
+let mnt = '';
+let daemon: MountDaemon | undefined;
+const qemuPids = new Set<number>();
+
+interface Status {
+  name: string; state: string; reason?: string; pid?: number; hostPort?: number; memoryBytes: number;
+  residentGuestRam?: number; residentQemu?: number; uptimeSeconds?: number;
+}
+
+function dormantAsync(args: string[], timeoutMs: number): Promise<{ stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, [BIN, ...args], { env: cliEnv(), timeout: timeoutMs, killSignal: 'SIGKILL' },
+      (err, stdout, stderr) => (err ? reject(new Error(`dormant ${args.join(' ')}: ${err.message}\n${stderr}`)) : resolve({ stdout, stderr })));
+  });
+}
+
+const status = (vm: string) => dormantJson<Status>(['vm', 'status', vm], { store });
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls http://127.0.0.1:PORT/ until the page names `vm` (bounded). */
+async function waitHttp(vm: string, port: number, timeoutMs = BOOT_TIMEOUT_MS): Promise<string> {
+  const started = Date.now();
+  let page = '';
+  while (Date.now() - started < timeoutMs) {
+    try {
+      const r = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(3_000) });
+      page = await r.text();
+      if (r.ok && page.includes(`<h1>${vm}</h1>`)) return page;
+    } catch { /* not up yet */ }
+    await sleep(1_000);
+  }
+  const log = dormant(['vm', 'log', vm], { store }).stdout.split('\n').slice(-20).join('\n');
+  throw new Error(`VM ${vm} did not answer HTTP on port ${port} within ${timeoutMs / 1000} s; last page: ${page}\nserial:\n${log}`);
+}
+
+describe('dormant vm: two VMs from one golden image, supervised by the daemon', () => {
+  beforeAll(async () => {
+    ensureBuilt();
+    const work = tmp.make('e2e-vm');
+    store = path.join(work, 'store');
+    mnt = path.join(work, 'mnt');
+    fs.mkdirSync(mnt);
+    expectOk(dormant(['init'], { store }));
+    await dormantAsync(['--store', store, 'image', 'build-test-guest', 'golden', '--cache-dir', CACHE], 200_000);
+    daemon = await startDaemon(store, mnt, ['serve', '--no-tcp', '--mount', mnt], /FUSE on /);
+  }, 240_000);
+
+  afterAll(async () => {
+    for (const pid of qemuPids) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
+    await daemon?.stop().catch(() => undefined);
+    await cleanupMounts();
+    tmp.cleanup();
+  });
+
+  it('creates VMs a and b from golden@base and refuses bad inputs', () => {
+    for (const vm of ['a', 'b']) {
+      expect(expectOk(dormant(['vm', 'create', vm, '--from', 'golden@base', '--memory', '256M', '--cache-dir', CACHE], { store })))
+        .toMatch(new RegExp(`^created VM ${vm}: disk ${vm} from golden@base, memory ${vm}\\.mem 256 MiB`));
+    }
+    const vols = dormantJson<{ volumes: Array<{ name: string; kind: string; size: number }> }>(['list'], { store }).volumes;
+    expect(vols.find((v) => v.name === 'a.mem')).toMatchObject({ kind: 'memory', size: 256 * 2 ** 20 });
+    expect(vols.find((v) => v.name === 'b')).toMatchObject({ kind: 'disk' });
+
+    const create = (vm: string, from: string, mem: string) =>
+      dormant(['vm', 'create', vm, '--from', from, '--memory', mem, '--cache-dir', CACHE], { store });
+    expectFailure(create('a', 'golden@base', '256M'), /VM 'a' exists/);
+    // 100M is 50 x 2 MiB; 101M and 3M are not multiples of 2 MiB.
+    expectFailure(create('c', 'golden@base', '101M'), /bad memory '101M': must be a multiple of 2 MiB/);
+    expectFailure(create('c', 'golden@base', '3M'), /multiple of 2 MiB/);
+    expectFailure(create('c', 'golden@base', '64T'), /larger than this host's RAM/);
+    expectFailure(create('c', 'golden@nosuch', '256M'), /unknown snapshot 'golden@nosuch'/);
+    expectFailure(create('c/x', 'golden@base', '256M'), /invalid VM name/);
+    expectFailure(dormant(['vm', 'status', 'nosuch'], { store }), /unknown VM 'nosuch'/);
+    expectFailure(dormant(['vm', 'start', 'nosuch'], { store }), /unknown VM 'nosuch'/);
+    const lone = path.join(tmp.make('e2e-vm-lone'), 'store');
+    expectOk(dormant(['init'], { store: lone }));
+    expectFailure(dormant(['vm', 'start', 'a'], { store: lone }), /vm start needs the daemon: start it with dormant serve --mount DIR/);
+    expect(dormantJson<{ vms: Status[] }>(['vm', 'list'], { store }).vms.map((v) => [v.name, v.state]))
+      .toEqual([['a', 'stopped'], ['b', 'stopped']]);
+  });
+
+  it('starts both; each answers HTTP with its own hostname; status shows resident guest RAM', async () => {
+    const started = Date.now();
+    for (const vm of ['a', 'b']) {
+      expect(expectOk(dormant(['vm', 'start', vm], { store }))).toMatch(new RegExp(`^started VM ${vm}: pid \\d+, http://127\\.0\\.0\\.1:\\d+/`));
+      qemuPids.add(status(vm).pid!);
+    }
+    expectFailure(dormant(['vm', 'start', 'a'], { store }), /VM 'a' is already running/);
+    const [sa, sb] = [status('a'), status('b')];
+    expect(sa.hostPort).not.toBe(sb.hostPort);
+    const [pa, pb] = await Promise.all([waitHttp('a', sa.hostPort!), waitHttp('b', sb.hostPort!)]);
+    console.log(`two VMs booted to HTTP under TCG in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    expect(pa).toMatch(/<p>hostname: a<\/p>/);
+    expect(pb).toMatch(/<p>hostname: b<\/p>/);
+    for (const vm of ['a', 'b']) {
+      const s = status(vm);
+      expect(s.state).toBe('running');
+      expect(s.memoryBytes).toBe(256 * 2 ** 20);
+      expect(s.residentGuestRam).toBeGreaterThan(0);
+      expect(s.residentQemu).toBeGreaterThan(0);
+      expect(s.uptimeSeconds).toBeGreaterThanOrEqual(0);
+    }
+    const list = dormantJson<{ vms: Status[] }>(['vm', 'list'], { store }).vms;
+    expect(list.map((v) => [v.name, v.state, v.hostPort])).toEqual([['a', 'running', sa.hostPort], ['b', 'running', sb.hostPort]]);
+    expect(expectOk(dormant(['vm', 'list'], { store }))).toMatch(new RegExp(`^a\\s+running\\s+${sa.hostPort}\\s+${sa.pid}\\s+256 MiB`, 'm'));
+  }, BOOT_TIMEOUT_MS + 30_000);
+
+  it('reports a QEMU killed with SIGKILL as crashed; the other VM keeps serving', async () => {
+    const a = status('a');
+    expect(a.state).toBe('running');
+    process.kill(a.pid!, 'SIGKILL');
+    let s = status('a');
+    for (let i = 0; i < 50 && s.state !== 'crashed'; i++) { await sleep(100); s = status('a'); }
+    expect(s.state).toBe('crashed');
+    expect(s.reason).toMatch(/SIGKILL/);
+    expect(expectOk(dormant(['vm', 'status', 'a'], { store }))).toMatch(/^state:\s+crashed \(QEMU killed by signal SIGKILL\)$/m);
+    const b = status('b');
+    const page = await (await fetch(`http://127.0.0.1:${b.hostPort}/`, { signal: AbortSignal.timeout(10_000) })).text();
+    expect(page).toMatch(/<h1>b<\/h1>/);
+  }, 60_000);
+
+  it('stops b; shows its serial log and its Xen disk line', () => {
+    expect(expectOk(dormant(['vm', 'stop', 'b'], { store }))).toBe('VM b: stopped\n');
+    expect(status('b').state).toBe('stopped');
+    expectFailure(dormant(['vm', 'stop', 'b'], { store }), /VM 'b' is not running/);
+    expect(expectOk(dormant(['vm', 'log', 'b'], { store }))).toMatch(/dormant-guest: b booted/);
+    const xen = expectOk(dormant(['vm', 'xen-config', 'b'], { store }));
+    expect(xen).toContain(`disk = [ 'format=raw, vdev=xvda, access=rw, backendtype=qdisk, target=nbd:unix:${path.join(store, 'nbd.sock')}:exportname=b' ]`);
+    expect(xen).toContain(`nbd-client -unix ${path.join(store, 'nbd.sock')} -N b /dev/nbd0`);
+  }, 60_000);
+
+  it('stops running VMs first when the daemon gets SIGTERM', async () => {
+    expectOk(dormant(['vm', 'start', 'b'], { store }));
+    const pid = status('b').pid!;
+    qemuPids.add(pid);
+    const exit = await daemon!.stop(40_000);
+    expect(exit).toEqual({ code: 0, signal: null });
+    expect(() => process.kill(pid, 0), 'QEMU of b is gone').toThrow();
+    expect(daemon!.stderr()).toMatch(/vm b: stopped[\s\S]*dormant serve: stopped/);
+    expect(dormantJson<Status>(['vm', 'status', 'b'], { store }).state).toBe('stopped'); // offline
+  }, 60_000);
+});

@@ -1,0 +1,73 @@
+/**
+ * The VM runner's pure parts: QEMU's command line, resident memory from
+ * smaps, and the VM record (name and memory checks, atomic write, listing).
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import {
+  checkMemory, checkVmName, hostMemTotal, listVms, parseSmaps, qemuArgs, readVm, writeVm, type VmRecord,
+} from '../../src/pager/index.js';
+
+const dirs: string[] = [];
+afterAll(() => { for (const d of dirs) fs.rmSync(d, { recursive: true, force: true }); });
+
+const rec: VmRecord = {
+  name: 'vm1', disk: 'vm1', memory: 'vm1.mem', from: 'golden@base', memoryBytes: 256 * 2 ** 20, cpus: 2, image: 'golden',
+  kernel: '/c/vmlinuz', initrd: '/c/initrd.img', cmdline: 'console=ttyS0 root=/dev/vda rw dormant.hostname=vm1',
+  created: '2026-01-01T00:00:00.000Z',
+};
+
+describe('qemuArgs', () => {
+  const paths = { memFile: '/m/volumes/vm1.mem', nbdSocket: '/s/nbd.sock', qmpSocket: '/s/vms/vm1.qmp', serialLog: '/s/vms/vm1.log' };
+  it('uses TCG, the memory volume as shared RAM, NBD disk, port forward, QMP and serial file', () => {
+    const a = qemuArgs(rec, paths, { hostPort: 4567 }).join(' ');
+    expect(a).toContain('-machine q35,memory-backend=mem0 -accel tcg,tb-size=64 -m 256M -smp 2');
+    expect(a).toContain('-object memory-backend-file,id=mem0,size=256M,mem-path=/m/volumes/vm1.mem,share=on');
+    expect(a).toContain('-drive file=nbd+unix:///vm1?socket=/s/nbd.sock,format=raw,if=virtio');
+    expect(a).toContain('hostfwd=tcp:127.0.0.1:4567-:80');
+    expect(a).toContain('-qmp unix:/s/vms/vm1.qmp,server=on,wait=off');
+    expect(a).toContain('-serial file:/s/vms/vm1.log');
+    expect(a).toContain(`-append ${rec.cmdline}`);
+  });
+  it('uses KVM only when asked', () => {
+    expect(qemuArgs(rec, paths, { hostPort: 1, kvm: true })).toContain('kvm');
+  });
+});
+
+describe('parseSmaps', () => {
+  it('splits Rss between the guest RAM mapping and the rest', () => {
+    const text = [
+      '55d0c0000000-55d0c0100000 r-xp 00000000 08:01 1234    /usr/bin/qemu-system-x86_64',
+      'Size:               1024 kB', 'Rss:                 512 kB', 'Pss:                 512 kB',
+      '7f0000000000-7f0010000000 rw-s 00000000 00:2c 7       /m/volumes/vm1.mem',
+      'Size:             262144 kB', 'Rss:               10240 kB', 'VmFlags: rd wr sh mr mw me ms sd',
+      '7f1000000000-7f1000100000 rw-p 00000000 00:00 0 ',
+      'Rss:                 100 kB',
+    ].join('\n');
+    expect(parseSmaps(text, '/m/volumes/vm1.mem')).toEqual({ guestRam: 10240 * 1024, qemuOwn: 612 * 1024 });
+  });
+});
+
+describe('VM records', () => {
+  it('checks names and memory sizes', () => {
+    expect(() => checkVmName('a/b')).toThrow(/invalid VM name/);
+    expect(() => checkVmName('x'.repeat(121))).toThrow(/at most 120/);
+    checkVmName('web-1.prod');
+    checkMemory(256 * 2 ** 20);
+    checkMemory(100 * 2 ** 20); // 50 x 2 MiB
+    expect(() => checkMemory(101 * 2 ** 20, '101M')).toThrow(/multiple of 2 MiB/);
+    expect(() => checkMemory((Math.floor(hostMemTotal() / 2 ** 21) + 1) * 2 ** 21)).toThrow(/larger than this host's RAM/);
+  });
+  it('writes atomically, reads back, lists sorted; unknown VM is ENOENT', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dormant-vmrec-'));
+    dirs.push(dir);
+    writeVm(dir, { ...rec, name: 'zz' });
+    writeVm(dir, rec);
+    expect(readVm(dir, 'vm1')).toEqual(rec);
+    expect(listVms(dir).map((r) => r.name)).toEqual(['vm1', 'zz']);
+    expect(fs.readdirSync(path.join(dir, 'vms')).sort()).toEqual(['vm1.json', 'zz.json']);
+    expect(() => readVm(dir, 'nope')).toThrow(expect.objectContaining({ code: 'ENOENT', message: "unknown VM 'nope'" }));
+  });
+});
