@@ -115,7 +115,7 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
     }));
 
   vm.command('status <vm>')
-    .description('state, host port, pid, RAM, resident memory (guest RAM and QEMU\'s own), uptime')
+    .description('state, host port, pid, RAM, resident memory (guest RAM and QEMU\'s own), disk blocks written, uptime')
     .option('--json', 'machine-readable output')
     .action((name: string, o: { json?: boolean }, cmd: Command) => run(async () => {
       checkVmName(name);
@@ -129,6 +129,7 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
         `ram:       ${formatBytes(s.memoryBytes)}, ${s.cpus} CPU${s.cpus > 1 ? 's' : ''}, disk from ${s.from}`,
         `resident:  ${s.residentGuestRam === undefined ? '-'
           : `${formatBytes(s.residentGuestRam)} guest RAM + ${formatBytes(s.residentQemu ?? 0)} QEMU`}`,
+        `disk:      ${s.diskBlocksWritten === undefined ? '-' : `${s.diskBlocksWritten} blocks written (${formatBytes(s.diskBlocksWritten * 4096)}) on top of ${s.from}`}`,
         `uptime:    ${uptime(s.uptimeSeconds)}`,
       ].join('\n'));
     }));

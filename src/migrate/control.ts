@@ -76,7 +76,9 @@ export class LocalControl implements StoreControl {
   async vmStart(name: string, kvm: boolean) { return this.supervisor().start(name, { kvm }); }
   async vmStop(name: string, timeoutMs: number) { return this.supervisor().stop(name, timeoutMs); }
   async vmStatus(name: string) {
-    return this.vms ? this.vms.status(name) : offlineStatus(readVm(this.store.dir, name));
+    const s = this.vms ? this.vms.status(name) : offlineStatus(readVm(this.store.dir, name));
+    const disk = this.store.describe(name) ? await this.store.info(name) : undefined;
+    return disk ? { ...s, diskBlocksWritten: disk.blocks.own } : s;
   }
   async vmList() { return this.vms ? this.vms.list() : listVms(this.store.dir).map(offlineStatus); }
   private supervisor(): VmSupervisor {

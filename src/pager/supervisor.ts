@@ -37,6 +37,8 @@ export interface VmStatus {
   residentGuestRam?: number;
   residentQemu?: number;
   uptimeSeconds?: number;
+  /** Blocks the VM's disk branch holds of its own (written since it was branched). */
+  diskBlocksWritten?: number;
 }
 
 /** Options of the supervisor. */

@@ -11,6 +11,7 @@
  * daemon is stopped, the mount lazily unmounted and temp dirs removed.
  */
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -27,10 +28,22 @@ let store = '';
 let mnt = '';
 let daemon: MountDaemon | undefined;
 const qemuPids = new Set<number>();
+let goldenSha = '';
+
+/** Exports `name` through the daemon to a temp file; returns its path. */
+function exportOf(name: string): string {
+  const file = path.join(tmp.make('e2e-vm-export'), 'out.raw');
+  expectOk(dormant(['export', name, file], { store }));
+  return file;
+}
+
+function sha256(file: string): string {
+  return createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+}
 
 interface Status {
   name: string; state: string; reason?: string; pid?: number; hostPort?: number; memoryBytes: number;
-  residentGuestRam?: number; residentQemu?: number; uptimeSeconds?: number;
+  residentGuestRam?: number; residentQemu?: number; uptimeSeconds?: number; diskBlocksWritten?: number;
 }
 
 function dormantAsync(args: string[], timeoutMs: number): Promise<{ stdout: string; stderr: string }> {
@@ -69,6 +82,7 @@ describe('dormant vm: two VMs from one golden image, supervised by the daemon', 
     expectOk(dormant(['init'], { store }));
     await dormantAsync(['--store', store, 'image', 'build-test-guest', 'golden', '--cache-dir', CACHE], 200_000);
     daemon = await startDaemon(store, mnt, ['serve', '--no-tcp', '--mount', mnt], /FUSE on /);
+    goldenSha = sha256(exportOf('golden@base'));
   }, 240_000);
 
   afterAll(async () => {
@@ -144,6 +158,38 @@ describe('dormant vm: two VMs from one golden image, supervised by the daemon', 
     const page = await (await fetch(`http://127.0.0.1:${b.hostPort}/`, { signal: AbortSignal.timeout(10_000) })).text();
     expect(page).toMatch(/<h1>b<\/h1>/);
   }, 60_000);
+
+  it('a counter A keeps on its disk survives stop and start of A, is not B\'s, and the golden stays unchanged', async () => {
+    const counter = async (vm: string) => {
+      const text = await (await fetch(`http://127.0.0.1:${status(vm).hostPort}/cgi-bin/status`,
+        { signal: AbortSignal.timeout(10_000) })).text();
+      const m = /^counter: (\d+)$/m.exec(text);
+      expect(m, `${vm}: ${text}`).not.toBeNull();
+      return Number(m![1]);
+    };
+    // A crashed above; boot it again, bump its counter, stop it, boot it again.
+    expectOk(dormant(['vm', 'start', 'a'], { store }));
+    qemuPids.add(status('a').pid!);
+    await waitHttp('a', status('a').hostPort!);
+    const b0 = await counter('b');
+    const a1 = await counter('a');
+    const a2 = await counter('a');
+    expect(a2).toBe(a1 + 1);
+    expect(status('a').diskBlocksWritten).toBeGreaterThan(0); // the counter lives in a's own blocks
+    expect(expectOk(dormant(['vm', 'stop', 'a', '--timeout', '1'], { store }))).toBe('VM a: stopped\n');
+    const memFile = path.join(tmp.make('e2e-vm-mem'), 'a.mem.raw');
+    expectOk(dormant(['export', 'a.mem', memFile], { store })); // a stopped VM's memory exports
+    expect(fs.statSync(memFile).size).toBe(256 * 2 ** 20);
+    expect(fs.readFileSync(memFile).some((x) => x !== 0)).toBe(true);
+    expectOk(dormant(['vm', 'start', 'a'], { store }));
+    qemuPids.add(status('a').pid!);
+    await waitHttp('a', status('a').hostPort!);
+    // +1 for the boot, +1 for this request: a's counter came back from its disk.
+    expect(await counter('a')).toBe(a2 + 2);
+    // b counted only its own requests: a's writes never reached b's disk.
+    expect(await counter('b')).toBe(b0 + 1);
+    expect(sha256(exportOf('golden@base'))).toBe(goldenSha);
+  }, 2 * BOOT_TIMEOUT_MS + 60_000);
 
   it('stops b; shows its serial log and its Xen disk line', () => {
     expect(expectOk(dormant(['vm', 'stop', 'b'], { store }))).toBe('VM b: stopped\n');
