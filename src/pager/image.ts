@@ -30,6 +30,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { DormantError } from '../blockstore/index.js';
 import { withCacheLock } from './cache-lock.js';
+import { DEFAULT_HOSTNAME, STATUS_CGI, UDHCPC_SCRIPT, initramfsInit, rootInit } from './guest-scripts.js';
+import { moduleName, parseModulesDep, resolveModules } from './kernel-modules.js';
+
+export { DEFAULT_HOSTNAME } from './guest-scripts.js';
+export { parseModulesDep, resolveModules } from './kernel-modules.js';
 
 /** Bump when the image layout or the guest's scripts change: invalidates caches. */
 export const BUILDER_VERSION = 1;
@@ -40,8 +45,6 @@ export const DEFAULT_IMAGE_SIZE = 256 * 1024 * 1024;
 /** Kernel command line the guest expects (add `dormant.hostname=NAME`). */
 export const DEFAULT_CMDLINE = 'console=ttyS0 root=/dev/vda rw';
 
-/** Hostname when the kernel command line names none. */
-export const DEFAULT_HOSTNAME = 'dormant-guest';
 
 /** Modules the guest needs if they are not built into the kernel (CONFIG_* name, module name). */
 const WANTED_MODULES: ReadonlyArray<[config: string, module: string]> = [
@@ -185,45 +188,6 @@ async function downloadDeb(dir: string, pkg: string, version: string): Promise<s
   return path.join(dir, found);
 }
 
-/** Parses modules.dep: module name -> { path, deps (paths) }. */
-export function parseModulesDep(text: string): Map<string, { path: string; deps: string[] }> {
-  const map = new Map<string, { path: string; deps: string[] }>();
-  for (const line of text.split('\n')) {
-    const i = line.indexOf(':');
-    if (i < 0) continue;
-    const p = line.slice(0, i).trim();
-    const deps = line.slice(i + 1).trim().split(/\s+/).filter(Boolean);
-    map.set(moduleName(p), { path: p, deps });
-  }
-  return map;
-}
-
-/** kernel/fs/ext4/ext4.ko(.xz) -> ext4 (dashes and underscores are the same to the kernel). */
-function moduleName(p: string): string {
-  return path.basename(p).replace(/\.ko(\.[a-z]+)?$/, '').replace(/-/g, '_');
-}
-
-/** The modules to load, in load order (dependencies first), as paths relative to lib/modules/KVER. */
-export function resolveModules(dep: Map<string, { path: string; deps: string[] }>, wanted: string[]): string[] {
-  const byPath = new Map([...dep.values()].map((e) => [e.path, e]));
-  const order: string[] = [];
-  const seen = new Set<string>();
-  const visit = (p: string) => {
-    if (seen.has(p)) return;
-    seen.add(p);
-    const e = byPath.get(p);
-    if (!e) throw new DormantError('EINTERNAL', `modules.dep names ${p} but has no entry for it`);
-    for (const d of [...e.deps].reverse()) visit(d);
-    order.push(p);
-  };
-  for (const m of wanted) {
-    const e = dep.get(m);
-    if (!e) throw new DormantError('EINTERNAL', `module ${m} is not in the kernel's modules.dep`);
-    visit(e.path);
-  }
-  return order;
-}
-
 /** Creates the busybox applet symlinks under `root` (bin/sh -> /bin/busybox, ...), except `skip`. */
 async function installBusybox(root: string, busybox: string, skip: ReadonlySet<string>): Promise<void> {
   for (const d of ['bin', 'sbin', 'usr/bin', 'usr/sbin']) await fs.mkdir(path.join(root, d), { recursive: true });
@@ -244,122 +208,6 @@ async function writeExec(file: string, text: string): Promise<void> {
   await fs.writeFile(file, text, { mode: 0o755 });
   await fs.chmod(file, 0o755);
 }
-
-/** /init of the initramfs: load the drivers, mount root=, switch_root. */
-function initramfsInit(kver: string): string {
-  return `#!/bin/sh
-# dormant test guest: initramfs. Loads the virtio/ext4 modules, mounts the root disk, switch_roots.
-export PATH=/sbin:/bin:/usr/sbin:/usr/bin
-mount -t devtmpfs devtmpfs /dev
-exec </dev/console >/dev/console 2>&1
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-echo "dormant-initramfs: loading modules"
-while read -r m; do
-  [ -n "$m" ] && { insmod "/lib/modules/${kver}/$m" || echo "dormant-initramfs: insmod $m failed"; }
-done < /etc/dormant-modules
-root=/dev/vda
-for a in $(cat /proc/cmdline); do
-  case "$a" in root=/dev/*) root="\${a#root=}" ;; esac
-done
-i=0
-while [ ! -b "$root" ] && [ $i -lt 60 ]; do sleep 1; i=$((i + 1)); done
-mkdir -p /newroot
-if ! mount -t ext4 -o rw "$root" /newroot; then
-  echo "dormant-initramfs: cannot mount $root; dropping to a shell"
-  exec sh
-fi
-echo "dormant-initramfs: switching to $root"
-umount /proc /sys
-mount --move /dev /newroot/dev
-exec switch_root /newroot /sbin/init
-`;
-}
-
-/** /sbin/init of the root disk (PID 1). */
-function rootInit(): string {
-  return `#!/bin/sh
-# dormant test guest: init. Hostname from dormant.hostname=, eth0 by DHCP,
-# busybox httpd on port 80, heartbeat on the serial console.
-export PATH=/sbin:/bin:/usr/sbin:/usr/bin
-mount -t proc proc /proc
-grep -q ' /dev devtmpfs ' /proc/mounts || mount -t devtmpfs devtmpfs /dev
-exec </dev/console >/dev/console 2>&1
-mount -t sysfs sysfs /sys
-mkdir -p /dev/pts /run /tmp /www
-mount -t devpts devpts /dev/pts
-mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
-mount -o remount,rw /
-host=${DEFAULT_HOSTNAME}
-for a in $(cat /proc/cmdline); do
-  case "$a" in dormant.hostname=?*) host="\${a#dormant.hostname=}" ;; esac
-done
-hostname "$host"
-echo "$host" > /etc/hostname
-# The counter lives on the disk: +1 per boot, +1 per request to /cgi-bin/status.
-c=$(cat /var/counter 2>/dev/null); c=$((\${c:-0} + 1)); echo "$c" > /var/counter; sync
-echo "dormant-guest: $host booted, counter $c"
-# Modules the initramfs did not load (it loads them all; harmless when already there).
-while read -r m; do
-  [ -n "$m" ] && insmod "/lib/modules/$(uname -r)/$m" 2>/dev/null
-done < /etc/dormant-modules
-ip link set lo up
-ip link set eth0 up
-udhcpc -i eth0 -s /etc/udhcpc.script -t 10 -T 2 -n -q -S || echo "dormant-guest: no DHCP lease"
-echo "dormant-guest: eth0 $(ip -4 -o addr show dev eth0 | awk '{print $4}')"
-# The status page, on a tmpfs (regenerated every second; the counter is on the disk).
-mount -t tmpfs tmpfs /www
-mkdir -p /www/cgi-bin
-cp /usr/share/dormant/status.cgi /www/cgi-bin/status
-chmod 755 /www/cgi-bin/status
-page() {
-  printf '<html><head><title>%s</title></head><body>\\n<h1>%s</h1>\\n<p>hostname: %s</p>\\n<p>uptime: %s s</p>\\n<p>counter: %s</p>\\n</body></html>\\n' \\
-    "$host" "$host" "$host" "$(cut -d' ' -f1 /proc/uptime)" "$(cat /var/counter)" > /www/.index.html
-  mv /www/.index.html /www/index.html
-}
-page
-(while true; do page; sleep 1; done) &
-httpd -p 80 -h /www
-echo "dormant-guest: httpd on port 80"
-(while true; do
-  echo "dormant-heartbeat host=$host uptime=$(cut -d' ' -f1 /proc/uptime) counter=$(cat /var/counter)"
-  sleep 5
-done) &
-# A shell on the serial console, respawned.
-(while true; do setsid sh -c 'exec sh </dev/ttyS0 >/dev/ttyS0 2>&1'; sleep 1; done) &
-while true; do wait; sleep 60; done
-`;
-}
-
-const STATUS_CGI = `#!/bin/sh
-c=$(cat /var/counter 2>/dev/null); c=$((\${c:-0} + 1)); echo "$c" > /var/counter; sync
-printf 'Content-Type: text/plain\\r\\n\\r\\n'
-echo "hostname: $(hostname)"
-echo "uptime: $(cut -d' ' -f1 /proc/uptime) s"
-echo "counter: $c"
-`;
-
-const UDHCPC_SCRIPT = `#!/bin/sh
-# udhcpc hook: configure $interface from the lease.
-case "$1" in
-  deconfig)
-    ip addr flush dev "$interface"
-    ip link set "$interface" up
-    ;;
-  bound|renew)
-    ip addr flush dev "$interface"
-    ip addr add "$ip/\${mask:-24}" dev "$interface"
-    if [ -n "$router" ]; then
-      ip route del default 2>/dev/null
-      ip route add default via "\${router%% *}" dev "$interface"
-    fi
-    : > /etc/resolv.conf
-    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
-    ;;
-esac
-exit 0
-`;
 
 /**
  * Builds (or finds in the cache) the test guest `name`: kernel, initramfs and
