@@ -17,7 +17,7 @@ import type { HashFunction } from './hash.js';
 import type { IndexDbs } from './index-db.js';
 import type { Catalog, Point } from './catalog.js';
 import { BlockMap, UNRESOLVED } from './blockmap.js';
-import { chunkKey, decodeChunk, decodeIds } from './keys.js';
+import { chunkKey, decodeIds } from './keys.js';
 import type { Location, SegmentFiles } from './segments.js';
 import type { Writeback } from './writeback.js';
 import type { Fingerprints } from './fingerprints.js';
@@ -213,12 +213,8 @@ export class BlockEngine {
 
   /** Location and hash of a chunk (pending or committed). */
   chunkLocation(id: number): { loc: Location; hash: Buffer } {
-    const pending = this.writeback.newChunks.get(id);
-    if (pending) return { loc: pending.loc, hash: pending.hash };
-    const raw = this.dbs.chunks.getBinary(chunkKey(id));
-    if (!raw) throw new DormantError('EIO', `chunk ${id} is missing from the index`);
-    const c = decodeChunk(raw);
-    return { loc: { segment: c.segment, slot: c.slot }, hash: c.hash };
+    const hash = Buffer.allocUnsafe(HASH_SIZE);
+    return { loc: this.locate(id, hash, 0), hash };
   }
 
   /** Reads a chunk into `out`, verifying it against its hash (EIO on mismatch). */

@@ -19,14 +19,10 @@ export const VMS_DIR = 'vms';
 /** Guest RAM must be a multiple of this (huge-page size; QEMU's file backend aligns to it). */
 export const RAM_ALIGN = 2 * 1024 * 1024;
 
-/** A VM's configuration. */
-export interface VmRecord {
+/** What `vm create` asks for (kernel files already resolved by the caller). */
+export interface VmSpec {
   name: string;
-  /** Disk branch volume (= name). */
-  disk: string;
-  /** Memory volume (`<name>.mem`). */
-  memory: string;
-  /** Snapshot the disk was branched from. */
+  /** Snapshot the disk is branched from. */
   from: string;
   memoryBytes: number;
   cpus: number;
@@ -34,22 +30,19 @@ export interface VmRecord {
   image: string;
   kernel: string;
   initrd: string;
+  /** Base command line of the image (without dormant.hostname). */
+  cmdline: string;
+}
+
+/** A VM's configuration, as recorded in the store. */
+export interface VmRecord extends VmSpec {
+  /** Disk branch volume (= name). */
+  disk: string;
+  /** Memory volume (`<name>.mem`). */
+  memory: string;
   /** Kernel command line, `dormant.hostname=<vm>` included. */
   cmdline: string;
   created: string;
-}
-
-/** What `vm create` asks for (kernel files already resolved by the caller). */
-export interface VmSpec {
-  name: string;
-  from: string;
-  memoryBytes: number;
-  cpus: number;
-  image: string;
-  kernel: string;
-  initrd: string;
-  /** Base command line of the image (without dormant.hostname). */
-  cmdline: string;
 }
 
 /** Paths of a VM's files in the store directory. */

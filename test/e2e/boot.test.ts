@@ -13,13 +13,12 @@
  * removed. Every wait is bounded.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, cliEnv, dormant, dormantJson, ensureBuilt, expectOk } from '../helpers/cli.js';
+import { BIN, cliEnv, dormant, dormantJson, ensureBuilt, expectOk, exportSha256 } from '../helpers/cli.js';
+import { freePort } from '../../src/pager/index.js';
 import { TempDirs } from '../helpers/tmp.js';
 import { cleanupMounts, startDaemon, type MountDaemon } from '../fuse/helpers.js';
 
@@ -49,29 +48,8 @@ function dormantAsync(args: string[], timeoutMs: number): Promise<{ stdout: stri
   });
 }
 
-function sha256File(file: string): string {
-  return createHash('sha256').update(fs.readFileSync(file)).digest('hex');
-}
-
 /** Exports `name` (through the daemon when one runs) and returns the sha256 of the raw image. */
-function exportHash(name: string): string {
-  const file = path.join(work, `${name.replace('@', '_')}.raw`);
-  expectOk(dormant(['export', name, file], { store }));
-  const h = sha256File(file);
-  fs.rmSync(file);
-  return h;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
+const exportHash = (name: string) => exportSha256(name, store, work);
 
 async function killQemu(): Promise<void> {
   if (!qemu || qemu.exitCode !== null || qemu.signalCode !== null) return;

@@ -11,12 +11,11 @@
  * daemon is stopped, the mount lazily unmounted and temp dirs removed.
  */
 import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, cliEnv, dormant, dormantJson, ensureBuilt, expectFailure, expectOk } from '../helpers/cli.js';
+import { BIN, cliEnv, dormant, dormantJson, ensureBuilt, expectFailure, expectOk, exportSha256 } from '../helpers/cli.js';
 import { TempDirs } from '../helpers/tmp.js';
 import { cleanupMounts, startDaemon, type MountDaemon } from '../fuse/helpers.js';
 
@@ -29,17 +28,6 @@ let mnt = '';
 let daemon: MountDaemon | undefined;
 const qemuPids = new Set<number>();
 let goldenSha = '';
-
-/** Exports `name` through the daemon to a temp file; returns its path. */
-function exportOf(name: string): string {
-  const file = path.join(tmp.make('e2e-vm-export'), 'out.raw');
-  expectOk(dormant(['export', name, file], { store }));
-  return file;
-}
-
-function sha256(file: string): string {
-  return createHash('sha256').update(fs.readFileSync(file)).digest('hex');
-}
 
 interface Status {
   name: string; state: string; reason?: string; pid?: number; hostPort?: number; memoryBytes: number;
@@ -82,7 +70,7 @@ describe('dormant vm: two VMs from one golden image, supervised by the daemon', 
     expectOk(dormant(['init'], { store }));
     await dormantAsync(['--store', store, 'image', 'build-test-guest', 'golden', '--cache-dir', CACHE], 200_000);
     daemon = await startDaemon(store, mnt, ['serve', '--no-tcp', '--mount', mnt], /FUSE on /);
-    goldenSha = sha256(exportOf('golden@base'));
+    goldenSha = exportSha256('golden@base', store, tmp.make('e2e-vm-export'));
   }, 240_000);
 
   afterAll(async () => {
@@ -188,7 +176,7 @@ describe('dormant vm: two VMs from one golden image, supervised by the daemon', 
     expect(await counter('a')).toBe(a2 + 2);
     // b counted only its own requests: a's writes never reached b's disk.
     expect(await counter('b')).toBe(b0 + 1);
-    expect(sha256(exportOf('golden@base'))).toBe(goldenSha);
+    expect(exportSha256('golden@base', store, tmp.make('e2e-vm-export'))).toBe(goldenSha);
   }, 2 * BOOT_TIMEOUT_MS + 60_000);
 
   it('stops b; shows its serial log and its Xen disk line', () => {

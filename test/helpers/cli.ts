@@ -6,6 +6,7 @@
  * the test runner; a test that wants them passes them in `env`.
  */
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -107,4 +108,13 @@ export function expectFailure(r: CliResult, pattern: RegExp, status = 1): string
   expect(lines[0]).toMatch(pattern);
   expect(r.status, `exit status (stderr: ${r.stderr})`).toBe(status);
   return lines[0];
+}
+
+/** Exports `name` of `store` (through its daemon when one runs) into `dir`; returns the sha256 of the raw image. */
+export function exportSha256(name: string, store: string, dir: string): string {
+  const file = path.join(dir, `${name.replace('@', '_')}.raw`);
+  expectOk(dormant(['export', name, file], { store }));
+  const h = createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+  fs.rmSync(file);
+  return h;
 }

@@ -11,7 +11,6 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BLOCK_SIZE, Store } from '../../src/blockstore/index.js';
@@ -20,6 +19,7 @@ import { RawClient } from '../nbd/helpers.js';
 import { BIN, cliEnv, ensureBuilt, expectFailure, expectOk, type CliResult } from '../helpers/cli.js';
 import { firstDiff, pseudoRandom, randomBlock } from '../helpers/data.js';
 import { TempDirs } from '../helpers/tmp.js';
+import { freePort } from '../../src/pager/index.js';
 
 const MiB = 1024 * 1024;
 const tmp = new TempDirs();
@@ -74,18 +74,6 @@ function bounded<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
     timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
   });
   return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
-}
-
-/** A TCP port nobody listens on right now (bind port 0, read it, close). */
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => resolve());
-  });
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
 }
 
 /**
