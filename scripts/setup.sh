@@ -10,8 +10,12 @@ cd "$(dirname "$0")/.."
 # (fuse-native loads libfuse.so.2; fusermount comes with fuse3), and for the
 # test guest (dormant image build-test-guest, test/e2e): busybox-static, cpio,
 # kmod (depmod) and qemu-system-x86 to boot it. The guest's kernel is not
-# installed: the builder fetches it with apt-get download.
-DEB_PACKAGES=(e2fsprogs qemu-utils libnbd-bin nbdkit fio openssl libfuse2 fuse3 busybox-static cpio kmod qemu-system-x86)
+# installed: the builder fetches it with apt-get download. The native addon
+# (native/) needs g++, make and python3 (node-gyp; python3 also runs the
+# addon's test helper) and libxxhash-dev (xxhash.h, compiled in with
+# XXH_INLINE_ALL).
+DEB_PACKAGES=(e2fsprogs qemu-utils libnbd-bin nbdkit fio openssl libfuse2 fuse3 busybox-static cpio kmod qemu-system-x86
+  g++ make python3 libxxhash-dev)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -28,6 +32,21 @@ fi
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "setup: npm ci" >&2
   npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# Native addon (native/README.md): rebuilt when a source, or the locked
+# dependencies (node-addon-api), are newer than the built module. Quiet unless
+# the build fails.
+NATIVE=native/build/Release/dormant_native.node
+if [ ! -f "$NATIVE" ] || [ -n "$(find native package-lock.json -path native/build -prune -o -type f -newer "$NATIVE" -print -quit)" ]; then
+  echo "setup: building the native addon" >&2
+  log=$(mktemp)
+  if ! npx --no-install node-gyp rebuild -C native --nodedir=/usr -j max >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    exit 1
+  fi
+  rm -f "$log"
 fi
 
 # Build (TypeScript -> dist/) when a source is newer than the last build.

@@ -1,0 +1,36 @@
+// dormant_native: the module table. Each binding lives in its own file
+// (process.cc, residency.cc, hash.cc) and validates its own arguments; no
+// pointers are kept here.
+#include <napi.h>
+
+#include "args.h"
+
+namespace dormant {
+
+Napi::Value PidfdOpen(const Napi::CallbackInfo& info);
+Napi::Value ProcessMadvise(const Napi::CallbackInfo& info);
+Napi::Value MappingResidency(const Napi::CallbackInfo& info);
+Napi::Value FileResidency(const Napi::CallbackInfo& info);
+Napi::Value FileCached(const Napi::CallbackInfo& info);
+Napi::Value FileAdvise(const Napi::CallbackInfo& info);
+Napi::Value HashPages(const Napi::CallbackInfo& info);
+Napi::Value HashPagesAsync(const Napi::CallbackInfo& info);
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen, "pidfdOpen"));
+  exports.Set("processMadvise", Napi::Function::New(env, ProcessMadvise, "processMadvise"));
+  exports.Set("mappingResidency", Napi::Function::New(env, MappingResidency, "mappingResidency"));
+  exports.Set("fileResidency", Napi::Function::New(env, FileResidency, "fileResidency"));
+  exports.Set("fileCached", Napi::Function::New(env, FileCached, "fileCached"));
+  exports.Set("fileAdvise", Napi::Function::New(env, FileAdvise, "fileAdvise"));
+  exports.Set("hashPages", Napi::Function::New(env, HashPages, "hashPages"));
+  exports.Set("hashPagesAsync", Napi::Function::New(env, HashPagesAsync, "hashPagesAsync"));
+  exports.Set("PAGE_SIZE", Napi::Number::New(env, static_cast<double>(PageSize())));
+  return exports;
+}
+
+}  // namespace dormant
+
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return dormant::Init(env, exports); }
+
+NODE_API_MODULE(dormant_native, InitModule)

@@ -1,0 +1,161 @@
+/**
+ * The pager's native addon (native/, built by scripts/setup.sh): pidfds,
+ * process_madvise, page residency of another process (pagemap) and of a file
+ * (mincore), and per-page XXH3-128 hashes. This is the only module that loads
+ * the .node file; everything else imports from here.
+ *
+ * Threading rule: anything that may enter the kernel's reclaim or fault path
+ * for a file (process_madvise, mmap + mincore) runs on the libuv pool and
+ * returns a Promise, because this daemon also serves the FUSE files those
+ * pages belong to: blocking the JS thread there could deadlock.
+ * mappingResidency only reads /proc/PID/pagemap and stays synchronous.
+ *
+ * Errors from system calls and out-of-range arguments are NativeError (code
+ * = errno name); wrong JS types are TypeError.
+ */
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** An errno name, as set on NativeError.code. */
+export type NativeErrno = 'EPERM' | 'ESRCH' | 'EINVAL' | 'ENOSYS' | 'ENOMEM' | 'EFAULT' | 'EBADF' | 'EACCES' | 'EIO' | string;
+
+/** A failed system call (or an argument the addon refused with EINVAL). */
+export class NativeError extends Error {
+  readonly code: NativeErrno;
+  readonly errno: number;
+  readonly syscall: string;
+
+  constructor(message: string, code: NativeErrno, errno: number, syscall: string) {
+    super(message);
+    this.name = 'NativeError';
+    this.code = code;
+    this.errno = errno;
+    this.syscall = syscall;
+  }
+}
+
+/** Advice for processMadvise: MADV_PAGEOUT, MADV_COLD, MADV_WILLNEED. */
+export type Advice = 'pageout' | 'cold' | 'willneed';
+
+/** A byte range in the target process's address space. */
+export interface Range { addr: number; length: number }
+
+/** Per-page residency: bitmap has one byte per page, 1 when the page is in RAM. */
+export interface MappingResidency { present: number; total: number; bitmap: Uint8Array }
+
+/** Per-page XXH3-128 (16 bytes each, xxhash-addon's byte order) and all-zero flags. */
+export interface PageHashes { hashes: Buffer; zero: Uint8Array; pages: number }
+
+interface Addon {
+  pidfdOpen(pid: number): number;
+  processMadvise(pidfd: number, ranges: Range[], advice: Advice): Promise<number>;
+  mappingResidency(pid: number, addr: number, length: number): MappingResidency;
+  fileResidency(fd: number, offset: number, length: number): Promise<MappingResidency>;
+  fileCached(fd: number, offset: number, length: number): Promise<MappingResidency>;
+  fileAdvise(fd: number, offset: number, length: number, advice: string): Promise<void>;
+  hashPages(data: Uint8Array, pageSize?: number): PageHashes;
+  hashPagesAsync(data: Uint8Array, pageSize?: number): Promise<PageHashes>;
+  PAGE_SIZE: number;
+}
+
+const ADDON_PATH = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../native/build/Release/dormant_native.node');
+
+function loadAddon(): Addon {
+  try {
+    return createRequire(import.meta.url)(ADDON_PATH) as Addon;
+  } catch (e) {
+    throw new Error(`cannot load the native addon ${ADDON_PATH} (${(e as Error).message}); run \`npm run setup\` to build it`);
+  }
+}
+
+const addon = loadAddon();
+
+/** The system page size (sysconf(_SC_PAGESIZE)). */
+export const PAGE_SIZE: number = addon.PAGE_SIZE;
+
+// The addon throws plain Errors carrying errno and syscall; give them their type.
+function retype(e: unknown): unknown {
+  if (e instanceof Error && !(e instanceof NativeError)) {
+    const f = e as Error & { code?: unknown; errno?: unknown; syscall?: unknown };
+    if (typeof f.code === 'string' && typeof f.errno === 'number' && typeof f.syscall === 'string') {
+      const n = new NativeError(f.message, f.code, f.errno, f.syscall);
+      n.stack = f.stack?.replace(/^Error:/, 'NativeError:');
+      return n;
+    }
+  }
+  return e;
+}
+
+function call<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw retype(e);
+  }
+}
+
+async function callAsync<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    throw retype(e);
+  }
+}
+
+/** Opens a pidfd for pid (the caller closes it with fs.closeSync). */
+export function pidfdOpen(pid: number): number {
+  return call(() => addon.pidfdOpen(pid));
+}
+
+/**
+ * Advises ranges of the process behind pidfd, on the libuv pool; resolves
+ * with the bytes advised (IOV_MAX ranges a call, resuming after partial
+ * returns). Zero-length ranges are skipped; no ranges resolve with 0.
+ */
+export function processMadvise(pidfd: number, ranges: Range[], advice: Advice): Promise<number> {
+  return callAsync(() => addon.processMadvise(pidfd, ranges, advice));
+}
+
+/** Which pages of [addr, addr+length) of pid are in RAM, from /proc/PID/pagemap (bit 63). */
+export function mappingResidency(pid: number, addr: number, length: number): MappingResidency {
+  return call(() => addon.mappingResidency(pid, addr, length));
+}
+
+/**
+ * Which pages of fd's [offset, offset+length) are in the page cache: mmap in
+ * this process + mincore, on the libuv pool, never touching the bytes. Not
+ * for a FUSE file this process serves: unmapping it writes the file's dirty
+ * pages back under our mmap_lock (use fileCached).
+ */
+export function fileResidency(fd: number, offset: number, length: number): Promise<MappingResidency> {
+  return callAsync(() => addon.fileResidency(fd, offset, length));
+}
+
+/**
+ * posix_fadvise on the libuv pool: 'dontneed' drops the clean page-cache
+ * pages of the range that no process maps (after starting write-back of the
+ * dirty ones); 'willneed' starts read-ahead. length 0 = to the end.
+ */
+export function fileAdvise(fd: number, offset: number, length: number, advice: 'dontneed' | 'willneed'): Promise<void> {
+  return callAsync(() => addon.fileAdvise(fd, offset, length, advice));
+}
+
+/** fileResidency from cachestat(2), with no mapping: safe on the FUSE files this process serves. */
+export function fileCached(fd: number, offset: number, length: number): Promise<MappingResidency> {
+  return callAsync(() => addon.fileCached(fd, offset, length));
+}
+
+/** XXH3-128 and zero flag of each pageSize-byte page of data (length a multiple of pageSize). */
+export function hashPages(data: Buffer | Uint8Array, pageSize?: number): PageHashes {
+  return call(() => addon.hashPages(data, pageSize));
+}
+
+/**
+ * hashPages on the libuv pool, for big buffers. The addon keeps data alive
+ * until the promise settles; do not transfer (detach) its ArrayBuffer
+ * meanwhile, and writes during the call give unspecified hashes.
+ */
+export function hashPagesAsync(data: Buffer | Uint8Array, pageSize?: number): Promise<PageHashes> {
+  return callAsync(() => addon.hashPagesAsync(data, pageSize));
+}
