@@ -17,7 +17,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { MAX_VOLUME_SIZE, WRITEBACK_INTERVAL_MS, WRITEBACK_MAX_BLOCKS, FORMAT_VERSION } from './constants.js';
+import { BLOCK_SIZE, MAX_VOLUME_SIZE, WRITEBACK_INTERVAL_MS, WRITEBACK_MAX_BLOCKS, FORMAT_VERSION } from './constants.js';
 import { DormantError } from './errors.js';
 import { xxh3, type HashFunction } from './hash.js';
 import { Committer, indexExists, openIndexChecked, type IndexDbs } from './index-db.js';
@@ -286,6 +286,32 @@ export class Store implements VolumeHost {
       out.push({ hash: hash.toString('hex'), count });
     }
     return out.sort((a, b) => b.count - a.count || (a.hash < b.hash ? -1 : 1));
+  }
+
+  /** Chunk id -> read count of client `label` (ids compare contents: one chunk per distinct block). */
+  fingerprintIds(label: string): Map<number, number> {
+    this.live();
+    return this.fingerprintsDb.counts(label);
+  }
+
+  /**
+   * Chunk id of every block of `name` as a reader sees it now (0 = hole;
+   * pending writes included). Equal ids mean equal bytes: writes are
+   * deduplicated by hash and byte comparison. Resolved in slices so a big
+   * volume does not hold the event loop for long.
+   */
+  async chunkMap(name: string): Promise<Float64Array> {
+    this.live();
+    const t = this.engine.target(name);
+    const blocks = Math.ceil(this.catalog.resolve(name).size / BLOCK_SIZE);
+    const out = new Float64Array(blocks);
+    const SLICE = 16384;
+    for (let first = 0; first < blocks; first += SLICE) {
+      const ids = this.engine.resolve(t, first, Math.min(SLICE, blocks - first));
+      out.set(ids, first);
+      if (first + SLICE < blocks) await new Promise((r) => setImmediate(r));
+    }
+    return out;
   }
 
   /** Client labels with recorded reads. */

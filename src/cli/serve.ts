@@ -14,7 +14,7 @@ import { DormantError, Store } from '../blockstore/index.js';
 import { NbdServer, StoreBackend, type TlsMode } from '../nbd/index.js';
 import { CONTROL_SOCKET_NAME, LocalControl, serveControl } from '../migrate/index.js';
 import { mountStore, type FuseMount } from '../fuse/index.js';
-import { VmSupervisor } from '../pager/index.js';
+import { MemoryIo, VmSupervisor } from '../pager/index.js';
 import { storeDir } from './store-commands.js';
 
 /** File name of the NBD Unix socket inside the store directory. */
@@ -95,9 +95,11 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
       let vms: VmSupervisor | undefined;
       try {
         const addrs = await nbd.listen();
-        if (o.mount !== undefined) fuse = await mountStore(store, o.mount, { log, readOnly: Boolean(o.readOnly) });
+        // The FUSE reads and writes of memory volumes are the VMs' page faults and page-outs.
+        const io = new MemoryIo();
+        if (o.mount !== undefined) fuse = await mountStore(store, o.mount, { log, readOnly: Boolean(o.readOnly), observer: io });
         // VMs keep their RAM on the FUSE view: no mount, no VMs.
-        if (fuse) vms = new VmSupervisor({ storeDir: dir, mountDir: fuse.dir, nbdSocket: socketPath, log });
+        if (fuse) vms = new VmSupervisor({ storeDir: dir, mountDir: fuse.dir, nbdSocket: socketPath, log, io });
         control = await serveControl(new LocalControl(store, false, vms), path.join(dir, CONTROL_SOCKET_NAME), log);
         const where = [
           addrs.tcp ? `nbd://${addrs.tcp.host.includes(':') ? `[${addrs.tcp.host}]` : addrs.tcp.host}:${addrs.tcp.port}/<volume>` : null,

@@ -115,7 +115,7 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
     }));
 
   vm.command('status <vm>')
-    .description('state, host port, pid, RAM, resident memory (guest RAM and QEMU\'s own), disk blocks written, uptime')
+    .description('state, port, pid, RAM, resident memory, page cache, faults/s, working set, last page-out, memory in the store, disk, uptime')
     .option('--json', 'machine-readable output')
     .action((name: string, o: { json?: boolean }, cmd: Command) => run(async () => {
       checkVmName(name);
@@ -129,9 +129,69 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
         `ram:       ${formatBytes(s.memoryBytes)}, ${s.cpus} CPU${s.cpus > 1 ? 's' : ''}, disk from ${s.from}`,
         `resident:  ${s.residentGuestRam === undefined ? '-'
           : `${formatBytes(s.residentGuestRam)} guest RAM + ${formatBytes(s.residentQemu ?? 0)} QEMU`}`,
+        `cached:    ${s.cachedGuestRam === undefined ? '-' : `${formatBytes(s.cachedGuestRam)} of guest RAM in the host page cache`}`,
+        `faults:    ${s.faults === undefined ? '-' : `${s.faultsPerSecond}/s (last 10 s), ${s.faults} since start; `
+          + `${formatBytes((s.pagesIn ?? 0) * 4096)} faulted in, ${formatBytes((s.prefetchPages ?? 0) * 4096)} prefetched, `
+          + `${formatBytes((s.pagesOut ?? 0) * 4096)} written back`}`,
+        `working set: ${s.workingSetBytes === undefined ? '- (recorded at the first page-out)' : formatBytes(s.workingSetBytes)}`
+          + `${s.touchedSinceLastPageoutBytes === undefined ? '' : `; ${formatBytes(s.touchedSinceLastPageoutBytes)} touched since the last page-out`}`,
+        `last page-out: ${s.lastPageout ? `${s.lastPageout.at}, resident ${formatBytes(s.lastPageout.residentBefore)} -> `
+          + `${formatBytes(s.lastPageout.residentAfter)} in ${(s.lastPageout.durationMs / 1000).toFixed(1)} s` : '-'}`,
+        `memory in store: ${s.memoryStoredBytes === undefined ? '-'
+          : `${formatBytes(s.memoryStoredBytes)} non-zero, ${formatBytes(s.memoryUniqueBytes ?? 0)} of it not shared`}`,
         `disk:      ${s.diskBlocksWritten === undefined ? '-' : `${s.diskBlocksWritten} blocks written (${formatBytes(s.diskBlocksWritten * 4096)}) on top of ${s.from}`}`,
         `uptime:    ${uptime(s.uptimeSeconds)}`,
       ].join('\n'));
+    }));
+
+  vm.command('pageout <vm>')
+    .description('push the running VM\'s guest RAM out to the store (written back durably, then released); it keeps running')
+    .option('--keep <MiB>', 'spare the hottest pages of its working set, this many MiB (a number of MiB, or a size like 16M)', '0')
+    .option('--json', 'machine-readable output')
+    .action((name: string, o: { keep: string; json?: boolean }, cmd: Command) => run(async () => {
+      checkVmName(name);
+      // A bare number is MiB (as the option says); a size with a unit is taken as it is.
+      const keep = /^\s*\d+\s*$/.test(o.keep) ? Number(o.keep) * 2 ** 20 : parseSize(o.keep);
+      if (!Number.isSafeInteger(keep)) throw new DormantError('EINVAL', `bad --keep '${o.keep}': a number of MiB, e.g. 16`);
+      const r = await (await daemon(cmd, 'vm pageout')).vmPageout(name, keep);
+      if (o.json) { printJson(r); return; }
+      print(`VM ${name}: paged out in ${(r.durationMs / 1000).toFixed(1)} s: resident guest RAM ${formatBytes(r.residentBefore)} -> `
+        + `${formatBytes(r.residentAfter)}, page cache ${formatBytes(r.cachedBefore)} -> ${formatBytes(r.cachedAfter)}, `
+        + `${formatBytes(r.pagesWritten * 4096)} written to the store, ${formatBytes(r.keptPages * 4096)} of the working set kept `
+        + `(working set ${formatBytes(r.workingSetPages * 4096)})`);
+    }));
+
+  vm.command('prefetch <vm>')
+    .description('bring the VM\'s recorded working set (pages it read since its page-out before last) back into memory')
+    .option('--json', 'machine-readable output')
+    .action((name: string, o: { json?: boolean }, cmd: Command) => run(async () => {
+      checkVmName(name);
+      const r = await (await daemon(cmd, 'vm prefetch')).vmPrefetch(name);
+      if (o.json) { printJson(r); return; }
+      print(`VM ${name}: prefetched ${r.cachedPages} of ${r.pages} working-set pages (${formatBytes(r.pages * 4096)}) in `
+        + `${(r.durationMs / 1000).toFixed(1)} s; page cache ${formatBytes(r.cachedBefore)} -> ${formatBytes(r.cachedAfter)}`);
+    }));
+
+  vm.command('sharing')
+    .description('how much of the VMs\' memory the store keeps once: pages equal to disk chunks they read, across VMs, zero, unique')
+    .option('--json', 'machine-readable output')
+    .action((o: { json?: boolean }, cmd: Command) => run(async () => {
+      const r = await withStore(cmd, (c) => c.vmSharing());
+      if (o.json) { printJson(r); return; }
+      if (r.vms.length === 0) { print('no VMs'); return; }
+      const pct = (n: number, d: number) => (d > 0 ? `${((100 * n) / d).toFixed(1)}%` : '-');
+      const cov = (c: number | null) => (c === null ? '-' : `${(100 * c).toFixed(1)}%`);
+      print(table(['VM', 'PAGES', 'ZERO', 'NONZERO', 'DISK(READ)', 'DISK(FULL)', 'COVERAGE', 'ACROSS-VMS', 'UNIQUE'], r.vms.map((l) => [
+        l.name, String(l.pages), String(l.zeroPages), String(l.nonZeroPages),
+        `${l.sharedWithDiskPages} (${pct(l.sharedWithDiskPages, l.nonZeroPages)})`, String(l.sharedWithDiskFullScanPages),
+        cov(l.coverage), `${l.sharedAcrossVmsPages} (${pct(l.sharedAcrossVmsPages, l.nonZeroPages)})`,
+        `${l.uniquePages} (${pct(l.uniquePages, l.nonZeroPages)})`,
+      ])));
+      const t = r.totals;
+      print(`memory: ${formatBytes(t.logicalBytes)} logical, ${formatBytes(t.nonZeroBytes)} non-zero; stored ${formatBytes(t.storedBytes)} `
+        + `(${pct(t.storedBytes, t.nonZeroBytes)} of non-zero), of which ${formatBytes(t.storedBeyondDisksBytes)} not on any of their disks`);
+      print(`disk-I/O candidates found ${t.sharedWithDiskPages} of the ${t.sharedWithDiskFullScanPages} pages a full scan finds `
+        + `equal to disk blocks (coverage ${cov(t.coverage)}); candidates ${r.timings.candidatesMs} ms, full scan ${r.timings.fullScanMs} ms`);
     }));
 
   vm.command('log <vm>')

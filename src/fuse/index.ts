@@ -6,4 +6,4 @@ export {
   mountStore, probeMountPoint, cleanStaleMount, FUSE_MAX_IO, ATTR_TIMEOUT_S,
   type FuseMount, type MountOptions, type MountPointState,
 } from './mount.js';
-export { VOLUMES_DIR, SNAPSHOTS_DIR } from './operations.js';
+export { VOLUMES_DIR, SNAPSHOTS_DIR, type IoObserver } from './operations.js';

@@ -27,7 +27,7 @@ import { execFileSync } from 'node:child_process';
 import Fuse from 'fuse-native';
 import { DormantError, type Store } from '../blockstore/index.js';
 import { HandlePool } from './handles.js';
-import { buildOperations, type FuseLog } from './operations.js';
+import { buildOperations, type FuseLog, type IoObserver } from './operations.js';
 
 /** Largest FUSE request libfuse2 negotiates with the kernel (32 pages). */
 export const FUSE_MAX_IO = 128 * 1024;
@@ -51,6 +51,8 @@ export interface MountOptions {
   log?: FuseLog;
   /** Every file read-only (EROFS on writes), as `serve --read-only` does for NBD. */
   readOnly?: boolean;
+  /** Told of every successful read and write (the pager's fault and page-out stream). */
+  observer?: IoObserver;
 }
 
 /** What the mount point looks like before mounting. */
@@ -110,7 +112,7 @@ export async function mountStore(store: Store, dir: string, opts: MountOptions =
       { path: abs });
   }
   const handles = new HandlePool(store);
-  const fuse = new DormantFuse(abs, buildOperations(store, handles, log, Boolean(opts.readOnly)), {
+  const fuse = new DormantFuse(abs, buildOperations(store, handles, log, Boolean(opts.readOnly), opts.observer), {
     timeout: OP_TIMEOUT_MS, maxRead: FUSE_MAX_IO, fsname: 'dormant', subtype: 'dormant',
     attrTimeout: ATTR_TIMEOUT_S, entryTimeout: ATTR_TIMEOUT_S,
   });

@@ -43,8 +43,20 @@ type Node =
 /** Logger for unexpected failures. */
 export type FuseLog = (line: string) => void;
 
+/**
+ * Told of every read and write answered successfully, after the store
+ * answered and before the kernel gets the reply: for a memory volume mapped
+ * by QEMU, reads are the guest's page faults and writes its page-out. Must
+ * be cheap and must not throw.
+ */
+export interface IoObserver {
+  read(name: string, pos: number, len: number): void;
+  write(name: string, pos: number, len: number): void;
+}
+
 /** Builds the fuse-native operations table over `store`; `readOnly` makes volumes read-only too. */
-export function buildOperations(store: Store, handles: HandlePool, log: FuseLog, readOnly = false): Record<string, unknown> {
+export function buildOperations(store: Store, handles: HandlePool, log: FuseLog, readOnly = false,
+  observer?: IoObserver): Record<string, unknown> {
   const started = new Date();
   const mtimes = new Map<string, Date>();
 
@@ -154,7 +166,7 @@ export function buildOperations(store: Store, handles: HandlePool, log: FuseLog,
       const n = Math.max(0, Math.min(len, entry.size - pos));
       if (n === 0) { cb(0); return; }
       handles.withHandle(entry.name, (h) => h.read(pos, n, { label: entry.name }))
-        .then((data) => { data.copy(buf, 0, 0, n); cb(n); }, (err) => fail(cb, 'read', p, err));
+        .then((data) => { data.copy(buf, 0, 0, n); observer?.read(entry.name, pos, n); cb(n); }, (err) => fail(cb, 'read', p, err));
     },
     write(p: string, _fd: number, buf: Buffer, len: number, pos: number, cb: Callback) {
       const entry = fileOrFail(p, cb);
@@ -164,7 +176,8 @@ export function buildOperations(store: Store, handles: HandlePool, log: FuseLog,
       // buf is libfuse's buffer, freed once we answer: the store gets a copy.
       const data = Buffer.from(buf.subarray(0, len));
       handles.withHandle(entry.name, (h) => h.write(pos, data))
-        .then(() => { mtimes.set(entry.name, new Date()); cb(len); }, (err) => fail(cb, 'write', p, err, true));
+        .then(() => { mtimes.set(entry.name, new Date()); observer?.write(entry.name, pos, len); cb(len); },
+          (err) => fail(cb, 'write', p, err, true));
     },
     fsync(p: string, _datasync: boolean, _fd: number, cb: Callback) {
       const entry = fileOrFail(p, cb);

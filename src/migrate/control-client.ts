@@ -7,7 +7,7 @@ import http from 'node:http';
 import fs from 'node:fs';
 import { DormantError, type ErrorCode } from '../blockstore/index.js';
 import type { ProgressFn } from '../blockstore/transfer.js';
-import type { VmRecord, VmSpec, VmStatus } from '../pager/index.js';
+import type { PageoutReport, PrefetchReport, SharingReport, VmRecord, VmSpec, VmStatus } from '../pager/index.js';
 import type { ControlOp, StoreControl } from './control.js';
 
 /** Calls one operation; `progress` receives streamed progress lines. */
@@ -76,5 +76,10 @@ export class RemoteControl implements StoreControl {
   async vmStop(name: string, timeoutMs: number) { return call(this.socketPath, 'vmStop', [name, timeoutMs]) as Promise<VmStatus>; }
   async vmStatus(name: string) { return call(this.socketPath, 'vmStatus', [name]) as Promise<VmStatus>; }
   async vmList() { return call(this.socketPath, 'vmList', []) as Promise<VmStatus[]>; }
+  async vmPageout(name: string, keepBytes: number) {
+    return call(this.socketPath, 'vmPageout', [name, keepBytes]) as Promise<PageoutReport>;
+  }
+  async vmPrefetch(name: string) { return call(this.socketPath, 'vmPrefetch', [name]) as Promise<PrefetchReport>; }
+  async vmSharing() { return call(this.socketPath, 'vmSharing', []) as Promise<SharingReport>; }
   async close() { /* nothing held between calls */ }
 }

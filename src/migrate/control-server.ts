@@ -35,6 +35,9 @@ const ARG_TYPES: Record<ControlOp, ReadonlyArray<'string' | 'number' | 'boolean'
   vmStop: ['string', 'number'],
   vmStatus: ['string'],
   vmList: [],
+  vmPageout: ['string', 'number'],
+  vmPrefetch: ['string'],
+  vmSharing: [],
 };
 
 /** A running control server. */

@@ -9,7 +9,8 @@ import {
 } from '../blockstore/index.js';
 import { exportFile, importFile, type ProgressFn, type TransferResult } from '../blockstore/transfer.js';
 import {
-  createVm, listVms, offlineStatus, readVm, type VmRecord, type VmSpec, type VmStatus, type VmSupervisor,
+  createVm, listVms, offlineStatus, readVm, sharingReport, type PageoutReport, type PrefetchReport, type SharingReport,
+  type VmRecord, type VmSpec, type VmStatus, type VmSupervisor,
 } from '../pager/index.js';
 
 /** File name of the daemon's control socket inside the store directory. */
@@ -36,6 +37,10 @@ export interface StoreControl {
   vmStop(name: string, timeoutMs: number): Promise<VmStatus>;
   vmStatus(name: string): Promise<VmStatus>;
   vmList(): Promise<VmStatus[]>;
+  /** Page-out and prefetch of a running VM (daemon only); the sharing report over every VM's memory. */
+  vmPageout(name: string, keepBytes: number): Promise<PageoutReport>;
+  vmPrefetch(name: string): Promise<PrefetchReport>;
+  vmSharing(): Promise<SharingReport>;
   /** Releases the store (local) or the connection (remote). */
   close(): Promise<void>;
 }
@@ -43,7 +48,7 @@ export interface StoreControl {
 /** Names of the operations, as used on the wire. */
 export const CONTROL_OPS = [
   'createVolume', 'snapshot', 'branch', 'remove', 'list', 'info', 'stats', 'gc', 'check', 'importFile', 'exportFile',
-  'vmCreate', 'vmStart', 'vmStop', 'vmStatus', 'vmList',
+  'vmCreate', 'vmStart', 'vmStop', 'vmStatus', 'vmList', 'vmPageout', 'vmPrefetch', 'vmSharing',
 ] as const;
 
 /** One control operation name. */
@@ -75,12 +80,24 @@ export class LocalControl implements StoreControl {
   async vmCreate(spec: VmSpec) { return createVm(this.store, spec); }
   async vmStart(name: string, kvm: boolean) { return this.supervisor().start(name, { kvm }); }
   async vmStop(name: string, timeoutMs: number) { return this.supervisor().stop(name, timeoutMs); }
-  async vmStatus(name: string) {
-    const s = this.vms ? this.vms.status(name) : offlineStatus(readVm(this.store.dir, name));
-    const disk = this.store.describe(name) ? await this.store.info(name) : undefined;
-    return disk ? { ...s, diskBlocksWritten: disk.blocks.own } : s;
+  async vmStatus(name: string): Promise<VmStatus> {
+    const rec = readVm(this.store.dir, name);
+    const s = this.vms ? await this.vms.status(name) : offlineStatus(rec, this.store.dir);
+    const disk = this.store.describe(rec.disk) ? await this.store.info(rec.disk) : undefined;
+    const mem = this.store.describe(rec.memory) ? await this.store.info(rec.memory) : undefined;
+    return {
+      ...s,
+      ...(disk ? { diskBlocksWritten: disk.blocks.own } : {}),
+      ...(mem ? { memoryStoredBytes: mem.allocated, memoryUniqueBytes: mem.unique } : {}),
+    };
   }
-  async vmList() { return this.vms ? this.vms.list() : listVms(this.store.dir).map(offlineStatus); }
+  async vmList() { return this.vms ? this.vms.list() : listVms(this.store.dir).map((r) => offlineStatus(r, this.store.dir)); }
+  async vmPageout(name: string, keepBytes: number) { return this.supervisor().pageout(name, keepBytes); }
+  async vmPrefetch(name: string) { return this.supervisor().prefetch(name); }
+  async vmSharing() {
+    await this.vms?.writeBackAll();
+    return sharingReport(this.store, listVms(this.store.dir));
+  }
   private supervisor(): VmSupervisor {
     if (!this.vms) {
       throw new DormantError('EINVAL', 'VMs need the daemon with a FUSE mount for their memory: dormant serve --mount DIR');

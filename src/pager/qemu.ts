@@ -66,10 +66,14 @@ export interface Resident {
   qemuOwn: number;
 }
 
-/** Reads /proc/PID/smaps; undefined when the process is gone. */
-export function residentMemory(pid: number, memFile: string): Resident | undefined {
+/**
+ * Reads /proc/PID/smaps; undefined when the process is gone. On the libuv
+ * pool: reading smaps takes QEMU's mmap_lock, which can wait for a guest
+ * fault that only this process's JS thread can serve (the FUSE view).
+ */
+export async function residentMemory(pid: number, memFile: string): Promise<Resident | undefined> {
   let text: string;
-  try { text = fs.readFileSync(`/proc/${pid}/smaps`, 'utf8'); } catch { return undefined; }
+  try { text = await fs.promises.readFile(`/proc/${pid}/smaps`, 'utf8'); } catch { return undefined; }
   return parseSmaps(text, memFile);
 }
 

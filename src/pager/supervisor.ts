@@ -15,9 +15,15 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { DormantError } from '../blockstore/index.js';
+import { MemoryIo, type VolumeIo } from './faults.js';
+import { MemoryAgent } from './mem-agent.js';
+import { GuestMemory, pageOut, prefetchPages, type PageoutResult, type PrefetchResult } from './pageout.js';
 import { freePort, QEMU_BINARY, qemuArgs, residentMemory } from './qemu.js';
 import { QmpClient } from './qmp.js';
 import { checkVmName, listVms, readVm, vmPaths, type VmRecord } from './vm-record.js';
+import { foldEpoch, hottest, readWorkingSet, recentPages, writeWorkingSet } from './working-set.js';
+
+const PAGE = 4096;
 
 /** Where a VM is in its life. */
 export type VmState = 'starting' | 'running' | 'stopping' | 'stopped' | 'crashed';
@@ -39,6 +45,47 @@ export interface VmStatus {
   uptimeSeconds?: number;
   /** Blocks the VM's disk branch holds of its own (written since it was branched). */
   diskBlocksWritten?: number;
+  /** Guest RAM pages in the host page cache (mincore of the memory file): mapped or not, what the host really holds. */
+  cachedGuestRam?: number;
+  /** Guest page faults served from the store (FUSE reads of the memory volume), per second over the last 10 s, and in total. */
+  faultsPerSecond?: number;
+  faults?: number;
+  /** Pages read in by faults, by prefetches, and written back to the store, since the VM started. */
+  pagesIn?: number;
+  prefetchPages?: number;
+  pagesOut?: number;
+  /** Recorded working set: pages read in the last epoch between page-outs, and pages touched since the last page-out. */
+  workingSetBytes?: number;
+  touchedSinceLastPageoutBytes?: number;
+  lastPageout?: PageoutReport;
+  lastPrefetch?: PrefetchReport;
+  /** The memory volume in the store: non-zero pages, and of those the bytes no other volume shares. */
+  memoryStoredBytes?: number;
+  memoryUniqueBytes?: number;
+}
+
+/** What `vm pageout` did. */
+export interface PageoutReport extends PageoutResult {
+  at: string;
+  /** Resident guest RAM (smaps Rss of the mapping) before and right after. */
+  residentBefore: number;
+  residentAfter: number;
+  /** Page cache of the memory file before and after (mincore). */
+  cachedBefore: number;
+  cachedAfter: number;
+  /** Pages written back into the store during the page-out. */
+  pagesWritten: number;
+  /** Pages read since the previous page-out (the epoch folded into the working set). */
+  epochPages: number;
+  workingSetPages: number;
+}
+
+/** What `vm prefetch` did. */
+export interface PrefetchReport extends PrefetchResult {
+  at: string;
+  residentBefore: number;
+  cachedBefore: number;
+  cachedAfter: number;
 }
 
 /** Options of the supervisor. */
@@ -48,6 +95,8 @@ export interface SupervisorOptions {
   mountDir: string;
   nbdSocket: string;
   log?: (line: string) => void;
+  /** The FUSE mount's observer of memory-volume traffic (faults, write-back); the supervisor tracks each VM's. */
+  io?: MemoryIo;
 }
 
 interface Running {
@@ -59,6 +108,13 @@ interface Running {
   startedAt: number;
   stderrTail: string;
   exited: Promise<void>;
+  io: VolumeIo;
+  /** The memory file while QEMU runs (page-out, write-back, page cache residency, through the memory agent). */
+  mem?: GuestMemory;
+  lastPageout?: PageoutReport;
+  lastPrefetch?: PrefetchReport;
+  /** A page-out or prefetch of this VM in progress (one at a time). */
+  busy?: string;
 }
 
 /** Default wait between system_powerdown and quit. */
@@ -68,9 +124,13 @@ export const STOP_TIMEOUT_MS = 10_000;
 export class VmSupervisor {
   private readonly vms = new Map<string, Running>();
   private readonly log: (line: string) => void;
+  readonly io: MemoryIo;
+  private readonly agent: MemoryAgent;
 
   constructor(private readonly o: SupervisorOptions) {
     this.log = o.log ?? (() => undefined);
+    this.io = o.io ?? new MemoryIo();
+    this.agent = new MemoryAgent(this.log);
   }
 
   private memFile(rec: VmRecord): string {
@@ -100,7 +160,10 @@ export class VmSupervisor {
     const args = qemuArgs(rec, { memFile, nbdSocket: this.o.nbdSocket, qmpSocket: p.qmp, serialLog: p.log },
       { hostPort, kvm: opts.kvm });
     const child = spawn(QEMU_BINARY, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    const vm: Running = { rec, child, state: 'starting', hostPort, startedAt: Date.now(), stderrTail: '', exited: Promise.resolve() };
+    const vm: Running = {
+      rec, child, state: 'starting', hostPort, startedAt: Date.now(), stderrTail: '', exited: Promise.resolve(),
+      io: this.io.track(rec.memory, rec.memoryBytes),
+    };
     vm.exited = new Promise<void>((resolve) => {
       child.once('error', (err) => { vm.stderrTail += err.message; });
       child.once('close', (code, signal) => { this.exited(vm, code, signal); resolve(); });
@@ -127,12 +190,104 @@ export class VmSupervisor {
         await new Promise((r) => setTimeout(r, 100));
       }
     }
+    vm.mem = new GuestMemory(memFile, rec.memoryBytes, this.agent);
     vm.state = 'running';
     this.log(`vm ${name}: running`);
     return this.status(name);
   }
 
+  /** The running VM `name`, or EINVAL saying it is not running. */
+  private running(name: string, what: string): Running {
+    checkVmName(name);
+    readVm(this.o.storeDir, name);
+    const vm = this.vms.get(name);
+    if (!vm || vm.state !== 'running' || !vm.child.pid || !vm.mem) {
+      throw new DormantError('EINVAL', `cannot ${what} VM '${name}': it is not running (state ${vm?.state ?? 'stopped'})`);
+    }
+    if (vm.busy) throw new DormantError('EBUSY', `cannot ${what} VM '${name}': a ${vm.busy} of it is in progress`);
+    return vm;
+  }
+
+  /**
+   * Pushes VM `name`'s guest RAM out to the store while it runs, sparing the
+   * `keepBytes` hottest bytes of its working set. The pages read since the
+   * previous page-out fold into the working set first.
+   */
+  async pageout(name: string, keepBytes = 0): Promise<PageoutReport> {
+    if (!Number.isSafeInteger(keepBytes) || keepBytes < 0) throw new DormantError('EINVAL', `bad keep size ${keepBytes}`);
+    const vm = this.running(name, 'page out');
+    vm.busy = 'page-out';
+    try {
+      const pid = vm.child.pid!;
+      const mem = vm.mem!;
+      const residentBefore = (await residentMemory(pid, mem.file))?.guestRam ?? 0;
+      const cachedBefore = (await mem.cachedCount()) * PAGE;
+      const touched = vm.io.takeEpoch();
+      const ws = foldEpoch(readWorkingSet(this.o.storeDir, name), touched);
+      writeWorkingSet(this.o.storeDir, name, ws);
+      const keep = hottest(ws, Math.min(mem.pages, Math.floor(keepBytes / PAGE)));
+      const outBefore = vm.io.counters.pagesOut;
+      const r = await pageOut(pid, mem, keep, `page-out of VM '${name}'`);
+      const report: PageoutReport = {
+        ...r, at: new Date().toISOString(), residentBefore,
+        residentAfter: (await residentMemory(pid, mem.file))?.guestRam ?? 0,
+        cachedBefore, cachedAfter: (await mem.cachedCount()) * PAGE,
+        pagesWritten: vm.io.counters.pagesOut - outBefore,
+        epochPages: count(touched), workingSetPages: recentPages(ws).length,
+      };
+      vm.lastPageout = report;
+      this.log(`vm ${name}: paged out in ${r.durationMs.toFixed(0)} ms: resident guest RAM ${mib(residentBefore)} -> `
+        + `${mib(report.residentAfter)} MiB, page cache ${mib(cachedBefore)} -> ${mib(report.cachedAfter)} MiB, `
+        + `${report.pagesWritten} pages written, ${keep.length} kept`);
+      return report;
+    } finally {
+      vm.busy = undefined;
+    }
+  }
+
+  /** Brings VM `name`'s recorded working set back into memory ahead of need. */
+  async prefetch(name: string): Promise<PrefetchReport> {
+    const vm = this.running(name, 'prefetch');
+    const ws = readWorkingSet(this.o.storeDir, name);
+    if (!ws) {
+      throw new DormantError('EINVAL', `cannot prefetch VM '${name}': no working set recorded yet (one is recorded at each vm pageout)`);
+    }
+    vm.busy = 'prefetch';
+    try {
+      const pid = vm.child.pid!;
+      const mem = vm.mem!;
+      const residentBefore = (await residentMemory(pid, mem.file))?.guestRam ?? 0;
+      const cachedBefore = (await mem.cachedCount()) * PAGE;
+      const r = await vm.io.asPrefetch(() => prefetchPages(pid, mem, recentPages(ws), `prefetch of VM '${name}'`));
+      const report: PrefetchReport = {
+        ...r, at: new Date().toISOString(), residentBefore, cachedBefore, cachedAfter: (await mem.cachedCount()) * PAGE,
+      };
+      vm.lastPrefetch = report;
+      this.log(`vm ${name}: prefetched ${r.cachedPages}/${r.pages} working-set pages in ${r.durationMs.toFixed(0)} ms`);
+      return report;
+    } finally {
+      vm.busy = undefined;
+    }
+  }
+
+  /** Writes the dirty guest RAM of every running VM back into the store (for a consistent sharing report). */
+  async writeBackAll(): Promise<void> {
+    // One at a time: each holds a pool thread until the store has flushed.
+    for (const v of [...this.vms.values()].filter((x) => x.state === 'running' && x.mem)) {
+      await v.mem!.writeBack().catch((err: Error) => this.log(`vm ${v.rec.name}: write-back: ${err.message}`));
+    }
+  }
+
+  /** True when VM `name` runs now. */
+  isRunning(name: string): boolean {
+    return this.vms.get(name)?.state === 'running';
+  }
+
   private exited(vm: Running, code: number | null, signal: NodeJS.Signals | null): void {
+    // The agent closes the memory file, writing back what QEMU left dirty (this process serves those writes).
+    const mem = vm.mem;
+    vm.mem = undefined;
+    mem?.close().catch((err: Error) => this.log(`vm ${vm.rec.name}: closing its memory file: ${err.message}`));
     const how = signal ? `killed by signal ${signal}` : `exit code ${code}`;
     if (vm.state === 'stopping') {
       vm.state = 'stopped';
@@ -186,36 +341,55 @@ export class VmSupervisor {
       this.log(`vm ${v.rec.name}: stop failed: ${err.message}`);
       v.child.kill('SIGKILL');
     })));
+    await this.agent.close(); // after the VMs: their memory files are closed (and written back) first
   }
 
   /** Status of VM `name` (ENOENT when there is no such VM). */
-  status(name: string): VmStatus {
+  async status(name: string): Promise<VmStatus> {
     checkVmName(name);
     return this.statusOf(readVm(this.o.storeDir, name));
   }
 
   /** Status of every VM. */
-  list(): VmStatus[] {
-    return listVms(this.o.storeDir).map((rec) => this.statusOf(rec));
+  async list(): Promise<VmStatus[]> {
+    return Promise.all(listVms(this.o.storeDir).map((rec) => this.statusOf(rec)));
   }
 
-  private statusOf(rec: VmRecord): VmStatus {
-    const base = { name: rec.name, memoryBytes: rec.memoryBytes, cpus: rec.cpus, from: rec.from };
+  private async statusOf(rec: VmRecord): Promise<VmStatus> {
+    const base = offlineStatus(rec, this.o.storeDir);
     const vm = this.vms.get(rec.name);
-    if (!vm) return { ...base, state: 'stopped' };
+    if (!vm) return base;
+    const last = { ...(vm.lastPageout ? { lastPageout: vm.lastPageout } : {}), ...(vm.lastPrefetch ? { lastPrefetch: vm.lastPrefetch } : {}) };
     if (vm.state === 'stopped' || vm.state === 'crashed') {
-      return { ...base, state: vm.state, ...(vm.reason ? { reason: vm.reason } : {}) };
+      return { ...base, state: vm.state, ...(vm.reason ? { reason: vm.reason } : {}), ...last };
     }
-    const res = vm.child.pid ? residentMemory(vm.child.pid, this.memFile(rec)) : undefined;
+    const res = vm.child.pid ? await residentMemory(vm.child.pid, this.memFile(rec)) : undefined;
+    const cached = vm.mem ? await vm.mem.cachedCount().catch(() => undefined) : undefined;
+    const c = vm.io.counters;
     return {
       ...base, state: vm.state, pid: vm.child.pid, hostPort: vm.hostPort,
       residentGuestRam: res?.guestRam, residentQemu: res?.qemuOwn,
+      ...(cached === undefined ? {} : { cachedGuestRam: cached * PAGE }),
       uptimeSeconds: Math.round((Date.now() - vm.startedAt) / 1000),
+      faultsPerSecond: Math.round(vm.io.faultsPerSecond() * 10) / 10, faults: c.faults,
+      pagesIn: c.pagesIn, prefetchPages: c.prefetchPages, pagesOut: c.pagesOut,
+      touchedSinceLastPageoutBytes: vm.io.touchedPages() * PAGE,
+      ...last,
     };
   }
 }
 
-/** Status of a VM when no daemon runs: nothing runs. */
-export function offlineStatus(rec: VmRecord): VmStatus {
-  return { name: rec.name, state: 'stopped', memoryBytes: rec.memoryBytes, cpus: rec.cpus, from: rec.from };
+/** Status of a VM when no daemon runs: nothing runs; its recorded working set is known. */
+export function offlineStatus(rec: VmRecord, storeDir?: string): VmStatus {
+  const base: VmStatus = { name: rec.name, state: 'stopped', memoryBytes: rec.memoryBytes, cpus: rec.cpus, from: rec.from };
+  const ws = storeDir ? readWorkingSet(storeDir, rec.name) : undefined;
+  return ws ? { ...base, workingSetBytes: recentPages(ws).length * PAGE } : base;
 }
+
+const count = (bitmap: Uint8Array): number => {
+  let n = 0;
+  for (let i = 0; i < bitmap.length; i++) if (bitmap[i] !== 0) n++;
+  return n;
+};
+
+const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(1);

@@ -12,18 +12,17 @@
  * afterAll whatever the outcome, the mount is lazily unmounted, temp dirs are
  * removed. Every wait is bounded.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, cliEnv, dormant, dormantJson, ensureBuilt, expectOk, exportSha256 } from '../helpers/cli.js';
+import { dormant, dormantJson, ensureBuilt, expectOk, exportSha256 } from '../helpers/cli.js';
+import { CACHE, dormantAsync } from './helpers.js';
 import { freePort } from '../../src/pager/index.js';
 import { TempDirs } from '../helpers/tmp.js';
 import { cleanupMounts, startDaemon, type MountDaemon } from '../fuse/helpers.js';
 
 const MiB = 1024 * 1024;
-const CACHE = path.join(os.tmpdir(), 'dormant-test-images');
 const BOOT_TIMEOUT_MS = 150_000;
 const tmp = new TempDirs();
 
@@ -35,18 +34,6 @@ let qemu: ChildProcess | undefined;
 let qemuExit: Promise<void> | undefined;
 let meta: { kernel: string; initrd: string; cmdline: string } | undefined;
 let goldenBefore = '';
-
-/** Runs `dormant ...args` asynchronously (the image build can outlast the CLI helper's 60 s). */
-function dormantAsync(args: string[], timeoutMs: number): Promise<{ stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, [BIN, ...args], {
-      env: cliEnv(), timeout: timeoutMs, killSignal: 'SIGKILL', maxBuffer: 16 * MiB,
-    }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`dormant ${args.join(' ')}: ${err.message}\n${stderr}`));
-      else resolve({ stdout, stderr });
-    });
-  });
-}
 
 /** Exports `name` (through the daemon when one runs) and returns the sha256 of the raw image. */
 const exportHash = (name: string) => exportSha256(name, store, work);

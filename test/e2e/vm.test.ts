@@ -10,17 +10,16 @@
  * Every QEMU pid seen is SIGKILLed in afterAll whatever the outcome, then the
  * daemon is stopped, the mount lazily unmounted and temp dirs removed.
  */
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, cliEnv, dormant, dormantJson, ensureBuilt, expectFailure, expectOk, exportSha256 } from '../helpers/cli.js';
+import { dormant, dormantJson, ensureBuilt, expectFailure, expectOk, exportSha256 } from '../helpers/cli.js';
 import { TempDirs } from '../helpers/tmp.js';
 import { cleanupMounts, startDaemon, type MountDaemon } from '../fuse/helpers.js';
+import {
+  BOOT_TIMEOUT_MS, CACHE, diskCounter, dormantAsync, sleep, vmStatus, waitHttp as waitHttpOf, type Status,
+} from './helpers.js';
 
-const CACHE = path.join(os.tmpdir(), 'dormant-test-images');
-const BOOT_TIMEOUT_MS = 120_000;
 const tmp = new TempDirs();
 
 let store = '';
@@ -29,36 +28,8 @@ let daemon: MountDaemon | undefined;
 const qemuPids = new Set<number>();
 let goldenSha = '';
 
-interface Status {
-  name: string; state: string; reason?: string; pid?: number; hostPort?: number; memoryBytes: number;
-  residentGuestRam?: number; residentQemu?: number; uptimeSeconds?: number; diskBlocksWritten?: number;
-}
-
-function dormantAsync(args: string[], timeoutMs: number): Promise<{ stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, [BIN, ...args], { env: cliEnv(), timeout: timeoutMs, killSignal: 'SIGKILL' },
-      (err, stdout, stderr) => (err ? reject(new Error(`dormant ${args.join(' ')}: ${err.message}\n${stderr}`)) : resolve({ stdout, stderr })));
-  });
-}
-
-const status = (vm: string) => dormantJson<Status>(['vm', 'status', vm], { store });
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Polls http://127.0.0.1:PORT/ until the page names `vm` (bounded). */
-async function waitHttp(vm: string, port: number, timeoutMs = BOOT_TIMEOUT_MS): Promise<string> {
-  const started = Date.now();
-  let page = '';
-  while (Date.now() - started < timeoutMs) {
-    try {
-      const r = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(3_000) });
-      page = await r.text();
-      if (r.ok && page.includes(`<h1>${vm}</h1>`)) return page;
-    } catch { /* not up yet */ }
-    await sleep(1_000);
-  }
-  const log = dormant(['vm', 'log', vm], { store }).stdout.split('\n').slice(-20).join('\n');
-  throw new Error(`VM ${vm} did not answer HTTP on port ${port} within ${timeoutMs / 1000} s; last page: ${page}\nserial:\n${log}`);
-}
+const status = (vm: string) => vmStatus(store, vm);
+const waitHttp = (vm: string, port: number) => waitHttpOf(store, vm, port);
 
 describe('dormant vm: two VMs from one golden image, supervised by the daemon', () => {
   beforeAll(async () => {
@@ -148,13 +119,7 @@ describe('dormant vm: two VMs from one golden image, supervised by the daemon', 
   }, 60_000);
 
   it('a counter A keeps on its disk survives stop and start of A, is not B\'s, and the golden stays unchanged', async () => {
-    const counter = async (vm: string) => {
-      const text = await (await fetch(`http://127.0.0.1:${status(vm).hostPort}/cgi-bin/status`,
-        { signal: AbortSignal.timeout(10_000) })).text();
-      const m = /^counter: (\d+)$/m.exec(text);
-      expect(m, `${vm}: ${text}`).not.toBeNull();
-      return Number(m![1]);
-    };
+    const counter = (vm: string) => diskCounter(store, vm);
     // A crashed above; boot it again, bump its counter, stop it, boot it again.
     expectOk(dormant(['vm', 'start', 'a'], { store }));
     qemuPids.add(status('a').pid!);

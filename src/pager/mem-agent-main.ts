@@ -1,0 +1,81 @@
+/**
+ * The memory agent: a small child process of the daemon that holds the
+ * descriptors of the VMs' memory files (on the daemon's own FUSE view) and
+ * makes the system calls on them: fdatasync (write-back), cachestat (page
+ * cache residency) and posix_fadvise (drop).
+ *
+ * Why a process of its own: closing a FUSE file writes its dirty pages back
+ * first (fuse_flush), and only the daemon's JS thread can serve those
+ * writes. A descriptor in the daemon would be inherited by every QEMU the
+ * daemon forks, and closed by the kernel at exec while the daemon's JS
+ * thread waits for that exec (libuv's spawn): a deadlock. The agent never
+ * forks, and its blocking never blocks the daemon.
+ *
+ * Protocol: one JSON object per line on stdin, one answer per line on
+ * stdout: {id, ok: true, result} or {id, ok: false, error: {message, code}}.
+ * It exits when stdin closes (the daemon is gone).
+ */
+import fs from 'node:fs';
+import readline from 'node:readline';
+import { fileAdvise, fileCached } from './native.js';
+
+const PAGE = 4096;
+
+interface Request {
+  id: number;
+  op: 'writeBack' | 'cached' | 'drop' | 'forget';
+  file: string;
+  bytes?: number;
+  bitmap?: boolean;
+  runs?: Array<[number, number]>;
+}
+
+const fds = new Map<string, Promise<fs.promises.FileHandle>>();
+
+function handle(file: string): Promise<fs.promises.FileHandle> {
+  let h = fds.get(file);
+  if (!h) {
+    h = fs.promises.open(file, 'r');
+    h.catch(() => fds.delete(file));
+    fds.set(file, h);
+  }
+  return h;
+}
+
+async function run(r: Request): Promise<unknown> {
+  switch (r.op) {
+    case 'writeBack':
+      await (await handle(r.file)).datasync();
+      return null;
+    case 'cached': {
+      const c = await fileCached((await handle(r.file)).fd, 0, r.bytes ?? 0);
+      return { present: c.present, ...(r.bitmap ? { bitmap: Buffer.from(c.bitmap).toString('base64') } : {}) };
+    }
+    case 'drop': {
+      const fd = (await handle(r.file)).fd;
+      for (const [first, count] of r.runs ?? [[0, 0]]) await fileAdvise(fd, first * PAGE, count * PAGE, 'dontneed');
+      return null;
+    }
+    case 'forget': {
+      const h = fds.get(r.file);
+      fds.delete(r.file);
+      if (h) await (await h).close();
+      return null;
+    }
+    default:
+      throw new Error(`unknown op ${String((r as { op: unknown }).op)}`);
+  }
+}
+
+const rl = readline.createInterface({ input: process.stdin });
+rl.on('line', (line) => {
+  let r: Request;
+  try { r = JSON.parse(line) as Request; } catch { return; }
+  run(r).then(
+    (result) => process.stdout.write(`${JSON.stringify({ id: r.id, ok: true, result })}\n`),
+    (err: NodeJS.ErrnoException) => process.stdout.write(`${JSON.stringify({
+      id: r.id, ok: false, error: { message: err.message, code: err.code ?? 'EIO' },
+    })}\n`),
+  );
+});
+rl.on('close', () => process.exit(0));

@@ -1,0 +1,63 @@
+/**
+ * Shared pieces of the end-to-end tests with real VMs: the image cache they
+ * share (so the test guest is built once), the CLI run asynchronously (long
+ * commands must not block the event loop of the test), and bounded waits
+ * for a VM's HTTP page and its disk counter.
+ */
+import { execFile } from 'node:child_process';
+import os from 'node:os';
+import path from 'node:path';
+import { expect } from 'vitest';
+import { BIN, cliEnv, dormant, dormantJson } from '../helpers/cli.js';
+
+/** The test-guest image cache shared by every e2e test. */
+export const CACHE = path.join(os.tmpdir(), 'dormant-test-images');
+/** Longest wait for a TCG guest to answer HTTP. */
+export const BOOT_TIMEOUT_MS = 120_000;
+
+/** What `vm status --json` prints (the fields the tests read). */
+export interface Status {
+  name: string; state: string; reason?: string; pid?: number; hostPort?: number; memoryBytes: number;
+  residentGuestRam?: number; residentQemu?: number; cachedGuestRam?: number; uptimeSeconds?: number; diskBlocksWritten?: number;
+  faults?: number; faultsPerSecond?: number; pagesIn?: number; prefetchPages?: number; pagesOut?: number;
+  workingSetBytes?: number; memoryStoredBytes?: number; memoryUniqueBytes?: number;
+  lastPageout?: { residentBefore: number; residentAfter: number };
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Runs the CLI without blocking the test's event loop; rejects on a non-zero exit or the timeout. */
+export function dormantAsync(args: string[], timeoutMs: number): Promise<{ stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, [BIN, ...args], { env: cliEnv(), timeout: timeoutMs, killSignal: 'SIGKILL', maxBuffer: 16 * 2 ** 20 },
+      (err, stdout, stderr) => (err ? reject(new Error(`dormant ${args.join(' ')}: ${err.message}\n${stderr}`)) : resolve({ stdout, stderr })));
+  });
+}
+
+/** `vm status --json` of `vm`. */
+export const vmStatus = (store: string, vm: string) => dormantJson<Status>(['vm', 'status', vm], { store });
+
+/** Polls http://127.0.0.1:PORT/ until the page names `vm` (bounded). */
+export async function waitHttp(store: string, vm: string, port: number, timeoutMs = BOOT_TIMEOUT_MS): Promise<string> {
+  const started = Date.now();
+  let page = '';
+  while (Date.now() - started < timeoutMs) {
+    try {
+      const r = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(3_000) });
+      page = await r.text();
+      if (r.ok && page.includes(`<h1>${vm}</h1>`)) return page;
+    } catch { /* not up yet */ }
+    await sleep(1_000);
+  }
+  const log = dormant(['vm', 'log', vm], { store }).stdout.split('\n').slice(-20).join('\n');
+  throw new Error(`VM ${vm} did not answer HTTP on port ${port} within ${timeoutMs / 1000} s; last page: ${page}\nserial:\n${log}`);
+}
+
+/** The disk counter of `vm` (each request to /cgi-bin/status adds one). */
+export async function diskCounter(store: string, vm: string, timeoutMs = 30_000): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${vmStatus(store, vm).hostPort}/cgi-bin/status`,
+    { signal: AbortSignal.timeout(timeoutMs) })).text();
+  const m = /^counter: (\d+)$/m.exec(text);
+  expect(m, `${vm}: ${text}`).not.toBeNull();
+  return Number(m![1]);
+}
