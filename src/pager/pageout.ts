@@ -38,6 +38,9 @@ const PAGE = 4096;
 export const PAGEOUT_ROUNDS = 2;
 /** Longest wait for prefetched pages to arrive. */
 export const PREFETCH_WAIT_MS = 15_000;
+/** Rounds of advice for pages still missing, and ranges (128 KiB pieces) advised per call. */
+const PREFETCH_ROUNDS = 6;
+const PREFETCH_SLICE = 64;
 
 /** One mapping of the memory file in QEMU. */
 export interface GuestMapping {
@@ -151,24 +154,35 @@ export async function prefetchPages(pid: number, mem: GuestMemory, pages: readon
   if (pages.length === 0) return { pages: 0, cachedPages: 0, durationMs: 0 };
   const maps = await findMappings(pid, mem.file);
   if (maps.length === 0) throw new DormantError('EINVAL', `${what}: QEMU (pid ${pid}) has no mapping of ${mem.file}`);
-  const ranges = runsToRanges(pageRuns(pages), maps);
+  // FUSE skips read-ahead while its queue is congested, so one advice over
+  // everything brings in about half: advise in slices, then again for what
+  // is still missing, until all is cached, nothing more arrives, or time is up.
+  const count = (bitmap: Uint8Array) => pages.reduce((n, p) => n + (bitmap[p] ? 1 : 0), 0);
   let pidfd: number;
   try { pidfd = pidfdOpen(pid); } catch (err) { throw nativeToDormant(err, what); }
+  let cached = 0;
   try {
-    await processMadvise(pidfd, ranges, 'willneed').catch((err) => { throw nativeToDormant(err, what); });
+    let missing = pages;
+    for (let round = 0; round < PREFETCH_ROUNDS && missing.length > 0; round++) {
+      const ranges = runsToRanges(pageRuns(missing), maps);
+      for (let i = 0; i < ranges.length; i += PREFETCH_SLICE) {
+        await processMadvise(pidfd, ranges.slice(i, i + PREFETCH_SLICE), 'willneed').catch((err) => { throw nativeToDormant(err, what); });
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      let still = 0;
+      let bitmap = await mem.cached();
+      for (let last = -1; still < 3 && performance.now() - started < PREFETCH_WAIT_MS; last = cached) {
+        await new Promise((r) => setTimeout(r, 30));
+        bitmap = await mem.cached();
+        cached = count(bitmap);
+        still = cached > last ? 0 : still + 1;
+        if (cached === pages.length) break;
+      }
+      missing = pages.filter((p) => !bitmap[p]);
+      if (performance.now() - started > PREFETCH_WAIT_MS) break;
+    }
   } finally {
     fs.closeSync(pidfd);
-  }
-  // Read-ahead is asynchronous: wait until the pages are cached, or stop arriving (bounded).
-  const count = (bitmap: Uint8Array) => pages.reduce((n, p) => n + (bitmap[p] ? 1 : 0), 0);
-  let cached = 0;
-  let still = 0;
-  for (;;) {
-    await new Promise((r) => setTimeout(r, 50));
-    const now = count(await mem.cached());
-    still = now > cached ? 0 : still + 1;
-    cached = now;
-    if (cached >= pages.length * 0.98 || still >= 4 || performance.now() - started > PREFETCH_WAIT_MS) break;
   }
   return { pages: pages.length, cachedPages: cached, durationMs: performance.now() - started };
 }

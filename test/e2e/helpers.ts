@@ -8,7 +8,10 @@ import { execFile } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'vitest';
-import { BIN, cliEnv, dormant, dormantJson } from '../helpers/cli.js';
+import fs from 'node:fs';
+import { BIN, cliEnv, dormant, dormantJson, ensureBuilt, expectOk } from '../helpers/cli.js';
+import type { TempDirs } from '../helpers/tmp.js';
+import { startDaemon, type MountDaemon } from '../fuse/helpers.js';
 
 /** The test-guest image cache shared by every e2e test. */
 export const CACHE = path.join(os.tmpdir(), 'dormant-test-images');
@@ -60,4 +63,17 @@ export async function diskCounter(store: string, vm: string, timeoutMs = 30_000)
   const m = /^counter: (\d+)$/m.exec(text);
   expect(m, `${vm}: ${text}`).not.toBeNull();
   return Number(m![1]);
+}
+
+/** A fresh store (in a temp dir of `tmp`) with the test guest imported as golden@base, served by `serve --mount`. */
+export async function startVmDaemon(tmp: TempDirs, prefix: string): Promise<{ store: string; mnt: string; daemon: MountDaemon }> {
+  ensureBuilt();
+  const work = tmp.make(prefix);
+  const store = path.join(work, 'store');
+  const mnt = path.join(work, 'mnt');
+  fs.mkdirSync(mnt);
+  expectOk(dormant(['init'], { store }));
+  await dormantAsync(['--store', store, 'image', 'build-test-guest', 'golden', '--cache-dir', CACHE], 200_000);
+  const daemon = await startDaemon(store, mnt, ['serve', '--no-tcp', '--mount', mnt], /FUSE on /);
+  return { store, mnt, daemon };
 }

@@ -20,11 +20,13 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dormant, dormantJson, ensureBuilt, expectFailure, expectOk } from '../helpers/cli.js';
+import { dormant, dormantJson, expectFailure, expectOk } from '../helpers/cli.js';
 import { TempDirs } from '../helpers/tmp.js';
-import { cleanupMounts, startDaemon, type MountDaemon } from '../fuse/helpers.js';
+import { cleanupMounts, type MountDaemon } from '../fuse/helpers.js';
 import { QmpClient } from '../../src/pager/index.js';
-import { BOOT_TIMEOUT_MS, CACHE, diskCounter, dormantAsync, sleep, vmStatus, waitHttp, type Status } from './helpers.js';
+import {
+  BOOT_TIMEOUT_MS, CACHE, diskCounter, dormantAsync, sleep, startVmDaemon, vmStatus, waitHttp, type Status,
+} from './helpers.js';
 
 const MiB = 2 ** 20;
 const tmp = new TempDirs();
@@ -83,14 +85,7 @@ async function request(vm: string): Promise<void> {
 
 describe('dormant vm pageout / prefetch / sharing with real guests', () => {
   beforeAll(async () => {
-    ensureBuilt();
-    const work = tmp.make('e2e-pager');
-    store = path.join(work, 'store');
-    mnt = path.join(work, 'mnt');
-    fs.mkdirSync(mnt);
-    expectOk(dormant(['init'], { store }));
-    await dormantAsync(['--store', store, 'image', 'build-test-guest', 'golden', '--cache-dir', CACHE], 200_000);
-    daemon = await startDaemon(store, mnt, ['serve', '--no-tcp', '--mount', mnt], /FUSE on /);
+    ({ store, mnt, daemon } = await startVmDaemon(tmp, 'e2e-pager'));
     for (const vm of ['p1', 'p2', 'p3']) {
       expectOk(dormant(['vm', 'create', vm, '--from', 'golden@base', '--memory', '256M', '--cache-dir', CACHE], { store }));
     }

@@ -13,17 +13,16 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dormant, dormantJson, ensureBuilt, expectFailure, expectOk, exportSha256 } from '../helpers/cli.js';
+import { dormant, dormantJson, expectFailure, expectOk, exportSha256 } from '../helpers/cli.js';
 import { TempDirs } from '../helpers/tmp.js';
-import { cleanupMounts, startDaemon, type MountDaemon } from '../fuse/helpers.js';
+import { cleanupMounts, type MountDaemon } from '../fuse/helpers.js';
 import {
-  BOOT_TIMEOUT_MS, CACHE, diskCounter, dormantAsync, sleep, vmStatus, waitHttp as waitHttpOf, type Status,
+  BOOT_TIMEOUT_MS, CACHE, diskCounter, sleep, startVmDaemon, vmStatus, waitHttp as waitHttpOf, type Status,
 } from './helpers.js';
 
 const tmp = new TempDirs();
 
 let store = '';
-let mnt = '';
 let daemon: MountDaemon | undefined;
 const qemuPids = new Set<number>();
 let goldenSha = '';
@@ -33,14 +32,7 @@ const waitHttp = (vm: string, port: number) => waitHttpOf(store, vm, port);
 
 describe('dormant vm: two VMs from one golden image, supervised by the daemon', () => {
   beforeAll(async () => {
-    ensureBuilt();
-    const work = tmp.make('e2e-vm');
-    store = path.join(work, 'store');
-    mnt = path.join(work, 'mnt');
-    fs.mkdirSync(mnt);
-    expectOk(dormant(['init'], { store }));
-    await dormantAsync(['--store', store, 'image', 'build-test-guest', 'golden', '--cache-dir', CACHE], 200_000);
-    daemon = await startDaemon(store, mnt, ['serve', '--no-tcp', '--mount', mnt], /FUSE on /);
+    ({ store, daemon } = await startVmDaemon(tmp, 'e2e-vm'));
     goldenSha = exportSha256('golden@base', store, tmp.make('e2e-vm-export'));
   }, 240_000);
 
