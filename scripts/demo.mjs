@@ -130,9 +130,19 @@ try {
   step('the running VMs, and what the store holds for them');
   dormant('vm', 'list');
   dormant('list');
+
+  step('page web1 out: its RAM goes to the store while it keeps running, then it answers again');
+  dormant('vm', 'pageout', 'web1');
+  const web1 = vms.find((v) => v.name === 'web1');
+  const t0 = Date.now();
+  const again = await (await fetch(`http://127.0.0.1:${web1.hostPort}/`, { signal: AbortSignal.timeout(30_000) })).text();
+  console.log(`\n$ curl http://127.0.0.1:${web1.hostPort}/   (${Date.now() - t0} ms after the page-out)\n${again.trim()}`);
+  dormant('vm', 'status', 'web1');
+  dormant('vm', 'sharing');
   for (const vm of ['web1', 'web2']) dormant('vm', 'stop', vm, '--timeout', '2');
 } finally {
   await stopDaemon();
 }
 console.log('\nweb1 and web2 booted from the same guest@base: their disks are branches of it (only what they');
-console.log('wrote is theirs), and their RAM lives in memory volumes web1.mem and web2.mem in the store.');
+console.log('wrote is theirs), and their RAM lives in memory volumes web1.mem and web2.mem in the store:');
+console.log('paged out, web1 kept running on the few pages it touches, faulted back from the store.');
