@@ -146,6 +146,16 @@ Napi::Value PidfdOpen(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(fd));
 }
 
+// setCloexec: fcntl(F_SETFD, FD_CLOEXEC) on one of our descriptors. Only an
+// integer crosses; a wrong fd is EBADF.
+Napi::Value SetCloexec(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = static_cast<int>(IntegerArg(info[0], "setCloexec", "fd", 0, INT32_MAX));
+  int flags = fcntl(fd, F_GETFD);
+  if (flags < 0 || fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0) ThrowNative(env, errno, "fcntl(F_SETFD)");
+  return env.Undefined();
+}
+
 Napi::Value ProcessMadvise(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int pidfd = static_cast<int>(IntegerArg(info[0], "process_madvise", "pidfd", 0, INT32_MAX));

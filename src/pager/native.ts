@@ -54,6 +54,7 @@ interface Addon {
   fileResidency(fd: number, offset: number, length: number): Promise<MappingResidency>;
   fileCached(fd: number, offset: number, length: number): Promise<MappingResidency>;
   fileAdvise(fd: number, offset: number, length: number, advice: string): Promise<void>;
+  setCloexec(fd: number): void;
   hashPages(data: Uint8Array, pageSize?: number): PageHashes;
   hashPagesAsync(data: Uint8Array, pageSize?: number): Promise<PageHashes>;
   PAGE_SIZE: number;
@@ -101,6 +102,11 @@ async function callAsync<T>(fn: () => Promise<T>): Promise<T> {
   } catch (e) {
     throw retype(e);
   }
+}
+
+/** Sets FD_CLOEXEC on descriptor `fd` of this process (EBADF if it is not open). */
+export function setCloexec(fd: number): void {
+  call(() => addon.setCloexec(fd));
 }
 
 /** Opens a pidfd for pid (the caller closes it with fs.closeSync). */

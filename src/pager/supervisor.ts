@@ -17,6 +17,7 @@ import path from 'node:path';
 import { DormantError } from '../blockstore/index.js';
 import { MemoryIo, type VolumeIo } from './faults.js';
 import { MemoryAgent } from './mem-agent.js';
+import { setCloexec } from './native.js';
 import { GuestMemory, pageOut, prefetchPages, type PageoutResult, type PrefetchResult } from './pageout.js';
 import { freePort, QEMU_BINARY, qemuArgs, residentMemory } from './qemu.js';
 import { QmpClient } from './qmp.js';
@@ -24,6 +25,8 @@ import { checkVmName, listVms, readVm, vmPaths, type VmRecord } from './vm-recor
 import { foldEpoch, hottest, readWorkingSet, recentPages, writeWorkingSet } from './working-set.js';
 
 const PAGE = 4096;
+/** util-linux setpriv (Debian: always installed), to give QEMU a parent-death signal. */
+const SETPRIV = '/usr/bin/setpriv';
 
 /** Where a VM is in its life. */
 export type VmState = 'starting' | 'running' | 'stopping' | 'stopped' | 'crashed';
@@ -131,6 +134,7 @@ export class VmSupervisor {
     this.log = o.log ?? (() => undefined);
     this.io = o.io ?? new MemoryIo();
     this.agent = new MemoryAgent(this.log);
+    keepFuseDeviceFromChildren();
   }
 
   private memFile(rec: VmRecord): string {
@@ -159,7 +163,11 @@ export class VmSupervisor {
     const hostPort = await freePort();
     const args = qemuArgs(rec, { memFile, nbdSocket: this.o.nbdSocket, qmpSocket: p.qmp, serialLog: p.log },
       { hostPort, kvm: opts.kvm });
-    const child = spawn(QEMU_BINARY, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    // Under setpriv --pdeathsig: if the daemon dies (even by SIGKILL), its QEMUs die too; their RAM
+    // is on the daemon's FUSE view, which is gone then, so they could not run on anyway.
+    const child = fs.existsSync(SETPRIV)
+      ? spawn(SETPRIV, ['--pdeathsig', 'KILL', QEMU_BINARY, ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
+      : spawn(QEMU_BINARY, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     const vm: Running = {
       rec, child, state: 'starting', hostPort, startedAt: Date.now(), stderrTail: '', exited: Promise.resolve(),
       io: this.io.track(rec.memory, rec.memoryBytes),
@@ -377,6 +385,24 @@ export class VmSupervisor {
       ...last,
     };
   }
+}
+
+/**
+ * Marks this process's /dev/fuse descriptors close-on-exec. libfuse2 gets
+ * the descriptor from fusermount without FD_CLOEXEC, so every QEMU (and the
+ * memory agent) inherited it: after a daemon died, they kept the dead
+ * daemon's FUSE connection open, QEMU and the agent then hung in their own
+ * exit writing back to it, and the next daemon's probe of the mount point
+ * hung too instead of seeing a stale mount. Returns how many were marked.
+ */
+export function keepFuseDeviceFromChildren(): number {
+  let n = 0;
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    let target = '';
+    try { target = fs.readlinkSync(`/proc/self/fd/${fd}`); } catch { continue; }
+    if (target === '/dev/fuse') { setCloexec(Number(fd)); n++; }
+  }
+  return n;
 }
 
 /** Status of a VM when no daemon runs: nothing runs; its recorded working set is known. */

@@ -22,7 +22,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dormant, dormantJson, expectFailure, expectOk } from '../helpers/cli.js';
 import { TempDirs } from '../helpers/tmp.js';
-import { cleanupMounts, type MountDaemon } from '../fuse/helpers.js';
+import { cleanupMounts, startDaemon, type MountDaemon } from '../fuse/helpers.js';
 import { QmpClient } from '../../src/pager/index.js';
 import {
   BOOT_TIMEOUT_MS, CACHE, diskCounter, dormantAsync, sleep, startVmDaemon, vmStatus, waitHttp, type Status,
@@ -238,4 +238,20 @@ describe('dormant vm pageout / prefetch / sharing with real guests', () => {
     const list = dormantJson<{ vms: Status[] }>(['vm', 'list'], { store }).vms;
     expect(list.filter((v) => v.state === 'running').length).toBe(3);
   }, 3 * BOOT_TIMEOUT_MS);
+
+  it('kill -9 of the daemon takes its QEMUs and memory agent along; the next daemon cleans the mount and boots the VM', async () => {
+    const pids = ['p1', 'p2', 'p3'].map((vm) => status(vm).pid!).filter(Boolean);
+    await pageout('p2');
+    daemon!.child.kill('SIGKILL');
+    await daemon!.exited;
+    const gone = (pid: number) => { try { process.kill(pid, 0); return false; } catch { return true; } };
+    for (let i = 0; i < 100 && !pids.every(gone); i++) await sleep(100);
+    expect(pids.filter((pid) => !gone(pid))).toEqual([]);
+    daemon = await startDaemon(store, mnt, ['serve', '--no-tcp', '--mount', mnt], /FUSE on /);
+    expect(daemon.stderr()).toMatch(/is a stale FUSE mount \(its daemon died/);
+    expect(status('p2').state).toBe('stopped');
+    const s = await startVm('p2');
+    expect(s.state).toBe('running');
+    expect(expectOk(dormant(['check'], { store }))).toMatch(/consistent/);
+  }, BOOT_TIMEOUT_MS + 60_000);
 });
