@@ -41,7 +41,9 @@ NATIVE=native/build/Release/dormant_native.node
 if [ ! -f "$NATIVE" ] || [ -n "$(find native package-lock.json -path native/build -prune -o -type f -newer "$NATIVE" -print -quit)" ]; then
   echo "setup: building the native addon" >&2
   log=$(mktemp)
-  if ! npx --no-install node-gyp rebuild -C native --nodedir=/usr -j max >"$log" 2>&1; then
+  # Headers of the running Node (PREFIX/include/node): nodejs.org is not reachable to download them.
+  nodedir=$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")
+  if ! npx --no-install node-gyp rebuild -C native --nodedir="$nodedir" -j max >"$log" 2>&1; then
     cat "$log" >&2
     rm -f "$log"
     exit 1
