@@ -228,24 +228,23 @@ export class VmSupervisor {
     try {
       const pid = vm.child.pid!;
       const mem = vm.mem!;
-      const residentBefore = (await residentMemory(pid, mem.file))?.guestRam ?? 0;
-      const cachedBefore = (await mem.cachedCount()) * PAGE;
+      const before = await memoryNow(pid, mem);
       const touched = vm.io.takeEpoch();
       const ws = foldEpoch(readWorkingSet(this.o.storeDir, name), touched);
       writeWorkingSet(this.o.storeDir, name, ws);
       const keep = hottest(ws, Math.min(mem.pages, Math.floor(keepBytes / PAGE)));
       const outBefore = vm.io.counters.pagesOut;
       const r = await pageOut(pid, mem, keep, `page-out of VM '${name}'`);
+      const after = await memoryNow(pid, mem);
       const report: PageoutReport = {
-        ...r, at: new Date().toISOString(), residentBefore,
-        residentAfter: (await residentMemory(pid, mem.file))?.guestRam ?? 0,
-        cachedBefore, cachedAfter: (await mem.cachedCount()) * PAGE,
+        ...r, at: new Date().toISOString(), residentBefore: before.resident, residentAfter: after.resident,
+        cachedBefore: before.cached, cachedAfter: after.cached,
         pagesWritten: vm.io.counters.pagesOut - outBefore,
         epochPages: count(touched), workingSetPages: recentPages(ws).length,
       };
       vm.lastPageout = report;
-      this.log(`vm ${name}: paged out in ${r.durationMs.toFixed(0)} ms: resident guest RAM ${mib(residentBefore)} -> `
-        + `${mib(report.residentAfter)} MiB, page cache ${mib(cachedBefore)} -> ${mib(report.cachedAfter)} MiB, `
+      this.log(`vm ${name}: paged out in ${r.durationMs.toFixed(0)} ms: resident guest RAM ${mib(before.resident)} -> `
+        + `${mib(after.resident)} MiB, page cache ${mib(before.cached)} -> ${mib(after.cached)} MiB, `
         + `${report.pagesWritten} pages written, ${keep.length} kept`);
       return report;
     } finally {
@@ -264,11 +263,11 @@ export class VmSupervisor {
     try {
       const pid = vm.child.pid!;
       const mem = vm.mem!;
-      const residentBefore = (await residentMemory(pid, mem.file))?.guestRam ?? 0;
-      const cachedBefore = (await mem.cachedCount()) * PAGE;
+      const before = await memoryNow(pid, mem);
       const r = await vm.io.asPrefetch(() => prefetchPages(pid, mem, recentPages(ws), `prefetch of VM '${name}'`));
       const report: PrefetchReport = {
-        ...r, at: new Date().toISOString(), residentBefore, cachedBefore, cachedAfter: (await mem.cachedCount()) * PAGE,
+        ...r, at: new Date().toISOString(), residentBefore: before.resident, cachedBefore: before.cached,
+        cachedAfter: (await memoryNow(pid, mem)).cached,
       };
       vm.lastPrefetch = report;
       this.log(`vm ${name}: prefetched ${r.cachedPages}/${r.pages} working-set pages in ${r.durationMs.toFixed(0)} ms`);
@@ -419,3 +418,9 @@ const count = (bitmap: Uint8Array): number => {
 };
 
 const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(1);
+
+/** Guest RAM resident in QEMU (smaps of the mapping) and in the host page cache, in bytes. */
+async function memoryNow(pid: number, mem: GuestMemory): Promise<{ resident: number; cached: number }> {
+  const [res, cached] = await Promise.all([residentMemory(pid, mem.file), mem.cachedCount()]);
+  return { resident: res?.guestRam ?? 0, cached: cached * PAGE };
+}
