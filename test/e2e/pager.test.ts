@@ -162,7 +162,7 @@ describe('dormant vm pageout / prefetch / sharing with real guests', () => {
     expect(status('p1').prefetchPages!).toBeGreaterThan(0);
   }, 120_000);
 
-  it('paused, paged out and exported, the memory volume is what QEMU had; resumed it runs; restarted it boots clean', async () => {
+  it('paused, paged out (--keep 8) and exported, the memory volume is what QEMU had; resumed it runs; restarted it boots clean', async () => {
     const s = status('p1');
     const memFile = path.join(mnt, 'volumes', 'p1.mem');
     const maps = fs.readFileSync(`/proc/${s.pid}/maps`, 'utf8').split('\n').filter((l) => l.endsWith(` ${memFile}`));
@@ -191,7 +191,11 @@ describe('dormant vm pageout / prefetch / sharing with real guests', () => {
         fs.closeSync(fd);
       }
       const qemuView = h.digest('hex');
-      await pageout('p1');
+      // --keep spares the hottest 8 MiB of the working set: they stay mapped.
+      const kept = await pageout('p1', ['--keep', '8']);
+      expect(kept.keptPages).toBe(2048);
+      expect(kept.advisedPages).toBe(65536 - 2048);
+      expect(kept.residentAfter).toBeGreaterThan(0);
       const raw = path.join(tmp.make('e2e-pager-mem'), 'p1.mem.raw');
       await dormantAsync(['--store', store, 'export', 'p1.mem', raw], 120_000);
       const stored = createHash('sha256').update(fs.readFileSync(raw)).digest('hex');
