@@ -116,10 +116,6 @@ export class MemoryIo implements IoObserver {
     return this.vols.get(volume);
   }
 
-  untrack(volume: string): void {
-    this.vols.delete(volume);
-  }
-
   read(name: string, pos: number, len: number): void {
     this.vols.get(name)?.read(pos, len);
   }

@@ -19,7 +19,7 @@
  *
  * Prefetch: process_madvise(MADV_WILLNEED) over the working set's pages
  * starts read-ahead of them into the page cache; we wait (bounded) until
- * mincore says they are there, so the guest's next touch is a minor fault.
+ * cachestat says they are there, so the guest's next touch is a minor fault.
  *
  * This process serves the FUSE requests these calls cause, so its JS thread
  * must stay free: system calls run on the libuv pool (process_madvise,
@@ -35,9 +35,9 @@ import { complementRuns, pageRuns } from './working-set.js';
 
 const PAGE = 4096;
 /** Rounds of write-back + MADV_PAGEOUT. */
-export const PAGEOUT_ROUNDS = 2;
+const PAGEOUT_ROUNDS = 2;
 /** Longest wait for prefetched pages to arrive. */
-export const PREFETCH_WAIT_MS = 15_000;
+const PREFETCH_WAIT_MS = 15_000;
 /** Rounds of advice for pages still missing, and ranges (128 KiB pieces) advised per call. */
 const PREFETCH_ROUNDS = 6;
 const PREFETCH_SLICE = 64;
@@ -109,6 +109,22 @@ function nativeToDormant(err: unknown, what: string): unknown {
   return new DormantError('EINTERNAL', `${what}: ${err.message}`, { cause: err });
 }
 
+/** Runs `fn` with a pidfd of QEMU `pid` and its mappings of `mem` (EINVAL if it has none); native errors become DormantErrors. */
+async function onGuestMapping<T>(pid: number, mem: GuestMemory, what: string,
+  fn: (pidfd: number, maps: GuestMapping[]) => Promise<T>): Promise<T> {
+  const maps = await findMappings(pid, mem.file);
+  if (maps.length === 0) throw new DormantError('EINVAL', `${what}: QEMU (pid ${pid}) has no mapping of ${mem.file}`);
+  let pidfd: number;
+  try { pidfd = pidfdOpen(pid); } catch (err) { throw nativeToDormant(err, what); }
+  try {
+    return await fn(pidfd, maps);
+  } catch (err) {
+    throw nativeToDormant(err, what);
+  } finally {
+    fs.closeSync(pidfd);
+  }
+}
+
 /** What one page-out did. */
 export interface PageoutResult {
   /** Pages advised out (the mapping minus the kept pages). */
@@ -121,21 +137,16 @@ export interface PageoutResult {
 /** Pages out QEMU `pid`'s mapping of `mem` except the sorted file pages `keep`. */
 export async function pageOut(pid: number, mem: GuestMemory, keep: readonly number[], what: string): Promise<PageoutResult> {
   const started = performance.now();
-  const maps = await findMappings(pid, mem.file);
-  if (maps.length === 0) throw new DormantError('EINVAL', `${what}: QEMU (pid ${pid}) has no mapping of ${mem.file}`);
   const out = complementRuns(keep, mem.pages);
-  const ranges = runsToRanges(out, maps);
-  let pidfd: number;
-  try { pidfd = pidfdOpen(pid); } catch (err) { throw nativeToDormant(err, what); }
-  try {
+  const ranges = await onGuestMapping(pid, mem, what, async (pidfd, maps) => {
+    const r = runsToRanges(out, maps);
     for (let round = 0; round < PAGEOUT_ROUNDS; round++) {
       await mem.writeBack();
-      await processMadvise(pidfd, ranges, 'pageout').catch((err) => { throw nativeToDormant(err, what); });
+      await processMadvise(pidfd, r, 'pageout');
       await mem.drop(out);
     }
-  } finally {
-    fs.closeSync(pidfd);
-  }
+    return r;
+  });
   const advised = ranges.reduce((s, r) => s + r.length, 0) / PAGE;
   return { advisedPages: advised, keptPages: keep.length, rounds: PAGEOUT_ROUNDS, durationMs: performance.now() - started };
 }
@@ -152,26 +163,21 @@ export interface PrefetchResult {
 export async function prefetchPages(pid: number, mem: GuestMemory, pages: readonly number[], what: string): Promise<PrefetchResult> {
   const started = performance.now();
   if (pages.length === 0) return { pages: 0, cachedPages: 0, durationMs: 0 };
-  const maps = await findMappings(pid, mem.file);
-  if (maps.length === 0) throw new DormantError('EINVAL', `${what}: QEMU (pid ${pid}) has no mapping of ${mem.file}`);
   // FUSE skips read-ahead while its queue is congested, so one advice over
   // everything brings in about half: advise in slices, then again for what
   // is still missing, until all is cached, nothing more arrives, or time is up.
   const count = (bitmap: Uint8Array) => pages.reduce((n, p) => n + (bitmap[p] ? 1 : 0), 0);
-  let pidfd: number;
-  try { pidfd = pidfdOpen(pid); } catch (err) { throw nativeToDormant(err, what); }
   let cached = 0;
-  try {
+  await onGuestMapping(pid, mem, what, async (pidfd, maps) => {
     let missing = pages;
     for (let round = 0; round < PREFETCH_ROUNDS && missing.length > 0; round++) {
       const ranges = runsToRanges(pageRuns(missing), maps);
       for (let i = 0; i < ranges.length; i += PREFETCH_SLICE) {
-        await processMadvise(pidfd, ranges.slice(i, i + PREFETCH_SLICE), 'willneed').catch((err) => { throw nativeToDormant(err, what); });
+        await processMadvise(pidfd, ranges.slice(i, i + PREFETCH_SLICE), 'willneed');
         await new Promise((r) => setTimeout(r, 10));
       }
-      let still = 0;
-      let bitmap = await mem.cached();
-      for (let last = -1; still < 3 && performance.now() - started < PREFETCH_WAIT_MS; last = cached) {
+      let bitmap: Uint8Array = new Uint8Array(mem.pages);
+      for (let still = 0, last = -1; still < 3 && performance.now() - started < PREFETCH_WAIT_MS; last = cached) {
         await new Promise((r) => setTimeout(r, 30));
         bitmap = await mem.cached();
         cached = count(bitmap);
@@ -181,8 +187,6 @@ export async function prefetchPages(pid: number, mem: GuestMemory, pages: readon
       missing = pages.filter((p) => !bitmap[p]);
       if (performance.now() - started > PREFETCH_WAIT_MS) break;
     }
-  } finally {
-    fs.closeSync(pidfd);
-  }
+  });
   return { pages: pages.length, cachedPages: cached, durationMs: performance.now() - started };
 }

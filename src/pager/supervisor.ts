@@ -48,7 +48,7 @@ export interface VmStatus {
   uptimeSeconds?: number;
   /** Blocks the VM's disk branch holds of its own (written since it was branched). */
   diskBlocksWritten?: number;
-  /** Guest RAM pages in the host page cache (mincore of the memory file): mapped or not, what the host really holds. */
+  /** Guest RAM in the host page cache (cachestat of the memory file): mapped or not, what the host really holds. */
   cachedGuestRam?: number;
   /** Guest page faults served from the store (FUSE reads of the memory volume), per second over the last 10 s, and in total. */
   faultsPerSecond?: number;
@@ -73,7 +73,7 @@ export interface PageoutReport extends PageoutResult {
   /** Resident guest RAM (smaps Rss of the mapping) before and right after. */
   residentBefore: number;
   residentAfter: number;
-  /** Page cache of the memory file before and after (mincore). */
+  /** Page cache of the memory file before and after (cachestat). */
   cachedBefore: number;
   cachedAfter: number;
   /** Pages written back into the store during the page-out. */
@@ -204,8 +204,12 @@ export class VmSupervisor {
     return this.status(name);
   }
 
-  /** The running VM `name`, or EINVAL saying it is not running. */
-  private running(name: string, what: string): Running {
+  /**
+   * Runs `fn` on the running VM `name` (EINVAL when it is not running), one
+   * page-out or prefetch of a VM at a time (EBUSY).
+   */
+  private async exclusive<T>(name: string, what: string, busy: string,
+    fn: (vm: Running, pid: number, mem: GuestMemory) => Promise<T>): Promise<T> {
     checkVmName(name);
     readVm(this.o.storeDir, name);
     const vm = this.vms.get(name);
@@ -213,7 +217,12 @@ export class VmSupervisor {
       throw new DormantError('EINVAL', `cannot ${what} VM '${name}': it is not running (state ${vm?.state ?? 'stopped'})`);
     }
     if (vm.busy) throw new DormantError('EBUSY', `cannot ${what} VM '${name}': a ${vm.busy} of it is in progress`);
-    return vm;
+    vm.busy = busy;
+    try {
+      return await fn(vm, vm.child.pid, vm.mem);
+    } finally {
+      vm.busy = undefined;
+    }
   }
 
   /**
@@ -223,11 +232,7 @@ export class VmSupervisor {
    */
   async pageout(name: string, keepBytes = 0): Promise<PageoutReport> {
     if (!Number.isSafeInteger(keepBytes) || keepBytes < 0) throw new DormantError('EINVAL', `bad keep size ${keepBytes}`);
-    const vm = this.running(name, 'page out');
-    vm.busy = 'page-out';
-    try {
-      const pid = vm.child.pid!;
-      const mem = vm.mem!;
+    return this.exclusive(name, 'page out', 'page-out', async (vm, pid, mem) => {
       const before = await memoryNow(pid, mem);
       const touched = vm.io.takeEpoch();
       const ws = foldEpoch(readWorkingSet(this.o.storeDir, name), touched);
@@ -247,22 +252,16 @@ export class VmSupervisor {
         + `${mib(after.resident)} MiB, page cache ${mib(before.cached)} -> ${mib(after.cached)} MiB, `
         + `${report.pagesWritten} pages written, ${keep.length} kept`);
       return report;
-    } finally {
-      vm.busy = undefined;
-    }
+    });
   }
 
   /** Brings VM `name`'s recorded working set back into memory ahead of need. */
   async prefetch(name: string): Promise<PrefetchReport> {
-    const vm = this.running(name, 'prefetch');
-    const ws = readWorkingSet(this.o.storeDir, name);
-    if (!ws) {
-      throw new DormantError('EINVAL', `cannot prefetch VM '${name}': no working set recorded yet (one is recorded at each vm pageout)`);
-    }
-    vm.busy = 'prefetch';
-    try {
-      const pid = vm.child.pid!;
-      const mem = vm.mem!;
+    return this.exclusive(name, 'prefetch', 'prefetch', async (vm, pid, mem) => {
+      const ws = readWorkingSet(this.o.storeDir, name);
+      if (!ws) {
+        throw new DormantError('EINVAL', `cannot prefetch VM '${name}': no working set recorded yet (one is recorded at each vm pageout)`);
+      }
       const before = await memoryNow(pid, mem);
       const r = await vm.io.asPrefetch(() => prefetchPages(pid, mem, recentPages(ws), `prefetch of VM '${name}'`));
       const report: PrefetchReport = {
@@ -272,9 +271,7 @@ export class VmSupervisor {
       vm.lastPrefetch = report;
       this.log(`vm ${name}: prefetched ${r.cachedPages}/${r.pages} working-set pages in ${r.durationMs.toFixed(0)} ms`);
       return report;
-    } finally {
-      vm.busy = undefined;
-    }
+    });
   }
 
   /** Writes the dirty guest RAM of every running VM back into the store (for a consistent sharing report). */
@@ -285,10 +282,6 @@ export class VmSupervisor {
     }
   }
 
-  /** True when VM `name` runs now. */
-  isRunning(name: string): boolean {
-    return this.vms.get(name)?.state === 'running';
-  }
 
   private exited(vm: Running, code: number | null, signal: NodeJS.Signals | null): void {
     // The agent closes the memory file, writing back what QEMU left dirty (this process serves those writes).
@@ -394,7 +387,7 @@ export class VmSupervisor {
  * exit writing back to it, and the next daemon's probe of the mount point
  * hung too instead of seeing a stale mount. Returns how many were marked.
  */
-export function keepFuseDeviceFromChildren(): number {
+function keepFuseDeviceFromChildren(): number {
   let n = 0;
   for (const fd of fs.readdirSync('/proc/self/fd')) {
     let target = '';
