@@ -12,7 +12,8 @@
         "src/args.cc",
         "src/process.cc",
         "src/residency.cc",
-        "src/hash.cc"
+        "src/hash.cc",
+        "src/store.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"],

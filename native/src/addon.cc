@@ -1,5 +1,5 @@
 // dormant_native: the module table. Each binding lives in its own file
-// (process.cc, residency.cc, hash.cc) and validates its own arguments; no
+// (process.cc, residency.cc, hash.cc, store.cc) and validates its own arguments; no
 // pointers are kept here.
 #include <napi.h>
 
@@ -16,6 +16,11 @@ Napi::Value FileCached(const Napi::CallbackInfo& info);
 Napi::Value FileAdvise(const Napi::CallbackInfo& info);
 Napi::Value HashPages(const Napi::CallbackInfo& info);
 Napi::Value HashPagesAsync(const Napi::CallbackInfo& info);
+Napi::Value MapFile(const Napi::CallbackInfo& info);
+Napi::Value UnmapFile(const Napi::CallbackInfo& info);
+Napi::Value PreadCached(const Napi::CallbackInfo& info);
+Napi::Value HashBlocks(const Napi::CallbackInfo& info);
+Napi::Value VerifyBlocks(const Napi::CallbackInfo& info);
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen, "pidfdOpen"));
@@ -27,6 +32,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fileAdvise", Napi::Function::New(env, FileAdvise, "fileAdvise"));
   exports.Set("hashPages", Napi::Function::New(env, HashPages, "hashPages"));
   exports.Set("hashPagesAsync", Napi::Function::New(env, HashPagesAsync, "hashPagesAsync"));
+  exports.Set("mapFile", Napi::Function::New(env, MapFile, "mapFile"));
+  exports.Set("unmapFile", Napi::Function::New(env, UnmapFile, "unmapFile"));
+  exports.Set("preadCached", Napi::Function::New(env, PreadCached, "preadCached"));
+  exports.Set("hashBlocks", Napi::Function::New(env, HashBlocks, "hashBlocks"));
+  exports.Set("verifyBlocks", Napi::Function::New(env, VerifyBlocks, "verifyBlocks"));
   exports.Set("PAGE_SIZE", Napi::Number::New(env, static_cast<double>(PageSize())));
   return exports;
 }

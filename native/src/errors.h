@@ -1,6 +1,6 @@
 // NativeError construction: an errno plus the syscall that returned it,
 // turned into a JS Error with code/errno/syscall fields. The TypeScript
-// wrapper (src/pager/native.ts) re-types these as NativeError.
+// wrapper (src/native/index.ts) re-types these as NativeError.
 #pragma once
 
 #include <napi.h>

@@ -24,6 +24,8 @@ export const MAX_VOLUME_SIZE = 2 ** 50;
 export const WRITEBACK_MAX_BLOCKS = 65536;
 /** Milliseconds after which pending writes are flushed in the background. */
 export const WRITEBACK_INTERVAL_MS = 5000;
+/** Read fingerprints are written to the index at most this often (and at close). */
+export const PRINTS_INTERVAL_MS = 30000;
 /** A segment whose live fraction falls below this is compacted by GC. */
 export const COMPACT_LIVE_FRACTION = 0.5;
 /** A block of zeroes, for comparisons and hole reads. Never write into it. */

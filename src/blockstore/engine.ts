@@ -13,11 +13,13 @@
  */
 import { BLOCK_SIZE, HASH_SIZE, ZERO_BLOCK } from './constants.js';
 import { DormantError } from './errors.js';
-import type { HashFunction } from './hash.js';
+import { xxh3, type HashFunction } from './hash.js';
+import { verifyBlocks } from '../native/index.js';
 import type { IndexDbs } from './index-db.js';
 import type { Catalog, Point } from './catalog.js';
 import { BlockMap, UNRESOLVED } from './blockmap.js';
-import { chunkKey, decodeIds } from './keys.js';
+import { BLOCK_CACHE_PAGE, BlockIdCache, CHUNK_CACHE_PAGE, ChunkLocationCache } from './cache.js';
+import { chunkKey, decodeIds, parseChunkKey } from './keys.js';
 import type { Location, SegmentFiles } from './segments.js';
 import type { Writeback } from './writeback.js';
 import type { Fingerprints } from './fingerprints.js';
@@ -55,6 +57,11 @@ export class BlockEngine {
   /** Moving average of synchronous read time beyond the copy (ms). */
   private excessMs = 0;
   readonly blockMap: BlockMap;
+  private readonly blockIds = new BlockIdCache();
+  private readonly chunkPlaces = new ChunkLocationCache();
+  private readonly where = new Uint32Array(2);
+  /** The hash is xxh3-128, which native code computes for whole runs at once. */
+  private readonly nativeHash: boolean;
 
   constructor(
     private readonly dbs: IndexDbs,
@@ -68,6 +75,7 @@ export class BlockEngine {
     private readonly poolReads = false,
   ) {
     this.blockMap = new BlockMap(dbs);
+    this.nativeHash = hash === xxh3;
   }
 
   /** Target for reading or writing `name` now. */
@@ -76,7 +84,11 @@ export class BlockEngine {
     return { name, point, chain: this.catalog.chain(point), head: !name.includes('@') };
   }
 
-  /** Chunk ids (0 = hole) of `n` blocks from `first`. */
+  /**
+   * Chunk ids (0 = hole) of `n` blocks from `first`: pending writes first,
+   * then the block id cache, then the committed index for the rest (one
+   * look-up over the span of the misses, whose results are cached).
+   */
   resolve(t: Target, first: number, n: number): number[] {
     const ids = new Array<number>(n).fill(UNRESOLVED);
     if (t.head && this.writeback.hasLineage(t.point.lineage)) {
@@ -85,8 +97,30 @@ export class BlockEngine {
         if (pe && pe.version <= t.point.version) ids[i] = pe.target;
       }
     }
-    this.blockMap.lookupRange(t.chain, first, ids);
+    const key = BlockIdCache.key(t.chain);
+    if (this.blockIds.fill(key, first, ids, UNRESOLVED) === 0) return ids;
+    // Misses load whole cache pages: one forward scan of the index per page
+    // costs far less per block than a seek per block, and neighbours are
+    // likely read next.
+    const P = BLOCK_CACHE_PAGE;
+    for (let page = Math.floor(first / P); page * P < first + n; page++) {
+      const from = Math.max(first, page * P) - first;
+      const to = Math.min(first + n, (page + 1) * P) - first;
+      let missing = false;
+      for (let i = from; i < to && !missing; i++) missing = ids[i] === UNRESOLVED;
+      if (!missing) continue;
+      const committed = new Array<number>(P).fill(UNRESOLVED);
+      this.blockMap.lookupRange(t.chain, page * P, committed);
+      this.blockIds.store(key, page * P, committed);
+      for (let i = from; i < to; i++) if (ids[i] === UNRESOLVED) ids[i] = committed[first + i - page * P];
+    }
     return ids;
+  }
+
+  /** Forgets cached index look-ups: call when a commit changed the index or the catalog. */
+  invalidate(): void {
+    this.blockIds.clear();
+    this.chunkPlaces.clear();
   }
 
   /**
@@ -104,18 +138,22 @@ export class BlockEngine {
   /**
    * `readBlocks` for request handlers, adapting to the page cache. Which
    * chunks to read is decided synchronously (one consistent view of the
-   * index). While reads are served from the page cache they run
-   * synchronously (a libuv pool round trip costs far more than a cached
-   * pread). A synchronous read slower than a cache hit means the disk is
-   * being read: for COLD_HOLD_MS the reads then go to libuv's pool, in
-   * parallel, so one cold read no longer stalls every other request; after
-   * that a synchronous read probes again. (RWF_NOWAIT would tell a cache
-   * miss exactly; Node does not expose preadv2 flags: native/ can.)
+   * index). While reads are served from the page cache they are copies from
+   * the segments' mappings, on the JS thread. A copy slower than a cache hit
+   * means the disk is being read (a page fault waits for it): for
+   * COLD_HOLD_MS each run is then read with RWF_NOWAIT, and a run that is
+   * not cached goes to libuv's pool, so one cold read does not stall every
+   * other request; after that a mapped copy probes again. A wrong guess
+   * (the JS thread was only preempted) costs a system call per run.
    */
   async readBlocksAsync(t: Target, first: number, n: number, out: Buffer, outOffset: number, label?: string): Promise<void> {
     const plan = this.plan(t, first, n, out, outOffset, label);
     if (plan.runs.length > 0 && (this.poolReads || performance.now() < this.coldUntil)) {
-      await Promise.all(plan.runs.map((r) => this.segments.readRunAsync(r.loc, r.count, out, outOffset + r.index * BLOCK_SIZE)));
+      const cold = this.poolReads ? plan.runs
+        : plan.runs.filter((r) => !this.segments.readRunCached(r.loc, r.count, out, outOffset + r.index * BLOCK_SIZE));
+      if (cold.length > 0) {
+        await Promise.all(cold.map((r) => this.segments.readRunAsync(r.loc, r.count, out, outOffset + r.index * BLOCK_SIZE)));
+      }
     } else if (plan.runs.length > 0) {
       const started = performance.now();
       for (const r of plan.runs) this.segments.readRun(r.loc, r.count, out, outOffset + r.index * BLOCK_SIZE);
@@ -163,6 +201,15 @@ export class BlockEngine {
   /** Checks every block read against its chunk's hash (EIO on mismatch). */
   private verify(plan: ReadPlan, t: Target, first: number, out: Buffer, outOffset: number): void {
     for (const r of plan.runs) {
+      if (this.nativeHash) {
+        const start = outOffset + r.index * BLOCK_SIZE;
+        const bad = verifyBlocks(out.subarray(start, start + r.count * BLOCK_SIZE), plan.hashes, r.index * HASH_SIZE);
+        if (bad >= 0) {
+          const k = r.index + bad;
+          throw this.damaged({ segment: plan.segs[k], slot: plan.slots[k] }, t.name, first + k);
+        }
+        continue;
+      }
       for (let k = r.index; k < r.index + r.count; k++) {
         const b = out.subarray(outOffset + k * BLOCK_SIZE, outOffset + (k + 1) * BLOCK_SIZE);
         if (this.hash(b).compare(plan.hashes, k * HASH_SIZE, (k + 1) * HASH_SIZE) !== 0) {
@@ -179,10 +226,16 @@ export class BlockEngine {
       pending.hash.copy(hashOut, hashAt);
       return pending.loc;
     }
-    const raw = this.dbs.chunks.getBinaryFast(chunkKey(id)); // valid until the next get: copied out at once
-    if (!raw) throw new DormantError('EIO', `chunk ${id} is missing from the index`);
-    raw.copy(hashOut, hashAt, 0, HASH_SIZE);
-    return { segment: raw.readUInt32BE(16), slot: raw.readUInt32BE(20) };
+    if (this.chunkPlaces.get(id, hashOut, hashAt, this.where)) return { segment: this.where[0], slot: this.where[1] };
+    // A miss loads the chunk records of its whole cache page (ids are
+    // handed out in write order, so a page is usually one written extent).
+    const P = CHUNK_CACHE_PAGE;
+    const page = Math.floor(id / P);
+    for (const { key, value } of this.dbs.chunks.getRange({ start: chunkKey(page * P), end: chunkKey((page + 1) * P) })) {
+      this.chunkPlaces.set(parseChunkKey(key), value, 0, value.readUInt32BE(16), value.readUInt32BE(20));
+    }
+    if (this.chunkPlaces.get(id, hashOut, hashAt, this.where)) return { segment: this.where[0], slot: this.where[1] };
+    throw new DormantError('EIO', `chunk ${id} is missing from the index`);
   }
 
   private damaged(loc: Location, volume?: string, block?: number): DormantError {

@@ -3,33 +3,59 @@
  * often. Guests cache what they read from disk, so these chunks are the
  * memory pages most likely shared between VMs (disk-I/O monitoring).
  *
- * Counts accumulate in memory on the read path (a Map increment per block)
- * and are added to the `prints` database by the next flush commit, so they
- * survive restarts without costing the read path any I/O.
+ * Counts accumulate in memory on the read path (an array increment per
+ * block) and are added to the `prints` database by a flush commit at most
+ * every PRINTS_INTERVAL_MS and at close, so they survive restarts without
+ * costing the read path any I/O.
  */
 import type { IndexDbs } from './index-db.js';
 
+/** Counts per chunk id in pages of PAGE ids (chunk ids are dense: a page is one written extent). */
+type Counters = Map<number, Uint32Array>;
+const PAGE = 1024;
+
 /** Read counters, in memory plus persisted. */
 export class Fingerprints {
-  private dirty = new Map<string, Map<number, number>>();
+  private counters = new Map<string, Counters>();
 
   constructor(private readonly dbs: IndexDbs) {}
 
-  /** Counts one read of each nonzero chunk id for `label`. */
+  /** Counts one read of each nonzero chunk id for `label` (an array increment per block). */
   record(label: string, ids: readonly number[]): void {
-    let m = this.dirty.get(label);
-    if (!m) { m = new Map(); this.dirty.set(label, m); }
-    for (const id of ids) if (id !== 0) m.set(id, (m.get(id) ?? 0) + 1);
+    let m = this.counters.get(label);
+    if (!m) { m = new Map(); this.counters.set(label, m); }
+    let pageNo = -1;
+    let page: Uint32Array | undefined;
+    for (const id of ids) {
+      if (id === 0) continue;
+      const n = Math.floor(id / PAGE);
+      if (n !== pageNo) {
+        pageNo = n;
+        page = m.get(n);
+        if (page === undefined) { page = new Uint32Array(PAGE); m.set(n, page); }
+      }
+      page![id % PAGE]++;
+    }
   }
 
   /** True when counts are waiting for a commit. */
-  get hasDirty(): boolean { return this.dirty.size > 0; }
+  get hasDirty(): boolean { return this.counters.size > 0; }
 
   /** Takes the in-memory counts for a commit. */
   take(): Map<string, Map<number, number>> {
-    const d = this.dirty;
-    this.dirty = new Map();
+    const d = new Map<string, Map<number, number>>();
+    for (const label of this.counters.keys()) d.set(label, this.pending(label));
+    this.counters = new Map();
     return d;
+  }
+
+  /** The in-memory counts of `label`, by chunk id. */
+  private pending(label: string): Map<number, number> {
+    const out = new Map<number, number>();
+    for (const [n, page] of this.counters.get(label) ?? []) {
+      for (let i = 0; i < PAGE; i++) if (page[i] !== 0) out.set(n * PAGE + i, page[i]);
+    }
+    return out;
   }
 
   /** Inside a write transaction: adds taken counts to the index. */
@@ -45,10 +71,12 @@ export class Fingerprints {
   /** Returns taken counts that failed to commit. */
   restore(taken: Map<string, Map<number, number>>): void {
     for (const [label, m] of taken) {
+      let c = this.counters.get(label);
+      if (!c) { c = new Map(); this.counters.set(label, c); }
       for (const [id, n] of m) {
-        let d = this.dirty.get(label);
-        if (!d) { d = new Map(); this.dirty.set(label, d); }
-        d.set(id, (d.get(id) ?? 0) + n);
+        let page = c.get(Math.floor(id / PAGE));
+        if (!page) { page = new Uint32Array(PAGE); c.set(Math.floor(id / PAGE), page); }
+        page[id % PAGE] += n;
       }
     }
   }
@@ -59,13 +87,13 @@ export class Fingerprints {
     for (const { key, value } of this.dbs.prints.getRange({ start: [label, 0], end: [label, Number.MAX_SAFE_INTEGER] })) {
       out.set(key[1], value);
     }
-    for (const [id, n] of this.dirty.get(label) ?? []) out.set(id, (out.get(id) ?? 0) + n);
+    for (const [id, n] of this.pending(label)) out.set(id, (out.get(id) ?? 0) + n);
     return out;
   }
 
   /** Labels with recorded reads. */
   labels(): string[] {
-    const out = new Set<string>(this.dirty.keys());
+    const out = new Set<string>(this.counters.keys());
     let last: string | undefined;
     for (const key of this.dbs.prints.getKeys({})) {
       const label = (key as [string, number])[0];
@@ -76,7 +104,7 @@ export class Fingerprints {
 
   /** Forgets the counts of `label` (inside a write transaction). */
   clear(label: string): void {
-    this.dirty.delete(label);
+    this.counters.delete(label);
     for (const key of this.dbs.prints.getKeys({ start: [label, 0], end: [label, Number.MAX_SAFE_INTEGER] })) {
       this.dbs.prints.remove(key as [string, number]);
     }

@@ -18,17 +18,28 @@
  *
  * After a crash the last segment may end with a partial or unreferenced tail:
  * appends resume at the next whole slot and the tail is garbage for GC.
+ *
+ * Reads on the JS thread copy from a read-only mapping of the file (native
+ * mapFile): a cached 4 KiB read is a memcpy, not a system call. Only bytes
+ * below the size the file is known to have are ever touched (past the end a
+ * mapping raises SIGBUS): the size is taken when the file is mapped and
+ * advanced by our own appends, the only way a segment grows. No view of a
+ * mapping leaves this module, so unmapping on eviction or removal is safe.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  BLOCK_SIZE, BLOCKS_PER_SEGMENT, FORMAT_VERSION, SEGMENT_HEADER_SIZE, SEGMENT_MAGIC,
+  BLOCK_SIZE, BLOCKS_PER_SEGMENT, FORMAT_VERSION, SEGMENT_HEADER_SIZE, SEGMENT_MAGIC, SEGMENT_MAX_BYTES,
 } from './constants.js';
 import { DormantError } from './errors.js';
 import type { HashFunction } from './hash.js';
+import { mapFile, preadCached, unmapFile } from '../native/index.js';
 
 /** Where a chunk lives. */
 export interface Location { segment: number; slot: number }
+
+/** A read-only mapping of one segment file and how many of its bytes exist. */
+interface SegmentMap { ab: ArrayBuffer; bytes: Buffer; size: number }
 
 /** Blocks buffered before they are written to the file in one call. */
 const APPEND_BUFFER_BLOCKS = 256;
@@ -64,6 +75,7 @@ export class SegmentFiles {
   private bufferBase = 0; // slot of buffer[0]
   private bufferCount = 0;
   private verifiedHeaders = new Set<number>();
+  private readonly maps = new Map<number, SegmentMap>(); // id -> mapping, for ids with an open fd
 
   constructor(readonly dir: string, private readonly hash: HashFunction) {}
 
@@ -131,25 +143,49 @@ export class SegmentFiles {
    */
   readRun(loc: Location, count: number, target: Buffer, targetOffset: number): void {
     const inBuffer = loc.segment === this.active && loc.slot + count > this.bufferBase;
-    if (count === 1 || inBuffer) {
+    if (inBuffer) {
       for (let i = 0; i < count; i++) {
         this.readInto({ segment: loc.segment, slot: loc.slot + i }, target, targetOffset + i * BLOCK_SIZE);
       }
       return;
     }
-    const fd = this.fdFor(loc.segment);
-    const bytes = count * BLOCK_SIZE;
-    let done = 0;
+    this.copyMapped(loc, count, target, targetOffset);
+  }
+
+  /** Copies `count` slots from `loc` out of the segment's mapping (EIO past the file's end). */
+  private copyMapped(loc: Location, count: number, target: Buffer, targetOffset: number): void {
+    const m = this.mapFor(loc.segment);
+    const start = SEGMENT_HEADER_SIZE + loc.slot * BLOCK_SIZE;
+    const end = start + count * BLOCK_SIZE;
+    if (end > m.size) throw new DormantError('EIO', `segment ${loc.segment} is truncated near slot ${loc.slot}`);
     try {
-      while (done < bytes) {
-        const n = fs.readSync(fd, target, targetOffset + done, bytes - done, SEGMENT_HEADER_SIZE + loc.slot * BLOCK_SIZE + done);
-        if (n === 0) break;
-        done += n;
-      }
+      m.bytes.copy(target, targetOffset, start, end);
     } catch (err) {
       throw new DormantError('EIO', `cannot read segment ${loc.segment}: ${(err as Error).message}`, { cause: err });
     }
-    if (done !== bytes) throw new DormantError('EIO', `segment ${loc.segment} is truncated near slot ${loc.slot}`);
+  }
+
+  /**
+   * `readRun` if the bytes are all in the page cache (preadv2 RWF_NOWAIT);
+   * false, with nothing read, when reading them would wait for the disk.
+   */
+  readRunCached(loc: Location, count: number, target: Buffer, targetOffset: number): boolean {
+    const inBuffer = loc.segment === this.active && loc.slot + count > this.bufferBase;
+    if (inBuffer) {
+      this.readRun(loc, count, target, targetOffset);
+      return true;
+    }
+    const fd = this.fdFor(loc.segment);
+    const bytes = count * BLOCK_SIZE;
+    let n: number;
+    try {
+      n = preadCached(fd, target, targetOffset, bytes, SEGMENT_HEADER_SIZE + loc.slot * BLOCK_SIZE);
+    } catch (err) {
+      throw new DormantError('EIO', `cannot read segment ${loc.segment}: ${(err as Error).message}`, { cause: err });
+    }
+    if (n < 0) return false;
+    if (n !== bytes) throw new DormantError('EIO', `segment ${loc.segment} is truncated near slot ${loc.slot}`);
+    return true;
   }
 
   /**
@@ -192,17 +228,7 @@ export class SegmentFiles {
       this.buffer.copy(target, targetOffset, at, at + BLOCK_SIZE);
       return;
     }
-    const fd = this.fdFor(loc.segment);
-    const pos = SEGMENT_HEADER_SIZE + loc.slot * BLOCK_SIZE;
-    let n: number;
-    try {
-      n = fs.readSync(fd, target, targetOffset, BLOCK_SIZE, pos);
-    } catch (err) {
-      throw new DormantError('EIO', `cannot read segment ${loc.segment}: ${(err as Error).message}`, { cause: err });
-    }
-    if (n !== BLOCK_SIZE) {
-      throw new DormantError('EIO', `segment ${loc.segment} is truncated at slot ${loc.slot}`);
-    }
+    this.copyMapped(loc, 1, target, targetOffset);
   }
 
   /** Writes buffered appends to the file (no fsync). */
@@ -217,6 +243,8 @@ export class SegmentFiles {
     this.unsynced.add(this.active);
     this.bufferBase += this.bufferCount;
     this.bufferCount = 0;
+    const m = this.maps.get(this.active);
+    if (m) m.size = Math.max(m.size, pos + bytes);
   }
 
   /** True when appends since the last sync still need one. */
@@ -243,6 +271,7 @@ export class SegmentFiles {
       this.fds.delete(id);
       this.retired.push(fd); // a reader may still hold this location; close later
     }
+    this.unmap(id);
     fs.rmSync(segmentPath(this.dir, id), { force: true });
     this.verifiedHeaders.delete(id);
     this.dirUnsynced = true;
@@ -261,6 +290,7 @@ export class SegmentFiles {
   /** Closes every file (after a final sync). */
   close(): void {
     this.drain();
+    for (const id of [...this.maps.keys()]) this.unmap(id);
     for (const fd of this.fds.values()) fs.closeSync(fd);
     this.fds.clear();
     this.closeRetired();
@@ -313,11 +343,38 @@ export class SegmentFiles {
         if (this.unsynced.has(oldId)) continue;
         if (this.pins.has(oldFd)) continue;
         this.fds.delete(oldId);
+        this.unmap(oldId);
         fs.closeSync(oldFd);
         break;
       }
     }
     return fd;
+  }
+
+  /** The mapping of segment `id`, made on first use (its size: the file's, as of now). */
+  private mapFor(id: number): SegmentMap {
+    const fd = this.fdFor(id);
+    let m = this.maps.get(id);
+    if (m === undefined) {
+      let ab: ArrayBuffer;
+      let size: number;
+      try {
+        size = fs.fstatSync(fd).size;
+        ab = mapFile(fd, SEGMENT_MAX_BYTES);
+      } catch (err) {
+        throw new DormantError('EIO', `cannot map segment ${id}: ${(err as Error).message}`, { cause: err });
+      }
+      m = { ab, bytes: Buffer.from(ab), size };
+      this.maps.set(id, m);
+    }
+    return m;
+  }
+
+  private unmap(id: number): void {
+    const m = this.maps.get(id);
+    if (m === undefined) return;
+    this.maps.delete(id);
+    unmapFile(m.ab);
   }
 
   private checkHeader(fd: number, id: number): void {

@@ -17,7 +17,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { BLOCK_SIZE, MAX_VOLUME_SIZE, WRITEBACK_INTERVAL_MS, WRITEBACK_MAX_BLOCKS, FORMAT_VERSION } from './constants.js';
+import { BLOCK_SIZE, MAX_VOLUME_SIZE, PRINTS_INTERVAL_MS, WRITEBACK_INTERVAL_MS, WRITEBACK_MAX_BLOCKS, FORMAT_VERSION } from './constants.js';
 import { DormantError } from './errors.js';
 import { xxh3, type HashFunction } from './hash.js';
 import { Committer, indexExists, openIndexChecked, type IndexDbs } from './index-db.js';
@@ -64,6 +64,8 @@ export class Store implements VolumeHost {
   private backgroundFlush: Promise<void> | null = null;
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
+  /** When read fingerprints were last written to the index. */
+  private printsAt = Date.now();
 
   private constructor(readonly dir: string, private readonly dbs: IndexDbs, private readonly lock: StoreLock,
     hash: HashFunction, intervalMs: number, readMode: StoreOptions['readMode']) {
@@ -265,7 +267,13 @@ export class Store implements VolumeHost {
     return collectGarbage({
       dbs: this.dbs, catalog: this.catalog, blockMap: this.engine.blockMap, segments: this.segments,
       writeback: this.writeback, engine: this.engine,
-      commit: (body, before) => this.committer.commit(body, before),
+      commit: async (body, before) => {
+        try {
+          return await this.committer.commit(body, before);
+        } finally {
+          this.engine.invalidate();
+        }
+      },
     });
   }
 
@@ -320,8 +328,8 @@ export class Store implements VolumeHost {
   }
 
   /** Makes every write acknowledged so far durable. */
-  flush(): Promise<void> {
-    const run = () => this.flushOnce();
+  flush(withPrints = false): Promise<void> {
+    const run = () => this.flushOnce(withPrints);
     const p = this.flushTail.then(run, run);
     this.flushTail = p.catch(() => undefined);
     return p;
@@ -331,7 +339,7 @@ export class Store implements VolumeHost {
   async close(): Promise<void> {
     if (this.closed) return;
     if (this.timer) clearInterval(this.timer);
-    await this.flush();
+    await this.flush(true);
     await this.committer.idle();
     this.closed = true;
     this.segments.close();
@@ -363,11 +371,19 @@ export class Store implements VolumeHost {
       .finally(() => { this.backgroundFlush = null; });
   }
 
-  private async flushOnce(): Promise<void> {
+  /**
+   * Commits the pending writes. Read fingerprints are counters, not data:
+   * they ride along at most every PRINTS_INTERVAL_MS (writing a count per
+   * chunk read cost the read path ~10 % when every flush did it), and always
+   * when `withPrints` (at close).
+   */
+  private async flushOnce(withPrints: boolean): Promise<void> {
     if (this.closed) return;
-    if (this.writeback.size === 0 && !this.segments.needsSync() && !this.fingerprintsDb.hasDirty) return;
+    const printsDue = this.fingerprintsDb.hasDirty && (withPrints || Date.now() - this.printsAt >= PRINTS_INTERVAL_MS);
+    if (this.writeback.size === 0 && !this.segments.needsSync() && !printsDue) return;
     const gen = this.writeback.takeGeneration();
-    const prints = this.fingerprintsDb.take();
+    const prints = printsDue ? this.fingerprintsDb.take() : new Map<string, Map<number, number>>();
+    if (printsDue) this.printsAt = Date.now();
     let entered: Set<number>;
     try {
       entered = await this.committer.commit(() => {
@@ -381,14 +397,22 @@ export class Store implements VolumeHost {
       throw err instanceof DormantError ? err
         : new DormantError('EIO', `flush failed: ${(err as Error).message}`, { cause: err });
     }
+    // The index changed under cached look-ups: forget them in the same tick
+    // that drops the generation readers were seeing instead.
+    if (gen.size > 0) this.engine.invalidate();
     this.writeback.finishGeneration(gen, entered);
   }
 
   private async persist(ops: PersistOps): Promise<void> {
-    await this.committer.commit(() => {
-      for (const [k, v] of ops.put) this.dbs.catalog.put(k, v);
-      for (const k of ops.remove) this.dbs.catalog.remove(k);
-    });
+    this.engine.invalidate();
+    try {
+      await this.committer.commit(() => {
+        for (const [k, v] of ops.put) this.dbs.catalog.put(k, v);
+        for (const k of ops.remove) this.dbs.catalog.remove(k);
+      });
+    } finally {
+      this.engine.invalidate();
+    }
   }
 
   private live(): void {

@@ -14,7 +14,10 @@ export interface WriteOptions {
 
 /** Options for a read. `label` attributes the read to a client (a VM) for read fingerprints. */
 export interface ReadOptions {
+  /** Client the read is attributed to (read fingerprints). */
   label?: string;
+  /** Read into this buffer (exactly `length` bytes long) instead of a new one; it is also the result. */
+  into?: Buffer;
 }
 
 /** A run of blocks that are all data or all hole (for NBD BLOCK_STATUS, `info`). */

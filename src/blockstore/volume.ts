@@ -34,7 +34,10 @@ export class Volume implements VolumeHandle {
 
   async read(offset: number, length: number, opts: ReadOptions = {}): Promise<Buffer> {
     const t = this.check(offset, length, false);
-    const out = Buffer.allocUnsafe(length);
+    if (opts.into !== undefined && opts.into.length !== length) {
+      throw new DormantError('EINVAL', `read buffer of ${opts.into.length} bytes for ${length}`, { volume: this.name, offset, length });
+    }
+    const out = opts.into ?? Buffer.allocUnsafe(length);
     if (length === 0) return out;
     const first = Math.floor(offset / BLOCK_SIZE);
     const last = Math.floor((offset + length - 1) / BLOCK_SIZE);

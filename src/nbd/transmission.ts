@@ -76,6 +76,33 @@ function allowedFlags(type: number, structured: boolean): number | undefined {
   }
 }
 
+/**
+ * Reuses read buffers of the sizes clients ask for again and again (a
+ * sequential reader's 1 MiB). Only sizes of at least MIN_BYTES are pooled,
+ * at most MAX_BUFFERS of them, so the pool holds a few MiB at most.
+ */
+class BufferPool {
+  static readonly MIN_BYTES = 64 * 1024;
+  static readonly MAX_BUFFERS = 8;
+  private readonly free: Buffer[] = [];
+
+  /** A buffer of exactly `length` bytes, or undefined below MIN_BYTES (the store allocates). */
+  take(length: number): Buffer | undefined {
+    if (length < BufferPool.MIN_BYTES) return undefined;
+    for (let i = this.free.length - 1; i >= 0; i--) {
+      if (this.free[i].length === length) return this.free.splice(i, 1)[0];
+    }
+    return Buffer.allocUnsafe(length);
+  }
+
+  /** Returns a buffer nobody uses any more. */
+  give(b: Buffer | undefined): void {
+    if (b === undefined) return;
+    if (this.free.length >= BufferPool.MAX_BUFFERS) this.free.shift();
+    this.free.push(b);
+  }
+}
+
 const FUA = { fua: true } as const;
 const MAX_SAFE_OFFSET = BigInt(Number.MAX_SAFE_INTEGER);
 const NO_FUA = { fua: false } as const;
@@ -93,7 +120,9 @@ export class Transmission {
   private paused = false;
   private corked = false;
   private drainRemaining = 0;
-  private readonly readOpts: { label: string };
+  private readonly label: string;
+  /** Reply buffers of big reads, reused once written (allocating them made GC a sixth of a sequential read). */
+  private readonly buffers = new BufferPool();
   private readonly uncork = (): void => {
     this.corked = false;
     this.socket.uncork();
@@ -108,7 +137,7 @@ export class Transmission {
     private readonly logger: NbdLogger,
     private readonly connName: string,
   ) {
-    this.readOpts = { label };
+    this.label = label;
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
     socket.on('drain', () => this.pump());
   }
@@ -254,12 +283,20 @@ export class Transmission {
       switch (t) {
         case P.NBD_CMD_READ: {
           if (length > P.MAX_PAYLOAD_SIZE) return this.replyError(h, P.NBD_EINVAL, 'read too large');
-          const data = length === 0 ? Buffer.alloc(0) : await handle.read(offset, length, this.readOpts);
+          const into = this.buffers.take(length);
+          let data: Buffer;
+          try {
+            data = length === 0 ? Buffer.alloc(0) : await handle.read(offset, length, { label: this.label, into });
+          } catch (err) {
+            this.buffers.give(into);
+            throw err;
+          }
           if (data.length !== length) throw new Error(`store returned ${data.length} bytes for ${length}`);
           this.stats.reads++;
           this.stats.bytesRead += length;
-          if (structured) this.send(readReplyChunks(h.cookie, offset, data, (h.flags & P.NBD_CMD_FLAG_DF) !== 0));
-          else this.send([C.encodeSimpleReply(h.cookie, 0), data]);
+          const sent = into === undefined ? undefined : () => this.buffers.give(into);
+          if (structured) this.send(readReplyChunks(h.cookie, offset, data, (h.flags & P.NBD_CMD_FLAG_DF) !== 0), sent);
+          else this.send([C.encodeSimpleReply(h.cookie, 0), data], sent);
           return;
         }
         case P.NBD_CMD_WRITE:
@@ -309,15 +346,25 @@ export class Transmission {
     }
   }
 
-  /** Writes one reply's buffers back to back; corks so one tick's replies leave in one writev. */
-  private send(bufs: Buffer[]): void {
+  /**
+   * Writes one reply's buffers back to back; corks so one tick's replies
+   * leave in one writev. `sent` runs once the socket no longer needs them
+   * (written, or the socket failed).
+   */
+  private send(bufs: Buffer[], sent?: () => void): void {
     const s = this.socket;
-    if (s.destroyed || !s.writable) return;
+    if (s.destroyed || !s.writable) {
+      sent?.();
+      return;
+    }
     if (!this.corked) {
       this.corked = true;
       s.cork();
       process.nextTick(this.uncork);
     }
-    for (const b of bufs) s.write(b);
+    const last = bufs.length - 1;
+    for (let i = 0; i < last; i++) s.write(bufs[i]);
+    if (sent === undefined) s.write(bufs[last]);
+    else s.write(bufs[last], () => sent());
   }
 }

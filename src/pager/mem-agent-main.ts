@@ -17,7 +17,7 @@
  */
 import fs from 'node:fs';
 import readline from 'node:readline';
-import { fileAdvise, fileCached } from './native.js';
+import { fileAdvise, fileCached } from '../native/index.js';
 
 const PAGE = 4096;
 

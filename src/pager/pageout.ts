@@ -30,7 +30,7 @@
 import fs from 'node:fs';
 import { DormantError } from '../blockstore/index.js';
 import type { MemoryAgent } from './mem-agent.js';
-import { pidfdOpen, processMadvise, NativeError, type Range } from './native.js';
+import { pidfdOpen, processMadvise, NativeError, type Range } from '../native/index.js';
 import { complementRuns, pageRuns } from './working-set.js';
 
 const PAGE = 4096;

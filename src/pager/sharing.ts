@@ -24,7 +24,7 @@
  * pages back first (VmSupervisor.writeBackAll).
  */
 import type { Store } from '../blockstore/index.js';
-import { hashPagesAsync } from './native.js';
+import { hashPagesAsync } from '../native/index.js';
 import type { VmRecord } from './vm-record.js';
 
 const PAGE = 4096;

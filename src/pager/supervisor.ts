@@ -17,7 +17,7 @@ import path from 'node:path';
 import { DormantError } from '../blockstore/index.js';
 import { MemoryIo, type VolumeIo } from './faults.js';
 import { MemoryAgent } from './mem-agent.js';
-import { setCloexec } from './native.js';
+import { setCloexec } from '../native/index.js';
 import { GuestMemory, pageOut, prefetchPages, type PageoutResult, type PrefetchResult } from './pageout.js';
 import { freePort, QEMU_BINARY, qemuArgs, residentMemory } from './qemu.js';
 import { QmpClient } from './qmp.js';

@@ -1,5 +1,5 @@
 /**
- * The native addon (src/pager/native.ts) against real system calls: hashes
+ * The native addon (src/native/index.ts) against real system calls: hashes
  * byte-compared with xxhash-addon (the store's hash), pidfds of live and dead
  * processes, and process_madvise on a python3 child that maps a clean file
  * MAP_SHARED and reads every page, observed both from the child's pagemap and
@@ -15,7 +15,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   NativeError, PAGE_SIZE, fileAdvise, fileCached, fileResidency, hashPages, hashPagesAsync, mappingResidency, pidfdOpen, processMadvise,
-} from '../../src/pager/native.js';
+} from '../../src/native/index.js';
 
 const require = createRequire(import.meta.url);
 const { XXHash128 } = require('xxhash-addon') as { XXHash128: { hash(data: Buffer): Buffer } };

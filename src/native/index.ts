@@ -1,8 +1,10 @@
 /**
- * The pager's native addon (native/, built by scripts/setup.sh): pidfds,
- * process_madvise, page residency of another process (pagemap) and of a file
- * (mincore), and per-page XXH3-128 hashes. This is the only module that loads
- * the .node file; everything else imports from here.
+ * The native addon (native/, built by scripts/setup.sh). For the pager:
+ * pidfds, process_madvise, page residency of another process (pagemap) and
+ * of a file (mincore, cachestat), per-page XXH3-128 hashes. For the block
+ * store's data path: reads that never wait for the disk (preadCached) and
+ * batch hashing / checking of 4096-byte blocks. This is the only module
+ * that loads the .node file; everything else imports from here.
  *
  * Threading rule: anything that may enter the kernel's reclaim or fault path
  * for a file (process_madvise, mmap + mincore) runs on the libuv pool and
@@ -57,6 +59,11 @@ interface Addon {
   setCloexec(fd: number): void;
   hashPages(data: Uint8Array, pageSize?: number): PageHashes;
   hashPagesAsync(data: Uint8Array, pageSize?: number): Promise<PageHashes>;
+  mapFile(fd: number, length: number): ArrayBuffer;
+  unmapFile(ab: ArrayBuffer): void;
+  preadCached(fd: number, buffer: Uint8Array, offset: number, length: number, position: number): number;
+  hashBlocks(data: Uint8Array, hashes: Uint8Array, zero: Uint8Array): number;
+  verifyBlocks(data: Uint8Array, hashes: Uint8Array, at: number): number;
   PAGE_SIZE: number;
 }
 
@@ -164,4 +171,59 @@ export function hashPages(data: Buffer | Uint8Array, pageSize?: number): PageHas
  */
 export function hashPagesAsync(data: Buffer | Uint8Array, pageSize?: number): Promise<PageHashes> {
   return callAsync(() => addon.hashPagesAsync(data, pageSize));
+}
+
+/**
+ * A read-only shared mapping of the first `length` bytes of fd (the file
+ * may be shorter: bytes past its end must not be read, the process would
+ * get SIGBUS). Released by unmapFile, or when collected.
+ */
+export function mapFile(fd: number, length: number): ArrayBuffer {
+  try {
+    return addon.mapFile(fd, length);
+  } catch (e) {
+    throw retype(e);
+  }
+}
+
+/** Unmaps a mapFile buffer now; every view of it then has length 0. Idempotent. */
+export function unmapFile(ab: ArrayBuffer): void {
+  addon.unmapFile(ab);
+}
+
+/**
+ * Reads `length` bytes at `position` of fd into buffer at `offset` only if
+ * they are all in the page cache (preadv2 RWF_NOWAIT): returns the bytes
+ * read (fewer at end of file), or -1 when the read would wait for the disk.
+ * Synchronous and cheap: for the store's read path on the JS thread.
+ */
+export function preadCached(fd: number, buffer: Uint8Array, offset: number, length: number, position: number): number {
+  try {
+    return addon.preadCached(fd, buffer, offset, length, position);
+  } catch (e) {
+    throw retype(e);
+  }
+}
+
+/**
+ * For each 4096-byte block i of data (length a multiple of 4096): zero[i] =
+ * 1 when it is all zeroes, else 0 and its XXH3-128 (the bytes of
+ * xxhash-addon's XXHash128.hash) written to hashes[i*16, +16). Returns the
+ * number of zero blocks.
+ */
+export function hashBlocks(data: Uint8Array, hashes: Uint8Array, zero: Uint8Array): number {
+  try {
+    return addon.hashBlocks(data, hashes, zero);
+  } catch (e) {
+    throw retype(e);
+  }
+}
+
+/** -1 when each 4096-byte block i of data hashes to hashes[at + i*16, +16); else the first i that does not. */
+export function verifyBlocks(data: Uint8Array, hashes: Uint8Array, at: number): number {
+  try {
+    return addon.verifyBlocks(data, hashes, at);
+  } catch (e) {
+    throw retype(e);
+  }
 }

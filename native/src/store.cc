@@ -1,0 +1,206 @@
+// The block store's data path: read-only mappings of segment files, reads
+// that never wait for the disk, and XXH3-128 of many 4096-byte blocks per
+// call (hashing for writes, checking for reads) without a JS round trip per
+// block.
+//
+// Why each pointer use is safe:
+// - mapFile returns an external ArrayBuffer over a PROT_READ MAP_SHARED
+//   mapping; JS can read it but never write it (a write would fault, and
+//   ArrayBuffer views cannot be made writable past the protection). The
+//   mapping is released exactly once: unmapFile unmaps it and detaches the
+//   ArrayBuffer before any JS runs again (every view then has length 0, so
+//   JS cannot touch the address again); the finalizer unmaps only if
+//   unmapFile did not. Both run on the JS thread. Touching a page past the file's end raises
+//   SIGBUS, so the TypeScript side reads only bytes below the size it knows
+//   the file has (segment files only grow, by our own appends).
+// - Buffers are read or written through ByteView (pointer + length taken
+//   from the Uint8Array on the JS thread). Every call runs to completion on
+//   the JS thread, so the arrays cannot be collected or detached meanwhile.
+// - preadCached writes only [offset, offset + length) of its buffer, and
+//   offset + length <= byteLength is checked before any system call.
+// - hashBlocks / verifyBlocks touch block i as [i*4096, (i+1)*4096) with
+//   i < length/4096 after length % 4096 == 0 is checked, and write or read
+//   hash i as [at + i*16, at + (i+1)*16) after at + n*16 <= byteLength of
+//   the hash buffer is checked; zero flags likewise after n <= its length.
+// - Zero detection loads 8 bytes at a time with memcpy (unaligned-safe).
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include <sys/mman.h>
+#include <sys/uio.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstdint>
+#include <cstring>
+#include <unordered_map>
+
+#include "args.h"
+#include "errors.h"
+
+namespace dormant {
+
+namespace {
+
+constexpr uint64_t kBlock = 4096;
+constexpr uint64_t kHash = 16;
+constexpr uint64_t kMaxPosition = 1ULL << 53;
+
+bool ZeroBlock(const uint8_t* p) {
+  for (uint64_t at = 0; at < kBlock; at += 64) {
+    uint64_t w[8];
+    std::memcpy(w, p + at, sizeof w);
+    if ((w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) != 0) return false;
+  }
+  return true;
+}
+
+// Same bytes as xxhash-addon's XXHash128.hash(block): XXH3-128, seed 0, canonical (big-endian).
+void HashBlock(const uint8_t* p, uint8_t* out) {
+  XXH128_canonical_t c;
+  XXH128_canonicalFromHash(&c, XXH3_128bits(p, kBlock));
+  std::memcpy(out, &c, kHash);
+}
+
+uint64_t BlocksOf(const Napi::Env& env, const ByteView& v, const char* fn) {
+  if (v.length % kBlock != 0) ThrowNative(env, EINVAL, std::string(fn) + "(length)");
+  return v.length / kBlock;
+}
+
+struct Mapping {
+  void* addr;
+  size_t length;
+  bool mapped;
+};
+
+// Mappings not yet unmapped, by address (JS thread only).
+std::unordered_map<void*, Mapping*>& LiveMappings() {
+  static std::unordered_map<void*, Mapping*> live;
+  return live;
+}
+
+void FinalizeMapping(Napi::Env, void*, Mapping* m) {
+  if (m->mapped) {
+    auto it = LiveMappings().find(m->addr);
+    if (it != LiveMappings().end() && it->second == m) LiveMappings().erase(it);
+    munmap(m->addr, m->length);
+  }
+  delete m;
+}
+
+}  // namespace
+
+// mapFile(fd, length) -> ArrayBuffer over mmap(PROT_READ, MAP_SHARED) of
+// the first `length` bytes of fd (1 byte .. 1 TiB; may pass the file's end,
+// those pages must not be read until the file covers them).
+Napi::Value MapFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = static_cast<int>(IntegerArg(info[0], "mapFile", "fd", 0, INT_MAX));
+  uint64_t length = IntegerArg(info[1], "mapFile", "length", 1, kMaxResidencyBytes);
+  void* addr = mmap(nullptr, static_cast<size_t>(length), PROT_READ, MAP_SHARED, fd, 0);
+  if (addr == MAP_FAILED) ThrowNative(env, errno, "mmap");
+  auto* m = new Mapping{addr, static_cast<size_t>(length), true};
+  try {
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, addr, m->length, FinalizeMapping, m);
+    LiveMappings()[addr] = m;
+    return ab;
+  } catch (...) {
+    munmap(addr, m->length);
+    delete m;
+    throw;
+  }
+}
+
+// unmapFile(arrayBuffer): unmaps an ArrayBuffer made by mapFile now
+// (instead of whenever it is collected) and detaches it. Idempotent.
+Napi::Value UnmapFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArrayBuffer()) throw Napi::TypeError::New(env, "unmapFile: expected an ArrayBuffer from mapFile");
+  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
+  auto it = LiveMappings().find(ab.Data());
+  if (ab.ByteLength() == 0 || it == LiveMappings().end()) return env.Undefined();  // detached, or not ours
+  Mapping* m = it->second;
+  LiveMappings().erase(it);
+  munmap(m->addr, m->length);
+  m->mapped = false;  // the finalizer, whenever it runs, only frees m
+  ab.Detach();        // no JS code runs between munmap and here; afterwards every view has length 0
+  return env.Undefined();
+}
+
+// preadCached(fd, buffer, offset, length, position) -> bytes read, or -1
+// when the bytes are not all in the page cache (preadv2 RWF_NOWAIT gave
+// EAGAIN): the caller then reads on libuv's pool. A file system without
+// RWF_NOWAIT gets a plain pread. Fewer bytes than asked means end of file.
+Napi::Value PreadCached(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "preadCached";
+  int fd = static_cast<int>(IntegerArg(info[0], fn, "fd", 0, INT_MAX));
+  ByteView view = BytesArg(info[1], fn);
+  uint64_t offset = IntegerArg(info[2], fn, "offset", 0, view.length);
+  uint64_t length = IntegerArg(info[3], fn, "length", 0, view.length - offset);
+  uint64_t position = IntegerArg(info[4], fn, "position", 0, kMaxPosition);
+  uint8_t* base = const_cast<uint8_t*>(view.data) + offset;  // a Buffer the caller lends us to fill
+  uint64_t done = 0;
+  bool nowait = true;
+  while (done < length) {
+    struct iovec iov = {base + done, static_cast<size_t>(length - done)};
+    ssize_t n = preadv2(fd, &iov, 1, static_cast<off_t>(position + done), nowait ? RWF_NOWAIT : 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return Napi::Number::New(env, -1);
+      if (errno == EOPNOTSUPP && nowait) { nowait = false; continue; }
+      ThrowNative(env, errno, "preadv2");
+    }
+    if (n == 0) break;
+    done += static_cast<uint64_t>(n);
+  }
+  return Napi::Number::New(env, static_cast<double>(done));
+}
+
+// hashBlocks(data, hashes, zero) -> number of all-zero blocks. For block i
+// of data: zero[i] = 1 and hashes[i*16, +16) left as is when it is all
+// zeroes, else zero[i] = 0 and its XXH3-128 written there.
+Napi::Value HashBlocks(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "hashBlocks";
+  ByteView data = BytesArg(info[0], fn);
+  ByteView hashes = BytesArg(info[1], fn);
+  ByteView zero = BytesArg(info[2], fn);
+  uint64_t n = BlocksOf(env, data, fn);
+  if (hashes.length < n * kHash) ThrowNative(env, EINVAL, "hashBlocks(hashes)");
+  if (zero.length < n) ThrowNative(env, EINVAL, "hashBlocks(zero)");
+  uint8_t* h = const_cast<uint8_t*>(hashes.data);
+  uint8_t* z = const_cast<uint8_t*>(zero.data);
+  uint64_t zeros = 0;
+  for (uint64_t i = 0; i < n; i++) {
+    const uint8_t* p = data.data + i * kBlock;
+    if (ZeroBlock(p)) {
+      z[i] = 1;
+      zeros++;
+    } else {
+      z[i] = 0;
+      HashBlock(p, h + i * kHash);
+    }
+  }
+  return Napi::Number::New(env, static_cast<double>(zeros));
+}
+
+// verifyBlocks(data, hashes, at) -> -1 when every block i of data hashes to
+// hashes[at + i*16, +16), else the index of the first block that does not.
+Napi::Value VerifyBlocks(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "verifyBlocks";
+  ByteView data = BytesArg(info[0], fn);
+  ByteView hashes = BytesArg(info[1], fn);
+  uint64_t n = BlocksOf(env, data, fn);
+  uint64_t at = IntegerArg(info[2], fn, "at", 0, hashes.length);
+  if (hashes.length - at < n * kHash) ThrowNative(env, EINVAL, "verifyBlocks(hashes)");
+  for (uint64_t i = 0; i < n; i++) {
+    uint8_t got[kHash];
+    HashBlock(data.data + i * kBlock, got);
+    if (std::memcmp(got, hashes.data + at + i * kHash, kHash) != 0) return Napi::Number::New(env, static_cast<double>(i));
+  }
+  return Napi::Number::New(env, -1);
+}
+
+}  // namespace dormant
