@@ -1,5 +1,5 @@
 // dormant_native: the module table. Each binding lives in its own file
-// (process.cc, residency.cc, hash.cc, store.cc) and validates its own arguments; no
+// (process.cc, residency.cc, hash.cc, store.cc, socket.cc) and validates its own arguments; no
 // pointers are kept here.
 #include <napi.h>
 
@@ -18,6 +18,7 @@ Napi::Value HashPages(const Napi::CallbackInfo& info);
 Napi::Value HashPagesAsync(const Napi::CallbackInfo& info);
 Napi::Value MapFile(const Napi::CallbackInfo& info);
 Napi::Value UnmapFile(const Napi::CallbackInfo& info);
+Napi::Value SetSendBuffer(const Napi::CallbackInfo& info);
 Napi::Value PreadCached(const Napi::CallbackInfo& info);
 Napi::Value HashBlocks(const Napi::CallbackInfo& info);
 Napi::Value VerifyBlocks(const Napi::CallbackInfo& info);
@@ -34,6 +35,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("hashPagesAsync", Napi::Function::New(env, HashPagesAsync, "hashPagesAsync"));
   exports.Set("mapFile", Napi::Function::New(env, MapFile, "mapFile"));
   exports.Set("unmapFile", Napi::Function::New(env, UnmapFile, "unmapFile"));
+  exports.Set("setSendBuffer", Napi::Function::New(env, SetSendBuffer, "setSendBuffer"));
   exports.Set("preadCached", Napi::Function::New(env, PreadCached, "preadCached"));
   exports.Set("hashBlocks", Napi::Function::New(env, HashBlocks, "hashBlocks"));
   exports.Set("verifyBlocks", Napi::Function::New(env, VerifyBlocks, "verifyBlocks"));

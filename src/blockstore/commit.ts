@@ -50,14 +50,17 @@ export function applyGeneration(
     }
   }
 
-  // New chunks still referenced: one record each, written with its final count.
-  for (const id of entered) {
+  // New chunks still referenced: one record each, written with its final
+  // count. In id order: a chunk stored when no other had its hash (unique)
+  // puts its hash entry without reading it first, before any later chunk
+  // with the same hash appends to that entry.
+  for (const id of [...entered].sort((a, b) => a - b)) {
     const c = writeback.newChunks.get(id)!;
     const refs = refDelta.get(id) ?? 0;
     refDelta.delete(id);
     invariant(refs > 0, `new chunk ${id} is referenced`);
     dbs.chunks.put(chunkKey(id), encodeChunk({ hash: c.hash, segment: c.loc.segment, slot: c.loc.slot, refs }));
-    const same = dbs.hashes.getBinary(c.hash);
+    const same = c.unique ? undefined : dbs.hashes.getBinary(c.hash);
     dbs.hashes.put(c.hash, same ? encodeIds([...decodeIds(same), id]) : mapValue(id));
     segLive.set(c.loc.segment, (segLive.get(c.loc.segment) ?? 0) + 1);
   }

@@ -14,7 +14,8 @@
 import { BLOCK_SIZE, HASH_SIZE, ZERO_BLOCK } from './constants.js';
 import { DormantError } from './errors.js';
 import { xxh3, type HashFunction } from './hash.js';
-import { verifyBlocks } from '../native/index.js';
+import { hashBlocks, verifyBlocks } from '../native/index.js';
+import { HashFilter } from './hash-filter.js';
 import type { IndexDbs } from './index-db.js';
 import type { Catalog, Point } from './catalog.js';
 import { BlockMap, UNRESOLVED } from './blockmap.js';
@@ -60,6 +61,10 @@ export class BlockEngine {
   private readonly blockIds = new BlockIdCache();
   private readonly chunkPlaces = new ChunkLocationCache();
   private readonly where = new Uint32Array(2);
+  private hashScratch = Buffer.allocUnsafe(256 * HASH_SIZE);
+  private zeroScratch = new Uint8Array(256);
+  /** Which hashes the store may hold (built from the index after open). */
+  readonly filter: HashFilter;
   /** The hash is xxh3-128, which native code computes for whole runs at once. */
   private readonly nativeHash: boolean;
 
@@ -76,6 +81,7 @@ export class BlockEngine {
   ) {
     this.blockMap = new BlockMap(dbs);
     this.nativeHash = hash === xxh3;
+    this.filter = new HashFilter(dbs.hashes, () => [...writeback.newChunks.values()].map((c) => c.hash));
   }
 
   /** Target for reading or writing `name` now. */
@@ -157,17 +163,58 @@ export class BlockEngine {
     } else if (plan.runs.length > 0) {
       const started = performance.now();
       for (const r of plan.runs) this.segments.readRun(r.loc, r.count, out, outOffset + r.index * BLOCK_SIZE);
-      // Time beyond what copying from the page cache takes, averaged so that
-      // one preempted read does not flip the mode; a probe after a hold that
-      // finds the cache warm resets the average at once.
-      // Each sample is capped, so a single scheduling stall of milliseconds
-      // cannot flip the mode; three slow reads in a row do.
-      const excess = Math.min(4 * COLD_EXCESS_MS,
-        Math.max(0, performance.now() - started - (n * BLOCK_SIZE) / CACHED_BYTES_PER_MS));
-      this.excessMs = this.coldUntil > 0 && excess < COLD_EXCESS_MS ? excess : this.excessMs * 0.9 + excess * 0.1;
-      this.coldUntil = this.excessMs > COLD_EXCESS_MS ? performance.now() + COLD_HOLD_MS : 0;
+      this.sampleReadTime(started, n);
     }
     this.verify(plan, t, first, out, outOffset);
+  }
+
+  /**
+   * The `n` blocks from `first` as a read-only view of a segment mapping,
+   * checked against their hashes, when they are one run of consecutive
+   * slots whose pages are in the page cache; else null (nothing attributed:
+   * the caller reads them the ordinary way). No copy at all: for replies.
+   */
+  readView(t: Target, first: number, n: number, label?: string): Buffer | null {
+    if (this.poolReads || performance.now() < this.coldUntil) return null;
+    const ids = this.resolve(t, first, n);
+    if (ids[0] === 0) return null;
+    const hashes = Buffer.allocUnsafe(n * HASH_SIZE);
+    const loc = this.locate(ids[0], hashes, 0);
+    for (let i = 1; i < n; i++) {
+      if (ids[i] === 0) return null;
+      const l = this.locate(ids[i], hashes, i * HASH_SIZE);
+      if (l.segment !== loc.segment || l.slot !== loc.slot + i) return null;
+    }
+    const started = performance.now();
+    const view = this.segments.view(loc, n);
+    if (view === null) return null;
+    if (this.nativeHash) {
+      const bad = verifyBlocks(view, hashes, 0);
+      if (bad >= 0) throw this.damaged({ segment: loc.segment, slot: loc.slot + bad }, t.name, first + bad);
+    } else {
+      for (let k = 0; k < n; k++) {
+        if (this.hash(view.subarray(k * BLOCK_SIZE, (k + 1) * BLOCK_SIZE)).compare(hashes, k * HASH_SIZE, (k + 1) * HASH_SIZE) !== 0) {
+          throw this.damaged({ segment: loc.segment, slot: loc.slot + k }, t.name, first + k);
+        }
+      }
+    }
+    // Hashing touched every page: a slow pass means the disk was read.
+    this.sampleReadTime(started, n);
+    if (label !== undefined) this.fingerprints.record(label, ids);
+    return view;
+  }
+
+  /** Feeds the time a synchronous read of n blocks took into the cold/warm estimate. */
+  private sampleReadTime(started: number, n: number): void {
+    // Time beyond what copying from the page cache takes, averaged so that
+    // one preempted read does not flip the mode; a probe after a hold that
+    // finds the cache warm resets the average at once.
+    // Each sample is capped, so a single scheduling stall of milliseconds
+    // cannot flip the mode; three slow reads in a row do.
+    const excess = Math.min(4 * COLD_EXCESS_MS,
+      Math.max(0, performance.now() - started - (n * BLOCK_SIZE) / CACHED_BYTES_PER_MS));
+    this.excessMs = this.coldUntil > 0 && excess < COLD_EXCESS_MS ? excess : this.excessMs * 0.9 + excess * 0.1;
+    this.coldUntil = this.excessMs > COLD_EXCESS_MS ? performance.now() + COLD_HOLD_MS : 0;
   }
 
   /** Resolves blocks to chunk locations, zero-fills holes, groups consecutive slots into runs. */
@@ -245,13 +292,30 @@ export class BlockEngine {
       { volume, offset: block === undefined ? undefined : block * BLOCK_SIZE, length: BLOCK_SIZE });
   }
 
-  /** Writes whole blocks from `data` (length n * BLOCK_SIZE) at block `first`. */
+  /**
+   * Writes whole blocks from `data` (length n * BLOCK_SIZE) at block
+   * `first`. With the default hash, all blocks are hashed (and tested for
+   * zeroes) by one native call.
+   */
   writeBlocks(t: Target, first: number, data: Buffer): void {
     const n = data.length / BLOCK_SIZE;
     const { lineage, version } = t.point;
+    if (!this.nativeHash) {
+      for (let i = 0; i < n; i++) {
+        const block = data.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE);
+        this.writeback.set(lineage, first + i, version, block.equals(ZERO_BLOCK) ? 0 : this.storeChunk(block, this.hash(block), 0));
+      }
+      return;
+    }
+    if (this.hashScratch.length < n * HASH_SIZE) {
+      this.hashScratch = Buffer.allocUnsafe(n * HASH_SIZE);
+      this.zeroScratch = new Uint8Array(n);
+    }
+    hashBlocks(data, this.hashScratch, this.zeroScratch);
     for (let i = 0; i < n; i++) {
-      const block = data.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE);
-      this.writeback.set(lineage, first + i, version, block.equals(ZERO_BLOCK) ? 0 : this.storeChunk(block));
+      const target = this.zeroScratch[i] === 1 ? 0
+        : this.storeChunk(data.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE), this.hashScratch, i * HASH_SIZE);
+      this.writeback.set(lineage, first + i, version, target);
     }
   }
 
@@ -277,19 +341,32 @@ export class BlockEngine {
     if (!this.hash(out.subarray(at, at + BLOCK_SIZE)).equals(hash)) throw this.damaged(loc, volume, block);
   }
 
-  /** Id of a chunk holding exactly `block`'s bytes, stored anew if none does. */
-  private storeChunk(block: Buffer): number {
-    const h = this.hash(block);
-    for (const id of this.writeback.newChunksWithHash(h)) {
+  /**
+   * Id of a chunk holding exactly `block`'s bytes (whose hash is
+   * hash[at, at + 16)), stored anew if none does. The hash index is only
+   * consulted when the hash filter says a committed chunk may have this
+   * hash.
+   */
+  private storeChunk(block: Buffer, hash: Buffer, at: number): number {
+    const pending = this.writeback.newChunksWithHash(hash, at);
+    for (const id of pending) {
       if (this.sameBytes(id, block)) return id;
     }
-    for (const id of decodeIds(this.dbs.hashes.getBinary(h))) {
-      if (this.sameBytes(id, block)) return id;
+    const known = this.filter.mayContain(hash, at);
+    const h = Buffer.from(hash.subarray(at, at + HASH_SIZE));
+    if (known) {
+      for (const id of decodeIds(this.dbs.hashes.getBinary(h))) {
+        if (this.sameBytes(id, block)) return id;
+      }
     }
     if (this.nextChunkId >= MAX_CHUNK_ID) throw new DormantError('ENOSPC', 'chunk ids exhausted');
     const id = this.nextChunkId++;
     const loc = this.segments.append(block);
-    this.writeback.addNewChunk({ id, hash: h, loc });
+    // Pending chunks whose 48-bit prefix matches lose `unique`: one with the same full hash must
+    // not have its hash index entry overwritten by the commit of the other.
+    for (const other of pending) this.writeback.newChunks.get(other)!.unique = false;
+    this.writeback.addNewChunk({ id, hash: h, loc, unique: !known && pending.length === 0 });
+    this.filter.add(h);
     return id;
   }
 

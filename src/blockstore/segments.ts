@@ -38,8 +38,12 @@ import { mapFile, preadCached, unmapFile } from '../native/index.js';
 /** Where a chunk lives. */
 export interface Location { segment: number; slot: number }
 
-/** A read-only mapping of one segment file and how many of its bytes exist. */
-interface SegmentMap { ab: ArrayBuffer; bytes: Buffer; size: number }
+/**
+ * A read-only mapping of one segment file and how many of its bytes exist.
+ * `viewed`: views of it were handed out, so it is never unmapped by hand
+ * (a view may still be queued on a socket); it goes when they are collected.
+ */
+interface SegmentMap { ab: ArrayBuffer; bytes: Buffer; size: number; viewed: boolean }
 
 /** Blocks buffered before they are written to the file in one call. */
 const APPEND_BUFFER_BLOCKS = 256;
@@ -150,6 +154,21 @@ export class SegmentFiles {
       return;
     }
     this.copyMapped(loc, count, target, targetOffset);
+  }
+
+  /**
+   * A read-only view of `count` slots from `loc` in the segment's mapping,
+   * or null when some are still in the append buffer. The mapping then
+   * stays until every view of it is collected (see SegmentMap.viewed).
+   */
+  view(loc: Location, count: number): Buffer | null {
+    if (loc.segment === this.active && loc.slot + count > this.bufferBase) return null;
+    const m = this.mapFor(loc.segment);
+    const start = SEGMENT_HEADER_SIZE + loc.slot * BLOCK_SIZE;
+    const end = start + count * BLOCK_SIZE;
+    if (end > m.size) throw new DormantError('EIO', `segment ${loc.segment} is truncated near slot ${loc.slot}`);
+    m.viewed = true;
+    return m.bytes.subarray(start, end);
   }
 
   /** Copies `count` slots from `loc` out of the segment's mapping (EIO past the file's end). */
@@ -364,7 +383,7 @@ export class SegmentFiles {
       } catch (err) {
         throw new DormantError('EIO', `cannot map segment ${id}: ${(err as Error).message}`, { cause: err });
       }
-      m = { ab, bytes: Buffer.from(ab), size };
+      m = { ab, bytes: Buffer.from(ab), size, viewed: false };
       this.maps.set(id, m);
     }
     return m;
@@ -374,7 +393,7 @@ export class SegmentFiles {
     const m = this.maps.get(id);
     if (m === undefined) return;
     this.maps.delete(id);
-    unmapFile(m.ab);
+    if (!m.viewed) unmapFile(m.ab);
   }
 
   private checkHeader(fd: number, id: number): void {

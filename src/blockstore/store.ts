@@ -78,6 +78,10 @@ export class Store implements VolumeHost {
     for (const key of dbs.chunks.getKeys({ reverse: true, limit: 1 })) nextChunk = parseChunkKey(key as Buffer) + 1;
     this.engine = new BlockEngine(dbs, this.catalog, this.segments, this.writeback, hash, this.fingerprintsDb, nextChunk,
       readMode === 'pool');
+    // Until the hash filter is built, writes consult the hash index for every block, as before.
+    this.engine.filter.build().catch((err: unknown) => {
+      if (!this.closed) process.emitWarning(`dormant: building the hash filter failed: ${(err as Error).message}`);
+    });
     if (intervalMs > 0) {
       this.timer = setInterval(() => { if (this.writeback.size > 0) this.flushInBackground(); }, intervalMs);
       this.timer.unref();
@@ -339,6 +343,7 @@ export class Store implements VolumeHost {
   async close(): Promise<void> {
     if (this.closed) return;
     if (this.timer) clearInterval(this.timer);
+    this.engine.filter.close();
     await this.flush(true);
     await this.committer.idle();
     this.closed = true;

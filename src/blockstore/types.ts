@@ -18,6 +18,13 @@ export interface ReadOptions {
   label?: string;
   /** Read into this buffer (exactly `length` bytes long) instead of a new one; it is also the result. */
   into?: Buffer;
+  /**
+   * The caller only reads the result and drops it soon (a reply being
+   * sent): when the range is one run of stored chunks, the result may be a
+   * read-only view of the store's file mapping instead of a copy. Writing
+   * into such a view crashes the process.
+   */
+  view?: boolean;
 }
 
 /** A run of blocks that are all data or all hole (for NBD BLOCK_STATUS, `info`). */

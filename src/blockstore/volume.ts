@@ -37,12 +37,17 @@ export class Volume implements VolumeHandle {
     if (opts.into !== undefined && opts.into.length !== length) {
       throw new DormantError('EINVAL', `read buffer of ${opts.into.length} bytes for ${length}`, { volume: this.name, offset, length });
     }
-    const out = opts.into ?? Buffer.allocUnsafe(length);
-    if (length === 0) return out;
+    if (length === 0) return opts.into ?? Buffer.alloc(0);
     const first = Math.floor(offset / BLOCK_SIZE);
     const last = Math.floor((offset + length - 1) / BLOCK_SIZE);
     const n = last - first + 1;
-    if (offset % BLOCK_SIZE === 0 && length === n * BLOCK_SIZE) {
+    const aligned = offset % BLOCK_SIZE === 0 && length === n * BLOCK_SIZE;
+    if (aligned && opts.view === true) {
+      const view = this.host.engine.readView(t, first, n, opts.label);
+      if (view !== null) return view;
+    }
+    const out = opts.into ?? Buffer.allocUnsafe(length);
+    if (aligned) {
       await this.host.engine.readBlocksAsync(t, first, n, out, 0, opts.label);
       return out;
     }

@@ -19,8 +19,15 @@ import type { Location } from './segments.js';
 /** A pending block: the version it was written at and its chunk (0 = zeroes). */
 export interface PendingEntry { version: number; target: number }
 
-/** A chunk appended to a segment but not yet in the index. */
-export interface NewChunk { id: number; hash: Buffer; loc: Location }
+/**
+ * A chunk appended to a segment but not yet in the index. `unique`: when it
+ * was stored, no other chunk (committed or pending) had its hash, so its
+ * commit need not look up the hash index; cleared if a chunk with the same
+ * hash is stored while this one is pending.
+ */
+export interface NewChunk { id: number; hash: Buffer; loc: Location; unique: boolean }
+
+const NONE: number[] = [];
 
 /** One generation of pending entries. */
 export type Generation = Map<number, Map<number, PendingEntry>>;
@@ -60,9 +67,9 @@ export class Writeback {
     this.ref(target);
   }
 
-  /** New chunk candidates whose hash equals `hash`. */
-  newChunksWithHash(hash: Buffer): number[] {
-    return this.newByHash.get(hash.readUIntBE(0, 6)) ?? [];
+  /** New chunk candidates whose hash equals the 16 bytes of `hash` at `at`. */
+  newChunksWithHash(hash: Buffer, at = 0): number[] {
+    return this.newByHash.get(hash.readUIntBE(at, 6)) ?? NONE;
   }
 
   /** Registers a chunk just appended to a segment. */

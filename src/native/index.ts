@@ -61,6 +61,7 @@ interface Addon {
   hashPagesAsync(data: Uint8Array, pageSize?: number): Promise<PageHashes>;
   mapFile(fd: number, length: number): ArrayBuffer;
   unmapFile(ab: ArrayBuffer): void;
+  setSendBuffer(fd: number, bytes: number): number;
   preadCached(fd: number, buffer: Uint8Array, offset: number, length: number, position: number): number;
   hashBlocks(data: Uint8Array, hashes: Uint8Array, zero: Uint8Array): number;
   verifyBlocks(data: Uint8Array, hashes: Uint8Array, at: number): number;
@@ -226,4 +227,12 @@ export function verifyBlocks(data: Uint8Array, hashes: Uint8Array, at: number): 
   } catch (e) {
     throw retype(e);
   }
+}
+
+/**
+ * Sets SO_SNDBUF of socket fd; returns the size the kernel now reports
+ * (Linux doubles the request and caps it at net.core.wmem_max).
+ */
+export function setSendBuffer(fd: number, bytes: number): number {
+  return call(() => addon.setSendBuffer(fd, bytes));
 }

@@ -21,11 +21,14 @@ import * as C from './codec.js';
 import { Handshake, type HandshakeStep, type NegotiatedExport, type TlsMode } from './handshake.js';
 import * as P from './protocol.js';
 import { Transmission, type EndReason, type TransmissionLimits } from './transmission.js';
+import { setSendBuffer } from '../native/index.js';
 
 /** Longest option payload we accept; more is treated as a DoS and closes. */
 export const MAX_OPTION_DATA = 64 * 1024;
 /** Receive-queue size during the handshake above which we stop reading. */
 const HANDSHAKE_QUEUE_LIMIT = 4 * MAX_OPTION_DATA;
+/** Socket send buffer asked for (a few 1 MiB replies). */
+const SEND_BUFFER_BYTES = 4 * 1024 * 1024;
 /** How long a graceful close may wait for the peer before the socket is destroyed. */
 const CLOSE_GRACE_MS = 5000;
 
@@ -139,6 +142,7 @@ export class Connection {
   private async run(): Promise<void> {
     this.cfg.logger.info(`nbd: ${this.name} connected from ${this.peer}`);
     this.raw.setNoDelay(true);
+    this.widenSendBuffer();
     this.attach(this.raw);
     const deadline = setTimeout(() => {
       this.endReason = 'handshake timeout';
@@ -157,6 +161,22 @@ export class Connection {
     }
     await this.socketClosedEvent;
     this.cfg.logger.info(`nbd: ${this.name} disconnected export=${this.exportName} reason=${this.endReason}${stats}`);
+  }
+
+  /**
+   * A 1 MiB read reply does not fit the default socket send buffer (208 KiB
+   * for a Unix socket): it leaves in several writes, each waiting for the
+   * client to drain the last. A send buffer of SEND_BUFFER_BYTES lets a
+   * whole reply go at once. Best effort: the kernel caps it at wmem_max.
+   */
+  private widenSendBuffer(): void {
+    const fd = (this.raw as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) return;
+    try {
+      setSendBuffer(fd, SEND_BUFFER_BYTES);
+    } catch {
+      // not a socket we can tune: keep the default
+    }
   }
 
   /** Runs option haggling; returns the export to serve, or null when the connection should close. */

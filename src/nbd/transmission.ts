@@ -286,15 +286,16 @@ export class Transmission {
           const into = this.buffers.take(length);
           let data: Buffer;
           try {
-            data = length === 0 ? Buffer.alloc(0) : await handle.read(offset, length, { label: this.label, into });
+            data = length === 0 ? Buffer.alloc(0) : await handle.read(offset, length, { label: this.label, into, view: true });
           } catch (err) {
             this.buffers.give(into);
             throw err;
           }
+          if (data !== into) this.buffers.give(into); // a view of the store's mapping (or no data): the buffer is unused
           if (data.length !== length) throw new Error(`store returned ${data.length} bytes for ${length}`);
           this.stats.reads++;
           this.stats.bytesRead += length;
-          const sent = into === undefined ? undefined : () => this.buffers.give(into);
+          const sent = into === undefined || data !== into ? undefined : () => this.buffers.give(into);
           if (structured) this.send(readReplyChunks(h.cookie, offset, data, (h.flags & P.NBD_CMD_FLAG_DF) !== 0), sent);
           else this.send([C.encodeSimpleReply(h.cookie, 0), data], sent);
           return;
@@ -360,7 +361,7 @@ export class Transmission {
     if (!this.corked) {
       this.corked = true;
       s.cork();
-      process.nextTick(this.uncork);
+      setImmediate(this.uncork);
     }
     const last = bufs.length - 1;
     for (let i = 0; i < last; i++) s.write(bufs[i]);
