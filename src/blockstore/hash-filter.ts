@@ -53,8 +53,11 @@ export class HashFilter {
   add(h: Buffer, at = 0): void {
     this.set(this.words, this.mask, h, at);
     this.count++;
+    if (this.addedDuringBuild === null && this.ready && this.count * BITS_PER_CHUNK > 2 * (this.mask + 1) && this.mask + 1 < MAX_BITS) {
+      this.build().catch(() => { /* keeps the current bits: more false positives, never a miss */ });
+    }
+    // Also when the build just started: its snapshot of pending hashes may predate this one.
     if (this.addedDuringBuild !== null) this.addedDuringBuild.push(Buffer.from(h.subarray(at, at + 16)));
-    else if (this.ready && this.count * BITS_PER_CHUNK > 2 * (this.mask + 1) && this.mask + 1 < MAX_BITS) void this.build();
   }
 
   /**
@@ -78,6 +81,8 @@ export class HashFilter {
     // Chunks pending now may be committed behind the scan's position: take them from here.
     this.addedDuringBuild = [...this.pending()].map((h) => Buffer.from(h));
     try {
+      // Never complete synchronously: an add() that started this build records its hash after the call.
+      await new Promise((r) => setImmediate(r));
       const total = (this.hashes.getStats() as { entryCount: number }).entryCount;
       const bits = bitsFor(Math.max(total, this.count));
       const words = new Uint32Array(bits / 32);

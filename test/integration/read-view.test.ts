@@ -1,0 +1,77 @@
+/**
+ * Zero-copy reads (ReadOptions.view, what the NBD server asks for): a read
+ * of one run of stored chunks comes back as a read-only view of the
+ * segment's file mapping, and that view stays valid — same bytes — after
+ * GC has deleted the segment file under it (the mapping lives as long as a
+ * view does). Reads that are not one run (holes, pending data still in the
+ * append buffer) come back as ordinary copies with the right bytes.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { BLOCK_SIZE, Store } from '../../src/blockstore/index.js';
+import { pseudoRandom } from '../helpers/data.js';
+import { TempDirs } from '../helpers/tmp.js';
+
+const tmp = new TempDirs();
+afterAll(() => tmp.cleanup());
+
+/** Blocks per segment file (src/blockstore/constants.ts): the volume fills segment 1 exactly. */
+const BLOCKS = 16384;
+const MiB = 1024 * 1024;
+
+describe('zero-copy reads', () => {
+  it('a view outlives the segment file GC deletes under it', async () => {
+    const dir = tmp.make('view');
+    const store = await Store.init(dir, { writebackIntervalMs: 0 });
+    try {
+      await store.createVolume('v', BLOCKS * BLOCK_SIZE);
+      const h = await store.openVolume('v');
+      const first = pseudoRandom(1, BLOCKS * BLOCK_SIZE);
+      await h.write(0, first);
+      await h.flush();
+
+      const view = await h.read(2 * MiB, MiB, { view: true });
+      expect(view.equals(first.subarray(2 * MiB, 3 * MiB))).toBe(true);
+      // A view of the whole segment mapping, not a buffer of its own.
+      expect(view.buffer.byteLength).toBeGreaterThan(BLOCKS * BLOCK_SIZE);
+      // Without `view`, the same read is a copy.
+      expect((await h.read(2 * MiB, MiB)).buffer.byteLength).toBeLessThanOrEqual(MiB + 8192);
+
+      const second = pseudoRandom(2, BLOCKS * BLOCK_SIZE);
+      await h.write(0, second);
+      await h.flush();
+      const seg1 = path.join(dir, 'segments', '00000001.seg');
+      expect(fs.existsSync(seg1)).toBe(true);
+      const gc = await store.gc();
+      expect(gc.segmentsDeleted).toBeGreaterThanOrEqual(1);
+      expect(fs.existsSync(seg1)).toBe(false);
+
+      expect(view.equals(first.subarray(2 * MiB, 3 * MiB))).toBe(true);
+      expect((await h.read(0, BLOCKS * BLOCK_SIZE, { view: true })).equals(second)).toBe(true);
+      await h.close();
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('reads that are not one stored run come back as copies with the right bytes', async () => {
+    const dir = tmp.make('view-mixed');
+    const store = await Store.init(dir, { writebackIntervalMs: 0 });
+    try {
+      await store.createVolume('m', 64 * BLOCK_SIZE);
+      const h = await store.openVolume('m');
+      const data = pseudoRandom(3, 8 * BLOCK_SIZE);
+      await h.write(4 * BLOCK_SIZE, data); // blocks 4..11, still in the append buffer
+      const pendingRead = await h.read(0, 16 * BLOCK_SIZE, { view: true });
+      const expected = Buffer.concat([Buffer.alloc(4 * BLOCK_SIZE), data, Buffer.alloc(4 * BLOCK_SIZE)]);
+      expect(pendingRead.equals(expected)).toBe(true); // holes around data: a copy
+      await h.flush();
+      expect((await h.read(4 * BLOCK_SIZE, 8 * BLOCK_SIZE, { view: true })).equals(data)).toBe(true);
+      expect((await h.read(1000, 5000, { view: true })).equals(expected.subarray(1000, 6000))).toBe(true); // unaligned
+      await h.close();
+    } finally {
+      await store.close();
+    }
+  });
+});
