@@ -71,6 +71,7 @@ struct Mapping {
   void* addr;
   size_t length;
   bool mapped;
+  bool charged;  // counted as external memory by chargeMapping
 };
 
 // Mappings not yet unmapped, by address (JS thread only).
@@ -79,7 +80,8 @@ std::unordered_map<void*, Mapping*>& LiveMappings() {
   return live;
 }
 
-void FinalizeMapping(Napi::Env, void*, Mapping* m) {
+void FinalizeMapping(Napi::Env env, void*, Mapping* m) {
+  if (m->charged) Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(m->length));
   if (m->mapped) {
     auto it = LiveMappings().find(m->addr);
     if (it != LiveMappings().end() && it->second == m) LiveMappings().erase(it);
@@ -99,7 +101,7 @@ Napi::Value MapFile(const Napi::CallbackInfo& info) {
   uint64_t length = IntegerArg(info[1], "mapFile", "length", 1, kMaxResidencyBytes);
   void* addr = mmap(nullptr, static_cast<size_t>(length), PROT_READ, MAP_SHARED, fd, 0);
   if (addr == MAP_FAILED) ThrowNative(env, errno, "mmap");
-  auto* m = new Mapping{addr, static_cast<size_t>(length), true};
+  auto* m = new Mapping{addr, static_cast<size_t>(length), true, false};
   try {
     Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, addr, m->length, FinalizeMapping, m);
     LiveMappings()[addr] = m;
@@ -124,6 +126,21 @@ Napi::Value UnmapFile(const Napi::CallbackInfo& info) {
   munmap(m->addr, m->length);
   m->mapped = false;  // the finalizer, whenever it runs, only frees m
   ab.Detach();        // no JS code runs between munmap and here; afterwards every view has length 0
+  return env.Undefined();
+}
+
+// chargeMapping(arrayBuffer): counts a mapFile buffer's length as external
+// memory until it is collected. For a mapping that can no longer be
+// unmapped by hand (views of it are out) while it pins a deleted file's
+// disk space: the charge makes the garbage collector collect it soon.
+Napi::Value ChargeMapping(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArrayBuffer()) throw Napi::TypeError::New(env, "chargeMapping: expected an ArrayBuffer from mapFile");
+  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
+  auto it = LiveMappings().find(ab.Data());
+  if (ab.ByteLength() == 0 || it == LiveMappings().end() || it->second->charged) return env.Undefined();
+  it->second->charged = true;
+  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(it->second->length));
   return env.Undefined();
 }
 

@@ -33,7 +33,7 @@ import {
 } from './constants.js';
 import { DormantError } from './errors.js';
 import type { HashFunction } from './hash.js';
-import { mapFile, preadCached, unmapFile } from '../native/index.js';
+import { chargeMapping, mapFile, preadCached, unmapFile } from '../native/index.js';
 
 /** Where a chunk lives. */
 export interface Location { segment: number; slot: number }
@@ -393,7 +393,10 @@ export class SegmentFiles {
     const m = this.maps.get(id);
     if (m === undefined) return;
     this.maps.delete(id);
-    if (!m.viewed) unmapFile(m.ab);
+    // Views may still be queued on sockets: leave the mapping to the
+    // collector, charged as external memory so that it collects it soon.
+    if (m.viewed) chargeMapping(m.ab);
+    else unmapFile(m.ab);
   }
 
   private checkHeader(fd: number, id: number): void {

@@ -61,6 +61,7 @@ interface Addon {
   hashPagesAsync(data: Uint8Array, pageSize?: number): Promise<PageHashes>;
   mapFile(fd: number, length: number): ArrayBuffer;
   unmapFile(ab: ArrayBuffer): void;
+  chargeMapping(ab: ArrayBuffer): void;
   setSendBuffer(fd: number, bytes: number): number;
   preadCached(fd: number, buffer: Uint8Array, offset: number, length: number, position: number): number;
   hashBlocks(data: Uint8Array, hashes: Uint8Array, zero: Uint8Array): number;
@@ -190,6 +191,15 @@ export function mapFile(fd: number, length: number): ArrayBuffer {
 /** Unmaps a mapFile buffer now; every view of it then has length 0. Idempotent. */
 export function unmapFile(ab: ArrayBuffer): void {
   addon.unmapFile(ab);
+}
+
+/**
+ * Counts a mapFile buffer as external memory until it is collected, so the
+ * garbage collector soon releases a mapping that views keep alive (and the
+ * deleted file's disk space it pins). Idempotent.
+ */
+export function chargeMapping(ab: ArrayBuffer): void {
+  addon.chargeMapping(ab);
 }
 
 /**

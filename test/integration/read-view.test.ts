@@ -3,9 +3,11 @@
  * of one run of stored chunks comes back as a read-only view of the
  * segment's file mapping, and that view stays valid — same bytes — after
  * GC has deleted the segment file under it (the mapping lives as long as a
- * view does). Reads that are not one run (holes, pending data still in the
+ * view does), and no longer mapped once its last view is collected (a
+ * child run with --expose-gc drives the collector). Reads that are not one run (holes, pending data still in the
  * append buffer) come back as ordinary copies with the right bytes.
  */
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -53,6 +55,13 @@ describe('zero-copy reads', () => {
     } finally {
       await store.close();
     }
+  });
+
+  it('once the last view is collected, the deleted segment is no longer mapped', () => {
+    const dir = tmp.make('view-gc');
+    const out = execFileSync(process.execPath, ['--expose-gc', path.join(__dirname, '../helpers/view-gc.mjs'), path.join(dir, 'store')],
+      { encoding: 'utf8', timeout: 60_000 });
+    expect(JSON.parse(out.trim().split('\n').pop()!)).toEqual({ viewOk: true, mappedWhileViewed: true, mappedAfterCollect: false });
   });
 
   it('reads that are not one stored run come back as copies with the right bytes', async () => {
