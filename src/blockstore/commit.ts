@@ -9,8 +9,13 @@
  * their final reference count), the hash index and their segment's live count. Entries of lineages removed since
  * the write are dropped. Reference counts are summed per chunk and written
  * once. The caller synced the segments before this runs.
+ *
+ * It only reads the index and records its writes in an IndexWrites list,
+ * applied afterwards in one batch (by LMDB's write thread): a failed check
+ * then leaves the index untouched, and nothing here reads a key it writes
+ * (two new chunks of one hash in one generation are merged in memory).
  */
-import type { IndexDbs } from './index-db.js';
+import type { IndexDbs, IndexWrites } from './index-db.js';
 import type { Catalog } from './catalog.js';
 import type { BlockMap } from './blockmap.js';
 import type { Generation, Writeback } from './writeback.js';
@@ -19,9 +24,9 @@ import { invariant } from './errors.js';
 
 const TOMBSTONE = mapValue(0);
 
-/** Runs inside a write transaction; returns the ids of new chunks it entered. */
+/** Records the index writes of a generation in `w`; returns the ids of new chunks it enters. */
 export function applyGeneration(
-  dbs: IndexDbs, catalog: Catalog, blockMap: BlockMap, writeback: Writeback, gen: Generation,
+  dbs: IndexDbs, catalog: Catalog, blockMap: BlockMap, writeback: Writeback, gen: Generation, w: IndexWrites,
 ): Set<number> {
   const entered = new Set<number>();
   const refDelta = new Map<number, number>();
@@ -38,15 +43,15 @@ export function applyGeneration(
       const old = oldRaw === undefined ? undefined : parseMapValue(oldRaw);
       if (old) bump(old, -1);
       if (e.target !== 0) {
-        dbs.map.put(key, mapValue(e.target));
+        w.put(dbs.map, key, mapValue(e.target));
         bump(e.target, +1);
         if (writeback.newChunks.has(e.target)) entered.add(e.target);
         continue;
       }
       const below = e.version > 1 ? blockMap.seek(lineage, block, e.version - 1) : undefined;
       const showsData = below !== undefined ? below !== 0 : blockMap.lookup(parentChain, block) !== 0;
-      if (showsData) dbs.map.put(key, TOMBSTONE);
-      else if (oldRaw !== undefined) dbs.map.remove(key);
+      if (showsData) w.put(dbs.map, key, TOMBSTONE);
+      else if (oldRaw !== undefined) w.remove(dbs.map, key);
     }
   }
 
@@ -54,14 +59,22 @@ export function applyGeneration(
   // count. In id order: a chunk stored when no other had its hash (unique)
   // puts its hash entry without reading it first, before any later chunk
   // with the same hash appends to that entry.
+  const hashIds = new Map<string, number[]>(); // hash entries written here, for chunks that are not unique
   for (const id of [...entered].sort((a, b) => a - b)) {
     const c = writeback.newChunks.get(id)!;
     const refs = refDelta.get(id) ?? 0;
     refDelta.delete(id);
     invariant(refs > 0, `new chunk ${id} is referenced`);
-    dbs.chunks.put(chunkKey(id), encodeChunk({ hash: c.hash, segment: c.loc.segment, slot: c.loc.slot, refs }));
-    const same = c.unique ? undefined : dbs.hashes.getBinary(c.hash);
-    dbs.hashes.put(c.hash, same ? encodeIds([...decodeIds(same), id]) : mapValue(id));
+    w.put(dbs.chunks, chunkKey(id), encodeChunk({ hash: c.hash, segment: c.loc.segment, slot: c.loc.slot, refs }));
+    if (c.unique) {
+      w.put(dbs.hashes, c.hash, mapValue(id));
+    } else {
+      const k = c.hash.toString('latin1');
+      const ids = hashIds.get(k) ?? decodeIds(dbs.hashes.getBinary(c.hash));
+      ids.push(id);
+      hashIds.set(k, ids);
+      w.put(dbs.hashes, c.hash, encodeIds(ids));
+    }
     segLive.set(c.loc.segment, (segLive.get(c.loc.segment) ?? 0) + 1);
   }
 
@@ -72,8 +85,8 @@ export function applyGeneration(
     const c = decodeChunk(raw);
     const refs = c.refs + d;
     invariant(refs >= 0, `chunk ${id} reference count stays >= 0`);
-    dbs.chunks.put(chunkKey(id), encodeChunk({ ...c, refs }));
+    w.put(dbs.chunks, chunkKey(id), encodeChunk({ ...c, refs }));
   }
-  for (const [seg, n] of segLive) dbs.segments.put(seg, (dbs.segments.get(seg) ?? 0) + n);
+  for (const [seg, n] of segLive) w.put(dbs.segments, seg, (dbs.segments.get(seg) ?? 0) + n);
   return entered;
 }

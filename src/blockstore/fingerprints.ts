@@ -8,7 +8,7 @@
  * every PRINTS_INTERVAL_MS and at close, so they survive restarts without
  * costing the read path any I/O.
  */
-import type { IndexDbs } from './index-db.js';
+import type { IndexDbs, IndexWrites } from './index-db.js';
 
 /** Counts per chunk id in pages of PAGE ids (chunk ids are dense: a page is one written extent). */
 type Counters = Map<number, Uint32Array>;
@@ -58,12 +58,12 @@ export class Fingerprints {
     return out;
   }
 
-  /** Inside a write transaction: adds taken counts to the index. */
-  apply(taken: Map<string, Map<number, number>>): void {
+  /** Records in `w` the index writes that add taken counts to the persisted ones. */
+  apply(taken: Map<string, Map<number, number>>, w: IndexWrites): void {
     for (const [label, m] of taken) {
       for (const [id, n] of m) {
         const key: [string, number] = [label, id];
-        this.dbs.prints.put(key, (this.dbs.prints.get(key) ?? 0) + n);
+        w.put(this.dbs.prints, key, (this.dbs.prints.get(key) ?? 0) + n);
       }
     }
   }

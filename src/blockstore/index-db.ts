@@ -17,7 +17,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { open, type Database, type RootDatabase } from 'lmdb';
+import { open, type Database, type Key, type RootDatabase } from 'lmdb';
 import { FORMAT_VERSION } from './constants.js';
 import { DormantError } from './errors.js';
 
@@ -84,6 +84,36 @@ function openIndex(storeDir: string, create: boolean): IndexDbs {
   return dbs;
 }
 
+/** Index writes recorded by a commit plan, applied in order. */
+export class IndexWrites {
+  private readonly dbs: Array<Database<any, any>> = [];
+  private readonly keys: unknown[] = [];
+  private readonly values: unknown[] = []; // undefined: remove
+
+  put<K extends Key, V>(db: Database<V, K>, key: K, value: V): void {
+    this.dbs.push(db);
+    this.keys.push(key);
+    this.values.push(value);
+  }
+
+  remove<K extends Key, V>(db: Database<V, K>, key: K): void {
+    this.dbs.push(db);
+    this.keys.push(key);
+    this.values.push(undefined);
+  }
+
+  get size(): number { return this.dbs.length; }
+
+  /** Issues every write (inside a transaction or batch). */
+  apply(): void {
+    for (let i = 0; i < this.dbs.length; i++) {
+      const v = this.values[i];
+      if (v === undefined) void this.dbs[i].remove(this.keys[i]);
+      else void this.dbs[i].put(this.keys[i], v);
+    }
+  }
+}
+
 /** Serialises write transactions and waits for each to be durable. */
 export class Committer {
   private tail: Promise<unknown> = Promise.resolve();
@@ -101,6 +131,28 @@ export class Committer {
       const result = await this.dbs.env.transaction(body);
       await this.dbs.env.flushed;
       return result as T;
+    };
+    const p = this.tail.then(run, run);
+    this.tail = p.catch(() => undefined);
+    return p;
+  }
+
+  /**
+   * `commit` in two steps: `plan` reads the index and records its writes
+   * (nothing is written if it throws); they are then queued as one batch
+   * (`env.batch`) that LMDB's write thread applies in one transaction, so
+   * the B-tree work leaves the JS thread. Afterwards the JS thread's read
+   * snapshot is renewed, so its next read sees the commit.
+   */
+  commitPlanned<T>(plan: (w: IndexWrites) => T, before?: () => Promise<void>): Promise<T> {
+    const run = async (): Promise<T> => {
+      if (before) await before();
+      const w = new IndexWrites();
+      const result = plan(w);
+      await this.dbs.env.batch(() => w.apply());
+      await this.dbs.env.flushed;
+      this.dbs.env.resetReadTxn();
+      return result;
     };
     const p = this.tail.then(run, run);
     this.tail = p.catch(() => undefined);

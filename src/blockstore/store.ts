@@ -391,9 +391,9 @@ export class Store implements VolumeHost {
     if (printsDue) this.printsAt = Date.now();
     let entered: Set<number>;
     try {
-      entered = await this.committer.commit(() => {
-        const ids = applyGeneration(this.dbs, this.catalog, this.engine.blockMap, this.writeback, gen);
-        this.fingerprintsDb.apply(prints);
+      entered = await this.committer.commitPlanned((w) => {
+        const ids = applyGeneration(this.dbs, this.catalog, this.engine.blockMap, this.writeback, gen, w);
+        this.fingerprintsDb.apply(prints, w);
         return ids;
       }, () => this.segments.sync());
     } catch (err) {
