@@ -15,9 +15,6 @@
 //   fresh JS arrays on the JS thread in OnOK.
 // - Zero detection loads 8 bytes at a time with memcpy, which compiles to
 //   plain (unaligned-safe) loads: a Uint8Array may start at any byte offset.
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -26,6 +23,7 @@
 
 #include "args.h"
 #include "errors.h"
+#include "pages.h"
 
 namespace dormant {
 
@@ -34,16 +32,6 @@ namespace {
 constexpr uint64_t kHashSize = 16;
 constexpr uint64_t kMinPageSize = 512;
 constexpr uint64_t kMaxPageSize = 1ULL << 30;
-
-bool IsZero(const uint8_t* p, size_t n) {
-  // n is a multiple of 512, so 64-byte strides cover it exactly.
-  for (size_t at = 0; at < n; at += 64) {
-    uint64_t w[8];
-    std::memcpy(w, p + at, sizeof w);
-    if ((w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) != 0) return false;
-  }
-  return true;
-}
 
 struct Hashed {
   std::vector<uint8_t> hashes;
@@ -62,7 +50,7 @@ void HashAll(const uint8_t* data, uint64_t length, uint64_t page_size, Hashed* o
   for (uint64_t i = 0; i < out->pages; i++) {
     const uint8_t* p = data + i * page_size;
     XXH128_canonical_t canonical;
-    if (IsZero(p, page_size)) {
+    if (IsZeroPage(p, page_size)) {
       out->zero[i] = 1;
       if (!have_zero_hash) {
         XXH128_canonicalFromHash(&zero_hash, XXH3_128bits(p, page_size));

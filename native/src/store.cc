@@ -23,9 +23,6 @@
 //   hash i as [at + i*16, at + (i+1)*16) after at + n*16 <= byteLength of
 //   the hash buffer is checked; zero flags likewise after n <= its length.
 // - Zero detection loads 8 bytes at a time with memcpy (unaligned-safe).
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
 #include <sys/mman.h>
 #include <sys/uio.h>
 
@@ -37,6 +34,7 @@
 
 #include "args.h"
 #include "errors.h"
+#include "pages.h"
 
 namespace dormant {
 
@@ -45,22 +43,6 @@ namespace {
 constexpr uint64_t kBlock = 4096;
 constexpr uint64_t kHash = 16;
 constexpr uint64_t kMaxPosition = 1ULL << 53;
-
-bool ZeroBlock(const uint8_t* p) {
-  for (uint64_t at = 0; at < kBlock; at += 64) {
-    uint64_t w[8];
-    std::memcpy(w, p + at, sizeof w);
-    if ((w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) != 0) return false;
-  }
-  return true;
-}
-
-// Same bytes as xxhash-addon's XXHash128.hash(block): XXH3-128, seed 0, canonical (big-endian).
-void HashBlock(const uint8_t* p, uint8_t* out) {
-  XXH128_canonical_t c;
-  XXH128_canonicalFromHash(&c, XXH3_128bits(p, kBlock));
-  std::memcpy(out, &c, kHash);
-}
 
 uint64_t BlocksOf(const Napi::Env& env, const ByteView& v, const char* fn) {
   if (v.length % kBlock != 0) ThrowNative(env, EINVAL, std::string(fn) + "(length)");
@@ -191,12 +173,12 @@ Napi::Value HashBlocks(const Napi::CallbackInfo& info) {
   uint64_t zeros = 0;
   for (uint64_t i = 0; i < n; i++) {
     const uint8_t* p = data.data + i * kBlock;
-    if (ZeroBlock(p)) {
+    if (IsZeroPage(p, kBlock)) {
       z[i] = 1;
       zeros++;
     } else {
       z[i] = 0;
-      HashBlock(p, h + i * kHash);
+      CanonicalHash128(p, kBlock, h + i * kHash);
     }
   }
   return Napi::Number::New(env, static_cast<double>(zeros));
@@ -214,7 +196,7 @@ Napi::Value VerifyBlocks(const Napi::CallbackInfo& info) {
   if (hashes.length - at < n * kHash) ThrowNative(env, EINVAL, "verifyBlocks(hashes)");
   for (uint64_t i = 0; i < n; i++) {
     uint8_t got[kHash];
-    HashBlock(data.data + i * kBlock, got);
+    CanonicalHash128(data.data + i * kBlock, kBlock, got);
     if (std::memcmp(got, hashes.data + at + i * kHash, kHash) != 0) return Napi::Number::New(env, static_cast<double>(i));
   }
   return Napi::Number::New(env, -1);
