@@ -12,6 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BLOCK_SIZE, Store } from '../../src/blockstore/index.js';
+import { fileAdvise } from '../../src/native/index.js';
 import { pseudoRandom } from '../helpers/data.js';
 import { TempDirs } from '../helpers/tmp.js';
 
@@ -78,6 +79,34 @@ describe('zero-copy reads', () => {
       await h.flush();
       expect((await h.read(4 * BLOCK_SIZE, 8 * BLOCK_SIZE, { view: true })).equals(data)).toBe(true);
       expect((await h.read(1000, 5000, { view: true })).equals(expected.subarray(1000, 6000))).toBe(true); // unaligned
+      await h.close();
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('segments dropped from the page cache read back exactly (mapped copies, views, cold-mode reads)', async () => {
+    const dir = tmp.make('view-cold');
+    const store = await Store.init(dir, { writebackIntervalMs: 0 });
+    try {
+      await store.createVolume('c', 4096 * BLOCK_SIZE);
+      const h = await store.openVolume('c');
+      const data = pseudoRandom(9, 4096 * BLOCK_SIZE);
+      await h.write(0, data);
+      await h.flush();
+      // Nothing has mapped the segments yet (only writes so far), so their pages can be dropped.
+      for (const f of fs.readdirSync(path.join(dir, 'segments'))) {
+        const fd = fs.openSync(path.join(dir, 'segments', f), 'r');
+        try { await fileAdvise(fd, 0, 0, 'dontneed'); } finally { fs.closeSync(fd); }
+      }
+      // Scattered 4 KiB views, then 1 MiB copies, from a cold cache.
+      for (let i = 0; i < 300; i++) {
+        const b = (i * 2654435761) % 4096;
+        expect((await h.read(b * BLOCK_SIZE, BLOCK_SIZE, { view: true })).equals(data.subarray(b * BLOCK_SIZE, (b + 1) * BLOCK_SIZE))).toBe(true);
+      }
+      for (let off = 0; off < data.length; off += 1024 * 1024) {
+        expect((await h.read(off, 1024 * 1024)).equals(data.subarray(off, off + 1024 * 1024))).toBe(true);
+      }
       await h.close();
     } finally {
       await store.close();
