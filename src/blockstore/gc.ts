@@ -118,9 +118,13 @@ async function compactSegments(ctx: GcContext, result: GcResult): Promise<void> 
     segments.seal();
   }
   const active = segments.activeSegment();
+  // A segment that filled up while writes were pending holds chunks not yet
+  // in the chunk table: it must not be compacted (appends only go to the
+  // active segment, so no pending chunk can appear in one later).
+  const pendingIn = new Set([...writeback.newChunks.values()].map((c) => c.loc.segment));
   const candidates = new Map<number, { size: number; live: number }>();
   for (const id of segments.list()) {
-    if (id === active) continue;
+    if (id === active || pendingIn.has(id)) continue;
     const live = dbs.segments.get(id) ?? 0;
     if (live / slotsOf(id) < COMPACT_LIVE_FRACTION) candidates.set(id, { size: segments.fileSize(id), live });
   }
