@@ -112,4 +112,25 @@ describe('zero-copy reads', () => {
       await store.close();
     }
   });
+
+  it('gc running while writes fill a segment keeps the pending chunks that segment holds', async () => {
+    const dir = tmp.make('gc-pending');
+    const store = await Store.init(dir, { writebackIntervalMs: 0 });
+    try {
+      const blocks = BLOCKS + 100; // fills one segment and spills into the next
+      await store.createVolume('p', blocks * BLOCK_SIZE);
+      const h = await store.openVolume('p');
+      const data = pseudoRandom(11, blocks * BLOCK_SIZE);
+      const gc = store.gc(); // flushes (nothing pending), then commits its first steps
+      await new Promise((r) => setTimeout(r, 0)); // gc is now waiting for one of those commits
+      await h.write(0, data); // a full segment of pending chunks, before gc looks for segments to compact
+      await gc;
+      await h.flush();
+      expect((await h.read(0, data.length)).equals(data)).toBe(true);
+      expect(await store.check()).toEqual([]);
+      await h.close();
+    } finally {
+      await store.close();
+    }
+  });
 });
