@@ -92,8 +92,8 @@ export class BlockEngine {
 
   /**
    * Chunk ids (0 = hole) of `n` blocks from `first`: pending writes first,
-   * then the block id cache, then the committed index for the rest (one
-   * look-up over the span of the misses, whose results are cached).
+   * then the block id cache, then the committed index for the rest (whole
+   * cache pages at a time, which are then cached).
    */
   resolve(t: Target, first: number, n: number): number[] {
     const ids = new Array<number>(n).fill(UNRESOLVED);
@@ -171,8 +171,9 @@ export class BlockEngine {
   /**
    * The `n` blocks from `first` as a read-only view of a segment mapping,
    * checked against their hashes, when they are one run of consecutive
-   * slots whose pages are in the page cache; else null (nothing attributed:
-   * the caller reads them the ordinary way). No copy at all: for replies.
+   * written slots and reads are not in cold mode; else null (nothing
+   * attributed: the caller reads them the ordinary way). No copy at all:
+   * for replies.
    */
   readView(t: Target, first: number, n: number, label?: string): Buffer | null {
     if (this.poolReads || performance.now() < this.coldUntil) return null;
@@ -188,16 +189,8 @@ export class BlockEngine {
     const started = performance.now();
     const view = this.segments.view(loc, n);
     if (view === null) return null;
-    if (this.nativeHash) {
-      const bad = verifyBlocks(view, hashes, 0);
-      if (bad >= 0) throw this.damaged({ segment: loc.segment, slot: loc.slot + bad }, t.name, first + bad);
-    } else {
-      for (let k = 0; k < n; k++) {
-        if (this.hash(view.subarray(k * BLOCK_SIZE, (k + 1) * BLOCK_SIZE)).compare(hashes, k * HASH_SIZE, (k + 1) * HASH_SIZE) !== 0) {
-          throw this.damaged({ segment: loc.segment, slot: loc.slot + k }, t.name, first + k);
-        }
-      }
-    }
+    const bad = this.firstBadBlock(view, hashes, 0);
+    if (bad >= 0) throw this.damaged({ segment: loc.segment, slot: loc.slot + bad }, t.name, first + bad);
     // Hashing touched every page: a slow pass means the disk was read.
     this.sampleReadTime(started, n);
     if (label !== undefined) this.fingerprints.record(label, ids);
@@ -248,22 +241,23 @@ export class BlockEngine {
   /** Checks every block read against its chunk's hash (EIO on mismatch). */
   private verify(plan: ReadPlan, t: Target, first: number, out: Buffer, outOffset: number): void {
     for (const r of plan.runs) {
-      if (this.nativeHash) {
-        const start = outOffset + r.index * BLOCK_SIZE;
-        const bad = verifyBlocks(out.subarray(start, start + r.count * BLOCK_SIZE), plan.hashes, r.index * HASH_SIZE);
-        if (bad >= 0) {
-          const k = r.index + bad;
-          throw this.damaged({ segment: plan.segs[k], slot: plan.slots[k] }, t.name, first + k);
-        }
-        continue;
-      }
-      for (let k = r.index; k < r.index + r.count; k++) {
-        const b = out.subarray(outOffset + k * BLOCK_SIZE, outOffset + (k + 1) * BLOCK_SIZE);
-        if (this.hash(b).compare(plan.hashes, k * HASH_SIZE, (k + 1) * HASH_SIZE) !== 0) {
-          throw this.damaged({ segment: plan.segs[k], slot: plan.slots[k] }, t.name, first + k);
-        }
+      const start = outOffset + r.index * BLOCK_SIZE;
+      const bad = this.firstBadBlock(out.subarray(start, start + r.count * BLOCK_SIZE), plan.hashes, r.index * HASH_SIZE);
+      if (bad >= 0) {
+        const k = r.index + bad;
+        throw this.damaged({ segment: plan.segs[k], slot: plan.slots[k] }, t.name, first + k);
       }
     }
+  }
+
+  /** -1 when each block i of `data` hashes to hashes[at + i*16, +16), else the first i that does not. */
+  private firstBadBlock(data: Buffer, hashes: Buffer, at: number): number {
+    if (this.nativeHash) return verifyBlocks(data, hashes, at);
+    for (let k = 0; k * BLOCK_SIZE < data.length; k++) {
+      const h = this.hash(data.subarray(k * BLOCK_SIZE, (k + 1) * BLOCK_SIZE));
+      if (h.compare(hashes, at + k * HASH_SIZE, at + (k + 1) * HASH_SIZE) !== 0) return k;
+    }
+    return -1;
   }
 
   /** Segment location of chunk `id`; copies its hash into `hashOut` at `hashAt`. */

@@ -23,8 +23,10 @@
  * mapFile): a cached 4 KiB read is a memcpy, not a system call. Only bytes
  * below the size the file is known to have are ever touched (past the end a
  * mapping raises SIGBUS): the size is taken when the file is mapped and
- * advanced by our own appends, the only way a segment grows. No view of a
- * mapping leaves this module, so unmapping on eviction or removal is safe.
+ * advanced by our own appends, the only way a segment grows. Views of a
+ * mapping leave this module only through `view()`; a mapping that gave any
+ * is never unmapped by hand (see SegmentMap.viewed), the others are
+ * unmapped on fd eviction and removal.
  */
 import fs from 'node:fs';
 import path from 'node:path';

@@ -83,7 +83,7 @@ export class Store implements VolumeHost {
       if (!this.closed) process.emitWarning(`dormant: building the hash filter failed: ${(err as Error).message}`);
     });
     if (intervalMs > 0) {
-      this.timer = setInterval(() => { if (this.writeback.size > 0) this.flushInBackground(); }, intervalMs);
+      this.timer = setInterval(() => { if (this.writeback.size > 0 || this.printsDue(false)) this.flushInBackground(); }, intervalMs);
       this.timer.unref();
     }
   }
@@ -384,7 +384,7 @@ export class Store implements VolumeHost {
    */
   private async flushOnce(withPrints: boolean): Promise<void> {
     if (this.closed) return;
-    const printsDue = this.fingerprintsDb.hasDirty && (withPrints || Date.now() - this.printsAt >= PRINTS_INTERVAL_MS);
+    const printsDue = this.printsDue(withPrints);
     if (this.writeback.size === 0 && !this.segments.needsSync() && !printsDue) return;
     const gen = this.writeback.takeGeneration();
     const prints = printsDue ? this.fingerprintsDb.take() : new Map<string, Map<number, number>>();
@@ -408,7 +408,14 @@ export class Store implements VolumeHost {
     this.writeback.finishGeneration(gen, entered);
   }
 
+  /** True when read fingerprints are waiting and it is time (or `now`) to write them. */
+  private printsDue(now: boolean): boolean {
+    return this.fingerprintsDb.hasDirty && (now || Date.now() - this.printsAt >= PRINTS_INTERVAL_MS);
+  }
+
   private async persist(ops: PersistOps): Promise<void> {
+    // Cache keys name (lineage, version) points, which a catalog change never
+    // reuses, so this is defensive: no look-up cached across it survives.
     this.engine.invalidate();
     try {
       await this.committer.commit(() => {
