@@ -102,8 +102,6 @@ export class IndexWrites {
     this.values.push(undefined);
   }
 
-  get size(): number { return this.dbs.length; }
-
   /** Issues every write (inside a transaction or batch). */
   apply(): void {
     for (let i = 0; i < this.dbs.length; i++) {

@@ -9,7 +9,8 @@
  * - Requests run concurrently; replies go out in completion order (the
  *   cookie identifies them). Every reply is written within one synchronous
  *   run, so chunks of different replies never interleave inside a chunk.
- *   Writes in one tick are corked together and flushed by one writev.
+ *   Replies of one event-loop poll phase are corked together and flushed
+ *   by one writev (uncork on setImmediate).
  * - Memory is bounded: no new request is parsed while `maxInFlight`
  *   requests or `maxInFlightBytes` of payload/read data are outstanding, or
  *   the socket holds `maxWriteBuffer` unsent bytes; then the socket is
@@ -348,7 +349,7 @@ export class Transmission {
   }
 
   /**
-   * Writes one reply's buffers back to back; corks so one tick's replies
+   * Writes one reply's buffers back to back; corks so one poll phase's replies
    * leave in one writev. `sent` runs once the socket no longer needs them
    * (written, or the socket failed).
    */
