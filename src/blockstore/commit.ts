@@ -24,10 +24,23 @@ import { invariant } from './errors.js';
 
 const TOMBSTONE = mapValue(0);
 
-/** Records the index writes of a generation in `w`; returns the ids of new chunks it enters. */
-export function applyGeneration(
+/** Entries planned between two yields to the event loop. */
+const PLAN_SLICE = 2048;
+
+/**
+ * Records the index writes of a generation in `w`; resolves with the ids of
+ * new chunks it enters. Yields to the event loop every PLAN_SLICE entries,
+ * so requests keep being served while a big generation is planned; nothing
+ * it reads changes meanwhile (commits are serialised, new writes go to the
+ * next generation; a volume removed meanwhile leaves entries GC drops).
+ */
+export async function applyGeneration(
   dbs: IndexDbs, catalog: Catalog, blockMap: BlockMap, writeback: Writeback, gen: Generation, w: IndexWrites,
-): Set<number> {
+): Promise<Set<number>> {
+  let planned = 0;
+  const breathe = async (): Promise<void> => {
+    if (++planned % PLAN_SLICE === 0) await new Promise((r) => setImmediate(r));
+  };
   const entered = new Set<number>();
   const refDelta = new Map<number, number>();
   const segLive = new Map<number, number>();
@@ -38,6 +51,7 @@ export function applyGeneration(
     if (!l) continue; // removed meanwhile
     const parentChain = l.parent ? catalog.chain(l.parent) : [];
     for (const [block, e] of m) {
+      await breathe();
       const key = mapKey(lineage, block, e.version);
       const oldRaw = dbs.map.getBinary(key);
       const old = oldRaw === undefined ? undefined : parseMapValue(oldRaw);
@@ -61,6 +75,7 @@ export function applyGeneration(
   // with the same hash appends to that entry.
   const hashIds = new Map<string, number[]>(); // hash entries written here, for chunks that are not unique
   for (const id of [...entered].sort((a, b) => a - b)) {
+    await breathe();
     const c = writeback.newChunks.get(id)!;
     const refs = refDelta.get(id) ?? 0;
     refDelta.delete(id);
@@ -80,6 +95,7 @@ export function applyGeneration(
 
   for (const [id, d] of refDelta) {
     if (d === 0) continue;
+    await breathe();
     const raw = dbs.chunks.getBinary(chunkKey(id));
     invariant(raw, `chunk ${id} referenced by the block map exists`);
     const c = decodeChunk(raw);

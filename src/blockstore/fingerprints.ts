@@ -58,12 +58,18 @@ export class Fingerprints {
     return out;
   }
 
-  /** Records in `w` the index writes that add taken counts to the persisted ones. */
-  apply(taken: Map<string, Map<number, number>>, w: IndexWrites): void {
+  /**
+   * Records in `w` the index writes that add taken counts to the persisted
+   * ones, yielding to the event loop between slices (a count per chunk read
+   * can be hundreds of thousands of entries).
+   */
+  async apply(taken: Map<string, Map<number, number>>, w: IndexWrites): Promise<void> {
+    let n = 0;
     for (const [label, m] of taken) {
-      for (const [id, n] of m) {
+      for (const [id, count] of m) {
+        if (++n % 4096 === 0) await new Promise((r) => setImmediate(r));
         const key: [string, number] = [label, id];
-        w.put(this.dbs.prints, key, (this.dbs.prints.get(key) ?? 0) + n);
+        w.put(this.dbs.prints, key, (this.dbs.prints.get(key) ?? 0) + count);
       }
     }
   }

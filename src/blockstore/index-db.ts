@@ -137,16 +137,17 @@ export class Committer {
 
   /**
    * `commit` in two steps: `plan` reads the index and records its writes
-   * (nothing is written if it throws); they are then queued as one batch
+   * (nothing is written if it throws; it may yield to the event loop, no
+   * other commit runs until this one is done); they are then queued as one batch
    * (`env.batch`) that LMDB's write thread applies in one transaction, so
    * the B-tree work leaves the JS thread. Afterwards the JS thread's read
    * snapshot is renewed, so its next read sees the commit.
    */
-  commitPlanned<T>(plan: (w: IndexWrites) => T, before?: () => Promise<void>): Promise<T> {
+  commitPlanned<T>(plan: (w: IndexWrites) => T | Promise<T>, before?: () => Promise<void>): Promise<T> {
     const run = async (): Promise<T> => {
       if (before) await before();
       const w = new IndexWrites();
-      const result = plan(w);
+      const result = await plan(w);
       await this.dbs.env.batch(() => w.apply());
       await this.dbs.env.flushed;
       this.dbs.env.resetReadTxn();

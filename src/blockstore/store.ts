@@ -391,9 +391,9 @@ export class Store implements VolumeHost {
     if (printsDue) this.printsAt = Date.now();
     let entered: Set<number>;
     try {
-      entered = await this.committer.commitPlanned((w) => {
-        const ids = applyGeneration(this.dbs, this.catalog, this.engine.blockMap, this.writeback, gen, w);
-        this.fingerprintsDb.apply(prints, w);
+      entered = await this.committer.commitPlanned(async (w) => {
+        const ids = await applyGeneration(this.dbs, this.catalog, this.engine.blockMap, this.writeback, gen, w);
+        await this.fingerprintsDb.apply(prints, w);
         return ids;
       }, () => this.segments.sync());
     } catch (err) {
