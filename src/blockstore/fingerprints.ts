@@ -14,6 +14,13 @@ import type { IndexDbs, IndexWrites } from './index-db.js';
 type Counters = Map<number, Uint32Array>;
 const PAGE = 1024;
 
+/** Page `n` of a label's counters, made on first use. */
+function pageOf(c: Counters, n: number): Uint32Array {
+  let page = c.get(n);
+  if (page === undefined) { page = new Uint32Array(PAGE); c.set(n, page); }
+  return page;
+}
+
 /** Read counters, in memory plus persisted. */
 export class Fingerprints {
   private counters = new Map<string, Counters>();
@@ -22,8 +29,7 @@ export class Fingerprints {
 
   /** Counts one read of each nonzero chunk id for `label` (an array increment per block). */
   record(label: string, ids: readonly number[]): void {
-    let m = this.counters.get(label);
-    if (!m) { m = new Map(); this.counters.set(label, m); }
+    const m = this.countersOf(label);
     let pageNo = -1;
     let page: Uint32Array | undefined;
     for (const id of ids) {
@@ -31,11 +37,16 @@ export class Fingerprints {
       const n = Math.floor(id / PAGE);
       if (n !== pageNo) {
         pageNo = n;
-        page = m.get(n);
-        if (page === undefined) { page = new Uint32Array(PAGE); m.set(n, page); }
+        page = pageOf(m, n);
       }
       page![id % PAGE]++;
     }
+  }
+
+  private countersOf(label: string): Counters {
+    let m = this.counters.get(label);
+    if (!m) { m = new Map(); this.counters.set(label, m); }
+    return m;
   }
 
   /** True when counts are waiting for a commit. */
@@ -77,13 +88,8 @@ export class Fingerprints {
   /** Returns taken counts that failed to commit. */
   restore(taken: Map<string, Map<number, number>>): void {
     for (const [label, m] of taken) {
-      let c = this.counters.get(label);
-      if (!c) { c = new Map(); this.counters.set(label, c); }
-      for (const [id, n] of m) {
-        let page = c.get(Math.floor(id / PAGE));
-        if (!page) { page = new Uint32Array(PAGE); c.set(Math.floor(id / PAGE), page); }
-        page[id % PAGE] += n;
-      }
+      const c = this.countersOf(label);
+      for (const [id, n] of m) pageOf(c, Math.floor(id / PAGE))[id % PAGE] += n;
     }
   }
 

@@ -7,10 +7,12 @@
  * that loads the .node file; everything else imports from here.
  *
  * Threading rule: anything that may enter the kernel's reclaim or fault path
- * for a file (process_madvise, mmap + mincore) runs on the libuv pool and
- * returns a Promise, because this daemon also serves the FUSE files those
- * pages belong to: blocking the JS thread there could deadlock.
- * mappingResidency only reads /proc/PID/pagemap and stays synchronous.
+ * for a file this daemon serves through FUSE (process_madvise, mmap +
+ * mincore of a memory file) runs on the libuv pool and returns a Promise:
+ * blocking the JS thread there could deadlock. mappingResidency only reads
+ * /proc/PID/pagemap, and the store's calls (mapFile, preadCached, block
+ * hashing) only touch segment files on a real file system: they stay
+ * synchronous.
  *
  * Errors from system calls and out-of-range arguments are NativeError (code
  * = errno name); wrong JS types are TypeError.
@@ -181,11 +183,7 @@ export function hashPagesAsync(data: Buffer | Uint8Array, pageSize?: number): Pr
  * get SIGBUS). Released by unmapFile, or when collected.
  */
 export function mapFile(fd: number, length: number): ArrayBuffer {
-  try {
-    return addon.mapFile(fd, length);
-  } catch (e) {
-    throw retype(e);
-  }
+  return call(() => addon.mapFile(fd, length));
 }
 
 /** Unmaps a mapFile buffer now; every view of it then has length 0. Idempotent. */
@@ -209,11 +207,7 @@ export function chargeMapping(ab: ArrayBuffer): void {
  * Synchronous and cheap: for the store's read path on the JS thread.
  */
 export function preadCached(fd: number, buffer: Uint8Array, offset: number, length: number, position: number): number {
-  try {
-    return addon.preadCached(fd, buffer, offset, length, position);
-  } catch (e) {
-    throw retype(e);
-  }
+  return call(() => addon.preadCached(fd, buffer, offset, length, position));
 }
 
 /**
@@ -223,20 +217,12 @@ export function preadCached(fd: number, buffer: Uint8Array, offset: number, leng
  * number of zero blocks.
  */
 export function hashBlocks(data: Uint8Array, hashes: Uint8Array, zero: Uint8Array): number {
-  try {
-    return addon.hashBlocks(data, hashes, zero);
-  } catch (e) {
-    throw retype(e);
-  }
+  return call(() => addon.hashBlocks(data, hashes, zero));
 }
 
 /** -1 when each 4096-byte block i of data hashes to hashes[at + i*16, +16); else the first i that does not. */
 export function verifyBlocks(data: Uint8Array, hashes: Uint8Array, at: number): number {
-  try {
-    return addon.verifyBlocks(data, hashes, at);
-  } catch (e) {
-    throw retype(e);
-  }
+  return call(() => addon.verifyBlocks(data, hashes, at));
 }
 
 /**
