@@ -20,10 +20,22 @@ export const FORMAT_VERSION = 1;
 export const SEGMENT_MAGIC = 'DORMSEG\n';
 /** Largest volume: 2^50 bytes (1 PiB); keeps byte offsets exact in a JS number. */
 export const MAX_VOLUME_SIZE = 2 ** 50;
-/** Pending (acknowledged, not yet flushed) blocks that trigger a background flush. */
-export const WRITEBACK_MAX_BLOCKS = 65536;
-/** Milliseconds after which pending writes are flushed in the background. */
-export const WRITEBACK_INTERVAL_MS = 5000;
+/**
+ * Pending (acknowledged, not yet flushed) blocks that trigger a background
+ * flush: 2 GiB of writes. A block rewritten while pending overwrites its own
+ * slot, so a working set up to this size rewritten between flushes costs
+ * page cache, not disk; the table costs ~200 bytes per pending block.
+ */
+export const WRITEBACK_MAX_BLOCKS = 524288;
+/**
+ * Pending writes are flushed in the background when the oldest is this old
+ * (as the kernel writes back dirty pages after 30 s), or earlier when writes
+ * pause (WRITEBACK_IDLE_MS): syncing is then not in any writer's way. Clients
+ * that need durability ask for it (FLUSH, FUA, fsync).
+ */
+export const WRITEBACK_INTERVAL_MS = 30000;
+/** Pending writes are flushed once no write came for this long. */
+export const WRITEBACK_IDLE_MS = 1000;
 /** Read fingerprints are written to the index at most this often (and at close). */
 export const PRINTS_INTERVAL_MS = 30000;
 /** A segment whose live fraction falls below this is compacted by GC. */

@@ -6,7 +6,9 @@
  * against its hash (a mismatch is EIO, never wrong data).
  * Write: an all-zero block becomes a hole; otherwise the block is hashed and
  * shared with an existing chunk only if the bytes compare equal (the hash is
- * not trusted alone); else it is appended to a segment as a new chunk.
+ * not trusted alone); else it is stored as a new chunk: in the slot of the
+ * block's own uncommitted chunk when nothing else refers to that one
+ * (writeback.ts), else appended to a segment.
  *
  * Everything here is synchronous and runs to completion on the JS thread, so
  * no two operations interleave inside a block; only flush (store.ts) awaits.
@@ -22,7 +24,7 @@ import { BlockMap, UNRESOLVED } from './blockmap.js';
 import { BLOCK_CACHE_PAGE, BlockIdCache, CHUNK_CACHE_PAGE, ChunkLocationCache } from './cache.js';
 import { chunkKey, decodeIds, parseChunkKey } from './keys.js';
 import type { Location, SegmentFiles } from './segments.js';
-import type { Writeback } from './writeback.js';
+import type { NewChunk, Writeback } from './writeback.js';
 import type { Fingerprints } from './fingerprints.js';
 
 const MAX_CHUNK_ID = 2 ** 53 - 1;
@@ -67,6 +69,8 @@ export class BlockEngine {
   readonly filter: HashFilter;
   /** The hash is xxh3-128, which native code computes for whole runs at once. */
   private readonly nativeHash: boolean;
+  /** Slot overwrites of the current writeBlocks call not yet written: consecutive slots, consecutive source blocks. */
+  private rewrite: { loc: Location; count: number; src: Buffer; srcOffset: number } | null = null;
 
   constructor(
     private readonly dbs: IndexDbs,
@@ -81,7 +85,7 @@ export class BlockEngine {
   ) {
     this.blockMap = new BlockMap(dbs);
     this.nativeHash = hash === xxh3;
-    this.filter = new HashFilter(dbs.hashes, () => [...writeback.newChunks.values()].map((c) => c.hash));
+    this.filter = new HashFilter(dbs.hashes);
   }
 
   /** Target for reading or writing `name` now. */
@@ -289,27 +293,41 @@ export class BlockEngine {
   /**
    * Writes whole blocks from `data` (length n * BLOCK_SIZE) at block
    * `first`. With the default hash, all blocks are hashed (and tested for
-   * zeroes) by one native call.
+   * zeroes) by one native call. Blocks whose new content goes into their
+   * own uncommitted chunk's slot are written in runs of consecutive slots,
+   * before this returns.
    */
   writeBlocks(t: Target, first: number, data: Buffer): void {
     const n = data.length / BLOCK_SIZE;
     const { lineage, version } = t.point;
-    if (!this.nativeHash) {
+    let hashes = this.hashScratch;
+    let zero = this.zeroScratch;
+    if (this.nativeHash) {
+      if (hashes.length < n * HASH_SIZE) {
+        hashes = this.hashScratch = Buffer.allocUnsafe(n * HASH_SIZE);
+        zero = this.zeroScratch = new Uint8Array(n);
+      }
+      hashBlocks(data, hashes, zero);
+    } else {
+      hashes = Buffer.allocUnsafe(n * HASH_SIZE);
+      zero = new Uint8Array(n);
       for (let i = 0; i < n; i++) {
         const block = data.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE);
-        this.writeback.set(lineage, first + i, version, block.equals(ZERO_BLOCK) ? 0 : this.storeChunk(block, this.hash(block), 0));
+        if (block.equals(ZERO_BLOCK)) zero[i] = 1; else this.hash(block).copy(hashes, i * HASH_SIZE);
       }
-      return;
     }
-    if (this.hashScratch.length < n * HASH_SIZE) {
-      this.hashScratch = Buffer.allocUnsafe(n * HASH_SIZE);
-      this.zeroScratch = new Uint8Array(n);
-    }
-    hashBlocks(data, this.hashScratch, this.zeroScratch);
-    for (let i = 0; i < n; i++) {
-      const target = this.zeroScratch[i] === 1 ? 0
-        : this.storeChunk(data.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE), this.hashScratch, i * HASH_SIZE);
-      this.writeback.set(lineage, first + i, version, target);
+    try {
+      for (let i = 0; i < n; i++) {
+        let target = 0;
+        if (zero[i] !== 1) {
+          const reuse = this.writeback.rewritable(lineage, first + i);
+          target = this.storeChunk(data, i, hashes,
+            reuse !== undefined && this.segments.canOverwrite(reuse.loc.segment) ? reuse : undefined);
+        }
+        this.writeback.set(lineage, first + i, version, target);
+      }
+    } finally {
+      this.writeRewrites();
     }
   }
 
@@ -336,46 +354,74 @@ export class BlockEngine {
   }
 
   /**
-   * Id of a chunk holding exactly `block`'s bytes (whose hash is
-   * hash[at, at + 16)), stored anew if none does. The hash index is only
-   * consulted when the hash filter says a committed chunk may have this
-   * hash.
+   * Id of a chunk holding exactly the bytes of block `i` of `data` (whose
+   * hash is hashes[i * 16, +16)), stored anew if none does: in `reuse`'s
+   * slot when given (an uncommitted chunk only this block refers to, which
+   * keeps its id), else appended. The hash index is only consulted when the
+   * hash filter says a committed chunk may have this hash.
    */
-  private storeChunk(block: Buffer, hash: Buffer, at: number): number {
-    const pending = this.writeback.newChunksWithHash(hash, at);
+  private storeChunk(data: Buffer, i: number, hashes: Buffer, reuse: NewChunk | undefined): number {
+    const at = i * HASH_SIZE;
+    const pending = this.writeback.newChunksWithHash(hashes, at);
     for (const id of pending) {
-      if (this.sameBytes(id, block)) return id;
+      if (this.sameBytes(id, data, i)) return id;
     }
-    const known = this.filter.mayContain(hash, at);
-    const h = Buffer.from(hash.subarray(at, at + HASH_SIZE));
+    const known = this.filter.mayContain(hashes, at);
     if (known) {
-      for (const id of decodeIds(this.dbs.hashes.getBinary(h))) {
-        if (this.sameBytes(id, block)) return id;
+      for (const id of decodeIds(this.dbs.hashes.getBinary(hashes.subarray(at, at + HASH_SIZE)))) {
+        if (this.sameBytes(id, data, i)) return id;
       }
+    }
+    // Pending chunks whose hash prefix matches lose `unique`: one with the same full hash must
+    // not have its hash index entry overwritten by the commit of the other.
+    for (const other of pending) this.writeback.newChunks.get(other)!.unique = false;
+    const unique = !known && pending.length === 0;
+    if (reuse !== undefined) {
+      this.writeback.rehash(reuse, hashes, at, unique);
+      this.queueRewrite(reuse.loc, data, i * BLOCK_SIZE);
+      return reuse.id;
     }
     if (this.nextChunkId >= MAX_CHUNK_ID) throw new DormantError('ENOSPC', 'chunk ids exhausted');
     const id = this.nextChunkId++;
-    const loc = this.segments.append(block);
-    // Pending chunks whose 48-bit prefix matches lose `unique`: one with the same full hash must
-    // not have its hash index entry overwritten by the commit of the other.
-    for (const other of pending) this.writeback.newChunks.get(other)!.unique = false;
-    this.writeback.addNewChunk({ id, hash: h, loc, unique: !known && pending.length === 0 });
-    this.filter.add(h);
+    const loc = this.segments.append(data.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE));
+    this.writeback.addNewChunk({ id, hash: Buffer.from(hashes.subarray(at, at + HASH_SIZE)), loc, unique });
     return id;
   }
 
+  /** Adds one slot overwrite to the current run, or writes the run and starts another. */
+  private queueRewrite(loc: Location, src: Buffer, srcOffset: number): void {
+    const r = this.rewrite;
+    if (r !== null && r.src === src && r.loc.segment === loc.segment && r.loc.slot + r.count === loc.slot
+      && r.srcOffset + r.count * BLOCK_SIZE === srcOffset) {
+      r.count++;
+      return;
+    }
+    this.writeRewrites();
+    this.rewrite = { loc, count: 1, src, srcOffset };
+  }
+
+  /** Writes the queued slot overwrites (before anything reads segments, and before writeBlocks returns). */
+  private writeRewrites(): void {
+    const r = this.rewrite;
+    if (r === null) return;
+    this.rewrite = null;
+    this.segments.overwrite(r.loc, r.count, r.src, r.srcOffset);
+  }
+
   /**
-   * Byte comparison before sharing; a candidate that fails to read is not
-   * shared. No hash check of the candidate is needed: if its bytes equal
-   * `block`, they hash to `block`'s name, which is the candidate's name.
+   * Byte comparison of block `i` of `data` with chunk `id` before sharing;
+   * a candidate that fails to read is not shared. No hash check of the
+   * candidate is needed: if its bytes equal the block's, they hash to the
+   * block's name, which is the candidate's name.
    */
-  private sameBytes(id: number, block: Buffer): boolean {
+  private sameBytes(id: number, data: Buffer, i: number): boolean {
+    this.writeRewrites();
     try {
       this.segments.readInto(this.chunkLocation(id).loc, this.scratch, 0);
     } catch (err) {
       if (err instanceof DormantError && err.code === 'EIO') return false;
       throw err;
     }
-    return this.scratch.equals(block);
+    return this.scratch.compare(data, i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE) === 0;
   }
 }

@@ -1,8 +1,10 @@
 /**
- * A Bloom filter over every chunk hash the store has handed out, so a write
- * of new content (the common case) skips the dedup index look-up: "absent"
- * is certain, "present" sends the writer to the index and a byte compare as
- * before.
+ * A Bloom filter over every chunk hash in the hash index, so a write of new
+ * content (the common case) skips the dedup index look-up: "absent" is
+ * certain, "present" sends the writer to the index and a byte compare as
+ * before. Chunks not yet committed are not in it (the write-back finds
+ * those by hash); a chunk's hash is added when its commit has put it in the
+ * index, so a pending chunk rewritten in place leaves no stale bits.
  *
  * Chunk names are already uniformly random (xxh3-128), so the three probe
  * positions are three 32-bit words of the hash itself. Sized at 16 bits
@@ -37,11 +39,7 @@ export class HashFilter {
   private addedDuringBuild: Buffer[] | null = null;
   private closed = false;
 
-  /**
-   * `pending` lists the hashes of chunks stored but not yet in the index:
-   * a build includes them, so that no chunk is ever missing from the bits.
-   */
-  constructor(private readonly hashes: Database<Buffer, Buffer>, private readonly pending: () => Iterable<Buffer>) {}
+  constructor(private readonly hashes: Database<Buffer, Buffer>) {}
 
   /** False when no chunk has hash `h` (certain); true when one may. */
   mayContain(h: Buffer, at = 0): boolean {
@@ -49,14 +47,17 @@ export class HashFilter {
     return this.test(h.readUInt32LE(at)) && this.test(h.readUInt32LE(at + 4)) && this.test(h.readUInt32LE(at + 8));
   }
 
-  /** Records a chunk hash (call for every chunk stored). */
+  /**
+   * Records a chunk hash: call for every chunk entered in the hash index,
+   * once it is there (chunks still pending are the write-back's to find).
+   */
   add(h: Buffer, at = 0): void {
     this.set(this.words, this.mask, h, at);
     this.count++;
     if (this.addedDuringBuild === null && this.ready && this.count * BITS_PER_CHUNK > 2 * (this.mask + 1) && this.mask + 1 < MAX_BITS) {
       this.build().catch(() => { /* keeps the current bits: more false positives, never a miss */ });
     }
-    // Also when the build just started: its snapshot of pending hashes may predate this one.
+    // Also when the build just started: its scan may already be past this hash.
     if (this.addedDuringBuild !== null) this.addedDuringBuild.push(Buffer.from(h.subarray(at, at + 16)));
   }
 
@@ -78,8 +79,8 @@ export class HashFilter {
   }
 
   private async rebuild(): Promise<void> {
-    // Chunks pending now may be committed behind the scan's position: take them from here.
-    this.addedDuringBuild = [...this.pending()].map((h) => Buffer.from(h));
+    // Chunks committed while the scan runs may land behind its position: add() records them here.
+    this.addedDuringBuild = [];
     try {
       // Never complete synchronously: an add() that started this build records its hash after the call.
       await new Promise((r) => setImmediate(r));

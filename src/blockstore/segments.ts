@@ -7,8 +7,10 @@
  *               bytes [0, 32) — the header's checksum; rest zero
  *   [4096 + slot * 4096, +4096)  one chunk per slot, raw 4096 bytes
  * A chunk's checksum is its name (the hash in the index), verified by the
- * store on every read. Slots are never rewritten; GC copies live chunks out
- * and deletes the whole file.
+ * store on every read. A slot the index refers to is never rewritten (GC
+ * copies live chunks out and deletes the whole file); only the slot of a
+ * chunk not yet committed may be overwritten by its own block's next write
+ * (`overwrite`, see writeback.ts).
  *
  * Ordering rule (the durability contract): appended data is only referenced
  * by the index after `sync()` has fdatasync'ed every file written since the
@@ -143,6 +145,44 @@ export class SegmentFiles {
   }
 
   /**
+   * True when the slots of segment `id` may be overwritten now: no
+   * asynchronous read of it is in flight (that read located the old bytes
+   * and will check them against their hash).
+   */
+  canOverwrite(id: number): boolean {
+    const fd = this.fds.get(id);
+    return fd === undefined || !this.pins.has(fd);
+  }
+
+  /**
+   * Overwrites `count` consecutive slots from `loc` with
+   * `src[srcOffset, + count * BLOCK_SIZE)`. Only for slots of uncommitted
+   * chunks (the caller's rule): slots still in the append buffer are
+   * replaced there, the rest is written to the file (no fsync; the next
+   * `sync()` covers it).
+   */
+  overwrite(loc: Location, count: number, src: Buffer, srcOffset: number): void {
+    let n = count;
+    if (loc.segment === this.active && loc.slot + count > this.bufferBase) {
+      const from = Math.max(loc.slot, this.bufferBase);
+      const skip = from - loc.slot;
+      src.copy(this.buffer, (from - this.bufferBase) * BLOCK_SIZE, srcOffset + skip * BLOCK_SIZE, srcOffset + count * BLOCK_SIZE);
+      n = skip;
+    }
+    if (n === 0) return;
+    const fd = this.fdFor(loc.segment);
+    const bytes = n * BLOCK_SIZE;
+    const pos = SEGMENT_HEADER_SIZE + loc.slot * BLOCK_SIZE;
+    let done = 0;
+    try {
+      while (done < bytes) done += fs.writeSync(fd, src, srcOffset + done, bytes - done, pos + done);
+    } catch (err) {
+      throw new DormantError('EIO', `cannot write segment ${loc.segment}: ${(err as Error).message}`, { cause: err });
+    }
+    this.unsynced.add(loc.segment);
+  }
+
+  /**
    * Reads `count` chunks stored in consecutive slots from `loc` into
    * `target` at `targetOffset` with one system call (a sequential read of a
    * volume usually maps to consecutive slots).
@@ -213,8 +253,9 @@ export class SegmentFiles {
    * `readRun` without blocking the JS thread: the read runs on libuv's
    * pool, so cold reads of many requests proceed in parallel. Buffered
    * slots are copied at once. The fd stays open (pinned) until the read
-   * completes, even if GC deletes the segment meanwhile: slots are never
-   * rewritten, so the bytes read are the ones the caller located.
+   * completes, even if GC deletes the segment meanwhile, and while it is
+   * pinned no slot of it is overwritten (`canOverwrite`), so the bytes read
+   * are the ones the caller located.
    */
   async readRunAsync(loc: Location, count: number, target: Buffer, targetOffset: number): Promise<void> {
     const inBuffer = loc.segment === this.active && loc.slot + count > this.bufferBase;

@@ -17,7 +17,9 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { BLOCK_SIZE, MAX_VOLUME_SIZE, PRINTS_INTERVAL_MS, WRITEBACK_INTERVAL_MS, WRITEBACK_MAX_BLOCKS, FORMAT_VERSION } from './constants.js';
+import {
+  BLOCK_SIZE, MAX_VOLUME_SIZE, PRINTS_INTERVAL_MS, WRITEBACK_IDLE_MS, WRITEBACK_INTERVAL_MS, WRITEBACK_MAX_BLOCKS, FORMAT_VERSION,
+} from './constants.js';
 import { DormantError } from './errors.js';
 import { xxh3, type HashFunction } from './hash.js';
 import { Committer, indexExists, openIndexChecked, type IndexDbs } from './index-db.js';
@@ -41,8 +43,13 @@ import type {
 export interface StoreOptions {
   /** Chunk-naming function; tests inject a colliding one. Default xxh3-128. */
   hash?: HashFunction;
-  /** Background flush interval in ms (0 disables the timer). */
+  /**
+   * Pending writes are flushed in the background once the oldest is this
+   * many ms old (0 disables background flushes by time; default 30 s).
+   */
   writebackIntervalMs?: number;
+  /** ...or once no write came for this many ms (default 1 s; capped at writebackIntervalMs). */
+  writebackIdleMs?: number;
   /**
    * Segment reads of request handlers: 'adaptive' (default: synchronous
    * while the page cache serves them, libuv's pool in parallel after slow
@@ -66,9 +73,11 @@ export class Store implements VolumeHost {
   private closed = false;
   /** When read fingerprints were last written to the index. */
   private printsAt = Date.now();
+  /** When the last write was acknowledged (Date.now()). */
+  private lastWriteAt = 0;
 
   private constructor(readonly dir: string, private readonly dbs: IndexDbs, private readonly lock: StoreLock,
-    hash: HashFunction, intervalMs: number, readMode: StoreOptions['readMode']) {
+    hash: HashFunction, intervalMs: number, idleMsOpt: number, readMode: StoreOptions['readMode']) {
     this.committer = new Committer(dbs);
     this.segments = new SegmentFiles(path.join(dir, 'segments'), hash);
     this.catalog.load(dbs.catalog.getRange({}) as Iterable<{ key: string; value: unknown }>);
@@ -83,7 +92,13 @@ export class Store implements VolumeHost {
       if (!this.closed) process.emitWarning(`dormant: building the hash filter failed: ${(err as Error).message}`);
     });
     if (intervalMs > 0) {
-      this.timer = setInterval(() => { if (this.writeback.size > 0 || this.printsDue(false)) this.flushInBackground(); }, intervalMs);
+      const idleMs = Math.min(idleMsOpt, intervalMs);
+      this.timer = setInterval(() => {
+        const now = Date.now();
+        const due = this.writeback.size > 0
+          && (now - this.lastWriteAt >= idleMs || now - this.writeback.since >= intervalMs);
+        if (due || this.printsDue(false)) this.flushInBackground();
+      }, Math.max(10, Math.min(idleMs, intervalMs) / 2));
       this.timer.unref();
     }
   }
@@ -91,7 +106,8 @@ export class Store implements VolumeHost {
   /** Builds the Store over an open index; closes the index if that fails. */
   private static async construct(dir: string, dbs: IndexDbs, lock: StoreLock, opts: StoreOptions): Promise<Store> {
     try {
-      return new Store(dir, dbs, lock, opts.hash ?? xxh3, opts.writebackIntervalMs ?? WRITEBACK_INTERVAL_MS, opts.readMode);
+      return new Store(dir, dbs, lock, opts.hash ?? xxh3, opts.writebackIntervalMs ?? WRITEBACK_INTERVAL_MS,
+        opts.writebackIdleMs ?? WRITEBACK_IDLE_MS, opts.readMode);
     } catch (err) {
       await dbs.env.close();
       throw err;
@@ -217,6 +233,11 @@ export class Store implements VolumeHost {
     const r = this.catalog.resolve(name);
     this.openHandles.set(name, (this.openHandles.get(name) ?? 0) + 1);
     return new Volume(this, name, r.kind, r.readOnly);
+  }
+
+  /** Blocks written (acknowledged) and not yet committed by a flush. */
+  get pendingBlocks(): number {
+    return this.writeback.size;
   }
 
   /** True when `name` is a volume or snapshot of this store. */
@@ -358,6 +379,7 @@ export class Store implements VolumeHost {
    * otherwise grow the pending set without bound).
    */
   afterWrite(): Promise<void> | undefined {
+    this.lastWriteAt = Date.now();
     if (this.writeback.size < WRITEBACK_MAX_BLOCKS) return undefined;
     this.flushInBackground();
     return this.writeback.size >= 2 * WRITEBACK_MAX_BLOCKS ? this.backgroundFlush ?? undefined : undefined;
@@ -405,7 +427,7 @@ export class Store implements VolumeHost {
     // The index changed under cached look-ups: forget them in the same tick
     // that drops the generation readers were seeing instead.
     if (gen.size > 0) this.engine.invalidate();
-    this.writeback.finishGeneration(gen, entered);
+    this.writeback.finishGeneration(gen, entered, (c) => this.engine.filter.add(c.hash));
   }
 
   /** True when read fingerprints are waiting and it is time (or `now`) to write them. */

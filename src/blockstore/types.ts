@@ -48,6 +48,7 @@ export interface VolumeHandle {
   /** Current size in bytes. */
   readonly size: number;
   read(offset: number, length: number, opts?: ReadOptions): Promise<Buffer>;
+  /** Writes `data` at `offset`; the caller may reuse `data` once the promise settles. */
   write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void>;
   /** Discard: the range reads as zeroes afterwards. */
   trim(offset: number, length: number, opts?: WriteOptions): Promise<void>;

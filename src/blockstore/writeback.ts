@@ -13,6 +13,14 @@
  * generations at most: `current` and `flushing`. New chunks keep their id
  * from the moment they are appended; only those still referenced when their
  * generation commits are entered in the chunk table.
+ *
+ * A new chunk that only the current generation's entry of one block
+ * references (`rewritable`) belongs to nobody else: no index entry, no
+ * flush, no other block points at it. A rewrite of that block with new
+ * content overwrites the chunk's slot and renames it (`rehash`) instead of
+ * appending, so a working set rewritten between two flushes costs page
+ * cache, not disk. Committed chunks are never rewritten, so the index still
+ * only ever points at synced data.
  */
 import type { Location } from './segments.js';
 
@@ -39,13 +47,20 @@ export class Writeback {
   private count = 0;
   /** New chunks by id, until committed or dropped. */
   readonly newChunks = new Map<number, NewChunk>();
-  /** 48-bit hash prefix -> new chunk ids (candidates; callers byte-compare). */
-  private readonly newByHash = new Map<number, number[]>();
+  /**
+   * First 30 bits of a hash (a small integer key) -> the new chunk id with
+   * that prefix, or their list when several have it. Candidates only:
+   * callers byte-compare.
+   */
+  private readonly newByHash = new Map<number, number | number[]>();
   /** Chunk id -> number of pending entries (any generation) that reference it. */
   private readonly refs = new Map<number, number>();
 
   /** Pending blocks in the current generation. */
   get size(): number { return this.count; }
+
+  /** When the current generation got its first entry (Date.now()). */
+  since = 0;
 
   /** Pending entry for a block, newest generation first. */
   get(lineage: number, block: number): PendingEntry | undefined {
@@ -62,22 +77,46 @@ export class Writeback {
     let m = this.current.get(lineage);
     if (!m) { m = new Map(); this.current.set(lineage, m); }
     const old = m.get(block);
-    if (old) this.unref(old.target); else this.count++;
+    if (old !== undefined && old.target === target) { old.version = version; return; }
+    if (old) this.unref(old.target); else if (this.count++ === 0) this.since = Date.now();
     m.set(block, { version, target });
     this.ref(target);
   }
 
+  /**
+   * The new chunk a block's current-generation entry points at, when that
+   * entry is its only reference (so its slot may be overwritten); else
+   * undefined.
+   */
+  rewritable(lineage: number, block: number): NewChunk | undefined {
+    const e = this.current.get(lineage)?.get(block);
+    if (e === undefined || e.target === 0 || this.refs.get(e.target) !== 1) return undefined;
+    return this.newChunks.get(e.target);
+  }
+
+  /**
+   * A rewritable chunk now holds other bytes: files it under their hash,
+   * hash[at, at + 16), copied into the chunk's own hash buffer (nothing
+   * else holds that buffer while the chunk is rewritable: only a flushing
+   * generation's commit reads it, and such a chunk is not rewritable).
+   */
+  rehash(c: NewChunk, hash: Buffer, at: number, unique: boolean): void {
+    this.unlistHash(c.id, c.hash);
+    hash.copy(c.hash, 0, at, at + 16);
+    c.unique = unique;
+    this.listHash(c.id, c.hash);
+  }
+
   /** New chunk candidates whose hash equals the 16 bytes of `hash` at `at`. */
   newChunksWithHash(hash: Buffer, at = 0): number[] {
-    return this.newByHash.get(hash.readUIntBE(at, 6)) ?? NONE;
+    const v = this.newByHash.get(hash.readUInt32BE(at) >>> 2);
+    return v === undefined ? NONE : typeof v === 'number' ? [v] : v;
   }
 
   /** Registers a chunk just appended to a segment. */
   addNewChunk(c: NewChunk): void {
     this.newChunks.set(c.id, c);
-    const k = c.hash.readUIntBE(0, 6);
-    const list = this.newByHash.get(k);
-    if (list) list.push(c.id); else this.newByHash.set(k, [c.id]);
+    this.listHash(c.id, c.hash);
   }
 
   /** True when chunk `id` is referenced by a pending entry (GC must keep it). */
@@ -107,14 +146,20 @@ export class Writeback {
     return g;
   }
 
-  /** Ends a flush: the flushing generation is in the index (or was dropped). */
-  finishGeneration(g: Generation, committedNew: Set<number>): void {
+  /**
+   * Ends a flush: the flushing generation is in the index (or was dropped).
+   * `committed` is called for each new chunk the commit entered, before it
+   * is forgotten here.
+   */
+  finishGeneration(g: Generation, committedNew: Set<number>, committed: (c: NewChunk) => void): void {
     for (const m of g.values()) for (const e of m.values()) this.unref(e.target);
     this.flushing = null;
     // New chunks no longer referenced anywhere can be forgotten; the
     // committed ones now live in the index.
     for (const [id, c] of this.newChunks) {
-      if (committedNew.has(id) || !this.references(id)) this.forgetNew(id, c);
+      const entered = committedNew.has(id);
+      if (entered) committed(c);
+      if (entered || !this.references(id)) this.forgetNew(id, c);
     }
   }
 
@@ -131,12 +176,26 @@ export class Writeback {
 
   private forgetNew(id: number, c: NewChunk): void {
     this.newChunks.delete(id);
-    const k = c.hash.readUIntBE(0, 6);
-    const list = this.newByHash.get(k);
-    if (list) {
-      const i = list.indexOf(id);
-      if (i >= 0) list.splice(i, 1);
-      if (list.length === 0) this.newByHash.delete(k);
+    this.unlistHash(id, c.hash);
+  }
+
+  private listHash(id: number, hash: Buffer): void {
+    const k = hash.readUInt32BE(0) >>> 2;
+    const v = this.newByHash.get(k);
+    if (v === undefined) this.newByHash.set(k, id);
+    else if (typeof v === 'number') this.newByHash.set(k, [v, id]);
+    else v.push(id);
+  }
+
+  private unlistHash(id: number, hash: Buffer): void {
+    const k = hash.readUInt32BE(0) >>> 2;
+    const v = this.newByHash.get(k);
+    if (v === id) {
+      this.newByHash.delete(k);
+    } else if (typeof v === 'object') {
+      const i = v.indexOf(id);
+      if (i >= 0) v.splice(i, 1);
+      if (v.length === 1) this.newByHash.set(k, v[0]);
     }
   }
 

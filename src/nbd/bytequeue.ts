@@ -58,8 +58,11 @@ export class ByteQueue {
     return this.headOff;
   }
 
-  /** Removes and returns `n` bytes: a view when they lie in one chunk, else one copy. */
-  take(n: number): Buffer {
+  /**
+   * Removes and returns `n` bytes: a view when they lie in one chunk, else
+   * one copy (into `into`, of exactly `n` bytes, when given).
+   */
+  take(n: number, into?: Buffer): Buffer {
     if (n === 0) return Buffer.alloc(0);
     const first = this.chunks[this.head];
     if (first.length - this.headOff >= n) {
@@ -67,7 +70,7 @@ export class ByteQueue {
       this.skip(n);
       return view;
     }
-    const out = Buffer.allocUnsafe(n);
+    const out = into ?? Buffer.allocUnsafe(n);
     this.copyOut(out, n);
     this.skip(n);
     return out;

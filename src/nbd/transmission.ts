@@ -78,8 +78,8 @@ function allowedFlags(type: number, structured: boolean): number | undefined {
 }
 
 /**
- * Reuses read buffers of the sizes clients ask for again and again (a
- * sequential reader's 1 MiB). Only sizes of at least MIN_BYTES are pooled,
+ * Reuses read reply and write payload buffers of the sizes clients use
+ * again and again (a sequential reader's or writer's 1 MiB). Only sizes of at least MIN_BYTES are pooled,
  * at most MAX_BUFFERS of them, so the pool holds a few MiB at most.
  */
 class BufferPool {
@@ -122,7 +122,10 @@ export class Transmission {
   private corked = false;
   private drainRemaining = 0;
   private readonly label: string;
-  /** Reply buffers of big reads, reused once written (allocating them made GC a sixth of a sequential read). */
+  /**
+   * Reply buffers of big reads, reused once written (allocating them made GC
+   * a sixth of a sequential read), and payload buffers of big writes.
+   */
   private readonly buffers = new BufferPool();
   private readonly uncork = (): void => {
     this.corked = false;
@@ -210,6 +213,7 @@ export class Transmission {
         return;
       }
       let payload: Buffer | null = null;
+      let pooled: Buffer | undefined;
       if (h.type === P.NBD_CMD_WRITE) {
         if (h.length > P.MAX_PAYLOAD_SIZE) {
           q.skip(P.REQUEST_SIZE);
@@ -225,7 +229,13 @@ export class Transmission {
         }
         if (q.length < P.REQUEST_SIZE + h.length) break;
         q.skip(P.REQUEST_SIZE);
-        payload = q.take(h.length);
+        // A payload spanning socket reads is copied once, into a pooled buffer
+        // when big (fresh 1 MiB buffers cost page faults and GC): the backend
+        // is done with it once its write settles.
+        const into = this.buffers.take(h.length);
+        payload = q.take(h.length, into);
+        if (payload !== into) this.buffers.give(into);
+        else pooled = into;
       } else {
         q.skip(P.REQUEST_SIZE);
       }
@@ -234,8 +244,11 @@ export class Transmission {
         this.stop('disc');
         return;
       }
-      if (this.ending === 'shutdown') this.replyError(h, P.NBD_ESHUTDOWN, 'server shutting down');
-      else this.dispatch(h, payload);
+      if (this.ending === 'shutdown') {
+        this.replyError(h, P.NBD_ESHUTDOWN, 'server shutting down');
+        this.buffers.give(pooled);
+      }
+      else this.dispatch(h, payload, pooled);
     }
     if (this.paused && this.ending === null) {
       this.paused = false;
@@ -243,11 +256,13 @@ export class Transmission {
     }
   }
 
-  private dispatch(h: C.RequestHeader, payload: Buffer | null): void {
+  /** Runs one request; `pooled`: the payload's buffer, back to the pool once the request settles. */
+  private dispatch(h: C.RequestHeader, payload: Buffer | null, pooled?: Buffer): void {
     const cost = h.type === P.NBD_CMD_READ || h.type === P.NBD_CMD_WRITE ? h.length : 0;
     this.inFlight++;
     this.inFlightBytes += cost;
     const complete = (): void => {
+      this.buffers.give(pooled);
       this.inFlight--;
       this.inFlightBytes -= cost;
       if (this.ending === null) this.pump();

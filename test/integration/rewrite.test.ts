@@ -1,0 +1,188 @@
+/**
+ * Rewrites in place (src/blockstore/writeback.ts `rewritable`): a block
+ * written again before its write was committed overwrites its own slot
+ * instead of appending, so a working set rewritten between flushes does
+ * not grow the segments. Never when anything else may see the old bytes:
+ * a committed chunk (a snapshot, the index), a chunk another block shares
+ * (dedup), a chunk in the generation being flushed, a segment with an
+ * asynchronous read in flight. Also: hashes of chunks committed in this
+ * session still deduplicate (the hash filter learns them at commit), and
+ * pending writes are flushed once writes pause.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { BLOCK_SIZE, Store } from '../../src/blockstore/index.js';
+import { pseudoRandom } from '../helpers/data.js';
+import { TempDirs } from '../helpers/tmp.js';
+
+const tmp = new TempDirs();
+afterAll(() => tmp.cleanup());
+
+/** Bytes of all segment files (headers included). */
+function segmentBytes(dir: string): number {
+  const segs = path.join(dir, 'segments');
+  return fs.readdirSync(segs).reduce((sum, f) => sum + fs.statSync(path.join(segs, f)).size, 0);
+}
+
+const BLOCKS = 64;
+const SIZE = BLOCKS * BLOCK_SIZE;
+
+describe('rewrites in place', () => {
+  it('a pending block rewritten many times takes its slot once', async () => {
+    const dir = tmp.make('rw-pending');
+    const store = await Store.init(dir, { writebackIntervalMs: 0 });
+    try {
+      await store.createVolume('v', SIZE);
+      const h = await store.openVolume('v');
+      let last = Buffer.alloc(0);
+      for (let round = 0; round < 20; round++) {
+        last = pseudoRandom(round + 1, SIZE);
+        await h.write(0, last);
+        expect((await h.read(0, SIZE)).equals(last)).toBe(true);
+      }
+      await h.flush();
+      // One header block plus one slot per block: twenty rounds did not append twenty times.
+      expect(segmentBytes(dir)).toBe(BLOCK_SIZE + SIZE);
+      expect((await store.stats()).chunks).toBe(BLOCKS);
+      expect((await h.read(0, SIZE)).equals(last)).toBe(true);
+      expect(await store.check()).toEqual([]);
+      await h.close();
+    } finally {
+      await store.close();
+    }
+    const again = await Store.open(dir, { writebackIntervalMs: 0 });
+    try {
+      const h = await again.openVolume('v');
+      expect((await h.read(0, SIZE)).equals(pseudoRandom(20, SIZE))).toBe(true);
+      await h.close();
+    } finally {
+      await again.close();
+    }
+  });
+
+  it('never overwrites what a snapshot, the index or another block holds', async () => {
+    const dir = tmp.make('rw-shared');
+    const store = await Store.init(dir, { writebackIntervalMs: 0 });
+    try {
+      await store.createVolume('v', SIZE);
+      const h = await store.openVolume('v');
+      const a = pseudoRandom(1, SIZE);
+      await h.write(0, a); // pending
+      await store.snapshot('v', 's'); // commits a
+      const b = pseudoRandom(2, SIZE);
+      await h.write(0, b); // a is committed: appended
+      const snap = await store.openVolume('v@s');
+      expect((await snap.read(0, SIZE)).equals(a)).toBe(true);
+      expect((await h.read(0, SIZE)).equals(b)).toBe(true);
+
+      // Two blocks share one pending chunk; rewriting one leaves the other.
+      const same = pseudoRandom(3, BLOCK_SIZE);
+      await h.write(0, same);
+      await h.write(BLOCK_SIZE, same);
+      const other = pseudoRandom(4, BLOCK_SIZE);
+      await h.write(0, other);
+      expect((await h.read(0, BLOCK_SIZE)).equals(other)).toBe(true);
+      expect((await h.read(BLOCK_SIZE, BLOCK_SIZE)).equals(same)).toBe(true);
+
+      // A branch of the snapshot and the volume stay apart.
+      await store.branch('w', 'v@s');
+      const w = await store.openVolume('w');
+      await w.write(0, pseudoRandom(5, SIZE));
+      await w.write(0, pseudoRandom(6, SIZE));
+      expect((await snap.read(0, SIZE)).equals(a)).toBe(true);
+      expect((await w.read(0, SIZE)).equals(pseudoRandom(6, SIZE))).toBe(true);
+      await h.flush();
+      expect((await snap.read(0, SIZE)).equals(a)).toBe(true);
+      expect(await store.check()).toEqual([]);
+      await Promise.all([h.close(), snap.close(), w.close()]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('writes during a flush go to new slots; the flushed data stays as flushed', async () => {
+    const dir = tmp.make('rw-flush');
+    const store = await Store.init(dir, { writebackIntervalMs: 0 });
+    try {
+      await store.createVolume('v', SIZE);
+      const h = await store.openVolume('v');
+      const a = pseudoRandom(1, SIZE);
+      await h.write(0, a);
+      const flushing = h.flush(); // takes the generation holding a
+      const b = pseudoRandom(2, SIZE);
+      await h.write(0, b); // must not overwrite a's slots while they are committed
+      await flushing;
+      await store.snapshot('v', 'after'); // commits b
+      await h.write(0, pseudoRandom(3, SIZE));
+      const snap = await store.openVolume('v@after');
+      expect((await snap.read(0, SIZE)).equals(b)).toBe(true);
+      expect(await store.check()).toEqual([]);
+      await Promise.all([h.close(), snap.close()]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('a read in flight in libuv\'s pool sees the bytes it located', async () => {
+    const dir = tmp.make('rw-async');
+    const store = await Store.init(dir, { writebackIntervalMs: 0, readMode: 'pool' });
+    try {
+      // More than the append buffer holds, so the first blocks are in the file.
+      const blocks = 512;
+      await store.createVolume('v', blocks * BLOCK_SIZE);
+      const h = await store.openVolume('v');
+      const a = pseudoRandom(1, blocks * BLOCK_SIZE);
+      await h.write(0, a);
+      for (let i = 0; i < 50; i++) {
+        const reading = h.read(0, 64 * BLOCK_SIZE); // located now, read on the pool
+        const b = pseudoRandom(100 + i, 64 * BLOCK_SIZE);
+        await h.write(0, b); // same blocks, at once
+        const got = await reading; // never EIO: the segment was pinned, the write appended
+        expect(got.length).toBe(64 * BLOCK_SIZE);
+        expect((await h.read(0, 64 * BLOCK_SIZE)).equals(b)).toBe(true);
+      }
+      await h.close();
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('a hash committed in this session deduplicates later writes', async () => {
+    const dir = tmp.make('rw-filter');
+    const store = await Store.init(dir, { writebackIntervalMs: 0 });
+    try {
+      await store.createVolume('a', SIZE);
+      await store.createVolume('b', SIZE);
+      await new Promise((r) => setTimeout(r, 100)); // the filter's first build (empty index)
+      const data = pseudoRandom(7, SIZE);
+      const a = await store.openVolume('a');
+      await a.write(0, data);
+      await a.flush();
+      const b = await store.openVolume('b');
+      await b.write(0, data);
+      await b.flush();
+      expect((await store.stats()).chunks).toBe(BLOCKS);
+      await Promise.all([a.close(), b.close()]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('pending writes are flushed in the background once writes pause', async () => {
+    const dir = tmp.make('rw-idle');
+    const store = await Store.init(dir, { writebackIntervalMs: 60_000, writebackIdleMs: 100 });
+    try {
+      await store.createVolume('v', SIZE);
+      const h = await store.openVolume('v');
+      await h.write(0, pseudoRandom(1, SIZE));
+      expect(store.pendingBlocks).toBe(BLOCKS);
+      const end = Date.now() + 10_000;
+      while (store.pendingBlocks > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+      expect(store.pendingBlocks).toBe(0);
+      await h.close();
+    } finally {
+      await store.close();
+    }
+  });
+});
