@@ -46,23 +46,23 @@ export async function applyGeneration(
   const segLive = new Map<number, number>();
   const bump = (id: number, d: number) => refDelta.set(id, (refDelta.get(id) ?? 0) + d);
 
-  for (const [lineage, m] of gen) {
+  for (const lineage of gen.lineages.keys()) {
     const l = catalog.lineages.get(lineage);
     if (!l) continue; // removed meanwhile
     const parentChain = l.parent ? catalog.chain(l.parent) : [];
-    for (const [block, e] of m) {
+    for (const [block, version, target] of gen.entries(lineage)) {
       await breathe();
-      const key = mapKey(lineage, block, e.version);
+      const key = mapKey(lineage, block, version);
       const oldRaw = dbs.map.getBinary(key);
       const old = oldRaw === undefined ? undefined : parseMapValue(oldRaw);
       if (old) bump(old, -1);
-      if (e.target !== 0) {
-        w.put(dbs.map, key, mapValue(e.target));
-        bump(e.target, +1);
-        if (writeback.newChunks.has(e.target)) entered.add(e.target);
+      if (target !== 0) {
+        w.put(dbs.map, key, mapValue(target));
+        bump(target, +1);
+        if (writeback.isNew(target)) entered.add(target);
         continue;
       }
-      const below = e.version > 1 ? blockMap.seek(lineage, block, e.version - 1) : undefined;
+      const below = version > 1 ? blockMap.seek(lineage, block, version - 1) : undefined;
       const showsData = below !== undefined ? below !== 0 : blockMap.lookup(parentChain, block) !== 0;
       if (showsData) w.put(dbs.map, key, TOMBSTONE);
       else if (oldRaw !== undefined) w.remove(dbs.map, key);
@@ -74,23 +74,25 @@ export async function applyGeneration(
   // puts its hash entry without reading it first, before any later chunk
   // with the same hash appends to that entry.
   const hashIds = new Map<string, number[]>(); // hash entries written here, for chunks that are not unique
+  const place = new Uint32Array(2);
   for (const id of [...entered].sort((a, b) => a - b)) {
     await breathe();
-    const c = writeback.newChunks.get(id)!;
+    invariant(writeback.newPlace(id, place), `new chunk ${id} is pending`);
+    const hash = writeback.newHash(id);
     const refs = refDelta.get(id) ?? 0;
     refDelta.delete(id);
     invariant(refs > 0, `new chunk ${id} is referenced`);
-    w.put(dbs.chunks, chunkKey(id), encodeChunk({ hash: c.hash, segment: c.loc.segment, slot: c.loc.slot, refs }));
-    if (c.unique) {
-      w.put(dbs.hashes, c.hash, mapValue(id));
+    w.put(dbs.chunks, chunkKey(id), encodeChunk({ hash, segment: place[0], slot: place[1], refs }));
+    if (writeback.isUnique(id)) {
+      w.put(dbs.hashes, hash, mapValue(id));
     } else {
-      const k = c.hash.toString('latin1');
-      const ids = hashIds.get(k) ?? decodeIds(dbs.hashes.getBinary(c.hash));
+      const k = hash.toString('latin1');
+      const ids = hashIds.get(k) ?? decodeIds(dbs.hashes.getBinary(hash));
       ids.push(id);
       hashIds.set(k, ids);
-      w.put(dbs.hashes, c.hash, encodeIds(ids));
+      w.put(dbs.hashes, hash, encodeIds(ids));
     }
-    segLive.set(c.loc.segment, (segLive.get(c.loc.segment) ?? 0) + 1);
+    segLive.set(place[0], (segLive.get(place[0]) ?? 0) + 1);
   }
 
   for (const [id, d] of refDelta) {

@@ -24,9 +24,14 @@ export const MAX_VOLUME_SIZE = 2 ** 50;
  * Pending (acknowledged, not yet flushed) blocks that trigger a background
  * flush: 2 GiB of writes. A block rewritten while pending overwrites its own
  * slot, so a working set up to this size rewritten between flushes costs
- * page cache, not disk; the table costs ~200 bytes per pending block.
+ * page cache, not disk.
  */
 export const WRITEBACK_MAX_BLOCKS = 524288;
+/**
+ * ...or pages of the pending-entry table (512 bytes per 32 consecutive
+ * blocks: 64 MiB), which scattered writes fill before the block count.
+ */
+export const WRITEBACK_MAX_PAGES = 131072;
 /**
  * Pending writes are flushed in the background when the oldest is this old
  * (as the kernel writes back dirty pages after 30 s), or earlier when writes

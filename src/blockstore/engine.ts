@@ -24,7 +24,7 @@ import { BlockMap, UNRESOLVED } from './blockmap.js';
 import { BLOCK_CACHE_PAGE, BlockIdCache, CHUNK_CACHE_PAGE, ChunkLocationCache } from './cache.js';
 import { chunkKey, decodeIds, parseChunkKey } from './keys.js';
 import type { Location, SegmentFiles } from './segments.js';
-import type { NewChunk, Writeback } from './writeback.js';
+import type { Writeback } from './writeback.js';
 import type { Fingerprints } from './fingerprints.js';
 
 const MAX_CHUNK_ID = 2 ** 53 - 1;
@@ -63,6 +63,8 @@ export class BlockEngine {
   private readonly blockIds = new BlockIdCache();
   private readonly chunkPlaces = new ChunkLocationCache();
   private readonly where = new Uint32Array(2);
+  /** Place of the chunk a write may overwrite (segment, slot). */
+  private readonly rewriteAt = new Uint32Array(2);
   private hashScratch = Buffer.allocUnsafe(256 * HASH_SIZE);
   private zeroScratch = new Uint8Array(256);
   /** Which hashes the store may hold (built from the index after open). */
@@ -103,8 +105,8 @@ export class BlockEngine {
     const ids = new Array<number>(n).fill(UNRESOLVED);
     if (t.head && this.writeback.hasLineage(t.point.lineage)) {
       for (let i = 0; i < n; i++) {
-        const pe = this.writeback.get(t.point.lineage, first + i);
-        if (pe && pe.version <= t.point.version) ids[i] = pe.target;
+        const pending = this.writeback.target(t.point.lineage, first + i, t.point.version);
+        if (pending >= 0) ids[i] = pending;
       }
     }
     const key = BlockIdCache.key(t.chain);
@@ -266,12 +268,9 @@ export class BlockEngine {
 
   /** Segment location of chunk `id`; copies its hash into `hashOut` at `hashAt`. */
   private locate(id: number, hashOut: Buffer, hashAt: number): Location {
-    const pending = this.writeback.newChunks.get(id);
-    if (pending) {
-      pending.hash.copy(hashOut, hashAt);
-      return pending.loc;
+    if (this.writeback.newPlace(id, this.where, hashOut, hashAt) || this.chunkPlaces.get(id, hashOut, hashAt, this.where)) {
+      return { segment: this.where[0], slot: this.where[1] };
     }
-    if (this.chunkPlaces.get(id, hashOut, hashAt, this.where)) return { segment: this.where[0], slot: this.where[1] };
     // A miss loads the chunk records of its whole cache page (ids are
     // handed out in write order, so a page is usually one written extent).
     const P = CHUNK_CACHE_PAGE;
@@ -321,8 +320,7 @@ export class BlockEngine {
         let target = 0;
         if (zero[i] !== 1) {
           const reuse = this.writeback.rewritable(lineage, first + i);
-          target = this.storeChunk(data, i, hashes,
-            reuse !== undefined && this.segments.canOverwrite(reuse.loc.segment) ? reuse : undefined);
+          target = this.storeChunk(data, i, hashes, reuse !== 0 && this.canRewrite(reuse) ? reuse : 0);
         }
         this.writeback.set(lineage, first + i, version, target);
       }
@@ -355,12 +353,12 @@ export class BlockEngine {
 
   /**
    * Id of a chunk holding exactly the bytes of block `i` of `data` (whose
-   * hash is hashes[i * 16, +16)), stored anew if none does: in `reuse`'s
-   * slot when given (an uncommitted chunk only this block refers to, which
-   * keeps its id), else appended. The hash index is only consulted when the
+   * hash is hashes[i * 16, +16)), stored anew if none does: in the slot of
+   * chunk `reuse` when not 0 (an uncommitted chunk only this block refers
+   * to, whose place is in rewriteAt; it keeps its id), else appended. The hash index is only consulted when the
    * hash filter says a committed chunk may have this hash.
    */
-  private storeChunk(data: Buffer, i: number, hashes: Buffer, reuse: NewChunk | undefined): number {
+  private storeChunk(data: Buffer, i: number, hashes: Buffer, reuse: number): number {
     const at = i * HASH_SIZE;
     const pending = this.writeback.newChunksWithHash(hashes, at);
     for (const id of pending) {
@@ -374,30 +372,35 @@ export class BlockEngine {
     }
     // Pending chunks whose hash prefix matches lose `unique`: one with the same full hash must
     // not have its hash index entry overwritten by the commit of the other.
-    for (const other of pending) this.writeback.newChunks.get(other)!.unique = false;
+    for (const other of pending) this.writeback.clearUnique(other);
     const unique = !known && pending.length === 0;
-    if (reuse !== undefined) {
+    if (reuse !== 0) {
       this.writeback.rehash(reuse, hashes, at, unique);
-      this.queueRewrite(reuse.loc, data, i * BLOCK_SIZE);
-      return reuse.id;
+      this.queueRewrite(this.rewriteAt[0], this.rewriteAt[1], data, i * BLOCK_SIZE);
+      return reuse;
     }
     if (this.nextChunkId >= MAX_CHUNK_ID) throw new DormantError('ENOSPC', 'chunk ids exhausted');
     const id = this.nextChunkId++;
     const loc = this.segments.append(data.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE));
-    this.writeback.addNewChunk({ id, hash: Buffer.from(hashes.subarray(at, at + HASH_SIZE)), loc, unique });
+    this.writeback.addNewChunk(id, hashes, at, loc, unique);
     return id;
   }
 
+  /** True when new chunk `id`'s slot may be overwritten now; its place is then in rewriteAt. */
+  private canRewrite(id: number): boolean {
+    return this.writeback.newPlace(id, this.rewriteAt) && this.segments.canOverwrite(this.rewriteAt[0]);
+  }
+
   /** Adds one slot overwrite to the current run, or writes the run and starts another. */
-  private queueRewrite(loc: Location, src: Buffer, srcOffset: number): void {
+  private queueRewrite(segment: number, slot: number, src: Buffer, srcOffset: number): void {
     const r = this.rewrite;
-    if (r !== null && r.src === src && r.loc.segment === loc.segment && r.loc.slot + r.count === loc.slot
+    if (r !== null && r.src === src && r.loc.segment === segment && r.loc.slot + r.count === slot
       && r.srcOffset + r.count * BLOCK_SIZE === srcOffset) {
       r.count++;
       return;
     }
     this.writeRewrites();
-    this.rewrite = { loc, count: 1, src, srcOffset };
+    this.rewrite = { loc: { segment, slot }, count: 1, src, srcOffset };
   }
 
   /** Writes the queued slot overwrites (before anything reads segments, and before writeBlocks returns). */

@@ -114,14 +114,14 @@ async function compactSegments(ctx: GcContext, result: GcResult): Promise<void> 
   // a pending write's chunk lives there (it is not in the chunk table yet).
   const current = segments.activeSegment();
   if (current !== 0 && (dbs.segments.get(current) ?? 0) / slotsOf(current) < COMPACT_LIVE_FRACTION
-    && ![...writeback.newChunks.values()].some((c) => c.loc.segment === current)) {
+    && !writeback.newChunkSegments().has(current)) {
     segments.seal();
   }
   const active = segments.activeSegment();
   // A segment that filled up while writes were pending holds chunks not yet
   // in the chunk table: it must not be compacted (appends only go to the
   // active segment, so no pending chunk can appear in one later).
-  const pendingIn = new Set([...writeback.newChunks.values()].map((c) => c.loc.segment));
+  const pendingIn = writeback.newChunkSegments();
   const candidates = new Map<number, { size: number; live: number }>();
   for (const id of segments.list()) {
     if (id === active || pendingIn.has(id)) continue;

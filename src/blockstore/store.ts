@@ -18,7 +18,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  BLOCK_SIZE, MAX_VOLUME_SIZE, PRINTS_INTERVAL_MS, WRITEBACK_IDLE_MS, WRITEBACK_INTERVAL_MS, WRITEBACK_MAX_BLOCKS, FORMAT_VERSION,
+  BLOCK_SIZE, MAX_VOLUME_SIZE, PRINTS_INTERVAL_MS, WRITEBACK_IDLE_MS, WRITEBACK_INTERVAL_MS, WRITEBACK_MAX_BLOCKS, WRITEBACK_MAX_PAGES,
+  FORMAT_VERSION,
 } from './constants.js';
 import { DormantError } from './errors.js';
 import { xxh3, type HashFunction } from './hash.js';
@@ -380,9 +381,11 @@ export class Store implements VolumeHost {
    */
   afterWrite(): Promise<void> | undefined {
     this.lastWriteAt = Date.now();
-    if (this.writeback.size < WRITEBACK_MAX_BLOCKS) return undefined;
+    const wb = this.writeback;
+    if (wb.size < WRITEBACK_MAX_BLOCKS && wb.pages < WRITEBACK_MAX_PAGES) return undefined;
     this.flushInBackground();
-    return this.writeback.size >= 2 * WRITEBACK_MAX_BLOCKS ? this.backgroundFlush ?? undefined : undefined;
+    const over = wb.size >= 2 * WRITEBACK_MAX_BLOCKS || wb.pages >= 2 * WRITEBACK_MAX_PAGES;
+    return over ? this.backgroundFlush ?? undefined : undefined;
   }
 
   /** VolumeHost: a handle closed. */
@@ -426,8 +429,8 @@ export class Store implements VolumeHost {
     }
     // The index changed under cached look-ups: forget them in the same tick
     // that drops the generation readers were seeing instead.
-    if (gen.size > 0) this.engine.invalidate();
-    this.writeback.finishGeneration(gen, entered, (c) => this.engine.filter.add(c.hash));
+    if (gen.lineages.size > 0) this.engine.invalidate();
+    this.writeback.finishGeneration(gen, entered, (hash) => this.engine.filter.add(hash));
   }
 
   /** True when read fingerprints are waiting and it is time (or `now`) to write them. */

@@ -1,18 +1,17 @@
 /**
  * Write-back: acknowledged writes that are not yet in the index.
  *
- * A write appends new chunk data to a segment (unsynced) and records a
- * pending entry (lineage, block) -> {version, target}, target being a chunk
+ * A write stores new chunk data in a segment (unsynced) and records a
+ * pending entry (lineage, block) -> (version, target), target being a chunk
  * id or 0 (zeroes). Reads look here first. A flush takes the whole current
  * generation, syncs the segments, and commits the generation to the index in
  * one transaction; writes that arrive meanwhile go to a new generation.
  * Since only synced data is ever committed, the index never points at data
  * a crash could lose.
  *
- * State per generation: Map<lineage, Map<block, PendingEntry>>. Two
- * generations at most: `current` and `flushing`. New chunks keep their id
- * from the moment they are appended; only those still referenced when their
- * generation commits are entered in the chunk table.
+ * Two generations at most: `current` and `flushing`. New chunks keep their
+ * id from the moment they are stored; only those still referenced when
+ * their generation commits are entered in the chunk table.
  *
  * A new chunk that only the current generation's entry of one block
  * references (`rewritable`) belongs to nobody else: no index entry, no
@@ -21,119 +20,351 @@
  * appending, so a working set rewritten between two flushes costs page
  * cache, not disk. Committed chunks are never rewritten, so the index still
  * only ever points at synced data.
+ *
+ * Layout: no JavaScript object per block or per chunk, so that a generation
+ * can span a working set of gigabytes without weighing on the collector.
+ * Entries live in pages of ENTRY_PAGE consecutive blocks (a Float64Array of
+ * targets, -1 = no entry, then versions) per lineage; new chunks in pages of
+ * CHUNK_PAGE consecutive ids (typed arrays of place, references and flags,
+ * and one buffer of hashes). The last page used is remembered, so a run of
+ * consecutive blocks or ids costs one map look-up per page.
  */
 import type { Location } from './segments.js';
 
-/** A pending block: the version it was written at and its chunk (0 = zeroes). */
-export interface PendingEntry { version: number; target: number }
-
-/**
- * A chunk appended to a segment but not yet in the index. `unique`: when it
- * was stored, no other chunk (committed or pending) had its hash, so its
- * commit need not look up the hash index; cleared if a chunk with the same
- * hash is stored while this one is pending.
- */
-export interface NewChunk { id: number; hash: Buffer; loc: Location; unique: boolean }
-
+/** Blocks per entry page: 512 bytes of memory per page in use. (Block numbers exceed 2^32: no bit shifts.) */
+export const ENTRY_PAGE = 32;
+/** Chunk ids per new-chunk page (29 KiB). */
+const CHUNK_PAGE = 1024;
+const HASH = 16;
+const LIVE = 1;
+const UNIQUE = 2;
 const NONE: number[] = [];
 
+/** The first 30 bits of the hash at hash[at]: a small integer. */
+function prefix(hash: Buffer, at: number): number {
+  return (hash[at] << 22) | (hash[at + 1] << 14) | (hash[at + 2] << 6) | (hash[at + 3] >>> 2);
+}
+
+/** Copies a 16-byte hash (a JS loop: Buffer.copy's native call costs more than the bytes). */
+function copyHash(from: Buffer, fromAt: number, to: Buffer, toAt: number): void {
+  for (let k = 0; k < HASH; k++) to[toAt + k] = from[fromAt + k];
+}
+
+/**
+ * New chunk ids by the first 30 bits of their hash (a key may have several
+ * ids): open addressing with linear probing in typed arrays, so an
+ * operation costs about one cache miss, where a Map of this size costs
+ * several. The keys are hash bits already, so they index the table as they
+ * are. Removal shifts the rest of a probe run back (no tombstones).
+ */
+class PrefixTable {
+  /** key + 1 per slot; 0 = empty. */
+  private keys = new Int32Array(1024);
+  private ids = new Float64Array(1024);
+  private mask = 1023;
+  private count = 0;
+
+  /** Ids filed under `key` (a fresh array; NONE when there are none). */
+  find(key: number): number[] {
+    const k = key + 1;
+    let out = NONE;
+    for (let i = key & this.mask; this.keys[i] !== 0; i = (i + 1) & this.mask) {
+      if (this.keys[i] !== k) continue;
+      if (out === NONE) out = [this.ids[i]]; else out.push(this.ids[i]);
+    }
+    return out;
+  }
+
+  add(key: number, id: number): void {
+    if (2 * (this.count + 1) > this.mask + 1) this.resize(2 * (this.mask + 1));
+    let i = key & this.mask;
+    while (this.keys[i] !== 0) i = (i + 1) & this.mask;
+    this.keys[i] = key + 1;
+    this.ids[i] = id;
+    this.count++;
+  }
+
+  remove(key: number, id: number): void {
+    const k = key + 1;
+    let i = key & this.mask;
+    while (this.keys[i] !== 0 && !(this.keys[i] === k && this.ids[i] === id)) i = (i + 1) & this.mask;
+    if (this.keys[i] === 0) return;
+    // Shift back every later entry of the run that may live at i.
+    for (let j = (i + 1) & this.mask; this.keys[j] !== 0; j = (j + 1) & this.mask) {
+      const home = (this.keys[j] - 1) & this.mask;
+      const between = i <= j ? home > i && home <= j : home > i || home <= j;
+      if (between) continue;
+      this.keys[i] = this.keys[j];
+      this.ids[i] = this.ids[j];
+      i = j;
+    }
+    this.keys[i] = 0;
+    this.count--;
+    if (this.mask > 65535 && 16 * this.count < this.mask + 1) this.resize((this.mask + 1) / 4);
+  }
+
+  private resize(slots: number): void {
+    const { keys, ids } = this;
+    this.keys = new Int32Array(slots);
+    this.ids = new Float64Array(slots);
+    this.mask = slots - 1;
+    this.count = 0;
+    for (let i = 0; i < keys.length; i++) if (keys[i] !== 0) this.add(keys[i] - 1, ids[i]);
+  }
+}
+
 /** One generation of pending entries. */
-export type Generation = Map<number, Map<number, PendingEntry>>;
+export class Generation {
+  /** lineage -> page number -> [target x ENTRY_PAGE (-1: none), version x ENTRY_PAGE]. */
+  readonly lineages = new Map<number, Map<number, Float64Array>>();
+  /** Entries. */
+  count = 0;
+  /** Pages allocated. */
+  pages = 0;
+
+  page(lineage: number, pageNo: number): Float64Array | undefined {
+    return this.lineages.get(lineage)?.get(pageNo);
+  }
+
+  makePage(lineage: number, pageNo: number): Float64Array {
+    let m = this.lineages.get(lineage);
+    if (m === undefined) { m = new Map(); this.lineages.set(lineage, m); }
+    let p = m.get(pageNo);
+    if (p === undefined) {
+      p = new Float64Array(2 * ENTRY_PAGE).fill(-1, 0, ENTRY_PAGE);
+      m.set(pageNo, p);
+      this.pages++;
+    }
+    return p;
+  }
+
+  /** Entries of `lineage` as [block, version, target]; the array is reused between steps. */
+  *entries(lineage: number): Generator<[number, number, number]> {
+    const m = this.lineages.get(lineage);
+    if (m === undefined) return;
+    const e: [number, number, number] = [0, 0, 0];
+    for (const [pageNo, p] of m) {
+      for (let i = 0; i < ENTRY_PAGE; i++) {
+        if (p[i] < 0) continue;
+        e[0] = pageNo * ENTRY_PAGE + i;
+        e[1] = p[ENTRY_PAGE + i];
+        e[2] = p[i];
+        yield e;
+      }
+    }
+  }
+}
+
+/** New chunks with ids [first, first + CHUNK_PAGE). */
+interface ChunkPage {
+  segment: Uint32Array;
+  slot: Uint32Array;
+  /** Pending entries (any generation) that reference the chunk. */
+  refs: Int32Array;
+  /** LIVE: a new chunk; UNIQUE: see `isUnique`. */
+  flags: Uint8Array;
+  hashes: Buffer;
+  live: number;
+}
 
 /** The write-back overlay. */
 export class Writeback {
-  private current: Generation = new Map();
+  private current = new Generation();
   private flushing: Generation | null = null;
-  private count = 0;
-  /** New chunks by id, until committed or dropped. */
-  readonly newChunks = new Map<number, NewChunk>();
-  /**
-   * First 30 bits of a hash (a small integer key) -> the new chunk id with
-   * that prefix, or their list when several have it. Candidates only:
-   * callers byte-compare.
-   */
-  private readonly newByHash = new Map<number, number | number[]>();
-  /** Chunk id -> number of pending entries (any generation) that reference it. */
-  private readonly refs = new Map<number, number>();
-
-  /** Pending blocks in the current generation. */
-  get size(): number { return this.count; }
+  private readonly chunkPages = new Map<number, ChunkPage>();
+  /** Chunks stored and not yet committed or dropped. */
+  private newCount = 0;
+  /** New chunk ids by hash prefix: candidates only, callers byte-compare. */
+  private readonly newByHash = new PrefixTable();
+  /** Chunk id -> pending entries referencing it, for chunks that are not new (committed ones). */
+  private readonly oldRefs = new Map<number, number>();
+  // The last pages used (of `current`, and of the chunk table).
+  private lastLineage = -1;
+  private lastPageNo = -1;
+  private lastPage: Float64Array | undefined;
+  private lastChunkPageNo = -1;
+  private lastChunkPage: ChunkPage | undefined;
 
   /** When the current generation got its first entry (Date.now()). */
   since = 0;
 
-  /** Pending entry for a block, newest generation first. */
-  get(lineage: number, block: number): PendingEntry | undefined {
-    return this.current.get(lineage)?.get(block) ?? this.flushing?.get(lineage)?.get(block);
+  /** Pending blocks in the current generation. */
+  get size(): number { return this.current.count; }
+
+  /** Entry pages of the current generation (memory: ENTRY_PAGE * 16 bytes each). */
+  get pages(): number { return this.current.pages; }
+
+  /** New chunks not yet committed. */
+  get newChunkCount(): number { return this.newCount; }
+
+  /**
+   * Chunk id (0 = zeroes) of a pending block as a reader of version
+   * `maxVersion` sees it, newest generation first; -1 when none.
+   */
+  target(lineage: number, block: number, maxVersion: number): number {
+    const pageNo = Math.floor(block / ENTRY_PAGE);
+    const i = block % ENTRY_PAGE;
+    const p = this.currentPage(lineage, pageNo, false);
+    let t = p === undefined ? -1 : p[i];
+    let v = t < 0 ? 0 : p![ENTRY_PAGE + i];
+    if (t < 0 && this.flushing !== null) {
+      const f = this.flushing.page(lineage, pageNo);
+      if (f !== undefined && f[i] >= 0) { t = f[i]; v = f[ENTRY_PAGE + i]; }
+    }
+    return t >= 0 && v <= maxVersion ? t : -1;
   }
 
   /** True when lineage has pending entries in any generation. */
   hasLineage(lineage: number): boolean {
-    return (this.current.get(lineage)?.size ?? 0) > 0 || (this.flushing?.get(lineage)?.size ?? 0) > 0;
+    return (this.current.lineages.get(lineage)?.size ?? 0) > 0 || (this.flushing?.lineages.get(lineage)?.size ?? 0) > 0;
   }
 
   /** Records a write of `target` (chunk id or 0) to a block. */
   set(lineage: number, block: number, version: number, target: number): void {
-    let m = this.current.get(lineage);
-    if (!m) { m = new Map(); this.current.set(lineage, m); }
-    const old = m.get(block);
-    if (old !== undefined && old.target === target) { old.version = version; return; }
-    if (old) this.unref(old.target); else if (this.count++ === 0) this.since = Date.now();
-    m.set(block, { version, target });
+    const p = this.currentPage(lineage, Math.floor(block / ENTRY_PAGE), true)!;
+    const i = block % ENTRY_PAGE;
+    const old = p[i];
+    p[ENTRY_PAGE + i] = version;
+    if (old === target) return;
+    if (old >= 0) this.unref(old);
+    else if (this.current.count++ === 0) this.since = Date.now();
+    p[i] = target;
     this.ref(target);
   }
 
   /**
    * The new chunk a block's current-generation entry points at, when that
-   * entry is its only reference (so its slot may be overwritten); else
-   * undefined.
+   * entry is its only reference (so its slot may be overwritten); else 0.
    */
-  rewritable(lineage: number, block: number): NewChunk | undefined {
-    const e = this.current.get(lineage)?.get(block);
-    if (e === undefined || e.target === 0 || this.refs.get(e.target) !== 1) return undefined;
-    return this.newChunks.get(e.target);
-  }
-
-  /**
-   * A rewritable chunk now holds other bytes: files it under their hash,
-   * hash[at, at + 16), copied into the chunk's own hash buffer (nothing
-   * else holds that buffer while the chunk is rewritable: only a flushing
-   * generation's commit reads it, and such a chunk is not rewritable).
-   */
-  rehash(c: NewChunk, hash: Buffer, at: number, unique: boolean): void {
-    this.unlistHash(c.id, c.hash);
-    hash.copy(c.hash, 0, at, at + 16);
-    c.unique = unique;
-    this.listHash(c.id, c.hash);
+  rewritable(lineage: number, block: number): number {
+    const p = this.currentPage(lineage, Math.floor(block / ENTRY_PAGE), false);
+    if (p === undefined) return 0;
+    const id = p[block % ENTRY_PAGE];
+    if (id <= 0) return 0;
+    const cp = this.chunkPage(id);
+    const j = id % CHUNK_PAGE;
+    return cp !== undefined && (cp.flags[j] & LIVE) !== 0 && cp.refs[j] === 1 ? id : 0;
   }
 
   /** New chunk candidates whose hash equals the 16 bytes of `hash` at `at`. */
   newChunksWithHash(hash: Buffer, at = 0): number[] {
-    const v = this.newByHash.get(hash.readUInt32BE(at) >>> 2);
-    return v === undefined ? NONE : typeof v === 'number' ? [v] : v;
+    return this.newByHash.find(prefix(hash, at));
   }
 
-  /** Registers a chunk just appended to a segment. */
-  addNewChunk(c: NewChunk): void {
-    this.newChunks.set(c.id, c);
-    this.listHash(c.id, c.hash);
+  /**
+   * Registers a chunk just stored at `loc`, hash[at, at + 16) being its
+   * name. `unique`: no other chunk (committed or pending) had that hash, so
+   * its commit need not read the hash index.
+   */
+  addNewChunk(id: number, hash: Buffer, at: number, loc: Location, unique: boolean): void {
+    const pageNo = Math.floor(id / CHUNK_PAGE);
+    let cp = this.chunkPage(id);
+    if (cp === undefined) {
+      cp = {
+        segment: new Uint32Array(CHUNK_PAGE), slot: new Uint32Array(CHUNK_PAGE), refs: new Int32Array(CHUNK_PAGE),
+        flags: new Uint8Array(CHUNK_PAGE), hashes: Buffer.alloc(CHUNK_PAGE * HASH), live: 0,
+      };
+      this.chunkPages.set(pageNo, cp);
+      this.lastChunkPageNo = pageNo;
+      this.lastChunkPage = cp;
+    }
+    const j = id % CHUNK_PAGE;
+    cp.segment[j] = loc.segment;
+    cp.slot[j] = loc.slot;
+    cp.refs[j] = this.oldRefs.get(id) ?? 0;
+    this.oldRefs.delete(id);
+    cp.flags[j] = LIVE | (unique ? UNIQUE : 0);
+    copyHash(hash, at, cp.hashes, j * HASH);
+    cp.live++;
+    this.newCount++;
+    this.listHash(id, cp.hashes, j * HASH);
+  }
+
+  /**
+   * A rewritable chunk now holds other bytes: files it under their hash,
+   * hash[at, at + 16). Nothing else reads the old name while the chunk is
+   * rewritable: only a flushing generation's commit reads names, and such
+   * a chunk is not rewritable.
+   */
+  rehash(id: number, hash: Buffer, at: number, unique: boolean): void {
+    const cp = this.chunkPage(id)!;
+    const j = id % CHUNK_PAGE;
+    this.unlistHash(id, cp.hashes, j * HASH);
+    copyHash(hash, at, cp.hashes, j * HASH);
+    cp.flags[j] = LIVE | (unique ? UNIQUE : 0);
+    this.listHash(id, cp.hashes, j * HASH);
+  }
+
+  /** True when `id` is a new (not yet committed) chunk. */
+  isNew(id: number): boolean {
+    const cp = this.chunkPage(id);
+    return cp !== undefined && (cp.flags[id % CHUNK_PAGE] & LIVE) !== 0;
+  }
+
+  /**
+   * Place of new chunk `id` in out[0] (segment) and out[1] (slot), its name
+   * copied to hashOut[hashAt, +16); false (nothing written) when `id` is
+   * not a new chunk.
+   */
+  newPlace(id: number, out: Uint32Array, hashOut?: Buffer, hashAt = 0): boolean {
+    const cp = this.chunkPage(id);
+    const j = id % CHUNK_PAGE;
+    if (cp === undefined || (cp.flags[j] & LIVE) === 0) return false;
+    out[0] = cp.segment[j];
+    out[1] = cp.slot[j];
+    if (hashOut !== undefined) copyHash(cp.hashes, j * HASH, hashOut, hashAt);
+    return true;
+  }
+
+  /** Name of new chunk `id`: a view, valid until the chunk is committed or rewritten. */
+  newHash(id: number): Buffer {
+    const j = id % CHUNK_PAGE;
+    return this.chunkPage(id)!.hashes.subarray(j * HASH, (j + 1) * HASH);
+  }
+
+  /**
+   * True when new chunk `id` was stored while no other chunk had its hash
+   * and none with the same hash prefix came since (its commit need not
+   * read the hash index).
+   */
+  isUnique(id: number): boolean {
+    return (this.chunkPage(id)!.flags[id % CHUNK_PAGE] & UNIQUE) !== 0;
+  }
+
+  /** A chunk with the same hash prefix as new chunk `id` was stored: `id` is not unique any more. */
+  clearUnique(id: number): void {
+    this.chunkPage(id)!.flags[id % CHUNK_PAGE] &= ~UNIQUE;
+  }
+
+  /** Segments holding new chunks (GC must not compact them). */
+  newChunkSegments(): Set<number> {
+    const out = new Set<number>();
+    for (const cp of this.chunkPages.values()) {
+      for (let j = 0; j < CHUNK_PAGE; j++) if ((cp.flags[j] & LIVE) !== 0) out.add(cp.segment[j]);
+    }
+    return out;
   }
 
   /** True when chunk `id` is referenced by a pending entry (GC must keep it). */
   references(id: number): boolean {
-    return (this.refs.get(id) ?? 0) > 0;
+    const cp = this.chunkPage(id);
+    const j = id % CHUNK_PAGE;
+    if (cp !== undefined && (cp.flags[j] & LIVE) !== 0) return cp.refs[j] > 0;
+    return (this.oldRefs.get(id) ?? 0) > 0;
   }
 
   /** Drops every pending entry of a removed lineage. */
   dropLineage(lineage: number): void {
-    const m = this.current.get(lineage);
-    if (m) {
-      for (const e of m.values()) this.unref(e.target);
-      this.count -= m.size;
-      this.current.delete(lineage);
+    for (const g of [this.current, this.flushing]) {
+      if (g === null) continue;
+      for (const [, , target] of g.entries(lineage)) {
+        this.unref(target);
+        g.count--;
+      }
+      g.pages -= g.lineages.get(lineage)?.size ?? 0;
+      g.lineages.delete(lineage);
     }
-    const f = this.flushing?.get(lineage);
-    if (f) { for (const e of f.values()) this.unref(e.target); this.flushing!.delete(lineage); }
+    this.forgetPage();
   }
 
   /** Starts a flush: the current generation becomes the flushing one. */
@@ -141,71 +372,111 @@ export class Writeback {
     if (this.flushing) throw new Error('a flush is already under way');
     const g = this.current;
     this.flushing = g;
-    this.current = new Map();
-    this.count = 0;
+    this.current = new Generation();
+    this.forgetPage();
     return g;
   }
 
   /**
    * Ends a flush: the flushing generation is in the index (or was dropped).
-   * `committed` is called for each new chunk the commit entered, before it
-   * is forgotten here.
+   * `committed` is called with the name of each new chunk the commit
+   * entered, before it is forgotten here.
    */
-  finishGeneration(g: Generation, committedNew: Set<number>, committed: (c: NewChunk) => void): void {
-    for (const m of g.values()) for (const e of m.values()) this.unref(e.target);
+  finishGeneration(g: Generation, committedNew: Set<number>, committed: (hash: Buffer) => void): void {
+    for (const lineage of g.lineages.keys()) for (const [, , target] of g.entries(lineage)) this.unref(target);
     this.flushing = null;
     // New chunks no longer referenced anywhere can be forgotten; the
     // committed ones now live in the index.
-    for (const [id, c] of this.newChunks) {
-      const entered = committedNew.has(id);
-      if (entered) committed(c);
-      if (entered || !this.references(id)) this.forgetNew(id, c);
+    for (const [pageNo, cp] of [...this.chunkPages]) {
+      for (let j = 0; j < CHUNK_PAGE; j++) {
+        if ((cp.flags[j] & LIVE) === 0) continue;
+        const id = pageNo * CHUNK_PAGE + j;
+        const entered = committedNew.has(id);
+        if (entered) committed(cp.hashes.subarray(j * HASH, (j + 1) * HASH));
+        if (entered || cp.refs[j] <= 0) this.forgetNew(id, pageNo, cp, j);
+      }
     }
   }
 
   /** Returns a generation that failed to commit to the current one (newer writes win). */
   restoreGeneration(g: Generation): void {
-    for (const [lineage, m] of g) {
-      for (const [block, e] of m) {
-        if (!this.current.get(lineage)?.has(block)) this.set(lineage, block, e.version, e.target);
-        this.unref(e.target);
+    for (const lineage of g.lineages.keys()) {
+      for (const [block, version, target] of g.entries(lineage)) {
+        if (!this.inCurrent(lineage, block)) this.set(lineage, block, version, target);
+        this.unref(target);
       }
     }
     this.flushing = null;
   }
 
-  private forgetNew(id: number, c: NewChunk): void {
-    this.newChunks.delete(id);
-    this.unlistHash(id, c.hash);
+  private inCurrent(lineage: number, block: number): boolean {
+    const p = this.current.page(lineage, Math.floor(block / ENTRY_PAGE));
+    return p !== undefined && p[block % ENTRY_PAGE] >= 0;
   }
 
-  private listHash(id: number, hash: Buffer): void {
-    const k = hash.readUInt32BE(0) >>> 2;
-    const v = this.newByHash.get(k);
-    if (v === undefined) this.newByHash.set(k, id);
-    else if (typeof v === 'number') this.newByHash.set(k, [v, id]);
-    else v.push(id);
+  private currentPage(lineage: number, pageNo: number, create: boolean): Float64Array | undefined {
+    if (lineage === this.lastLineage && pageNo === this.lastPageNo && this.lastPage !== undefined) return this.lastPage;
+    const p = create ? this.current.makePage(lineage, pageNo) : this.current.page(lineage, pageNo);
+    if (p !== undefined) {
+      this.lastLineage = lineage;
+      this.lastPageNo = pageNo;
+      this.lastPage = p;
+    }
+    return p;
   }
 
-  private unlistHash(id: number, hash: Buffer): void {
-    const k = hash.readUInt32BE(0) >>> 2;
-    const v = this.newByHash.get(k);
-    if (v === id) {
-      this.newByHash.delete(k);
-    } else if (typeof v === 'object') {
-      const i = v.indexOf(id);
-      if (i >= 0) v.splice(i, 1);
-      if (v.length === 1) this.newByHash.set(k, v[0]);
+  private forgetPage(): void {
+    this.lastLineage = -1;
+    this.lastPageNo = -1;
+    this.lastPage = undefined;
+  }
+
+  private chunkPage(id: number): ChunkPage | undefined {
+    const pageNo = Math.floor(id / CHUNK_PAGE);
+    if (pageNo === this.lastChunkPageNo) return this.lastChunkPage;
+    const cp = this.chunkPages.get(pageNo);
+    if (cp !== undefined) {
+      this.lastChunkPageNo = pageNo;
+      this.lastChunkPage = cp;
+    }
+    return cp;
+  }
+
+  private forgetNew(id: number, pageNo: number, cp: ChunkPage, j: number): void {
+    this.unlistHash(id, cp.hashes, j * HASH);
+    // Entries of the current generation may still point at a committed chunk.
+    if (cp.refs[j] > 0) this.oldRefs.set(id, cp.refs[j]);
+    cp.flags[j] = 0;
+    cp.refs[j] = 0;
+    this.newCount--;
+    if (--cp.live === 0) {
+      this.chunkPages.delete(pageNo);
+      if (this.lastChunkPageNo === pageNo) { this.lastChunkPageNo = -1; this.lastChunkPage = undefined; }
     }
   }
 
+  private listHash(id: number, hashes: Buffer, at: number): void {
+    this.newByHash.add(prefix(hashes, at), id);
+  }
+
+  private unlistHash(id: number, hashes: Buffer, at: number): void {
+    this.newByHash.remove(prefix(hashes, at), id);
+  }
+
   private ref(target: number): void {
-    if (target !== 0) this.refs.set(target, (this.refs.get(target) ?? 0) + 1);
+    if (target === 0) return;
+    const cp = this.chunkPage(target);
+    const j = target % CHUNK_PAGE;
+    if (cp !== undefined && (cp.flags[j] & LIVE) !== 0) cp.refs[j]++;
+    else this.oldRefs.set(target, (this.oldRefs.get(target) ?? 0) + 1);
   }
 
   private unref(target: number): void {
     if (target === 0) return;
-    const n = (this.refs.get(target) ?? 0) - 1;
-    if (n > 0) this.refs.set(target, n); else this.refs.delete(target);
+    const cp = this.chunkPage(target);
+    const j = target % CHUNK_PAGE;
+    if (cp !== undefined && (cp.flags[j] & LIVE) !== 0) { cp.refs[j]--; return; }
+    const n = (this.oldRefs.get(target) ?? 0) - 1;
+    if (n > 0) this.oldRefs.set(target, n); else this.oldRefs.delete(target);
   }
 }
