@@ -9,6 +9,12 @@
  * read buffer, so the view stays valid); one that spans chunks is copied
  * exactly once into its own Buffer.
  *
+ * Transient mode (`transient = true`, for connections that read into
+ * recycled buffers, see reader.ts): a chunk's memory is only valid while
+ * the chunk is queued, so `take` always copies, and chunks that continue
+ * each other in memory are merged on push, so a request received in several
+ * reads is one contiguous chunk when it fits the buffer.
+ *
  * Invariant: `length` is the sum of unread bytes; chunks before `head`
  * are consumed, and `headOff` bytes of chunks[head] are consumed.
  */
@@ -21,11 +27,26 @@ export class ByteQueue {
   /** Unread bytes. */
   length = 0;
 
+  /** Chunks' memory is reused once they are consumed: `take` copies (see above). */
+  transient = false;
+
   /** Appends a received chunk (kept by reference). */
   push(chunk: Buffer): void {
     if (chunk.length === 0) return;
-    this.chunks.push(chunk);
+    const last = this.chunks.length > this.head ? this.chunks[this.chunks.length - 1] : undefined;
+    if (this.transient && last !== undefined && last.buffer === chunk.buffer
+      && last.byteOffset + last.length === chunk.byteOffset) {
+      this.chunks[this.chunks.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + chunk.length);
+    } else {
+      this.chunks.push(chunk);
+    }
     this.length += chunk.length;
+  }
+
+  /** True when an unread byte lies in `memory`. */
+  holds(memory: ArrayBufferLike): boolean {
+    for (let i = this.head; i < this.chunks.length; i++) if (this.chunks[i].buffer === memory) return true;
+    return false;
   }
 
   /**
@@ -59,13 +80,14 @@ export class ByteQueue {
   }
 
   /**
-   * Removes and returns `n` bytes: a view when they lie in one chunk, else
-   * one copy (into `into`, of exactly `n` bytes, when given).
+   * Removes and returns `n` bytes: a view when they lie in one chunk (and
+   * the queue is not transient), else one copy (into `into`, of exactly `n`
+   * bytes, when given).
    */
   take(n: number, into?: Buffer): Buffer {
     if (n === 0) return Buffer.alloc(0);
     const first = this.chunks[this.head];
-    if (first.length - this.headOff >= n) {
+    if (!this.transient && first.length - this.headOff >= n) {
       const view = first.subarray(this.headOff, this.headOff + n);
       this.skip(n);
       return view;

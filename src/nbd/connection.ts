@@ -22,6 +22,7 @@ import { Handshake, type HandshakeStep, type NegotiatedExport, type TlsMode } fr
 import * as P from './protocol.js';
 import { Transmission, type EndReason, type TransmissionLimits } from './transmission.js';
 import { setSendBuffer } from '../native/index.js';
+import { largeReadSocket } from './reader.js';
 
 /** Longest option payload we accept; more is treated as a DoS and closes. */
 export const MAX_OPTION_DATA = 64 * 1024;
@@ -69,9 +70,17 @@ export class Connection {
     this.socketClosed();
   };
 
-  constructor(id: number, private readonly raw: Socket, private readonly cfg: ConnectionConfig) {
+  /** The accepted socket (or the one reading it in large slabs, see reader.ts). */
+  private readonly raw: Socket;
+
+  constructor(id: number, accepted: Socket, private readonly cfg: ConnectionConfig) {
     this.name = `conn#${id}`;
-    this.peer = raw.remoteAddress !== undefined ? `${raw.remoteAddress}:${raw.remotePort}` : 'unix';
+    this.peer = accepted.remoteAddress !== undefined ? `${accepted.remoteAddress}:${accepted.remotePort}` : 'unix';
+    // Without TLS the connection reads in large slabs; a TLS socket reads the accepted one its own way.
+    const large = cfg.tlsMode === 'off' ? largeReadSocket(accepted, this.queue, this.onData) : null;
+    this.queue.transient = large !== null;
+    const raw = large ?? accepted;
+    this.raw = raw;
     this.socket = raw;
     this.hs = new Handshake({ backend: cfg.backend, tlsMode: cfg.tlsMode, defaultExport: cfg.defaultExport, logger: cfg.logger });
     this.closed = this.run().catch((err: unknown) => {

@@ -78,18 +78,18 @@ function allowedFlags(type: number, structured: boolean): number | undefined {
 }
 
 /**
- * Reuses read reply and write payload buffers of the sizes clients use
- * again and again (a sequential reader's or writer's 1 MiB). Only sizes of at least MIN_BYTES are pooled,
- * at most MAX_BUFFERS of them, so the pool holds a few MiB at most.
+ * Reuses buffers of the sizes clients use again and again (a sequential
+ * reader's or writer's 1 MiB, a random writer's 4 KiB). Sizes from
+ * `minBytes` are pooled, at most `maxBuffers` of them.
  */
 class BufferPool {
-  static readonly MIN_BYTES = 64 * 1024;
-  static readonly MAX_BUFFERS = 8;
   private readonly free: Buffer[] = [];
 
-  /** A buffer of exactly `length` bytes, or undefined below MIN_BYTES (the store allocates). */
+  constructor(private readonly minBytes: number, private readonly maxBuffers: number) {}
+
+  /** A buffer of exactly `length` bytes, or undefined below minBytes (the caller allocates). */
   take(length: number): Buffer | undefined {
-    if (length < BufferPool.MIN_BYTES) return undefined;
+    if (length < this.minBytes) return undefined;
     for (let i = this.free.length - 1; i >= 0; i--) {
       if (this.free[i].length === length) return this.free.splice(i, 1)[0];
     }
@@ -99,7 +99,7 @@ class BufferPool {
   /** Returns a buffer nobody uses any more. */
   give(b: Buffer | undefined): void {
     if (b === undefined) return;
-    if (this.free.length >= BufferPool.MAX_BUFFERS) this.free.shift();
+    if (this.free.length >= this.maxBuffers) this.free.shift();
     this.free.push(b);
   }
 }
@@ -122,11 +122,14 @@ export class Transmission {
   private corked = false;
   private drainRemaining = 0;
   private readonly label: string;
+  /** Reply buffers of big reads, reused once written (allocating them made GC a sixth of a sequential read). */
+  private readonly buffers = new BufferPool(64 * 1024, 8);
   /**
-   * Reply buffers of big reads, reused once written (allocating them made GC
-   * a sixth of a sequential read), and payload buffers of big writes.
+   * Payload buffers of writes, reused once the write settled (a payload is
+   * copied out of the receive queue when it spans reads, and always when
+   * the queue is transient).
    */
-  private readonly buffers = new BufferPool();
+  private readonly payloads = new BufferPool(4096, 64);
   private readonly uncork = (): void => {
     this.corked = false;
     this.socket.uncork();
@@ -229,12 +232,12 @@ export class Transmission {
         }
         if (q.length < P.REQUEST_SIZE + h.length) break;
         q.skip(P.REQUEST_SIZE);
-        // A payload spanning socket reads is copied once, into a pooled buffer
-        // when big (fresh 1 MiB buffers cost page faults and GC): the backend
-        // is done with it once its write settles.
-        const into = this.buffers.take(h.length);
+        // A payload that is copied goes into a pooled buffer (fresh 1 MiB
+        // buffers cost page faults and GC): the backend is done with it once
+        // its write settles.
+        const into = this.payloads.take(h.length);
         payload = q.take(h.length, into);
-        if (payload !== into) this.buffers.give(into);
+        if (payload !== into) this.payloads.give(into);
         else pooled = into;
       } else {
         q.skip(P.REQUEST_SIZE);
@@ -246,7 +249,7 @@ export class Transmission {
       }
       if (this.ending === 'shutdown') {
         this.replyError(h, P.NBD_ESHUTDOWN, 'server shutting down');
-        this.buffers.give(pooled);
+        this.payloads.give(pooled);
       }
       else this.dispatch(h, payload, pooled);
     }
@@ -262,7 +265,7 @@ export class Transmission {
     this.inFlight++;
     this.inFlightBytes += cost;
     const complete = (): void => {
-      this.buffers.give(pooled);
+      this.payloads.give(pooled);
       this.inFlight--;
       this.inFlightBytes -= cost;
       if (this.ending === null) this.pump();

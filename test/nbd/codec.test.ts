@@ -148,6 +148,27 @@ describe('ByteQueue', () => {
     expect(v.buffer).toBe(chunk.buffer);
   });
 
+  it('in transient mode: merges chunks that continue each other, always copies out, tells what it holds', () => {
+    const q = new ByteQueue();
+    q.transient = true;
+    const slab = Buffer.alloc(256); // memory of its own (small Buffer.from/allocUnsafe share Node's pool)
+    for (let i = 0; i < 256; i++) slab[i] = i;
+    q.push(slab.subarray(0, 10));
+    q.push(slab.subarray(10, 50)); // continues the last chunk in memory: one chunk
+    q.push(Buffer.from(slab.subarray(50, 60))); // elsewhere in memory: a chunk of its own
+    expect(q.peekOffset()).toBe(0);
+    expect(q.peek(50).byteOffset).toBe(slab.byteOffset); // the merged chunk itself, no copy for a header
+    expect(q.holds(slab.buffer)).toBe(true);
+    const taken = q.take(30);
+    expect(taken.equals(slab.subarray(0, 30))).toBe(true);
+    expect(taken.buffer).not.toBe(slab.buffer); // a copy: the slab will be read into again
+    const into = Buffer.alloc(25);
+    expect(q.take(25, into)).toBe(into);
+    expect(into.equals(slab.subarray(30, 55))).toBe(true);
+    expect(q.holds(slab.buffer)).toBe(false);
+    expect(q.takeAll().equals(slab.subarray(55, 60))).toBe(true);
+  });
+
   it('agrees with a plain Buffer model under random pushes and reads', () => {
     let seed = 42;
     const rnd = (n: number): number => {
