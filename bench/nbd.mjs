@@ -6,7 +6,9 @@
  *   - nbdkit --filter=cow file on the raw image.
  * Workloads: 4 KiB randread/randwrite at iodepth 16, 1 MiB seq read/write at
  * iodepth 4, each for BENCH_RUNTIME seconds (default 10). Prints IOPS and
- * MB/s per server and the dormant/peer ratio per workload.
+ * MB/s per server and the dormant/peer ratio per workload. After each
+ * dormant run its pending writes are flushed (not timed), so that dormant's
+ * background flush does not run while a peer is measured.
  *
  * Build first (`npx tsc`); this imports the compiled modules from dist/.
  * Env: BENCH_SIZE_MIB (default 1024), BENCH_RUNTIME (s, default 10),
@@ -122,6 +124,8 @@ async function main() {
   for (const w of WORKLOADS) {
     for (const t of targets) {
       results[`${w.name}|${t.name}`] = await fio(t.uri, w);
+      // Pending writes would otherwise be flushed in the background while a peer is measured.
+      if (t.name === 'dormant') await store.flush();
       const r = results[`${w.name}|${t.name}`];
       console.log(`bench: ${w.name.padEnd(18)} ${t.name.padEnd(10)} ${r.iops.toFixed(0).padStart(8)} IOPS ${r.mbps.toFixed(1).padStart(8)} MB/s`);
     }

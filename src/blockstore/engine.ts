@@ -16,7 +16,7 @@
 import { BLOCK_SIZE, HASH_SIZE, ZERO_BLOCK } from './constants.js';
 import { DormantError } from './errors.js';
 import { xxh3, type HashFunction } from './hash.js';
-import { hashBlocks, verifyBlocks } from '../native/index.js';
+import { hashBlocks, hashPagesAsync, verifyBlocks } from '../native/index.js';
 import { HashFilter } from './hash-filter.js';
 import type { IndexDbs } from './index-db.js';
 import type { Catalog, Point } from './catalog.js';
@@ -34,6 +34,9 @@ const COLD_EXCESS_MS = 0.25;
 const CACHED_BYTES_PER_MS = 1e6;
 /** How long reads go to libuv's pool after a cold synchronous read. */
 const COLD_HOLD_MS = 250;
+
+/** Hashes (16 bytes per block) and zero flags (1 = all zeroes) of the blocks of a write. */
+export interface BlockHashes { hashes: Buffer; zero: Uint8Array }
 
 /** Runs of consecutive slots to read, and the expected hash of every block. */
 interface ReadPlan {
@@ -296,12 +299,15 @@ export class BlockEngine {
    * own uncommitted chunk's slot are written in runs of consecutive slots,
    * before this returns.
    */
-  writeBlocks(t: Target, first: number, data: Buffer): void {
+  writeBlocks(t: Target, first: number, data: Buffer, hashed?: BlockHashes): void {
     const n = data.length / BLOCK_SIZE;
     const { lineage, version } = t.point;
-    let hashes = this.hashScratch;
-    let zero = this.zeroScratch;
-    if (this.nativeHash) {
+    let hashes: Buffer = this.hashScratch;
+    let zero: Uint8Array = this.zeroScratch;
+    if (hashed !== undefined) {
+      hashes = hashed.hashes;
+      zero = hashed.zero;
+    } else if (this.nativeHash) {
       if (hashes.length < n * HASH_SIZE) {
         hashes = this.hashScratch = Buffer.allocUnsafe(n * HASH_SIZE);
         zero = this.zeroScratch = new Uint8Array(n);
@@ -327,6 +333,16 @@ export class BlockEngine {
     } finally {
       this.writeRewrites();
     }
+  }
+
+  /**
+   * Hashes and zero flags of `data`'s blocks, computed on libuv's pool (for
+   * big writes: the JS thread goes on meanwhile); null when the store's
+   * hash is not the native one. `data` must not change until it resolves.
+   */
+  hashAsync(data: Buffer): Promise<BlockHashes> | null {
+    if (!this.nativeHash) return null;
+    return hashPagesAsync(data, BLOCK_SIZE);
   }
 
   /** Makes `n` blocks from `first` read as zeroes (holes). */

@@ -10,6 +10,9 @@ import type { BlockEngine, Target } from './engine.js';
 import type { Catalog } from './catalog.js';
 import type { Extent, ReadOptions, VolumeHandle, VolumeKind, WriteOptions } from './types.js';
 
+/** Writes of at least this many bytes are hashed on libuv's pool (smaller ones cost less than the hop). */
+const ASYNC_HASH_BYTES = 256 * 1024;
+
 /** What a handle needs from its store. */
 export interface VolumeHost {
   readonly engine: BlockEngine;
@@ -24,6 +27,8 @@ export interface VolumeHost {
 /** A VolumeHandle over the store's block engine. */
 export class Volume implements VolumeHandle {
   private closed = false;
+  /** The last mutation queued behind a write still being hashed (null: none). */
+  private ordering: Promise<void> | null = null;
 
   constructor(private readonly host: VolumeHost, readonly name: string, readonly kind: VolumeKind,
     readonly readOnly: boolean) {}
@@ -60,7 +65,19 @@ export class Volume implements VolumeHandle {
 
   async write(offset: number, data: Buffer, opts: WriteOptions = {}): Promise<void> {
     const t = this.check(offset, data.length, true);
-    if (data.length > 0) this.writeRange(t, offset, data);
+    const hashing = data.length >= ASYNC_HASH_BYTES && offset % BLOCK_SIZE === 0 && data.length % BLOCK_SIZE === 0
+      ? this.host.engine.hashAsync(data) : null;
+    if (hashing !== null) {
+      // Hashed on libuv's pool while this thread serves other requests;
+      // applied in arrival order after every earlier mutation of this handle.
+      await this.inOrder(async () => {
+        const hashed = await hashing;
+        this.host.engine.writeBlocks(this.check(offset, data.length, true), offset / BLOCK_SIZE, data, hashed);
+      });
+    } else if (data.length > 0) {
+      if (this.ordering === null) this.writeRange(t, offset, data);
+      else await this.inOrder(async () => this.writeRange(this.check(offset, data.length, true), offset, data));
+    }
     await this.finish(opts);
   }
 
@@ -71,18 +88,8 @@ export class Volume implements VolumeHandle {
   async zero(offset: number, length: number, opts: WriteOptions = {}): Promise<void> {
     const t = this.check(offset, length, true);
     if (length > 0) {
-      const first = Math.ceil(offset / BLOCK_SIZE);
-      const end = Math.floor((offset + length) / BLOCK_SIZE);
-      if (end > first) {
-        this.host.engine.zeroBlocks(t, first, end - first);
-        // Edges that are not whole blocks get zero bytes written.
-        if (offset < first * BLOCK_SIZE) this.writeRange(t, offset, Buffer.alloc(first * BLOCK_SIZE - offset));
-        if (end * BLOCK_SIZE < offset + length) {
-          this.writeRange(t, end * BLOCK_SIZE, Buffer.alloc(offset + length - end * BLOCK_SIZE));
-        }
-      } else {
-        this.writeRange(t, offset, Buffer.alloc(length));
-      }
+      if (this.ordering === null) this.zeroRange(t, offset, length);
+      else await this.inOrder(async () => this.zeroRange(this.check(offset, length, true), offset, length));
     }
     await this.finish(opts);
   }
@@ -125,6 +132,36 @@ export class Volume implements VolumeHandle {
     if (this.closed) return;
     this.closed = true;
     this.host.release(this.name);
+  }
+
+  /**
+   * Runs `apply` after every mutation queued before it on this handle (so
+   * writes land in the order they came, even when some wait for their
+   * hashes); resolves when it has run.
+   */
+  private inOrder(apply: () => Promise<void>): Promise<void> {
+    const prev = this.ordering ?? Promise.resolve();
+    const run = prev.then(apply);
+    const tail = run.catch(() => undefined);
+    this.ordering = tail;
+    void tail.then(() => { if (this.ordering === tail) this.ordering = null; });
+    return run;
+  }
+
+  /** Makes a range read as zeroes: whole blocks become holes, partial edges get zero bytes. */
+  private zeroRange(t: Target, offset: number, length: number): void {
+    const first = Math.ceil(offset / BLOCK_SIZE);
+    const end = Math.floor((offset + length) / BLOCK_SIZE);
+    if (end > first) {
+      this.host.engine.zeroBlocks(t, first, end - first);
+      // Edges that are not whole blocks get zero bytes written.
+      if (offset < first * BLOCK_SIZE) this.writeRange(t, offset, Buffer.alloc(first * BLOCK_SIZE - offset));
+      if (end * BLOCK_SIZE < offset + length) {
+        this.writeRange(t, end * BLOCK_SIZE, Buffer.alloc(offset + length - end * BLOCK_SIZE));
+      }
+    } else {
+      this.writeRange(t, offset, Buffer.alloc(length));
+    }
   }
 
   /** Writes bytes at any offset: whole blocks directly, partial ones read-modify-write. */

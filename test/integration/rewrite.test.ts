@@ -169,6 +169,41 @@ describe('rewrites in place', () => {
     }
   });
 
+  it('big writes hashed on libuv\'s pool land in arrival order with the small ones around them', async () => {
+    const dir = tmp.make('rw-order');
+    const store = await Store.init(dir, { writebackIntervalMs: 0 });
+    try {
+      const blocks = 256; // 1 MiB: big enough to be hashed on the pool
+      await store.createVolume('v', blocks * BLOCK_SIZE);
+      const h = await store.openVolume('v');
+      for (let round = 0; round < 20; round++) {
+        const big = pseudoRandom(1000 + round, blocks * BLOCK_SIZE);
+        const small = pseudoRandom(2000 + round, 3 * BLOCK_SIZE);
+        const big2 = pseudoRandom(3000 + round, blocks * BLOCK_SIZE);
+        // Issued without waiting, as a pipelining client does: each must land after the one before.
+        const done = [
+          h.write(0, big),
+          h.write(5 * BLOCK_SIZE, small),
+          h.zero(100 * BLOCK_SIZE, 10 * BLOCK_SIZE),
+          h.write(0, big2.subarray(0, 128 * BLOCK_SIZE)),
+          h.write(10 * BLOCK_SIZE + 100, small.subarray(0, 50)),
+        ];
+        await Promise.all(done);
+        const want = Buffer.from(big);
+        small.copy(want, 5 * BLOCK_SIZE);
+        want.fill(0, 100 * BLOCK_SIZE, 110 * BLOCK_SIZE);
+        big2.copy(want, 0, 0, 128 * BLOCK_SIZE);
+        small.copy(want, 10 * BLOCK_SIZE + 100, 0, 50);
+        expect((await h.read(0, blocks * BLOCK_SIZE)).equals(want)).toBe(true);
+      }
+      await h.flush();
+      expect(await store.check()).toEqual([]);
+      await h.close();
+    } finally {
+      await store.close();
+    }
+  });
+
   it('pending writes are flushed in the background once writes pause', async () => {
     const dir = tmp.make('rw-idle');
     const store = await Store.init(dir, { writebackIntervalMs: 60_000, writebackIdleMs: 100 });
