@@ -12,7 +12,8 @@
  *
  * Build first (`npx tsc`); this imports the compiled modules from dist/.
  * Env: BENCH_SIZE_MIB (default 1024), BENCH_RUNTIME (s, default 10),
- * BENCH_DIR (work dir, default a temp dir, removed afterwards).
+ * BENCH_DIR (work dir, default a temp dir, removed afterwards),
+ * BENCH_WORKLOADS (comma-separated fio --rw names, default all four).
  */
 import { spawn, execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -38,12 +39,19 @@ const ownDir = process.env.BENCH_DIR === undefined;
 const dir = process.env.BENCH_DIR ?? mkdtempSync(path.join(tmpdir(), 'dormant-bench-'));
 mkdirSync(dir, { recursive: true });
 
-const WORKLOADS = [
+const ALL_WORKLOADS = [
   { name: '4k randread qd16', rw: 'randread', bs: '4k', iodepth: 16 },
   { name: '1M seqread qd4', rw: 'read', bs: '1M', iodepth: 4 },
   { name: '4k randwrite qd16', rw: 'randwrite', bs: '4k', iodepth: 16 },
   { name: '1M seqwrite qd4', rw: 'write', bs: '1M', iodepth: 4 },
 ];
+// BENCH_WORKLOADS=randwrite,write (fio --rw names) runs only those.
+const only = process.env.BENCH_WORKLOADS?.split(',').map((x) => x.trim());
+const WORKLOADS = only === undefined ? ALL_WORKLOADS : ALL_WORKLOADS.filter((w) => only.includes(w.rw));
+if (WORKLOADS.length === 0) {
+  console.error(`bench/nbd.mjs: BENCH_WORKLOADS=${process.env.BENCH_WORKLOADS} names none of: ${ALL_WORKLOADS.map((w) => w.rw).join(', ')}`);
+  process.exit(2);
+}
 
 const children = [];
 function startChild(cmd, args) {

@@ -58,58 +58,59 @@ function copyHash(from: Buffer, fromAt: number, to: Buffer, toAt: number): void 
  * are. Removal shifts the rest of a probe run back (no tombstones).
  */
 class PrefixTable {
-  /** key + 1 per slot; 0 = empty. */
-  private keys = new Int32Array(1024);
-  private ids = new Float64Array(1024);
+  /** Per slot: key + 1 (0 = empty), then the id, side by side so a probe touches one cache line. */
+  private slots = new Float64Array(2 * 1024);
   private mask = 1023;
   private count = 0;
 
   /** Ids filed under `key` (a fresh array; NONE when there are none). */
   find(key: number): number[] {
     const k = key + 1;
+    const t = this.slots;
     let out = NONE;
-    for (let i = key & this.mask; this.keys[i] !== 0; i = (i + 1) & this.mask) {
-      if (this.keys[i] !== k) continue;
-      if (out === NONE) out = [this.ids[i]]; else out.push(this.ids[i]);
+    for (let i = key & this.mask; t[2 * i] !== 0; i = (i + 1) & this.mask) {
+      if (t[2 * i] !== k) continue;
+      if (out === NONE) out = [t[2 * i + 1]]; else out.push(t[2 * i + 1]);
     }
     return out;
   }
 
   add(key: number, id: number): void {
     if (2 * (this.count + 1) > this.mask + 1) this.resize(2 * (this.mask + 1));
+    const t = this.slots;
     let i = key & this.mask;
-    while (this.keys[i] !== 0) i = (i + 1) & this.mask;
-    this.keys[i] = key + 1;
-    this.ids[i] = id;
+    while (t[2 * i] !== 0) i = (i + 1) & this.mask;
+    t[2 * i] = key + 1;
+    t[2 * i + 1] = id;
     this.count++;
   }
 
   remove(key: number, id: number): void {
     const k = key + 1;
+    const t = this.slots;
     let i = key & this.mask;
-    while (this.keys[i] !== 0 && !(this.keys[i] === k && this.ids[i] === id)) i = (i + 1) & this.mask;
-    if (this.keys[i] === 0) return;
+    while (t[2 * i] !== 0 && !(t[2 * i] === k && t[2 * i + 1] === id)) i = (i + 1) & this.mask;
+    if (t[2 * i] === 0) return;
     // Shift back every later entry of the run that may live at i.
-    for (let j = (i + 1) & this.mask; this.keys[j] !== 0; j = (j + 1) & this.mask) {
-      const home = (this.keys[j] - 1) & this.mask;
+    for (let j = (i + 1) & this.mask; t[2 * j] !== 0; j = (j + 1) & this.mask) {
+      const home = (t[2 * j] - 1) & this.mask;
       const between = i <= j ? home > i && home <= j : home > i || home <= j;
       if (between) continue;
-      this.keys[i] = this.keys[j];
-      this.ids[i] = this.ids[j];
+      t[2 * i] = t[2 * j];
+      t[2 * i + 1] = t[2 * j + 1];
       i = j;
     }
-    this.keys[i] = 0;
+    t[2 * i] = 0;
     this.count--;
     if (this.mask > 65535 && 16 * this.count < this.mask + 1) this.resize((this.mask + 1) / 4);
   }
 
   private resize(slots: number): void {
-    const { keys, ids } = this;
-    this.keys = new Int32Array(slots);
-    this.ids = new Float64Array(slots);
+    const old = this.slots;
+    this.slots = new Float64Array(2 * slots);
     this.mask = slots - 1;
     this.count = 0;
-    for (let i = 0; i < keys.length; i++) if (keys[i] !== 0) this.add(keys[i] - 1, ids[i]);
+    for (let i = 0; i < old.length; i += 2) if (old[i] !== 0) this.add(old[i] - 1, old[i + 1]);
   }
 }
 
