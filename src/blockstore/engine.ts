@@ -11,7 +11,8 @@
  * (writeback.ts), else appended to a segment.
  *
  * Everything here is synchronous and runs to completion on the JS thread, so
- * no two operations interleave inside a block; only flush (store.ts) awaits.
+ * no two operations interleave inside a block; only flush (store.ts) awaits,
+ * and big writes may be hashed beforehand on libuv's pool (`hashAsync`).
  */
 import { BLOCK_SIZE, HASH_SIZE, ZERO_BLOCK } from './constants.js';
 import { DormantError } from './errors.js';
@@ -371,8 +372,9 @@ export class BlockEngine {
    * Id of a chunk holding exactly the bytes of block `i` of `data` (whose
    * hash is hashes[i * 16, +16)), stored anew if none does: in the slot of
    * chunk `reuse` when not 0 (an uncommitted chunk only this block refers
-   * to, whose place is in rewriteAt; it keeps its id), else appended. The hash index is only consulted when the
-   * hash filter says a committed chunk may have this hash.
+   * to, whose place is in rewriteAt; it keeps its id), else appended. The
+   * hash index is only consulted when the hash filter says a committed
+   * chunk may have this hash.
    */
   private storeChunk(data: Buffer, i: number, hashes: Buffer, reuse: number): number {
     const at = i * HASH_SIZE;
