@@ -220,4 +220,25 @@ describe('rewrites in place', () => {
       await store.close();
     }
   });
+
+  it('writes that never pause are flushed once the oldest is old enough', async () => {
+    const dir = tmp.make('rw-age');
+    const store = await Store.init(dir, { writebackIntervalMs: 200, writebackIdleMs: 60_000 });
+    try {
+      await store.createVolume('v', SIZE);
+      const h = await store.openVolume('v');
+      let flushed = false;
+      const end = Date.now() + 10_000;
+      for (let i = 0; !flushed && Date.now() < end; i++) {
+        await h.write((i % BLOCKS) * BLOCK_SIZE, pseudoRandom(i + 1, BLOCK_SIZE));
+        // The age check runs on a timer: let it.
+        await new Promise((r) => setTimeout(r, 5));
+        flushed = i > 0 && store.pendingBlocks < Math.min(i + 1, BLOCKS);
+      }
+      expect(flushed).toBe(true);
+      await h.close();
+    } finally {
+      await store.close();
+    }
+  });
 });
