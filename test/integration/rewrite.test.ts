@@ -25,14 +25,23 @@ function segmentBytes(dir: string): number {
   return fs.readdirSync(segs).reduce((sum, f) => sum + fs.statSync(path.join(segs, f)).size, 0);
 }
 
+/** Runs `body` with a store that is closed afterwards, whatever happens. */
+async function withStore(opening: Promise<Store>, body: (store: Store) => Promise<void>): Promise<void> {
+  const store = await opening;
+  try {
+    await body(store);
+  } finally {
+    await store.close();
+  }
+}
+
 const BLOCKS = 64;
 const SIZE = BLOCKS * BLOCK_SIZE;
 
 describe('rewrites in place', () => {
   it('a pending block rewritten many times takes its slot once', async () => {
     const dir = tmp.make('rw-pending');
-    const store = await Store.init(dir, { writebackIntervalMs: 0 });
-    try {
+    await withStore(Store.init(dir, { writebackIntervalMs: 0 }), async (store) => {
       await store.createVolume('v', SIZE);
       const h = await store.openVolume('v');
       let last = Buffer.alloc(0);
@@ -48,23 +57,17 @@ describe('rewrites in place', () => {
       expect((await h.read(0, SIZE)).equals(last)).toBe(true);
       expect(await store.check()).toEqual([]);
       await h.close();
-    } finally {
-      await store.close();
-    }
-    const again = await Store.open(dir, { writebackIntervalMs: 0 });
-    try {
+    });
+    await withStore(Store.open(dir, { writebackIntervalMs: 0 }), async (again) => {
       const h = await again.openVolume('v');
       expect((await h.read(0, SIZE)).equals(pseudoRandom(20, SIZE))).toBe(true);
       await h.close();
-    } finally {
-      await again.close();
-    }
+    });
   });
 
   it('never overwrites what a snapshot, the index or another block holds', async () => {
     const dir = tmp.make('rw-shared');
-    const store = await Store.init(dir, { writebackIntervalMs: 0 });
-    try {
+    await withStore(Store.init(dir, { writebackIntervalMs: 0 }), async (store) => {
       await store.createVolume('v', SIZE);
       const h = await store.openVolume('v');
       const a = pseudoRandom(1, SIZE);
@@ -96,15 +99,12 @@ describe('rewrites in place', () => {
       expect((await snap.read(0, SIZE)).equals(a)).toBe(true);
       expect(await store.check()).toEqual([]);
       await Promise.all([h.close(), snap.close(), w.close()]);
-    } finally {
-      await store.close();
-    }
+    });
   });
 
   it('writes during a flush go to new slots; the flushed data stays as flushed', async () => {
     const dir = tmp.make('rw-flush');
-    const store = await Store.init(dir, { writebackIntervalMs: 0 });
-    try {
+    await withStore(Store.init(dir, { writebackIntervalMs: 0 }), async (store) => {
       await store.createVolume('v', SIZE);
       const h = await store.openVolume('v');
       const a = pseudoRandom(1, SIZE);
@@ -119,15 +119,12 @@ describe('rewrites in place', () => {
       expect((await snap.read(0, SIZE)).equals(b)).toBe(true);
       expect(await store.check()).toEqual([]);
       await Promise.all([h.close(), snap.close()]);
-    } finally {
-      await store.close();
-    }
+    });
   });
 
   it('a read in flight in libuv\'s pool sees the bytes it located', async () => {
     const dir = tmp.make('rw-async');
-    const store = await Store.init(dir, { writebackIntervalMs: 0, readMode: 'pool' });
-    try {
+    await withStore(Store.init(dir, { writebackIntervalMs: 0, readMode: 'pool' }), async (store) => {
       // More than the append buffer holds, so the first blocks are in the file.
       const blocks = 512;
       await store.createVolume('v', blocks * BLOCK_SIZE);
@@ -143,15 +140,12 @@ describe('rewrites in place', () => {
         expect((await h.read(0, 64 * BLOCK_SIZE)).equals(b)).toBe(true);
       }
       await h.close();
-    } finally {
-      await store.close();
-    }
+    });
   });
 
   it('a hash committed in this session deduplicates later writes', async () => {
     const dir = tmp.make('rw-filter');
-    const store = await Store.init(dir, { writebackIntervalMs: 0 });
-    try {
+    await withStore(Store.init(dir, { writebackIntervalMs: 0 }), async (store) => {
       await store.createVolume('a', SIZE);
       await store.createVolume('b', SIZE);
       await new Promise((r) => setTimeout(r, 100)); // the filter's first build (empty index)
@@ -164,15 +158,12 @@ describe('rewrites in place', () => {
       await b.flush();
       expect((await store.stats()).chunks).toBe(BLOCKS);
       await Promise.all([a.close(), b.close()]);
-    } finally {
-      await store.close();
-    }
+    });
   });
 
   it('big writes hashed on libuv\'s pool land in arrival order with the small ones around them', async () => {
     const dir = tmp.make('rw-order');
-    const store = await Store.init(dir, { writebackIntervalMs: 0 });
-    try {
+    await withStore(Store.init(dir, { writebackIntervalMs: 0 }), async (store) => {
       const blocks = 256; // 1 MiB: big enough to be hashed on the pool
       await store.createVolume('v', blocks * BLOCK_SIZE);
       const h = await store.openVolume('v');
@@ -199,15 +190,12 @@ describe('rewrites in place', () => {
       await h.flush();
       expect(await store.check()).toEqual([]);
       await h.close();
-    } finally {
-      await store.close();
-    }
+    });
   });
 
   it('pending writes are flushed in the background once writes pause', async () => {
     const dir = tmp.make('rw-idle');
-    const store = await Store.init(dir, { writebackIntervalMs: 60_000, writebackIdleMs: 100 });
-    try {
+    await withStore(Store.init(dir, { writebackIntervalMs: 60_000, writebackIdleMs: 100 }), async (store) => {
       await store.createVolume('v', SIZE);
       const h = await store.openVolume('v');
       await h.write(0, pseudoRandom(1, SIZE));
@@ -216,15 +204,12 @@ describe('rewrites in place', () => {
       while (store.pendingBlocks > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
       expect(store.pendingBlocks).toBe(0);
       await h.close();
-    } finally {
-      await store.close();
-    }
+    });
   });
 
   it('writes that never pause are flushed once the oldest is old enough', async () => {
     const dir = tmp.make('rw-age');
-    const store = await Store.init(dir, { writebackIntervalMs: 200, writebackIdleMs: 60_000 });
-    try {
+    await withStore(Store.init(dir, { writebackIntervalMs: 200, writebackIdleMs: 60_000 }), async (store) => {
       await store.createVolume('v', SIZE);
       const h = await store.openVolume('v');
       let flushed = false;
@@ -237,8 +222,6 @@ describe('rewrites in place', () => {
       }
       expect(flushed).toBe(true);
       await h.close();
-    } finally {
-      await store.close();
-    }
+    });
   });
 });
