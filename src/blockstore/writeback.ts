@@ -247,7 +247,7 @@ export class Writeback {
     return cp !== undefined && (cp.flags[j] & LIVE) !== 0 && cp.refs[j] === 1 ? id : 0;
   }
 
-  /** New chunk candidates whose hash equals the 16 bytes of `hash` at `at`. */
+  /** New chunks whose hash may equal the 16 bytes of `hash` at `at` (same first 30 bits: callers byte-compare). */
   newChunksWithHash(hash: Buffer, at = 0): number[] {
     return this.newByHash.find(prefix(hash, at));
   }

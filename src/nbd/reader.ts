@@ -67,6 +67,7 @@ export function largeReadSocket(accepted: net.Socket, queue: ByteQueue, onBytes:
   /** Big slabs the queue may still hold bytes of (not handed out). */
   let retired: Buffer[] = [];
   const release = (): void => {
+    if (retired.length === 0) return;
     const held = retired.filter((b) => queue.holds(b.buffer));
     for (const b of retired) if (!held.includes(b)) giveSlab(b);
     retired = held;
