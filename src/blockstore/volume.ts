@@ -70,6 +70,8 @@ export class Volume implements VolumeHandle {
     if (hashing !== null) {
       // Hashed on libuv's pool while this thread serves other requests;
       // applied in arrival order after every earlier mutation of this handle.
+      // (A failure is reported by the await below, perhaps after earlier writes: not unhandled meanwhile.)
+      hashing.catch(() => undefined);
       await this.inOrder(async () => {
         const hashed = await hashing;
         this.host.engine.writeBlocks(this.check(offset, data.length, true), offset / BLOCK_SIZE, data, hashed);
