@@ -1,10 +1,10 @@
 /**
  * The dedup hash filter (src/blockstore/hash-filter.ts) over a real LMDB
  * database: it may say "present" for an absent hash (rarely), but never
- * "absent" for a hash the store holds — not for hashes indexed before the
- * build, nor pending ones handed in by the store, nor ones added while a
- * build runs, nor after it grows. Then, through the Store: a block written
- * again after a reopen (filter rebuilt from the index) is still deduplicated.
+ * "absent" for a hash the index holds — not for hashes indexed before the
+ * build, nor ones indexed and added while a build runs, nor after it grows.
+ * Then, through the Store: a block written again after a reopen (filter
+ * rebuilt from the index) is still deduplicated.
  */
 import crypto from 'node:crypto';
 import { open, type Database, type RootDatabase } from 'lmdb';
