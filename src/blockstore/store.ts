@@ -18,7 +18,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  BLOCK_SIZE, MAX_VOLUME_SIZE, PRINTS_INTERVAL_MS, WRITEBACK_IDLE_MS, WRITEBACK_INTERVAL_MS, WRITEBACK_MAX_BLOCKS, WRITEBACK_MAX_PAGES,
+  BLOCK_SIZE, MAX_VOLUME_SIZE, COMMIT_SLICE_ENTRIES, PRINTS_INTERVAL_MS, WRITEBACK_IDLE_MS, WRITEBACK_INTERVAL_MS, WRITEBACK_MAX_BLOCKS, WRITEBACK_MAX_PAGES,
   FORMAT_VERSION,
 } from './constants.js';
 import { DormantError } from './errors.js';
@@ -414,23 +414,32 @@ export class Store implements VolumeHost {
     const gen = this.writeback.takeGeneration();
     const prints = printsDue ? this.fingerprintsDb.take() : new Map<string, Map<number, number>>();
     if (printsDue) this.printsAt = Date.now();
-    let entered: Set<number>;
+    // One transaction per slice: handing a transaction's writes to LMDB and
+    // releasing its entries run on the JS thread, a few µs per new chunk, so
+    // a big generation in one transaction would stall every client for
+    // seconds. Each slice is consistent on its own (its map entries, the
+    // chunk records and counts they need); unflushed writes promise no
+    // order, so a crash between slices loses nothing that was promised.
+    let printsCommitted = false;
     try {
-      entered = await this.committer.commitPlanned(async (w) => {
-        const ids = await applyGeneration(this.dbs, this.catalog, this.engine.blockMap, this.writeback, gen, w);
-        await this.fingerprintsDb.apply(prints, w);
-        return ids;
-      }, () => this.segments.sync());
+      for (const [k, slice] of gen.slices(COMMIT_SLICE_ENTRIES).entries()) {
+        const entered = await this.committer.commitPlanned(async (w) => {
+          const ids = await applyGeneration(this.dbs, this.catalog, this.engine.blockMap, this.writeback, slice, w);
+          if (k === 0) await this.fingerprintsDb.apply(prints, w);
+          return ids;
+        }, k === 0 ? () => this.segments.sync() : undefined);
+        printsCommitted = true;
+        // The index changed under cached look-ups: forget them in the same
+        // tick that drops the entries readers were seeing instead.
+        if (slice.lineages.size > 0) this.engine.invalidate();
+        this.writeback.releaseCommitted(slice, entered, (hash) => this.engine.filter.add(hash));
+      }
     } catch (err) {
       this.writeback.restoreGeneration(gen);
-      this.fingerprintsDb.restore(prints);
+      if (!printsCommitted) this.fingerprintsDb.restore(prints);
       throw err instanceof DormantError ? err
         : new DormantError('EIO', `flush failed: ${(err as Error).message}`, { cause: err });
     }
-    // The index changed under cached look-ups: forget them in the same tick
-    // that drops the generation readers were seeing instead.
-    if (gen.lineages.size > 0) this.engine.invalidate();
-    this.writeback.finishGeneration(gen, entered, (hash) => this.engine.filter.add(hash));
   }
 
   /** True when read fingerprints are waiting and it is time (or `now`) to write them. */

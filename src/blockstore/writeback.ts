@@ -139,6 +139,29 @@ export class Generation {
     return p;
   }
 
+  /**
+   * This generation cut into generations of about `maxEntries` entries
+   * each (whole pages, shared with this one), in order; itself when it is
+   * that small.
+   */
+  slices(maxEntries: number): Generation[] {
+    if (this.count <= maxEntries) return [this];
+    const out: Generation[] = [];
+    let cur = new Generation();
+    for (const [lineage, pages] of this.lineages) {
+      for (const [pageNo, p] of pages) {
+        if (cur.count >= maxEntries) { out.push(cur); cur = new Generation(); }
+        let m = cur.lineages.get(lineage);
+        if (m === undefined) { m = new Map(); cur.lineages.set(lineage, m); }
+        m.set(pageNo, p);
+        cur.pages++;
+        for (let i = 0; i < ENTRY_PAGE; i++) if (p[i] >= 0) cur.count++;
+      }
+    }
+    out.push(cur);
+    return out;
+  }
+
   /** Entries of `lineage` as [block, version, target]; the array is reused between steps. */
   *entries(lineage: number): Generator<[number, number, number]> {
     const m = this.lineages.get(lineage);
@@ -179,6 +202,8 @@ export class Writeback {
   private readonly newByHash = new PrefixTable();
   /** Chunk id -> pending entries referencing it, for chunks that are not new (committed ones). */
   private readonly oldRefs = new Map<number, number>();
+  /** New chunks whose reference count fell to 0 (forgotten at the next commit if still unreferenced). */
+  private orphans = new Set<number>();
   // The last pages used (of `current`, and of the chunk table).
   private lastLineage = -1;
   private lastPageNo = -1;
@@ -379,27 +404,58 @@ export class Writeback {
   }
 
   /**
-   * Ends a flush: the flushing generation is in the index (or was dropped).
-   * `committed` is called with the name of each new chunk the commit
-   * entered, before it is forgotten here.
+   * A part of the flushing generation (`slice`, from its `slices`) is in
+   * the index: its entries leave the flushing generation, the new chunks
+   * its commit entered (`committedNew`; `committed` is called with each
+   * one's name first) stop being new, and new chunks nothing refers to any
+   * more are forgotten. The flush ends when nothing is left in it (or when
+   * the last of it was dropped with its lineage).
    */
-  finishGeneration(g: Generation, committedNew: Set<number>, committed: (hash: Buffer) => void): void {
-    for (const lineage of g.lineages.keys()) for (const [, , target] of g.entries(lineage)) this.unref(target);
-    this.flushing = null;
-    // New chunks no longer referenced anywhere can be forgotten; the
-    // committed ones now live in the index.
-    for (const [pageNo, cp] of [...this.chunkPages]) {
-      for (let j = 0; j < CHUNK_PAGE; j++) {
-        if ((cp.flags[j] & LIVE) === 0) continue;
-        const id = pageNo * CHUNK_PAGE + j;
-        const entered = committedNew.has(id);
-        if (entered) committed(cp.hashes.subarray(j * HASH, (j + 1) * HASH));
-        if (entered || cp.refs[j] <= 0) this.forgetNew(id, pageNo, cp, j);
+  releaseCommitted(slice: Generation, committedNew: Set<number>, committed: (hash: Buffer) => void): void {
+    const parent = this.flushing;
+    for (const [lineage, pages] of parent === null ? [] : slice.lineages) {
+      const own = parent!.lineages.get(lineage);
+      if (own === undefined) continue; // dropped meanwhile (its references went with it)
+      for (const pageNo of pages.keys()) {
+        const p = own.get(pageNo);
+        if (p === undefined) continue;
+        for (let i = 0; i < ENTRY_PAGE; i++) {
+          if (p[i] < 0) continue;
+          this.unref(p[i]);
+          parent!.count--;
+        }
+        own.delete(pageNo);
+        parent!.pages--;
       }
+      if (own.size === 0) parent!.lineages.delete(lineage);
     }
+    for (const id of committedNew) {
+      const cp = this.chunkPage(id);
+      const j = id % CHUNK_PAGE;
+      if (cp === undefined || (cp.flags[j] & LIVE) === 0) continue;
+      committed(cp.hashes.subarray(j * HASH, (j + 1) * HASH));
+      this.forgetNew(id, Math.floor(id / CHUNK_PAGE), cp, j);
+    }
+    const orphans = this.orphans;
+    this.orphans = new Set();
+    for (const id of orphans) {
+      const cp = this.chunkPage(id);
+      const j = id % CHUNK_PAGE;
+      if (cp !== undefined && (cp.flags[j] & LIVE) !== 0 && cp.refs[j] <= 0) this.forgetNew(id, Math.floor(id / CHUNK_PAGE), cp, j);
+    }
+    if (parent !== null && parent.lineages.size === 0) this.flushing = null;
   }
 
-  /** Returns a generation that failed to commit to the current one (newer writes win). */
+  /** Ends a flush whose whole generation is in the index: `releaseCommitted` of all of it. */
+  finishGeneration(g: Generation, committedNew: Set<number>, committed: (hash: Buffer) => void): void {
+    this.releaseCommitted(g, committedNew, committed);
+    this.flushing = null;
+  }
+
+  /**
+   * Returns what is left of a generation that failed to commit (the parts
+   * not released) to the current one (newer writes win).
+   */
   restoreGeneration(g: Generation): void {
     for (const lineage of g.lineages.keys()) {
       for (const [block, version, target] of g.entries(lineage)) {
@@ -476,7 +532,10 @@ export class Writeback {
     if (target === 0) return;
     const cp = this.chunkPage(target);
     const j = target % CHUNK_PAGE;
-    if (cp !== undefined && (cp.flags[j] & LIVE) !== 0) { cp.refs[j]--; return; }
+    if (cp !== undefined && (cp.flags[j] & LIVE) !== 0) {
+      if (--cp.refs[j] === 0) this.orphans.add(target);
+      return;
+    }
     const n = (this.oldRefs.get(target) ?? 0) - 1;
     if (n > 0) this.oldRefs.set(target, n); else this.oldRefs.delete(target);
   }

@@ -8,9 +8,10 @@
  * and once removes a second volume that has pending writes of its own.
  * Afterwards, and after a close and reopen, every block reads back as the
  * model says and `check()` finds the store consistent; a GC then drops what
- * the removed volume left. (That the planning itself yields is measured,
- * not tested: the event loop's longest stall under fio write load fell from
- * ~600 ms to ~140 ms; tests hold no timing assertions.)
+ * the removed volume left. The flush commits in two transactions (slices
+ * of COMMIT_SLICE_ENTRIES), so requests also land between them. (That the
+ * flush lets the event loop run is measured, not tested: README → NBD
+ * benchmark, latency; tests hold no timing assertions.)
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { BLOCK_SIZE, Store } from '../../src/blockstore/index.js';

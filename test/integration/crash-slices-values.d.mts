@@ -1,0 +1,3 @@
+export const BLOCKS: number;
+export const HALF: number;
+export function block(b: number, g: number): Buffer;
