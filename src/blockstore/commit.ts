@@ -1,13 +1,15 @@
 /**
- * Applying a write-back generation to the index, inside one transaction.
+ * Applying a write-back generation (or one slice of it, see
+ * Generation.slices) to the index, inside one transaction.
  *
  * For each pending entry (lineage, block) at version v:
  *  - data: put (lineage, block, v) -> chunk, +1 ref; the chunk it replaces -1;
  *  - zeroes: if an older entry or the origin shows data under it, put a
  *    tombstone (0); otherwise delete the entry, leaving a plain hole.
- * New chunks still referenced are entered in the chunk table (once, with
- * their final reference count), the hash index and their segment's live count. Entries of lineages removed since
- * the write are dropped. Reference counts are summed per chunk and written
+ * New chunks referenced here are entered in the chunk table (once, with
+ * the count of references here: a later slice finds them committed and adds
+ * its own), the hash index and their segment's live count. Entries of
+ * lineages removed since the write are dropped. Reference counts are summed per chunk and written
  * once. The caller synced the segments before this runs.
  *
  * It only reads the index and records its writes in an IndexWrites list,

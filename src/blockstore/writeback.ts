@@ -5,7 +5,8 @@
  * pending entry (lineage, block) -> (version, target), target being a chunk
  * id or 0 (zeroes). Reads look here first. A flush takes the whole current
  * generation, syncs the segments, and commits the generation to the index in
- * one transaction; writes that arrive meanwhile go to a new generation.
+ * slices of one transaction each (`releaseCommitted` after each); writes
+ * that arrive meanwhile go to a new generation.
  * Since only synced data is ever committed, the index never points at data
  * a crash could lose.
  *
