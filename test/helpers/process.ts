@@ -104,3 +104,30 @@ export function holderData(seed: number): Buffer {
   for (let i = 0; i < data.length; i++) data[i] = (i * 31 + seed * 7 + (i >> 12)) & 0xff;
   return data;
 }
+
+/** How a child run by `killWhenRunning` ended. */
+export interface KilledRun { ready: boolean; stderr: string; signal: NodeJS.Signals | null }
+
+/**
+ * Runs `node script ...args`; once it prints READY, kills it with SIGKILL
+ * after `delayMs` (and after `guardMs` in any case); resolves when it exited.
+ */
+export function killWhenRunning(script: string, args: string[], delayMs: number, guardMs: number): Promise<KilledRun> {
+  const proc = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  live.add(proc);
+  let stderr = '';
+  let ready = false;
+  proc.stderr!.on('data', (d) => { stderr += d; });
+  proc.stdout!.on('data', (d: Buffer) => {
+    if (!ready && d.toString().includes('READY')) {
+      ready = true;
+      setTimeout(() => proc.kill('SIGKILL'), delayMs);
+    }
+  });
+  const guard = setTimeout(() => proc.kill('SIGKILL'), guardMs);
+  return new Promise((resolve) => proc.on('exit', () => {
+    clearTimeout(guard);
+    live.delete(proc);
+    resolve({ ready, stderr, signal: proc.signalCode });
+  }));
+}

@@ -9,13 +9,13 @@
  * than the last acknowledged flush and no newer than the last one started.
  */
 import { afterAll, describe, expect, test } from 'vitest';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { BLOCK_SIZE, Store } from '../../src/blockstore/index.js';
 import { BLOCKS, block } from './crash-slices-values.mjs';
 import { ensureBuilt } from '../helpers/cli.js';
+import { killWhenRunning } from '../helpers/process.js';
 
 const ROUNDS = 5;
 const child = path.join(__dirname, 'crash-slices-child.mjs');
@@ -25,22 +25,9 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 /** Kills the child at a random moment; returns the generations it logged as flushed and as started. */
 async function round(n: number, gen: number): Promise<{ flushed: number; started: number }> {
   const logPath = path.join(dir, `round-${n}.log`);
-  const proc = spawn(process.execPath, [child, path.join(dir, 'store'), String(gen), logPath], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  let ready = false;
-  proc.stderr.on('data', (d) => { stderr += d; });
-  const exited = new Promise<void>((resolve) => proc.on('exit', () => resolve()));
-  proc.stdout.on('data', (d: Buffer) => {
-    if (!ready && d.toString().includes('READY')) {
-      ready = true;
-      setTimeout(() => proc.kill('SIGKILL'), 300 + Math.floor(Math.random() * 2500));
-    }
-  });
-  const guard = setTimeout(() => proc.kill('SIGKILL'), 30_000);
-  await exited;
-  clearTimeout(guard);
-  expect(ready, `child never became ready: ${stderr}`).toBe(true);
-  expect(proc.signalCode).toBe('SIGKILL');
+  const run = await killWhenRunning(child, [path.join(dir, 'store'), String(gen), logPath], 300 + Math.floor(Math.random() * 2500), 30_000);
+  expect(run.ready, `child never became ready: ${run.stderr}`).toBe(true);
+  expect(run.signal).toBe('SIGKILL');
   let flushed = -1;
   let started = -1;
   for (const line of fs.readFileSync(logPath, 'utf8').split('\n')) {

@@ -7,13 +7,13 @@
  * frozen; and GC still works (run between rounds, then verified again).
  */
 import { afterAll, describe, expect, test } from 'vitest';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Store } from '../../src/blockstore/index.js';
 import { decode } from './crash-values.mjs';
 import { ensureBuilt } from '../helpers/cli.js';
+import { killWhenRunning } from '../helpers/process.js';
 
 const BLOCK = 4096;
 const BLOCKS = 2048;
@@ -30,23 +30,10 @@ const snapshots = new Map<string, string[]>();
 
 async function runRound(round: number, gen: number): Promise<number> {
   const logPath = path.join(dir, `round-${round}.log`);
-  const proc = spawn(process.execPath, [child, path.join(dir, 'store'), String(round * 7919 + 1), String(gen), logPath],
-    { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  let ready = false;
-  proc.stderr.on('data', (d) => { stderr += d; });
-  const exited = new Promise<void>((resolve) => proc.on('exit', () => resolve()));
-  proc.stdout.on('data', (d: Buffer) => {
-    if (!ready && d.toString().includes('READY')) {
-      ready = true;
-      setTimeout(() => proc.kill('SIGKILL'), 100 + Math.floor(Math.random() * 500));
-    }
-  });
-  const guard = setTimeout(() => proc.kill('SIGKILL'), 20_000);
-  await exited;
-  clearTimeout(guard);
-  expect(ready, `child never became ready: ${stderr}`).toBe(true);
-  expect(proc.signalCode).toBe('SIGKILL');
+  const run = await killWhenRunning(child, [path.join(dir, 'store'), String(round * 7919 + 1), String(gen), logPath],
+    100 + Math.floor(Math.random() * 500), 20_000);
+  expect(run.ready, `child never became ready: ${run.stderr}`).toBe(true);
+  expect(run.signal).toBe('SIGKILL');
 
   const unflushed = new Set<number>();
   const lines = fs.readFileSync(logPath, 'utf8').split('\n');
