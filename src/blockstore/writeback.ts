@@ -33,7 +33,7 @@
 import type { Location } from './segments.js';
 
 /** Blocks per entry page: 512 bytes of memory per page in use. (Block numbers exceed 2^32: no bit shifts.) */
-export const ENTRY_PAGE = 32;
+const ENTRY_PAGE = 32;
 /** Chunk ids per new-chunk page (29 KiB). */
 const CHUNK_PAGE = 1024;
 const HASH = 16;
@@ -445,12 +445,6 @@ export class Writeback {
       if (cp !== undefined && (cp.flags[j] & LIVE) !== 0 && cp.refs[j] <= 0) this.forgetNew(id, Math.floor(id / CHUNK_PAGE), cp, j);
     }
     if (parent !== null && parent.lineages.size === 0) this.flushing = null;
-  }
-
-  /** Ends a flush whose whole generation is in the index: `releaseCommitted` of all of it. */
-  finishGeneration(g: Generation, committedNew: Set<number>, committed: (hash: Buffer) => void): void {
-    this.releaseCommitted(g, committedNew, committed);
-    this.flushing = null;
   }
 
   /**

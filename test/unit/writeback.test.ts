@@ -138,7 +138,7 @@ describe('write-back table', () => {
             // Commit: the new chunks the generation references are entered.
             const entered = new Set([...m.flushing!.values()].map((e) => e.target).filter((t) => m.chunks.has(t)));
             const named: string[] = [];
-            wb.finishGeneration(gen, entered, (h) => named.push(h.toString('hex')));
+            wb.releaseCommitted(gen, entered, (h) => named.push(h.toString('hex')));
             expect(named.sort()).toEqual([...entered].map((id) => m.chunks.get(id)!.hash.toString('hex')).sort());
             m.flushing = null;
             for (const id of [...m.chunks.keys()]) if (entered.has(id) || m.refs(id) === 0) m.chunks.delete(id);
@@ -182,7 +182,7 @@ describe('write-back table at scale', () => {
     const gen = wb.takeGeneration();
     const committed = new Set([...hashes.keys()].filter((id) => id % 10 !== 0));
     for (let id = 10; id <= N; id += 10) wb.set(2, id, 1, id); // still referenced after the commit
-    wb.finishGeneration(gen, committed, () => undefined);
+    wb.releaseCommitted(gen, committed, () => undefined);
     const gone = [...committed].slice(0, 5000).map((id) => hashes.get(id)!);
     for (const id of committed) hashes.delete(id);
     expect(wb.newChunkCount).toBe(hashes.size);
