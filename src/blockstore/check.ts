@@ -32,7 +32,7 @@ export function checkIndex(dbs: IndexDbs, catalog: Catalog, segments: SegmentFil
 
   const segSlots = new Map<number, number>();
   for (const id of segments.list()) {
-    segSlots.set(id, Math.floor((segments.fileSize(id) - SEGMENT_HEADER_SIZE) / BLOCK_SIZE));
+    segSlots.set(id, Math.floor((segments.usedBytes(id) - SEGMENT_HEADER_SIZE) / BLOCK_SIZE));
   }
   const liveBySeg = new Map<number, number>();
   for (const { key, value } of dbs.chunks.getRange({ snapshot: false })) {

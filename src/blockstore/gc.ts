@@ -109,7 +109,7 @@ function freeChunks(ctx: GcContext): number {
 
 async function compactSegments(ctx: GcContext, result: GcResult): Promise<void> {
   const { dbs, segments, engine, writeback } = ctx;
-  const slotsOf = (id: number) => Math.max(1, Math.ceil((segments.fileSize(id) - SEGMENT_HEADER_SIZE) / BLOCK_SIZE));
+  const slotsOf = (id: number) => Math.max(1, Math.ceil((segments.usedBytes(id) - SEGMENT_HEADER_SIZE) / BLOCK_SIZE));
   // A mostly dead active segment is sealed so it can be compacted too, unless
   // a pending write's chunk lives there (it is not in the chunk table yet).
   const current = segments.activeSegment();
@@ -126,7 +126,7 @@ async function compactSegments(ctx: GcContext, result: GcResult): Promise<void> 
   for (const id of segments.list()) {
     if (id === active || pendingIn.has(id)) continue;
     const live = dbs.segments.get(id) ?? 0;
-    if (live / slotsOf(id) < COMPACT_LIVE_FRACTION) candidates.set(id, { size: segments.fileSize(id), live });
+    if (live / slotsOf(id) < COMPACT_LIVE_FRACTION) candidates.set(id, { size: segments.usedBytes(id), live });
   }
   if (candidates.size === 0) return;
 

@@ -159,7 +159,7 @@ export function computeStats(dir: string, catalog: Catalog, blockMap: BlockMap, 
   let chunks = 0;
   for (const { value } of dbs.chunks.getRange({ snapshot: false })) if (decodeChunk(value).refs > 0) chunks++;
   const segIds = segments.list();
-  const segmentBytes = segIds.reduce((sum, id) => sum + segments.fileSize(id), 0);
+  const segmentBytes = segIds.reduce((sum, id) => sum + segments.usedBytes(id), 0);
   const storedBytes = chunks * BLOCK_SIZE;
   let indexBytes = 0;
   try { indexBytes = fs.statSync(path.join(dir, 'index', 'data.mdb')).size; } catch { /* no index file yet */ }

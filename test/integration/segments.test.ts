@@ -1,0 +1,127 @@
+/**
+ * The segment being appended to (src/blockstore/segments.ts): sized ahead
+ * to its maximum as a sparse file, its pages ahead of the append point
+ * faulted in on libuv's pool, trimmed to its last slot on close; after a
+ * crash (a file left at its full size) appends go to a new segment and
+ * nothing already flushed is lost.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { BLOCK_SIZE, Store } from '../../src/blockstore/index.js';
+import { SEGMENT_HEADER_SIZE, SEGMENT_MAX_BYTES } from '../../src/blockstore/constants.js';
+import { fileCached } from '../../src/native/index.js';
+import { pseudoRandom } from '../helpers/data.js';
+import { TempDirs } from '../helpers/tmp.js';
+
+const tmp = new TempDirs();
+afterAll(() => tmp.cleanup());
+
+const MiB = 1 << 20;
+
+function segmentFiles(dir: string): string[] {
+  const segs = path.join(dir, 'segments');
+  return fs.readdirSync(segs).filter((f) => f.endsWith('.seg')).sort().map((f) => path.join(segs, f));
+}
+
+async function withStore(opening: Promise<Store>, body: (store: Store) => Promise<void>): Promise<void> {
+  const store = await opening;
+  try {
+    await body(store);
+  } finally {
+    await store.close();
+  }
+}
+
+describe('the segment being appended to', () => {
+  it('is sized ahead while open, trimmed to its last slot on close, and resumed after reopening', async () => {
+    const dir = tmp.make('seg-size');
+    const first = pseudoRandom(1, 3 * BLOCK_SIZE);
+    await withStore(Store.init(dir), async (store) => {
+      await store.createVolume('v', 4 * MiB);
+      const h = await store.openVolume('v');
+      await h.write(0, first);
+      await h.flush();
+      const [file] = segmentFiles(dir);
+      expect(fs.statSync(file).size).toBe(SEGMENT_MAX_BYTES);
+      expect((await store.stats()).segmentBytes).toBe(SEGMENT_HEADER_SIZE + 3 * BLOCK_SIZE);
+      await h.close();
+    });
+    const files = segmentFiles(dir);
+    expect(files.length).toBe(1);
+    expect(fs.statSync(files[0]).size).toBe(SEGMENT_HEADER_SIZE + 3 * BLOCK_SIZE);
+
+    const second = pseudoRandom(2, 2 * BLOCK_SIZE);
+    await withStore(Store.open(dir), async (store) => {
+      const h = await store.openVolume('v');
+      await h.write(3 * BLOCK_SIZE, second);
+      await h.flush();
+      await h.close();
+    });
+    expect(segmentFiles(dir)).toEqual(files);
+    expect(fs.statSync(files[0]).size).toBe(SEGMENT_HEADER_SIZE + 5 * BLOCK_SIZE);
+    await withStore(Store.open(dir), async (store) => {
+      const h = await store.openVolume('v');
+      expect((await h.read(0, 5 * BLOCK_SIZE)).equals(Buffer.concat([first, second]))).toBe(true);
+      expect(await store.check()).toEqual([]);
+      await h.close();
+    });
+  });
+
+  it('after a crash left it at its full size, appends go to a new segment and flushed data reads back', async () => {
+    const dir = tmp.make('seg-crash');
+    const data = pseudoRandom(3, 8 * BLOCK_SIZE);
+    await withStore(Store.init(dir), async (store) => {
+      await store.createVolume('v', 4 * MiB);
+      const h = await store.openVolume('v');
+      await h.write(0, data);
+      await h.flush();
+      await h.close();
+    });
+    // What a crash leaves: the file still at the size it was given ahead, garbage past the last slot.
+    const [file] = segmentFiles(dir);
+    fs.truncateSync(file, SEGMENT_MAX_BYTES);
+    const fd = fs.openSync(file, 'r+');
+    fs.writeSync(fd, pseudoRandom(4, BLOCK_SIZE), 0, BLOCK_SIZE, SEGMENT_HEADER_SIZE + 8 * BLOCK_SIZE);
+    fs.closeSync(fd);
+
+    const more = pseudoRandom(5, 4 * BLOCK_SIZE);
+    await withStore(Store.open(dir), async (store) => {
+      const h = await store.openVolume('v');
+      await h.write(8 * BLOCK_SIZE, more);
+      await h.flush();
+      expect(segmentFiles(dir).length).toBe(2);
+      expect((await h.read(0, 12 * BLOCK_SIZE)).equals(Buffer.concat([data, more]))).toBe(true);
+      expect(await store.check()).toEqual([]);
+      await h.close();
+    });
+    expect(fs.statSync(segmentFiles(dir)[1]).size).toBe(SEGMENT_HEADER_SIZE + 4 * BLOCK_SIZE);
+  });
+
+  it('has the pages ahead of its append point faulted in while writes stream in', async () => {
+    const dir = tmp.make('seg-prefault');
+    await withStore(Store.init(dir), async (store) => {
+      await store.createVolume('v', 64 * MiB);
+      const h = await store.openVolume('v');
+      const [before] = [segmentFiles(dir)];
+      expect(before.length).toBe(0);
+      await h.write(0, pseudoRandom(6, 2 * MiB));
+      const [file] = segmentFiles(dir);
+      const fd = fs.openSync(file, 'r');
+      try {
+        // The 8 MiB just past what was written: holes of a sparse file, cached only if something read them.
+        const ahead = SEGMENT_HEADER_SIZE + 2 * MiB;
+        let cached = 0;
+        for (let waited = 0; waited < 5000; waited += 20) {
+          cached = (await fileCached(fd, ahead, 8 * MiB)).present;
+          if (cached === (8 * MiB) / 4096) break;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        expect(cached).toBe((8 * MiB) / 4096);
+      } finally {
+        fs.closeSync(fd);
+      }
+      await h.close();
+    });
+  });
+});
