@@ -8,7 +8,9 @@
  * shared with an existing chunk only if the bytes compare equal (the hash is
  * not trusted alone); else it is stored as a new chunk: in the slot of the
  * block's own uncommitted chunk when nothing else refers to that one
- * (writeback.ts), else appended to a segment.
+ * (writeback.ts), else appended to a segment: through its append buffer for
+ * small writes, into reserved slots written straight from the caller's
+ * buffer for writes of DIRECT_APPEND_BLOCKS blocks or more.
  *
  * Everything here is synchronous and runs to completion on the JS thread, so
  * no two operations interleave inside a block; only flush (store.ts) awaits,
@@ -35,6 +37,12 @@ const COLD_EXCESS_MS = 0.25;
 const CACHED_BYTES_PER_MS = 1e6;
 /** How long reads go to libuv's pool after a cold synchronous read. */
 const COLD_HOLD_MS = 250;
+/**
+ * Writes of this many blocks (256 KiB) or more append into reserved slots,
+ * one pwrite per run from the write's own buffer, instead of copying each
+ * block into the segment's append buffer.
+ */
+const DIRECT_APPEND_BLOCKS = 64;
 
 /** Hashes (16 bytes per block) and zero flags (1 = all zeroes) of the blocks of a write. */
 export interface BlockHashes { hashes: Buffer; zero: Uint8Array }
@@ -75,8 +83,14 @@ export class BlockEngine {
   readonly filter: HashFilter;
   /** The hash is xxh3-128, which native code computes for whole runs at once. */
   private readonly nativeHash: boolean;
-  /** Slot overwrites of the current writeBlocks call not yet written: consecutive slots, consecutive source blocks. */
-  private rewrite: { loc: Location; count: number; src: Buffer; srcOffset: number } | null = null;
+  /**
+   * Slot writes of the current writeBlocks call not yet made (overwrites of
+   * own slots, and reserved slots of a big write's appends): consecutive
+   * slots, consecutive source blocks.
+   */
+  private slotRun: { loc: Location; count: number; src: Buffer; srcOffset: number } | null = null;
+  /** The current writeBlocks call appends into reserved slots, written from its buffer (no append-buffer copy). */
+  private directAppends = false;
 
   constructor(
     private readonly dbs: IndexDbs,
@@ -322,6 +336,7 @@ export class BlockEngine {
         if (block.equals(ZERO_BLOCK)) zero[i] = 1; else this.hash(block).copy(hashes, i * HASH_SIZE);
       }
     }
+    this.directAppends = n >= DIRECT_APPEND_BLOCKS;
     try {
       for (let i = 0; i < n; i++) {
         let target = 0;
@@ -332,7 +347,8 @@ export class BlockEngine {
         this.writeback.set(lineage, first + i, version, target);
       }
     } finally {
-      this.writeRewrites();
+      this.directAppends = false;
+      this.writeSlotRun();
     }
   }
 
@@ -394,11 +410,17 @@ export class BlockEngine {
     const unique = !known && pending.length === 0;
     if (reuse !== 0) {
       this.writeback.rehash(reuse, hashes, at, unique);
-      this.queueRewrite(this.rewriteAt[0], this.rewriteAt[1], data, i * BLOCK_SIZE);
+      this.queueSlotWrite(this.rewriteAt[0], this.rewriteAt[1], data, i * BLOCK_SIZE);
       return reuse;
     }
     if (this.nextChunkId >= MAX_CHUNK_ID) throw new DormantError('ENOSPC', 'chunk ids exhausted');
     const id = this.nextChunkId++;
+    if (this.directAppends) {
+      const loc = this.segments.reserve();
+      this.writeback.addNewChunk(id, hashes, at, loc, unique);
+      this.queueSlotWrite(loc.segment, loc.slot, data, i * BLOCK_SIZE);
+      return id;
+    }
     const loc = this.segments.append(data.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE));
     this.writeback.addNewChunk(id, hashes, at, loc, unique);
     return id;
@@ -409,23 +431,23 @@ export class BlockEngine {
     return this.writeback.newPlace(id, this.rewriteAt) && this.segments.canOverwrite(this.rewriteAt[0]);
   }
 
-  /** Adds one slot overwrite to the current run, or writes the run and starts another. */
-  private queueRewrite(segment: number, slot: number, src: Buffer, srcOffset: number): void {
-    const r = this.rewrite;
+  /** Adds one slot write to the current run, or writes the run and starts another. */
+  private queueSlotWrite(segment: number, slot: number, src: Buffer, srcOffset: number): void {
+    const r = this.slotRun;
     if (r !== null && r.src === src && r.loc.segment === segment && r.loc.slot + r.count === slot
       && r.srcOffset + r.count * BLOCK_SIZE === srcOffset) {
       r.count++;
       return;
     }
-    this.writeRewrites();
-    this.rewrite = { loc: { segment, slot }, count: 1, src, srcOffset };
+    this.writeSlotRun();
+    this.slotRun = { loc: { segment, slot }, count: 1, src, srcOffset };
   }
 
-  /** Writes the queued slot overwrites (before anything reads segments, and before writeBlocks returns). */
-  private writeRewrites(): void {
-    const r = this.rewrite;
+  /** Makes the queued slot writes (before anything reads segments, and before writeBlocks returns). */
+  private writeSlotRun(): void {
+    const r = this.slotRun;
     if (r === null) return;
-    this.rewrite = null;
+    this.slotRun = null;
     this.segments.overwrite(r.loc, r.count, r.src, r.srcOffset);
   }
 
@@ -436,7 +458,7 @@ export class BlockEngine {
    * block's name, which is the candidate's name.
    */
   private sameBytes(id: number, data: Buffer, i: number): boolean {
-    this.writeRewrites();
+    this.writeSlotRun();
     try {
       this.segments.readInto(this.chunkLocation(id).loc, this.scratch, 0);
     } catch (err) {

@@ -14,21 +14,26 @@
  *
  * Ordering rule (the durability contract): appended data is only referenced
  * by the index after `sync()` has fdatasync'ed every file written since the
- * last sync (and fsync'ed the directory when a file was created). Appends go
- * to an in-memory buffer first and reach the file when it fills or at sync;
- * reads of buffered slots are served from the buffer.
+ * last sync (and fsync'ed the directory when a file was created). Small
+ * appends go to an in-memory buffer first and reach the file when it fills
+ * or at sync; reads of buffered slots are served from the buffer. A big
+ * write's blocks go to slots handed out by `reserve` and written by the
+ * caller with one pwrite per run from its own buffer, before anything reads
+ * them.
  *
- * Fresh page cache is dear: on this kind of virtual machine a page the
- * guest freed a while ago faults in the host when it is used again, so
- * appending into new file pages ran at 0.35-0.5 GB/s where overwriting
- * cached pages runs at 3-8 GB/s (measured with 1 MiB pwrites). So the
- * segment being appended to is sized to SEGMENT_MAX_BYTES (a sparse file:
- * holes take no disk) when appending to it starts, and the pages just ahead
- * of the append point are faulted in by reads of its holes on libuv's pool
- * (clean zero pages, nothing for writeback) while the JS thread appends:
- * 1 MiB appends then ran 2-3x faster. The file is trimmed to its last slot
- * when the segment is sealed or closed; `usedBytes` is a segment's size as
- * far as slots go.
+ * Fresh page cache is dear here: a page the guest freed a while ago faults
+ * in the host when it is used again (the balloon device reports free
+ * pages), so 1 MiB pwrites into new file pages ran at 0.35-0.5 GB/s where
+ * overwriting cached pages runs at 3-8 GB/s. So the segment being appended
+ * to is sized to SEGMENT_MAX_BYTES (a sparse file: holes take no disk) when
+ * appending to it starts, and while big writes append into reserved slots
+ * the pages just ahead of the append point are faulted in by reads of its
+ * holes on libuv's pool (clean zero pages, nothing for writeback): 1 MiB
+ * appends then ran 2-3x faster. Not for small appends through the buffer:
+ * with 4 KiB random writes those reads cost a quarter of the write rate
+ * (40k against 52k IOPS), the pool and the JS thread sharing two cores. The
+ * file is trimmed to its last slot when the segment is sealed or closed;
+ * `usedBytes` is a segment's size as far as slots go.
  *
  * After a crash the last segment may end with a partial or unreferenced
  * tail, or with the sparse rest of its size: appends resume at the next
@@ -216,6 +221,21 @@ export class SegmentFiles {
   }
 
   /**
+   * Hands out the next slot without its data: the caller writes it with
+   * `overwrite` before anything reads it (a big write's run of slots then
+   * costs one pwrite from the caller's buffer instead of a copy into the
+   * append buffer). Buffered appends are written first: the buffer only
+   * ever holds slots after every reserved one.
+   */
+  reserve(): Location {
+    if (this.active === 0 || this.nextSlot >= BLOCKS_PER_SEGMENT) this.startSegment();
+    if (this.bufferCount > 0) this.drain();
+    const slot = this.nextSlot++;
+    this.bufferBase = this.nextSlot;
+    return { segment: this.active, slot };
+  }
+
+  /**
    * True when the slots of segment `id` may be overwritten now: no
    * asynchronous read of it is in flight (that read located the old bytes
    * and will check them against their hash).
@@ -228,9 +248,9 @@ export class SegmentFiles {
   /**
    * Overwrites `count` consecutive slots from `loc` with
    * `src[srcOffset, + count * BLOCK_SIZE)`. Only for slots of uncommitted
-   * chunks (the caller's rule): slots still in the append buffer are
-   * replaced there, the rest is written to the file (no fsync; the next
-   * `sync()` covers it).
+   * chunks (the caller's rule) and reserved slots: slots still in the append
+   * buffer are replaced there, the rest is written to the file (no fsync;
+   * the next `sync()` covers it).
    */
   overwrite(loc: Location, count: number, src: Buffer, srcOffset: number): void {
     let n = count;
@@ -251,6 +271,8 @@ export class SegmentFiles {
       throw new DormantError('EIO', `cannot write segment ${loc.segment}: ${(err as Error).message}`, { cause: err });
     }
     this.unsynced.add(loc.segment);
+    // A run of slots just reserved by a big write: keep the pages ahead faulted in.
+    if (loc.segment === this.active && loc.slot + count === this.nextSlot) this.prefaulter?.advance(pos + bytes);
   }
 
   /**
@@ -378,7 +400,6 @@ export class SegmentFiles {
     this.bufferCount = 0;
     const m = this.maps.get(this.active);
     if (m) m.size = Math.max(m.size, pos + bytes);
-    this.prefaulter?.advance(pos + bytes);
   }
 
   /** True when appends since the last sync still need one. */

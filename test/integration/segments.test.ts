@@ -3,7 +3,8 @@
  * to its maximum as a sparse file, its pages ahead of the append point
  * faulted in on libuv's pool, trimmed to its last slot on close; after a
  * crash (a file left at its full size) appends go to a new segment and
- * nothing already flushed is lost.
+ * nothing already flushed is lost. Big writes append into reserved slots
+ * written straight from their buffer; small ones through the append buffer.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -123,5 +124,39 @@ describe('the segment being appended to', () => {
       }
       await h.close();
     });
+  });
+
+  it('mixes big writes (reserved slots) with buffered small ones, duplicates inside a big write included', async () => {
+    const dir = tmp.make('seg-direct');
+    const B = BLOCK_SIZE;
+    const small = pseudoRandom(7, 3 * B);
+    // 96 blocks; blocks 40..47 repeat blocks 0..7, so the write compares bytes with slots of its own run.
+    const big = pseudoRandom(8, 96 * B);
+    big.copy(big, 40 * B, 0, 8 * B);
+    const after = pseudoRandom(9, 2 * B);
+    const expected = Buffer.alloc(128 * B);
+    small.copy(expected, 0);
+    big.copy(expected, 4 * B);
+    after.copy(expected, 100 * B);
+    const check = async (store: Store) => {
+      const h = await store.openVolume('v');
+      expect((await h.read(0, 128 * B)).equals(expected)).toBe(true);
+      await h.close();
+    };
+    await withStore(Store.init(dir), async (store) => {
+      await store.createVolume('v', 128 * B);
+      const h = await store.openVolume('v');
+      await h.write(0, small); // buffered
+      await h.write(4 * B, big); // reserved slots, one run split by the duplicate compares
+      await h.write(100 * B, after); // buffered again, after the reserved slots
+      await check(store);
+      await h.flush();
+      await check(store);
+      // 3 + 88 distinct + 2 blocks, one slot each.
+      expect((await store.stats()).segmentBytes).toBe(SEGMENT_HEADER_SIZE + 93 * B);
+      expect(await store.check()).toEqual([]);
+      await h.close();
+    });
+    await withStore(Store.open(dir), check);
   });
 });
