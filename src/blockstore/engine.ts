@@ -91,6 +91,8 @@ export class BlockEngine {
   private slotRun: { loc: Location; count: number; src: Buffer; srcOffset: number } | null = null;
   /** The current writeBlocks call appends into reserved slots, written from its buffer (no append-buffer copy). */
   private directAppends = false;
+  /** Slot writes of the current writeBlocks call in flight on libuv's pool (null: write synchronously). */
+  private landing: Promise<void>[] | null = null;
 
   constructor(
     private readonly dbs: IndexDbs,
@@ -311,10 +313,13 @@ export class BlockEngine {
    * Writes whole blocks from `data` (length n * BLOCK_SIZE) at block
    * `first`. With the default hash, all blocks are hashed (and tested for
    * zeroes) by one native call. Blocks whose new content goes into their
-   * own uncommitted chunk's slot are written in runs of consecutive slots,
-   * before this returns.
+   * own uncommitted chunk's slot, and the blocks of a big write, are written
+   * in runs of consecutive slots before this returns, or with `async` on
+   * libuv's pool: the promise returned then resolves once they have landed,
+   * and `data` must not change until it does (reads of those slots are
+   * served from it meanwhile).
    */
-  writeBlocks(t: Target, first: number, data: Buffer, hashed?: BlockHashes): void {
+  writeBlocks(t: Target, first: number, data: Buffer, hashed?: BlockHashes, async = false): Promise<void> | undefined {
     const n = data.length / BLOCK_SIZE;
     const { lineage, version } = t.point;
     let hashes: Buffer = this.hashScratch;
@@ -337,6 +342,8 @@ export class BlockEngine {
       }
     }
     this.directAppends = n >= DIRECT_APPEND_BLOCKS;
+    this.landing = async && this.directAppends ? [] : null;
+    let landing: Promise<void>[] | null = null;
     try {
       for (let i = 0; i < n; i++) {
         let target = 0;
@@ -348,8 +355,15 @@ export class BlockEngine {
       }
     } finally {
       this.directAppends = false;
-      this.writeSlotRun();
+      try {
+        this.writeSlotRun();
+      } finally {
+        landing = this.landing;
+        this.landing = null;
+      }
     }
+    // (On a throw above, writes already started still land; a failure of theirs is sync()'s to report.)
+    return landing !== null && landing.length > 0 ? Promise.all(landing).then(() => undefined) : undefined;
   }
 
   /**
@@ -428,7 +442,7 @@ export class BlockEngine {
 
   /** True when new chunk `id`'s slot may be overwritten now; its place is then in rewriteAt. */
   private canRewrite(id: number): boolean {
-    return this.writeback.newPlace(id, this.rewriteAt) && this.segments.canOverwrite(this.rewriteAt[0]);
+    return this.writeback.newPlace(id, this.rewriteAt) && this.segments.canOverwrite(this.rewriteAt[0], this.rewriteAt[1]);
   }
 
   /** Adds one slot write to the current run, or writes the run and starts another. */
@@ -448,7 +462,12 @@ export class BlockEngine {
     const r = this.slotRun;
     if (r === null) return;
     this.slotRun = null;
-    this.segments.overwrite(r.loc, r.count, r.src, r.srcOffset);
+    if (this.landing === null) {
+      this.segments.overwrite(r.loc, r.count, r.src, r.srcOffset);
+      return;
+    }
+    const landed = this.segments.overwriteAsync(r.loc, r.count, r.src, r.srcOffset);
+    if (landed !== null) this.landing.push(landed);
   }
 
   /**

@@ -19,7 +19,10 @@
  * or at sync; reads of buffered slots are served from the buffer. A big
  * write's blocks go to slots handed out by `reserve` and written by the
  * caller with one pwrite per run from its own buffer, before anything reads
- * them.
+ * them, or on libuv's pool (`overwriteAsync`): until such a write lands,
+ * reads of its slots are served from its source buffer (the registry of
+ * writes in flight), `canOverwrite` refuses its slots, and `sync()` waits
+ * for it.
  *
  * Fresh page cache is dear here: a page the guest freed a while ago faults
  * in the host when it is used again (the balloon device reports free
@@ -67,6 +70,9 @@ export interface Location { segment: number; slot: number }
  * (a view may still be queued on a socket); it goes when they are collected.
  */
 interface SegmentMap { ab: ArrayBuffer; bytes: Buffer; size: number; viewed: boolean }
+
+/** Slots being written on libuv's pool: reads of them copy from `src` until the write lands. */
+interface SlotWrite { slot: number; count: number; src: Buffer; srcOffset: number }
 
 /**
  * Faults in the page cache ahead of appends to one segment, through an fd
@@ -147,6 +153,13 @@ export class SegmentFiles {
   private bufferCount = 0;
   private verifiedHeaders = new Set<number>();
   private prefaulter: Prefaulter | null = null;
+  /** Writes in flight on libuv's pool, by segment. */
+  private readonly writing = new Map<number, SlotWrite[]>();
+  private writingCount = 0;
+  /** Promises of the writes in flight (each already has a rejection handler). */
+  private readonly landing = new Set<Promise<void>>();
+  /** The first asynchronous write that failed: every later sync fails with it (its slots hold unknown bytes). */
+  private writeError: DormantError | null = null;
   private readonly maps = new Map<number, SegmentMap>(); // id -> mapping, for ids with an open fd
 
   constructor(readonly dir: string, private readonly hash: HashFunction) {}
@@ -240,9 +253,71 @@ export class SegmentFiles {
    * asynchronous read of it is in flight (that read located the old bytes
    * and will check them against their hash).
    */
-  canOverwrite(id: number): boolean {
+  canOverwrite(id: number, slot: number): boolean {
     const fd = this.fds.get(id);
-    return fd === undefined || !this.pins.has(fd);
+    return (fd === undefined || !this.pins.has(fd)) && this.writeOf(id, slot) === undefined;
+  }
+
+  /**
+   * `overwrite` with the file part written on libuv's pool: resolves once
+   * it has landed (null when nothing was left to write there). The caller
+   * leaves `src` unchanged until then; meanwhile reads of the slots are
+   * served from it, and they may not be overwritten again.
+   */
+  overwriteAsync(loc: Location, count: number, src: Buffer, srcOffset: number): Promise<void> | null {
+    const n = this.intoBuffer(loc, count, src, srcOffset);
+    if (n === 0) return null;
+    const fd = this.fdFor(loc.segment);
+    const bytes = n * BLOCK_SIZE;
+    const pos = SEGMENT_HEADER_SIZE + loc.slot * BLOCK_SIZE;
+    const w: SlotWrite = { slot: loc.slot, count: n, src, srcOffset };
+    let list = this.writing.get(loc.segment);
+    if (list === undefined) { list = []; this.writing.set(loc.segment, list); }
+    list.push(w);
+    this.writingCount++;
+    this.unsynced.add(loc.segment);
+    if (loc.segment === this.active && loc.slot + count === this.nextSlot) this.prefaulter?.advance(pos + bytes);
+    const landed = writeFully(fd, src, srcOffset, bytes, pos).then(() => this.landed(loc.segment, w), (err: Error) => {
+      this.landed(loc.segment, w);
+      const e = new DormantError('EIO', `cannot write segment ${loc.segment}: ${err.message}`, { cause: err });
+      this.writeError ??= e;
+      throw e;
+    });
+    this.landing.add(landed);
+    landed.catch(() => undefined).finally(() => this.landing.delete(landed));
+    return landed;
+  }
+
+  private landed(segment: number, w: SlotWrite): void {
+    const list = this.writing.get(segment)!;
+    list.splice(list.indexOf(w), 1);
+    if (list.length === 0) this.writing.delete(segment);
+    this.writingCount--;
+  }
+
+  /** The write in flight that covers `slot` of `segment`, if any. */
+  private writeOf(segment: number, slot: number): SlotWrite | undefined {
+    if (this.writingCount === 0) return undefined;
+    const list = this.writing.get(segment);
+    if (list === undefined) return undefined;
+    for (const w of list) if (slot >= w.slot && slot < w.slot + w.count) return w;
+    return undefined;
+  }
+
+  /** True when some of `count` slots from `loc` are being written on the pool. */
+  private overlapsWrite(loc: Location, count: number): boolean {
+    if (this.writingCount === 0) return false;
+    const list = this.writing.get(loc.segment);
+    if (list === undefined) return false;
+    for (const w of list) if (w.slot < loc.slot + count && loc.slot < w.slot + w.count) return true;
+    return false;
+  }
+
+  /** Reads `count` slots one at a time (each from a write in flight, the append buffer or the file). */
+  private readEach(loc: Location, count: number, target: Buffer, targetOffset: number): void {
+    for (let i = 0; i < count; i++) {
+      this.readInto({ segment: loc.segment, slot: loc.slot + i }, target, targetOffset + i * BLOCK_SIZE);
+    }
   }
 
   /**
@@ -253,13 +328,7 @@ export class SegmentFiles {
    * the next `sync()` covers it).
    */
   overwrite(loc: Location, count: number, src: Buffer, srcOffset: number): void {
-    let n = count;
-    if (loc.segment === this.active && loc.slot + count > this.bufferBase) {
-      const from = Math.max(loc.slot, this.bufferBase);
-      const skip = from - loc.slot;
-      src.copy(this.buffer, (from - this.bufferBase) * BLOCK_SIZE, srcOffset + skip * BLOCK_SIZE, srcOffset + count * BLOCK_SIZE);
-      n = skip;
-    }
+    const n = this.intoBuffer(loc, count, src, srcOffset);
     if (n === 0) return;
     const fd = this.fdFor(loc.segment);
     const bytes = n * BLOCK_SIZE;
@@ -275,6 +344,15 @@ export class SegmentFiles {
     if (loc.segment === this.active && loc.slot + count === this.nextSlot) this.prefaulter?.advance(pos + bytes);
   }
 
+  /** Copies the slots of an overwrite that are still in the append buffer there; returns how many precede them. */
+  private intoBuffer(loc: Location, count: number, src: Buffer, srcOffset: number): number {
+    if (loc.segment !== this.active || loc.slot + count <= this.bufferBase) return count;
+    const from = Math.max(loc.slot, this.bufferBase);
+    const skip = from - loc.slot;
+    src.copy(this.buffer, (from - this.bufferBase) * BLOCK_SIZE, srcOffset + skip * BLOCK_SIZE, srcOffset + count * BLOCK_SIZE);
+    return skip;
+  }
+
   /**
    * Reads `count` chunks stored in consecutive slots from `loc` into
    * `target` at `targetOffset` with one system call (a sequential read of a
@@ -282,10 +360,8 @@ export class SegmentFiles {
    */
   readRun(loc: Location, count: number, target: Buffer, targetOffset: number): void {
     const inBuffer = loc.segment === this.active && loc.slot + count > this.bufferBase;
-    if (inBuffer) {
-      for (let i = 0; i < count; i++) {
-        this.readInto({ segment: loc.segment, slot: loc.slot + i }, target, targetOffset + i * BLOCK_SIZE);
-      }
+    if (inBuffer || this.overlapsWrite(loc, count)) {
+      this.readEach(loc, count, target, targetOffset);
       return;
     }
     this.copyMapped(loc, count, target, targetOffset);
@@ -298,6 +374,7 @@ export class SegmentFiles {
    */
   view(loc: Location, count: number): Buffer | null {
     if (loc.segment === this.active && loc.slot + count > this.bufferBase) return null;
+    if (this.overlapsWrite(loc, count)) return null;
     const m = this.mapFor(loc.segment);
     const start = SEGMENT_HEADER_SIZE + loc.slot * BLOCK_SIZE;
     const end = start + count * BLOCK_SIZE;
@@ -325,7 +402,7 @@ export class SegmentFiles {
    */
   readRunCached(loc: Location, count: number, target: Buffer, targetOffset: number): boolean {
     const inBuffer = loc.segment === this.active && loc.slot + count > this.bufferBase;
-    if (inBuffer) {
+    if (inBuffer || this.overlapsWrite(loc, count)) {
       this.readRun(loc, count, target, targetOffset);
       return true;
     }
@@ -352,7 +429,7 @@ export class SegmentFiles {
    */
   async readRunAsync(loc: Location, count: number, target: Buffer, targetOffset: number): Promise<void> {
     const inBuffer = loc.segment === this.active && loc.slot + count > this.bufferBase;
-    if (inBuffer) { this.readRun(loc, count, target, targetOffset); return; }
+    if (inBuffer || this.overlapsWrite(loc, count)) { this.readRun(loc, count, target, targetOffset); return; }
     const fd = this.fdFor(loc.segment);
     this.pins.set(fd, (this.pins.get(fd) ?? 0) + 1);
     const bytes = count * BLOCK_SIZE;
@@ -378,6 +455,12 @@ export class SegmentFiles {
 
   /** Reads one chunk's bytes into `target` at `targetOffset`. */
   readInto(loc: Location, target: Buffer, targetOffset: number): void {
+    const w = this.writeOf(loc.segment, loc.slot);
+    if (w !== undefined) {
+      const at = w.srcOffset + (loc.slot - w.slot) * BLOCK_SIZE;
+      w.src.copy(target, targetOffset, at, at + BLOCK_SIZE);
+      return;
+    }
     if (loc.segment === this.active && loc.slot >= this.bufferBase && loc.slot < this.bufferBase + this.bufferCount) {
       const at = (loc.slot - this.bufferBase) * BLOCK_SIZE;
       this.buffer.copy(target, targetOffset, at, at + BLOCK_SIZE);
@@ -407,9 +490,16 @@ export class SegmentFiles {
     return this.bufferCount > 0 || this.unsynced.size > 0 || this.dirUnsynced;
   }
 
+  /** Resolves once no write is in flight on libuv's pool (failures are left to their callers and to `sync`). */
+  async settled(): Promise<void> {
+    while (this.landing.size > 0) await Promise.allSettled([...this.landing]);
+  }
+
   /** Makes every append so far durable (fdatasync files, fsync the directory if needed). */
   async sync(): Promise<void> {
     this.drain();
+    if (this.landing.size > 0) await Promise.allSettled([...this.landing]);
+    if (this.writeError !== null) throw this.writeError;
     const ids = [...this.unsynced];
     this.unsynced.clear();
     const dirSync = this.dirUnsynced;
@@ -540,7 +630,7 @@ export class SegmentFiles {
     if (this.fds.size > MAX_OPEN_FDS) {
       for (const [oldId, oldFd] of this.fds) {
         if (oldId === this.active) continue;
-        if (this.unsynced.has(oldId)) continue;
+        if (this.unsynced.has(oldId) || this.writing.has(oldId)) continue;
         if (this.pins.has(oldFd)) continue;
         this.fds.delete(oldId);
         this.unmap(oldId);
@@ -600,4 +690,14 @@ function fdatasync(fd: number): Promise<void> {
 async function fsyncPath(p: string): Promise<void> {
   const fh = await fs.promises.open(p, 'r');
   try { await fh.sync(); } finally { await fh.close(); }
+}
+
+/** pwrite of `bytes` from `src` at `pos` on libuv's pool, resuming after short writes. */
+async function writeFully(fd: number, src: Buffer, srcOffset: number, bytes: number, pos: number): Promise<void> {
+  let done = 0;
+  while (done < bytes) {
+    done += await new Promise<number>((resolve, reject) => {
+      fs.write(fd, src, srcOffset + done, bytes - done, pos + done, (err, n) => (err ? reject(err) : resolve(n)));
+    });
+  }
 }

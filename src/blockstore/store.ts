@@ -368,6 +368,7 @@ export class Store implements VolumeHost {
     this.engine.filter.close();
     await this.flush(true);
     await this.committer.idle();
+    await this.segments.settled();
     this.closed = true;
     this.segments.close();
     await this.dbs.env.close();

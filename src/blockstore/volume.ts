@@ -72,10 +72,13 @@ export class Volume implements VolumeHandle {
       // applied in arrival order after every earlier mutation of this handle.
       // (A failure is reported by the await below, perhaps after earlier writes: not unhandled meanwhile.)
       hashing.catch(() => undefined);
+      // The blocks' bytes are written on the pool too; the next mutation need not wait for that.
+      let landing: Promise<void> | undefined;
       await this.inOrder(async () => {
         const hashed = await hashing;
-        this.host.engine.writeBlocks(this.check(offset, data.length, true), offset / BLOCK_SIZE, data, hashed);
+        landing = this.host.engine.writeBlocks(this.check(offset, data.length, true), offset / BLOCK_SIZE, data, hashed, true);
       });
+      if (landing !== undefined) await landing;
     } else if (data.length > 0) {
       if (this.ordering === null) this.writeRange(t, offset, data);
       else await this.inOrder(async () => this.writeRange(this.check(offset, data.length, true), offset, data));

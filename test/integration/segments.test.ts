@@ -4,8 +4,12 @@
  * faulted in on libuv's pool, trimmed to its last slot on close; after a
  * crash (a file left at its full size) appends go to a new segment and
  * nothing already flushed is lost. Big writes append into reserved slots
- * written straight from their buffer; small ones through the append buffer.
+ * written straight from their buffer (on libuv's pool for volume writes:
+ * until those land, reads and dedup compares of the slots are served from
+ * the write's buffer, and the slots are not overwritten again); small ones
+ * go through the append buffer.
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -158,5 +162,47 @@ describe('the segment being appended to', () => {
       await h.close();
     });
     await withStore(Store.open(dir), check);
+  });
+
+  it('serves reads of slots whose write is still in flight on the pool from the write, and never rewrites them meanwhile', async () => {
+    const dir = tmp.make('seg-inflight');
+    const B = BLOCK_SIZE;
+    const data = pseudoRandom(10, 128 * B);
+    const again = Buffer.from(data); // the same bytes: a dedup compare with the slots in flight
+    const other = pseudoRandom(11, 128 * B);
+    await withStore(Store.init(dir), async (store) => {
+      await store.createVolume('v', 1024 * B);
+      await store.createVolume('w', 1024 * B);
+      const engine = store.engine;
+      // Keep libuv's pool (4 threads) busy, so that no write queued behind can land before the checks below.
+      const busy = Array.from({ length: 4 }, () => new Promise((r) => crypto.pbkdf2('x', 'y', 400_000, 32, 'sha256', r)));
+      const landing = engine.writeBlocks(engine.target('v'), 0, data, undefined, true);
+      expect(landing).toBeInstanceOf(Promise);
+      const out = Buffer.alloc(128 * B);
+      engine.readBlocks(engine.target('v'), 0, 128, out, 0);
+      expect(out.equals(data)).toBe(true);
+      // Shared, not stored again: the compare read the slots in flight.
+      const second = engine.writeBlocks(engine.target('w'), 0, again, undefined, true);
+      expect(second).toBeUndefined();
+      // A rewrite of blocks whose slots are in flight appends instead of overwriting them.
+      const third = engine.writeBlocks(engine.target('v'), 0, other, undefined, true);
+      engine.readBlocks(engine.target('w'), 0, 128, out, 0);
+      expect(out.equals(data)).toBe(true);
+      await Promise.all([landing, third, ...busy]);
+      expect((await store.stats()).segmentBytes).toBe(SEGMENT_HEADER_SIZE + 256 * B);
+      const v = await store.openVolume('v');
+      const w = await store.openVolume('w');
+      expect((await v.read(0, 128 * B)).equals(other)).toBe(true);
+      expect((await w.read(0, 128 * B)).equals(data)).toBe(true);
+      await store.flush();
+      expect(await store.check()).toEqual([]);
+      await v.close();
+      await w.close();
+    });
+    await withStore(Store.open(dir), async (store) => {
+      const w = await store.openVolume('w');
+      expect((await w.read(0, 128 * B)).equals(data)).toBe(true);
+      await w.close();
+    });
   });
 });
