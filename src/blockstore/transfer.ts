@@ -11,6 +11,8 @@ import type { VolumeKind } from './types.js';
 
 /** Bytes moved per read/write call. */
 const COPY_CHUNK = 4 * 1024 * 1024;
+/** Chunks an import reads and writes at once. */
+const IMPORT_DEPTH = 4;
 
 /** Called with bytes done and total. */
 export type ProgressFn = (done: number, total: number) => void;
@@ -44,14 +46,33 @@ export async function importFile(store: Store, name: string, file: string, kind:
     try {
       const h = await store.openVolume(name);
       try {
-        const buf = Buffer.allocUnsafe(COPY_CHUNK);
-        for (let off = 0; off < size;) {
-          const { bytesRead } = await fh.read(buf, 0, Math.min(COPY_CHUNK, size - off), off);
-          if (bytesRead === 0) throw new DormantError('EIO', `unexpected end of '${file}' at byte ${off}`);
-          await h.write(off, buf.subarray(0, bytesRead));
-          off += bytesRead;
-          progress?.(off, size);
+        // IMPORT_DEPTH chunks in flight, each read then written with a buffer of its own: the
+        // file's reads, the hashing and the segment writes (libuv's pool) overlap each other.
+        const free = Array.from({ length: IMPORT_DEPTH }, () => Buffer.allocUnsafe(COPY_CHUNK));
+        const inFlight = new Set<Promise<void>>();
+        let failure: { err: unknown } | null = null;
+        let done = 0;
+        const copy = async (off: number, len: number, buf: Buffer): Promise<void> => {
+          for (let got = 0; got < len;) {
+            const { bytesRead } = await fh.read(buf, got, len - got, off + got);
+            if (bytesRead === 0) throw new DormantError('EIO', `unexpected end of '${file}' at byte ${off + got}`);
+            got += bytesRead;
+          }
+          await h.write(off, buf.subarray(0, len));
+          done += len;
+          progress?.(done, size);
+        };
+        for (let off = 0; off < size && failure === null; off += COPY_CHUNK) {
+          if (free.length === 0) await Promise.race(inFlight);
+          if (failure !== null) break;
+          const buf = free.pop()!;
+          const task: Promise<void> = copy(off, Math.min(COPY_CHUNK, size - off), buf)
+            .then(() => { free.push(buf); }, (err: unknown) => { failure ??= { err }; })
+            .finally(() => inFlight.delete(task));
+          inFlight.add(task);
         }
+        await Promise.all(inFlight);
+        if (failure !== null) throw (failure as { err: unknown }).err;
         await h.flush();
       } finally {
         await h.close();
