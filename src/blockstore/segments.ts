@@ -72,7 +72,7 @@ export interface Location { segment: number; slot: number }
 interface SegmentMap { ab: ArrayBuffer; bytes: Buffer; size: number; viewed: boolean }
 
 /** Slots being written on libuv's pool: reads of them copy from `src` until the write lands. */
-interface SlotWrite { slot: number; count: number; src: Buffer; srcOffset: number }
+interface SlotWrite { slot: number; count: number; src: Buffer; srcOffset: number; fd: number }
 
 /**
  * Faults in the page cache ahead of appends to one segment, through an fd
@@ -156,6 +156,8 @@ export class SegmentFiles {
   /** Writes in flight on libuv's pool, by segment. */
   private readonly writing = new Map<number, SlotWrite[]>();
   private writingCount = 0;
+  /** Fds with writes in flight, and how many: never closed meanwhile (the number could name another file). */
+  private readonly writingFds = new Map<number, number>();
   /** Promises of the writes in flight (each already has a rejection handler). */
   private readonly landing = new Set<Promise<void>>();
   /** The first asynchronous write that failed: every later sync fails with it (its slots hold unknown bytes). */
@@ -270,11 +272,12 @@ export class SegmentFiles {
     const fd = this.fdFor(loc.segment);
     const bytes = n * BLOCK_SIZE;
     const pos = SEGMENT_HEADER_SIZE + loc.slot * BLOCK_SIZE;
-    const w: SlotWrite = { slot: loc.slot, count: n, src, srcOffset };
+    const w: SlotWrite = { slot: loc.slot, count: n, src, srcOffset, fd };
     let list = this.writing.get(loc.segment);
     if (list === undefined) { list = []; this.writing.set(loc.segment, list); }
     list.push(w);
     this.writingCount++;
+    this.writingFds.set(fd, (this.writingFds.get(fd) ?? 0) + 1);
     this.unsynced.add(loc.segment);
     if (loc.segment === this.active && loc.slot + count === this.nextSlot) this.prefaulter?.advance(pos + bytes);
     const landed = writeFully(fd, src, srcOffset, bytes, pos).then(() => this.landed(loc.segment, w), (err: Error) => {
@@ -293,6 +296,9 @@ export class SegmentFiles {
     list.splice(list.indexOf(w), 1);
     if (list.length === 0) this.writing.delete(segment);
     this.writingCount--;
+    const left = this.writingFds.get(w.fd)! - 1;
+    if (left > 0) this.writingFds.set(w.fd, left); else this.writingFds.delete(w.fd);
+    if (left <= 0 && this.retired.includes(w.fd)) this.closeRetired();
   }
 
   /** The write in flight that covers `slot` of `segment`, if any. */
@@ -526,7 +532,7 @@ export class SegmentFiles {
   closeRetired(): void {
     for (let i = this.retired.length - 1; i >= 0; i--) {
       const fd = this.retired[i];
-      if (this.pins.has(fd)) continue; // an asynchronous read still uses it
+      if (this.pins.has(fd) || this.writingFds.has(fd)) continue; // an asynchronous read or write still uses it
       this.retired.splice(i, 1);
       fs.closeSync(fd);
     }
