@@ -6,7 +6,10 @@
  *   - nbdkit --filter=cow file on the raw image.
  * Workloads: 4 KiB randread/randwrite at iodepth 16, 1 MiB seq read/write at
  * iodepth 4, each for BENCH_RUNTIME seconds (default 10). Prints IOPS and
- * MB/s per server and the dormant/peer ratio per workload. After each
+ * MB/s per server and the dormant/peer ratio per workload, then the CPU
+ * time each server spent per MiB moved (user + system, all its threads:
+ * this process's for dormant, /proc/PID/stat for the peers; fio's own is
+ * not counted), which is less noisy than throughput here. After each
  * dormant run its pending writes are flushed (not timed), so that dormant's
  * background flush does not run while a peer is measured.
  *
@@ -18,7 +21,7 @@
 import { spawn, execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { randomFillSync } from 'node:crypto';
-import { existsSync, mkdtempSync, openSync, closeSync, writeSync, rmSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, closeSync, writeSync, rmSync, mkdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -90,6 +93,20 @@ async function makeGolden(store, rawPath) {
   await store.branch('vm', 'golden@base');
 }
 
+const TICKS_PER_SECOND = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+/** CPU seconds (user + system) used so far by `pid`, or by this process when pid is null. */
+function cpuSeconds(pid) {
+  if (pid === null) {
+    const u = process.cpuUsage();
+    return (u.user + u.system) / 1e6;
+  }
+  // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / TICKS_PER_SECOND;
+}
+
 /** Runs fio asynchronously: dormant serves from this very process, so the event loop must stay free. */
 async function fio(uri, w) {
   const args = [
@@ -99,7 +116,7 @@ async function fio(uri, w) {
   const { stdout: out } = await promisify(execFile)('fio', args, { encoding: 'utf8', timeout: (RUNTIME + 60) * 1000, maxBuffer: 16 * MiB });
   const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
   const side = w.rw.includes('read') ? job.read : job.write;
-  return { iops: side.iops, mbps: side.bw_bytes / 1e6 };
+  return { iops: side.iops, mbps: side.bw_bytes / 1e6, mib: side.io_bytes / MiB };
 }
 
 async function main() {
@@ -117,25 +134,28 @@ async function main() {
   const overlay = path.join(dir, 'overlay.qcow2');
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', rawPath, '-F', 'raw', overlay]);
   const qemuSock = path.join(dir, 'qemu.sock');
-  startChild('qemu-nbd', ['-t', '-e', '16', '-k', qemuSock, '-f', 'qcow2', '-x', 'vm', overlay]);
+  const qemu = startChild('qemu-nbd', ['-t', '-e', '16', '-k', qemuSock, '-f', 'qcow2', '-x', 'vm', overlay]);
   const nbdkitSock = path.join(dir, 'nbdkit.sock');
-  startChild('nbdkit', ['-f', '-U', nbdkitSock, '-e', 'vm', '--filter=cow', 'file', rawPath]);
+  const nbdkit = startChild('nbdkit', ['-f', '-U', nbdkitSock, '-e', 'vm', '--filter=cow', 'file', rawPath]);
   await waitForSocket(qemuSock);
   await waitForSocket(nbdkitSock);
 
   const targets = [
-    { name: 'dormant', uri: `nbd+unix:///vm?socket=${dormantSock}` },
-    { name: 'qemu-nbd', uri: `nbd+unix:///vm?socket=${qemuSock}` },
-    { name: 'nbdkit-cow', uri: `nbd+unix:///vm?socket=${nbdkitSock}` },
+    { name: 'dormant', uri: `nbd+unix:///vm?socket=${dormantSock}`, pid: null },
+    { name: 'qemu-nbd', uri: `nbd+unix:///vm?socket=${qemuSock}`, pid: qemu.pid },
+    { name: 'nbdkit-cow', uri: `nbd+unix:///vm?socket=${nbdkitSock}`, pid: nbdkit.pid },
   ];
   const results = {};
   for (const w of WORKLOADS) {
     for (const t of targets) {
-      results[`${w.name}|${t.name}`] = await fio(t.uri, w);
+      const cpu0 = cpuSeconds(t.pid);
+      const r0 = await fio(t.uri, w);
+      r0.cpuPerMiB = ((cpuSeconds(t.pid) - cpu0) * 1e6) / r0.mib;
+      results[`${w.name}|${t.name}`] = r0;
       // Pending writes would otherwise be flushed in the background while a peer is measured.
       if (t.name === 'dormant') await store.flush();
       const r = results[`${w.name}|${t.name}`];
-      console.log(`bench: ${w.name.padEnd(18)} ${t.name.padEnd(10)} ${r.iops.toFixed(0).padStart(8)} IOPS ${r.mbps.toFixed(1).padStart(8)} MB/s`);
+      console.log(`bench: ${w.name.padEnd(18)} ${t.name.padEnd(10)} ${r.iops.toFixed(0).padStart(8)} IOPS ${r.mbps.toFixed(1).padStart(8)} MB/s ${r.cpuPerMiB.toFixed(0).padStart(7)} us CPU/MiB`);
     }
   }
 
@@ -149,6 +169,12 @@ async function main() {
     const q = results[`${w.name}|qemu-nbd`].iops;
     const k = results[`${w.name}|nbdkit-cow`].iops;
     console.log(`${w.name.padEnd(20)}${cells.join('')}   ${(d / q).toFixed(2).padStart(16)}  ${(d / k).toFixed(2).padStart(14)}`);
+  }
+
+  console.log('\nserver CPU per MiB moved (us, user + system)' + ' '.repeat(2) + targets.map((t) => t.name.padStart(12)).join('') + '   dormant/qemu-nbd  dormant/nbdkit');
+  for (const w of WORKLOADS) {
+    const c = targets.map((t) => results[`${w.name}|${t.name}`].cpuPerMiB);
+    console.log(`${w.name.padEnd(46)}${c.map((x) => x.toFixed(0).padStart(12)).join('')}   ${(c[0] / c[1]).toFixed(2).padStart(16)}  ${(c[0] / c[2]).toFixed(2).padStart(14)}`);
   }
 
   await server.close();
