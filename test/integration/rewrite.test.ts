@@ -14,6 +14,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BLOCK_SIZE, Store } from '../../src/blockstore/index.js';
 import { pseudoRandom } from '../helpers/data.js';
+import { withStore } from '../helpers/store.js';
 import { TempDirs } from '../helpers/tmp.js';
 
 const tmp = new TempDirs();
@@ -23,16 +24,6 @@ afterAll(() => tmp.cleanup());
 function segmentBytes(dir: string): number {
   const segs = path.join(dir, 'segments');
   return fs.readdirSync(segs).reduce((sum, f) => sum + fs.statSync(path.join(segs, f)).blocks * 512, 0);
-}
-
-/** Runs `body` with a store that is closed afterwards, whatever happens. */
-async function withStore(opening: Promise<Store>, body: (store: Store) => Promise<void>): Promise<void> {
-  const store = await opening;
-  try {
-    await body(store);
-  } finally {
-    await store.close();
-  }
 }
 
 const BLOCKS = 64;

@@ -17,6 +17,7 @@ import { BLOCK_SIZE, Store } from '../../src/blockstore/index.js';
 import { SEGMENT_HEADER_SIZE, SEGMENT_MAX_BYTES } from '../../src/blockstore/constants.js';
 import { fileCached } from '../../src/native/index.js';
 import { pseudoRandom } from '../helpers/data.js';
+import { withStore } from '../helpers/store.js';
 import { TempDirs } from '../helpers/tmp.js';
 
 const tmp = new TempDirs();
@@ -27,15 +28,6 @@ const MiB = 1 << 20;
 function segmentFiles(dir: string): string[] {
   const segs = path.join(dir, 'segments');
   return fs.readdirSync(segs).filter((f) => f.endsWith('.seg')).sort().map((f) => path.join(segs, f));
-}
-
-async function withStore(opening: Promise<Store>, body: (store: Store) => Promise<void>): Promise<void> {
-  const store = await opening;
-  try {
-    await body(store);
-  } finally {
-    await store.close();
-  }
 }
 
 describe('the segment being appended to', () => {
