@@ -28,11 +28,11 @@
  * in the host when it is used again (the balloon device reports free
  * pages), so 1 MiB pwrites into new file pages ran at 0.35-0.5 GB/s where
  * overwriting cached pages runs at 3-8 GB/s. So the segment being appended
- * to is sized to SEGMENT_MAX_BYTES (a sparse file: holes take no disk) when
- * appending to it starts, and while big writes append into reserved slots
- * the pages just ahead of the append point are faulted in by reads of its
- * holes on libuv's pool (clean zero pages, nothing for writeback): 1 MiB
- * appends then ran 2-3x faster. Not for small appends through the buffer:
+ * to is sized to SEGMENT_MAX_BYTES (a sparse file: holes take no disk) at
+ * its first append (opening a store changes no file), and while big writes
+ * append into reserved slots the pages just ahead of the append point are
+ * faulted in by reads of its holes on libuv's pool (clean zero pages,
+ * nothing for writeback): 1 MiB appends then ran 2-3x faster. Not for small appends through the buffer:
  * with 4 KiB random writes those reads cost a quarter of the write rate
  * (40k against 52k IOPS), the pool and the JS thread sharing two cores. The
  * file is trimmed to its last slot when the segment is sealed or closed;
@@ -153,6 +153,8 @@ export class SegmentFiles {
   private bufferCount = 0;
   private verifiedHeaders = new Set<number>();
   private prefaulter: Prefaulter | null = null;
+  /** The active segment's file is sized ahead (and must be trimmed when appending to it stops). */
+  private sizedAhead = false;
   /** Writes in flight on libuv's pool, by segment. */
   private readonly writing = new Map<number, SlotWrite[]>();
   private writingCount = 0;
@@ -203,7 +205,7 @@ export class SegmentFiles {
     this.activeFd = fd;
     this.nextSlot = slot;
     this.bufferBase = slot;
-    this.startAppending();
+    // Sized ahead at its first append, so that opening a store changes no file.
   }
 
   /** Highest segment id in use (active or on disk). */
@@ -229,6 +231,7 @@ export class SegmentFiles {
   /** Appends one block; the data may stay buffered until `sync()` or the buffer fills. */
   append(block: Buffer): Location {
     if (this.active === 0 || this.nextSlot >= BLOCKS_PER_SEGMENT) this.startSegment();
+    else if (!this.sizedAhead) this.startAppending();
     if (this.bufferCount === APPEND_BUFFER_BLOCKS) this.drain();
     block.copy(this.buffer, this.bufferCount * BLOCK_SIZE, 0, BLOCK_SIZE);
     this.bufferCount++;
@@ -244,6 +247,7 @@ export class SegmentFiles {
    */
   reserve(): Location {
     if (this.active === 0 || this.nextSlot >= BLOCKS_PER_SEGMENT) this.startSegment();
+    else if (!this.sizedAhead) this.startAppending();
     if (this.bufferCount > 0) this.drain();
     const slot = this.nextSlot++;
     this.bufferBase = this.nextSlot;
@@ -553,6 +557,7 @@ export class SegmentFiles {
     this.drain();
     this.prefaulter?.stop();
     this.prefaulter = null;
+    this.sizedAhead = false; // the segment it leaves is full: its size is exact
     const id = this.highestId() + 1;
     const file = segmentPath(this.dir, id);
     const fd = fs.openSync(file, 'wx+');
@@ -569,8 +574,8 @@ export class SegmentFiles {
   }
 
   /**
-   * Sizes the active segment's file at its maximum and starts faulting in
-   * the pages ahead of its append point (the first drain starts the reads).
+   * Sizes the active segment's file at its maximum and makes ready to
+   * fault in the pages ahead of its append point (big writes start it).
    */
   private startAppending(): void {
     try {
@@ -578,6 +583,7 @@ export class SegmentFiles {
     } catch (err) {
       throw new DormantError('EIO', `cannot size segment ${this.active}: ${(err as Error).message}`, { cause: err });
     }
+    this.sizedAhead = true;
     const m = this.maps.get(this.active);
     if (m) m.size = SEGMENT_MAX_BYTES;
     let own: number;
@@ -598,7 +604,8 @@ export class SegmentFiles {
     this.drain();
     this.prefaulter?.stop();
     this.prefaulter = null;
-    if (this.active === 0) return;
+    if (this.active === 0 || !this.sizedAhead) return;
+    this.sizedAhead = false;
     const end = SEGMENT_HEADER_SIZE + this.nextSlot * BLOCK_SIZE;
     try {
       fs.ftruncateSync(this.activeFd, end);

@@ -1,9 +1,10 @@
 /**
  * The segment being appended to (src/blockstore/segments.ts): sized ahead
- * to its maximum as a sparse file, its pages ahead of the append point
- * faulted in on libuv's pool, trimmed to its last slot on close; after a
- * crash (a file left at its full size) appends go to a new segment and
- * nothing already flushed is lost. Big writes append into reserved slots
+ * to its maximum as a sparse file at its first append (opening a store
+ * changes no file), its pages ahead of the append point faulted in on
+ * libuv's pool, trimmed to its last slot on close; after a crash (a file
+ * left at its full size) appends go to a new segment and nothing already
+ * flushed is lost. Big writes append into reserved slots
  * written straight from their buffer (on libuv's pool for volume writes:
  * until those land, reads and dedup compares of the slots are served from
  * the write's buffer, and the slots are not overwritten again); small ones
@@ -58,8 +59,11 @@ describe('the segment being appended to', () => {
     expect(segmentFiles(dir)).toEqual(files);
     expect(fs.statSync(files[0]).size).toBe(SEGMENT_HEADER_SIZE + 5 * BLOCK_SIZE);
     await withStore(Store.open(dir), async (store) => {
+      // Opening and reading change no file: the segment is only sized ahead at its next append.
+      expect(fs.statSync(files[0]).size).toBe(SEGMENT_HEADER_SIZE + 5 * BLOCK_SIZE);
       const h = await store.openVolume('v');
       expect((await h.read(0, 5 * BLOCK_SIZE)).equals(Buffer.concat([first, second]))).toBe(true);
+      expect(fs.statSync(files[0]).size).toBe(SEGMENT_HEADER_SIZE + 5 * BLOCK_SIZE);
       expect(await store.check()).toEqual([]);
       await h.close();
     });
