@@ -22,7 +22,7 @@ import { Handshake, type HandshakeStep, type NegotiatedExport, type TlsMode } fr
 import * as P from './protocol.js';
 import { Transmission, type EndReason, type TransmissionLimits } from './transmission.js';
 import { setSendBuffer } from '../native/index.js';
-import { largeReadSocket } from './reader.js';
+import { largeReadSocket, type DirectReads } from './reader.js';
 
 /** Longest option payload we accept; more is treated as a DoS and closes. */
 export const MAX_OPTION_DATA = 64 * 1024;
@@ -72,6 +72,8 @@ export class Connection {
 
   /** The accepted socket (or the one reading it in large slabs, see reader.ts). */
   private readonly raw: Socket;
+  /** Reads straight into WRITE payload buffers (plaintext connections, see reader.ts). */
+  private readonly direct: DirectReads | null;
 
   constructor(id: number, accepted: Socket, private readonly cfg: ConnectionConfig) {
     this.name = `conn#${id}`;
@@ -79,7 +81,8 @@ export class Connection {
     // Without TLS the connection reads in large slabs; a TLS socket reads the accepted one its own way.
     const large = cfg.tlsMode === 'off' ? largeReadSocket(accepted, this.queue, this.onData) : null;
     this.queue.transient = large !== null;
-    const raw = large ?? accepted;
+    this.direct = large?.direct ?? null;
+    const raw = large?.socket ?? accepted;
     this.raw = raw;
     this.socket = raw;
     this.hs = new Handshake({ backend: cfg.backend, tlsMode: cfg.tlsMode, defaultExport: cfg.defaultExport, logger: cfg.logger });
@@ -265,7 +268,9 @@ export class Connection {
 
   private transmit(exp: NegotiatedExport): Promise<EndReason> {
     const label = this.cfg.labelBy === 'peer' && this.raw.remoteAddress !== undefined ? this.raw.remoteAddress : exp.name;
-    const t = new Transmission(this.socket, this.queue, exp, label, this.cfg.limits, this.cfg.logger, this.name);
+    // After STARTTLS the TLS socket reads on its own: no direct reads then.
+    const direct = this.socket === this.raw ? this.direct : null;
+    const t = new Transmission(this.socket, this.queue, exp, label, this.cfg.limits, this.cfg.logger, this.name, direct);
     this.transmission = t;
     if (this.paused) {
       this.paused = false;

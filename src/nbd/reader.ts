@@ -16,6 +16,11 @@
  * referenced by the receive queue (which runs in transient mode: `take`
  * copies), so a buffer is free again once the queue holds nothing in it.
  *
+ * A big WRITE's payload need not pass through a slab: once its request has
+ * been parsed, `DirectReads.into` makes the following reads land in the
+ * payload's own buffer (only what the slab already held is copied), so the
+ * kernel's copy is the only one.
+ *
  * Node has no public way to read an accepted socket with `onread`: the
  * accepted socket's handle is wrapped in a new Socket that has it (the
  * undocumented `handle` option of net.Socket, which Node uses itself for
@@ -42,6 +47,20 @@ const giveSlab = (b: Buffer): void => { if (pool.length < POOL_MAX) pool.push(b)
 
 interface AcceptedInternals { _handle?: object | null; _server?: unknown; server?: unknown }
 
+/** Reads into a caller's buffer instead of the receive queue. */
+export interface DirectReads {
+  /**
+   * The next `dest.length` bytes of the stream go into `dest`, then `done`
+   * runs (from a read's callback). Call with the receive queue empty.
+   */
+  into(dest: Buffer, done: () => void): void;
+  /**
+   * Forgets the target set by `into`; its `done` never runs. A read into it
+   * may still be under way: the caller must not reuse `dest` (drop it).
+   */
+  cancel(): void;
+}
+
 /**
  * A socket over `accepted`'s connection that passes every read to
  * `onBytes` (a view valid until the queue has consumed it; `onBytes` pushes
@@ -54,7 +73,8 @@ interface AcceptedInternals { _handle?: object | null; _server?: unknown; server
  * handed out is libuv's until the next callback, so only then is a slab
  * switched or handed back.
  */
-export function largeReadSocket(accepted: net.Socket, queue: ByteQueue, onBytes: (chunk: Buffer) => void): net.Socket | null {
+export function largeReadSocket(accepted: net.Socket, queue: ByteQueue, onBytes: (chunk: Buffer) => void):
+  { socket: net.Socket; direct: DirectReads } | null {
   const old = accepted as unknown as AcceptedInternals;
   const handle = old._handle;
   if (handle === undefined || handle === null || accepted.readableLength > 0) return null;
@@ -66,6 +86,23 @@ export function largeReadSocket(accepted: net.Socket, queue: ByteQueue, onBytes:
   let last = 0;
   /** Big slabs the queue may still hold bytes of (not handed out). */
   let retired: Buffer[] = [];
+  /** The buffer reads go into instead of the queue (DirectReads), and the region of it handed out last. */
+  let target: { dest: Buffer; filled: number; done: () => void } | null = null;
+  let targetRegion: Buffer | null = null;
+  /** Fills the target from a read that landed in a slab region handed out before it was set; returns the rest. */
+  const fillFrom = (chunk: Buffer): Buffer => {
+    const t = target!;
+    const k = Math.min(chunk.length, t.dest.length - t.filled);
+    chunk.copy(t.dest, t.filled, 0, k);
+    t.filled += k;
+    return chunk.subarray(k);
+  };
+  const finishTarget = (): void => {
+    const t = target;
+    if (t === null || t.filled < t.dest.length) return;
+    target = null;
+    t.done();
+  };
   const release = (): void => {
     if (retired.length === 0) return;
     const held = retired.filter((b) => queue.holds(b.buffer));
@@ -73,6 +110,11 @@ export function largeReadSocket(accepted: net.Socket, queue: ByteQueue, onBytes:
     retired = held;
   };
   const room = (): Buffer => {
+    if (target !== null) {
+      targetRegion = target.dest.subarray(target.filled);
+      return targetRegion;
+    }
+    targetRegion = null;
     if (queue.length === 0) {
       // Nothing is held: busy connections read into a big slab, quiet ones into their small buffer.
       if (last >= SMALL_BYTES / 2) {
@@ -99,9 +141,22 @@ export function largeReadSocket(accepted: net.Socket, queue: ByteQueue, onBytes:
       onread: {
         buffer: room,
         callback: (n: number, buf: Uint8Array): boolean => {
-          pos += n;
           last = n;
-          onBytes(Buffer.from(buf.buffer, buf.byteOffset, n));
+          if (targetRegion !== null && buf === targetRegion) {
+            targetRegion = null;
+            if (target !== null) { // (else cancelled: the bytes are dropped with the connection)
+              target.filled += n;
+              finishTarget();
+            }
+            return true;
+          }
+          pos += n;
+          let chunk = Buffer.from(buf.buffer, buf.byteOffset, n);
+          if (target !== null) {
+            chunk = fillFrom(chunk);
+            finishTarget();
+          }
+          if (chunk.length > 0) onBytes(chunk);
           return true;
         },
       },
@@ -115,5 +170,14 @@ export function largeReadSocket(accepted: net.Socket, queue: ByteQueue, onBytes:
   fresh.server = old.server;
   old._server = null;
   old._handle = null;
-  return s;
+  const direct: DirectReads = {
+    into(dest, done) {
+      target = { dest, filled: 0, done };
+      if (dest.length === 0) finishTarget();
+    },
+    cancel() {
+      target = null;
+    },
+  };
+  return { socket: s, direct };
 }

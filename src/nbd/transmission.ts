@@ -25,6 +25,7 @@
 import type { Duplex } from 'node:stream';
 import type { NbdLogger } from './backend.js';
 import type { ByteQueue } from './bytequeue.js';
+import type { DirectReads } from './reader.js';
 import * as C from './codec.js';
 import { errnoName, mapStoreError, outOfRangeErrno } from './errors.js';
 import type { NegotiatedExport } from './handshake.js';
@@ -104,6 +105,8 @@ class BufferPool {
   }
 }
 
+/** WRITE payloads of this size or more are read straight into their buffer when the connection can (reader.ts). */
+const DIRECT_PAYLOAD_BYTES = 64 * 1024;
 const FUA = { fua: true } as const;
 const MAX_SAFE_OFFSET = BigInt(Number.MAX_SAFE_INTEGER);
 const NO_FUA = { fua: false } as const;
@@ -119,6 +122,8 @@ export class Transmission {
   private inFlight = 0;
   private inFlightBytes = 0;
   private paused = false;
+  /** The payload buffer a direct read is filling (readPayload), if any. */
+  private awaiting: Buffer | null = null;
   private corked = false;
   private drainRemaining = 0;
   private readonly label: string;
@@ -143,6 +148,8 @@ export class Transmission {
     private readonly limits: TransmissionLimits,
     private readonly logger: NbdLogger,
     private readonly connName: string,
+    /** Reads a big WRITE's payload straight into its buffer (null: through the queue). */
+    private readonly direct: DirectReads | null = null,
   ) {
     this.label = label;
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
@@ -170,7 +177,14 @@ export class Transmission {
 
   private stop(reason: EndReason): void {
     if (this.ending === null || (reason === 'violation' && this.ending !== 'violation')) this.ending = reason;
-    if (reason !== 'shutdown') this.queue.clear();
+    if (reason !== 'shutdown') {
+      this.queue.clear();
+      if (this.awaiting !== null) {
+        // A read may still land in that buffer: it is dropped, never pooled again.
+        this.direct!.cancel();
+        this.awaiting = null;
+      }
+    }
     if (reason === 'violation') this.socket.destroy();
     this.checkFinished();
   }
@@ -230,7 +244,11 @@ export class Transmission {
           this.drainRemaining = h.length;
           continue;
         }
-        if (q.length < P.REQUEST_SIZE + h.length) break;
+        if (q.length < P.REQUEST_SIZE + h.length) {
+          if (this.direct === null || h.length < DIRECT_PAYLOAD_BYTES || this.ending !== null) break;
+          this.readPayload(h);
+          return;
+        }
         q.skip(P.REQUEST_SIZE);
         // A payload that is copied goes into a pooled buffer (fresh 1 MiB
         // buffers cost page faults and GC): the backend is done with it once
@@ -257,6 +275,32 @@ export class Transmission {
       this.paused = false;
       this.socket.resume();
     }
+  }
+
+  /**
+   * The rest of WRITE `h`'s payload is read straight into its pooled buffer
+   * (`direct`): what the queue holds of it is copied there, the following
+   * reads land in the buffer, and the request runs once it is full. Parsing
+   * resumes then (the queue is empty meanwhile).
+   */
+  private readPayload(h: C.RequestHeader): void {
+    const q = this.queue;
+    q.skip(P.REQUEST_SIZE);
+    const into = this.payloads.take(h.length)!;
+    const have = q.length;
+    if (have > 0) q.take(have, into);
+    this.awaiting = into;
+    this.direct!.into(into.subarray(have), () => {
+      this.awaiting = null;
+      this.stats.requests++;
+      if (this.ending === 'shutdown') {
+        this.replyError(h, P.NBD_ESHUTDOWN, 'server shutting down');
+        this.payloads.give(into);
+      } else if (this.ending === null) {
+        this.dispatch(h, into, into);
+      }
+      this.pump();
+    });
   }
 
   /** Runs one request; `pooled`: the payload's buffer, back to the pool once the request settles. */
