@@ -32,11 +32,12 @@
  * its first append (opening a store changes no file), and while big writes
  * append into reserved slots the pages just ahead of the append point are
  * faulted in by reads of its holes on libuv's pool (clean zero pages,
- * nothing for writeback): 1 MiB appends then ran 2-3x faster. Not for small appends through the buffer:
- * with 4 KiB random writes those reads cost a quarter of the write rate
- * (40k against 52k IOPS), the pool and the JS thread sharing two cores. The
- * file is trimmed to its last slot when the segment is sealed or closed;
- * `usedBytes` is a segment's size as far as slots go.
+ * nothing for writeback): 1 MiB appends then ran 2-3x faster. Not for small
+ * appends through the buffer: with 4 KiB random writes those reads cost a
+ * quarter of the write rate (40k against 52k IOPS), the pool and the JS
+ * thread sharing two cores. The file is trimmed to its last slot when the
+ * segment is sealed or closed; `usedBytes` is a segment's size as far as
+ * slots go.
  *
  * After a crash the last segment may end with a partial or unreferenced
  * tail, or with the sparse rest of its size: appends resume at the next
