@@ -247,7 +247,7 @@ export class Transmission {
         if (q.length < P.REQUEST_SIZE + h.length) {
           if (this.direct === null || h.length < DIRECT_PAYLOAD_BYTES || this.ending !== null) break;
           this.readPayload(h);
-          return;
+          break; // (the queue is empty; a paused socket must resume below, or the payload never comes)
         }
         q.skip(P.REQUEST_SIZE);
         // A payload that is copied goes into a pooled buffer (fresh 1 MiB
