@@ -283,8 +283,7 @@ export class SegmentFiles {
     list.push(w);
     this.writingCount++;
     this.writingFds.set(fd, (this.writingFds.get(fd) ?? 0) + 1);
-    this.unsynced.add(loc.segment);
-    if (loc.segment === this.active && loc.slot + count === this.nextSlot) this.prefaulter?.advance(pos + bytes);
+    this.wroteSlots(loc, count, pos + bytes);
     const landed = writeFully(fd, src, srcOffset, bytes, pos).then(() => this.landed(loc.segment, w), (err: Error) => {
       this.landed(loc.segment, w);
       const e = new DormantError('EIO', `cannot write segment ${loc.segment}: ${err.message}`, { cause: err });
@@ -315,8 +314,13 @@ export class SegmentFiles {
     return undefined;
   }
 
-  /** True when some of `count` slots from `loc` are being written on the pool. */
-  private overlapsWrite(loc: Location, count: number): boolean {
+  /**
+   * True when some of `count` slots from `loc` are not (yet) in the file:
+   * still in the append buffer, or being written on the pool. Those are
+   * read one at a time (`readEach`).
+   */
+  private notAllInFile(loc: Location, count: number): boolean {
+    if (loc.segment === this.active && loc.slot + count > this.bufferBase) return true;
     if (this.writingCount === 0) return false;
     const list = this.writing.get(loc.segment);
     if (list === undefined) return false;
@@ -350,9 +354,14 @@ export class SegmentFiles {
     } catch (err) {
       throw new DormantError('EIO', `cannot write segment ${loc.segment}: ${(err as Error).message}`, { cause: err });
     }
+    this.wroteSlots(loc, count, pos + bytes);
+  }
+
+  /** After a write to the file of `count` slots from `loc` (ending at byte `end`) started. */
+  private wroteSlots(loc: Location, count: number, end: number): void {
     this.unsynced.add(loc.segment);
     // A run of slots just reserved by a big write: keep the pages ahead faulted in.
-    if (loc.segment === this.active && loc.slot + count === this.nextSlot) this.prefaulter?.advance(pos + bytes);
+    if (loc.segment === this.active && loc.slot + count === this.nextSlot) this.prefaulter?.advance(end);
   }
 
   /** Copies the slots of an overwrite that are still in the append buffer there; returns how many precede them. */
@@ -370,8 +379,7 @@ export class SegmentFiles {
    * volume usually maps to consecutive slots).
    */
   readRun(loc: Location, count: number, target: Buffer, targetOffset: number): void {
-    const inBuffer = loc.segment === this.active && loc.slot + count > this.bufferBase;
-    if (inBuffer || this.overlapsWrite(loc, count)) {
+    if (this.notAllInFile(loc, count)) {
       this.readEach(loc, count, target, targetOffset);
       return;
     }
@@ -384,8 +392,7 @@ export class SegmentFiles {
    * stays until every view of it is collected (see SegmentMap.viewed).
    */
   view(loc: Location, count: number): Buffer | null {
-    if (loc.segment === this.active && loc.slot + count > this.bufferBase) return null;
-    if (this.overlapsWrite(loc, count)) return null;
+    if (this.notAllInFile(loc, count)) return null;
     const m = this.mapFor(loc.segment);
     const start = SEGMENT_HEADER_SIZE + loc.slot * BLOCK_SIZE;
     const end = start + count * BLOCK_SIZE;
@@ -412,8 +419,7 @@ export class SegmentFiles {
    * false, with nothing read, when reading them would wait for the disk.
    */
   readRunCached(loc: Location, count: number, target: Buffer, targetOffset: number): boolean {
-    const inBuffer = loc.segment === this.active && loc.slot + count > this.bufferBase;
-    if (inBuffer || this.overlapsWrite(loc, count)) {
+    if (this.notAllInFile(loc, count)) {
       this.readRun(loc, count, target, targetOffset);
       return true;
     }
@@ -439,8 +445,7 @@ export class SegmentFiles {
    * are the ones the caller located.
    */
   async readRunAsync(loc: Location, count: number, target: Buffer, targetOffset: number): Promise<void> {
-    const inBuffer = loc.segment === this.active && loc.slot + count > this.bufferBase;
-    if (inBuffer || this.overlapsWrite(loc, count)) { this.readRun(loc, count, target, targetOffset); return; }
+    if (this.notAllInFile(loc, count)) { this.readRun(loc, count, target, targetOffset); return; }
     const fd = this.fdFor(loc.segment);
     this.pins.set(fd, (this.pins.get(fd) ?? 0) + 1);
     const bytes = count * BLOCK_SIZE;

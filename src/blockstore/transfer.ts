@@ -50,7 +50,8 @@ export async function importFile(store: Store, name: string, file: string, kind:
         // file's reads, the hashing and the segment writes (libuv's pool) overlap each other.
         const free = Array.from({ length: IMPORT_DEPTH }, () => Buffer.allocUnsafe(COPY_CHUNK));
         const inFlight = new Set<Promise<void>>();
-        let failure: { err: unknown } | null = null;
+        let failed = false;
+        let failure: unknown;
         let done = 0;
         const copy = async (off: number, len: number, buf: Buffer): Promise<void> => {
           for (let got = 0; got < len;) {
@@ -62,17 +63,17 @@ export async function importFile(store: Store, name: string, file: string, kind:
           done += len;
           progress?.(done, size);
         };
-        for (let off = 0; off < size && failure === null; off += COPY_CHUNK) {
+        for (let off = 0; off < size && !failed; off += COPY_CHUNK) {
           if (free.length === 0) await Promise.race(inFlight);
-          if (failure !== null) break;
+          if (failed) break;
           const buf = free.pop()!;
           const task: Promise<void> = copy(off, Math.min(COPY_CHUNK, size - off), buf)
-            .then(() => { free.push(buf); }, (err: unknown) => { failure ??= { err }; })
+            .then(() => { free.push(buf); }, (err: unknown) => { if (!failed) { failed = true; failure = err; } })
             .finally(() => inFlight.delete(task));
           inFlight.add(task);
         }
         await Promise.all(inFlight);
-        if (failure !== null) throw (failure as { err: unknown }).err;
+        if (failed) throw failure;
         await h.flush();
       } finally {
         await h.close();

@@ -260,16 +260,12 @@ export class Transmission {
       } else {
         q.skip(P.REQUEST_SIZE);
       }
-      this.stats.requests++;
       if (h.type === P.NBD_CMD_DISC) {
+        this.stats.requests++;
         this.stop('disc');
         return;
       }
-      if (this.ending === 'shutdown') {
-        this.replyError(h, P.NBD_ESHUTDOWN, 'server shutting down');
-        this.payloads.give(pooled);
-      }
-      else this.dispatch(h, payload, pooled);
+      this.take(h, payload, pooled);
     }
     if (this.paused && this.ending === null) {
       this.paused = false;
@@ -292,15 +288,20 @@ export class Transmission {
     this.awaiting = into;
     this.direct!.into(into.subarray(have), () => {
       this.awaiting = null;
-      this.stats.requests++;
-      if (this.ending === 'shutdown') {
-        this.replyError(h, P.NBD_ESHUTDOWN, 'server shutting down');
-        this.payloads.give(into);
-      } else if (this.ending === null) {
-        this.dispatch(h, into, into);
-      }
+      this.take(h, into, into);
       this.pump();
     });
+  }
+
+  /** A parsed request (with its whole payload): runs it, or answers ESHUTDOWN while shutting down. */
+  private take(h: C.RequestHeader, payload: Buffer | null, pooled?: Buffer): void {
+    this.stats.requests++;
+    if (this.ending === 'shutdown') {
+      this.replyError(h, P.NBD_ESHUTDOWN, 'server shutting down');
+      this.payloads.give(pooled);
+    } else {
+      this.dispatch(h, payload, pooled);
+    }
   }
 
   /** Runs one request; `pooled`: the payload's buffer, back to the pool once the request settles. */
