@@ -14,7 +14,8 @@
         "src/residency.cc",
         "src/hash.cc",
         "src/store.cc",
-        "src/socket.cc"
+        "src/socket.cc",
+        "src/rehash.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"],

@@ -1,5 +1,5 @@
 // dormant_native: the module table. Each binding lives in its own file
-// (process.cc, residency.cc, hash.cc, store.cc, socket.cc) and validates its own arguments; no
+// (process.cc, residency.cc, hash.cc, store.cc, socket.cc, rehash.cc) and validates its own arguments; no
 // pointers are kept here.
 #include <napi.h>
 
@@ -23,6 +23,7 @@ Napi::Value SetSendBuffer(const Napi::CallbackInfo& info);
 Napi::Value PreadCached(const Napi::CallbackInfo& info);
 Napi::Value HashBlocks(const Napi::CallbackInfo& info);
 Napi::Value VerifyBlocks(const Napi::CallbackInfo& info);
+Napi::Value RehashRun(const Napi::CallbackInfo& info);
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen, "pidfdOpen"));
@@ -41,6 +42,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("preadCached", Napi::Function::New(env, PreadCached, "preadCached"));
   exports.Set("hashBlocks", Napi::Function::New(env, HashBlocks, "hashBlocks"));
   exports.Set("verifyBlocks", Napi::Function::New(env, VerifyBlocks, "verifyBlocks"));
+  exports.Set("rehashRun", Napi::Function::New(env, RehashRun, "rehashRun"));
   exports.Set("PAGE_SIZE", Napi::Number::New(env, static_cast<double>(PageSize())));
   return exports;
 }

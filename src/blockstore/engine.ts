@@ -77,6 +77,8 @@ export class BlockEngine {
   private readonly where = new Uint32Array(2);
   /** Place of the chunk a write may overwrite (segment, slot). */
   private readonly rewriteAt = new Uint32Array(2);
+  /** A run `rewriteRun` may take: first chunk id, segment, first slot. */
+  private readonly runAt = new Float64Array(3);
   private hashScratch = Buffer.allocUnsafe(256 * HASH_SIZE);
   private zeroScratch = new Uint8Array(256);
   /** Which hashes the store may hold (built from the index after open). */
@@ -344,14 +346,24 @@ export class BlockEngine {
     this.directAppends = n >= DIRECT_APPEND_BLOCKS;
     this.landing = async && this.directAppends ? [] : null;
     let landing: Promise<void>[] | null = null;
+    // Big writes rewrite runs of their own new chunks in place a run at a time (`rewriteRun`).
+    const runs = this.directAppends && this.nativeHash ? this.filter.bits() : null;
     try {
-      for (let i = 0; i < n; i++) {
+      for (let i = 0; i < n;) {
+        if (runs !== null) {
+          const done = this.rewriteRun(t, first + i, n - i, data, i, hashes, zero, runs);
+          if (done > 0) {
+            i += done;
+            continue;
+          }
+        }
         let target = 0;
         if (zero[i] !== 1) {
           const reuse = this.writeback.rewritable(lineage, first + i);
           target = this.storeChunk(data, i, hashes, reuse !== 0 && this.canRewrite(reuse) ? reuse : 0);
         }
         this.writeback.set(lineage, first + i, version, target);
+        i++;
       }
     } finally {
       this.directAppends = false;
@@ -440,21 +452,43 @@ export class BlockEngine {
     return id;
   }
 
+  /**
+   * The general path per block (`storeChunk` + `set`), for blocks whose own
+   * uncommitted chunks sit in consecutive slots and whose new content is
+   * certainly not stored yet (`filter` is the hash filter's bits), done for
+   * a run of them at once: each chunk takes its block's new name natively
+   * (Writeback.rehashRun) and the run is one slot write. Returns how many
+   * blocks from `block` (block `i` of `data`, at most `count`) it did; 0:
+   * take the next block the general way.
+   */
+  private rewriteRun(t: Target, block: number, count: number, data: Buffer, i: number, hashes: Buffer, zero: Uint8Array,
+    filter: { words: Uint32Array; mask: number }): number {
+    const { lineage, version } = t.point;
+    const run = this.runAt;
+    const m = this.writeback.rewritableRun(lineage, block, count, zero, i, run);
+    if (m === 0 || !this.segments.canOverwriteRun(run[1], run[2], m)) return 0;
+    const done = this.writeback.rehashRun(run[0], m, hashes, i * HASH_SIZE, filter);
+    if (done === 0) return 0;
+    this.writeback.setVersions(lineage, block, done, version);
+    this.queueSlotWrite(run[1], run[2], data, i * BLOCK_SIZE, done);
+    return done;
+  }
+
   /** True when new chunk `id`'s slot may be overwritten now; its place is then in rewriteAt. */
   private canRewrite(id: number): boolean {
     return this.writeback.newPlace(id, this.rewriteAt) && this.segments.canOverwrite(this.rewriteAt[0], this.rewriteAt[1]);
   }
 
-  /** Adds one slot write to the current run, or writes the run and starts another. */
-  private queueSlotWrite(segment: number, slot: number, src: Buffer, srcOffset: number): void {
+  /** Adds `count` slot writes to the current run, or writes the run and starts another. */
+  private queueSlotWrite(segment: number, slot: number, src: Buffer, srcOffset: number, count = 1): void {
     const r = this.slotRun;
     if (r !== null && r.src === src && r.loc.segment === segment && r.loc.slot + r.count === slot
       && r.srcOffset + r.count * BLOCK_SIZE === srcOffset) {
-      r.count++;
+      r.count += count;
       return;
     }
     this.writeSlotRun();
-    this.slotRun = { loc: { segment, slot }, count: 1, src, srcOffset };
+    this.slotRun = { loc: { segment, slot }, count, src, srcOffset };
   }
 
   /** Makes the queued slot writes (before anything reads segments, and before writeBlocks returns). */

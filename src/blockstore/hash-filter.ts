@@ -47,6 +47,11 @@ export class HashFilter {
     return this.test(h.readUInt32LE(at)) && this.test(h.readUInt32LE(at + 4)) && this.test(h.readUInt32LE(at + 8));
   }
 
+  /** The bits and their mask for native probes (same test as mayContain); null until built. */
+  bits(): { words: Uint32Array; mask: number } | null {
+    return this.ready ? { words: this.words, mask: this.mask } : null;
+  }
+
   /**
    * Records a chunk hash: call for every chunk entered in the hash index,
    * once it is there (chunks still pending are the write-back's to find).

@@ -261,8 +261,13 @@ export class SegmentFiles {
    * and will check them against their hash).
    */
   canOverwrite(id: number, slot: number): boolean {
+    return this.canOverwriteRun(id, slot, 1);
+  }
+
+  /** `canOverwrite` for each of `count` slots from `slot`. */
+  canOverwriteRun(id: number, slot: number, count: number): boolean {
     const fd = this.fds.get(id);
-    return (fd === undefined || !this.pins.has(fd)) && this.writeOf(id, slot) === undefined;
+    return (fd === undefined || !this.pins.has(fd)) && !this.inFlight({ segment: id, slot }, count);
   }
 
   /**
@@ -320,7 +325,11 @@ export class SegmentFiles {
    * read one at a time (`readEach`).
    */
   private notAllInFile(loc: Location, count: number): boolean {
-    if (loc.segment === this.active && loc.slot + count > this.bufferBase) return true;
+    return (loc.segment === this.active && loc.slot + count > this.bufferBase) || this.inFlight(loc, count);
+  }
+
+  /** True when some of `count` slots from `loc` are being written on the pool. */
+  private inFlight(loc: Location, count: number): boolean {
     if (this.writingCount === 0) return false;
     const list = this.writing.get(loc.segment);
     if (list === undefined) return false;

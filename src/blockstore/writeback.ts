@@ -31,6 +31,7 @@
  * consecutive blocks or ids costs one map look-up per page.
  */
 import type { Location } from './segments.js';
+import { rehashRun } from '../native/index.js';
 
 /** Blocks per entry page: 512 bytes of memory per page in use. (Block numbers exceed 2^32: no bit shifts.) */
 const ENTRY_PAGE = 32;
@@ -104,6 +105,20 @@ class PrefixTable {
     t[2 * i] = 0;
     this.count--;
     if (this.mask > 65535 && 16 * this.count < this.mask + 1) this.resize((this.mask + 1) / 4);
+  }
+
+  /**
+   * For ids id0 + k (entries j0 + k of chunk page `cp`), in order: the
+   * chunk takes hash newHashes[at + 16k, +16) when `filter` says no
+   * committed chunk has it and no id is filed under its prefix (moved from
+   * its old prefix here, its hash and flags set in `cp`); stops at the
+   * first that does not qualify. Returns how many moved. Natively, with
+   * this table's layout and probing.
+   */
+  moveRun(cp: ChunkPage, j0: number, id0: number, count: number, newHashes: Buffer, at: number,
+    filter: { words: Uint32Array; mask: number } | null): number {
+    if (filter === null) return 0;
+    return rehashRun(this.slots, this.mask, filter.words, filter.mask, cp.hashes, cp.flags, j0, id0, count, newHashes, at);
   }
 
   private resize(slots: number): void {
@@ -271,6 +286,63 @@ export class Writeback {
     const cp = this.chunkPage(id);
     const j = id % CHUNK_PAGE;
     return cp !== undefined && (cp.flags[j] & LIVE) !== 0 && cp.refs[j] === 1 ? id : 0;
+  }
+
+  /**
+   * How many blocks from `block` (at most `count`) are `rewritable` as one
+   * run: none all-zero (zero[zeroAt + k]), chunk ids consecutive within one
+   * chunk page, slots consecutive in one segment. out = [first id,
+   * segment, first slot] when not 0.
+   */
+  rewritableRun(lineage: number, block: number, count: number, zero: Uint8Array, zeroAt: number, out: Float64Array): number {
+    if (zero[zeroAt] !== 0) return 0;
+    const id0 = this.rewritable(lineage, block);
+    if (id0 === 0) return 0;
+    const cp = this.chunkPage(id0)!;
+    let p = this.currentPage(lineage, Math.floor(block / ENTRY_PAGE), false)!;
+    const j0 = id0 % CHUNK_PAGE;
+    const segment = cp.segment[j0];
+    const slot0 = cp.slot[j0];
+    const max = Math.min(count, CHUNK_PAGE - j0);
+    let pageNo = Math.floor(block / ENTRY_PAGE);
+    let m = 1;
+    for (; m < max; m++) {
+      const b = block + m;
+      if (b % ENTRY_PAGE === 0) {
+        pageNo++;
+        const next = this.current.page(lineage, pageNo);
+        if (next === undefined) break;
+        p = next;
+      }
+      const j = j0 + m;
+      if (p[b % ENTRY_PAGE] !== id0 + m || zero[zeroAt + m] !== 0 || (cp.flags[j] & LIVE) === 0 || cp.refs[j] !== 1
+        || cp.segment[j] !== segment || cp.slot[j] !== slot0 + m) break;
+    }
+    out[0] = id0;
+    out[1] = segment;
+    out[2] = slot0;
+    return m;
+  }
+
+  /**
+   * `rehash` (as unique) of the first blocks of a `rewritableRun` from id
+   * `id0`, block k taking hashes[at + 16k, +16), as long as `filter` (the
+   * committed hashes' bits; null: not built) says no committed chunk has
+   * that hash and no new chunk has its prefix. Returns how many it did:
+   * the caller takes the next block the general way.
+   */
+  rehashRun(id0: number, count: number, hashes: Buffer, at: number, filter: { words: Uint32Array; mask: number } | null): number {
+    const cp = this.chunkPage(id0)!;
+    return this.newByHash.moveRun(cp, id0 % CHUNK_PAGE, id0, count, hashes, at, filter);
+  }
+
+  /** The `count` blocks from `block` were rewritten in place for `version` (their entries keep their chunks). */
+  setVersions(lineage: number, block: number, count: number, version: number): void {
+    for (let k = 0; k < count; k++) {
+      const b = block + k;
+      const p = this.currentPage(lineage, Math.floor(b / ENTRY_PAGE), false)!;
+      p[ENTRY_PAGE + (b % ENTRY_PAGE)] = version;
+    }
   }
 
   /** New chunks whose hash may equal the 16 bytes of `hash` at `at` (same first 30 bits: callers byte-compare). */

@@ -68,6 +68,8 @@ interface Addon {
   preadCached(fd: number, buffer: Uint8Array, offset: number, length: number, position: number): number;
   hashBlocks(data: Uint8Array, hashes: Uint8Array, zero: Uint8Array): number;
   verifyBlocks(data: Uint8Array, hashes: Uint8Array, at: number): number;
+  rehashRun(slots: Float64Array, mask: number, words: Uint32Array | null, fmask: number, pageHashes: Uint8Array,
+    pageFlags: Uint8Array, j0: number, id0: number, count: number, newHashes: Uint8Array, at: number): number;
   PAGE_SIZE: number;
 }
 
@@ -231,4 +233,18 @@ export function verifyBlocks(data: Uint8Array, hashes: Uint8Array, at: number): 
  */
 export function setSendBuffer(fd: number, bytes: number): number {
   return call(() => addon.setSendBuffer(fd, bytes));
+}
+
+/**
+ * The write-back's in-place rewrite of a run of new chunks, in one call (see
+ * native/src/rehash.cc): for ids id0 + k (entries j0 + k of a chunk page),
+ * each taking the hash newHashes[at + 16k, +16), in order, while that hash
+ * is certainly not a committed chunk's (filter `words`/`fmask`; null: not
+ * built, nothing is done) and no new chunk has its prefix (prefix table
+ * `slots`/`mask`): moves the chunk to its new prefix, stores the hash in
+ * pageHashes and sets pageFlags to LIVE | UNIQUE. Returns how many it did.
+ */
+export function rehashRun(slots: Float64Array, mask: number, words: Uint32Array | null, fmask: number,
+  pageHashes: Uint8Array, pageFlags: Uint8Array, j0: number, id0: number, count: number, newHashes: Uint8Array, at: number): number {
+  return call(() => addon.rehashRun(slots, mask, words, fmask, pageHashes, pageFlags, j0, id0, count, newHashes, at));
 }

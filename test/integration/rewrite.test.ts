@@ -6,13 +6,16 @@
  * a committed chunk (a snapshot, the index), a chunk another block shares
  * (dedup), a chunk in the generation being flushed, a segment with an
  * asynchronous read in flight. Also: hashes of chunks committed in this
- * session still deduplicate (the hash filter learns them at commit), and
- * pending writes are flushed once writes pause.
+ * session still deduplicate (the hash filter learns them at commit),
+ * pending writes are flushed once writes pause, and a big rewrite takes
+ * runs of its own chunks at once while leaving possible duplicates to the
+ * general path.
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { BLOCK_SIZE, Store } from '../../src/blockstore/index.js';
+import { Writeback } from '../../src/blockstore/writeback.js';
 import { pseudoRandom } from '../helpers/data.js';
 import { withStore } from '../helpers/store.js';
 import { TempDirs } from '../helpers/tmp.js';
@@ -213,6 +216,57 @@ describe('rewrites in place', () => {
         flushed = i > 0 && store.pendingBlocks < Math.min(i + 1, BLOCKS);
       }
       expect(flushed).toBe(true);
+      await h.close();
+    });
+  });
+
+  it('a big rewrite takes runs of its own chunks at once and leaves possible duplicates to the general path', async () => {
+    const dir = tmp.make('rw-runs');
+    const N = 1100; // chunk ids cross a write-back chunk page (1024 ids)
+    const B = BLOCK_SIZE;
+    const moved = vi.spyOn(Writeback.prototype, 'rehashRun');
+    try {
+      await withStore(Store.init(dir, { writebackIntervalMs: 0 }), async (store) => {
+        await store.createVolume('v', (N + 4) * B);
+        const h = await store.openVolume('v');
+        const committed = pseudoRandom(99, B);
+        await h.write(N * B, committed);
+        await h.flush();
+        await store.engine.filter.build(); // knows `committed`
+        const first = pseudoRandom(1, N * B);
+        await h.write(0, first); // N new chunks in consecutive slots
+        const second = pseudoRandom(2, N * B);
+        committed.copy(second, 5 * B); // a committed chunk's bytes
+        second.copy(second, 9 * B, 2 * B, 3 * B); // the bytes of block 2 of the same write
+        second.fill(0, 12 * B, 13 * B); // a hole
+        await h.write(0, second);
+        expect((await h.read(0, N * B)).equals(second)).toBe(true);
+        const runs = moved.mock.results.reduce((sum, r) => sum + (r.value as number), 0);
+        expect(runs).toBeGreaterThan(N - 20);
+        // Later small writes find the rewritten chunks under their new names only.
+        await h.write((N + 1) * B, second.subarray(700 * B, 701 * B));
+        await h.write((N + 2) * B, first.subarray(700 * B, 701 * B));
+        await h.flush();
+        const stats = await store.stats();
+        // Blocks 5 and 9 share chunks, block 12 is a hole, block N+1 shares block 700's chunk, block N+2 is new.
+        expect(stats.chunks).toBe(1 + (N - 3) + 1);
+        // The rewrite appended nothing: one header, the committed block, N slots, block N+2.
+        expect(stats.segmentBytes).toBe(B * (1 + 1 + N + 1));
+        expect(await store.check()).toEqual([]);
+        await h.close();
+      });
+    } finally {
+      moved.mockRestore();
+    }
+    await withStore(Store.open(dir, { writebackIntervalMs: 0 }), async (again) => {
+      const h = await again.openVolume('v');
+      const want = pseudoRandom(2, N * B);
+      pseudoRandom(99, B).copy(want, 5 * B);
+      want.copy(want, 9 * B, 2 * B, 3 * B);
+      want.fill(0, 12 * B, 13 * B);
+      expect((await h.read(0, N * B)).equals(want)).toBe(true);
+      expect((await h.read((N + 1) * B, B)).equals(want.subarray(700 * B, 701 * B))).toBe(true);
+      expect((await h.read((N + 2) * B, B)).equals(pseudoRandom(1, N * B).subarray(700 * B, 701 * B))).toBe(true);
       await h.close();
     });
   });

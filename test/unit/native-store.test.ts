@@ -6,7 +6,9 @@
  * -1 once the file's pages were dropped from the page cache (fsync + fadvise
  * DONTNEED); hashBlocks / verifyBlocks agree byte for byte with
  * xxhash-addon (the store's hash). Bad arguments must throw NativeError
- * (EINVAL / EBADF / EACCES) or TypeError, never crash the process. Files
+ * (EINVAL / EBADF / EACCES) or TypeError, never crash the process;
+ * rehashRun (the write-back's run move, whose results the write-back's
+ * model test checks) refuses tables and ranges it could overrun. Files
  * live on a real filesystem (a tmpfs file's pages can never be dropped).
  */
 import crypto from 'node:crypto';
@@ -16,7 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  NativeError, fileAdvise, fileCached, hashBlocks, mapFile, preadCached, unmapFile, verifyBlocks,
+  NativeError, fileAdvise, fileCached, hashBlocks, mapFile, preadCached, rehashRun, unmapFile, verifyBlocks,
 } from '../../src/native/index.js';
 
 const require = createRequire(import.meta.url);
@@ -421,5 +423,44 @@ describe('hashBlocks / verifyBlocks', () => {
     expect(() => verifyBlocks(data, 'x' as unknown as Buffer, 0)).toThrow(TypeError);
     expect(() => verifyBlocks(new Float64Array(512) as unknown as Buffer, hashes, 0)).toThrow(TypeError);
     expect(verifyBlocks(data, hashes, 0)).toBe(-1);
+  });
+});
+
+describe('rehashRun', () => {
+  const slots = new Float64Array(2 * 1024);
+  const words = new Uint32Array(1024);
+  const pageHashes = Buffer.alloc(1024 * 16);
+  const flags = new Uint8Array(1024);
+  const hashes = crypto.randomBytes(4 * 16);
+  const run = (over: Partial<Record<string, unknown>> = {}): number => {
+    const a = { slots, mask: 1023, words, fmask: 32767, pageHashes, flags, j0: 0, id0: 1, count: 4, hashes, at: 0, ...over };
+    return rehashRun(a.slots as Float64Array, a.mask as number, a.words as Uint32Array | null, a.fmask as number,
+      a.pageHashes as Uint8Array, a.flags as Uint8Array, a.j0 as number, a.id0 as number, a.count as number,
+      a.hashes as Uint8Array, a.at as number);
+  };
+
+  it('moves nothing while the filter is not built, and a whole run when nothing is known', () => {
+    expect(run({ words: null })).toBe(0);
+    expect(flags.every((f) => f === 0)).toBe(true);
+    expect(run()).toBe(4);
+    expect(pageHashes.subarray(0, 64).equals(hashes)).toBe(true);
+    expect([...flags.subarray(0, 5)]).toEqual([3, 3, 3, 3, 0]);
+    // The same hashes again: each is now filed under its prefix, so nothing moves.
+    expect(run()).toBe(0);
+  });
+
+  it('refuses bad arguments with NativeError EINVAL or TypeError, touching nothing', () => {
+    const before = Buffer.from(slots.buffer).toString('hex');
+    expectNative(() => run({ mask: 1000 }), 'EINVAL'); // not a power of two minus one
+    expectNative(() => run({ mask: 2047 }), 'EINVAL'); // more slots than the table holds
+    expectNative(() => run({ fmask: 65535 }), 'EINVAL'); // more bits than the filter holds
+    expectNative(() => run({ j0: 1022 }), 'EINVAL'); // past the chunk page's flags
+    expectNative(() => run({ pageHashes: Buffer.alloc(16) }), 'EINVAL');
+    expectNative(() => run({ at: 32 }), 'EINVAL'); // past the new hashes
+    expectNative(() => run({ id0: 0 }), 'EINVAL');
+    expect(() => run({ slots: new Float32Array(2048) })).toThrow(TypeError);
+    expect(() => run({ words: new Int32Array(1024) })).toThrow(TypeError);
+    expect(() => run({ hashes: 'x' })).toThrow(TypeError);
+    expect(Buffer.from(slots.buffer).toString('hex')).toBe(before);
   });
 });

@@ -3,7 +3,10 @@
  * from plain maps: seeded random sequences of writes (zeroes, new chunks,
  * shared new chunks, committed chunks), rewrites in place, flushes that
  * commit or fail, and lineage removals, over block numbers that cross page
- * boundaries and exceed 2^32. After every step each query — the target a
+ * boundaries and exceed 2^32, and the runs of a big write: appended to
+ * consecutive slots, then rewritten a run at a time (`rewritableRun`,
+ * `rehashRun`, which stops where the hash filter or the prefix table says
+ * a block may be a duplicate). After every step each query — the target a
  * reader sees, rewritability, references, new-chunk places and names,
  * hash candidates — must agree with the model.
  */
@@ -54,8 +57,22 @@ const hashOf = (r: (n: number) => number): Buffer => {
   return h;
 };
 
+/** Committed hashes' bits for rehashRun: 2^15 bits, about half set, so about one hash in eight may be known. */
+const FILTER = {
+  words: new Uint32Array(2 ** 10).map((_, i) => Math.imul(i + 1, 2654435761) >>> 0),
+  mask: 2 ** 15 - 1,
+};
+function filterMayContain(h: Buffer): boolean {
+  return [0, 4, 8].every((at) => {
+    const bit = (h.readUInt32LE(at) & FILTER.mask) >>> 0;
+    return (FILTER.words[bit >>> 5] & (1 << (bit & 31))) !== 0;
+  });
+}
+/** The 30 bits the prefix table files a hash under. */
+const prefixOf = (h: Buffer): number => h.readUInt32BE(0) >>> 2;
+
 /** Every query of the table and of the model, side by side (one comparison per step keeps it fast). */
-function check(wb: Writeback, m: Model, r: (n: number) => number): void {
+function check(wb: Writeback, m: Model, r: (n: number) => number, nextId: number): void {
   const got: unknown[] = [];
   const want: unknown[] = [];
   for (let k = 0; k < 20; k++) {
@@ -67,15 +84,19 @@ function check(wb: Writeback, m: Model, r: (n: number) => number): void {
   }
   const out = new Uint32Array(2);
   const hash = Buffer.alloc(16);
-  for (let id = 1; id < 60; id++) {
+  // The first ids (committed ones, the first new ones), and some of the rest.
+  const ids = Array.from({ length: 59 }, (_, k) => k + 1);
+  for (let k = 0; k < 40 && nextId > 60; k++) ids.push(60 + r(nextId - 60));
+  for (const id of ids) {
     const c = m.chunks.get(id);
     const placed = wb.newPlace(id, out, hash, 0);
     got.push([id, wb.references(id), wb.isNew(id), placed]);
     want.push([id, m.refs(id) > 0, c !== undefined, c !== undefined]);
     if (c !== undefined && placed) {
       got.push([id, out[0], out[1], hash.toString('hex'), wb.newHash(id).toString('hex'), wb.isUnique(id),
-        wb.newChunksWithHash(c.hash).includes(id)]);
-      want.push([id, c.segment, c.slot, c.hash.toString('hex'), c.hash.toString('hex'), c.unique, true]);
+        wb.newChunksWithHash(c.hash).sort((x, y) => x - y)]);
+      want.push([id, c.segment, c.slot, c.hash.toString('hex'), c.hash.toString('hex'), c.unique,
+        [...m.chunks].filter(([, o]) => prefixOf(o.hash) === prefixOf(c.hash)).map(([k]) => k).sort((x, y) => x - y)]);
     }
   }
   got.push(wb.newChunkCount, wb.size, [...wb.newChunkSegments()].sort());
@@ -92,6 +113,8 @@ describe('write-back table', () => {
       let nextId = 20; // ids below are "committed" chunks
       let version = 1;
       let gen: Generation | null = null;
+      /** Lineage and block just after the last run appended. */
+      let lastRun: [number, number] | null = null;
       for (let step = 0; step < 1500; step++) {
         const op = r(100);
         const l = LINEAGES[r(3)];
@@ -145,11 +168,62 @@ describe('write-back table', () => {
           }
           m.flushing = null;
           gen = null;
-        } else if (op < 64) {
+        } else if (op < 68) {
+          // A big write's appends: a run of new chunks in consecutive slots, for consecutive blocks;
+          // often just after the last run (ids go on, the slots or the segment do not).
+          const len = 1 + r(40);
+          const segment = 1 + r(3);
+          const slot = r(1000);
+          const [bl, bb] = lastRun !== null && r(2) === 0 ? lastRun : [l, b];
+          if (r(10) === 0) version++;
+          for (let k = 0; k < len; k++) {
+            const id = nextId++;
+            const c = { segment, slot: slot + k, hash: hashOf(r), unique: r(2) === 0 };
+            wb.addNewChunk(id, c.hash, 0, { segment, slot: slot + k }, c.unique);
+            m.chunks.set(id, c);
+            wb.set(bl, bb + k, version, id);
+            m.current.set(`${bl}:${bb + k}`, { version, target: id });
+          }
+          lastRun = [bl, bb + len];
+        } else if (op < 76) {
+          // A big rewrite: the run it may take at once, then as much of it as the filter and the prefixes allow.
+          const len = 1 + r(40);
+          const zero = new Uint8Array(len).map(() => (r(30) === 0 ? 1 : 0));
+          const run = new Float64Array(3);
+          const got = wb.rewritableRun(l, b, len, zero, 0, run);
+          let want = 0;
+          const id0 = m.rewritable(l, b);
+          if (id0 !== 0 && zero[0] === 0) {
+            const c0 = m.chunks.get(id0)!;
+            want = 1;
+            while (want < len && Math.floor((id0 + want) / 1024) === Math.floor(id0 / 1024) && zero[want] === 0
+              && m.rewritable(l, b + want) === id0 + want && m.chunks.get(id0 + want)!.segment === c0.segment
+              && m.chunks.get(id0 + want)!.slot === c0.slot + want) want++;
+            expect([...run]).toEqual([id0, c0.segment, c0.slot]);
+          }
+          expect(got).toBe(want);
+          if (got > 0) {
+            const hashes = Buffer.concat(Array.from({ length: got }, () => hashOf(r)));
+            const built = r(8) !== 0; // (else the filter is still being built: nothing is done)
+            const done = wb.rehashRun(id0, got, hashes, 0, built ? FILTER : null);
+            let expected = 0;
+            for (; built && expected < got; expected++) {
+              const h = hashes.subarray(16 * expected, 16 * expected + 16);
+              if (filterMayContain(h) || [...m.chunks.values()].some((c) => prefixOf(c.hash) === prefixOf(h))) break;
+              const c = m.chunks.get(id0 + expected)!;
+              c.hash = Buffer.from(h);
+              c.unique = true;
+            }
+            expect(done).toBe(expected);
+            if (r(10) === 0) version++;
+            wb.setVersions(l, b, done, version);
+            for (let k = 0; k < done; k++) m.current.get(`${l}:${b + k}`)!.version = version;
+          }
+        } else if (op < 78) {
           wb.dropLineage(l);
           for (const g of [m.current, m.flushing]) for (const k of [...(g?.keys() ?? [])]) if (k.startsWith(`${l}:`)) g!.delete(k);
         }
-        check(wb, m, r);
+        check(wb, m, r, nextId);
       }
     });
   }

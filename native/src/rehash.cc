@@ -1,0 +1,159 @@
+// rehashRun: the bookkeeping of a big write that rewrites a run of new
+// chunks in place, for the whole run in one call (in JavaScript it cost
+// about 1 us per 4 KiB block, the largest part of a 1 MiB write's time on
+// the JS thread).
+//
+// For chunk ids id0 .. id0+count-1 (entries j0 .. j0+count-1 of one
+// write-back chunk page) taking the blocks whose hashes are newHashes[at +
+// 16k], in order, while the new hash is certainly not a committed chunk's
+// (hash filter) and no new chunk has its hash prefix: move the chunk from
+// its old prefix to the new one in the prefix table, store the new hash
+// and mark it LIVE | UNIQUE. Stops at the first block that needs the
+// general path (a possible duplicate) and returns how many it did. The
+// tables are the TypeScript ones (src/blockstore/writeback.ts PrefixTable,
+// hash-filter.ts HashFilter), with the same layout and probing; the
+// TypeScript side keeps each table's size and count (a move leaves the
+// count as it was, so no table grows or shrinks here).
+//
+// Why each pointer use is safe: every array comes from a typed array
+// argument, read on the JS thread, and the call returns before any JS runs.
+// Table probes index slots[2 * (i & mask)] and [.. + 1] after checking
+// that the table holds 2 * (mask + 1) doubles with mask + 1 a power of
+// two; filter probes index words[(bit & fmask) >> 5] after checking that
+// it holds (fmask + 1) / 32 words with fmask + 1 a power of two and at
+// least 32. The chunk page's hashes and flags are indexed below j0 + count,
+// checked against their lengths, as are newHashes below at + 16 * count.
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+
+#include "args.h"
+#include "errors.h"
+
+namespace dormant {
+
+namespace {
+
+constexpr uint64_t kHash = 16;
+constexpr uint8_t kLive = 1;
+constexpr uint8_t kUnique = 2;
+
+template <typename T>
+T* TypedArg(const Napi::Value& value, napi_typedarray_type type, const char* fn, const char* what, size_t* length) {
+  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != type) {
+    throw Napi::TypeError::New(value.Env(), std::string(fn) + ": " + what + " has the wrong type");
+  }
+  Napi::TypedArray a = value.As<Napi::TypedArray>();
+  *length = a.ElementLength();
+  return reinterpret_cast<T*>(static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
+}
+
+bool PowerOfTwo(uint64_t x) { return x != 0 && (x & (x - 1)) == 0; }
+
+// The first 30 bits of a hash (as writeback.ts's prefix()).
+uint32_t Prefix(const uint8_t* h) {
+  return (static_cast<uint32_t>(h[0]) << 22) | (static_cast<uint32_t>(h[1]) << 14) |
+         (static_cast<uint32_t>(h[2]) << 6) | (static_cast<uint32_t>(h[3]) >> 2);
+}
+
+struct Table {
+  double* slots;
+  uint64_t mask;
+
+  double Key(uint64_t i) const { return slots[2 * i]; }
+
+  bool Has(uint32_t key) const {
+    const double k = static_cast<double>(key) + 1;
+    for (uint64_t i = key & mask; Key(i) != 0; i = (i + 1) & mask) {
+      if (Key(i) == k) return true;
+    }
+    return false;
+  }
+
+  void Add(uint32_t key, double id) {
+    uint64_t i = key & mask;
+    while (Key(i) != 0) i = (i + 1) & mask;
+    slots[2 * i] = static_cast<double>(key) + 1;
+    slots[2 * i + 1] = id;
+  }
+
+  // Removes (key, id) if present; shifts back the later entries of its probe run.
+  void Remove(uint32_t key, double id) {
+    const double k = static_cast<double>(key) + 1;
+    uint64_t i = key & mask;
+    while (Key(i) != 0 && !(Key(i) == k && slots[2 * i + 1] == id)) i = (i + 1) & mask;
+    if (Key(i) == 0) return;
+    for (uint64_t j = (i + 1) & mask; Key(j) != 0; j = (j + 1) & mask) {
+      const uint64_t home = static_cast<uint64_t>(Key(j) - 1) & mask;
+      const bool between = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+      if (between) continue;
+      slots[2 * i] = slots[2 * j];
+      slots[2 * i + 1] = slots[2 * j + 1];
+      i = j;
+    }
+    slots[2 * i] = 0;
+  }
+};
+
+struct Filter {
+  const uint32_t* words;
+  uint32_t mask;
+
+  bool Test(uint32_t word) const {
+    const uint32_t bit = word & mask;
+    return (words[bit >> 5] & (1u << (bit & 31))) != 0;
+  }
+
+  bool MayContain(const uint8_t* h) const {
+    uint32_t w[3];
+    std::memcpy(w, h, sizeof w);  // little-endian words, as readUInt32LE
+    return Test(w[0]) && Test(w[1]) && Test(w[2]);
+  }
+};
+
+}  // namespace
+
+// rehashRun(slots, mask, words | null, fmask, pageHashes, pageFlags, j0, id0,
+//           count, newHashes, at) -> blocks done (a prefix of the run).
+// words null: the filter is not built yet (every hash may be known).
+Napi::Value RehashRun(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "rehashRun";
+  size_t slotCount = 0, wordCount = 0, pageHashLen = 0, flagLen = 0, newLen = 0;
+  double* slots = TypedArg<double>(info[0], napi_float64_array, fn, "slots", &slotCount);
+  uint64_t mask = IntegerArg(info[1], fn, "mask", 0, UINT32_MAX);
+  if (!PowerOfTwo(mask + 1) || slotCount != 2 * (mask + 1)) ThrowNative(env, EINVAL, "rehashRun(mask)");
+  const uint32_t* words = nullptr;
+  uint64_t fmask = IntegerArg(info[3], fn, "fmask", 0, UINT32_MAX);
+  if (!info[2].IsNull()) {
+    words = TypedArg<uint32_t>(info[2], napi_uint32_array, fn, "words", &wordCount);
+    if (!PowerOfTwo(fmask + 1) || fmask + 1 < 32 || wordCount != (fmask + 1) / 32) ThrowNative(env, EINVAL, "rehashRun(fmask)");
+  }
+  uint8_t* pageHashes = TypedArg<uint8_t>(info[4], napi_uint8_array, fn, "pageHashes", &pageHashLen);
+  uint8_t* flags = TypedArg<uint8_t>(info[5], napi_uint8_array, fn, "pageFlags", &flagLen);
+  uint64_t j0 = IntegerArg(info[6], fn, "j0", 0, flagLen);
+  uint64_t id0 = IntegerArg(info[7], fn, "id0", 1, (1ULL << 53) - 1);
+  uint64_t count = IntegerArg(info[8], fn, "count", 0, flagLen - j0);
+  const uint8_t* newHashes = TypedArg<uint8_t>(info[9], napi_uint8_array, fn, "newHashes", &newLen);
+  uint64_t at = IntegerArg(info[10], fn, "at", 0, newLen);
+  if ((j0 + count) * kHash > pageHashLen) ThrowNative(env, EINVAL, "rehashRun(pageHashes)");
+  if (count * kHash > newLen - at) ThrowNative(env, EINVAL, "rehashRun(newHashes)");
+  if (words == nullptr) return Napi::Number::New(env, 0);
+  Table table{slots, mask};
+  Filter filter{words, static_cast<uint32_t>(fmask)};
+  uint64_t k = 0;
+  for (; k < count; k++) {
+    const uint8_t* h = newHashes + at + k * kHash;
+    const uint32_t key = Prefix(h);
+    if (filter.MayContain(h) || table.Has(key)) break;
+    uint8_t* old = pageHashes + (j0 + k) * kHash;
+    const double id = static_cast<double>(id0 + k);
+    table.Remove(Prefix(old), id);
+    std::memcpy(old, h, kHash);
+    flags[j0 + k] = kLive | kUnique;
+    table.Add(key, id);
+  }
+  return Napi::Number::New(env, static_cast<double>(k));
+}
+
+}  // namespace dormant
