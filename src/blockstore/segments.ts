@@ -24,20 +24,14 @@
  * writes in flight), `canOverwrite` refuses its slots, and `sync()` waits
  * for it.
  *
- * Fresh page cache is dear here: a page the guest freed a while ago faults
- * in the host when it is used again (the balloon device reports free
- * pages), so 1 MiB pwrites into new file pages ran at 0.35-0.5 GB/s where
- * overwriting cached pages runs at 3-8 GB/s. So the segment being appended
- * to is sized to SEGMENT_MAX_BYTES (a sparse file: holes take no disk) at
- * its first append (opening a store changes no file), and while big writes
- * append into reserved slots the pages just ahead of the append point are
- * faulted in by reads of its holes on libuv's pool (clean zero pages,
- * nothing for writeback): 1 MiB appends then ran 2-3x faster. Not for small
- * appends through the buffer: with 4 KiB random writes those reads cost a
- * quarter of the write rate (40k against 52k IOPS), the pool and the JS
- * thread sharing two cores. The file is trimmed to its last slot when the
- * segment is sealed or closed; `usedBytes` is a segment's size as far as
- * slots go.
+ * The segment being appended to is sized to SEGMENT_MAX_BYTES (a sparse
+ * file: holes take no disk) at its first append (opening a store changes
+ * no file), so appends never move the file's end; it is trimmed to its
+ * last slot when the segment is sealed or closed. `usedBytes` is a
+ * segment's size as far as slots go. (Its pages ahead of the append point
+ * are not faulted in beforehand: reading the holes on libuv's pool zeroes
+ * each page only for the write to copy over it, and on two cores that
+ * made first passes of 1 MiB appends 1.5-2x slower, measured apart.)
  *
  * After a crash the last segment may end with a partial or unreferenced
  * tail, or with the sparse rest of its size: appends resume at the next
@@ -75,52 +69,8 @@ interface SegmentMap { ab: ArrayBuffer; bytes: Buffer; size: number; viewed: boo
 /** Slots being written on libuv's pool: reads of them copy from `src` until the write lands. */
 interface SlotWrite { slot: number; count: number; src: Buffer; srcOffset: number; fd: number }
 
-/**
- * Faults in the page cache ahead of appends to one segment, through an fd
- * of its own (closed when the last read of it returns after `stop`).
- */
-class Prefaulter {
-  private next: number; // bytes below this are faulted in (or written)
-  private reading = 0;
-  private stopped = false;
-  private static scratch: Buffer[] = [];
-
-  constructor(private readonly fd: number, from: number) { this.next = from; }
-
-  /** Keeps PREFAULT_AHEAD bytes past `appendAt` faulted in (reads on libuv's pool). */
-  advance(appendAt: number): void {
-    if (this.next < appendAt) this.next = appendAt;
-    const target = Math.min(SEGMENT_MAX_BYTES, appendAt + PREFAULT_AHEAD);
-    while (!this.stopped && this.reading < PREFAULT_READS && this.next < target) {
-      const at = this.next;
-      const len = Math.min(PREFAULT_STEP, target - at);
-      this.next += len;
-      this.reading++;
-      const scratch = Prefaulter.scratch.pop() ?? Buffer.allocUnsafe(PREFAULT_STEP);
-      fs.read(this.fd, scratch, 0, len, at, () => {
-        Prefaulter.scratch.push(scratch);
-        this.reading--;
-        if (this.stopped) this.closeIfIdle(); else this.advance(appendAt);
-      });
-    }
-  }
-
-  stop(): void {
-    this.stopped = true;
-    this.closeIfIdle();
-  }
-
-  private closeIfIdle(): void {
-    if (this.reading === 0) fs.close(this.fd, () => { /* nothing to report */ });
-  }
-}
-
 /** Blocks buffered before they are written to the file in one call. */
 const APPEND_BUFFER_BLOCKS = 256;
-/** Bytes faulted in ahead of the append point, in reads of PREFAULT_STEP, PREFAULT_READS at a time. */
-const PREFAULT_AHEAD = 16 << 20;
-const PREFAULT_STEP = 1 << 20;
-const PREFAULT_READS = 2;
 /** Open file descriptors kept for reading. */
 const MAX_OPEN_FDS = 256;
 
@@ -153,7 +103,6 @@ export class SegmentFiles {
   private bufferBase = 0; // slot of buffer[0]
   private bufferCount = 0;
   private verifiedHeaders = new Set<number>();
-  private prefaulter: Prefaulter | null = null;
   /** The active segment's file is sized ahead (and must be trimmed when appending to it stops). */
   private sizedAhead = false;
   /** Writes in flight on libuv's pool, by segment. */
@@ -288,7 +237,7 @@ export class SegmentFiles {
     list.push(w);
     this.writingCount++;
     this.writingFds.set(fd, (this.writingFds.get(fd) ?? 0) + 1);
-    this.wroteSlots(loc, count, pos + bytes);
+    this.unsynced.add(loc.segment);
     const landed = writeFully(fd, src, srcOffset, bytes, pos).then(() => this.landed(loc.segment, w), (err: Error) => {
       this.landed(loc.segment, w);
       const e = new DormantError('EIO', `cannot write segment ${loc.segment}: ${err.message}`, { cause: err });
@@ -363,14 +312,7 @@ export class SegmentFiles {
     } catch (err) {
       throw new DormantError('EIO', `cannot write segment ${loc.segment}: ${(err as Error).message}`, { cause: err });
     }
-    this.wroteSlots(loc, count, pos + bytes);
-  }
-
-  /** After a write to the file of `count` slots from `loc` (ending at byte `end`) started. */
-  private wroteSlots(loc: Location, count: number, end: number): void {
     this.unsynced.add(loc.segment);
-    // A run of slots just reserved by a big write: keep the pages ahead faulted in.
-    if (loc.segment === this.active && loc.slot + count === this.nextSlot) this.prefaulter?.advance(end);
   }
 
   /** Copies the slots of an overwrite that are still in the append buffer there; returns how many precede them. */
@@ -570,8 +512,6 @@ export class SegmentFiles {
 
   private startSegment(): void {
     this.drain();
-    this.prefaulter?.stop();
-    this.prefaulter = null;
     this.sizedAhead = false; // the segment it leaves is full: its size is exact
     const id = this.highestId() + 1;
     const file = segmentPath(this.dir, id);
@@ -588,10 +528,7 @@ export class SegmentFiles {
     this.startAppending();
   }
 
-  /**
-   * Sizes the active segment's file at its maximum and makes ready to
-   * fault in the pages ahead of its append point (big writes start it).
-   */
+  /** Sizes the active segment's file at its maximum (at its first append). */
   private startAppending(): void {
     try {
       fs.ftruncateSync(this.activeFd, SEGMENT_MAX_BYTES);
@@ -601,24 +538,14 @@ export class SegmentFiles {
     this.sizedAhead = true;
     const m = this.maps.get(this.active);
     if (m) m.size = SEGMENT_MAX_BYTES;
-    let own: number;
-    try {
-      own = fs.openSync(segmentPath(this.dir, this.active), 'r');
-    } catch {
-      return; // appends work without it, only slower
-    }
-    this.prefaulter = new Prefaulter(own, SEGMENT_HEADER_SIZE + this.nextSlot * BLOCK_SIZE);
   }
 
   /**
-   * Writes buffered appends, stops faulting in, and trims the active
-   * segment's file to its last slot (no slot past it is referenced, no view
-   * reaches past it).
+   * Writes buffered appends and trims the active segment's file to its
+   * last slot (no slot past it is referenced, no view reaches past it).
    */
   private stopAppending(): void {
     this.drain();
-    this.prefaulter?.stop();
-    this.prefaulter = null;
     if (this.active === 0 || !this.sizedAhead) return;
     this.sizedAhead = false;
     const end = SEGMENT_HEADER_SIZE + this.nextSlot * BLOCK_SIZE;

@@ -1,8 +1,7 @@
 /**
  * The segment being appended to (src/blockstore/segments.ts): sized ahead
  * to its maximum as a sparse file at its first append (opening a store
- * changes no file), its pages ahead of the append point faulted in on
- * libuv's pool, trimmed to its last slot on close; after a crash (a file
+ * changes no file), trimmed to its last slot on close; after a crash (a file
  * left at its full size) appends go to a new segment and nothing already
  * flushed is lost. Big writes append into reserved slots
  * written straight from their buffer (on libuv's pool for volume writes:
@@ -16,7 +15,6 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BLOCK_SIZE, Store } from '../../src/blockstore/index.js';
 import { SEGMENT_HEADER_SIZE, SEGMENT_MAX_BYTES } from '../../src/blockstore/constants.js';
-import { fileCached } from '../../src/native/index.js';
 import { pseudoRandom } from '../helpers/data.js';
 import { withStore } from '../helpers/store.js';
 import { TempDirs } from '../helpers/tmp.js';
@@ -97,33 +95,6 @@ describe('the segment being appended to', () => {
       await h.close();
     });
     expect(fs.statSync(segmentFiles(dir)[1]).size).toBe(SEGMENT_HEADER_SIZE + 4 * BLOCK_SIZE);
-  });
-
-  it('has the pages ahead of its append point faulted in while writes stream in', async () => {
-    const dir = tmp.make('seg-prefault');
-    await withStore(Store.init(dir), async (store) => {
-      await store.createVolume('v', 64 * MiB);
-      const h = await store.openVolume('v');
-      const [before] = [segmentFiles(dir)];
-      expect(before.length).toBe(0);
-      await h.write(0, pseudoRandom(6, 2 * MiB));
-      const [file] = segmentFiles(dir);
-      const fd = fs.openSync(file, 'r');
-      try {
-        // The 8 MiB just past what was written: holes of a sparse file, cached only if something read them.
-        const ahead = SEGMENT_HEADER_SIZE + 2 * MiB;
-        let cached = 0;
-        for (let waited = 0; waited < 5000; waited += 20) {
-          cached = (await fileCached(fd, ahead, 8 * MiB)).present;
-          if (cached === (8 * MiB) / 4096) break;
-          await new Promise((r) => setTimeout(r, 20));
-        }
-        expect(cached).toBe((8 * MiB) / 4096);
-      } finally {
-        fs.closeSync(fd);
-      }
-      await h.close();
-    });
   });
 
   it('mixes big writes (reserved slots) with buffered small ones, duplicates inside a big write included', async () => {
