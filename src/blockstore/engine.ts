@@ -10,7 +10,10 @@
  * block's own uncommitted chunk when nothing else refers to that one
  * (writeback.ts), else appended to a segment: through its append buffer for
  * small writes, into reserved slots written straight from the caller's
- * buffer for writes of DIRECT_APPEND_BLOCKS blocks or more.
+ * buffer for writes of DIRECT_APPEND_BLOCKS blocks or more. Such a big
+ * write takes a run of blocks whose own chunks sit in consecutive slots at
+ * once (`rewriteRun`: their renaming in one native call, one slot write)
+ * as long as no block of it may be a duplicate.
  *
  * Everything here is synchronous and runs to completion on the JS thread, so
  * no two operations interleave inside a block; only flush (store.ts) awaits,
