@@ -23,7 +23,7 @@ import { BLOCK_SIZE, HASH_SIZE, ZERO_BLOCK } from './constants.js';
 import { DormantError } from './errors.js';
 import { xxh3, type HashFunction } from './hash.js';
 import { hashBlocks, hashPagesAsync, verifyBlocks } from '../native/index.js';
-import { HashFilter } from './hash-filter.js';
+import { HashFilter, type FilterBits } from './hash-filter.js';
 import type { IndexDbs } from './index-db.js';
 import type { Catalog, Point } from './catalog.js';
 import { BlockMap, UNRESOLVED } from './blockmap.js';
@@ -465,7 +465,7 @@ export class BlockEngine {
    * take the next block the general way.
    */
   private rewriteRun(t: Target, block: number, count: number, data: Buffer, i: number, hashes: Buffer, zero: Uint8Array,
-    filter: { words: Uint32Array; mask: number }): number {
+    filter: FilterBits): number {
     const { lineage, version } = t.point;
     const run = this.runAt;
     const m = this.writeback.rewritableRun(lineage, block, count, zero, i, run);

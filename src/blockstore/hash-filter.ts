@@ -28,6 +28,9 @@ function bitsFor(chunks: number): number {
   return bits;
 }
 
+/** A built filter's bits and their mask, for native probes (the same test as `mayContain`). */
+export interface FilterBits { words: Uint32Array; mask: number }
+
 /** Membership filter of chunk hashes. */
 export class HashFilter {
   private words = new Uint32Array(MIN_BITS / 32);
@@ -47,8 +50,8 @@ export class HashFilter {
     return this.test(h.readUInt32LE(at)) && this.test(h.readUInt32LE(at + 4)) && this.test(h.readUInt32LE(at + 8));
   }
 
-  /** The bits and their mask for native probes (same test as mayContain); null until built. */
-  bits(): { words: Uint32Array; mask: number } | null {
+  /** The bits for native probes; null until built. */
+  bits(): FilterBits | null {
     return this.ready ? { words: this.words, mask: this.mask } : null;
   }
 

@@ -32,6 +32,7 @@
  */
 import type { Location } from './segments.js';
 import { rehashRun } from '../native/index.js';
+import type { FilterBits } from './hash-filter.js';
 
 /** Blocks per entry page: 512 bytes of memory per page in use. (Block numbers exceed 2^32: no bit shifts.) */
 const ENTRY_PAGE = 32;
@@ -115,8 +116,7 @@ class PrefixTable {
    * first that does not qualify. Returns how many moved. Natively, with
    * this table's layout and probing.
    */
-  moveRun(cp: ChunkPage, j0: number, id0: number, count: number, newHashes: Buffer, at: number,
-    filter: { words: Uint32Array; mask: number } | null): number {
+  moveRun(cp: ChunkPage, j0: number, id0: number, count: number, newHashes: Buffer, at: number, filter: FilterBits | null): number {
     if (filter === null) return 0;
     return rehashRun(this.slots, this.mask, filter.words, filter.mask, cp.hashes, cp.flags, j0, id0, count, newHashes, at);
   }
@@ -299,12 +299,12 @@ export class Writeback {
     const id0 = this.rewritable(lineage, block);
     if (id0 === 0) return 0;
     const cp = this.chunkPage(id0)!;
-    let p = this.currentPage(lineage, Math.floor(block / ENTRY_PAGE), false)!;
+    let pageNo = Math.floor(block / ENTRY_PAGE);
+    let p = this.currentPage(lineage, pageNo, false)!;
     const j0 = id0 % CHUNK_PAGE;
     const segment = cp.segment[j0];
     const slot0 = cp.slot[j0];
     const max = Math.min(count, CHUNK_PAGE - j0);
-    let pageNo = Math.floor(block / ENTRY_PAGE);
     let m = 1;
     for (; m < max; m++) {
       const b = block + m;
@@ -331,7 +331,7 @@ export class Writeback {
    * that hash and no new chunk has its prefix. Returns how many it did:
    * the caller takes the next block the general way.
    */
-  rehashRun(id0: number, count: number, hashes: Buffer, at: number, filter: { words: Uint32Array; mask: number } | null): number {
+  rehashRun(id0: number, count: number, hashes: Buffer, at: number, filter: FilterBits | null): number {
     const cp = this.chunkPage(id0)!;
     return this.newByHash.moveRun(cp, id0 % CHUNK_PAGE, id0, count, hashes, at, filter);
   }

@@ -2,17 +2,18 @@
  * The native addon (native/, built by scripts/setup.sh). For the pager:
  * pidfds, process_madvise, page residency of another process (pagemap) and
  * of a file (mincore, cachestat), per-page XXH3-128 hashes. For the block
- * store's data path: reads that never wait for the disk (preadCached) and
- * batch hashing / checking of 4096-byte blocks. This is the only module
+ * store's data path: reads that never wait for the disk (preadCached),
+ * batch hashing / checking of 4096-byte blocks, and the write-back's
+ * renaming of a run of rewritten chunks (rehashRun). This is the only module
  * that loads the .node file; everything else imports from here.
  *
  * Threading rule: anything that may enter the kernel's reclaim or fault path
  * for a file this daemon serves through FUSE (process_madvise, mmap +
  * mincore of a memory file) runs on the libuv pool and returns a Promise:
  * blocking the JS thread there could deadlock. mappingResidency only reads
- * /proc/PID/pagemap, and the store's calls (mapFile, preadCached, block
- * hashing) only touch segment files on a real file system: they stay
- * synchronous.
+ * /proc/PID/pagemap, the store's calls (mapFile, preadCached, block
+ * hashing) only touch segment files on a real file system, and rehashRun
+ * only memory of its arguments: they stay synchronous.
  *
  * Errors from system calls and out-of-range arguments are NativeError (code
  * = errno name); wrong JS types are TypeError.
