@@ -5,9 +5,10 @@
  */
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { readFileSync } from 'node:fs';
 import type { VolumeHandle } from '../../src/blockstore/types.js';
+import { Writeback } from '../../src/blockstore/writeback.js';
 import { NbdServer, StoreBackend, type NbdBackend } from '../../src/nbd/index.js';
 import * as P from '../../src/nbd/protocol.js';
 import { MiB, RawClient, fillVolume, memoryLogger, run, runFailing, seededBytes, serveStore, type Served } from './helpers.js';
@@ -172,6 +173,31 @@ describe('real NBD clients', () => {
     expect(job.error).toBe(0);
     expect(job.write.io_bytes).toBeGreaterThan(0);
     expect(job.read.io_bytes).toBeGreaterThan(0);
+  }, 120_000);
+
+  it('fio nbd engine: big blocks (256 KiB to 1 MiB) rewritten while pending, 2 jobs with crc32c verify', async () => {
+    // Writes of 64 blocks and more take the store's big-write paths: reserved slots written on
+    // libuv's pool, then (the later loops rewrite each block before any flush) runs of pending
+    // chunks rewritten in place at once. fio reads everything back after each loop. A verify
+    // header in every 4 KiB block makes each block unique (fio's buffers otherwise repeat at
+    // 4 KiB, and repeated blocks are shared, not rewritten).
+    const runs = vi.spyOn(Writeback.prototype, 'rehashRun');
+    try {
+      const out = await run('fio', [
+        '--name=bigverify', '--ioengine=nbd', `--uri=${s.uri('fio')}`, '--rw=write', '--bsrange=256k-1M', '--bs_unaligned=0',
+        '--iodepth=4', '--numjobs=2', '--size=16M', '--offset_increment=16M', '--loops=3', '--verify=crc32c', '--verify_interval=4096',
+        '--verify_fatal=1', '--verify_state_save=0', '--group_reporting', '--output-format=json',
+      ], 90_000);
+      const res = JSON.parse(out.slice(out.indexOf('{')));
+      const job = res.jobs[0];
+      expect(job.error).toBe(0);
+      expect(job.write.io_bytes).toBeGreaterThanOrEqual(2 * 3 * 16 * MiB);
+      expect(job.read.io_bytes).toBeGreaterThanOrEqual(2 * 3 * 16 * MiB);
+      const moved = runs.mock.results.reduce((sum, r) => sum + (r.value as number), 0);
+      expect(moved).toBeGreaterThan(4096); // of the 16,384 blocks the two later loops rewrite
+    } finally {
+      runs.mockRestore();
+    }
   }, 120_000);
 
   it('logs one connect and one disconnect line per connection with export and counts', () => {
