@@ -30,8 +30,10 @@
  * last slot when the segment is sealed or closed. `usedBytes` is a
  * segment's size as far as slots go. (Its pages ahead of the append point
  * are not faulted in beforehand: reading the holes on libuv's pool zeroes
- * each page only for the write to copy over it, and on two cores that
- * made first passes of 1 MiB appends 1.5-2x slower, measured apart.)
+ * each page only for the write to copy over it; on two cores that made
+ * first passes of 1 MiB appends 1.5-2x slower on memory freed a moment
+ * before, and on memory the host had taken back it sped up first passes
+ * but not whole runs: README, Benchmarks.)
  *
  * After a crash the last segment may end with a partial or unreferenced
  * tail, or with the sparse rest of its size: appends resume at the next
