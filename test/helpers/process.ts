@@ -3,6 +3,7 @@
  * crash tests. Every child is bounded by a timeout and killed by `killAll`.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 import { ensureBuilt, REPO, cliEnv } from './cli.js';
 
@@ -111,22 +112,36 @@ export interface KilledRun { ready: boolean; stderr: string; signal: NodeJS.Sign
 /**
  * Runs `node script ...args`; once it prints READY, kills it with SIGKILL
  * after `delayMs` (and after `guardMs` in any case); resolves when it exited.
+ * With `after`, the delay starts only once the file `after.path` matches
+ * `after.pattern` (polled every 20 ms), e.g. once the child logged a step.
  */
-export function killWhenRunning(script: string, args: string[], delayMs: number, guardMs: number): Promise<KilledRun> {
+export function killWhenRunning(script: string, args: string[], delayMs: number, guardMs: number,
+  after?: { path: string; pattern: RegExp }): Promise<KilledRun> {
   const proc = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(proc);
   let stderr = '';
   let ready = false;
+  let poll: NodeJS.Timeout | undefined;
+  const arm = (): void => { setTimeout(() => proc.kill('SIGKILL'), delayMs); };
   proc.stderr!.on('data', (d) => { stderr += d; });
   proc.stdout!.on('data', (d: Buffer) => {
     if (!ready && d.toString().includes('READY')) {
       ready = true;
-      setTimeout(() => proc.kill('SIGKILL'), delayMs);
+      if (after === undefined) { arm(); return; }
+      poll = setInterval(() => {
+        let text = '';
+        try { text = fs.readFileSync(after.path, 'utf8'); } catch { return; }
+        if (after.pattern.test(text)) {
+          clearInterval(poll);
+          arm();
+        }
+      }, 20);
     }
   });
   const guard = setTimeout(() => proc.kill('SIGKILL'), guardMs);
   return new Promise((resolve) => proc.on('exit', () => {
     clearTimeout(guard);
+    clearInterval(poll);
     live.delete(proc);
     resolve({ ready, stderr, signal: proc.signalCode });
   }));

@@ -3,7 +3,8 @@
  * COMMIT_SLICE_ENTRIES pending entries): a child writes every block of a
  * volume big enough for three slices, with blocks that share a chunk across
  * slices, flushes, and repeats; it is killed with SIGKILL at random moments
- * (while writing, and between or inside the slices of a flush). After each
+ * (while writing, and between or inside the slices of a flush), every other
+ * time only after its first flush was acknowledged. After each
  * kill the store opens without repair, `check()` finds reference counts and
  * index consistent, and every block reads as a whole generation no older
  * than the last acknowledged flush and no newer than the last one started.
@@ -25,7 +26,13 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 /** Kills the child at a random moment; returns the generations it logged as flushed and as started. */
 async function round(n: number, gen: number): Promise<{ flushed: number; started: number }> {
   const logPath = path.join(dir, `round-${n}.log`);
-  const run = await killWhenRunning(child, [path.join(dir, 'store'), String(gen), logPath], 300 + Math.floor(Math.random() * 2500), 30_000);
+  // Even rounds: a random moment after the child is ready (writing, or in its first flush).
+  // Odd rounds: a random moment after its first flush was acknowledged (the next
+  // generation's writes or flush), so some kills always follow a flush, however slow
+  // the machine is.
+  const after = n % 2 === 1 ? { path: logPath, pattern: /^F /m } : undefined;
+  const delay = n % 2 === 1 ? Math.floor(Math.random() * 2000) : 300 + Math.floor(Math.random() * 2500);
+  const run = await killWhenRunning(child, [path.join(dir, 'store'), String(gen), logPath], delay, 30_000, after);
   expect(run.ready, `child never became ready: ${run.stderr}`).toBe(true);
   expect(run.signal).toBe('SIGKILL');
   let flushed = -1;
