@@ -218,7 +218,7 @@ export class SegmentFiles {
   /** `canOverwrite` for each of `count` slots from `slot`. */
   canOverwriteRun(id: number, slot: number, count: number): boolean {
     const fd = this.fds.get(id);
-    return (fd === undefined || !this.pins.has(fd)) && !this.inFlight({ segment: id, slot }, count);
+    return (fd === undefined || !this.pins.has(fd)) && this.writeOf(id, slot, count) === undefined;
   }
 
   /**
@@ -261,12 +261,12 @@ export class SegmentFiles {
     if (left <= 0 && this.retired.includes(w.fd)) this.closeRetired();
   }
 
-  /** The write in flight that covers `slot` of `segment`, if any. */
-  private writeOf(segment: number, slot: number): SlotWrite | undefined {
+  /** A write in flight that covers some of `count` slots from `slot` of `segment`, if any. */
+  private writeOf(segment: number, slot: number, count = 1): SlotWrite | undefined {
     if (this.writingCount === 0) return undefined;
     const list = this.writing.get(segment);
     if (list === undefined) return undefined;
-    for (const w of list) if (slot >= w.slot && slot < w.slot + w.count) return w;
+    for (const w of list) if (w.slot < slot + count && slot < w.slot + w.count) return w;
     return undefined;
   }
 
@@ -276,16 +276,8 @@ export class SegmentFiles {
    * read one at a time (`readEach`).
    */
   private notAllInFile(loc: Location, count: number): boolean {
-    return (loc.segment === this.active && loc.slot + count > this.bufferBase) || this.inFlight(loc, count);
-  }
-
-  /** True when some of `count` slots from `loc` are being written on the pool. */
-  private inFlight(loc: Location, count: number): boolean {
-    if (this.writingCount === 0) return false;
-    const list = this.writing.get(loc.segment);
-    if (list === undefined) return false;
-    for (const w of list) if (w.slot < loc.slot + count && loc.slot < w.slot + w.count) return true;
-    return false;
+    return (loc.segment === this.active && loc.slot + count > this.bufferBase)
+      || this.writeOf(loc.segment, loc.slot, count) !== undefined;
   }
 
   /** Reads `count` slots one at a time (each from a write in flight, the append buffer or the file). */
@@ -373,7 +365,7 @@ export class SegmentFiles {
    */
   readRunCached(loc: Location, count: number, target: Buffer, targetOffset: number): boolean {
     if (this.notAllInFile(loc, count)) {
-      this.readRun(loc, count, target, targetOffset);
+      this.readEach(loc, count, target, targetOffset);
       return true;
     }
     const fd = this.fdFor(loc.segment);
@@ -398,7 +390,7 @@ export class SegmentFiles {
    * are the ones the caller located.
    */
   async readRunAsync(loc: Location, count: number, target: Buffer, targetOffset: number): Promise<void> {
-    if (this.notAllInFile(loc, count)) { this.readRun(loc, count, target, targetOffset); return; }
+    if (this.notAllInFile(loc, count)) { this.readEach(loc, count, target, targetOffset); return; }
     const fd = this.fdFor(loc.segment);
     this.pins.set(fd, (this.pins.get(fd) ?? 0) + 1);
     const bytes = count * BLOCK_SIZE;
