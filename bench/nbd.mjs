@@ -11,7 +11,9 @@
  * this process's for dormant, /proc/PID/stat for the peers; fio's own is
  * not counted), which is less noisy than throughput here. After each
  * dormant run its pending writes are flushed (not timed), so that dormant's
- * background flush does not run while a peer is measured.
+ * background flush does not run while a peer is measured, and after every
+ * run the page cache is written back (`sync`, not timed), so that no run
+ * pays for the kernel writing back what an earlier one left dirty.
  *
  * Build first (`npx tsc`); this imports the compiled modules from dist/.
  * Env: BENCH_SIZE_MIB (default 1024), BENCH_RUNTIME (s, default 10),
@@ -160,6 +162,9 @@ async function main() {
       results[`${w.name}|${t.name}`] = r0;
       // Pending writes would otherwise be flushed in the background while a peer is measured.
       if (t.name === 'dormant') await store.flush();
+      // Nor may a server's dirty page cache be written back by the kernel during a later run
+      // (after 30 s by default): every run starts with none (not timed).
+      execFileSync('sync');
       const r = results[`${w.name}|${t.name}`];
       console.log(`bench: ${w.name.padEnd(18)} ${t.name.padEnd(10)} ${r.iops.toFixed(0).padStart(8)} IOPS ${r.mbps.toFixed(1).padStart(8)} MB/s ${r.cpuPerMiB.toFixed(0).padStart(7)} us CPU/MiB`);
     }
