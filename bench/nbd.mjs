@@ -9,7 +9,9 @@
  * MB/s per server and the dormant/peer ratio per workload, then the CPU
  * time each server spent per MiB moved (user + system, all its threads:
  * this process's for dormant, /proc/PID/stat for the peers; fio's own is
- * not counted), which is less noisy than throughput here. After each
+ * not counted), which is less noisy than throughput here; then, with fio's
+ * CPU per MiB added (fio and the server share the machine's cores), the
+ * rate the cores would allow at that cost. After each
  * dormant run its pending writes are flushed (not timed), so that dormant's
  * background flush does not run while a peer is measured, and after every
  * run the page cache is written back (`sync`, not timed), so that no run
@@ -25,7 +27,7 @@ import { spawn, execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { randomFillSync } from 'node:crypto';
 import { existsSync, mkdtempSync, openSync, closeSync, writeSync, rmSync, mkdirSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -124,7 +126,10 @@ async function fio(uri, w) {
   const { stdout: out } = await promisify(execFile)('fio', args, { encoding: 'utf8', timeout: (RUNTIME + 60) * 1000, maxBuffer: 16 * MiB });
   const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
   const side = w.rw.includes('read') ? job.read : job.write;
-  return { iops: side.iops, mbps: side.bw_bytes / 1e6, mib: side.io_bytes / MiB };
+  const mib = side.io_bytes / MiB;
+  // fio's own CPU: usr_cpu and sys_cpu are percentages of one CPU over job_runtime (ms).
+  const fioCpuPerMiB = (((job.usr_cpu + job.sys_cpu) / 100) * job.job_runtime * 1e3) / mib;
+  return { iops: side.iops, mbps: side.bw_bytes / 1e6, mib, fioCpuPerMiB };
 }
 
 async function main() {
@@ -186,6 +191,19 @@ async function main() {
   for (const w of WORKLOADS) {
     const c = targets.map((t) => results[`${w.name}|${t.name}`].cpuPerMiB);
     console.log(`${w.name.padEnd(46)}${c.map((x) => x.toFixed(0).padStart(12)).join('')}   ${(c[0] / c[1]).toFixed(2).padStart(16)}  ${(c[0] / c[2]).toFixed(2).padStart(14)}`);
+  }
+
+  // Server and client share this machine's cores: their CPU per MiB together bounds the rate.
+  const cores = availableParallelism();
+  console.log(`\nwith the client (fio) on the same ${cores} cores: server + fio CPU per MiB (us) / the rate it allows (MB/s)`);
+  console.log(' '.repeat(20) + targets.map((t) => t.name.padStart(22)).join(''));
+  for (const w of WORKLOADS) {
+    const cells = targets.map((t) => {
+      const r = results[`${w.name}|${t.name}`];
+      const total = r.cpuPerMiB + r.fioCpuPerMiB;
+      return `${total.toFixed(0)} / ${((cores * 1e6 * MiB) / total / 1e6).toFixed(0)}`.padStart(22);
+    });
+    console.log(`${w.name.padEnd(20)}${cells.join('')}`);
   }
 
   await server.close();
