@@ -76,6 +76,14 @@ function stopChildren() {
   for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
 }
 process.on('exit', stopChildren);
+// Killed (a test's timeout, ^C): the peers and the work dir go too.
+for (const sig of ['SIGTERM', 'SIGINT']) {
+  process.once(sig, () => {
+    stopChildren();
+    if (ownDir) rmSync(dir, { recursive: true, force: true });
+    process.exit(sig === 'SIGINT' ? 130 : 143);
+  });
+}
 
 async function waitForSocket(p, ms = 20_000) {
   const end = Date.now() + ms;
