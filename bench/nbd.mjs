@@ -209,7 +209,7 @@ async function main() {
     const cells = targets.map((t) => {
       const r = results[`${w.name}|${t.name}`];
       const total = r.cpuPerMiB + r.fioCpuPerMiB;
-      return `${total.toFixed(0)} / ${((cores * 1e6 * MiB) / total / 1e6).toFixed(0)}`.padStart(22);
+      return `${total.toFixed(0)} / ${((cores * MiB) / total).toFixed(0)}`.padStart(22); // bytes per µs = MB/s
     });
     console.log(`${w.name.padEnd(20)}${cells.join('')}`);
   }

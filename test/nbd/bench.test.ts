@@ -16,7 +16,7 @@ import { REPO } from '../helpers/cli.js';
 const WORKLOADS = ['4k randread qd16', '1M seqread qd4', '4k randwrite qd16', '1M seqwrite qd4'];
 const num = (s: string): number => Number(s.replace(/,/g, ''));
 
-/** The line of `table` (the lines after its heading) that starts with `workload`. */
+/** The first line after the line matching `heading` that starts with `workload`. */
 function row(lines: string[], heading: RegExp, workload: string): string {
   const at = lines.findIndex((l) => heading.test(l));
   expect(at, `heading ${heading}`).toBeGreaterThanOrEqual(0);
