@@ -1,9 +1,33 @@
 # Builds dormant_native.node (see README.md). Built by scripts/setup.sh with
 # `node-gyp rebuild -C native --nodedir=/usr`; xxhash.h comes from the Debian
 # package libxxhash-dev and is compiled in (XXH_INLINE_ALL), so nothing is
-# linked at run time beyond libc.
+# linked at run time beyond libc. XXH3 is built three times (xxh3_isa.cc:
+# baseline, AVX2, AVX-512) and xxh3.cc picks one at load time.
 {
   "targets": [
+    {
+      "target_name": "xxh3_base",
+      "type": "static_library",
+      "sources": ["src/xxh3_isa.cc"],
+      "defines": ["DORMANT_XXH3_ISA=base"],
+      "cflags": ["-fPIC", "-O3"]
+    },
+    {
+      "target_name": "xxh3_avx2",
+      "type": "static_library",
+      "sources": ["src/xxh3_isa.cc"],
+      "defines": ["DORMANT_XXH3_ISA=avx2"],
+      "cflags": ["-fPIC", "-O3"],
+      "conditions": [["target_arch=='x64'", {"cflags": ["-mavx2"]}]]
+    },
+    {
+      "target_name": "xxh3_avx512",
+      "type": "static_library",
+      "sources": ["src/xxh3_isa.cc"],
+      "defines": ["DORMANT_XXH3_ISA=avx512"],
+      "cflags": ["-fPIC", "-O3"],
+      "conditions": [["target_arch=='x64'", {"cflags": ["-mavx512f"]}]]
+    },
     {
       "target_name": "dormant_native",
       "sources": [
@@ -15,8 +39,10 @@
         "src/hash.cc",
         "src/store.cc",
         "src/socket.cc",
-        "src/rehash.cc"
+        "src/rehash.cc",
+        "src/xxh3.cc"
       ],
+      "dependencies": ["xxh3_base", "xxh3_avx2", "xxh3_avx512"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"],
       "cflags!": ["-fno-exceptions"],

@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include "args.h"
+#include "xxh3.h"
 
 namespace dormant {
 
@@ -43,6 +44,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("hashBlocks", Napi::Function::New(env, HashBlocks, "hashBlocks"));
   exports.Set("verifyBlocks", Napi::Function::New(env, VerifyBlocks, "verifyBlocks"));
   exports.Set("rehashRun", Napi::Function::New(env, RehashRun, "rehashRun"));
+  exports.Set("XXH3_ISA", Napi::String::New(env, Xxh3Isa()));
   exports.Set("PAGE_SIZE", Napi::Number::New(env, static_cast<double>(PageSize())));
   return exports;
 }

@@ -53,12 +53,12 @@ void HashAll(const uint8_t* data, uint64_t length, uint64_t page_size, Hashed* o
     if (IsZeroPage(p, page_size)) {
       out->zero[i] = 1;
       if (!have_zero_hash) {
-        XXH128_canonicalFromHash(&zero_hash, XXH3_128bits(p, page_size));
+        XXH128_canonicalFromHash(&zero_hash, xxh3_128(p, page_size));
         have_zero_hash = true;
       }
       canonical = zero_hash;
     } else {
-      XXH128_canonicalFromHash(&canonical, XXH3_128bits(p, page_size));
+      XXH128_canonicalFromHash(&canonical, xxh3_128(p, page_size));
     }
     std::memcpy(out->hashes.data() + i * kHashSize, &canonical, kHashSize);
   }

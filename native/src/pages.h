@@ -1,12 +1,9 @@
 // Page helpers shared by hash.cc and store.cc: the all-zero test and the
 // XXH3-128 in canonical (big-endian) byte order, the same bytes as
-// xxhash-addon's XXHash128.hash. Callers pass pointers to `n` readable bytes.
+// xxhash-addon's XXHash128.hash (through the widest ISA here, xxh3.cc). Callers pass pointers to `n` readable bytes.
 #pragma once
 
-#ifndef XXH_INLINE_ALL
-#define XXH_INLINE_ALL
-#endif
-#include <xxhash.h>
+#include "xxh3.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -27,7 +24,7 @@ inline bool IsZeroPage(const uint8_t* p, size_t n) {
 /** Writes the 16-byte canonical XXH3-128 (seed 0) of the n bytes at p to out. */
 inline void CanonicalHash128(const uint8_t* p, size_t n, uint8_t* out) {
   XXH128_canonical_t c;
-  XXH128_canonicalFromHash(&c, XXH3_128bits(p, n));
+  XXH128_canonicalFromHash(&c, xxh3_128(p, n));
   std::memcpy(out, &c, sizeof c);
 }
 

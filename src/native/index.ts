@@ -72,6 +72,7 @@ interface Addon {
   rehashRun(slots: Float64Array, mask: number, words: Uint32Array | null, fmask: number, pageHashes: Uint8Array,
     pageFlags: Uint8Array, j0: number, id0: number, count: number, newHashes: Uint8Array, at: number): number;
   PAGE_SIZE: number;
+  XXH3_ISA: string;
 }
 
 const ADDON_PATH = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../native/build/Release/dormant_native.node');
@@ -88,6 +89,9 @@ const addon = loadAddon();
 
 /** The system page size (sysconf(_SC_PAGESIZE)). */
 export const PAGE_SIZE: number = addon.PAGE_SIZE;
+
+/** The instruction set XXH3 runs with here ('avx512', 'avx2', 'sse2'; DORMANT_XXH3 may force a narrower one). */
+export const XXH3_ISA: string = addon.XXH3_ISA;
 
 // The addon throws plain Errors carrying errno and syscall; give them their type.
 function retype(e: unknown): unknown {
