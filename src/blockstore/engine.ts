@@ -30,6 +30,7 @@ import { BlockMap, UNRESOLVED } from './blockmap.js';
 import { BLOCK_CACHE_PAGE, BlockIdCache, CHUNK_CACHE_PAGE, ChunkLocationCache } from './cache.js';
 import { chunkKey, decodeIds, parseChunkKey } from './keys.js';
 import type { Location, SegmentFiles } from './segments.js';
+import type { ReadOptions } from './types.js';
 import type { Writeback } from './writeback.js';
 import type { Fingerprints } from './fingerprints.js';
 
@@ -204,16 +205,19 @@ export class BlockEngine {
    * checked against their hashes, when they are one run of consecutive
    * written slots and reads are not in cold mode; else null (nothing
    * attributed: the caller reads them the ordinary way). No copy at all:
-   * for replies.
+   * for replies. `stored` (ReadOptions.stored) hears of the view, with its
+   * file range when every chunk of it is committed.
    */
-  readView(t: Target, first: number, n: number, label?: string): Buffer | null {
+  readView(t: Target, first: number, n: number, label?: string, stored?: ReadOptions['stored']): Buffer | null {
     if (this.poolReads || performance.now() < this.coldUntil) return null;
     const ids = this.resolve(t, first, n);
     if (ids[0] === 0) return null;
     const hashes = Buffer.allocUnsafe(n * HASH_SIZE);
+    let pending = this.writeback.isNew(ids[0]);
     const loc = this.locate(ids[0], hashes, 0);
     for (let i = 1; i < n; i++) {
       if (ids[i] === 0) return null;
+      if (!pending) pending = this.writeback.isNew(ids[i]);
       const l = this.locate(ids[i], hashes, i * HASH_SIZE);
       if (l.segment !== loc.segment || l.slot !== loc.slot + i) return null;
     }
@@ -225,6 +229,7 @@ export class BlockEngine {
     // Hashing touched every page: a slow pass means the disk was read.
     this.sampleReadTime(started, n);
     if (label !== undefined) this.fingerprints.record(label, ids);
+    if (stored !== undefined) stored(view, pending ? null : this.segments.fileOf(loc));
     return view;
   }
 

@@ -346,6 +346,11 @@ export class SegmentFiles {
     return m.bytes.subarray(start, end);
   }
 
+  /** The descriptor of `loc`'s segment file and the slot's position in it (valid until the fd is evicted or retired). */
+  fileOf(loc: Location): { fd: number; position: number } {
+    return { fd: this.fdFor(loc.segment), position: SEGMENT_HEADER_SIZE + loc.slot * BLOCK_SIZE };
+  }
+
   /** Copies `count` slots from `loc` out of the segment's mapping (EIO past the file's end). */
   private copyMapped(loc: Location, count: number, target: Buffer, targetOffset: number): void {
     const m = this.mapFor(loc.segment);

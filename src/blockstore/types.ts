@@ -25,6 +25,22 @@ export interface ReadOptions {
    * into such a view crashes the process.
    */
   view?: boolean;
+  /**
+   * With `view`: called synchronously, before `read` returns, when the
+   * result is a view (checked against its hashes; a view holds stored
+   * chunks only, so never an all-zero block). `file` says where the bytes
+   * lie in a store file when they are all committed chunks, which are never
+   * rewritten in place (GC only ever deletes a whole file), so they may be
+   * sent with sendfile; null for chunks still pending, whose slots a later
+   * write may overwrite. The descriptor is valid only during the call.
+   */
+  stored?: (view: Buffer, file: StoredFile | null) => void;
+}
+
+/** Where a run of committed chunks lies in a store file (see ReadOptions.stored). */
+export interface StoredFile {
+  fd: number;
+  position: number;
 }
 
 /** A run of blocks that are all data or all hole (for NBD BLOCK_STATUS, `info`). */

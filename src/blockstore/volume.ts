@@ -48,7 +48,7 @@ export class Volume implements VolumeHandle {
     const n = last - first + 1;
     const aligned = offset % BLOCK_SIZE === 0 && length === n * BLOCK_SIZE;
     if (aligned && opts.view === true) {
-      const view = this.host.engine.readView(t, first, n, opts.label);
+      const view = this.host.engine.readView(t, first, n, opts.label, opts.stored);
       if (view !== null) return view;
     }
     const out = opts.into ?? Buffer.allocUnsafe(length);

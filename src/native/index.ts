@@ -66,6 +66,7 @@ interface Addon {
   unmapFile(ab: ArrayBuffer): void;
   chargeMapping(ab: ArrayBuffer): void;
   setSendBuffer(fd: number, bytes: number): number;
+  sendFileRange(socketFd: number, head: Uint8Array, fileFd: number, position: number, length: number): number;
   preadCached(fd: number, buffer: Uint8Array, offset: number, length: number, position: number): number;
   hashBlocks(data: Uint8Array, hashes: Uint8Array, zero: Uint8Array): number;
   verifyBlocks(data: Uint8Array, hashes: Uint8Array, at: number): number;
@@ -238,6 +239,19 @@ export function verifyBlocks(data: Uint8Array, hashes: Uint8Array, at: number): 
  */
 export function setSendBuffer(fd: number, bytes: number): number {
   return call(() => addon.setSendBuffer(fd, bytes));
+}
+
+/**
+ * Sends `head`, then `length` bytes of file `fileFd` from `position`, on
+ * non-blocking socket `socketFd` (sendfile: the file's pages go to the
+ * socket by reference, no copy here). Returns the bytes sent, head
+ * included: fewer than all when the socket's buffer filled (the caller
+ * sends the rest) or the file ended. NativeError for a failed socket
+ * (EPIPE, ECONNRESET...). The file's bytes must not change until the peer
+ * has read them: only for data that is never rewritten in place.
+ */
+export function sendFileRange(socketFd: number, head: Uint8Array, fileFd: number, position: number, length: number): number {
+  return call(() => addon.sendFileRange(socketFd, head, fileFd, position, length));
 }
 
 /**

@@ -175,6 +175,12 @@ export class Connection {
     this.cfg.logger.info(`nbd: ${this.name} disconnected export=${this.exportName} reason=${this.endReason}${stats}`);
   }
 
+  /** The plaintext socket's descriptor, or null when Node does not expose it. */
+  private socketFd(): number | null {
+    const fd = (this.raw as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+    return typeof fd === 'number' && fd >= 0 ? fd : null;
+  }
+
   /**
    * A 1 MiB read reply does not fit the default socket send buffer (208 KiB
    * for a Unix socket): it leaves in several writes, each waiting for the
@@ -182,8 +188,8 @@ export class Connection {
    * whole reply go at once. Best effort: the kernel caps it at wmem_max.
    */
   private widenSendBuffer(): void {
-    const fd = (this.raw as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
-    if (typeof fd !== 'number' || fd < 0) return;
+    const fd = this.socketFd();
+    if (fd === null) return;
     try {
       setSendBuffer(fd, SEND_BUFFER_BYTES);
     } catch {
@@ -268,9 +274,11 @@ export class Connection {
 
   private transmit(exp: NegotiatedExport): Promise<EndReason> {
     const label = this.cfg.labelBy === 'peer' && this.raw.remoteAddress !== undefined ? this.raw.remoteAddress : exp.name;
-    // After STARTTLS the TLS socket reads on its own: no direct reads then.
-    const direct = this.socket === this.raw ? this.direct : null;
-    const t = new Transmission(this.socket, this.queue, exp, label, this.cfg.limits, this.cfg.logger, this.name, direct);
+    // After STARTTLS the TLS socket reads on its own: no direct reads then, and no sendfile replies.
+    const plain = this.socket === this.raw;
+    const direct = plain ? this.direct : null;
+    const t = new Transmission(this.socket, this.queue, exp, label, this.cfg.limits, this.cfg.logger, this.name, direct,
+      plain ? this.socketFd() : null);
     this.transmission = t;
     if (this.paused) {
       this.paused = false;
@@ -285,7 +293,7 @@ export class Connection {
   private statsText(): string {
     const s = this.transmission?.stats;
     if (s === undefined) return '';
-    return ` requests=${s.requests} reads=${s.reads} writes=${s.writes} bytesRead=${s.bytesRead} bytesWritten=${s.bytesWritten} errors=${s.errors}`;
+    return ` requests=${s.requests} reads=${s.reads} writes=${s.writes} bytesRead=${s.bytesRead} bytesWritten=${s.bytesWritten} bytesFromFiles=${s.bytesFromFiles} errors=${s.errors}`;
   }
 
   /** After the last request: flush on shutdown, close the handle, close the socket. */

@@ -12,6 +12,7 @@ import { MiB, RawClient, fillVolume, run, seededBytes, serveStore, type Served }
 
 const SIZE = 16 * MiB;
 const golden = seededBytes(1 * MiB, 7);
+const bigData = seededBytes(8 * MiB, 8);
 let s: Served;
 
 beforeAll(async () => {
@@ -20,6 +21,8 @@ beforeAll(async () => {
     await fillVolume(store, 'disk', golden);
     await store.snapshot('disk', 's');
     await store.createVolume('fuzz', 4 * MiB);
+    await store.createVolume('big', 16 * MiB);
+    await fillVolume(store, 'big', bigData);
   });
 }, 60_000);
 
@@ -194,6 +197,62 @@ describe('transmission over raw sockets', () => {
     e.request(P.NBD_CMD_READ, 1n, 14 * MiB, MiB);
     expect((await e.simpleReply(() => MiB)).data.equals(Buffer.alloc(MiB))).toBe(true);
     e.destroy();
+  });
+
+  it('sends big reads of committed chunks straight from the store files, in order when the client stalls; pending ones by copy', async () => {
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    /** bytesFromFiles of the last disconnect line of export `name` after `from`. */
+    const fromFiles = async (from: number): Promise<number> => {
+      const deadline = Date.now() + 5000;
+      for (;;) {
+        const line = s.logger.lines.slice(from).find((l) => l.includes('disconnected export=big'));
+        if (line !== undefined) return Number(/bytesFromFiles=(\d+)/.exec(line)![1]);
+        if (Date.now() > deadline) throw new Error('no disconnect line');
+        await sleep(20);
+      }
+    };
+    for (const structured of [false, true]) {
+      const c = await client('big', { structured });
+      const mark = s.logger.lines.length;
+      // 16 reads of 1 MiB while the client reads nothing: the socket's buffer fills in the middle of a reply.
+      c.socket.pause();
+      for (let i = 0; i < 16; i++) c.request(P.NBD_CMD_READ, BigInt(i), ((i * 3) % 8) * MiB, MiB);
+      await sleep(300);
+      c.socket.resume();
+      const got = new Map<bigint, Buffer>();
+      for (let i = 0; i < 16; i++) {
+        if (structured) {
+          const r = await c.anyReply();
+          expect([r.type, r.flags & P.NBD_REPLY_FLAG_DONE]).toEqual([P.NBD_REPLY_TYPE_OFFSET_DATA, P.NBD_REPLY_FLAG_DONE]);
+          expect(Number(r.payload.readBigUInt64BE(0))).toBe(((Number(r.cookie) * 3) % 8) * MiB);
+          got.set(r.cookie, r.payload.subarray(8));
+        } else {
+          const r = await c.simpleReply(() => MiB);
+          expect(r.error).toBe(0);
+          got.set(r.cookie, r.data);
+        }
+      }
+      for (let i = 0; i < 16; i++) {
+        const at = ((i * 3) % 8) * MiB;
+        expect(got.get(BigInt(i))!.equals(bigData.subarray(at, at + MiB)), `read ${i}`).toBe(true);
+      }
+      c.request(P.NBD_CMD_DISC, 99n, 0, 0);
+      expect(await c.closedWithin(5000)).toBe(true);
+      const n = await fromFiles(mark);
+      expect(n).toBeGreaterThan(0);
+      expect(n).toBeLessThanOrEqual(16 * MiB);
+    }
+    // Written and not flushed: its slots may still be rewritten in place, so it is copied, never sent from the file.
+    const w = await client('big');
+    const mark = s.logger.lines.length;
+    const fresh = seededBytes(2 * MiB, 9);
+    w.request(P.NBD_CMD_WRITE, 1n, 10 * MiB, fresh.length, 0, fresh);
+    expect((await w.simpleReply()).error).toBe(0);
+    w.request(P.NBD_CMD_READ, 2n, 10 * MiB, 2 * MiB);
+    expect((await w.simpleReply(() => 2 * MiB)).data.equals(fresh)).toBe(true);
+    w.request(P.NBD_CMD_DISC, 3n, 0, 0);
+    expect(await w.closedWithin(5000)).toBe(true);
+    expect(await fromFiles(mark)).toBe(0);
   });
 
   it('DISC finishes in-flight requests before closing', async () => {

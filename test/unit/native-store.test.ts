@@ -18,8 +18,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  NativeError, fileAdvise, fileCached, hashBlocks, mapFile, preadCached, rehashRun, unmapFile, verifyBlocks,
+  NativeError, fileAdvise, fileCached, hashBlocks, mapFile, preadCached, rehashRun, sendFileRange, unmapFile, verifyBlocks,
 } from '../../src/native/index.js';
+import net from 'node:net';
 
 const require = createRequire(import.meta.url);
 const { XXHash128 } = require('xxhash-addon') as { XXHash128: { hash(data: Buffer): Buffer } };
@@ -309,6 +310,74 @@ describe('preadCached', () => {
     });
     await withFd(file, 'w', (fd) => { expectNative(() => preadCached(fd, Buffer.alloc(BLOCK), 0, BLOCK, 0), 'EBADF'); });
     await withFd(dir, 'r', (fd) => { expectNative(() => preadCached(fd, Buffer.alloc(BLOCK), 0, BLOCK, 0), 'EISDIR'); });
+  });
+});
+
+describe('sendFileRange', () => {
+  /** A connected pair of Unix sockets: [server side's fd, client socket], on a fresh path. */
+  async function socketPair(dir: string): Promise<{ fd: number; server: net.Socket; client: net.Socket; close(): void }> {
+    const p = path.join(dir, `s${Math.random().toString(16).slice(2)}.sock`);
+    const srv = net.createServer();
+    await new Promise<void>((r) => srv.listen(p, r));
+    const accepted = new Promise<net.Socket>((r) => srv.once('connection', r));
+    const client = net.connect(p);
+    const server = await accepted;
+    const fd = (server as unknown as { _handle: { fd: number } })._handle.fd;
+    return { fd, server, client, close: () => { client.destroy(); server.destroy(); srv.close(); } };
+  }
+
+  it('sends the head, then the file range; stops where a full socket buffer stops it', async () => {
+    const dir = scratchDir();
+    const file = path.join(dir, 'f');
+    const data = crypto.randomBytes(64 * BLOCK);
+    fs.writeFileSync(file, data);
+    const fileFd = fs.openSync(file, 'r');
+    const pair = await socketPair(dir);
+    try {
+      const got: Buffer[] = [];
+      pair.client.on('data', (c: Buffer) => got.push(c));
+      const head = Buffer.from('HEAD');
+      expect(sendFileRange(pair.fd, head, fileFd, 3 * BLOCK, 5 * BLOCK)).toBe(4 + 5 * BLOCK);
+      // Past the end of the file: only what exists.
+      expect(sendFileRange(pair.fd, Buffer.alloc(0), fileFd, 63 * BLOCK, 2 * BLOCK)).toBe(BLOCK);
+      const want = Buffer.concat([head, data.subarray(3 * BLOCK, 8 * BLOCK), data.subarray(63 * BLOCK)]);
+      const deadline = Date.now() + 5000;
+      while (Buffer.concat(got).length < want.length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      expect(Buffer.concat(got).equals(want)).toBe(true);
+      // A reader that stops reading: the socket's buffer fills and the call returns what it took.
+      pair.client.pause();
+      let total = 0;
+      for (let i = 0; i < 200; i++) {
+        const n = sendFileRange(pair.fd, Buffer.alloc(0), fileFd, 0, data.length);
+        total += n;
+        if (n < data.length) break;
+      }
+      expect(total).toBeLessThan(200 * data.length);
+      // Full: nothing more goes, and that is not an error.
+      expect(sendFileRange(pair.fd, Buffer.from('x'), fileFd, 0, BLOCK)).toBe(0);
+    } finally {
+      pair.close();
+      fs.closeSync(fileFd);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses bad arguments with NativeError or TypeError', async () => {
+    const dir = scratchDir();
+    const file = path.join(dir, 'f');
+    fs.writeFileSync(file, Buffer.alloc(BLOCK, 1));
+    const fileFd = fs.openSync(file, 'r');
+    try {
+      expectNative(() => sendFileRange(BAD_FD, Buffer.alloc(1), fileFd, 0, 1), 'EBADF');
+      expectNative(() => sendFileRange(fileFd, Buffer.alloc(1), fileFd, 0, 1), 'ENOTSOCK');
+      expectNative(() => sendFileRange(-1, Buffer.alloc(1), fileFd, 0, 1), 'EINVAL');
+      expectNative(() => sendFileRange(0, Buffer.alloc(1), fileFd, -1, 1), 'EINVAL');
+      expectNative(() => sendFileRange(0, Buffer.alloc(1), fileFd, 0, 2 ** 32), 'EINVAL');
+      expect(() => sendFileRange(0, 'head' as unknown as Buffer, fileFd, 0, 1)).toThrow(TypeError);
+    } finally {
+      fs.closeSync(fileFd);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
