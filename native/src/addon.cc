@@ -19,6 +19,7 @@ Napi::Value HashPages(const Napi::CallbackInfo& info);
 Napi::Value HashPagesAsync(const Napi::CallbackInfo& info);
 Napi::Value MapFile(const Napi::CallbackInfo& info);
 Napi::Value UnmapFile(const Napi::CallbackInfo& info);
+Napi::Value WriteMapped(const Napi::CallbackInfo& info);
 Napi::Value ChargeMapping(const Napi::CallbackInfo& info);
 Napi::Value SetSendBuffer(const Napi::CallbackInfo& info);
 Napi::Value SendFileRange(const Napi::CallbackInfo& info);
@@ -39,6 +40,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("hashPagesAsync", Napi::Function::New(env, HashPagesAsync, "hashPagesAsync"));
   exports.Set("mapFile", Napi::Function::New(env, MapFile, "mapFile"));
   exports.Set("unmapFile", Napi::Function::New(env, UnmapFile, "unmapFile"));
+  exports.Set("writeMapped", Napi::Function::New(env, WriteMapped, "writeMapped"));
   exports.Set("chargeMapping", Napi::Function::New(env, ChargeMapping, "chargeMapping"));
   exports.Set("setSendBuffer", Napi::Function::New(env, SetSendBuffer, "setSendBuffer"));
   exports.Set("sendFileRange", Napi::Function::New(env, SendFileRange, "sendFileRange"));

@@ -13,6 +13,15 @@
 //   unmapFile did not. Both run on the JS thread. Touching a page past the file's end raises
 //   SIGBUS, so the TypeScript side reads only bytes below the size it knows
 //   the file has (segment files only grow, by our own appends).
+// - A writable mapping (mapFile's `writable`) is a second, PROT_WRITE
+//   mapping of the same file that JS never sees: only writeMapped copies
+//   into it, within [0, length) of the mapping after the bounds are checked
+//   here, and only where the TypeScript side knows the file has bytes (past
+//   the end, or on a file system that must allocate for an overwrite and
+//   cannot, the store would get SIGBUS: the caller writes this way only
+//   slots that were written before, on file systems that overwrite in
+//   place). It goes with unmapFile, with chargeMapping (a mapping being
+//   retired is never written again) and with the finalizer.
 // - Buffers are read or written through ByteView (pointer + length taken
 //   from the Uint8Array on the JS thread). Every call runs to completion on
 //   the JS thread, so the arrays cannot be collected or detached meanwhile.
@@ -29,6 +38,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <unordered_map>
 
@@ -54,7 +64,14 @@ struct Mapping {
   size_t length;
   bool mapped;
   bool charged;  // counted as external memory by chargeMapping
+  void* writable;  // the PROT_WRITE twin, or nullptr
 };
+
+void DropWritable(Mapping* m) {
+  if (m->writable == nullptr) return;
+  munmap(m->writable, m->length);
+  m->writable = nullptr;
+}
 
 // Mappings not yet unmapped, by address (JS thread only).
 std::unordered_map<void*, Mapping*>& LiveMappings() {
@@ -69,30 +86,66 @@ void FinalizeMapping(Napi::Env env, void*, Mapping* m) {
     if (it != LiveMappings().end() && it->second == m) LiveMappings().erase(it);
     munmap(m->addr, m->length);
   }
+  DropWritable(m);
   delete m;
 }
 
 }  // namespace
 
-// mapFile(fd, length) -> ArrayBuffer over mmap(PROT_READ, MAP_SHARED) of
-// the first `length` bytes of fd (1 byte .. 1 TiB; may pass the file's end,
-// those pages must not be read until the file covers them).
+// mapFile(fd, length, writable = false) -> ArrayBuffer over
+// mmap(PROT_READ, MAP_SHARED) of the first `length` bytes of fd (1 byte ..
+// 1 TiB; may pass the file's end, those pages must not be read until the
+// file covers them). With `writable`, a PROT_WRITE twin of it is made for
+// writeMapped (fd must be open for writing).
 Napi::Value MapFile(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = static_cast<int>(IntegerArg(info[0], "mapFile", "fd", 0, INT_MAX));
   uint64_t length = IntegerArg(info[1], "mapFile", "length", 1, kMaxResidencyBytes);
+  bool writable = info.Length() > 2 && info[2].ToBoolean().Value();
   void* addr = mmap(nullptr, static_cast<size_t>(length), PROT_READ, MAP_SHARED, fd, 0);
   if (addr == MAP_FAILED) ThrowNative(env, errno, "mmap");
-  auto* m = new Mapping{addr, static_cast<size_t>(length), true, false};
+  void* rw = nullptr;
+  if (writable) {
+    rw = mmap(nullptr, static_cast<size_t>(length), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (rw == MAP_FAILED) {
+      int err = errno;
+      munmap(addr, static_cast<size_t>(length));
+      ThrowNative(env, err, "mmap");
+    }
+  }
+  auto* m = new Mapping{addr, static_cast<size_t>(length), true, false, rw};
   try {
     Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, addr, m->length, FinalizeMapping, m);
     LiveMappings()[addr] = m;
     return ab;
   } catch (...) {
     munmap(addr, m->length);
+    DropWritable(m);
     delete m;
     throw;
   }
+}
+
+// writeMapped(arrayBuffer, position, src, srcOffset, length): copies
+// src[srcOffset, +length) into the file through the writable twin of a
+// mapFile buffer, at `position` (a memcpy into the page cache: no system
+// call, no per-page work in the kernel once the pages are mapped dirty).
+Napi::Value WriteMapped(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "writeMapped";
+  if (!info[0].IsArrayBuffer()) throw Napi::TypeError::New(env, "writeMapped: expected an ArrayBuffer from mapFile");
+  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
+  auto it = LiveMappings().find(ab.Data());
+  if (ab.ByteLength() == 0 || it == LiveMappings().end() || it->second->writable == nullptr) {
+    ThrowNative(env, EINVAL, "writeMapped(mapping)");
+  }
+  Mapping* m = it->second;
+  ByteView src = BytesArg(info[2], fn);
+  uint64_t position = IntegerArg(info[1], fn, "position", 0, m->length);
+  uint64_t offset = IntegerArg(info[3], fn, "srcOffset", 0, src.length);
+  uint64_t length = IntegerArg(info[4], fn, "length", 0, std::min<uint64_t>(src.length - offset, m->length - position));
+  std::memcpy(static_cast<uint8_t*>(m->writable) + position, src.data + offset, static_cast<size_t>(length));
+  return env.Undefined();
 }
 
 // unmapFile(arrayBuffer): unmaps an ArrayBuffer made by mapFile now
@@ -106,6 +159,7 @@ Napi::Value UnmapFile(const Napi::CallbackInfo& info) {
   Mapping* m = it->second;
   LiveMappings().erase(it);
   munmap(m->addr, m->length);
+  DropWritable(m);
   m->mapped = false;  // the finalizer, whenever it runs, only frees m
   ab.Detach();        // no JS code runs between munmap and here; afterwards every view has length 0
   return env.Undefined();
@@ -122,6 +176,7 @@ Napi::Value ChargeMapping(const Napi::CallbackInfo& info) {
   auto it = LiveMappings().find(ab.Data());
   if (ab.ByteLength() == 0 || it == LiveMappings().end() || it->second->charged) return env.Undefined();
   it->second->charged = true;
+  DropWritable(it->second);  // retired: never written again
   Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(it->second->length));
   return env.Undefined();
 }

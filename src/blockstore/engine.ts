@@ -94,7 +94,7 @@ export class BlockEngine {
    * own slots, and reserved slots of a big write's appends): consecutive
    * slots, consecutive source blocks.
    */
-  private slotRun: { loc: Location; count: number; src: Buffer; srcOffset: number } | null = null;
+  private slotRun: { loc: Location; count: number; src: Buffer; srcOffset: number; fresh: boolean } | null = null;
   /** The current writeBlocks call appends into reserved slots, written from its buffer (no append-buffer copy). */
   private directAppends = false;
   /** Slot writes of the current writeBlocks call in flight on libuv's pool (null: write synchronously). */
@@ -444,7 +444,7 @@ export class BlockEngine {
     const unique = !known && pending.length === 0;
     if (reuse !== 0) {
       this.writeback.rehash(reuse, hashes, at, unique);
-      this.queueSlotWrite(this.rewriteAt[0], this.rewriteAt[1], data, i * BLOCK_SIZE);
+      this.queueSlotWrite(this.rewriteAt[0], this.rewriteAt[1], data, i * BLOCK_SIZE, 1, false);
       return reuse;
     }
     if (this.nextChunkId >= MAX_CHUNK_ID) throw new DormantError('ENOSPC', 'chunk ids exhausted');
@@ -452,7 +452,7 @@ export class BlockEngine {
     if (this.directAppends) {
       const loc = this.segments.reserve();
       this.writeback.addNewChunk(id, hashes, at, loc, unique);
-      this.queueSlotWrite(loc.segment, loc.slot, data, i * BLOCK_SIZE);
+      this.queueSlotWrite(loc.segment, loc.slot, data, i * BLOCK_SIZE, 1, true);
       return id;
     }
     const loc = this.segments.append(data.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE));
@@ -478,7 +478,7 @@ export class BlockEngine {
     const done = this.writeback.rehashRun(run[0], m, hashes, i * HASH_SIZE, filter);
     if (done === 0) return 0;
     this.writeback.setVersions(lineage, block, done, version);
-    this.queueSlotWrite(run[1], run[2], data, i * BLOCK_SIZE, done);
+    this.queueSlotWrite(run[1], run[2], data, i * BLOCK_SIZE, done, false);
     return done;
   }
 
@@ -487,16 +487,20 @@ export class BlockEngine {
     return this.writeback.newPlace(id, this.rewriteAt) && this.segments.canOverwrite(this.rewriteAt[0], this.rewriteAt[1]);
   }
 
-  /** Adds `count` slot writes to the current run, or writes the run and starts another. */
-  private queueSlotWrite(segment: number, slot: number, src: Buffer, srcOffset: number, count = 1): void {
+  /**
+   * Adds `count` slot writes to the current run, or writes the run and
+   * starts another. `fresh`: reserved slots never written (see
+   * SegmentFiles.overwrite); a run holds slots of one kind.
+   */
+  private queueSlotWrite(segment: number, slot: number, src: Buffer, srcOffset: number, count: number, fresh: boolean): void {
     const r = this.slotRun;
-    if (r !== null && r.src === src && r.loc.segment === segment && r.loc.slot + r.count === slot
+    if (r !== null && r.src === src && r.fresh === fresh && r.loc.segment === segment && r.loc.slot + r.count === slot
       && r.srcOffset + r.count * BLOCK_SIZE === srcOffset) {
       r.count += count;
       return;
     }
     this.writeSlotRun();
-    this.slotRun = { loc: { segment, slot }, count, src, srcOffset };
+    this.slotRun = { loc: { segment, slot }, count, src, srcOffset, fresh };
   }
 
   /** Makes the queued slot writes (before anything reads segments, and before writeBlocks returns). */
@@ -505,7 +509,7 @@ export class BlockEngine {
     if (r === null) return;
     this.slotRun = null;
     if (this.landing === null) {
-      this.segments.overwrite(r.loc, r.count, r.src, r.srcOffset);
+      this.segments.overwrite(r.loc, r.count, r.src, r.srcOffset, r.fresh);
       return;
     }
     const landed = this.segments.overwriteAsync(r.loc, r.count, r.src, r.srcOffset);

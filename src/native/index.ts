@@ -62,7 +62,8 @@ interface Addon {
   setCloexec(fd: number): void;
   hashPages(data: Uint8Array, pageSize?: number): PageHashes;
   hashPagesAsync(data: Uint8Array, pageSize?: number): Promise<PageHashes>;
-  mapFile(fd: number, length: number): ArrayBuffer;
+  mapFile(fd: number, length: number, writable?: boolean): ArrayBuffer;
+  writeMapped(ab: ArrayBuffer, position: number, src: Uint8Array, srcOffset: number, length: number): void;
   unmapFile(ab: ArrayBuffer): void;
   chargeMapping(ab: ArrayBuffer): void;
   setSendBuffer(fd: number, bytes: number): number;
@@ -188,10 +189,23 @@ export function hashPagesAsync(data: Buffer | Uint8Array, pageSize?: number): Pr
 /**
  * A read-only shared mapping of the first `length` bytes of fd (the file
  * may be shorter: bytes past its end must not be read, the process would
- * get SIGBUS). Released by unmapFile, or when collected.
+ * get SIGBUS). Released by unmapFile, or when collected. `writable` also
+ * makes a writable twin that JS never sees, for writeMapped (fd open for
+ * writing); chargeMapping drops the twin.
  */
-export function mapFile(fd: number, length: number): ArrayBuffer {
-  return call(() => addon.mapFile(fd, length));
+export function mapFile(fd: number, length: number, writable = false): ArrayBuffer {
+  return call(() => addon.mapFile(fd, length, writable));
+}
+
+/**
+ * Copies `length` bytes of `src` from `srcOffset` into the file mapped by
+ * `ab` (a mapFile buffer made `writable`) at `position`, through its
+ * writable twin: a memcpy into the page cache. Only where the file has
+ * bytes already and the file system overwrites them in place (else the
+ * process gets SIGBUS); the bytes reach the disk with the next fdatasync.
+ */
+export function writeMapped(ab: ArrayBuffer, position: number, src: Uint8Array, srcOffset: number, length: number): void {
+  call(() => addon.writeMapped(ab, position, src, srcOffset, length));
 }
 
 /** Unmaps a mapFile buffer now; every view of it then has length 0. Idempotent. */

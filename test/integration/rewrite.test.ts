@@ -16,6 +16,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { BLOCK_SIZE, Store } from '../../src/blockstore/index.js';
 import { Writeback } from '../../src/blockstore/writeback.js';
+import { SegmentFiles } from '../../src/blockstore/segments.js';
 import { pseudoRandom } from '../helpers/data.js';
 import { withStore } from '../helpers/store.js';
 import { TempDirs } from '../helpers/tmp.js';
@@ -267,6 +268,45 @@ describe('rewrites in place', () => {
       expect((await h.read(0, N * B)).equals(want)).toBe(true);
       expect((await h.read((N + 1) * B, B)).equals(want.subarray(700 * B, 701 * B))).toBe(true);
       expect((await h.read((N + 2) * B, B)).equals(pseudoRandom(1, N * B).subarray(700 * B, 701 * B))).toBe(true);
+      await h.close();
+    });
+  });
+
+  it('small rewrites of written slots are copies through the writable mapping; fresh slots are not; all read back after reopening', async () => {
+    const dir = tmp.make('rw-mapped');
+    const B = BLOCK_SIZE;
+    const N = 128;
+    const proto = SegmentFiles.prototype as unknown as { rewriteMapped(...a: unknown[]): boolean };
+    const mapped = vi.spyOn(proto, 'rewriteMapped');
+    const want = pseudoRandom(1, N * B);
+    try {
+      await withStore(Store.init(dir, { writebackIntervalMs: 0 }), async (store) => {
+        await store.createVolume('v', N * B);
+        const h = await store.openVolume('v');
+        await h.write(0, want); // a big write: reserved (fresh) slots, written with pwrite
+        expect(mapped.mock.results.filter((r) => r.value === true)).toHaveLength(0);
+        // 4 KiB rewrites of those pending blocks, each into its own slot, through the mapping.
+        for (let i = 0; i < N; i += 3) {
+          const b = pseudoRandom(1000 + i, B);
+          b.copy(want, i * B);
+          await h.write(i * B, b);
+          expect((await h.read(i * B, B)).equals(b)).toBe(true);
+        }
+        const through = mapped.mock.results.filter((r) => r.value === true).length;
+        expect(through).toBe(Math.ceil(N / 3));
+        expect((await h.read(0, N * B)).equals(want)).toBe(true);
+        await h.flush();
+        expect((await store.stats()).segmentBytes).toBe(B * (1 + N));
+        expect(await store.check()).toEqual([]);
+        await h.close();
+      });
+    } finally {
+      mapped.mockRestore();
+    }
+    await withStore(Store.open(dir, { writebackIntervalMs: 0 }), async (again) => {
+      const h = await again.openVolume('v');
+      expect((await h.read(0, N * B)).equals(want)).toBe(true);
+      expect(await again.check()).toEqual([]);
       await h.close();
     });
   });
