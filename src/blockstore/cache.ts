@@ -107,7 +107,10 @@ export class ChunkLocationCache {
     const page = this.pageMap.get(Math.floor(id / PAGE_ENTRIES));
     const i = id % PAGE_ENTRIES;
     if (page === undefined || page.known[i] === 0) return false;
-    page.hashes.copy(hashOut, hashAt, i * HASH_SIZE, (i + 1) * HASH_SIZE);
+    // A JS loop: Buffer.copy's native call costs more than 16 bytes.
+    const h = page.hashes;
+    const from = i * HASH_SIZE;
+    for (let k = 0; k < HASH_SIZE; k++) hashOut[hashAt + k] = h[from + k];
     where[0] = page.segment[i];
     where[1] = page.slot[i];
     return true;

@@ -75,9 +75,12 @@ export class Catalog {
   readonly snapshots = new Map<string, SnapshotRec>();
   readonly lineages = new Map<number, LineageRec>();
   private nextLineage = 1;
+  /** Counts changes: what was derived from the catalog (a handle's point, its size) is stale once it moves. */
+  epoch = 0;
 
   /** Loads the catalog from (key, record) pairs of the index. */
   load(entries: Iterable<{ key: string; value: unknown }>): void {
+    this.epoch++;
     for (const { key, value } of entries) {
       if (key.startsWith('v:')) this.volumes.set(key.slice(2), value as VolumeRec);
       else if (key.startsWith('s:')) this.snapshots.set(key.slice(2), value as SnapshotRec);
@@ -174,6 +177,7 @@ export class Catalog {
 
   /** Adds a new root volume; returns records to persist. */
   addVolume(name: string, size: number, kind: VolumeKind, parent: Point | null, origin: string | null): PersistOps {
+    this.epoch++;
     checkName(name);
     if (this.exists(name)) throw new DormantError('EEXIST', `volume '${name}' already exists`, { volume: name });
     const lineage: LineageRec = { id: this.nextLineage++, parent, origin, headVersion: 1 };
@@ -186,6 +190,7 @@ export class Catalog {
 
   /** Freezes the head of `volume` as `volume@snap`; returns records to persist. */
   addSnapshot(volume: string, snap: string): PersistOps {
+    this.epoch++;
     checkName(snap, 'snapshot name');
     const v = this.volumes.get(volume);
     if (!v) throw new DormantError('ENOENT', `unknown volume '${volume}'`, { volume });
@@ -203,12 +208,14 @@ export class Catalog {
 
   /** Removes a snapshot; the caller has checked it has no branches. */
   removeSnapshot(full: string): PersistOps {
+    this.epoch++;
     this.snapshots.delete(full);
     return { put: [], remove: [`s:${full}`] };
   }
 
   /** Removes a volume, its snapshots and its lineage; the caller checked dependents. */
   removeVolume(name: string): PersistOps {
+    this.epoch++;
     const v = this.volumes.get(name);
     if (!v) throw new DormantError('ENOENT', `unknown volume '${name}'`, { volume: name });
     const remove = [`v:${name}`, `l:${v.lineage}`];
@@ -223,6 +230,7 @@ export class Catalog {
 
   /** Changes a volume's size; returns the record to persist. */
   setSize(name: string, size: number): PersistOps {
+    this.epoch++;
     const v = this.volumes.get(name);
     if (!v) throw new DormantError('ENOENT', `unknown volume '${name}'`, { volume: name });
     v.size = size;

@@ -41,6 +41,8 @@ const COLD_EXCESS_MS = 0.25;
 const CACHED_BYTES_PER_MS = 1e6;
 /** How long reads go to libuv's pool after a cold synchronous read. */
 const COLD_HOLD_MS = 250;
+/** One view in this many is timed for the cold/warm estimate. */
+const VIEW_SAMPLE = 4;
 /**
  * Writes of this many blocks (256 KiB) or more append into reserved slots,
  * one pwrite per run from the write's own buffer, instead of copying each
@@ -66,6 +68,8 @@ export interface Target {
   chain: Point[];
   /** True for a volume's head: pending writes are visible. */
   head: boolean;
+  /** The chain's key in the block id cache. */
+  key: string;
 }
 
 /** Block-level operations shared by every volume handle. */
@@ -84,6 +88,12 @@ export class BlockEngine {
   /** A run `rewriteRun` may take: first chunk id, segment, first slot. */
   private readonly runAt = new Float64Array(3);
   private hashScratch = Buffer.allocUnsafe(256 * HASH_SIZE);
+  /** Expected hashes of a view being checked (readView is synchronous). */
+  private viewHashes = Buffer.allocUnsafe(256 * HASH_SIZE);
+  /** Views handed out (every VIEW_SAMPLE-th is timed). */
+  private views = 0;
+  /** The last `locate` found a pending (uncommitted) chunk. */
+  private locatedNew = false;
   private zeroScratch = new Uint8Array(256);
   /** Which hashes the store may hold (built from the index after open). */
   readonly filter: HashFilter;
@@ -119,7 +129,8 @@ export class BlockEngine {
   /** Target for reading or writing `name` now. */
   target(name: string): Target {
     const point = this.catalog.pointOf(name);
-    return { name, point, chain: this.catalog.chain(point), head: !name.includes('@') };
+    const chain = this.catalog.chain(point);
+    return { name, point, chain, head: !name.includes('@'), key: BlockIdCache.key(chain) };
   }
 
   /**
@@ -135,7 +146,7 @@ export class BlockEngine {
         if (pending >= 0) ids[i] = pending;
       }
     }
-    const key = BlockIdCache.key(t.chain);
+    const key = t.key;
     if (this.blockIds.fill(key, first, ids, UNRESOLVED) === 0) return ids;
     // Misses load whole cache pages: one forward scan of the index per page
     // costs far less per block than a seek per block, and neighbours are
@@ -212,22 +223,26 @@ export class BlockEngine {
     if (this.poolReads || performance.now() < this.coldUntil) return null;
     const ids = this.resolve(t, first, n);
     if (ids[0] === 0) return null;
-    const hashes = Buffer.allocUnsafe(n * HASH_SIZE);
-    let pending = this.writeback.isNew(ids[0]);
+    // Checked synchronously below: a scratch buffer serves every view.
+    if (this.viewHashes.length < n * HASH_SIZE) this.viewHashes = Buffer.allocUnsafe(n * HASH_SIZE);
+    const hashes = this.viewHashes;
     const loc = this.locate(ids[0], hashes, 0);
+    let pending = this.locatedNew;
     for (let i = 1; i < n; i++) {
       if (ids[i] === 0) return null;
-      if (!pending) pending = this.writeback.isNew(ids[i]);
       const l = this.locate(ids[i], hashes, i * HASH_SIZE);
       if (l.segment !== loc.segment || l.slot !== loc.slot + i) return null;
+      if (this.locatedNew) pending = true;
     }
-    const started = performance.now();
     const view = this.segments.view(loc, n);
     if (view === null) return null;
+    // Hashing touches every page: a slow pass means the disk was read. Timed every VIEW_SAMPLE
+    // views (a clock read costs as much as the rest of a small view's work).
+    const timed = ++this.views % VIEW_SAMPLE === 0;
+    const started = timed ? performance.now() : 0;
     const bad = this.firstBadBlock(view, hashes, 0);
     if (bad >= 0) throw this.damaged({ segment: loc.segment, slot: loc.slot + bad }, t.name, first + bad);
-    // Hashing touched every page: a slow pass means the disk was read.
-    this.sampleReadTime(started, n);
+    if (timed) this.sampleReadTime(started, n);
     if (label !== undefined) this.fingerprints.record(label, ids);
     if (stored !== undefined) stored(view, pending ? null : this.segments.fileOf(loc));
     return view;
@@ -298,7 +313,8 @@ export class BlockEngine {
 
   /** Segment location of chunk `id`; copies its hash into `hashOut` at `hashAt`. */
   private locate(id: number, hashOut: Buffer, hashAt: number): Location {
-    if (this.writeback.newPlace(id, this.where, hashOut, hashAt) || this.chunkPlaces.get(id, hashOut, hashAt, this.where)) {
+    this.locatedNew = this.writeback.newPlace(id, this.where, hashOut, hashAt);
+    if (this.locatedNew || this.chunkPlaces.get(id, hashOut, hashAt, this.where)) {
       return { segment: this.where[0], slot: this.where[1] };
     }
     // A miss loads the chunk records of its whole cache page (ids are

@@ -110,6 +110,9 @@ function encodeHeader(id: number, hash: HashFunction): Buffer {
 /** Owns the segment directory: appends, reads, sync, deletion. */
 export class SegmentFiles {
   private readonly fds = new Map<number, number>(); // id -> fd, insertion order = LRU
+  /** The most recently used entry of `fds` (0: none); cleared whenever an fd leaves `fds`. */
+  private lastFdId = 0;
+  private lastFd = -1;
   private readonly retired: number[] = []; // fds of deleted segments, closed once unpinned
   private readonly pins = new Map<number, number>(); // fd -> asynchronous reads in flight
   private readonly unsynced = new Set<number>();
@@ -537,6 +540,7 @@ export class SegmentFiles {
     const fd = this.fds.get(id);
     if (fd !== undefined) {
       this.fds.delete(id);
+      if (this.lastFdId === id) this.lastFdId = 0;
       this.retired.push(fd); // a reader may still hold this location; close later
     }
     this.unmap(id);
@@ -561,6 +565,7 @@ export class SegmentFiles {
     for (const id of [...this.maps.keys()]) this.unmap(id);
     for (const fd of this.fds.values()) fs.closeSync(fd);
     this.fds.clear();
+    this.lastFdId = 0;
     this.closeRetired();
     this.active = 0;
     this.activeFd = -1;
@@ -616,10 +621,13 @@ export class SegmentFiles {
   }
 
   private fdFor(id: number): number {
+    if (id === this.lastFdId) return this.lastFd; // already the most recent: nothing to refresh
     const cached = this.fds.get(id);
     if (cached !== undefined) {
       this.fds.delete(id); // refresh LRU position
       this.fds.set(id, cached);
+      this.lastFdId = id;
+      this.lastFd = cached;
       return cached;
     }
     let fd: number;
@@ -638,9 +646,11 @@ export class SegmentFiles {
       this.verifiedHeaders.add(id);
     }
     this.fds.set(id, fd);
+    this.lastFdId = id;
+    this.lastFd = fd;
     if (this.fds.size > MAX_OPEN_FDS) {
       for (const [oldId, oldFd] of this.fds) {
-        if (oldId === this.active) continue;
+        if (oldId === this.active || oldId === id) continue;
         if (this.unsynced.has(oldId) || this.writing.has(oldId)) continue;
         if (this.pins.has(oldFd)) continue;
         this.fds.delete(oldId);

@@ -64,8 +64,23 @@ export interface VolumeHandle {
   /** Current size in bytes. */
   readonly size: number;
   read(offset: number, length: number, opts?: ReadOptions): Promise<Buffer>;
+  /**
+   * `read` with `view`, done at once when it can be: the range is whole
+   * blocks of stored chunks in one run and the page cache is warm. Null
+   * when it cannot (then use `read`). Throws what `read` would reject with.
+   * For request handlers: no promise on the common path.
+   */
+  readView(offset: number, length: number, opts?: ReadOptions): Buffer | null;
   /** Writes `data` at `offset`; the caller may reuse `data` once the promise settles. */
   write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void>;
+  /**
+   * `write` (without FUA) done at once when it can be (a small write, no
+   * earlier write of this handle still being hashed): true when it is
+   * done, a promise when it is done but the writer must wait for it
+   * (write-back backpressure), false when nothing was done (then use
+   * `write`). Throws what `write` would reject with.
+   */
+  writeNow(offset: number, data: Buffer): boolean | Promise<void>;
   /** Discard: the range reads as zeroes afterwards. */
   trim(offset: number, length: number, opts?: WriteOptions): Promise<void>;
   /** Write zeroes (stored as holes: zero blocks are never stored). */

@@ -29,12 +29,25 @@ export class Volume implements VolumeHandle {
   private closed = false;
   /** The last mutation queued behind a write still being hashed (null: none). */
   private ordering: Promise<void> | null = null;
+  /** Target and size as of catalog epoch `epoch` (a request's look-ups of both cost more than its block work). */
+  private cached: { epoch: number; target: Target; size: number } | null = null;
 
   constructor(private readonly host: VolumeHost, readonly name: string, readonly kind: VolumeKind,
     readonly readOnly: boolean) {}
 
   get size(): number {
-    return this.host.catalog.resolve(this.name).size;
+    return this.current().size;
+  }
+
+  /** Target and size now: recomputed when the catalog changed (a snapshot moves the head's version). */
+  private current(): { target: Target; size: number } {
+    const c = this.cached;
+    const epoch = this.host.catalog.epoch;
+    if (c !== null && c.epoch === epoch) return c;
+    const size = this.host.catalog.resolve(this.name).size;
+    const fresh = { epoch, target: this.host.engine.target(this.name), size };
+    this.cached = fresh;
+    return fresh;
   }
 
   async read(offset: number, length: number, opts: ReadOptions = {}): Promise<Buffer> {
@@ -61,6 +74,19 @@ export class Volume implements VolumeHandle {
     const skip = offset - first * BLOCK_SIZE;
     tmp.copy(out, 0, skip, skip + length);
     return out;
+  }
+
+  readView(offset: number, length: number, opts: ReadOptions = {}): Buffer | null {
+    const t = this.check(offset, length, false);
+    if (length === 0 || offset % BLOCK_SIZE !== 0 || length % BLOCK_SIZE !== 0) return null;
+    return this.host.engine.readView(t, offset / BLOCK_SIZE, length / BLOCK_SIZE, opts.label, opts.stored);
+  }
+
+  writeNow(offset: number, data: Buffer): boolean | Promise<void> {
+    const t = this.check(offset, data.length, true);
+    if (this.ordering !== null || data.length >= ASYNC_HASH_BYTES || data.length === 0) return false;
+    this.writeRange(t, offset, data);
+    return this.host.afterWrite() ?? true;
   }
 
   async write(offset: number, data: Buffer, opts: WriteOptions = {}): Promise<void> {
@@ -208,11 +234,11 @@ export class Volume implements VolumeHandle {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
       throw new DormantError('EINVAL', `bad range offset=${offset} length=${length}`, { volume: this.name, offset, length });
     }
-    const size = this.size;
+    const { target, size } = this.current();
     if (offset + length > size) {
       throw new DormantError('ERANGE', `range ${offset}+${length} is beyond the end of '${this.name}' (${size} bytes)`,
         { volume: this.name, offset, length });
     }
-    return this.host.engine.target(this.name);
+    return target;
   }
 }

@@ -113,7 +113,9 @@ export class StoreBackend implements NbdBackend {
         return h.size;
       },
       read: (offset, length, opts) => h.read(offset, length, opts),
+      readView: (offset, length, opts) => h.readView(offset, length, opts),
       write: (offset, data, opts) => (readOnly ? refuse() : h.write(offset, data, opts)),
+      writeNow: (offset, data) => (readOnly ? false : h.writeNow(offset, data)),
       trim: (offset, length, opts) => (readOnly ? refuse() : h.trim(offset, length, opts)),
       zero: (offset, length, opts) => (readOnly ? refuse() : h.zero(offset, length, opts)),
       flush: () => h.flush(),

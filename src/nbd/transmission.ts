@@ -9,8 +9,8 @@
  * - Requests run concurrently; replies go out in completion order (the
  *   cookie identifies them). Every reply is written within one synchronous
  *   run, so chunks of different replies never interleave inside a chunk.
- *   Replies of one event-loop poll phase are corked together and flushed
- *   by one writev (uncork on setImmediate).
+ *   The outbox (outbox.ts) batches one poll phase's replies into as few
+ *   socket writes as it can.
  * - Memory is bounded: no new request is parsed while `maxInFlight`
  *   requests or `maxInFlightBytes` of payload/read data are outstanding, or
  *   the socket holds `maxWriteBuffer` unsent bytes; then the socket is
@@ -24,7 +24,7 @@
  */
 import type { Duplex } from 'node:stream';
 import type { StoredFile } from '../blockstore/types.js';
-import { sendFileRange } from '../native/index.js';
+import { Outbox } from './outbox.js';
 import type { NbdLogger } from './backend.js';
 import type { ByteQueue } from './bytequeue.js';
 import type { DirectReads } from './reader.js';
@@ -117,6 +117,8 @@ const DIRECT_PAYLOAD_BYTES = 64 * 1024;
  * copy in the poll phase's one writev costs less than a system call.
  */
 const SENDFILE_BYTES = 64 * 1024;
+/** WRITEs below this size are offered to the store at once (VolumeHandle.writeNow), straight from the receive queue. */
+const NOW_BYTES = 256 * 1024;
 const FUA = { fua: true } as const;
 const MAX_SAFE_OFFSET = BigInt(Number.MAX_SAFE_INTEGER);
 const NO_FUA = { fua: false } as const;
@@ -134,7 +136,6 @@ export class Transmission {
   private paused = false;
   /** The payload buffer a direct read is filling (readPayload), if any. */
   private awaiting: Buffer | null = null;
-  private corked = false;
   private drainRemaining = 0;
   private readonly label: string;
   /** Reply buffers of big reads, reused once written (allocating them made GC a sixth of a sequential read). */
@@ -145,11 +146,8 @@ export class Transmission {
    * the queue is transient).
    */
   private readonly payloads = new BufferPool(4096, 64);
-  private readonly uncork = (): void => {
-    if (!this.corked) return; // (uncorked early for a sendfile reply)
-    this.corked = false;
-    this.socket.uncork();
-  };
+  /** Puts replies on the socket (outbox.ts). */
+  private readonly out: Outbox;
 
   constructor(
     private readonly socket: Duplex,
@@ -162,9 +160,10 @@ export class Transmission {
     /** Reads a big WRITE's payload straight into its buffer (null: through the queue). */
     private readonly direct: DirectReads | null = null,
     /** The plaintext socket's descriptor, for replies sent with sendfile (null: never). */
-    private readonly socketFd: number | null = null,
+    socketFd: number | null = null,
   ) {
     this.label = label;
+    this.out = new Outbox(socket, socketFd);
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
     socket.on('drain', () => this.pump());
   }
@@ -205,6 +204,7 @@ export class Transmission {
   private checkFinished(): void {
     if (this.ending !== null && this.inFlight === 0 && !this.finished) {
       this.finished = true;
+      this.out.flush(); // the last replies go before the connection ends the socket
       this.resolveDone(this.ending);
     }
   }
@@ -213,7 +213,7 @@ export class Transmission {
     return (
       this.inFlight >= this.limits.maxInFlight ||
       (this.inFlight > 0 && this.inFlightBytes >= this.limits.maxInFlightBytes) ||
-      this.socket.writableLength >= this.limits.maxWriteBuffer
+      this.out.pending >= this.limits.maxWriteBuffer
     );
   }
 
@@ -261,6 +261,15 @@ export class Transmission {
           if (this.direct === null || h.length < DIRECT_PAYLOAD_BYTES || this.ending !== null) break;
           this.readPayload(h);
           break; // (the queue is empty; a paused socket must resume below, or the payload never comes)
+        }
+        // A small write done at once is taken straight from the queue (no copy, no promise).
+        if (h.length < NOW_BYTES && this.ending === null) {
+          const buf = q.peek(P.REQUEST_SIZE + h.length);
+          const at = q.peekOffset() + P.REQUEST_SIZE;
+          if (this.writeNow(h, buf.subarray(at, at + h.length))) {
+            q.skip(P.REQUEST_SIZE + h.length);
+            continue;
+          }
         }
         q.skip(P.REQUEST_SIZE);
         // A payload that is copied goes into a pooled buffer (fresh 1 MiB
@@ -319,6 +328,7 @@ export class Transmission {
 
   /** Runs one request; `pooled`: the payload's buffer, back to the pool once the request settles. */
   private dispatch(h: C.RequestHeader, payload: Buffer | null, pooled?: Buffer): void {
+    if (h.type === P.NBD_CMD_READ && this.readNow(h)) return;
     const cost = h.type === P.NBD_CMD_READ || h.type === P.NBD_CMD_WRITE ? h.length : 0;
     this.inFlight++;
     this.inFlightBytes += cost;
@@ -424,6 +434,78 @@ export class Transmission {
     }
   }
 
+  /**
+   * READ `h` answered at once from a view of the store (VolumeHandle.
+   * readView) when it is valid and the store can: true when replied. Else
+   * (anything to report, or the store cannot) false: `execute` runs it.
+   */
+  private readNow(h: C.RequestHeader): boolean {
+    const exp = this.exp;
+    const structured = exp.structuredReplies;
+    if ((h.flags & ~allowedFlags(P.NBD_CMD_READ, structured)!) !== 0) return false;
+    const length = h.length;
+    if (length === 0 || length > P.MAX_PAYLOAD_SIZE || h.offset > MAX_SAFE_OFFSET) return false;
+    const offset = Number(h.offset);
+    if (offset + length > exp.handle.size) return false;
+    let sentDirect = false;
+    const stored = length < SENDFILE_BYTES ? undefined : (v: Buffer, file: StoredFile | null): void => {
+      if (file !== null) sentDirect = this.sendStored(h, offset, v, file);
+    };
+    let view: Buffer | null;
+    try {
+      view = exp.handle.readView(offset, length, { label: this.label, stored });
+    } catch {
+      return false; // `execute` reports it
+    }
+    if (view === null) return false;
+    this.stats.reads++;
+    this.stats.bytesRead += length;
+    if (sentDirect) return true;
+    // A view holds stored chunks only: no all-zero block, no hole to look for.
+    if (structured) this.send(readReplyChunks(h.cookie, offset, view, true));
+    else this.send([C.encodeSimpleReply(h.cookie, 0), view]);
+    return true;
+  }
+
+  /**
+   * WRITE `h` of `data` (a view of the receive queue, valid only now)
+   * applied at once (VolumeHandle.writeNow) when it is valid, without FUA,
+   * and the store can: true when it was (replied, or replied once the
+   * store's backpressure lets go). Else false, nothing done.
+   */
+  private writeNow(h: C.RequestHeader, data: Buffer): boolean {
+    const exp = this.exp;
+    if (h.flags !== 0 || exp.readOnly || h.length === 0 || h.offset > MAX_SAFE_OFFSET) return false;
+    const offset = Number(h.offset);
+    if (offset + h.length > exp.handle.size) return false;
+    let done: boolean | Promise<void>;
+    try {
+      done = exp.handle.writeNow(offset, data);
+    } catch {
+      return false; // `execute` reports it
+    }
+    if (done === false) return false;
+    this.stats.requests++;
+    this.stats.writes++;
+    this.stats.bytesWritten += h.length;
+    if (done === true) {
+      this.send([C.encodeSimpleReply(h.cookie, 0)]);
+      return true;
+    }
+    // Applied; the reply waits for the store to catch up, like any request in flight.
+    this.inFlight++;
+    const complete = (): void => {
+      this.inFlight--;
+      if (this.ending === null) this.pump();
+      this.checkFinished();
+    };
+    done.then(() => this.send([C.encodeSimpleReply(h.cookie, 0)]), (err: unknown) => {
+      const m = mapStoreError(err, P.NBD_CMD_WRITE);
+      this.replyError(h, m.errno, m.message);
+    }).then(complete, complete);
+    return true;
+  }
+
   /** One error reply: an ERROR chunk under structured replies, else a simple reply. */
   private replyError(h: C.RequestHeader, errno: number, message: string): void {
     this.stats.errors++;
@@ -437,60 +519,29 @@ export class Transmission {
   /**
    * Sends the reply to READ `h` (one data chunk) with sendfile from the
    * store file its bytes lie in, `view` being the same bytes: called by the
-   * store while `file.fd` is valid. Replies corked so far go first; when
-   * the socket still holds unsent bytes of ours, nothing is sent (false:
-   * the caller sends the reply its ordinary way). What the socket's buffer
-   * does not take is written from `view` after it, in order.
+   * store while `file.fd` is valid. False when the socket cannot take it
+   * now (the caller sends the reply its ordinary way).
    */
   private sendStored(h: C.RequestHeader, offset: number, view: Buffer, file: StoredFile): boolean {
-    const s = this.socket;
-    if (this.socketFd === null || s.destroyed || !s.writable) return false;
-    if (this.corked) {
-      this.corked = false;
-      s.uncork();
-    }
-    if (s.writableLength > 0) return false;
     const head = this.exp.structuredReplies
       ? C.encodeOffsetDataHeader(h.cookie, P.NBD_REPLY_FLAG_DONE, offset, view.length)
       : C.encodeSimpleReply(h.cookie, 0);
-    let n: number;
+    let n: number | false;
     try {
-      n = sendFileRange(this.socketFd, head, file.fd, file.position, view.length);
+      n = this.out.sendFile(head, view, file);
     } catch (err) {
       // The peer is gone: nothing more can be sent on this connection.
       this.logger.info(`nbd: ${this.connName}: reply failed (${(err as Error).message}), closing`);
-      s.destroy();
+      this.socket.destroy();
       return true;
     }
-    this.stats.bytesFromFiles += Math.max(0, n - head.length);
-    if (n < head.length) {
-      s.write(head.subarray(n));
-      s.write(view);
-    } else if (n < head.length + view.length) {
-      s.write(view.subarray(n - head.length));
-    }
+    if (n === false) return false;
+    this.stats.bytesFromFiles += n;
     return true;
   }
 
-  /**
-   * Writes one reply's buffers back to back; corks so one poll phase's replies
-   * leave in one writev. `sent` runs once the socket no longer needs them
-   * (written, or the socket failed).
-   */
+  /** Puts one reply; `sent` runs once its buffers may be reused. */
   private send(bufs: Buffer[], sent?: () => void): void {
-    const s = this.socket;
-    if (s.destroyed || !s.writable) {
-      sent?.();
-      return;
-    }
-    if (!this.corked) {
-      this.corked = true;
-      s.cork();
-      setImmediate(this.uncork);
-    }
-    const last = bufs.length - 1;
-    for (let i = 0; i < last; i++) s.write(bufs[i]);
-    if (sent === undefined) s.write(bufs[last]);
-    else s.write(bufs[last], () => sent());
+    this.out.send(bufs, sent);
   }
 }

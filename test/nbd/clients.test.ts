@@ -241,6 +241,8 @@ describe('server options and shutdown', () => {
           readOnly: h.readOnly,
           size: h.size,
           read: (o, l, opts) => h.read(o, l, opts),
+          readView: (o, l, opts) => h.readView(o, l, opts),
+          writeNow: () => false, // every write through the gate below
           write: async (o, d, opts) => {
             started();
             await gate;

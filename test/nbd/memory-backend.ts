@@ -27,6 +27,12 @@ export class MemoryVolume implements VolumeHandle {
     this.reads.push({ offset, length, label: opts?.label });
     return Buffer.from(this.data.subarray(offset, offset + length));
   }
+  readView(): Buffer | null {
+    return null; // every read through read(), which records it
+  }
+  writeNow(): boolean {
+    return false;
+  }
   async write(offset: number, data: Buffer): Promise<void> {
     this.checkWrite();
     this.check(offset, data.length);
