@@ -20,6 +20,8 @@ Napi::Value HashPagesAsync(const Napi::CallbackInfo& info);
 Napi::Value MapFile(const Napi::CallbackInfo& info);
 Napi::Value UnmapFile(const Napi::CallbackInfo& info);
 Napi::Value WriteMapped(const Napi::CallbackInfo& info);
+Napi::Value WritableView(const Napi::CallbackInfo& info);
+Napi::Value AllocateRange(const Napi::CallbackInfo& info);
 Napi::Value ChargeMapping(const Napi::CallbackInfo& info);
 Napi::Value SetSendBuffer(const Napi::CallbackInfo& info);
 Napi::Value SendFileRange(const Napi::CallbackInfo& info);
@@ -41,6 +43,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mapFile", Napi::Function::New(env, MapFile, "mapFile"));
   exports.Set("unmapFile", Napi::Function::New(env, UnmapFile, "unmapFile"));
   exports.Set("writeMapped", Napi::Function::New(env, WriteMapped, "writeMapped"));
+  exports.Set("writableView", Napi::Function::New(env, WritableView, "writableView"));
+  exports.Set("allocateRange", Napi::Function::New(env, AllocateRange, "allocateRange"));
   exports.Set("chargeMapping", Napi::Function::New(env, ChargeMapping, "chargeMapping"));
   exports.Set("setSendBuffer", Napi::Function::New(env, SetSendBuffer, "setSendBuffer"));
   exports.Set("sendFileRange", Napi::Function::New(env, SendFileRange, "sendFileRange"));

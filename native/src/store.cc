@@ -32,6 +32,7 @@
 //   hash i as [at + i*16, at + (i+1)*16) after at + n*16 <= byteLength of
 //   the hash buffer is checked; zero flags likewise after n <= its length.
 // - Zero detection loads 8 bytes at a time with memcpy (unaligned-safe).
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
 
@@ -65,10 +66,19 @@ struct Mapping {
   bool mapped;
   bool charged;  // counted as external memory by chargeMapping
   void* writable;  // the PROT_WRITE twin, or nullptr
+  Napi::Reference<Napi::ArrayBuffer> twin;  // weak: the twin as JS sees it (writableView), if ever made
 };
 
-void DropWritable(Mapping* m) {
+// Unmaps the writable twin. `env` null (a finalizer): a twin JS may still
+// hold is left mapped rather than made to dangle (segments.ts never lets a
+// mapping go while its twin is in use, so this does not happen).
+void DropWritable(Mapping* m, napi_env env) {
   if (m->writable == nullptr) return;
+  if (!m->twin.IsEmpty() && !m->twin.Value().IsEmpty()) {
+    if (env == nullptr) return;
+    m->twin.Value().Detach();  // every view of it has length 0 from here on
+  }
+  m->twin.Reset();
   munmap(m->writable, m->length);
   m->writable = nullptr;
 }
@@ -86,7 +96,7 @@ void FinalizeMapping(Napi::Env env, void*, Mapping* m) {
     if (it != LiveMappings().end() && it->second == m) LiveMappings().erase(it);
     munmap(m->addr, m->length);
   }
-  DropWritable(m);
+  DropWritable(m, nullptr);
   delete m;
 }
 
@@ -113,14 +123,14 @@ Napi::Value MapFile(const Napi::CallbackInfo& info) {
       ThrowNative(env, err, "mmap");
     }
   }
-  auto* m = new Mapping{addr, static_cast<size_t>(length), true, false, rw};
+  auto* m = new Mapping{addr, static_cast<size_t>(length), true, false, rw, {}};
   try {
     Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, addr, m->length, FinalizeMapping, m);
     LiveMappings()[addr] = m;
     return ab;
   } catch (...) {
     munmap(addr, m->length);
-    DropWritable(m);
+    DropWritable(m, env);
     delete m;
     throw;
   }
@@ -148,6 +158,41 @@ Napi::Value WriteMapped(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// writableView(arrayBuffer) -> the writable twin of a mapFile buffer made
+// `writable`, as an ArrayBuffer (the same one while it lives): for data a
+// socket read puts straight into the page cache. It is detached when the
+// twin goes (unmapFile, chargeMapping), so no view of it outlives the
+// mapping; until then the TypeScript side writes only slots it reserved.
+Napi::Value WritableView(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArrayBuffer()) throw Napi::TypeError::New(env, "writableView: expected an ArrayBuffer from mapFile");
+  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
+  auto it = LiveMappings().find(ab.Data());
+  if (ab.ByteLength() == 0 || it == LiveMappings().end() || it->second->writable == nullptr) {
+    ThrowNative(env, EINVAL, "writableView(mapping)");
+  }
+  Mapping* m = it->second;
+  if (!m->twin.IsEmpty() && !m->twin.Value().IsEmpty()) return m->twin.Value();
+  // External, without a finalizer: the memory is the mapping's, released by DropWritable.
+  Napi::ArrayBuffer twin = Napi::ArrayBuffer::New(env, m->writable, m->length);
+  m->twin = Napi::Weak(twin);
+  return twin;
+}
+
+// allocateRange(fd, position, length): fallocate(fd, 0, ...): the blocks
+// of the range are allocated now, so that writes through a mapping into
+// them (which cannot report ENOSPC: a full disk would be SIGBUS) need none.
+Napi::Value AllocateRange(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = static_cast<int>(IntegerArg(info[0], "allocateRange", "fd", 0, INT_MAX));
+  uint64_t position = IntegerArg(info[1], "allocateRange", "position", 0, kMaxPosition);
+  uint64_t length = IntegerArg(info[2], "allocateRange", "length", 1, kMaxPosition);
+  while (fallocate(fd, 0, static_cast<off_t>(position), static_cast<off_t>(length)) != 0) {
+    if (errno != EINTR) ThrowNative(env, errno, "fallocate");
+  }
+  return env.Undefined();
+}
+
 // unmapFile(arrayBuffer): unmaps an ArrayBuffer made by mapFile now
 // (instead of whenever it is collected) and detaches it. Idempotent.
 Napi::Value UnmapFile(const Napi::CallbackInfo& info) {
@@ -159,7 +204,7 @@ Napi::Value UnmapFile(const Napi::CallbackInfo& info) {
   Mapping* m = it->second;
   LiveMappings().erase(it);
   munmap(m->addr, m->length);
-  DropWritable(m);
+  DropWritable(m, env);
   m->mapped = false;  // the finalizer, whenever it runs, only frees m
   ab.Detach();        // no JS code runs between munmap and here; afterwards every view has length 0
   return env.Undefined();
@@ -176,7 +221,7 @@ Napi::Value ChargeMapping(const Napi::CallbackInfo& info) {
   auto it = LiveMappings().find(ab.Data());
   if (ab.ByteLength() == 0 || it == LiveMappings().end() || it->second->charged) return env.Undefined();
   it->second->charged = true;
-  DropWritable(it->second);  // retired: never written again
+  DropWritable(it->second, env);  // retired: never written again
   Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(it->second->length));
   return env.Undefined();
 }

@@ -30,6 +30,7 @@ import { BlockMap, UNRESOLVED } from './blockmap.js';
 import { BLOCK_CACHE_PAGE, BlockIdCache, CHUNK_CACHE_PAGE, ChunkLocationCache } from './cache.js';
 import { chunkKey, decodeIds, parseChunkKey } from './keys.js';
 import type { Location, SegmentFiles } from './segments.js';
+import { FreeSlots } from './landing.js';
 import type { ReadOptions } from './types.js';
 import type { Writeback } from './writeback.js';
 import type { Fingerprints } from './fingerprints.js';
@@ -109,6 +110,13 @@ export class BlockEngine {
   private directAppends = false;
   /** Slot writes of the current writeBlocks call in flight on libuv's pool (null: write synchronously). */
   private landing: Promise<void>[] | null = null;
+  /** Free runs of slots, for landings (landing.ts). */
+  private readonly freeSlots = new FreeSlots();
+  /** The current writeBlocks call's data already lies in these slots (a landed write), and which of them it used. */
+  private landedAt: Location | null = null;
+  private landedUsed = new Uint8Array(256);
+  /** Old slots the current landed write freed, gathered into a run. */
+  private freedRun = { segment: 0, slot: 0, count: 0 };
 
   constructor(
     private readonly dbs: IndexDbs,
@@ -234,6 +242,9 @@ export class BlockEngine {
       if (l.segment !== loc.segment || l.slot !== loc.slot + i) return null;
       if (this.locatedNew) pending = true;
     }
+    // A pending chunk's slot may be rewritten, or freed and landed in by another block's write, while a
+    // view of it waits on a socket: its bytes are copied instead (the caller's ordinary read).
+    if (pending) return null;
     const view = this.segments.view(loc, n);
     if (view === null) return null;
     // Hashing touches every page: a slow pass means the disk was read. Timed every VIEW_SAMPLE
@@ -244,7 +255,7 @@ export class BlockEngine {
     if (bad >= 0) throw this.damaged({ segment: loc.segment, slot: loc.slot + bad }, t.name, first + bad);
     if (timed) this.sampleReadTime(started, n);
     if (label !== undefined) this.fingerprints.record(label, ids);
-    if (stored !== undefined) stored(view, pending ? null : this.segments.fileOf(loc));
+    if (stored !== undefined) stored(view, this.segments.fileOf(loc));
     return view;
   }
 
@@ -345,8 +356,13 @@ export class BlockEngine {
    * and `data` must not change until it does (reads of those slots are
    * served from it meanwhile).
    */
-  writeBlocks(t: Target, first: number, data: Buffer, hashed?: BlockHashes, async = false): Promise<void> | undefined {
+  writeBlocks(t: Target, first: number, data: Buffer, hashed?: BlockHashes, async = false, landed?: Location): Promise<void> | undefined {
     const n = data.length / BLOCK_SIZE;
+    if (landed !== undefined) {
+      this.landedAt = landed;
+      if (this.landedUsed.length < n) this.landedUsed = new Uint8Array(n);
+      this.landedUsed.fill(0, 0, n);
+    }
     const { lineage, version } = t.point;
     let hashes: Buffer = this.hashScratch;
     let zero: Uint8Array = this.zeroScratch;
@@ -367,11 +383,11 @@ export class BlockEngine {
         if (block.equals(ZERO_BLOCK)) zero[i] = 1; else this.hash(block).copy(hashes, i * HASH_SIZE);
       }
     }
-    this.directAppends = n >= DIRECT_APPEND_BLOCKS;
+    this.directAppends = n >= DIRECT_APPEND_BLOCKS && landed === undefined;
     this.landing = async && this.directAppends ? [] : null;
     let landing: Promise<void>[] | null = null;
     // Big writes rewrite runs of their own new chunks in place a run at a time (`rewriteRun`).
-    const runs = this.directAppends && this.nativeHash ? this.filter.bits() : null;
+    const runs = (this.directAppends || landed !== undefined) && this.nativeHash ? this.filter.bits() : null;
     try {
       for (let i = 0; i < n;) {
         if (runs !== null) {
@@ -390,6 +406,7 @@ export class BlockEngine {
         i++;
       }
     } finally {
+      if (landed !== undefined) this.endLanded(landed, n);
       this.directAppends = false;
       try {
         this.writeSlotRun();
@@ -400,6 +417,65 @@ export class BlockEngine {
     }
     // (On a throw above, writes already started still land; a failure of theirs is sync()'s to report.)
     return landing !== null && landing.length > 0 ? Promise.all(landing).then(() => undefined) : undefined;
+  }
+
+  /**
+   * A landing place for a big write of `n` blocks: `buffer` is a writable
+   * view of `n` slots in the page cache for the payload to be read into,
+   * `loc` the first slot; null when none can be had (the write goes the
+   * ordinary way). Pass both to `writeBlocks` (`landed`) once the payload
+   * is in, or to `abandonLanding` if it never comes.
+   */
+  land(n: number): { loc: Location; buffer: Buffer } | null {
+    const loc = this.freeSlots.take(n, (seg, slot, count) => this.segments.canLandAt(seg, slot, count))
+      ?? this.segments.reserveFresh(n);
+    if (loc === null) return null;
+    return { loc, buffer: this.segments.landingView(loc, n) };
+  }
+
+  /** A landing whose payload never came: its slots are free again. Only once nothing can still write into its buffer. */
+  abandonLanding(loc: Location, n: number): void {
+    this.freeSlots.free(loc.segment, loc.slot, n);
+    this.segments.endLanding(loc.segment);
+  }
+
+  /** Forgets the free slots of `segment` (GC is compacting or deleted it). */
+  forgetSlotsOf(segment: number): void {
+    this.freeSlots.purge(segment);
+  }
+
+  /** The end of a landed writeBlocks call: landed slots it did not use, and the old slots it freed, are free. */
+  private endLanded(landed: Location, n: number): void {
+    this.landedAt = null;
+    this.flushFreed();
+    const used = this.landedUsed;
+    for (let i = 0; i < n;) {
+      if (used[i] === 1) { i++; continue; }
+      let j = i + 1;
+      while (j < n && used[j] === 0) j++;
+      this.freeSlots.free(landed.segment, landed.slot + i, j - i);
+      i = j;
+    }
+    this.segments.endLanding(landed.segment);
+  }
+
+  /** Old slots freed by a landed write, gathered into runs (single slots would be dropped as too short). */
+  private freeSlot(segment: number, slot: number, count: number): void {
+    const r = this.freedRun;
+    if (r.count > 0 && r.segment === segment && r.slot + r.count === slot) {
+      r.count += count;
+      return;
+    }
+    this.flushFreed();
+    r.segment = segment;
+    r.slot = slot;
+    r.count = count;
+  }
+
+  private flushFreed(): void {
+    const r = this.freedRun;
+    if (r.count > 0) this.freeSlots.free(r.segment, r.slot, r.count);
+    r.count = 0;
   }
 
   /**
@@ -458,13 +534,25 @@ export class BlockEngine {
     // not have its hash index entry overwritten by the commit of the other.
     for (const other of pending) this.writeback.clearUnique(other);
     const unique = !known && pending.length === 0;
+    const landed = this.landedAt;
     if (reuse !== 0) {
       this.writeback.rehash(reuse, hashes, at, unique);
+      if (landed !== null) {
+        this.writeback.relocateRun(reuse, 1, landed.segment, landed.slot + i);
+        this.landedUsed[i] = 1;
+        this.freeSlot(this.rewriteAt[0], this.rewriteAt[1], 1);
+        return reuse;
+      }
       this.queueSlotWrite(this.rewriteAt[0], this.rewriteAt[1], data, i * BLOCK_SIZE, 1, false);
       return reuse;
     }
     if (this.nextChunkId >= MAX_CHUNK_ID) throw new DormantError('ENOSPC', 'chunk ids exhausted');
     const id = this.nextChunkId++;
+    if (landed !== null) {
+      this.writeback.addNewChunk(id, hashes, at, { segment: landed.segment, slot: landed.slot + i }, unique);
+      this.landedUsed[i] = 1;
+      return id;
+    }
     if (this.directAppends) {
       const loc = this.segments.reserve();
       this.writeback.addNewChunk(id, hashes, at, loc, unique);
@@ -490,17 +578,26 @@ export class BlockEngine {
     const { lineage, version } = t.point;
     const run = this.runAt;
     const m = this.writeback.rewritableRun(lineage, block, count, zero, i, run);
-    if (m === 0 || !this.segments.canOverwriteRun(run[1], run[2], m)) return 0;
+    const landed = this.landedAt;
+    if (m === 0 || (landed === null && !this.segments.canOverwriteRun(run[1], run[2], m))) return 0;
     const done = this.writeback.rehashRun(run[0], m, hashes, i * HASH_SIZE, filter);
     if (done === 0) return 0;
     this.writeback.setVersions(lineage, block, done, version);
+    if (landed !== null) {
+      // The new bytes are in the landed slots already: the chunks move there, their old slots are free.
+      this.writeback.relocateRun(run[0], done, landed.segment, landed.slot + i);
+      this.landedUsed.fill(1, i, i + done);
+      this.freeSlot(run[1], run[2], done);
+      return done;
+    }
     this.queueSlotWrite(run[1], run[2], data, i * BLOCK_SIZE, done, false);
     return done;
   }
 
   /** True when new chunk `id`'s slot may be overwritten now; its place is then in rewriteAt. */
   private canRewrite(id: number): boolean {
-    return this.writeback.newPlace(id, this.rewriteAt) && this.segments.canOverwrite(this.rewriteAt[0], this.rewriteAt[1]);
+    if (!this.writeback.newPlace(id, this.rewriteAt)) return false;
+    return this.landedAt !== null || this.segments.canOverwrite(this.rewriteAt[0], this.rewriteAt[1]);
   }
 
   /**

@@ -126,8 +126,21 @@ async function compactSegments(ctx: GcContext, result: GcResult): Promise<void> 
   for (const id of segments.list()) {
     if (id === active || pendingIn.has(id)) continue;
     const live = dbs.segments.get(id) ?? 0;
-    if (live / slotsOf(id) < COMPACT_LIVE_FRACTION) candidates.set(id, { size: segments.usedBytes(id), live });
+    if (live / slotsOf(id) >= COMPACT_LIVE_FRACTION) continue;
+    // No write lands in a candidate from now on (and one landing now keeps its segment out).
+    if (!segments.setCompacting(id, true)) continue;
+    engine.forgetSlotsOf(id);
+    candidates.set(id, { size: segments.usedBytes(id), live });
   }
+  try {
+    await compactCandidates(ctx, candidates, result);
+  } finally {
+    for (const id of candidates.keys()) segments.setCompacting(id, false);
+  }
+}
+
+async function compactCandidates(ctx: GcContext, candidates: Map<number, { size: number; live: number }>, result: GcResult): Promise<void> {
+  const { dbs, segments, engine } = ctx;
   if (candidates.size === 0) return;
 
   // Chunks living in candidate segments.

@@ -63,7 +63,7 @@ import {
 } from './constants.js';
 import { DormantError } from './errors.js';
 import type { HashFunction } from './hash.js';
-import { chargeMapping, mapFile, preadCached, unmapFile, writeMapped } from '../native/index.js';
+import { allocateRange, chargeMapping, mapFile, preadCached, unmapFile, writableView, writeMapped } from '../native/index.js';
 
 /** Where a chunk lives. */
 export interface Location { segment: number; slot: number }
@@ -73,7 +73,11 @@ export interface Location { segment: number; slot: number }
  * `viewed`: views of it were handed out, so it is never unmapped by hand
  * (a view may still be queued on a socket); it goes when they are collected.
  */
-interface SegmentMap { ab: ArrayBuffer; bytes: Buffer; size: number; viewed: boolean; writable: boolean }
+interface SegmentMap {
+  ab: ArrayBuffer; bytes: Buffer; size: number; viewed: boolean; writable: boolean;
+  /** The writable twin as JS sees it (landings), kept while mapped: made anew, each would count as 64 MiB for the collector. */
+  twin: ArrayBuffer | null;
+}
 
 /** Slots being written on libuv's pool: reads of them copy from `src` until the write lands. */
 interface SlotWrite { slot: number; count: number; src: Buffer; srcOffset: number; fd: number }
@@ -138,6 +142,10 @@ export class SegmentFiles {
   private readonly maps = new Map<number, SegmentMap>(); // id -> mapping, for ids with an open fd
   /** Rewrites of written slots are copies through a writable mapping (see overwrite). */
   private mappedWrites: boolean;
+  /** Landings in flight (`landingView` .. `endLanding`) per segment: its mapping stays, GC leaves it alone. */
+  private readonly landings = new Map<number, number>();
+  /** Segments GC is compacting: nothing lands there. */
+  private readonly compacting = new Set<number>();
 
   constructor(readonly dir: string, private readonly hash: HashFunction) {
     this.mappedWrites = process.env.DORMANT_PWRITE_REWRITES !== '1' && this.roomForMappedWrites(true);
@@ -368,6 +376,85 @@ export class SegmentFiles {
     return true;
   }
 
+  // ---- Landings: a big write's payload read from the socket straight into slots (see landing.ts) ----
+
+  /**
+   * True when `count` slots from `slot` of `segment`, which no chunk uses,
+   * may be landed in now: writes through mappings are on, GC is not
+   * compacting the segment, no read of it is in flight on the pool (it
+   * located bytes it will check), no pool write to those slots is in
+   * flight, and none of them is still in the append buffer.
+   */
+  canLandAt(segment: number, slot: number, count: number): boolean {
+    if (!this.mappedWrites || this.compacting.has(segment)) return false;
+    if (segment === this.active && slot + count > this.bufferBase) return false;
+    const fd = this.fds.get(segment);
+    if (fd !== undefined && this.pins.has(fd)) return false;
+    return this.writeOf(segment, slot, count) === undefined;
+  }
+
+  /**
+   * `count` fresh consecutive slots at the end of the active segment (a new
+   * segment when they do not fit), their disk blocks allocated now, so a
+   * write through the mapping into them cannot fault on a full disk; null
+   * when that cannot be done (writes through mappings off, no space).
+   */
+  reserveFresh(count: number): Location | null {
+    if (!this.mappedWrites || count > BLOCKS_PER_SEGMENT) return null;
+    if (this.active !== 0 && this.nextSlot + count > BLOCKS_PER_SEGMENT) this.seal(); // (trimmed to its last slot)
+    if (this.active === 0) this.startSegment();
+    else if (!this.sizedAhead) this.startAppending();
+    if (this.bufferCount > 0) this.drain();
+    const slot = this.nextSlot;
+    try {
+      allocateRange(this.activeFd, SEGMENT_HEADER_SIZE + slot * BLOCK_SIZE, count * BLOCK_SIZE);
+    } catch {
+      return null; // (ENOSPC, or no fallocate here: the caller writes the ordinary way and reports what it gets)
+    }
+    this.nextSlot += count;
+    this.bufferBase = this.nextSlot;
+    return { segment: this.active, slot };
+  }
+
+  /**
+   * A writable view of `count` slots from `loc` in the page cache (the
+   * segment's writable mapping) for a socket read to land in; the landing
+   * lasts until `endLanding(loc.segment)`: meanwhile the mapping stays and
+   * GC leaves the segment alone. The caller reserved the slots (free or
+   * fresh) and is their only writer.
+   */
+  landingView(loc: Location, count: number): Buffer {
+    const m = this.mapFor(loc.segment);
+    const pos = SEGMENT_HEADER_SIZE + loc.slot * BLOCK_SIZE;
+    if (!m.writable || pos + count * BLOCK_SIZE > m.size) {
+      throw new DormantError('EINTERNAL', `segment ${loc.segment} cannot take a landing at slot ${loc.slot}`);
+    }
+    this.landings.set(loc.segment, (this.landings.get(loc.segment) ?? 0) + 1);
+    this.unsynced.add(loc.segment);
+    m.twin ??= writableView(m.ab);
+    return Buffer.from(m.twin, pos, count * BLOCK_SIZE);
+  }
+
+  /** A landing in `segment` is over (its bytes were taken, or dropped). */
+  endLanding(segment: number): void {
+    const n = (this.landings.get(segment) ?? 1) - 1;
+    if (n > 0) this.landings.set(segment, n); else this.landings.delete(segment);
+  }
+
+  /**
+   * GC is about to compact `segment` (`on`), or is done: nothing lands in
+   * it meanwhile. False (and nothing marked) when a landing is in flight.
+   */
+  setCompacting(segment: number, on: boolean): boolean {
+    if (!on) {
+      this.compacting.delete(segment);
+      return true;
+    }
+    if (this.landings.has(segment)) return false;
+    this.compacting.add(segment);
+    return true;
+  }
+
   /** Copies the slots of an overwrite that are still in the append buffer there; returns how many precede them. */
   private intoBuffer(loc: Location, count: number, src: Buffer, srcOffset: number): number {
     if (loc.segment !== this.active || loc.slot + count <= this.bufferBase) return count;
@@ -537,6 +624,7 @@ export class SegmentFiles {
   /** Deletes a segment file (after the index no longer points into it). */
   remove(id: number): void {
     if (id === this.active) throw new DormantError('EINTERNAL', `cannot delete the active segment ${id}`);
+    if (this.landings.has(id)) throw new DormantError('EINTERNAL', `cannot delete segment ${id}: a write is landing in it`);
     const fd = this.fds.get(id);
     if (fd !== undefined) {
       this.fds.delete(id);
@@ -651,7 +739,7 @@ export class SegmentFiles {
     if (this.fds.size > MAX_OPEN_FDS) {
       for (const [oldId, oldFd] of this.fds) {
         if (oldId === this.active || oldId === id) continue;
-        if (this.unsynced.has(oldId) || this.writing.has(oldId)) continue;
+        if (this.unsynced.has(oldId) || this.writing.has(oldId) || this.landings.has(oldId)) continue;
         if (this.pins.has(oldFd)) continue;
         this.fds.delete(oldId);
         this.unmap(oldId);
@@ -675,7 +763,7 @@ export class SegmentFiles {
       } catch (err) {
         throw new DormantError('EIO', `cannot map segment ${id}: ${(err as Error).message}`, { cause: err });
       }
-      m = { ab, bytes: Buffer.from(ab), size, viewed: false, writable: this.mappedWrites };
+      m = { ab, bytes: Buffer.from(ab), size, viewed: false, writable: this.mappedWrites, twin: null };
       this.maps.set(id, m);
     }
     return m;

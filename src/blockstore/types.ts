@@ -81,6 +81,18 @@ export interface VolumeHandle {
    * `write`). Throws what `write` would reject with.
    */
   writeNow(offset: number, data: Buffer): boolean | Promise<void>;
+  /**
+   * A buffer in the store's own page cache for the payload of a coming
+   * `write(offset, <length bytes>)`, so that the bytes, read into it from
+   * a socket, are stored where they land (no copy, no file write after
+   * them); null when the store cannot offer one (then write as usual).
+   * Pass the buffer itself to `write` once it is full, or to `abandon` if
+   * it never will be; nothing else may write into it, and nothing may be
+   * kept of it afterwards.
+   */
+  landing(offset: number, length: number): Buffer | null;
+  /** Gives back a `landing` buffer whose write never comes: call only once nothing can still write into it. */
+  abandon(buffer: Buffer): void;
   /** Discard: the range reads as zeroes afterwards. */
   trim(offset: number, length: number, opts?: WriteOptions): Promise<void>;
   /** Write zeroes (stored as holes: zero blocks are never stored). */

@@ -5,6 +5,7 @@
  * partial blocks at either end. A FUA write resolves after a store flush.
  */
 import { BLOCK_SIZE } from './constants.js';
+import type { Location } from './segments.js';
 import { DormantError } from './errors.js';
 import type { BlockEngine, Target } from './engine.js';
 import type { Catalog } from './catalog.js';
@@ -12,6 +13,8 @@ import type { Extent, ReadOptions, VolumeHandle, VolumeKind, WriteOptions } from
 
 /** Writes of at least this many bytes are hashed on libuv's pool (smaller ones cost less than the hop). */
 const ASYNC_HASH_BYTES = 256 * 1024;
+/** Writes of at least this many bytes may land (VolumeHandle.landing). */
+const LANDING_BYTES = 256 * 1024;
 
 /** What a handle needs from its store. */
 export interface VolumeHost {
@@ -29,6 +32,8 @@ export class Volume implements VolumeHandle {
   private closed = false;
   /** The last mutation queued behind a write still being hashed (null: none). */
   private ordering: Promise<void> | null = null;
+  /** Landing buffers handed out and not yet written or abandoned: where they lie. */
+  private readonly landings = new Map<Buffer, Location>();
   /** Target and size as of catalog epoch `epoch` (a request's look-ups of both cost more than its block work). */
   private cached: { epoch: number; target: Target; size: number } | null = null;
 
@@ -89,7 +94,25 @@ export class Volume implements VolumeHandle {
     return this.host.afterWrite() ?? true;
   }
 
+  landing(offset: number, length: number): Buffer | null {
+    this.check(offset, length, true);
+    if (length < LANDING_BYTES || offset % BLOCK_SIZE !== 0 || length % BLOCK_SIZE !== 0) return null;
+    const l = this.host.engine.land(length / BLOCK_SIZE);
+    if (l === null) return null;
+    this.landings.set(l.buffer, l.loc);
+    return l.buffer;
+  }
+
+  abandon(buffer: Buffer): void {
+    const loc = this.landings.get(buffer);
+    if (loc === undefined) return;
+    this.landings.delete(buffer);
+    this.host.engine.abandonLanding(loc, buffer.length / BLOCK_SIZE);
+  }
+
   async write(offset: number, data: Buffer, opts: WriteOptions = {}): Promise<void> {
+    const landed = this.landings.get(data);
+    if (landed !== undefined) return this.writeLanded(offset, data, landed, opts);
     const t = this.check(offset, data.length, true);
     const hashing = data.length >= ASYNC_HASH_BYTES && offset % BLOCK_SIZE === 0 && data.length % BLOCK_SIZE === 0
       ? this.host.engine.hashAsync(data) : null;
@@ -108,6 +131,30 @@ export class Volume implements VolumeHandle {
     } else if (data.length > 0) {
       if (this.ordering === null) this.writeRange(t, offset, data);
       else await this.inOrder(async () => this.writeRange(this.check(offset, data.length, true), offset, data));
+    }
+    await this.finish(opts);
+  }
+
+  /**
+   * A write whose bytes landed in the store's slots (`landing`): hashed on
+   * libuv's pool, then applied in arrival order; the blocks take the slots
+   * they landed in, nothing is copied.
+   */
+  private async writeLanded(offset: number, data: Buffer, loc: Location, opts: WriteOptions): Promise<void> {
+    this.landings.delete(data);
+    let applied = false;
+    try {
+      this.check(offset, data.length, true);
+      const hashing = this.host.engine.hashAsync(data);
+      if (hashing !== null) hashing.catch(() => undefined);
+      await this.inOrder(async () => {
+        const hashed = hashing === null ? undefined : await hashing;
+        const t = this.check(offset, data.length, true);
+        applied = true;
+        this.host.engine.writeBlocks(t, offset / BLOCK_SIZE, data, hashed, false, loc);
+      });
+    } finally {
+      if (!applied) this.host.engine.abandonLanding(loc, data.length / BLOCK_SIZE);
     }
     await this.finish(opts);
   }

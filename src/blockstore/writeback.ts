@@ -336,6 +336,21 @@ export class Writeback {
     return this.newByHash.moveRun(cp, id0 % CHUNK_PAGE, id0, count, hashes, at, filter);
   }
 
+  /**
+   * New chunks `id0` .. `id0 + count - 1` (one chunk page, as a
+   * `rewritableRun` gives them) now live in `count` slots from `slot` of
+   * `segment` (a landed write put their new bytes there; their old slots
+   * are the caller's to free).
+   */
+  relocateRun(id0: number, count: number, segment: number, slot: number): void {
+    const cp = this.chunkPage(id0)!;
+    const j0 = id0 % CHUNK_PAGE;
+    for (let k = 0; k < count; k++) {
+      cp.segment[j0 + k] = segment;
+      cp.slot[j0 + k] = slot + k;
+    }
+  }
+
   /** The `count` blocks from `block` were rewritten in place for `version` (their entries keep their chunks). */
   setVersions(lineage: number, block: number, count: number, version: number): void {
     for (let k = 0; k < count; k++) {

@@ -64,6 +64,8 @@ interface Addon {
   hashPagesAsync(data: Uint8Array, pageSize?: number): Promise<PageHashes>;
   mapFile(fd: number, length: number, writable?: boolean): ArrayBuffer;
   writeMapped(ab: ArrayBuffer, position: number, src: Uint8Array, srcOffset: number, length: number): void;
+  writableView(ab: ArrayBuffer): ArrayBuffer;
+  allocateRange(fd: number, position: number, length: number): void;
   unmapFile(ab: ArrayBuffer): void;
   chargeMapping(ab: ArrayBuffer): void;
   setSendBuffer(fd: number, bytes: number): number;
@@ -206,6 +208,22 @@ export function mapFile(fd: number, length: number, writable = false): ArrayBuff
  */
 export function writeMapped(ab: ArrayBuffer, position: number, src: Uint8Array, srcOffset: number, length: number): void {
   call(() => addon.writeMapped(ab, position, src, srcOffset, length));
+}
+
+/**
+ * The writable twin of `ab` (a mapFile buffer made `writable`) as an
+ * ArrayBuffer JS can write: for socket reads straight into the page cache.
+ * Only slots the caller reserved may be written, only bytes the file has
+ * and whose blocks are allocated (else SIGBUS); it is detached (length 0)
+ * once the twin goes with unmapFile or chargeMapping.
+ */
+export function writableView(ab: ArrayBuffer): ArrayBuffer {
+  return call(() => addon.writableView(ab));
+}
+
+/** fallocate(fd, 0, position, length): the range's blocks are allocated now (NativeError ENOSPC when they cannot be). */
+export function allocateRange(fd: number, position: number, length: number): void {
+  call(() => addon.allocateRange(fd, position, length));
 }
 
 /** Unmaps a mapFile buffer now; every view of it then has length 0. Idempotent. */

@@ -59,6 +59,13 @@ export interface DirectReads {
    * may still be under way: the caller must not reuse `dest` (drop it).
    */
   cancel(): void;
+  /**
+   * The next read takes at most `bytes` (a request header): when the next
+   * request is likely a big WRITE too, its payload then lands straight in
+   * its buffer instead of partly in a slab to be copied out (an extra small
+   * read costs less than copying the ~200 KiB a socket buffer holds).
+   */
+  limitNext(bytes: number): void;
 }
 
 /**
@@ -89,6 +96,8 @@ export function largeReadSocket(accepted: net.Socket, queue: ByteQueue, onBytes:
   /** The buffer reads go into instead of the queue (DirectReads), and the region of it handed out last. */
   let target: { dest: Buffer; filled: number; done: () => void } | null = null;
   let targetRegion: Buffer | null = null;
+  /** A cap on the next read's size (limitNext), 0: none. */
+  let limit = 0;
   /** Fills the target from a read that landed in a slab region handed out before it was set; returns the rest. */
   const fillFrom = (chunk: Buffer): Buffer => {
     const t = target!;
@@ -132,6 +141,11 @@ export function largeReadSocket(accepted: net.Socket, queue: ByteQueue, onBytes:
       pos = 0;
     }
     release();
+    if (limit > 0 && cur !== small) {
+      const n = limit;
+      limit = 0;
+      return cur.subarray(pos, pos + Math.min(n, cur.length - pos));
+    }
     return cur.subarray(pos);
   };
   let s: net.Socket;
@@ -177,6 +191,9 @@ export function largeReadSocket(accepted: net.Socket, queue: ByteQueue, onBytes:
     },
     cancel() {
       target = null;
+    },
+    limitNext(bytes) {
+      limit = bytes;
     },
   };
   return { socket: s, direct };

@@ -116,6 +116,8 @@ export class StoreBackend implements NbdBackend {
       readView: (offset, length, opts) => h.readView(offset, length, opts),
       write: (offset, data, opts) => (readOnly ? refuse() : h.write(offset, data, opts)),
       writeNow: (offset, data) => (readOnly ? false : h.writeNow(offset, data)),
+      landing: (offset, length) => (readOnly ? null : h.landing(offset, length)),
+      abandon: (buffer) => h.abandon(buffer),
       trim: (offset, length, opts) => (readOnly ? refuse() : h.trim(offset, length, opts)),
       zero: (offset, length, opts) => (readOnly ? refuse() : h.zero(offset, length, opts)),
       flush: () => h.flush(),

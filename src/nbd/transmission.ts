@@ -134,8 +134,9 @@ export class Transmission {
   private inFlight = 0;
   private inFlightBytes = 0;
   private paused = false;
-  /** The payload buffer a direct read is filling (readPayload), if any. */
+  /** The payload buffer a direct read is filling (readPayload), if any, and whether it is a landing (store-owned). */
   private awaiting: Buffer | null = null;
+  private awaitingLanding = false;
   private drainRemaining = 0;
   private readonly label: string;
   /** Reply buffers of big reads, reused once written (allocating them made GC a sixth of a sequential read). */
@@ -192,8 +193,14 @@ export class Transmission {
     if (reason !== 'shutdown') {
       this.queue.clear();
       if (this.awaiting !== null) {
-        // A read may still land in that buffer: it is dropped, never pooled again.
+        // A read may still land in that buffer: a pooled one is dropped, never pooled again; a
+        // landing goes back to the store, once the socket reads no more (it is closing now).
         this.direct!.cancel();
+        if (this.awaitingLanding) {
+          const landing = this.awaiting;
+          this.socket.once('close', () => this.exp.handle.abandon(landing));
+          if (this.socket.destroyed) this.exp.handle.abandon(landing);
+        }
         this.awaiting = null;
       }
     }
@@ -304,15 +311,35 @@ export class Transmission {
   private readPayload(h: C.RequestHeader): void {
     const q = this.queue;
     q.skip(P.REQUEST_SIZE);
-    const into = this.payloads.take(h.length)!;
+    const landing = this.landing(h);
+    const into = landing ?? this.payloads.take(h.length)!;
     const have = q.length;
     if (have > 0) q.take(have, into);
     this.awaiting = into;
+    this.awaitingLanding = landing !== null;
     this.direct!.into(into.subarray(have), () => {
       this.awaiting = null;
-      this.take(h, into, into);
+      this.take(h, into, landing === null ? into : undefined);
       this.pump();
+      // Big writes come in streams: the next read stops after a header, so its payload lands whole.
+      if (this.awaiting === null && this.queue.length === 0) this.direct!.limitNext(P.REQUEST_SIZE);
     });
+  }
+
+  /**
+   * A buffer in the store's page cache for WRITE `h`'s payload to land in
+   * (VolumeHandle.landing), when the request is valid; null: a pooled one.
+   */
+  private landing(h: C.RequestHeader): Buffer | null {
+    const exp = this.exp;
+    if ((h.flags & ~P.NBD_CMD_FLAG_FUA) !== 0 || exp.readOnly || h.offset > MAX_SAFE_OFFSET) return null;
+    const offset = Number(h.offset);
+    if (offset + h.length > exp.handle.size) return null;
+    try {
+      return exp.handle.landing(offset, h.length);
+    } catch {
+      return null; // the ordinary way reports it
+    }
   }
 
   /** A parsed request (with its whole payload): runs it, or answers ESHUTDOWN while shutting down. */
@@ -321,6 +348,7 @@ export class Transmission {
     if (this.ending === 'shutdown') {
       this.replyError(h, P.NBD_ESHUTDOWN, 'server shutting down');
       this.payloads.give(pooled);
+      if (payload !== null && pooled === undefined && h.type === P.NBD_CMD_WRITE) this.exp.handle.abandon(payload); // a landing
     } else {
       this.dispatch(h, payload, pooled);
     }
@@ -334,6 +362,8 @@ export class Transmission {
     this.inFlightBytes += cost;
     const complete = (): void => {
       this.payloads.give(pooled);
+      // A landing the write did not take (a request refused before it ran) goes back to the store.
+      if (h.type === P.NBD_CMD_WRITE && payload !== null && pooled === undefined) this.exp.handle.abandon(payload);
       this.inFlight--;
       this.inFlightBytes -= cost;
       if (this.ending === null) this.pump();

@@ -243,6 +243,8 @@ describe('server options and shutdown', () => {
           read: (o, l, opts) => h.read(o, l, opts),
           readView: (o, l, opts) => h.readView(o, l, opts),
           writeNow: () => false, // every write through the gate below
+          landing: () => null,
+          abandon: () => undefined,
           write: async (o, d, opts) => {
             started();
             await gate;

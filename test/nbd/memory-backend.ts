@@ -33,6 +33,10 @@ export class MemoryVolume implements VolumeHandle {
   writeNow(): boolean {
     return false;
   }
+  landing(): Buffer | null {
+    return null;
+  }
+  abandon(): void {}
   async write(offset: number, data: Buffer): Promise<void> {
     this.checkWrite();
     this.check(offset, data.length);
