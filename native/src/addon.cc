@@ -22,6 +22,7 @@ Napi::Value UnmapFile(const Napi::CallbackInfo& info);
 Napi::Value WriteMapped(const Napi::CallbackInfo& info);
 Napi::Value WritableView(const Napi::CallbackInfo& info);
 Napi::Value AllocateRange(const Napi::CallbackInfo& info);
+Napi::Value PopulateMapped(const Napi::CallbackInfo& info);
 Napi::Value ChargeMapping(const Napi::CallbackInfo& info);
 Napi::Value SetSendBuffer(const Napi::CallbackInfo& info);
 Napi::Value SendFileRange(const Napi::CallbackInfo& info);
@@ -45,6 +46,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("writeMapped", Napi::Function::New(env, WriteMapped, "writeMapped"));
   exports.Set("writableView", Napi::Function::New(env, WritableView, "writableView"));
   exports.Set("allocateRange", Napi::Function::New(env, AllocateRange, "allocateRange"));
+  exports.Set("populateMapped", Napi::Function::New(env, PopulateMapped, "populateMapped"));
   exports.Set("chargeMapping", Napi::Function::New(env, ChargeMapping, "chargeMapping"));
   exports.Set("setSendBuffer", Napi::Function::New(env, SetSendBuffer, "setSendBuffer"));
   exports.Set("sendFileRange", Napi::Function::New(env, SendFileRange, "sendFileRange"));

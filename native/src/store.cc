@@ -179,6 +179,72 @@ Napi::Value WritableView(const Napi::CallbackInfo& info) {
   return twin;
 }
 
+namespace {
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+// Faults in a range of a writable twin on libuv's pool. The mapping stays
+// mapped meanwhile: segments.ts holds the segment as landing until the
+// promise settles (and the worker holds the twin's ArrayBuffer too).
+class PopulateWorker : public Napi::AsyncWorker {
+ public:
+  PopulateWorker(Napi::Env env, Napi::ArrayBuffer twin, uint8_t* start, size_t length)
+      : Napi::AsyncWorker(env, "dormant:populateMapped"), deferred_(Napi::Promise::Deferred::New(env)),
+        twin_(Napi::Persistent(twin)), start_(start), length_(length) {}
+
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    while (madvise(start_, length_, MADV_POPULATE_WRITE) != 0) {
+      if (errno == EINTR) continue;
+      err_ = errno;  // (EINVAL: a kernel before 5.14; nothing was done, nothing is wrong)
+      return;
+    }
+  }
+
+  void OnOK() override {
+    twin_.Reset();
+    deferred_.Resolve(Napi::Number::New(Env(), err_));
+  }
+
+  void OnError(const Napi::Error& e) override {
+    twin_.Reset();
+    deferred_.Reject(e.Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Napi::Reference<Napi::ArrayBuffer> twin_;
+  uint8_t* start_;
+  size_t length_;
+  int err_ = 0;
+};
+
+}  // namespace
+
+// populateMapped(twin, position, length) -> Promise<errno or 0>: the pages
+// of [position, +length) of a writable twin (writableView) faulted in and
+// made writable, on libuv's pool (madvise MADV_POPULATE_WRITE), so that a
+// socket read into them later takes no page fault on the JS thread. The
+// range's blocks must be allocated (allocateRange): else a full disk
+// would be SIGBUS here too.
+Napi::Value PopulateMapped(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArrayBuffer()) throw Napi::TypeError::New(env, "populateMapped: expected a writable twin");
+  Napi::ArrayBuffer twin = info[0].As<Napi::ArrayBuffer>();
+  size_t size = twin.ByteLength();
+  uint64_t position = IntegerArg(info[1], "populateMapped", "position", 0, size);
+  uint64_t length = IntegerArg(info[2], "populateMapped", "length", 1, size - position);
+  uint64_t page = PageSize();
+  if (position % page != 0 || length % page != 0) ThrowNative(env, EINVAL, "populateMapped(alignment)");
+  auto* worker = new PopulateWorker(env, twin, static_cast<uint8_t*>(twin.Data()) + position, static_cast<size_t>(length));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
 // allocateRange(fd, position, length): fallocate(fd, 0, ...): the blocks
 // of the range are allocated now, so that writes through a mapping into
 // them (which cannot report ENOSPC: a full disk would be SIGBUS) need none.

@@ -63,7 +63,9 @@ import {
 } from './constants.js';
 import { DormantError } from './errors.js';
 import type { HashFunction } from './hash.js';
-import { allocateRange, chargeMapping, mapFile, preadCached, unmapFile, writableView, writeMapped } from '../native/index.js';
+import {
+  allocateRange, chargeMapping, mapFile, populateMapped, preadCached, unmapFile, writableView, writeMapped,
+} from '../native/index.js';
 
 /** Where a chunk lives. */
 export interface Location { segment: number; slot: number }
@@ -93,6 +95,14 @@ const MAX_OPEN_FDS = 256;
  * XFS, tmpfs.
  */
 const OVERWRITE_IN_PLACE_FS = new Set([0xef53, 0x58465342, 0x01021994]);
+/**
+ * Fresh slots for landings are allocated on disk this far ahead of the
+ * append point, and their pages faulted in on libuv's pool (populateMapped),
+ * so that a socket read landing there takes no page fault on the JS thread
+ * (a fault per 4 KiB page made a first pass of 1 MiB landings ~25 % slower
+ * than writing them from a buffer with pwrite).
+ */
+const PREPARE_AHEAD_SLOTS = 4096;
 /** Below this much free space, rewrites go back to pwrite (belt and braces: ENOSPC stays an error). */
 const MIN_FREE_FOR_MAPPED_WRITES = 1024 * 1024 * 1024;
 
@@ -146,6 +156,9 @@ export class SegmentFiles {
   private readonly landings = new Map<number, number>();
   /** Segments GC is compacting: nothing lands there. */
   private readonly compacting = new Set<number>();
+  /** Slots of segment `preparedIn` below `preparedTo` are allocated on disk and faulted in, or being (reserveFresh). */
+  private preparedIn = 0;
+  private preparedTo = 0;
 
   constructor(readonly dir: string, private readonly hash: HashFunction) {
     this.mappedWrites = process.env.DORMANT_PWRITE_REWRITES !== '1' && this.roomForMappedWrites(true);
@@ -406,14 +419,35 @@ export class SegmentFiles {
     else if (!this.sizedAhead) this.startAppending();
     if (this.bufferCount > 0) this.drain();
     const slot = this.nextSlot;
-    try {
-      allocateRange(this.activeFd, SEGMENT_HEADER_SIZE + slot * BLOCK_SIZE, count * BLOCK_SIZE);
-    } catch {
-      return null; // (ENOSPC, or no fallocate here: the caller writes the ordinary way and reports what it gets)
+    if (this.preparedIn !== this.active) {
+      this.preparedIn = this.active;
+      this.preparedTo = slot;
+    }
+    if (slot + count > this.preparedTo - PREPARE_AHEAD_SLOTS / 2) {
+      const from = Math.max(slot, this.preparedTo);
+      const to = Math.min(BLOCKS_PER_SEGMENT, slot + count + PREPARE_AHEAD_SLOTS);
+      try {
+        allocateRange(this.activeFd, SEGMENT_HEADER_SIZE + from * BLOCK_SIZE, (to - from) * BLOCK_SIZE);
+      } catch {
+        return null; // (ENOSPC, or no fallocate here: the caller writes the ordinary way and reports what it gets)
+      }
+      this.preparedTo = to;
+      this.prepare(this.active, Math.max(from, slot + count), to);
     }
     this.nextSlot += count;
     this.bufferBase = this.nextSlot;
     return { segment: this.active, slot };
+  }
+
+  /** Faults in slots [from, to) of `segment` (allocated already) on libuv's pool; the segment stays mapped meanwhile. */
+  private prepare(segment: number, from: number, to: number): void {
+    if (to <= from) return;
+    const m = this.mapFor(segment);
+    if (!m.writable) return;
+    m.twin ??= writableView(m.ab);
+    this.landings.set(segment, (this.landings.get(segment) ?? 0) + 1);
+    const done = (): void => this.endLanding(segment);
+    populateMapped(m.twin, SEGMENT_HEADER_SIZE + from * BLOCK_SIZE, (to - from) * BLOCK_SIZE).then(done, done);
   }
 
   /**

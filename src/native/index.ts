@@ -66,6 +66,7 @@ interface Addon {
   writeMapped(ab: ArrayBuffer, position: number, src: Uint8Array, srcOffset: number, length: number): void;
   writableView(ab: ArrayBuffer): ArrayBuffer;
   allocateRange(fd: number, position: number, length: number): void;
+  populateMapped(twin: ArrayBuffer, position: number, length: number): Promise<number>;
   unmapFile(ab: ArrayBuffer): void;
   chargeMapping(ab: ArrayBuffer): void;
   setSendBuffer(fd: number, bytes: number): number;
@@ -219,6 +220,16 @@ export function writeMapped(ab: ArrayBuffer, position: number, src: Uint8Array, 
  */
 export function writableView(ab: ArrayBuffer): ArrayBuffer {
   return call(() => addon.writableView(ab));
+}
+
+/**
+ * Faults in pages [position, +length) of a writable twin on libuv's pool
+ * (MADV_POPULATE_WRITE): resolves with 0, or the errno the kernel gave
+ * (EINVAL before Linux 5.14: nothing done). The range's blocks must be
+ * allocated (allocateRange), and the twin must stay mapped until it settles.
+ */
+export function populateMapped(twin: ArrayBuffer, position: number, length: number): Promise<number> {
+  return callAsync(() => addon.populateMapped(twin, position, length));
 }
 
 /** fallocate(fd, 0, position, length): the range's blocks are allocated now (NativeError ENOSPC when they cannot be). */

@@ -18,7 +18,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  NativeError, fileAdvise, fileCached, hashBlocks, mapFile, preadCached, rehashRun, sendFileRange, unmapFile, verifyBlocks,
+  NativeError, allocateRange, fileAdvise, fileCached, hashBlocks, mapFile, populateMapped, preadCached, rehashRun,
+  sendFileRange, unmapFile, verifyBlocks, writableView, writeMapped,
 } from '../../src/native/index.js';
 import net from 'node:net';
 
@@ -310,6 +311,43 @@ describe('preadCached', () => {
     });
     await withFd(file, 'w', (fd) => { expectNative(() => preadCached(fd, Buffer.alloc(BLOCK), 0, BLOCK, 0), 'EBADF'); });
     await withFd(dir, 'r', (fd) => { expectNative(() => preadCached(fd, Buffer.alloc(BLOCK), 0, BLOCK, 0), 'EISDIR'); });
+  });
+});
+
+describe('writable twins: writeMapped, writableView, allocateRange, populateMapped', () => {
+  it('write through the twin into the file, fault in allocated pages ahead, and are detached with the mapping', async () => {
+    const dir = scratchDir();
+    const file = path.join(dir, 'f');
+    const fd = fs.openSync(file, 'w+');
+    try {
+      fs.ftruncateSync(fd, 64 * BLOCK); // sparse, as a segment sized ahead
+      const ab = mapFile(fd, 64 * BLOCK, true);
+      const data = crypto.randomBytes(2 * BLOCK);
+      writeMapped(ab, 3 * BLOCK, data, 0, data.length);
+      expect(Buffer.from(ab, 3 * BLOCK, 2 * BLOCK).equals(data)).toBe(true); // the read-only mapping sees it
+      const twin = writableView(ab);
+      expect(writableView(ab)).toBe(twin); // the same ArrayBuffer while it lives
+      Buffer.from(twin, 8 * BLOCK, BLOCK).fill(0x5a);
+      allocateRange(fd, 16 * BLOCK, 16 * BLOCK);
+      expect(fs.fstatSync(fd).blocks * 512).toBeGreaterThanOrEqual(16 * BLOCK);
+      expect(await populateMapped(twin, 16 * BLOCK, 16 * BLOCK)).toBe(0);
+      expect((await fileCached(fd, 16 * BLOCK, 16 * BLOCK)).present).toBe(16); // faulted in: in the page cache
+      fs.fsyncSync(fd);
+      const back = Buffer.alloc(9 * BLOCK);
+      fs.readSync(fd, back, 0, back.length, 0);
+      expect(back.subarray(3 * BLOCK, 5 * BLOCK).equals(data)).toBe(true);
+      expect(back.subarray(8 * BLOCK).every((b) => b === 0x5a)).toBe(true);
+      // Bounds and kinds are checked before any byte moves.
+      expectNative(() => writeMapped(ab, 63 * BLOCK, data, 0, data.length), 'EINVAL');
+      expectNative(() => writeMapped(mapFile(fd, BLOCK), 0, data, 0, 1), 'EINVAL'); // not writable
+      await expect(populateMapped(twin, 1, BLOCK)).rejects.toMatchObject({ code: 'EINVAL' });
+      unmapFile(ab);
+      expect(twin.byteLength).toBe(0); // detached with the mapping: no view can touch it
+      expectNative(() => writableView(ab), 'EINVAL');
+    } finally {
+      fs.closeSync(fd);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
