@@ -469,8 +469,13 @@ export class SegmentFiles {
     return Buffer.from(m.twin, pos, count * BLOCK_SIZE);
   }
 
-  /** A landing in `segment` is over (its bytes were taken, or dropped). */
+  /**
+   * A landing in `segment` is over (its bytes were taken, or dropped). Its
+   * bytes reached the page cache after the landing began, perhaps after a
+   * sync that started meanwhile: the segment needs the next sync.
+   */
   endLanding(segment: number): void {
+    this.unsynced.add(segment);
     const n = (this.landings.get(segment) ?? 1) - 1;
     if (n > 0) this.landings.set(segment, n); else this.landings.delete(segment);
   }

@@ -169,4 +169,24 @@ describe('landed writes', () => {
       await h.close();
     });
   });
+
+  it('a landing that began before a flush and ended after it is synced by the next flush', async () => {
+    const dir = tmp.make('land-sync');
+    await withStore(Store.init(dir, { writebackIntervalMs: 0 }), async (store) => {
+      await store.createVolume('v', SIZE);
+      const h = await store.openVolume('v');
+      const buf = h.landing(0, RUN * B)!;
+      await h.flush(); // syncs (and forgets) every segment written so far
+      const segs = (store as unknown as { segments: { unsynced: Set<number> } }).segments;
+      segs.unsynced.clear();
+      const data = pseudoRandom(11, RUN * B);
+      data.copy(buf); // the payload arrives after that sync...
+      await h.write(0, buf);
+      expect(segs.unsynced.size).toBeGreaterThan(0); // ...so the next flush syncs its segment
+      await h.flush();
+      expect(segs.unsynced.size).toBe(0);
+      expect((await h.read(0, RUN * B)).equals(data)).toBe(true);
+      await h.close();
+    });
+  });
 });
