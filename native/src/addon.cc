@@ -30,6 +30,7 @@ Napi::Value PreadCached(const Napi::CallbackInfo& info);
 Napi::Value HashBlocks(const Napi::CallbackInfo& info);
 Napi::Value VerifyBlocks(const Napi::CallbackInfo& info);
 Napi::Value RehashRun(const Napi::CallbackInfo& info);
+Napi::Value AddRun(const Napi::CallbackInfo& info);
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen, "pidfdOpen"));
@@ -54,6 +55,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("hashBlocks", Napi::Function::New(env, HashBlocks, "hashBlocks"));
   exports.Set("verifyBlocks", Napi::Function::New(env, VerifyBlocks, "verifyBlocks"));
   exports.Set("rehashRun", Napi::Function::New(env, RehashRun, "rehashRun"));
+  exports.Set("addRun", Napi::Function::New(env, AddRun, "addRun"));
   exports.Set("XXH3_ISA", Napi::String::New(env, Xxh3Isa()));
   exports.Set("PAGE_SIZE", Napi::Number::New(env, static_cast<double>(PageSize())));
   return exports;

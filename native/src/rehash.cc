@@ -178,4 +178,67 @@ Napi::Value RehashRun(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(k));
 }
 
+// addRun(slots, mask, words | null, fmask, pageHashes, pageFlags,
+//        pageSegments, pageSlots, j0, id0, count, newHashes, at, segment,
+//        slot0) -> chunks added (a prefix of the run).
+// The general path's bookkeeping for new chunks, for a run at once: chunk
+// ids id0 .. id0+count-1 (entries j0.. of one chunk page, unused so far)
+// take the hashes newHashes[at + 16k] and the slots slot0 + k of
+// `segment` (where a landed write's blocks lie), while the hash filter says
+// no committed chunk has the hash and no new chunk its prefix: the prefix
+// is filed in the table, and the page gets hash, place and LIVE | UNIQUE.
+// The caller counts them (live, new) and points the blocks at them. Same
+// checks on every array as rehashRun; the table must have room for count
+// more entries (the caller grows it first).
+Napi::Value AddRun(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "addRun";
+  size_t slotCount = 0, wordCount = 0, pageHashLen = 0, flagLen = 0, segLen = 0, slotLen = 0, newLen = 0;
+  double* slots = TypedArg<double>(info[0], napi_float64_array, fn, "slots", &slotCount);
+  uint64_t mask = IntegerArg(info[1], fn, "mask", 0, UINT32_MAX);
+  if (!PowerOfTwo(mask + 1) || slotCount != 2 * (mask + 1)) ThrowNative(env, EINVAL, "addRun(mask)");
+  const uint32_t* words = nullptr;
+  uint64_t fmask = IntegerArg(info[3], fn, "fmask", 0, UINT32_MAX);
+  if (!info[2].IsNull()) {
+    words = TypedArg<uint32_t>(info[2], napi_uint32_array, fn, "words", &wordCount);
+    if (!PowerOfTwo(fmask + 1) || fmask + 1 < 32 || wordCount != (fmask + 1) / 32) ThrowNative(env, EINVAL, "addRun(fmask)");
+  }
+  uint8_t* pageHashes = TypedArg<uint8_t>(info[4], napi_uint8_array, fn, "pageHashes", &pageHashLen);
+  uint8_t* flags = TypedArg<uint8_t>(info[5], napi_uint8_array, fn, "pageFlags", &flagLen);
+  uint32_t* segs = TypedArg<uint32_t>(info[6], napi_uint32_array, fn, "pageSegments", &segLen);
+  uint32_t* places = TypedArg<uint32_t>(info[7], napi_uint32_array, fn, "pageSlots", &slotLen);
+  uint64_t j0 = IntegerArg(info[8], fn, "j0", 0, flagLen);
+  uint64_t id0 = IntegerArg(info[9], fn, "id0", 1, (1ULL << 53) - 1);
+  uint64_t count = IntegerArg(info[10], fn, "count", 0, flagLen - j0);
+  const uint8_t* newHashes = TypedArg<uint8_t>(info[11], napi_uint8_array, fn, "newHashes", &newLen);
+  uint64_t at = IntegerArg(info[12], fn, "at", 0, newLen);
+  uint64_t segment = IntegerArg(info[13], fn, "segment", 0, UINT32_MAX);
+  uint64_t slot0 = IntegerArg(info[14], fn, "slot0", 0, UINT32_MAX);
+  if ((j0 + count) * kHash > pageHashLen || j0 + count > segLen || j0 + count > slotLen) ThrowNative(env, EINVAL, "addRun(page)");
+  if (count * kHash > newLen - at) ThrowNative(env, EINVAL, "addRun(newHashes)");
+  if (slot0 + count > UINT32_MAX) ThrowNative(env, EINVAL, "addRun(slot0)");
+  if (words == nullptr) return Napi::Number::New(env, 0);
+  Table table{slots, mask};
+  Filter filter{words, static_cast<uint32_t>(fmask)};
+  auto prefetch = [&](uint64_t b) {
+    const uint8_t* h = newHashes + at + b * kHash;
+    filter.Prefetch(h);
+    __builtin_prefetch(&slots[2 * (Prefix(h) & mask)]);
+  };
+  for (uint64_t b = 0; b < kAhead && b < count; b++) prefetch(b);
+  uint64_t k = 0;
+  for (; k < count; k++) {
+    if (k + kAhead < count) prefetch(k + kAhead);
+    const uint8_t* h = newHashes + at + k * kHash;
+    const uint32_t key = Prefix(h);
+    if (filter.MayContain(h) || table.Has(key)) break;
+    std::memcpy(pageHashes + (j0 + k) * kHash, h, kHash);
+    flags[j0 + k] = kLive | kUnique;
+    segs[j0 + k] = static_cast<uint32_t>(segment);
+    places[j0 + k] = static_cast<uint32_t>(slot0 + k);
+    table.Add(key, static_cast<double>(id0 + k));
+  }
+  return Napi::Number::New(env, static_cast<double>(k));
+}
+
 }  // namespace dormant

@@ -396,6 +396,13 @@ export class BlockEngine {
             i += done;
             continue;
           }
+          if (landed !== undefined) {
+            const added = this.addLandedRun(t, first + i, n - i, i, hashes, zero, runs);
+            if (added > 0) {
+              i += added;
+              continue;
+            }
+          }
         }
         let target = 0;
         if (zero[i] !== 1) {
@@ -591,6 +598,28 @@ export class BlockEngine {
       return done;
     }
     this.queueSlotWrite(run[1], run[2], data, i * BLOCK_SIZE, done, false);
+    return done;
+  }
+
+  /**
+   * For a landed write: blocks from `block` (block `i` of the write, at
+   * most `count`) that are not zero and own no rewritable chunk get new
+   * chunks in their landed slots, registered for a run at once
+   * (Writeback.addLandedRun), while their content is certainly stored
+   * nowhere yet (`filter`). Returns how many; 0: the general way.
+   */
+  private addLandedRun(t: Target, block: number, count: number, i: number, hashes: Buffer, zero: Uint8Array,
+    filter: FilterBits): number {
+    const { lineage, version } = t.point;
+    let m = 0;
+    while (m < count && zero[i + m] === 0 && this.writeback.rewritable(lineage, block + m) === 0) m++;
+    if (m === 0 || this.nextChunkId + m >= MAX_CHUNK_ID) return 0;
+    const landed = this.landedAt!;
+    const id0 = this.nextChunkId;
+    const done = this.writeback.addLandedRun(id0, m, hashes, i * HASH_SIZE, landed.segment, landed.slot + i, filter);
+    this.nextChunkId += done;
+    for (let k = 0; k < done; k++) this.writeback.set(lineage, block + k, version, id0 + k);
+    this.landedUsed.fill(1, i, i + done);
     return done;
   }
 

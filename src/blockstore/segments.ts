@@ -446,7 +446,7 @@ export class SegmentFiles {
     if (!m.writable) return;
     m.twin ??= writableView(m.ab);
     this.landings.set(segment, (this.landings.get(segment) ?? 0) + 1);
-    const done = (): void => this.endLanding(segment);
+    const done = (): void => this.unpin(segment); // (no bytes of ours: nothing to sync)
     populateMapped(m.twin, SEGMENT_HEADER_SIZE + from * BLOCK_SIZE, (to - from) * BLOCK_SIZE).then(done, done);
   }
 
@@ -476,6 +476,11 @@ export class SegmentFiles {
    */
   endLanding(segment: number): void {
     this.unsynced.add(segment);
+    this.unpin(segment);
+  }
+
+  /** One hold on `segment`'s mapping (a landing, a prepare) less. */
+  private unpin(segment: number): void {
     const n = (this.landings.get(segment) ?? 1) - 1;
     if (n > 0) this.landings.set(segment, n); else this.landings.delete(segment);
   }

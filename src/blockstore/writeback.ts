@@ -31,7 +31,7 @@
  * consecutive blocks or ids costs one map look-up per page.
  */
 import type { Location } from './segments.js';
-import { rehashRun } from '../native/index.js';
+import { addRun, rehashRun } from '../native/index.js';
 import type { FilterBits } from './hash-filter.js';
 
 /** Blocks per entry page: 512 bytes of memory per page in use. (Block numbers exceed 2^32: no bit shifts.) */
@@ -119,6 +119,23 @@ class PrefixTable {
   moveRun(cp: ChunkPage, j0: number, id0: number, count: number, newHashes: Buffer, at: number, filter: FilterBits | null): number {
     if (filter === null) return 0;
     return rehashRun(this.slots, this.mask, filter.words, filter.mask, cp.hashes, cp.flags, j0, id0, count, newHashes, at);
+  }
+
+  /**
+   * For ids id0 + k (entries j0 + k of chunk page `cp`, fresh), in order:
+   * the chunk is new with hash newHashes[at + 16k, +16) in slot slot0 + k
+   * of `segment` when `filter` says no committed chunk has the hash and no
+   * id is filed under its prefix (filed here); stops at the first that does
+   * not qualify. Returns how many were added. Natively, as moveRun.
+   */
+  addRun(cp: ChunkPage, j0: number, id0: number, count: number, newHashes: Buffer, at: number, segment: number,
+    slot0: number, filter: FilterBits | null): number {
+    if (filter === null) return 0;
+    while (2 * (this.count + count) > this.mask + 1) this.resize(2 * (this.mask + 1));
+    const done = addRun(this.slots, this.mask, filter.words, filter.mask, cp.hashes, cp.flags, cp.segment, cp.slot,
+      j0, id0, count, newHashes, at, segment, slot0);
+    this.count += done;
+    return done;
   }
 
   private resize(slots: number): void {
@@ -337,6 +354,25 @@ export class Writeback {
   }
 
   /**
+   * Registers new chunks id0 .. id0 + n - 1 (n <= `count`, within one chunk
+   * page, ids never used) for the blocks of a landed write whose hashes are
+   * hashes[at + 16k], in slots slot0 + k of `segment`, as `addNewChunk`
+   * (unique) would, for as long as `filter` says no committed chunk has the
+   * hash and no new chunk has its prefix. Returns n; the caller points the
+   * blocks at them (`set`).
+   */
+  addLandedRun(id0: number, count: number, hashes: Buffer, at: number, segment: number, slot0: number,
+    filter: FilterBits | null): number {
+    const j0 = id0 % CHUNK_PAGE;
+    const n = Math.min(count, CHUNK_PAGE - j0);
+    const cp = this.chunkPage(id0) ?? this.makeChunkPage(id0);
+    const done = this.newByHash.addRun(cp, j0, id0, n, hashes, at, segment, slot0, filter);
+    cp.live += done;
+    this.newCount += done;
+    return done;
+  }
+
+  /**
    * New chunks `id0` .. `id0 + count - 1` (one chunk page, as a
    * `rewritableRun` gives them) now live in `count` slots from `slot` of
    * `segment` (a landed write put their new bytes there; their old slots
@@ -371,17 +407,7 @@ export class Writeback {
    * its commit need not read the hash index.
    */
   addNewChunk(id: number, hash: Buffer, at: number, loc: Location, unique: boolean): void {
-    const pageNo = Math.floor(id / CHUNK_PAGE);
-    let cp = this.chunkPage(id);
-    if (cp === undefined) {
-      cp = {
-        segment: new Uint32Array(CHUNK_PAGE), slot: new Uint32Array(CHUNK_PAGE), refs: new Int32Array(CHUNK_PAGE),
-        flags: new Uint8Array(CHUNK_PAGE), hashes: Buffer.alloc(CHUNK_PAGE * HASH), live: 0,
-      };
-      this.chunkPages.set(pageNo, cp);
-      this.lastChunkPageNo = pageNo;
-      this.lastChunkPage = cp;
-    }
+    const cp = this.chunkPage(id) ?? this.makeChunkPage(id);
     const j = id % CHUNK_PAGE;
     cp.segment[j] = loc.segment;
     cp.slot[j] = loc.slot;
@@ -578,6 +604,18 @@ export class Writeback {
       this.lastChunkPageNo = pageNo;
       this.lastChunkPage = cp;
     }
+    return cp;
+  }
+
+  private makeChunkPage(id: number): ChunkPage {
+    const pageNo = Math.floor(id / CHUNK_PAGE);
+    const cp: ChunkPage = {
+      segment: new Uint32Array(CHUNK_PAGE), slot: new Uint32Array(CHUNK_PAGE), refs: new Int32Array(CHUNK_PAGE),
+      flags: new Uint8Array(CHUNK_PAGE), hashes: Buffer.alloc(CHUNK_PAGE * HASH), live: 0,
+    };
+    this.chunkPages.set(pageNo, cp);
+    this.lastChunkPageNo = pageNo;
+    this.lastChunkPage = cp;
     return cp;
   }
 

@@ -76,6 +76,9 @@ interface Addon {
   verifyBlocks(data: Uint8Array, hashes: Uint8Array, at: number): number;
   rehashRun(slots: Float64Array, mask: number, words: Uint32Array | null, fmask: number, pageHashes: Uint8Array,
     pageFlags: Uint8Array, j0: number, id0: number, count: number, newHashes: Uint8Array, at: number): number;
+  addRun(slots: Float64Array, mask: number, words: Uint32Array | null, fmask: number, pageHashes: Uint8Array,
+    pageFlags: Uint8Array, pageSegments: Uint32Array, pageSlots: Uint32Array, j0: number, id0: number, count: number,
+    newHashes: Uint8Array, at: number, segment: number, slot0: number): number;
   PAGE_SIZE: number;
   XXH3_ISA: string;
 }
@@ -295,6 +298,19 @@ export function setSendBuffer(fd: number, bytes: number): number {
  */
 export function sendFileRange(socketFd: number, head: Uint8Array, fileFd: number, position: number, length: number): number {
   return call(() => addon.sendFileRange(socketFd, head, fileFd, position, length));
+}
+
+/**
+ * The write-back's bookkeeping for a run of new chunks in consecutive landed
+ * slots (native/src/rehash.cc addRun): while the filter and the prefix
+ * table say no chunk has the hash, ids id0.. get hash, place and LIVE |
+ * UNIQUE in the chunk page and their prefixes filed; returns how many.
+ */
+export function addRun(slots: Float64Array, mask: number, words: Uint32Array | null, fmask: number, pageHashes: Uint8Array,
+  pageFlags: Uint8Array, pageSegments: Uint32Array, pageSlots: Uint32Array, j0: number, id0: number, count: number,
+  newHashes: Uint8Array, at: number, segment: number, slot0: number): number {
+  return call(() => addon.addRun(slots, mask, words, fmask, pageHashes, pageFlags, pageSegments, pageSlots, j0, id0, count,
+    newHashes, at, segment, slot0));
 }
 
 /**

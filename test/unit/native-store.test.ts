@@ -18,7 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  NativeError, allocateRange, fileAdvise, fileCached, hashBlocks, mapFile, populateMapped, preadCached, rehashRun,
+  NativeError, addRun, allocateRange, fileAdvise, fileCached, hashBlocks, mapFile, populateMapped, preadCached, rehashRun,
   sendFileRange, unmapFile, verifyBlocks, writableView, writeMapped,
 } from '../../src/native/index.js';
 import net from 'node:net';
@@ -530,6 +530,47 @@ describe('hashBlocks / verifyBlocks', () => {
     expect(() => verifyBlocks(data, 'x' as unknown as Buffer, 0)).toThrow(TypeError);
     expect(() => verifyBlocks(new Float64Array(512) as unknown as Buffer, hashes, 0)).toThrow(TypeError);
     expect(verifyBlocks(data, hashes, 0)).toBe(-1);
+  });
+});
+
+describe('addRun', () => {
+  const slots = new Float64Array(2 * 1024);
+  const words = new Uint32Array(1024);
+  const pageHashes = Buffer.alloc(1024 * 16);
+  const flags = new Uint8Array(1024);
+  const segs = new Uint32Array(1024);
+  const places = new Uint32Array(1024);
+  const hashes = crypto.randomBytes(4 * 16);
+  const run = (over: Partial<Record<string, unknown>> = {}): number => {
+    const a = { slots, mask: 1023, words, fmask: 32767, pageHashes, flags, segs, places, j0: 8, id0: 9, count: 4, hashes, at: 0,
+      segment: 7, slot0: 100, ...over };
+    return addRun(a.slots as Float64Array, a.mask as number, a.words as Uint32Array | null, a.fmask as number,
+      a.pageHashes as Uint8Array, a.flags as Uint8Array, a.segs as Uint32Array, a.places as Uint32Array, a.j0 as number,
+      a.id0 as number, a.count as number, a.hashes as Uint8Array, a.at as number, a.segment as number, a.slot0 as number);
+  };
+
+  it('adds nothing while the filter is not built; a run with hashes, places and flags; never a prefix twice', () => {
+    expect(run({ words: null })).toBe(0);
+    expect(run()).toBe(4);
+    expect(pageHashes.subarray(8 * 16, 12 * 16).equals(hashes)).toBe(true);
+    expect([...flags.subarray(7, 13)]).toEqual([0, 3, 3, 3, 3, 0]);
+    expect([...segs.subarray(8, 12)]).toEqual([7, 7, 7, 7]);
+    expect([...places.subarray(8, 12)]).toEqual([100, 101, 102, 103]);
+    let filed = 0;
+    for (let i = 0; i < 1024; i++) if (slots[2 * i] !== 0) filed++;
+    expect(filed).toBe(4);
+    // The same hashes for other ids: their prefixes are filed, so nothing is added.
+    expect(run({ j0: 20, id0: 21 })).toBe(0);
+    expect(flags[20]).toBe(0);
+  });
+
+  it('refuses bad arguments with NativeError EINVAL or TypeError', () => {
+    expectNative(() => run({ mask: 1000 }), 'EINVAL');
+    expectNative(() => run({ segs: new Uint32Array(10) }), 'EINVAL'); // past the page's places
+    expectNative(() => run({ j0: 1022 }), 'EINVAL');
+    expectNative(() => run({ at: 32 }), 'EINVAL');
+    expectNative(() => run({ slot0: 2 ** 32 - 2 }), 'EINVAL');
+    expect(() => run({ places: new Int32Array(1024) })).toThrow(TypeError);
   });
 });
 

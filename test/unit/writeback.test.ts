@@ -6,7 +6,9 @@
  * boundaries and exceed 2^32, and the runs of a big write: appended to
  * consecutive slots, then rewritten a run at a time (`rewritableRun`,
  * `rehashRun`, which stops where the hash filter or the prefix table says
- * a block may be a duplicate). After every step each query — the target a
+ * a block may be a duplicate), sometimes moved to landed slots
+ * (`relocateRun`), and a landed write's new chunks registered a run at once
+ * (`addLandedRun`, which stops likewise). After every step each query — the target a
  * reader sees, rewritability, references, new-chunk places and names,
  * hash candidates — must agree with the model.
  */
@@ -218,8 +220,37 @@ describe('write-back table', () => {
             if (r(10) === 0) version++;
             wb.setVersions(l, b, done, version);
             for (let k = 0; k < done; k++) m.current.get(`${l}:${b + k}`)!.version = version;
+            if (r(2) === 0 && done > 0) {
+              // A landed rewrite: the chunks move to the slots the payload landed in.
+              const segment = 1 + r(3);
+              const slot = r(1000);
+              wb.relocateRun(id0, done, segment, slot);
+              for (let k = 0; k < done; k++) Object.assign(m.chunks.get(id0 + k)!, { segment, slot: slot + k });
+            }
           }
-        } else if (op < 78) {
+        } else if (op < 82) {
+          // A landed write's new chunks, registered a run at once while nothing may be a duplicate.
+          const len = 1 + r(40);
+          const segment = 1 + r(3);
+          const slot = r(1000);
+          const hashes = Buffer.concat(Array.from({ length: len }, () => hashOf(r)));
+          const built = r(8) !== 0;
+          const done = wb.addLandedRun(nextId, len, hashes, 0, segment, slot, built ? FILTER : null);
+          let expected = 0;
+          const room = 1024 - (nextId % 1024);
+          for (; built && expected < Math.min(len, room); expected++) {
+            const h = hashes.subarray(16 * expected, 16 * expected + 16);
+            if (filterMayContain(h) || [...m.chunks.values()].some((c) => prefixOf(c.hash) === prefixOf(h))) break;
+            m.chunks.set(nextId + expected, { segment, slot: slot + expected, hash: Buffer.from(h), unique: true });
+          }
+          expect(done).toBe(expected);
+          if (r(10) === 0) version++;
+          for (let k = 0; k < done; k++) {
+            wb.set(l, b + k, version, nextId + k);
+            m.current.set(`${l}:${b + k}`, { version, target: nextId + k });
+          }
+          nextId += done;
+        } else if (op < 84) {
           wb.dropLineage(l);
           for (const g of [m.current, m.flushing]) for (const k of [...(g?.keys() ?? [])]) if (k.startsWith(`${l}:`)) g!.delete(k);
         }
