@@ -26,6 +26,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #include "args.h"
 #include "errors.h"
@@ -125,6 +126,37 @@ struct Filter {
 // fetch.
 constexpr uint64_t kAhead = 16;
 
+// The prefix table (args 0, 1) and the hash filter (args 2, 3; words null:
+// not built yet) every run call takes first, checked.
+struct Tables {
+  Table table;
+  Filter filter;
+  bool built;
+
+  // Fetches the lines a probe of hash h touches: its filter words and its prefix's slot.
+  void Prefetch(const uint8_t* h) const {
+    filter.Prefetch(h);
+    __builtin_prefetch(&table.slots[2 * (Prefix(h) & table.mask)]);
+  }
+};
+
+Tables TablesArgs(const Napi::CallbackInfo& info, const char* fn) {
+  Napi::Env env = info.Env();
+  size_t slotCount = 0, wordCount = 0;
+  double* slots = TypedArg<double>(info[0], napi_float64_array, fn, "slots", &slotCount);
+  uint64_t mask = IntegerArg(info[1], fn, "mask", 0, UINT32_MAX);
+  if (!PowerOfTwo(mask + 1) || slotCount != 2 * (mask + 1)) ThrowNative(env, EINVAL, std::string(fn) + "(mask)");
+  const uint32_t* words = nullptr;
+  uint64_t fmask = IntegerArg(info[3], fn, "fmask", 0, UINT32_MAX);
+  if (!info[2].IsNull()) {
+    words = TypedArg<uint32_t>(info[2], napi_uint32_array, fn, "words", &wordCount);
+    if (!PowerOfTwo(fmask + 1) || fmask + 1 < 32 || wordCount != (fmask + 1) / 32) {
+      ThrowNative(env, EINVAL, std::string(fn) + "(fmask)");
+    }
+  }
+  return {Table{slots, mask}, Filter{words, static_cast<uint32_t>(fmask)}, words != nullptr};
+}
+
 }  // namespace
 
 // rehashRun(slots, mask, words | null, fmask, pageHashes, pageFlags, j0, id0,
@@ -133,16 +165,8 @@ constexpr uint64_t kAhead = 16;
 Napi::Value RehashRun(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* fn = "rehashRun";
-  size_t slotCount = 0, wordCount = 0, pageHashLen = 0, flagLen = 0, newLen = 0;
-  double* slots = TypedArg<double>(info[0], napi_float64_array, fn, "slots", &slotCount);
-  uint64_t mask = IntegerArg(info[1], fn, "mask", 0, UINT32_MAX);
-  if (!PowerOfTwo(mask + 1) || slotCount != 2 * (mask + 1)) ThrowNative(env, EINVAL, "rehashRun(mask)");
-  const uint32_t* words = nullptr;
-  uint64_t fmask = IntegerArg(info[3], fn, "fmask", 0, UINT32_MAX);
-  if (!info[2].IsNull()) {
-    words = TypedArg<uint32_t>(info[2], napi_uint32_array, fn, "words", &wordCount);
-    if (!PowerOfTwo(fmask + 1) || fmask + 1 < 32 || wordCount != (fmask + 1) / 32) ThrowNative(env, EINVAL, "rehashRun(fmask)");
-  }
+  size_t pageHashLen = 0, flagLen = 0, newLen = 0;
+  Tables tables = TablesArgs(info, fn);
   uint8_t* pageHashes = TypedArg<uint8_t>(info[4], napi_uint8_array, fn, "pageHashes", &pageHashLen);
   uint8_t* flags = TypedArg<uint8_t>(info[5], napi_uint8_array, fn, "pageFlags", &flagLen);
   uint64_t j0 = IntegerArg(info[6], fn, "j0", 0, flagLen);
@@ -152,14 +176,12 @@ Napi::Value RehashRun(const Napi::CallbackInfo& info) {
   uint64_t at = IntegerArg(info[10], fn, "at", 0, newLen);
   if ((j0 + count) * kHash > pageHashLen) ThrowNative(env, EINVAL, "rehashRun(pageHashes)");
   if (count * kHash > newLen - at) ThrowNative(env, EINVAL, "rehashRun(newHashes)");
-  if (words == nullptr) return Napi::Number::New(env, 0);
-  Table table{slots, mask};
-  Filter filter{words, static_cast<uint32_t>(fmask)};
+  if (!tables.built) return Napi::Number::New(env, 0);
+  Table& table = tables.table;
+  const Filter& filter = tables.filter;
   auto prefetch = [&](uint64_t b) {
-    const uint8_t* h = newHashes + at + b * kHash;
-    filter.Prefetch(h);
-    __builtin_prefetch(&slots[2 * (Prefix(h) & mask)]);
-    __builtin_prefetch(&slots[2 * (Prefix(pageHashes + (j0 + b) * kHash) & mask)]);
+    tables.Prefetch(newHashes + at + b * kHash);
+    __builtin_prefetch(&table.slots[2 * (Prefix(pageHashes + (j0 + b) * kHash) & table.mask)]);
   };
   for (uint64_t b = 0; b < kAhead && b < count; b++) prefetch(b);
   uint64_t k = 0;
@@ -193,16 +215,8 @@ Napi::Value RehashRun(const Napi::CallbackInfo& info) {
 Napi::Value AddRun(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* fn = "addRun";
-  size_t slotCount = 0, wordCount = 0, pageHashLen = 0, flagLen = 0, segLen = 0, slotLen = 0, newLen = 0;
-  double* slots = TypedArg<double>(info[0], napi_float64_array, fn, "slots", &slotCount);
-  uint64_t mask = IntegerArg(info[1], fn, "mask", 0, UINT32_MAX);
-  if (!PowerOfTwo(mask + 1) || slotCount != 2 * (mask + 1)) ThrowNative(env, EINVAL, "addRun(mask)");
-  const uint32_t* words = nullptr;
-  uint64_t fmask = IntegerArg(info[3], fn, "fmask", 0, UINT32_MAX);
-  if (!info[2].IsNull()) {
-    words = TypedArg<uint32_t>(info[2], napi_uint32_array, fn, "words", &wordCount);
-    if (!PowerOfTwo(fmask + 1) || fmask + 1 < 32 || wordCount != (fmask + 1) / 32) ThrowNative(env, EINVAL, "addRun(fmask)");
-  }
+  size_t pageHashLen = 0, flagLen = 0, segLen = 0, slotLen = 0, newLen = 0;
+  Tables tables = TablesArgs(info, fn);
   uint8_t* pageHashes = TypedArg<uint8_t>(info[4], napi_uint8_array, fn, "pageHashes", &pageHashLen);
   uint8_t* flags = TypedArg<uint8_t>(info[5], napi_uint8_array, fn, "pageFlags", &flagLen);
   uint32_t* segs = TypedArg<uint32_t>(info[6], napi_uint32_array, fn, "pageSegments", &segLen);
@@ -217,14 +231,10 @@ Napi::Value AddRun(const Napi::CallbackInfo& info) {
   if ((j0 + count) * kHash > pageHashLen || j0 + count > segLen || j0 + count > slotLen) ThrowNative(env, EINVAL, "addRun(page)");
   if (count * kHash > newLen - at) ThrowNative(env, EINVAL, "addRun(newHashes)");
   if (slot0 + count > UINT32_MAX) ThrowNative(env, EINVAL, "addRun(slot0)");
-  if (words == nullptr) return Napi::Number::New(env, 0);
-  Table table{slots, mask};
-  Filter filter{words, static_cast<uint32_t>(fmask)};
-  auto prefetch = [&](uint64_t b) {
-    const uint8_t* h = newHashes + at + b * kHash;
-    filter.Prefetch(h);
-    __builtin_prefetch(&slots[2 * (Prefix(h) & mask)]);
-  };
+  if (!tables.built) return Napi::Number::New(env, 0);
+  Table& table = tables.table;
+  const Filter& filter = tables.filter;
+  auto prefetch = [&](uint64_t b) { tables.Prefetch(newHashes + at + b * kHash); };
   for (uint64_t b = 0; b < kAhead && b < count; b++) prefetch(b);
   uint64_t k = 0;
   for (; k < count; k++) {
