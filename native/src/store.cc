@@ -14,13 +14,14 @@
 //   SIGBUS, so the TypeScript side reads only bytes below the size it knows
 //   the file has (segment files only grow, by our own appends).
 // - A writable mapping (mapFile's `writable`) is a second, PROT_WRITE
-//   mapping of the same file that JS never sees: only writeMapped copies
-//   into it, within [0, length) of the mapping after the bounds are checked
-//   here, and only where the TypeScript side knows the file has bytes (past
-//   the end, or on a file system that must allocate for an overwrite and
-//   cannot, the store would get SIGBUS: the caller writes this way only
-//   slots that were written before, on file systems that overwrite in
-//   place). It goes with unmapFile, with chargeMapping (a mapping being
+//   mapping of the same file. writeMapped copies into it within [0, length)
+//   of the mapping after the bounds are checked here; writableView hands it
+//   to JS as an external ArrayBuffer (for landings: socket reads into slots
+//   segments.ts reserved), detached before the twin is unmapped, so no view
+//   of it can outlive it. Either way only where the TypeScript side knows
+//   the file has allocated bytes (past the end, or on a file system that
+//   must allocate for an overwrite and cannot, the store would get SIGBUS).
+//   The twin goes with unmapFile, with chargeMapping (a mapping being
 //   retired is never written again) and with the finalizer.
 // - Buffers are read or written through ByteView (pointer + length taken
 //   from the Uint8Array on the JS thread). Every call runs to completion on
@@ -36,10 +37,10 @@
 #include <sys/mman.h>
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdint>
-#include <algorithm>
 #include <cstring>
 #include <unordered_map>
 
@@ -136,6 +137,24 @@ Napi::Value MapFile(const Napi::CallbackInfo& info) {
   }
 }
 
+namespace {
+
+// The live mapping a mapFile buffer stands for, made `writable`: TypeError
+// for anything but an ArrayBuffer, EINVAL for one that is not such a
+// mapping (any more).
+Mapping* WritableMappingArg(const Napi::Value& value, const char* fn) {
+  Napi::Env env = value.Env();
+  if (!value.IsArrayBuffer()) throw Napi::TypeError::New(env, std::string(fn) + ": expected an ArrayBuffer from mapFile");
+  Napi::ArrayBuffer ab = value.As<Napi::ArrayBuffer>();
+  auto it = LiveMappings().find(ab.Data());
+  if (ab.ByteLength() == 0 || it == LiveMappings().end() || it->second->writable == nullptr) {
+    ThrowNative(env, EINVAL, std::string(fn) + "(mapping)");
+  }
+  return it->second;
+}
+
+}  // namespace
+
 // writeMapped(arrayBuffer, position, src, srcOffset, length): copies
 // src[srcOffset, +length) into the file through the writable twin of a
 // mapFile buffer, at `position` (a memcpy into the page cache: no system
@@ -143,13 +162,7 @@ Napi::Value MapFile(const Napi::CallbackInfo& info) {
 Napi::Value WriteMapped(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* fn = "writeMapped";
-  if (!info[0].IsArrayBuffer()) throw Napi::TypeError::New(env, "writeMapped: expected an ArrayBuffer from mapFile");
-  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
-  auto it = LiveMappings().find(ab.Data());
-  if (ab.ByteLength() == 0 || it == LiveMappings().end() || it->second->writable == nullptr) {
-    ThrowNative(env, EINVAL, "writeMapped(mapping)");
-  }
-  Mapping* m = it->second;
+  Mapping* m = WritableMappingArg(info[0], fn);
   ByteView src = BytesArg(info[2], fn);
   uint64_t position = IntegerArg(info[1], fn, "position", 0, m->length);
   uint64_t offset = IntegerArg(info[3], fn, "srcOffset", 0, src.length);
@@ -165,13 +178,7 @@ Napi::Value WriteMapped(const Napi::CallbackInfo& info) {
 // mapping; until then the TypeScript side writes only slots it reserved.
 Napi::Value WritableView(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsArrayBuffer()) throw Napi::TypeError::New(env, "writableView: expected an ArrayBuffer from mapFile");
-  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
-  auto it = LiveMappings().find(ab.Data());
-  if (ab.ByteLength() == 0 || it == LiveMappings().end() || it->second->writable == nullptr) {
-    ThrowNative(env, EINVAL, "writableView(mapping)");
-  }
-  Mapping* m = it->second;
+  Mapping* m = WritableMappingArg(info[0], "writableView");
   if (!m->twin.IsEmpty() && !m->twin.Value().IsEmpty()) return m->twin.Value();
   // External, without a finalizer: the memory is the mapping's, released by DropWritable.
   Napi::ArrayBuffer twin = Napi::ArrayBuffer::New(env, m->writable, m->length);

@@ -224,8 +224,8 @@ export class BlockEngine {
    * checked against their hashes, when they are one run of consecutive
    * written slots and reads are not in cold mode; else null (nothing
    * attributed: the caller reads them the ordinary way). No copy at all:
-   * for replies. `stored` (ReadOptions.stored) hears of the view, with its
-   * file range when every chunk of it is committed.
+   * for replies. Only committed chunks are viewed. `stored`
+   * (ReadOptions.stored) hears of the view and its file range.
    */
   readView(t: Target, first: number, n: number, label?: string, stored?: ReadOptions['stored']): Buffer | null {
     if (this.poolReads || performance.now() < this.coldUntil) return null;

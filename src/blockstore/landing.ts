@@ -7,7 +7,7 @@
  * otherwise overwrite that chunk's slot: its payload copied from the
  * receive buffer into the file by a pwrite on libuv's pool. Landed, the
  * payload is already in the file when the write is applied: the chunk
- * takes the landed slot (keeping its id; `Writeback.relocate`) and its old
+ * takes the landed slot (keeping its id; `Writeback.relocateRun`) and its old
  * slot becomes free, and the next big write lands there. The page cache a
  * working set uses stays the same pages, rewritten in place by the socket.
  *
@@ -39,15 +39,12 @@ interface Run { segment: number; slot: number; count: number }
 export class FreeSlots {
   private runs: Run[] = [];
   private head = 0;
-  /** Slots in the runs kept. */
-  slots = 0;
 
-  /** `count` slots from `loc` are free (no chunk uses them). */
+  /** `count` slots from `slot` of `segment` are free (no chunk uses them). */
   free(segment: number, slot: number, count: number): void {
     if (count < MIN_RUN) return;
-    if (this.runs.length - this.head >= MAX_RUNS) this.drop(1);
+    if (this.runs.length - this.head >= MAX_RUNS) this.shiftHead(); // the oldest run is forgotten: garbage for GC
     this.runs.push({ segment, slot, count });
-    this.slots += count;
   }
 
   /**
@@ -62,12 +59,9 @@ export class FreeSlots {
       const loc = { segment: r.segment, slot: r.slot };
       r.slot += count;
       r.count -= count;
-      this.slots -= count;
       if (r.count < MIN_RUN) {
-        this.slots -= r.count;
-        this.runs[i] = this.runs[this.head];
-        this.head++;
-        this.compact();
+        this.runs[i] = this.runs[this.head]; // the oldest run takes the used one's place...
+        this.shiftHead(); // ...and leaves the head
       }
       return loc;
     }
@@ -76,25 +70,13 @@ export class FreeSlots {
 
   /** Forgets the runs of `segment` (GC deleted or is compacting it). */
   purge(segment: number): void {
-    const kept = this.runs.slice(this.head).filter((r) => r.segment !== segment);
-    this.slots = kept.reduce((n, r) => n + r.count, 0);
-    this.runs = kept;
+    this.runs = this.runs.slice(this.head).filter((r) => r.segment !== segment);
     this.head = 0;
   }
 
-  /** Forgets everything (a store closing; the slots are garbage for GC). */
-  clear(): void {
-    this.runs = [];
-    this.head = 0;
-    this.slots = 0;
-  }
-
-  private drop(n: number): void {
-    for (let k = 0; k < n && this.head < this.runs.length; k++) this.slots -= this.runs[this.head++].count;
-    this.compact();
-  }
-
-  private compact(): void {
+  /** Moves `head` past its run. */
+  private shiftHead(): void {
+    this.head++;
     if (this.head > 1024 && this.head * 2 > this.runs.length) {
       this.runs = this.runs.slice(this.head);
       this.head = 0;

@@ -12,7 +12,7 @@
  * chunk not yet committed may be overwritten by its own block's next write
  * (`overwrite`, see writeback.ts). Such a rewrite of a slot written before
  * is a copy through a writable twin of the segment's mapping (native
- * writeMapped, which JS never sees as a buffer), on file systems that
+ * writeMapped; JS sees the twin only as the views of landings, below), on file systems that
  * overwrite written blocks in place (ext4, XFS, tmpfs) while more than
  * MIN_FREE_FOR_MAPPED_WRITES is free: no system call and none of the file
  * system's per-page work (a 4 KiB pwrite cost ~5 us here, a quarter of a
@@ -161,7 +161,7 @@ export class SegmentFiles {
   private preparedTo = 0;
 
   constructor(readonly dir: string, private readonly hash: HashFunction) {
-    this.mappedWrites = process.env.DORMANT_PWRITE_REWRITES !== '1' && this.roomForMappedWrites(true);
+    this.mappedWrites = this.roomForMappedWrites(true);
   }
 
   /**
@@ -444,10 +444,9 @@ export class SegmentFiles {
     if (to <= from) return;
     const m = this.mapFor(segment);
     if (!m.writable) return;
-    m.twin ??= writableView(m.ab);
-    this.landings.set(segment, (this.landings.get(segment) ?? 0) + 1);
+    this.pin(segment);
     const done = (): void => this.unpin(segment); // (no bytes of ours: nothing to sync)
-    populateMapped(m.twin, SEGMENT_HEADER_SIZE + from * BLOCK_SIZE, (to - from) * BLOCK_SIZE).then(done, done);
+    populateMapped(this.twinOf(m), SEGMENT_HEADER_SIZE + from * BLOCK_SIZE, (to - from) * BLOCK_SIZE).then(done, done);
   }
 
   /**
@@ -463,10 +462,14 @@ export class SegmentFiles {
     if (!m.writable || pos + count * BLOCK_SIZE > m.size) {
       throw new DormantError('EINTERNAL', `segment ${loc.segment} cannot take a landing at slot ${loc.slot}`);
     }
-    this.landings.set(loc.segment, (this.landings.get(loc.segment) ?? 0) + 1);
-    this.unsynced.add(loc.segment);
+    this.pin(loc.segment);
+    return Buffer.from(this.twinOf(m), pos, count * BLOCK_SIZE);
+  }
+
+  /** The writable twin of a mapping made writable, as JS sees it (made once per mapping). */
+  private twinOf(m: SegmentMap): ArrayBuffer {
     m.twin ??= writableView(m.ab);
-    return Buffer.from(m.twin, pos, count * BLOCK_SIZE);
+    return m.twin;
   }
 
   /**
@@ -479,7 +482,12 @@ export class SegmentFiles {
     this.unpin(segment);
   }
 
-  /** One hold on `segment`'s mapping (a landing, a prepare) less. */
+  /** One hold more on `segment`'s mapping (a landing, a prepare): it stays mapped, GC leaves the segment alone. */
+  private pin(segment: number): void {
+    this.landings.set(segment, (this.landings.get(segment) ?? 0) + 1);
+  }
+
+  /** One hold on `segment`'s mapping less. */
   private unpin(segment: number): void {
     const n = (this.landings.get(segment) ?? 1) - 1;
     if (n > 0) this.landings.set(segment, n); else this.landings.delete(segment);

@@ -27,14 +27,14 @@ export interface ReadOptions {
   view?: boolean;
   /**
    * With `view`: called synchronously, before `read` returns, when the
-   * result is a view (checked against its hashes; a view holds stored
-   * chunks only, so never an all-zero block). `file` says where the bytes
-   * lie in a store file when they are all committed chunks, which are never
-   * rewritten in place (GC only ever deletes a whole file), so they may be
-   * sent with sendfile; null for chunks still pending, whose slots a later
-   * write may overwrite. The descriptor is valid only during the call.
+   * result is a view (checked against its hashes), with where its bytes lie
+   * in a store file. A view holds committed chunks only (pending ones are
+   * copied: their slots may be rewritten or reused), so it never holds an
+   * all-zero block, and its bytes are never rewritten in place (GC only ever
+   * deletes a whole file): they may be sent with sendfile. The descriptor
+   * is valid only during the call.
    */
-  stored?: (view: Buffer, file: StoredFile | null) => void;
+  stored?: (view: Buffer, file: StoredFile) => void;
 }
 
 /** Where a run of committed chunks lies in a store file (see ReadOptions.stored). */

@@ -44,11 +44,7 @@ export class Outbox {
   private corked = false;
   private readonly endPhase = (): void => {
     this.scheduled = false;
-    this.hand();
-    if (this.corked) {
-      this.corked = false;
-      this.socket.uncork();
-    }
+    this.flush();
   };
 
   constructor(
@@ -57,9 +53,13 @@ export class Outbox {
     private readonly socketFd: number | null,
   ) {}
 
-  /** Hands everything put so far to the socket now (before it is ended). */
+  /** Hands everything put so far to the socket now (at the end of a poll phase, before a sendfile, before the socket ends). */
   flush(): void {
-    this.endPhase();
+    this.hand();
+    if (this.corked) {
+      this.corked = false;
+      this.socket.uncork();
+    }
   }
 
   /** Bytes put and not yet taken by the kernel. */
@@ -112,11 +112,7 @@ export class Outbox {
   sendFile(head: Buffer, view: Buffer, file: StoredFile): number | false {
     const s = this.socket;
     if (this.socketFd === null || s.destroyed || !s.writable) return false;
-    this.hand();
-    if (this.corked) {
-      this.corked = false;
-      s.uncork();
-    }
+    this.flush();
     if (s.writableLength > 0) return false;
     const n = sendFileRange(this.socketFd, head, file.fd, file.position, view.length);
     if (n < head.length) {

@@ -23,7 +23,7 @@
  * -> in-flight == 0 -> DONE (`done` resolves with the reason).
  */
 import type { Duplex } from 'node:stream';
-import type { StoredFile } from '../blockstore/types.js';
+import type { ReadOptions, StoredFile } from '../blockstore/types.js';
 import { Outbox } from './outbox.js';
 import type { NbdLogger } from './backend.js';
 import type { ByteQueue } from './bytequeue.js';
@@ -319,7 +319,7 @@ export class Transmission {
     this.awaitingLanding = landing !== null;
     this.direct!.into(into.subarray(have), () => {
       this.awaiting = null;
-      this.take(h, into, landing === null ? into : undefined);
+      this.take(h, into, landing === null ? into : undefined, landing !== null);
       this.pump();
       // Big writes come in streams: the next read stops after a header, so its payload lands whole.
       if (this.awaiting === null && this.queue.length === 0) this.direct!.limitNext(P.REQUEST_SIZE);
@@ -342,20 +342,25 @@ export class Transmission {
     }
   }
 
-  /** A parsed request (with its whole payload): runs it, or answers ESHUTDOWN while shutting down. */
-  private take(h: C.RequestHeader, payload: Buffer | null, pooled?: Buffer): void {
+  /**
+   * A parsed request (with its whole payload): runs it, or answers
+   * ESHUTDOWN while shutting down. `pooled`: the payload's buffer, back to
+   * the pool once the request settles; `landed`: the payload is a landing,
+   * given back to the store if the write did not take it.
+   */
+  private take(h: C.RequestHeader, payload: Buffer | null, pooled?: Buffer, landed = false): void {
     this.stats.requests++;
     if (this.ending === 'shutdown') {
       this.replyError(h, P.NBD_ESHUTDOWN, 'server shutting down');
       this.payloads.give(pooled);
-      if (payload !== null && pooled === undefined && h.type === P.NBD_CMD_WRITE) this.exp.handle.abandon(payload); // a landing
+      if (landed) this.exp.handle.abandon(payload!);
     } else {
-      this.dispatch(h, payload, pooled);
+      this.dispatch(h, payload, pooled, landed);
     }
   }
 
-  /** Runs one request; `pooled`: the payload's buffer, back to the pool once the request settles. */
-  private dispatch(h: C.RequestHeader, payload: Buffer | null, pooled?: Buffer): void {
+  /** Runs one request (`pooled`, `landed`: as for `take`). */
+  private dispatch(h: C.RequestHeader, payload: Buffer | null, pooled?: Buffer, landed = false): void {
     if (h.type === P.NBD_CMD_READ && this.readNow(h)) return;
     const cost = h.type === P.NBD_CMD_READ || h.type === P.NBD_CMD_WRITE ? h.length : 0;
     this.inFlight++;
@@ -363,7 +368,7 @@ export class Transmission {
     const complete = (): void => {
       this.payloads.give(pooled);
       // A landing the write did not take (a request refused before it ran) goes back to the store.
-      if (h.type === P.NBD_CMD_WRITE && payload !== null && pooled === undefined) this.exp.handle.abandon(payload);
+      if (landed) this.exp.handle.abandon(payload!);
       this.inFlight--;
       this.inFlightBytes -= cost;
       if (this.ending === null) this.pump();
@@ -401,30 +406,18 @@ export class Transmission {
         case P.NBD_CMD_READ: {
           if (length > P.MAX_PAYLOAD_SIZE) return this.replyError(h, P.NBD_EINVAL, 'read too large');
           const into = this.buffers.take(length);
-          // The store says when the result is a view of its files (no all-zero block in it, so no
-          // hole to look for) and, for committed chunks, where it lies: a big one is sent from there.
-          let isView = false;
-          let sentDirect = false;
-          const stored = (view: Buffer, file: StoredFile | null): void => {
-            isView = true;
-            if (file !== null && length >= SENDFILE_BYTES) sentDirect = this.sendStored(h, offset, view, file);
-          };
+          const view = this.viewReply(h, offset);
           let data: Buffer;
           try {
-            data = length === 0 ? Buffer.alloc(0) : await handle.read(offset, length, { label: this.label, into, view: true, stored });
+            data = length === 0 ? Buffer.alloc(0) : await handle.read(offset, length, { label: this.label, into, view: true, stored: view.stored });
           } catch (err) {
             this.buffers.give(into);
             throw err;
           }
           if (data !== into) this.buffers.give(into); // a view of the store's mapping (or no data): the buffer is unused
           if (data.length !== length) throw new Error(`store returned ${data.length} bytes for ${length}`);
-          this.stats.reads++;
-          this.stats.bytesRead += length;
-          if (sentDirect) return;
           const sent = into === undefined || data !== into ? undefined : () => this.buffers.give(into);
-          const whole = isView || (h.flags & P.NBD_CMD_FLAG_DF) !== 0;
-          if (structured) this.send(readReplyChunks(h.cookie, offset, data, whole), sent);
-          else this.send([C.encodeSimpleReply(h.cookie, 0), data], sent);
+          this.replyRead(h, offset, data, view.seen || (h.flags & P.NBD_CMD_FLAG_DF) !== 0, view.sent, sent);
           return;
         }
         case P.NBD_CMD_WRITE:
@@ -477,24 +470,43 @@ export class Transmission {
     if (length === 0 || length > P.MAX_PAYLOAD_SIZE || h.offset > MAX_SAFE_OFFSET) return false;
     const offset = Number(h.offset);
     if (offset + length > exp.handle.size) return false;
-    let sentDirect = false;
-    const stored = length < SENDFILE_BYTES ? undefined : (v: Buffer, file: StoredFile | null): void => {
-      if (file !== null) sentDirect = this.sendStored(h, offset, v, file);
-    };
+    // (A small view needs no file, nor a callback per request: it is copied into the outbox's slab.)
+    const reply = length < SENDFILE_BYTES ? null : this.viewReply(h, offset);
     let view: Buffer | null;
     try {
-      view = exp.handle.readView(offset, length, { label: this.label, stored });
+      view = exp.handle.readView(offset, length, { label: this.label, stored: reply?.stored });
     } catch {
       return false; // `execute` reports it
     }
     if (view === null) return false;
-    this.stats.reads++;
-    this.stats.bytesRead += length;
-    if (sentDirect) return true;
-    // A view holds stored chunks only: no all-zero block, no hole to look for.
-    if (structured) this.send(readReplyChunks(h.cookie, offset, view, true));
-    else this.send([C.encodeSimpleReply(h.cookie, 0), view]);
+    this.replyRead(h, offset, view, true, reply?.sent ?? false);
     return true;
+  }
+
+  /**
+   * A ReadOptions.stored callback for READ `h` at `offset`: it notes that
+   * the result is a view (`seen`: no all-zero block in it, no hole to look
+   * for) and sends a big one with sendfile from the store file (`sent`).
+   */
+  private viewReply(h: C.RequestHeader, offset: number): { stored: ReadOptions['stored']; seen: boolean; sent: boolean } {
+    const r = {
+      seen: false,
+      sent: false,
+      stored: (view: Buffer, file: StoredFile): void => {
+        r.seen = true;
+        if (view.length >= SENDFILE_BYTES) r.sent = this.sendStored(h, offset, view, file);
+      },
+    };
+    return r;
+  }
+
+  /** Counts READ `h` and replies with `data` (unless `sentAlready`); `whole`: one data chunk, no hole scan. */
+  private replyRead(h: C.RequestHeader, offset: number, data: Buffer, whole: boolean, sentAlready: boolean, sent?: () => void): void {
+    this.stats.reads++;
+    this.stats.bytesRead += h.length;
+    if (sentAlready) return;
+    if (this.exp.structuredReplies) this.send(readReplyChunks(h.cookie, offset, data, whole), sent);
+    else this.send([C.encodeSimpleReply(h.cookie, 0), data], sent);
   }
 
   /**
