@@ -39,6 +39,7 @@
         "src/hash.cc",
         "src/store.cc",
         "src/socket.cc",
+        "src/recv.cc",
         "src/rehash.cc",
         "src/xxh3.cc"
       ],

@@ -1,5 +1,5 @@
 // dormant_native: the module table. Each binding lives in its own file
-// (process.cc, residency.cc, hash.cc, store.cc, socket.cc, rehash.cc) and validates its own arguments; no
+// (process.cc, residency.cc, hash.cc, store.cc, socket.cc, recv.cc, rehash.cc) and validates its own arguments; no
 // pointers are kept here.
 #include <napi.h>
 
@@ -26,6 +26,7 @@ Napi::Value PopulateMapped(const Napi::CallbackInfo& info);
 Napi::Value ChargeMapping(const Napi::CallbackInfo& info);
 Napi::Value SetSendBuffer(const Napi::CallbackInfo& info);
 Napi::Value SendFileRange(const Napi::CallbackInfo& info);
+Napi::Value RecvStreamStart(const Napi::CallbackInfo& info);
 Napi::Value PreadCached(const Napi::CallbackInfo& info);
 Napi::Value HashBlocks(const Napi::CallbackInfo& info);
 Napi::Value VerifyBlocks(const Napi::CallbackInfo& info);
@@ -51,6 +52,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("chargeMapping", Napi::Function::New(env, ChargeMapping, "chargeMapping"));
   exports.Set("setSendBuffer", Napi::Function::New(env, SetSendBuffer, "setSendBuffer"));
   exports.Set("sendFileRange", Napi::Function::New(env, SendFileRange, "sendFileRange"));
+  exports.Set("recvStream", Napi::Function::New(env, RecvStreamStart, "recvStream"));
   exports.Set("preadCached", Napi::Function::New(env, PreadCached, "preadCached"));
   exports.Set("hashBlocks", Napi::Function::New(env, HashBlocks, "hashBlocks"));
   exports.Set("verifyBlocks", Napi::Function::New(env, VerifyBlocks, "verifyBlocks"));

@@ -28,4 +28,29 @@ inline void CanonicalHash128(const uint8_t* p, size_t n, uint8_t* out) {
   std::memcpy(out, &c, sizeof c);
 }
 
+/** Store blocks are 4 KiB, their hashes 16 bytes. */
+constexpr uint64_t kBlockBytes = 4096;
+constexpr uint64_t kBlockHashBytes = 16;
+
+/**
+ * For each of the n 4 KiB blocks at data: zero[i] = 1 (hashes left as they
+ * are) when it is all zeroes, else zero[i] = 0 and its canonical XXH3-128 at
+ * hashes[i*16, +16). Returns the number of zero blocks. The caller checks
+ * that data holds n blocks, hashes n*16 bytes and zero n bytes.
+ */
+inline uint64_t HashBlockRun(const uint8_t* data, uint64_t n, uint8_t* hashes, uint8_t* zero) {
+  uint64_t zeros = 0;
+  for (uint64_t i = 0; i < n; i++) {
+    const uint8_t* p = data + i * kBlockBytes;
+    if (IsZeroPage(p, kBlockBytes)) {
+      zero[i] = 1;
+      zeros++;
+    } else {
+      zero[i] = 0;
+      CanonicalHash128(p, kBlockBytes, hashes + i * kBlockHashBytes);
+    }
+  }
+  return zeros;
+}
+
 }  // namespace dormant

@@ -52,8 +52,8 @@ namespace dormant {
 
 namespace {
 
-constexpr uint64_t kBlock = 4096;
-constexpr uint64_t kHash = 16;
+constexpr uint64_t kBlock = kBlockBytes;
+constexpr uint64_t kHash = kBlockHashBytes;
 constexpr uint64_t kMaxPosition = 1ULL << 53;
 
 uint64_t BlocksOf(const Napi::Env& env, const ByteView& v, const char* fn) {
@@ -341,19 +341,7 @@ Napi::Value HashBlocks(const Napi::CallbackInfo& info) {
   uint64_t n = BlocksOf(env, data, fn);
   if (hashes.length < n * kHash) ThrowNative(env, EINVAL, "hashBlocks(hashes)");
   if (zero.length < n) ThrowNative(env, EINVAL, "hashBlocks(zero)");
-  uint8_t* h = const_cast<uint8_t*>(hashes.data);
-  uint8_t* z = const_cast<uint8_t*>(zero.data);
-  uint64_t zeros = 0;
-  for (uint64_t i = 0; i < n; i++) {
-    const uint8_t* p = data.data + i * kBlock;
-    if (IsZeroPage(p, kBlock)) {
-      z[i] = 1;
-      zeros++;
-    } else {
-      z[i] = 0;
-      CanonicalHash128(p, kBlock, h + i * kHash);
-    }
-  }
+  uint64_t zeros = HashBlockRun(data.data, n, const_cast<uint8_t*>(hashes.data), const_cast<uint8_t*>(zero.data));
   return Napi::Number::New(env, static_cast<double>(zeros));
 }
 

@@ -31,7 +31,7 @@ import { BLOCK_CACHE_PAGE, BlockIdCache, CHUNK_CACHE_PAGE, ChunkLocationCache } 
 import { chunkKey, decodeIds, parseChunkKey } from './keys.js';
 import type { Location, SegmentFiles } from './segments.js';
 import { FreeSlots } from './landing.js';
-import type { ReadOptions } from './types.js';
+import type { BlockHashes, ReadOptions } from './types.js';
 import type { Writeback } from './writeback.js';
 import type { Fingerprints } from './fingerprints.js';
 
@@ -51,8 +51,6 @@ const VIEW_SAMPLE = 4;
  */
 const DIRECT_APPEND_BLOCKS = 64;
 
-/** Hashes (16 bytes per block) and zero flags (1 = all zeroes) of the blocks of a write. */
-export interface BlockHashes { hashes: Buffer; zero: Uint8Array }
 
 /** Runs of consecutive slots to read, and the expected hash of every block. */
 interface ReadPlan {

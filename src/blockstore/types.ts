@@ -7,9 +7,19 @@
 /** What a volume holds. `memory` volumes back VM RAM through the FUSE view. */
 export type VolumeKind = 'disk' | 'memory';
 
+/** Hashes (XXH3-128, 16 bytes per 4 KiB block) and zero flags (1 = all zeroes) of the blocks of a write. */
+export interface BlockHashes { hashes: Buffer; zero: Uint8Array }
+
 /** Options for a write-like call. `fua`: durable before the promise resolves. */
 export interface WriteOptions {
   fua?: boolean;
+  /**
+   * The payload's block hashes, computed where it arrived (native
+   * `recvStream`, as `hashBlocks` does): a write of a landing buffer
+   * (`landing`) then skips hashing it. The store trusts them: a wrong hash
+   * would file a block under another block's content.
+   */
+  hashed?: BlockHashes;
 }
 
 /** Options for a read. `label` attributes the read to a client (a VM) for read fingerprints. */

@@ -4,7 +4,7 @@
  * them into whole-block engine calls, and does read-modify-write for the
  * partial blocks at either end. A FUA write resolves after a store flush.
  */
-import { BLOCK_SIZE } from './constants.js';
+import { BLOCK_SIZE, HASH_SIZE } from './constants.js';
 import type { Location } from './segments.js';
 import { DormantError } from './errors.js';
 import type { BlockEngine, Target } from './engine.js';
@@ -137,19 +137,23 @@ export class Volume implements VolumeHandle {
 
   /**
    * A write whose bytes landed in the store's slots (`landing`): applied in
-   * arrival order, where it landed, nothing copied. Its blocks are hashed
-   * here on the JS thread, not on the pool: the socket read just left them
-   * in this core's cache (~30 us a MiB with AVX-512), where a pool thread
-   * would fetch them from memory and the hop would add its latency to the
-   * write's (1 MiB sequential writes ~15 % faster this way).
+   * arrival order, where it landed, nothing copied. Its blocks come hashed
+   * from where they were received (`opts.hashed`, the NBD server's pool
+   * receive), else they are hashed here on the JS thread, not on the pool:
+   * the socket read just left them in this core's cache (~30 us a MiB with
+   * AVX-512), where a pool thread would fetch them from memory and the hop
+   * would add its latency to the write's (~15 % faster this way).
    */
   private async writeLanded(offset: number, data: Buffer, loc: Location, opts: WriteOptions): Promise<void> {
     this.landings.delete(data);
+    const n = data.length / BLOCK_SIZE;
+    const h = opts.hashed;
+    const hashed = h !== undefined && h.hashes.length >= n * HASH_SIZE && h.zero.length >= n ? h : undefined;
     let applied = false;
     const apply = (): void => {
       const t = this.check(offset, data.length, true);
       applied = true;
-      this.host.engine.writeBlocks(t, offset / BLOCK_SIZE, data, undefined, false, loc);
+      this.host.engine.writeBlocks(t, offset / BLOCK_SIZE, data, hashed, false, loc);
     };
     try {
       if (this.ordering === null) apply();

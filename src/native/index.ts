@@ -71,6 +71,9 @@ interface Addon {
   chargeMapping(ab: ArrayBuffer): void;
   setSendBuffer(fd: number, bytes: number): number;
   sendFileRange(socketFd: number, head: Uint8Array, fileFd: number, position: number, length: number): number;
+  recvStream(socketFd: number, size: number, dest: Uint8Array, hashes: Uint8Array, zero: Uint8Array, from: number,
+    onEvent: (slot: number, header: Buffer | null) => void,
+    onEnd: (err: Error | null, end?: RecvStreamEnd) => void): RecvStream;
   preadCached(fd: number, buffer: Uint8Array, offset: number, length: number, position: number): number;
   hashBlocks(data: Uint8Array, hashes: Uint8Array, zero: Uint8Array): number;
   verifyBlocks(data: Uint8Array, hashes: Uint8Array, at: number): number;
@@ -298,6 +301,50 @@ export function setSendBuffer(fd: number, bytes: number): number {
  */
 export function sendFileRange(socketFd: number, head: Uint8Array, fileFd: number, position: number, length: number): number {
   return call(() => addon.sendFileRange(socketFd, head, fileFd, position, length));
+}
+
+/** A stream of WRITE payloads being received on libuv's pool (recvStream). */
+export interface RecvStream {
+  /**
+   * Offers the landing for a later payload (slots 1, 2, ... in the order
+   * offered): false once the job is over, and then the caller keeps it.
+   */
+  offer(dest: Uint8Array, hashes: Uint8Array, zero: Uint8Array): boolean;
+  /** Asks the job to take on no further payload (it ends within ~20 ms). */
+  stop(): void;
+}
+
+/** How a recvStream job ended. */
+export interface RecvStreamEnd {
+  /** A slot left partly filled (a stall, or the stream ended), or -1. */
+  stalledSlot: number;
+  /** Bytes of that slot filled, from its start. */
+  filled: number;
+  /** Bytes of the next request read but not taken on: they come before anything else the socket gives. */
+  leftover: Buffer;
+}
+
+/**
+ * Receives big WRITE payloads from non-blocking socket `socketFd` on
+ * libuv's pool into landing buffers, hashing each 4 KiB block into
+ * `hashes`/`zero` as `hashBlocks` does (native/src/recv.cc). Slot 0 is
+ * `dest` from byte `from` on (what came before is there already); after
+ * each payload the job reads the next request's header, and when that is a
+ * WRITE (FUA allowed) of exactly the next offered landing's length, at a
+ * block-aligned offset within `size`, it receives that one into it too.
+ * On this thread, in order: `onEvent(k, null)` when slot k is whole,
+ * `onEvent(k, header)` when the job took on the request (its 28-byte
+ * header) whose payload slot k receives, and last `onEnd`. The job stops at
+ * a stall of ~20 ms, after ~1 s, at `stop()`, or at the end of the stream.
+ * Until `onEnd` ran, the caller must not read the socket nor touch (or
+ * transfer) the arrays it passed; the descriptor may be closed meanwhile
+ * (the job reads a duplicate).
+ */
+export function recvStream(socketFd: number, size: number, dest: Uint8Array, hashes: Uint8Array, zero: Uint8Array, from: number,
+  onEvent: (slot: number, header: Buffer | null) => void,
+  onEnd: (err: Error | null, end?: RecvStreamEnd) => void): RecvStream {
+  return call(() => addon.recvStream(socketFd, size, dest, hashes, zero, from, onEvent,
+    (err, end) => onEnd(err === null || err === undefined ? null : (retype(err) as Error), end)));
 }
 
 /**

@@ -293,7 +293,7 @@ export class Connection {
   private statsText(): string {
     const s = this.transmission?.stats;
     if (s === undefined) return '';
-    return ` requests=${s.requests} reads=${s.reads} writes=${s.writes} bytesRead=${s.bytesRead} bytesWritten=${s.bytesWritten} bytesFromFiles=${s.bytesFromFiles} errors=${s.errors}`;
+    return ` requests=${s.requests} reads=${s.reads} writes=${s.writes} bytesRead=${s.bytesRead} bytesWritten=${s.bytesWritten} bytesFromFiles=${s.bytesFromFiles} bytesOnPool=${s.bytesOnPool} errors=${s.errors}`;
   }
 
   /** After the last request: flush on shutdown, close the handle, close the socket. */

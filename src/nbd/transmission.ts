@@ -23,7 +23,9 @@
  * -> in-flight == 0 -> DONE (`done` resolves with the reason).
  */
 import type { Duplex } from 'node:stream';
-import type { ReadOptions, StoredFile } from '../blockstore/types.js';
+import type { BlockHashes, ReadOptions, StoredFile, WriteOptions } from '../blockstore/types.js';
+import { BLOCK_SIZE } from '../blockstore/constants.js';
+import { recvStream, type RecvStream, type RecvStreamEnd } from '../native/index.js';
 import { Outbox } from './outbox.js';
 import type { NbdLogger } from './backend.js';
 import type { ByteQueue } from './bytequeue.js';
@@ -63,6 +65,8 @@ export interface TransmissionStats {
   bytesWritten: number;
   /** READ data sent with sendfile straight from store files (part of bytesRead). */
   bytesFromFiles: number;
+  /** WRITE payload bytes received on libuv's pool (recvStream) rather than by this thread. */
+  bytesOnPool: number;
   errors: number;
 }
 
@@ -117,6 +121,33 @@ const DIRECT_PAYLOAD_BYTES = 64 * 1024;
  * copy in the poll phase's one writev costs less than a system call.
  */
 const SENDFILE_BYTES = 64 * 1024;
+/**
+ * Streams of landed payloads being received on libuv's pool (recvStream),
+ * over all connections: at most POOL_RECEIVES at once, so that clients
+ * cannot keep the pool from the store's own work (each takes a thread for
+ * up to ~1 s).
+ */
+const POOL_RECEIVES = 2;
+let poolReceives = 0;
+/** Landings kept on offer to a pool stream: the job may read a header before this thread hears of the last payload. */
+const POOL_OFFERS = 2;
+
+/** A landing and the hashes of its blocks, as the pool fills them. */
+interface PoolSlot { landing: Buffer; hashed: BlockHashes }
+
+/** A stream of WRITE payloads received on the pool (receiveOnPool). */
+interface PoolStream {
+  native: RecvStream;
+  /** The request whose payload the job is receiving (null once it stopped taking any). */
+  current: (PoolSlot & { h: C.RequestHeader }) | null;
+  /** Landings offered to the job and not taken yet, in order. */
+  offered: PoolSlot[];
+}
+
+function poolSlot(landing: Buffer): PoolSlot {
+  const n = landing.length / BLOCK_SIZE; // (a landing is whole blocks)
+  return { landing, hashed: { hashes: Buffer.allocUnsafe(n * 16), zero: new Uint8Array(n) } };
+}
 /** WRITEs below this size are offered to the store at once (VolumeHandle.writeNow), straight from the receive queue. */
 const NOW_BYTES = 256 * 1024;
 const FUA = { fua: true } as const;
@@ -127,7 +158,7 @@ const NO_FUA = { fua: false } as const;
 export class Transmission {
   /** Resolves once no request is in flight and no more will be parsed. */
   readonly done: Promise<EndReason>;
-  readonly stats: TransmissionStats = { requests: 0, reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, bytesFromFiles: 0, errors: 0 };
+  readonly stats: TransmissionStats = { requests: 0, reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, bytesFromFiles: 0, bytesOnPool: 0, errors: 0 };
   private resolveDone!: (r: EndReason) => void;
   private ending: EndReason | null = null;
   private finished = false;
@@ -137,6 +168,10 @@ export class Transmission {
   /** The payload buffer a direct read is filling (readPayload), if any, and whether it is a landing (store-owned). */
   private awaiting: Buffer | null = null;
   private awaitingLanding = false;
+  /** Payloads being received on the pool (receiveOnPool): the socket is paused meanwhile. */
+  private stream: PoolStream | null = null;
+  /** Whether payloads may be received on the pool: not after one stalled (a slow client reads the ordinary way). */
+  private poolReceive = true;
   private drainRemaining = 0;
   private readonly label: string;
   /** Reply buffers of big reads, reused once written (allocating them made GC a sixth of a sequential read). */
@@ -160,8 +195,8 @@ export class Transmission {
     private readonly connName: string,
     /** Reads a big WRITE's payload straight into its buffer (null: through the queue). */
     private readonly direct: DirectReads | null = null,
-    /** The plaintext socket's descriptor, for replies sent with sendfile (null: never). */
-    socketFd: number | null = null,
+    /** The plaintext socket's descriptor, for replies sent with sendfile and payloads received on the pool (null: neither). */
+    private readonly socketFd: number | null = null,
   ) {
     this.label = label;
     this.out = new Outbox(socket, socketFd);
@@ -171,6 +206,12 @@ export class Transmission {
 
   /** Call after pushing received bytes into the queue. */
   onData(): void {
+    if (this.stream !== null) {
+      // The socket is the pool's now: bytes read here as well would tear the stream apart.
+      this.logger.error(`nbd: ${this.connName}: socket read while its payloads are received on the pool, closing`);
+      this.stop('violation');
+      return;
+    }
     this.pump();
   }
 
@@ -183,6 +224,7 @@ export class Transmission {
   shutdown(): void {
     if (this.ending === null) {
       this.ending = 'shutdown';
+      this.stream?.native.stop();
       this.pump();
       this.checkFinished();
     }
@@ -190,6 +232,7 @@ export class Transmission {
 
   private stop(reason: EndReason): void {
     if (this.ending === null || (reason === 'violation' && this.ending !== 'violation')) this.ending = reason;
+    this.stream?.native.stop();
     if (reason !== 'shutdown') {
       this.queue.clear();
       if (this.awaiting !== null) {
@@ -296,7 +339,7 @@ export class Transmission {
       }
       this.take(h, payload, pooled);
     }
-    if (this.paused && this.ending === null) {
+    if (this.paused && this.ending === null && this.stream === null) {
       this.paused = false;
       this.socket.resume();
     }
@@ -317,13 +360,135 @@ export class Transmission {
     if (have > 0) q.take(have, into);
     this.awaiting = into;
     this.awaitingLanding = landing !== null;
-    this.direct!.into(into.subarray(have), () => {
-      this.awaiting = null;
-      this.take(h, into, landing === null ? into : undefined, landing !== null);
-      this.pump();
-      // Big writes come in streams: the next read stops after a header, so its payload lands whole.
-      if (this.awaiting === null && this.queue.length === 0) this.direct!.limitNext(P.REQUEST_SIZE);
-    });
+    if (landing !== null && this.receiveOnPool(h, landing, have)) return;
+    this.direct!.into(into.subarray(have), () => this.payloadIn(h, into, landing !== null));
+  }
+
+  /** WRITE `h`'s payload is all in `into` (readPayload): runs it and parses on. */
+  private payloadIn(h: C.RequestHeader, into: Buffer, landed: boolean, hashed?: BlockHashes): void {
+    this.awaiting = null;
+    this.take(h, into, landed ? undefined : into, landed, hashed);
+    this.pump();
+    // Big writes come in streams: the next read stops after a header, so its payload lands whole.
+    if (this.awaiting === null && this.queue.length === 0) this.direct!.limitNext(P.REQUEST_SIZE);
+  }
+
+  /**
+   * The rest of landing `into` (from `have` on), and the payloads of the
+   * big WRITEs that follow it, are received on libuv's pool and hashed there
+   * (native recvStream) while this thread applies the writes received so
+   * far: the kernel's copy and the hash were most of this thread's time on
+   * a stream of big writes. Landings are offered ahead for the next
+   * payloads. The socket is paused meanwhile, and the stream counts as a
+   * request in flight (the connection, its handle and the store stay open
+   * until it is over). False when it cannot be done (no descriptor, a slow
+   * client, the pool's share taken).
+   */
+  private receiveOnPool(h: C.RequestHeader, into: Buffer, have: number): boolean {
+    const fd = this.socketFd;
+    if (fd === null || !this.poolReceive || poolReceives >= POOL_RECEIVES) return false;
+    const first = poolSlot(into);
+    const wasPaused = this.paused;
+    this.paused = true;
+    this.socket.pause();
+    let native: RecvStream;
+    try {
+      // (A throw must not reach the addon's callback: it would end the process. None is expected.)
+      const guard = (fn: () => void): void => {
+        try {
+          fn();
+        } catch (err) {
+          this.logger.error(`nbd: ${this.connName}: request handling failed, closing`, err);
+          this.stop('violation');
+        }
+      };
+      native = recvStream(fd, this.exp.handle.size, into, first.hashed.hashes, first.hashed.zero, have,
+        (_slot, header) => guard(() => (header === null ? this.streamPayload() : this.streamNext(header))),
+        (err, end) => guard(() => this.streamEnd(err, end)));
+    } catch {
+      this.paused = wasPaused;
+      if (!wasPaused) this.socket.resume();
+      return false;
+    }
+    poolReceives++;
+    this.inFlight++;
+    this.awaiting = null;
+    this.stream = { native, current: { h, ...first }, offered: [] };
+    this.offerLandings(h);
+    return true;
+  }
+
+  /**
+   * Keeps POOL_OFFERS landings on offer to the pool stream for payloads
+   * like WRITE `h`'s, unless the limits say to stop taking requests.
+   */
+  private offerLandings(h: C.RequestHeader): void {
+    const s = this.stream!;
+    while (s.offered.length < POOL_OFFERS && this.ending === null && !this.overLimits()) {
+      const landing = this.landing(h); // (h is valid, so its offset and length are: the next request's need only the same length)
+      if (landing === null) return;
+      const slot = poolSlot(landing);
+      if (!s.native.offer(landing, slot.hashed.hashes, slot.hashed.zero)) {
+        this.exp.handle.abandon(landing);
+        return;
+      }
+      s.offered.push(slot);
+    }
+  }
+
+  /** The pool stream received the current payload whole: its write runs. */
+  private streamPayload(): void {
+    const s = this.stream!;
+    const done = s.current!;
+    s.current = null;
+    this.stats.bytesOnPool += done.h.length;
+    this.take(done.h, done.landing, undefined, true, done.hashed);
+  }
+
+  /** The pool stream took on the request with this header: its payload goes into the first landing offered. */
+  private streamNext(header: Buffer): void {
+    const s = this.stream!;
+    const h = C.decodeRequest(header)!; // (the job checked its magic)
+    s.current = { h, ...s.offered.shift()! };
+    this.offerLandings(h);
+  }
+
+  /** The pool stream is over: what it left (a partial payload, bytes of the next request) is read the ordinary way. */
+  private streamEnd(err: Error | null, end?: RecvStreamEnd): void {
+    const s = this.stream!;
+    this.stream = null;
+    poolReceives--;
+    this.inFlight--;
+    for (const o of s.offered) this.exp.handle.abandon(o.landing);
+    const cur = s.current;
+    if (err !== null || end === undefined || (this.ending !== null && this.ending !== 'shutdown')) {
+      // Stopped (or a bug: then this connection ends): nothing more is read; a landing it held goes back.
+      if (cur !== null) this.exp.handle.abandon(cur.landing);
+      if (err !== null) {
+        this.logger.error(`nbd: ${this.connName}: receiving on the pool failed, closing`, err);
+        this.stop('violation');
+      }
+      this.checkFinished();
+      return;
+    }
+    if (cur !== null) {
+      // A stall (or an end the socket will report itself): the rest comes the ordinary way, as do later payloads.
+      this.poolReceive = false;
+      this.awaiting = cur.landing;
+      this.awaitingLanding = true;
+      this.direct!.into(cur.landing.subarray(end.filled), () => this.payloadIn(cur.h, cur.landing, true));
+      this.paused = false;
+      this.socket.resume();
+      return;
+    }
+    if (end.leftover.length > 0) this.queue.push(end.leftover);
+    if (this.ending === 'shutdown') {
+      // Shutting down, the socket reads on (queued requests get ESHUTDOWN, and the peer's close is seen).
+      this.paused = false;
+      this.socket.resume();
+    }
+    this.pump();
+    this.checkFinished();
   }
 
   /**
@@ -348,19 +513,19 @@ export class Transmission {
    * the pool once the request settles; `landed`: the payload is a landing,
    * given back to the store if the write did not take it.
    */
-  private take(h: C.RequestHeader, payload: Buffer | null, pooled?: Buffer, landed = false): void {
+  private take(h: C.RequestHeader, payload: Buffer | null, pooled?: Buffer, landed = false, hashed?: BlockHashes): void {
     this.stats.requests++;
     if (this.ending === 'shutdown') {
       this.replyError(h, P.NBD_ESHUTDOWN, 'server shutting down');
       this.payloads.give(pooled);
       if (landed) this.exp.handle.abandon(payload!);
     } else {
-      this.dispatch(h, payload, pooled, landed);
+      this.dispatch(h, payload, pooled, landed, hashed);
     }
   }
 
   /** Runs one request (`pooled`, `landed`: as for `take`). */
-  private dispatch(h: C.RequestHeader, payload: Buffer | null, pooled?: Buffer, landed = false): void {
+  private dispatch(h: C.RequestHeader, payload: Buffer | null, pooled?: Buffer, landed = false, hashed?: BlockHashes): void {
     if (h.type === P.NBD_CMD_READ && this.readNow(h)) return;
     const cost = h.type === P.NBD_CMD_READ || h.type === P.NBD_CMD_WRITE ? h.length : 0;
     this.inFlight++;
@@ -374,7 +539,7 @@ export class Transmission {
       if (this.ending === null) this.pump();
       this.checkFinished();
     };
-    this.execute(h, payload).then(complete, (err: unknown) => {
+    this.execute(h, payload, hashed).then(complete, (err: unknown) => {
       // A bug: the client may be owed a reply we cannot send. Close this connection only.
       this.logger.error(`nbd: ${this.connName}: request handling failed, closing`, err);
       this.stop('violation');
@@ -383,7 +548,7 @@ export class Transmission {
   }
 
   /** Validates and runs one request; writes exactly one complete reply. Never rejects. */
-  private async execute(h: C.RequestHeader, payload: Buffer | null): Promise<void> {
+  private async execute(h: C.RequestHeader, payload: Buffer | null, hashed?: BlockHashes): Promise<void> {
     const exp = this.exp;
     const structured = exp.structuredReplies;
     const allowed = allowedFlags(h.type, structured);
@@ -399,7 +564,8 @@ export class Transmission {
     if (t !== P.NBD_CMD_FLUSH && offset + length > exp.handle.size) {
       return this.replyError(h, outOfRangeErrno(t), 'out of range');
     }
-    const opts = (h.flags & P.NBD_CMD_FLAG_FUA) !== 0 ? FUA : NO_FUA;
+    let opts: WriteOptions = (h.flags & P.NBD_CMD_FLAG_FUA) !== 0 ? FUA : NO_FUA;
+    if (hashed !== undefined) opts = { ...opts, hashed };
     const handle = exp.handle;
     try {
       switch (t) {
