@@ -26,7 +26,8 @@
 // The job ends (and JS reads the socket its own way again) when:
 //   - the next request is not such a WRITE, or no landing is on offer
 //     (the header bytes read, if any, go back to JS: `leftover`);
-//   - no byte came for kStallMs (a slow client: JS reads the rest);
+//   - no byte came for kStallMs, or a payload is still coming at the end
+//     of the job's time (a slow client: JS reads the rest);
 //   - JS asked it to stop, or it ran kJobMs (other connections get a turn);
 //   - the stream ended or failed (JS's own read sees that too).
 //
@@ -183,7 +184,7 @@ class RecvStream : public Napi::AsyncProgressQueueWorker<Event> {
     Landing cur = first_;
     uint64_t filled = from_;
     for (uint32_t slot = 0;; slot++) {
-      if (!Fill(cur, &filled)) {
+      if (!Fill(cur, &filled, job_end)) {
         stalled_slot_ = static_cast<int64_t>(slot);
         stalled_filled_ = filled;
         break;
@@ -243,13 +244,13 @@ class RecvStream : public Napi::AsyncProgressQueueWorker<Event> {
     on_event_.Reset();
   }
 
-  /** Receives landing `l` up to its end from `*filled` on, hashing blocks as they come; false on a stall or an end. */
-  bool Fill(const Landing& l, uint64_t* filled) {
+  /** Receives landing `l` up to its end from `*filled` on, hashing blocks as they come; false on a stall (or past `job_end`) or an end. */
+  bool Fill(const Landing& l, uint64_t* filled, int64_t job_end) {
     // The socket is read into bounce_, which mirrors the landing modulo kBounce (a multiple of
     // the block size), so every block is whole in it once received: hashed there while in this
     // core's cache, and copied to the landing with streaming stores (the landing is fresh memory:
     // an ordinary copy first reads every line of it).
-    uint8_t* bounce = bounce_.data();
+    uint8_t* bounce = bounce_.get();
     uint64_t hashed = *filled / kBlockBytes;
     // Bytes there before this call (slot 0's `from`): their whole blocks are hashed where they
     // are, the block begun goes to the bounce buffer to be completed.
@@ -276,7 +277,8 @@ class RecvStream : public Napi::AsyncProgressQueueWorker<Event> {
       if (n == 0) break;
       if (errno == EINTR) continue;
       if (errno != EAGAIN && errno != EWOULDBLOCK) break;
-      if (!Wait()) break;
+      // A payload trickling in past the job's time is a stall too: the pool thread is not its to keep.
+      if (NowMs() > job_end || !Wait()) break;
     }
     StreamFence();
     return *filled == l.length;
@@ -336,7 +338,7 @@ class RecvStream : public Napi::AsyncProgressQueueWorker<Event> {
     return false;
   }
 
-  std::vector<uint8_t> bounce_ = std::vector<uint8_t>(kBounce);
+  std::unique_ptr<uint8_t[]> bounce_{new uint8_t[kBounce]};  // (not zeroed: only received bytes are read)
   Napi::FunctionReference on_event_;
   std::vector<Napi::ObjectReference> held_;
   int fd_;
@@ -385,9 +387,15 @@ Napi::Value RecvStreamStart(const Napi::CallbackInfo& info) {
   job->Hold(info[2]);
   job->Hold(info[3]);
   job->Hold(info[4]);
-  auto* shared = new ControlRef(control);
+  // Each function holds the control block (its own reference, dropped when it is collected).
+  auto bind = [&](Napi::Function f, ControlRef* ref) {
+    f.AddFinalizer([](Napi::Env, ControlRef* c) { delete c; }, ref);
+    return f;
+  };
+  auto* offer_ref = new ControlRef(control);
+  auto* stop_ref = new ControlRef(control);
   Napi::Object handle = Napi::Object::New(env);
-  handle.Set("offer", Napi::Function::New(env, [job](const Napi::CallbackInfo& i) -> Napi::Value {
+  handle.Set("offer", bind(Napi::Function::New(env, [job](const Napi::CallbackInfo& i) -> Napi::Value {
     ControlRef& c = ControlOf(i);
     Landing l = LandingArg(i, 0, "recvStream.offer");
     std::lock_guard<std::mutex> lock(c->mu);
@@ -399,14 +407,13 @@ Napi::Value RecvStreamStart(const Napi::CallbackInfo& info) {
     job->Hold(i[2]);
     c->offered.push_back(l);
     return Napi::Boolean::New(i.Env(), true);
-  }, "offer", shared));
-  handle.Set("stop", Napi::Function::New(env, [](const Napi::CallbackInfo& i) -> Napi::Value {
+  }, "offer", offer_ref), offer_ref));
+  handle.Set("stop", bind(Napi::Function::New(env, [](const Napi::CallbackInfo& i) -> Napi::Value {
     ControlRef& c = ControlOf(i);
     std::lock_guard<std::mutex> lock(c->mu);
     c->stop = true;
     return i.Env().Undefined();
-  }, "stop", shared));
-  handle.AddFinalizer([](Napi::Env, ControlRef* c) { delete c; }, shared);
+  }, "stop", stop_ref), stop_ref));
   job->Queue();  // libuv owns and deletes the job after OnOK/OnError
   return handle;
 }

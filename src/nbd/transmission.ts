@@ -129,6 +129,8 @@ const SENDFILE_BYTES = 64 * 1024;
  */
 const POOL_RECEIVES = 2;
 let poolReceives = 0;
+/** After a stalled payload, how long a connection reads payloads the ordinary way. */
+const POOL_STALL_PAUSE_MS = 1000;
 /** Landings kept on offer to a pool stream: the job may read a header before this thread hears of the last payload. */
 const POOL_OFFERS = 2;
 
@@ -170,8 +172,8 @@ export class Transmission {
   private awaitingLanding = false;
   /** Payloads being received on the pool (receiveOnPool): the socket is paused meanwhile. */
   private stream: PoolStream | null = null;
-  /** Whether payloads may be received on the pool: not after one stalled (a slow client reads the ordinary way). */
-  private poolReceive = true;
+  /** When payloads may be received on the pool again (ms, Date.now): a second after one stalled (a slow client reads the ordinary way). */
+  private poolReceiveAfter = 0;
   private drainRemaining = 0;
   private readonly label: string;
   /** Reply buffers of big reads, reused once written (allocating them made GC a sixth of a sequential read). */
@@ -381,12 +383,12 @@ export class Transmission {
    * a stream of big writes. Landings are offered ahead for the next
    * payloads. The socket is paused meanwhile, and the stream counts as a
    * request in flight (the connection, its handle and the store stay open
-   * until it is over). False when it cannot be done (no descriptor, a slow
-   * client, the pool's share taken).
+   * until it is over). False when it cannot be done (no descriptor, a
+   * client that stalled within the last second, the pool's share taken).
    */
   private receiveOnPool(h: C.RequestHeader, into: Buffer, have: number): boolean {
     const fd = this.socketFd;
-    if (fd === null || !this.poolReceive || poolReceives >= POOL_RECEIVES) return false;
+    if (fd === null || poolReceives >= POOL_RECEIVES || Date.now() < this.poolReceiveAfter) return false;
     const first = poolSlot(into);
     const wasPaused = this.paused;
     this.paused = true;
@@ -472,8 +474,9 @@ export class Transmission {
       return;
     }
     if (cur !== null) {
-      // A stall (or an end the socket will report itself): the rest comes the ordinary way, as do later payloads.
-      this.poolReceive = false;
+      // A stall (or an end the socket will report itself): the rest comes the ordinary way, as do the
+      // payloads of the next second.
+      this.poolReceiveAfter = Date.now() + POOL_STALL_PAUSE_MS;
       this.awaiting = cur.landing;
       this.awaitingLanding = true;
       this.direct!.into(cur.landing.subarray(end.filled), () => this.payloadIn(cur.h, cur.landing, true));

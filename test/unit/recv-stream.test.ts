@@ -6,7 +6,8 @@
  * landing's length, block-aligned and within the size, and otherwise hands
  * its header bytes back as `leftover`; it stops on a stall (a partly filled
  * slot, whose rest the socket still holds for an ordinary read), at the end
- * of the stream, and at stop(); an offer after the end is refused; bad
+ * of the stream, and at stop(); a payload still trickling in after the
+ * job's second is handed back too; an offer after the end is refused; bad
  * arguments throw instead of reaching the pool.
  */
 import crypto from 'node:crypto';
@@ -86,10 +87,11 @@ describe('recvStream', () => {
   it('receives a run of payloads into the landings offered, hashed, and hands back a header it does not take', async () => {
     const pair = await socketPair();
     try {
-      const a = crypto.randomBytes(16 * BLOCK);
+      // (All of it fits the socket's buffer at once: no pause the job could take for a stall.)
+      const a = crypto.randomBytes(8 * BLOCK);
       a.fill(0, 4 * BLOCK, 5 * BLOCK); // a zero block
-      const b = crypto.randomBytes(16 * BLOCK);
-      const c = crypto.randomBytes(16 * BLOCK);
+      const b = crypto.randomBytes(8 * BLOCK);
+      const c = crypto.randomBytes(8 * BLOCK);
       const s0 = slot(a.length);
       a.copy(s0.dest, 0, 0, 100); // 100 bytes were in the receive queue already
       const s1 = slot(b.length);
@@ -195,6 +197,30 @@ describe('recvStream', () => {
       pair.client.write(a.subarray(end.filled));
       await expect.poll(() => Buffer.concat(got).length).toBe(a.length - end.filled);
       expect(Buffer.concat(got).equals(a.subarray(end.filled))).toBe(true);
+    } finally {
+      pair.close();
+    }
+  });
+
+  it('hands back a payload still trickling in when the job has run its second', async () => {
+    const pair = await socketPair();
+    try {
+      const a = crypto.randomBytes(8 * BLOCK);
+      const s0 = slot(a.length);
+      const { ended } = start(pair.fd, 64 * BLOCK, s0, 0);
+      let sent = 0;
+      const t0 = Date.now();
+      // 64 bytes every 5 ms: never a stall, never the whole payload (it would take ~2.5 s).
+      const timer = setInterval(() => {
+        pair.client.write(a.subarray(sent, sent + 64));
+        sent += 64;
+      }, 5);
+      const end = await ended.finally(() => clearInterval(timer));
+      expect(Date.now() - t0).toBeLessThan(2000);
+      expect(end.stalledSlot).toBe(0);
+      expect(end.filled).toBeGreaterThan(0);
+      expect(end.filled).toBeLessThan(a.length);
+      expect(s0.dest.subarray(0, end.filled).equals(a.subarray(0, end.filled))).toBe(true);
     } finally {
       pair.close();
     }
