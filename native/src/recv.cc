@@ -244,7 +244,10 @@ class RecvStream : public Napi::AsyncProgressQueueWorker<Event> {
     on_event_.Reset();
   }
 
-  /** Receives landing `l` up to its end from `*filled` on, hashing blocks as they come; false on a stall (or past `job_end`) or an end. */
+  /**
+   * Receives landing `l` up to its end from `*filled` on, hashing blocks as
+   * they come; false on a stall (or past `job_end`) or an end.
+   */
   bool Fill(const Landing& l, uint64_t* filled, int64_t job_end) {
     // The socket is read into bounce_, which mirrors the landing modulo kBounce (a multiple of
     // the block size), so every block is whole in it once received: hashed there while in this
@@ -379,7 +382,9 @@ Napi::Value RecvStreamStart(const Napi::CallbackInfo& info) {
   uint64_t size = IntegerArg(info[1], fn, "size", 0, 1ULL << 53);
   Landing first = LandingArg(info, 2, fn);
   uint64_t from = IntegerArg(info[5], fn, "from", 0, first.length);
-  if (!info[6].IsFunction() || !info[7].IsFunction()) throw Napi::TypeError::New(env, "recvStream: callbacks must be functions");
+  if (!info[6].IsFunction() || !info[7].IsFunction()) {
+    throw Napi::TypeError::New(env, "recvStream: callbacks must be functions");
+  }
   int fd = fcntl(sock, F_DUPFD_CLOEXEC, 0);
   if (fd < 0) ThrowNative(env, errno, "fcntl(F_DUPFD_CLOEXEC)");
   auto control = std::make_shared<Control>();

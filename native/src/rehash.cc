@@ -138,6 +138,29 @@ struct Tables {
     filter.Prefetch(h);
     __builtin_prefetch(&table.slots[2 * (Prefix(h) & table.mask)]);
   }
+
+  // Calls step(k, h, key) for k = 0, 1, ... < count while the filter says
+  // no committed chunk has hash h (hashes + 16k) and no new chunk is filed
+  // under its prefix `key`; returns how many steps ran. The lines of block
+  // k + kAhead are fetched before block k is looked at (ahead(b) fetches
+  // what step b touches besides the probe's).
+  template <class Ahead, class Step>
+  uint64_t WhileNew(const uint8_t* hashes, uint64_t count, Ahead ahead, Step step) {
+    auto prefetch = [&](uint64_t b) {
+      Prefetch(hashes + b * kHash);
+      ahead(b);
+    };
+    for (uint64_t b = 0; b < kAhead && b < count; b++) prefetch(b);
+    uint64_t k = 0;
+    for (; k < count; k++) {
+      if (k + kAhead < count) prefetch(k + kAhead);
+      const uint8_t* h = hashes + k * kHash;
+      const uint32_t key = Prefix(h);
+      if (filter.MayContain(h) || table.Has(key)) break;
+      step(k, h, key);
+    }
+    return k;
+  }
 };
 
 Tables TablesArgs(const Napi::CallbackInfo& info, const char* fn) {
@@ -178,25 +201,18 @@ Napi::Value RehashRun(const Napi::CallbackInfo& info) {
   if (count * kHash > newLen - at) ThrowNative(env, EINVAL, "rehashRun(newHashes)");
   if (!tables.built) return Napi::Number::New(env, 0);
   Table& table = tables.table;
-  const Filter& filter = tables.filter;
-  auto prefetch = [&](uint64_t b) {
-    tables.Prefetch(newHashes + at + b * kHash);
+  // (The old prefix's slot is touched too: fetched ahead with the new one's.)
+  auto old_slot = [&](uint64_t b) {
     __builtin_prefetch(&table.slots[2 * (Prefix(pageHashes + (j0 + b) * kHash) & table.mask)]);
   };
-  for (uint64_t b = 0; b < kAhead && b < count; b++) prefetch(b);
-  uint64_t k = 0;
-  for (; k < count; k++) {
-    if (k + kAhead < count) prefetch(k + kAhead);
-    const uint8_t* h = newHashes + at + k * kHash;
-    const uint32_t key = Prefix(h);
-    if (filter.MayContain(h) || table.Has(key)) break;
-    uint8_t* old = pageHashes + (j0 + k) * kHash;
-    const double id = static_cast<double>(id0 + k);
+  uint64_t k = tables.WhileNew(newHashes + at, count, old_slot, [&](uint64_t b, const uint8_t* h, uint32_t key) {
+    uint8_t* old = pageHashes + (j0 + b) * kHash;
+    const double id = static_cast<double>(id0 + b);
     table.Remove(Prefix(old), id);
     std::memcpy(old, h, kHash);
-    flags[j0 + k] = kLive | kUnique;
+    flags[j0 + b] = kLive | kUnique;
     table.Add(key, id);
-  }
+  });
   return Napi::Number::New(env, static_cast<double>(k));
 }
 
@@ -232,22 +248,13 @@ Napi::Value AddRun(const Napi::CallbackInfo& info) {
   if (count * kHash > newLen - at) ThrowNative(env, EINVAL, "addRun(newHashes)");
   if (slot0 + count > UINT32_MAX) ThrowNative(env, EINVAL, "addRun(slot0)");
   if (!tables.built) return Napi::Number::New(env, 0);
-  Table& table = tables.table;
-  const Filter& filter = tables.filter;
-  auto prefetch = [&](uint64_t b) { tables.Prefetch(newHashes + at + b * kHash); };
-  for (uint64_t b = 0; b < kAhead && b < count; b++) prefetch(b);
-  uint64_t k = 0;
-  for (; k < count; k++) {
-    if (k + kAhead < count) prefetch(k + kAhead);
-    const uint8_t* h = newHashes + at + k * kHash;
-    const uint32_t key = Prefix(h);
-    if (filter.MayContain(h) || table.Has(key)) break;
-    std::memcpy(pageHashes + (j0 + k) * kHash, h, kHash);
-    flags[j0 + k] = kLive | kUnique;
-    segs[j0 + k] = static_cast<uint32_t>(segment);
-    places[j0 + k] = static_cast<uint32_t>(slot0 + k);
-    table.Add(key, static_cast<double>(id0 + k));
-  }
+  uint64_t k = tables.WhileNew(newHashes + at, count, [](uint64_t) {}, [&](uint64_t b, const uint8_t* h, uint32_t key) {
+    std::memcpy(pageHashes + (j0 + b) * kHash, h, kHash);
+    flags[j0 + b] = kLive | kUnique;
+    segs[j0 + b] = static_cast<uint32_t>(segment);
+    places[j0 + b] = static_cast<uint32_t>(slot0 + b);
+    tables.table.Add(key, static_cast<double>(id0 + b));
+  });
   return Napi::Number::New(env, static_cast<double>(k));
 }
 
