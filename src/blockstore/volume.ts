@@ -159,7 +159,7 @@ export class Volume implements VolumeHandle {
       if (this.ordering === null) apply();
       else await this.inOrder(async () => apply());
     } finally {
-      if (!applied) this.host.engine.abandonLanding(loc, data.length / BLOCK_SIZE);
+      if (!applied) this.host.engine.abandonLanding(loc, n);
     }
     await this.finish(opts);
   }

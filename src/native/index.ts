@@ -199,8 +199,8 @@ export function hashPagesAsync(data: Buffer | Uint8Array, pageSize?: number): Pr
  * A read-only shared mapping of the first `length` bytes of fd (the file
  * may be shorter: bytes past its end must not be read, the process would
  * get SIGBUS). Released by unmapFile, or when collected. `writable` also
- * makes a writable twin that JS never sees, for writeMapped (fd open for
- * writing); chargeMapping drops the twin.
+ * makes a writable twin, for writeMapped and (as JS sees it) writableView
+ * (fd open for writing); chargeMapping drops the twin.
  */
 export function mapFile(fd: number, length: number, writable = false): ArrayBuffer {
   return call(() => addon.mapFile(fd, length, writable));

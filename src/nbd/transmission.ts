@@ -24,7 +24,7 @@
  */
 import type { Duplex } from 'node:stream';
 import type { BlockHashes, ReadOptions, StoredFile, WriteOptions } from '../blockstore/types.js';
-import { BLOCK_SIZE } from '../blockstore/constants.js';
+import { BLOCK_SIZE, HASH_SIZE } from '../blockstore/constants.js';
 import { recvStream, type RecvStream, type RecvStreamEnd } from '../native/index.js';
 import { Outbox } from './outbox.js';
 import type { NbdLogger } from './backend.js';
@@ -148,8 +148,9 @@ interface PoolStream {
 
 function poolSlot(landing: Buffer): PoolSlot {
   const n = landing.length / BLOCK_SIZE; // (a landing is whole blocks)
-  return { landing, hashed: { hashes: Buffer.allocUnsafe(n * 16), zero: new Uint8Array(n) } };
+  return { landing, hashed: { hashes: Buffer.allocUnsafe(n * HASH_SIZE), zero: new Uint8Array(n) } };
 }
+
 /** WRITEs below this size are offered to the store at once (VolumeHandle.writeNow), straight from the receive queue. */
 const NOW_BYTES = 256 * 1024;
 const FUA = { fua: true } as const;
@@ -342,9 +343,14 @@ export class Transmission {
       this.take(h, payload, pooled);
     }
     if (this.paused && this.ending === null && this.stream === null) {
-      this.paused = false;
-      this.socket.resume();
+      this.resumeReads();
     }
+  }
+
+  /** The socket reads again (paused by the limits or for the pool). */
+  private resumeReads(): void {
+    this.paused = false;
+    this.socket.resume();
   }
 
   /**
@@ -360,16 +366,21 @@ export class Transmission {
     const into = landing ?? this.payloads.take(h.length)!;
     const have = q.length;
     if (have > 0) q.take(have, into);
-    this.awaiting = into;
-    this.awaitingLanding = landing !== null;
     if (landing !== null && this.receiveOnPool(h, landing, have)) return;
-    this.direct!.into(into.subarray(have), () => this.payloadIn(h, into, landing !== null));
+    this.awaitPayload(h, into, have, landing !== null);
   }
 
-  /** WRITE `h`'s payload is all in `into` (readPayload): runs it and parses on. */
-  private payloadIn(h: C.RequestHeader, into: Buffer, landed: boolean, hashed?: BlockHashes): void {
+  /** The rest of WRITE `h`'s payload, from byte `from` of `into` on, comes by direct reads; then it runs. */
+  private awaitPayload(h: C.RequestHeader, into: Buffer, from: number, landed: boolean): void {
+    this.awaiting = into;
+    this.awaitingLanding = landed;
+    this.direct!.into(into.subarray(from), () => this.payloadIn(h, into, landed));
+  }
+
+  /** WRITE `h`'s payload is all in `into` (awaitPayload): runs it and parses on. */
+  private payloadIn(h: C.RequestHeader, into: Buffer, landed: boolean): void {
     this.awaiting = null;
-    this.take(h, into, landed ? undefined : into, landed, hashed);
+    this.take(h, into, landed ? undefined : into, landed);
     this.pump();
     // Big writes come in streams: the next read stops after a header, so its payload lands whole.
     if (this.awaiting === null && this.queue.length === 0) this.direct!.limitNext(P.REQUEST_SIZE);
@@ -408,13 +419,11 @@ export class Transmission {
         (_slot, header) => guard(() => (header === null ? this.streamPayload() : this.streamNext(header))),
         (err, end) => guard(() => this.streamEnd(err, end)));
     } catch {
-      this.paused = wasPaused;
-      if (!wasPaused) this.socket.resume();
+      if (!wasPaused) this.resumeReads();
       return false;
     }
     poolReceives++;
     this.inFlight++;
-    this.awaiting = null;
     this.stream = { native, current: { h, ...first }, offered: [] };
     this.offerLandings(h);
     return true;
@@ -477,18 +486,14 @@ export class Transmission {
       // A stall (or an end the socket will report itself): the rest comes the ordinary way, as do the
       // payloads of the next second.
       this.poolReceiveAfter = Date.now() + POOL_STALL_PAUSE_MS;
-      this.awaiting = cur.landing;
-      this.awaitingLanding = true;
-      this.direct!.into(cur.landing.subarray(end.filled), () => this.payloadIn(cur.h, cur.landing, true));
-      this.paused = false;
-      this.socket.resume();
+      this.awaitPayload(cur.h, cur.landing, end.filled, true);
+      this.resumeReads();
       return;
     }
     if (end.leftover.length > 0) this.queue.push(end.leftover);
     if (this.ending === 'shutdown') {
       // Shutting down, the socket reads on (queued requests get ESHUTDOWN, and the peer's close is seen).
-      this.paused = false;
-      this.socket.resume();
+      this.resumeReads();
     }
     this.pump();
     this.checkFinished();
@@ -499,12 +504,11 @@ export class Transmission {
    * (VolumeHandle.landing), when the request is valid; null: a pooled one.
    */
   private landing(h: C.RequestHeader): Buffer | null {
-    const exp = this.exp;
-    if ((h.flags & ~P.NBD_CMD_FLAG_FUA) !== 0 || exp.readOnly || h.offset > MAX_SAFE_OFFSET) return null;
-    const offset = Number(h.offset);
-    if (offset + h.length > exp.handle.size) return null;
+    if ((h.flags & ~P.NBD_CMD_FLAG_FUA) !== 0 || this.exp.readOnly) return null;
+    const offset = this.offsetInRange(h);
+    if (offset === null) return null;
     try {
-      return exp.handle.landing(offset, h.length);
+      return this.exp.handle.landing(offset, h.length);
     } catch {
       return null; // the ordinary way reports it
     }
@@ -636,9 +640,9 @@ export class Transmission {
     const structured = exp.structuredReplies;
     if ((h.flags & ~allowedFlags(P.NBD_CMD_READ, structured)!) !== 0) return false;
     const length = h.length;
-    if (length === 0 || length > P.MAX_PAYLOAD_SIZE || h.offset > MAX_SAFE_OFFSET) return false;
-    const offset = Number(h.offset);
-    if (offset + length > exp.handle.size) return false;
+    if (length === 0 || length > P.MAX_PAYLOAD_SIZE) return false;
+    const offset = this.offsetInRange(h);
+    if (offset === null) return false;
     // (A small view needs no file, nor a callback per request: it is copied into the outbox's slab.)
     const reply = length < SENDFILE_BYTES ? null : this.viewReply(h, offset);
     let view: Buffer | null;
@@ -686,9 +690,9 @@ export class Transmission {
    */
   private writeNow(h: C.RequestHeader, data: Buffer): boolean {
     const exp = this.exp;
-    if (h.flags !== 0 || exp.readOnly || h.length === 0 || h.offset > MAX_SAFE_OFFSET) return false;
-    const offset = Number(h.offset);
-    if (offset + h.length > exp.handle.size) return false;
+    if (h.flags !== 0 || exp.readOnly || h.length === 0) return false;
+    const offset = this.offsetInRange(h);
+    if (offset === null) return false;
     let done: boolean | Promise<void>;
     try {
       done = exp.handle.writeNow(offset, data);
@@ -715,6 +719,13 @@ export class Transmission {
       this.replyError(h, m.errno, m.message);
     }).then(complete, complete);
     return true;
+  }
+
+  /** Request `h`'s offset when its range lies within the export, else null (`execute` reports it). */
+  private offsetInRange(h: C.RequestHeader): number | null {
+    if (h.offset > MAX_SAFE_OFFSET) return null;
+    const offset = Number(h.offset);
+    return offset + h.length > this.exp.handle.size ? null : offset;
   }
 
   /** One error reply: an ERROR chunk under structured replies, else a simple reply. */
