@@ -36,6 +36,27 @@ async function socketPair(): Promise<{ fd: number; server: net.Socket; client: n
   return { fd, server, client, close: () => { client.destroy(); server.destroy(); srv.close(); } };
 }
 
+type Pair = Awaited<ReturnType<typeof socketPair>>;
+
+/** Runs `fn` on a fresh pair, closed afterwards. */
+async function withPair(fn: (pair: Pair) => Promise<void>): Promise<void> {
+  const pair = await socketPair();
+  try {
+    await fn(pair);
+  } finally {
+    pair.close();
+  }
+}
+
+/** The next `n` bytes the socket gives Node's own reads (after `first`, bytes the job handed back). */
+async function ordinaryReads(pair: Pair, n: number, first: Buffer = Buffer.alloc(0)): Promise<Buffer> {
+  const got: Buffer[] = [first];
+  pair.server.on('data', (d: Buffer) => got.push(d));
+  pair.server.resume();
+  await expect.poll(() => Buffer.concat(got).length).toBe(n);
+  return Buffer.concat(got);
+}
+
 function header(type: number, offset: number, length: number, flags = 0, magic = P.NBD_REQUEST_MAGIC): Buffer {
   const h = Buffer.alloc(P.REQUEST_SIZE);
   h.writeUInt32BE(magic, 0);
@@ -85,8 +106,7 @@ function start(fd: number, size: number, first: Slot, from: number) {
 
 describe('recvStream', () => {
   it('receives a run of payloads into the landings offered, hashed, and hands back a header it does not take', async () => {
-    const pair = await socketPair();
-    try {
+    await withPair(async (pair) => {
       // (All of it fits the socket's buffer at once: no pause the job could take for a stall.)
       const a = crypto.randomBytes(8 * BLOCK);
       a.fill(0, 4 * BLOCK, 5 * BLOCK); // a zero block
@@ -116,9 +136,7 @@ describe('recvStream', () => {
       expectHashed(s2, c);
       expect(s0.zero[4]).toBe(1);
       expect(stream.offer(slot(BLOCK).dest, Buffer.alloc(16), new Uint8Array(1))).toBe(false); // over
-    } finally {
-      pair.close();
-    }
+    });
   });
 
   it.each([
@@ -128,8 +146,7 @@ describe('recvStream', () => {
     ['a range past the size', header(P.NBD_CMD_WRITE, 62 * BLOCK, 4 * BLOCK)],
     ['a flag other than FUA', header(P.NBD_CMD_WRITE, 0, 4 * BLOCK, P.NBD_CMD_FLAG_NO_HOLE)],
   ])('does not take on %s: its header comes back and its payload stays in the socket', async (_what, next) => {
-    const pair = await socketPair();
-    try {
+    await withPair(async (pair) => {
       const a = crypto.randomBytes(4 * BLOCK);
       const s0 = slot(a.length);
       const s1 = slot(4 * BLOCK);
@@ -142,20 +159,13 @@ describe('recvStream', () => {
       expect(end.leftover.equals(next)).toBe(true);
       expect(s1.dest.every((x) => x === 0xee)).toBe(true);
       // What follows is still the socket's, for the ordinary reads.
-      const got: Buffer[] = [];
-      pair.server.on('data', (d: Buffer) => got.push(d));
-      pair.server.resume();
-      await expect.poll(() => Buffer.concat(got).length).toBe(rest.length);
-      expect(Buffer.concat(got).equals(rest)).toBe(true);
-    } finally {
-      pair.close();
-    }
+      expect((await ordinaryReads(pair, rest.length)).equals(rest)).toBe(true);
+    });
   });
 
   it('takes on nothing without an offer, nor after stop()', async () => {
     for (const stop of [false, true]) {
-      const pair = await socketPair();
-      try {
+      await withPair(async (pair) => {
         const a = crypto.randomBytes(4 * BLOCK);
         const s0 = slot(a.length);
         const { stream, events, ended } = start(pair.fd, 64 * BLOCK, s0, 0);
@@ -169,20 +179,13 @@ describe('recvStream', () => {
         expect(events).toEqual(['done 0']);
         expectHashed(s0, a);
         // The header came back, or is still in the socket: either way nothing of it was lost.
-        const got: Buffer[] = [end.leftover];
-        pair.server.on('data', (d: Buffer) => got.push(d));
-        pair.server.resume();
-        await expect.poll(() => Buffer.concat(got).length).toBe(P.REQUEST_SIZE);
-        expect(Buffer.concat(got).equals(next)).toBe(true);
-      } finally {
-        pair.close();
-      }
+        expect((await ordinaryReads(pair, P.REQUEST_SIZE, end.leftover)).equals(next)).toBe(true);
+      });
     }
   });
 
   it('hands a stalled payload back partly filled; the rest is read the ordinary way', async () => {
-    const pair = await socketPair();
-    try {
+    await withPair(async (pair) => {
       const a = crypto.randomBytes(8 * BLOCK);
       const s0 = slot(a.length);
       const { ended } = start(pair.fd, 64 * BLOCK, s0, 0);
@@ -191,20 +194,13 @@ describe('recvStream', () => {
       expect(end.stalledSlot).toBe(0);
       expect(end.filled).toBe(3 * BLOCK + 5);
       expect(s0.dest.subarray(0, end.filled).equals(a.subarray(0, end.filled))).toBe(true);
-      const got: Buffer[] = [];
-      pair.server.on('data', (d: Buffer) => got.push(d));
-      pair.server.resume();
       pair.client.write(a.subarray(end.filled));
-      await expect.poll(() => Buffer.concat(got).length).toBe(a.length - end.filled);
-      expect(Buffer.concat(got).equals(a.subarray(end.filled))).toBe(true);
-    } finally {
-      pair.close();
-    }
+      expect((await ordinaryReads(pair, a.length - end.filled)).equals(a.subarray(end.filled))).toBe(true);
+    });
   });
 
   it('hands back a payload still trickling in when the job has run its second', async () => {
-    const pair = await socketPair();
-    try {
+    await withPair(async (pair) => {
       const a = crypto.randomBytes(8 * BLOCK);
       const s0 = slot(a.length);
       const { ended } = start(pair.fd, 64 * BLOCK, s0, 0);
@@ -221,9 +217,7 @@ describe('recvStream', () => {
       expect(end.filled).toBeGreaterThan(0);
       expect(end.filled).toBeLessThan(a.length);
       expect(s0.dest.subarray(0, end.filled).equals(a.subarray(0, end.filled))).toBe(true);
-    } finally {
-      pair.close();
-    }
+    });
   });
 
   it('ends when the peer closes mid-payload, and keeps reading its duplicate after the socket is destroyed', async () => {
@@ -241,8 +235,7 @@ describe('recvStream', () => {
   });
 
   it('refuses bad arguments before anything reaches the pool', async () => {
-    const pair = await socketPair();
-    try {
+    await withPair(async (pair) => {
       const noop = (): void => {};
       const s = slot(4 * BLOCK);
       const call = (dest: Buffer, hashes: Buffer, zero: Uint8Array, from = 0) =>
@@ -262,8 +255,6 @@ describe('recvStream', () => {
       expect(catchNative(call(s.dest, s.hashes, s.zero, s.dest.length + 1))).toBe('EINVAL');
       expect(catchNative(() => recvStream(2 ** 31 - 1, 64 * BLOCK, s.dest, s.hashes, s.zero, 0, noop, noop))).toBe('EBADF');
       expect(() => recvStream(pair.fd, 64 * BLOCK, s.dest, s.hashes, s.zero, 0, 'x' as never, noop)).toThrow(TypeError);
-    } finally {
-      pair.close();
-    }
+    });
   });
 });
