@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # Debian packages: e2fsprogs (demo image), qemu-utils, libnbd-bin, nbdkit,
 # fio (real NBD clients and peers for tests and benchmarks), libfuse2 + fuse3
 # (fuse-native loads libfuse.so.2; fusermount comes with fuse3), and for the
-# test guest (dormant image build-test-guest, test/e2e): busybox-static, cpio,
+# test guest (dormant image build-test-guest, test/vm, test/pager): busybox-static, cpio,
 # kmod (depmod) and qemu-system-x86 to boot it. The guest's kernel is not
 # installed: the builder fetches it with apt-get download. The native addon
 # (native/) needs g++, make and python3 (node-gyp; python3 also runs the

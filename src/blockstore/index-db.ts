@@ -67,7 +67,7 @@ function openIndex(storeDir: string, create: boolean): IndexDbs {
   // overlappingSync off: with it, a process killed between commit and sync
   // left a transaction that one later opener ignored and the next one used,
   // so data could reappear after the store had been read without it (found
-  // by test/integration/crash.test.ts). Off, a commit is synced before it
+  // by test/blockstore/crash.test.ts). Off, a commit is synced before it
   // resolves and every opener sees the same last transaction.
   const env = open({ path: dir, maxDbs: 16, pageSize: 4096, overlappingSync: false });
   const binary = { keyEncoding: 'binary', encoding: 'binary' } as const;

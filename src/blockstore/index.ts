@@ -11,3 +11,4 @@ export type {
   VolumeKind, VolumeHandle, ReadOptions, WriteOptions, Extent, VolumeEntry, VolumeSummary, VolumeInfo, StoreStats, GcResult,
   FingerprintEntry,
 } from './types.js';
+export { importFile, exportFile, type ProgressFn, type RawImageResult } from './raw-image.js';

@@ -1,5 +1,5 @@
 /**
- * `dormant image build-test-guest <name>`: builds the test guest (src/pager)
+ * `dormant image build-test-guest <name>`: builds the test guest (src/guest-image)
  * into the image cache, then imports it as volume <name> with snapshot
  * <name>@base (through the daemon when one owns the store). A marker snapshot
  * <name>@input-<hash> records the inputs, so a rerun skips the import.
@@ -7,7 +7,7 @@
 import path from 'node:path';
 import type { Command } from 'commander';
 import { DormantError, isDormantError, type VolumeInfo } from '../blockstore/index.js';
-import { buildTestGuest, DEFAULT_IMAGE_SIZE, defaultCacheDir, inputSnapshotName, metaPath } from '../pager/index.js';
+import { buildTestGuest, DEFAULT_IMAGE_SIZE, defaultCacheDir, inputSnapshotName, metaPath } from '../guest-image/index.js';
 import { formatBytes, parseSize } from './format.js';
 import { withStore } from './store-commands.js';
 

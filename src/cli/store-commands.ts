@@ -8,7 +8,7 @@ import type { Command } from 'commander';
 import { BLOCK_SIZE, DormantError, Store, type VolumeKind, type VolumeSummary } from '../blockstore/index.js';
 import {
   CONTROL_SOCKET_NAME, LocalControl, RemoteControl, daemonAnswers, type StoreControl,
-} from '../migrate/index.js';
+} from '../control/index.js';
 import { formatBytes, formatRate, parseSize, table } from './format.js';
 import { Progress } from './progress.js';
 import { EXIT_INTERNAL } from './exit.js';

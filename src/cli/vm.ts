@@ -1,6 +1,6 @@
 /**
  * `dormant vm ...`: VMs whose disk is a branch and whose RAM is a memory
- * volume of the store (src/pager). create/list/status work offline or through
+ * volume of the store (src/vm). create/list/status work offline or through
  * the daemon; start/stop need `dormant serve --mount DIR`, whose supervisor
  * runs QEMU; log and xen-config only read files of the store directory.
  */
@@ -8,14 +8,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { DormantError, isDormantError, splitName } from '../blockstore/index.js';
-import { CONTROL_SOCKET_NAME, RemoteControl, daemonAnswers } from '../migrate/index.js';
-import {
-  STOP_TIMEOUT_MS, checkMemory, checkVmName, defaultCacheDir, metaPath, readImageMeta, readVm, vmPaths,
-  type VmStatus,
-} from '../pager/index.js';
+import { CONTROL_SOCKET_NAME, RemoteControl, daemonAnswers } from '../control/index.js';
+import { NBD_SOCKET_NAME } from '../daemon/index.js';
+import { defaultCacheDir, metaPath, readImageMeta } from '../guest-image/index.js';
+import { STOP_TIMEOUT_MS, checkMemory, checkVmName, readVm, vmPaths, type VmStatus } from '../vm/index.js';
 import { formatBytes, parseSize, table } from './format.js';
 import { storeDir, withStore } from './store-commands.js';
-import { NBD_SOCKET_NAME } from './serve.js';
 
 const print = (s: string) => process.stdout.write(`${s}\n`);
 const printJson = (v: unknown) => process.stdout.write(`${JSON.stringify(v, null, 2)}\n`);

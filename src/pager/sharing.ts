@@ -25,11 +25,13 @@
  */
 import type { Store } from '../blockstore/index.js';
 import { hashPagesAsync } from '../native/index.js';
-import type { VmRecord } from './vm-record.js';
 
 const PAGE = 4096;
 /** Bytes read and hashed per step of the full scan. */
 const SCAN_STEP = 8 * 2 ** 20;
+
+/** A VM as the report needs it: its name, memory volume and disk volume. */
+export interface SharedVm { name: string; memory: string; disk: string }
 
 /** One VM's line of the report (page counts). */
 export interface VmSharing {
@@ -90,7 +92,7 @@ async function pageHashes(store: Store, name: string): Promise<string[]> {
 }
 
 /** The sharing report over the memory volumes of `vms`. */
-export async function sharingReport(store: Store, vms: readonly VmRecord[]): Promise<SharingReport> {
+export async function sharingReport(store: Store, vms: readonly SharedVm[]): Promise<SharingReport> {
   const t0 = performance.now();
   const maps = await Promise.all(vms.map((v) => store.chunkMap(v.memory)));
   const occurrences = new Map<number, number>();

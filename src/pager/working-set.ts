@@ -9,13 +9,12 @@
  * `pageout --keep` spares; pages read in the last epoch (heat >= 1) are
  * what `prefetch` brings back.
  *
- * Stored with the VM record, STORE/vms/<vm>.ws (JSON; not .json, which
- * names VM records), written atomically
- * (temp file + rename) by the daemon: page indices and heats, sorted.
+ * Stored in a file the caller names (the VM runner keeps it beside the VM
+ * record, STORE/vms/<vm>.ws), JSON written atomically (temp file + rename):
+ * page indices and heats, sorted.
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { VMS_DIR } from './vm-record.js';
 
 /** Heat below which a page is forgotten. */
 const FORGET = 1 / 64;
@@ -38,16 +37,11 @@ interface WorkingSetFile {
   heat: number[];
 }
 
-/** Path of the working set of VM `name`. */
-export function workingSetPath(storeDir: string, name: string): string {
-  return path.join(storeDir, VMS_DIR, `${name}.ws`);
-}
-
-/** The recorded working set of `name`, or undefined before its first page-out. */
-export function readWorkingSet(storeDir: string, name: string): WorkingSet | undefined {
+/** The working set recorded in `file`, or undefined before the VM's first page-out. */
+export function readWorkingSet(file: string): WorkingSet | undefined {
   let f: WorkingSetFile;
   try {
-    f = JSON.parse(fs.readFileSync(workingSetPath(storeDir, name), 'utf8')) as WorkingSetFile;
+    f = JSON.parse(fs.readFileSync(file, 'utf8')) as WorkingSetFile;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw err;
@@ -57,14 +51,13 @@ export function readWorkingSet(storeDir: string, name: string): WorkingSet | und
   return { recordedAt: f.recordedAt, epochs: f.epochs, heat };
 }
 
-/** Writes `ws` for VM `name` atomically. */
-export function writeWorkingSet(storeDir: string, name: string, ws: WorkingSet): void {
+/** Writes `ws` to `file` atomically. */
+export function writeWorkingSet(file: string, ws: WorkingSet): void {
   const pages = [...ws.heat.keys()].sort((a, b) => a - b);
   const f: WorkingSetFile = {
     version: 1, recordedAt: ws.recordedAt, epochs: ws.epochs, pages,
     heat: pages.map((p) => Math.round(ws.heat.get(p)! * 1e4) / 1e4),
   };
-  const file = workingSetPath(storeDir, name);
   fs.mkdirSync(path.dirname(file), { recursive: true });
   const tmp = `${file}.tmp-${process.pid}`;
   fs.writeFileSync(tmp, JSON.stringify(f));

@@ -13,7 +13,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { Store } from '../../src/blockstore/index.js';
 import { dormant, expectOk } from '../helpers/cli.js';
 import { TempDirs } from '../helpers/tmp.js';
-import { cleanupMounts, isMounted, MMAP_WRITER, startDaemon } from './helpers.js';
+import { cleanupMounts, isMounted, MMAP_WRITER, startDaemon } from '../helpers/mount-daemon.js';
 
 const tmp = new TempDirs();
 

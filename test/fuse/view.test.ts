@@ -11,7 +11,7 @@ import { Store } from '../../src/blockstore/index.js';
 import { dormant, expectOk } from '../helpers/cli.js';
 import { firstDiff, pseudoRandom } from '../helpers/data.js';
 import { TempDirs } from '../helpers/tmp.js';
-import { cleanupMounts, isMounted, MMAP_WRITER, mmapPattern, startDaemon, tool, type MountDaemon } from './helpers.js';
+import { cleanupMounts, isMounted, MMAP_WRITER, mmapPattern, startDaemon, tool, type MountDaemon } from '../helpers/mount-daemon.js';
 
 const MiB = 1024 * 1024;
 const tmp = new TempDirs();

@@ -1,4 +1,4 @@
-// Child of test/integration/read-view.test.ts, run with `node --expose-gc`
+// Child of test/blockstore/read-view.test.ts, run with `node --expose-gc`
 // (the collector must be driven by hand): takes a zero-copy view of segment
 // 1, lets GC delete that segment, drops the view, collects, and prints JSON
 // {viewOk, mappedWhileViewed, mappedAfterCollect}. Uses the built dist/.

@@ -1,17 +1,17 @@
 /**
- * The host agent's control operations: what the CLI asks of a store, whether
+ * The control operations: what the CLI asks of a store, whether
  * it opens the store itself (LocalControl) or talks to the daemon that owns
- * it (RemoteControl over the control socket, control-client.ts). Both
+ * it (RemoteControl over the control socket, client.ts). Both
  * implement every method, so a command never knows which one it has.
  */
 import {
   DormantError, Store, type GcResult, type StoreStats, type VolumeInfo, type VolumeKind, type VolumeSummary,
 } from '../blockstore/index.js';
-import { exportFile, importFile, type ProgressFn, type TransferResult } from '../blockstore/transfer.js';
+import { exportFile, importFile, type ProgressFn, type RawImageResult } from '../blockstore/index.js';
+import { sharingReport, type PageoutReport, type PrefetchReport, type SharingReport } from '../pager/index.js';
 import {
-  createVm, listVms, offlineStatus, readVm, sharingReport, type PageoutReport, type PrefetchReport, type SharingReport,
-  type VmRecord, type VmSpec, type VmStatus, type VmSupervisor,
-} from '../pager/index.js';
+  createVm, listVms, offlineStatus, readVm, type VmRecord, type VmSpec, type VmStatus, type VmSupervisor,
+} from '../vm/index.js';
 
 /** File name of the daemon's control socket inside the store directory. */
 export const CONTROL_SOCKET_NAME = 'control.sock';
@@ -29,9 +29,9 @@ export interface StoreControl {
   /** Consistency check of the store; one line per problem, [] when consistent. */
   check(): Promise<string[]>;
   /** `file` is a path on the host that owns the store. */
-  importFile(name: string, file: string, kind: VolumeKind, progress?: ProgressFn): Promise<TransferResult>;
-  exportFile(name: string, file: string, progress?: ProgressFn): Promise<TransferResult>;
-  /** VMs (src/pager): create works offline; start and stop need the daemon's supervisor. */
+  importFile(name: string, file: string, kind: VolumeKind, progress?: ProgressFn): Promise<RawImageResult>;
+  exportFile(name: string, file: string, progress?: ProgressFn): Promise<RawImageResult>;
+  /** VMs (src/vm): create works offline; start and stop need the daemon's supervisor. */
   vmCreate(spec: VmSpec): Promise<VmRecord>;
   vmStart(name: string, kvm: boolean): Promise<VmStatus>;
   vmStop(name: string, timeoutMs: number): Promise<VmStatus>;

@@ -17,8 +17,8 @@ const IMPORT_DEPTH = 4;
 /** Called with bytes done and total. */
 export type ProgressFn = (done: number, total: number) => void;
 
-/** What an import or export did. */
-export interface TransferResult { name: string; size: number; allocated: number; seconds: number }
+/** What an import or export of a raw image file did. */
+export interface RawImageResult { name: string; size: number; allocated: number; seconds: number }
 
 /** Opens a host file; failures become user errors naming the file. */
 async function openFile(file: string, flags: 'r' | 'w'): Promise<fs.promises.FileHandle> {
@@ -34,7 +34,7 @@ async function openFile(file: string, flags: 'r' | 'w'): Promise<fs.promises.Fil
 
 /** Copies raw image `file` into a new volume `name` of the file's size. */
 export async function importFile(store: Store, name: string, file: string, kind: VolumeKind,
-  progress?: ProgressFn): Promise<TransferResult> {
+  progress?: ProgressFn): Promise<RawImageResult> {
   const started = Date.now();
   const fh = await openFile(file, 'r');
   try {
@@ -91,7 +91,7 @@ export async function importFile(store: Store, name: string, file: string, kind:
 
 /** Copies volume or snapshot `name` to raw file `file` (created or truncated; holes stay sparse). */
 export async function exportFile(store: Store, name: string, file: string,
-  progress?: ProgressFn): Promise<TransferResult> {
+  progress?: ProgressFn): Promise<RawImageResult> {
   const started = Date.now();
   const h = await store.openVolume(name);
   try {

@@ -12,7 +12,7 @@
 import http from 'node:http';
 import fs from 'node:fs';
 import { DormantError } from '../blockstore/index.js';
-import { CONTROL_OPS, type ControlOp, type StoreControl } from './control.js';
+import { CONTROL_OPS, type ControlOp, type StoreControl } from './operations.js';
 
 /** Largest request body accepted (arguments are small). */
 const MAX_BODY = 64 * 1024;

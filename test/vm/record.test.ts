@@ -1,14 +1,14 @@
 /**
- * The VM runner's pure parts: QEMU's command line, resident memory from
- * smaps, and the VM record (name and memory checks, atomic write, listing).
+ * The VM runner's pure parts: QEMU's command line and the VM record (name
+ * and memory checks, atomic write, listing).
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
-  checkMemory, checkVmName, hostMemTotal, listVms, parseSmaps, qemuArgs, readVm, writeVm, type VmRecord,
-} from '../../src/pager/index.js';
+  checkMemory, checkVmName, hostMemTotal, listVms, qemuArgs, readVm, writeVm, type VmRecord,
+} from '../../src/vm/index.js';
 
 const dirs: string[] = [];
 afterAll(() => { for (const d of dirs) fs.rmSync(d, { recursive: true, force: true }); });
@@ -33,20 +33,6 @@ describe('qemuArgs', () => {
   });
   it('uses KVM only when asked', () => {
     expect(qemuArgs(rec, paths, { hostPort: 1, kvm: true })).toContain('kvm');
-  });
-});
-
-describe('parseSmaps', () => {
-  it('splits Rss between the guest RAM mapping and the rest', () => {
-    const text = [
-      '55d0c0000000-55d0c0100000 r-xp 00000000 08:01 1234    /usr/bin/qemu-system-x86_64',
-      'Size:               1024 kB', 'Rss:                 512 kB', 'Pss:                 512 kB',
-      '7f0000000000-7f0010000000 rw-s 00000000 00:2c 7       /m/volumes/vm1.mem',
-      'Size:             262144 kB', 'Rss:               10240 kB', 'VmFlags: rd wr sh mr mw me ms sd',
-      '7f1000000000-7f1000100000 rw-p 00000000 00:00 0 ',
-      'Rss:                 100 kB',
-    ].join('\n');
-    expect(parseSmaps(text, '/m/volumes/vm1.mem')).toEqual({ guestRam: 10240 * 1024, qemuOwn: 612 * 1024 });
   });
 });
 

@@ -9,9 +9,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'vitest';
 import fs from 'node:fs';
-import { BIN, cliEnv, dormant, dormantJson, ensureBuilt, expectOk } from '../helpers/cli.js';
-import type { TempDirs } from '../helpers/tmp.js';
-import { startDaemon, type MountDaemon } from '../fuse/helpers.js';
+import { BIN, cliEnv, dormant, dormantJson, ensureBuilt, expectOk } from './cli.js';
+import type { TempDirs } from './tmp.js';
+import { startDaemon, type MountDaemon } from './mount-daemon.js';
 
 /** The test-guest image cache shared by every e2e test. */
 export const CACHE = path.join(os.tmpdir(), 'dormant-test-images');

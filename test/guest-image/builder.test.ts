@@ -2,8 +2,8 @@
  * The test guest builder's pure parts: modules.dep parsing and load order.
  */
 import { describe, expect, it } from 'vitest';
-import { inputSnapshotName } from '../../src/pager/index.js';
-import { parseModulesDep, resolveModules } from '../../src/pager/image.js';
+import { inputSnapshotName } from '../../src/guest-image/index.js';
+import { parseModulesDep, resolveModules } from '../../src/guest-image/kernel-modules.js';
 
 const DEP = `kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko
 kernel/lib/crc16.ko:

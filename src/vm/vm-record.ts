@@ -7,8 +7,9 @@
  *
  * A VM owns two volumes: its disk branch `<vm>` and its memory volume
  * `<vm>.mem` (RAM size). Next to the record the runner keeps the QMP socket
- * (<vm>.qmp) and the serial log (<vm>.log). Runtime state (running, crashed)
- * is not recorded here: the daemon's supervisor holds it.
+ * (<vm>.qmp), the serial log (<vm>.log) and the pager's working set
+ * (<vm>.ws). Runtime state (running, crashed) is not recorded here: the
+ * daemon's supervisor holds it.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -45,10 +46,13 @@ export interface VmRecord extends VmSpec {
   created: string;
 }
 
-/** Paths of a VM's files in the store directory. */
-export function vmPaths(storeDir: string, name: string): { record: string; qmp: string; log: string } {
+/** Paths of a VM's files in the store directory: record, QMP socket, serial log, working set (src/pager). */
+export function vmPaths(storeDir: string, name: string): { record: string; qmp: string; log: string; workingSet: string } {
   const dir = path.join(storeDir, VMS_DIR);
-  return { record: path.join(dir, `${name}.json`), qmp: path.join(dir, `${name}.qmp`), log: path.join(dir, `${name}.log`) };
+  return {
+    record: path.join(dir, `${name}.json`), qmp: path.join(dir, `${name}.qmp`), log: path.join(dir, `${name}.log`),
+    workingSet: path.join(dir, `${name}.ws`),
+  };
 }
 
 /** Throws EINVAL unless `name` is a valid VM name (a volume name leaving room for `.mem`). */

@@ -22,11 +22,11 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dormant, dormantJson, expectFailure, expectOk } from '../helpers/cli.js';
 import { TempDirs } from '../helpers/tmp.js';
-import { cleanupMounts, startDaemon, type MountDaemon } from '../fuse/helpers.js';
-import { QmpClient } from '../../src/pager/index.js';
+import { cleanupMounts, startDaemon, type MountDaemon } from '../helpers/mount-daemon.js';
+import { QmpClient } from '../../src/vm/index.js';
 import {
   BOOT_TIMEOUT_MS, CACHE, diskCounter, dormantAsync, sleep, startVmDaemon, vmStatus, waitHttp, type Status,
-} from './helpers.js';
+} from '../helpers/guest.js';
 
 const MiB = 2 ** 20;
 const tmp = new TempDirs();

@@ -1,6 +1,6 @@
 /**
  * `dormant vm` end to end: the daemon (`serve --mount`) runs two real VMs
- * (the test guest of test/e2e/boot.test.ts, from the same image cache so it
+ * (the test guest of test/vm/boot.test.ts, from the same image cache so it
  * is not rebuilt) from one golden snapshot, each answering HTTP with its own
  * hostname; `vm status` reports resident guest RAM; a QEMU killed with
  * SIGKILL is reported `crashed` while the other VM keeps serving; `vm stop`
@@ -15,10 +15,10 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dormant, dormantJson, expectFailure, expectOk, exportSha256 } from '../helpers/cli.js';
 import { TempDirs } from '../helpers/tmp.js';
-import { cleanupMounts, type MountDaemon } from '../fuse/helpers.js';
+import { cleanupMounts, type MountDaemon } from '../helpers/mount-daemon.js';
 import {
   BOOT_TIMEOUT_MS, CACHE, diskCounter, sleep, startVmDaemon, vmStatus, waitHttp as waitHttpOf, type Status,
-} from './helpers.js';
+} from '../helpers/guest.js';
 
 const tmp = new TempDirs();
 

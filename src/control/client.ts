@@ -1,14 +1,15 @@
 /**
- * StoreControl over the daemon's control socket (control-server.ts).
+ * StoreControl over the daemon's control socket (server.ts).
  * Errors come back as DormantError with the daemon's code and message, so
  * the CLI reports them exactly as if it had opened the store itself.
  */
 import http from 'node:http';
 import fs from 'node:fs';
 import { DormantError, type ErrorCode } from '../blockstore/index.js';
-import type { ProgressFn } from '../blockstore/transfer.js';
-import type { PageoutReport, PrefetchReport, SharingReport, VmRecord, VmSpec, VmStatus } from '../pager/index.js';
-import type { ControlOp, StoreControl } from './control.js';
+import type { ProgressFn } from '../blockstore/index.js';
+import type { PageoutReport, PrefetchReport, SharingReport } from '../pager/index.js';
+import type { VmRecord, VmSpec, VmStatus } from '../vm/index.js';
+import type { ControlOp, StoreControl } from './operations.js';
 
 /** Calls one operation; `progress` receives streamed progress lines. */
 function call(socketPath: string, op: ControlOp, args: unknown[], progress?: ProgressFn): Promise<unknown> {

@@ -17,10 +17,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dormant, dormantJson, ensureBuilt, expectOk, exportSha256 } from '../helpers/cli.js';
-import { CACHE, dormantAsync } from './helpers.js';
-import { freePort } from '../../src/pager/index.js';
+import { CACHE, dormantAsync } from '../helpers/guest.js';
+import { freePort } from '../../src/vm/index.js';
 import { TempDirs } from '../helpers/tmp.js';
-import { cleanupMounts, startDaemon, type MountDaemon } from '../fuse/helpers.js';
+import { cleanupMounts, startDaemon, type MountDaemon } from '../helpers/mount-daemon.js';
 
 const MiB = 1024 * 1024;
 const BOOT_TIMEOUT_MS = 150_000;

@@ -6,7 +6,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import { BIN, cliEnv, ensureBuilt } from '../helpers/cli.js';
+import { BIN, cliEnv, ensureBuilt } from './cli.js';
 
 /** What a finished child process left behind. */
 export interface Exit { code: number | null; signal: NodeJS.Signals | null }

@@ -15,14 +15,14 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { DormantError } from '../blockstore/index.js';
-import { MemoryIo, type VolumeIo } from './faults.js';
-import { MemoryAgent } from './mem-agent.js';
 import { setCloexec } from '../native/index.js';
-import { GuestMemory, pageOut, prefetchPages, type PageoutResult, type PrefetchResult } from './pageout.js';
-import { freePort, QEMU_BINARY, qemuArgs, residentMemory } from './qemu.js';
+import {
+  MemoryIo, Pager, recordedWorkingSetBytes, residentMemory,
+  type PageoutReport, type PrefetchReport, type VmPager, type VolumeIo,
+} from '../pager/index.js';
+import { freePort, QEMU_BINARY, qemuArgs } from './qemu.js';
 import { QmpClient } from './qmp.js';
 import { checkVmName, listVms, readVm, vmPaths, type VmRecord } from './vm-record.js';
-import { foldEpoch, hottest, readWorkingSet, recentPages, writeWorkingSet } from './working-set.js';
 
 const PAGE = 4096;
 /** util-linux setpriv (Debian: always installed), to give QEMU a parent-death signal. */
@@ -67,30 +67,6 @@ export interface VmStatus {
   memoryUniqueBytes?: number;
 }
 
-/** What `vm pageout` did. */
-export interface PageoutReport extends PageoutResult {
-  at: string;
-  /** Resident guest RAM (smaps Rss of the mapping) before and right after. */
-  residentBefore: number;
-  residentAfter: number;
-  /** Page cache of the memory file before and after (cachestat). */
-  cachedBefore: number;
-  cachedAfter: number;
-  /** Pages written back into the store during the page-out. */
-  pagesWritten: number;
-  /** Pages read since the previous page-out (the epoch folded into the working set). */
-  epochPages: number;
-  workingSetPages: number;
-}
-
-/** What `vm prefetch` did. */
-export interface PrefetchReport extends PrefetchResult {
-  at: string;
-  residentBefore: number;
-  cachedBefore: number;
-  cachedAfter: number;
-}
-
 /** Options of the supervisor. */
 export interface SupervisorOptions {
   storeDir: string;
@@ -112,8 +88,9 @@ interface Running {
   stderrTail: string;
   exited: Promise<void>;
   io: VolumeIo;
-  /** The memory file while QEMU runs (page-out, write-back, page cache residency, through the memory agent). */
-  mem?: GuestMemory;
+  /** Its pager while QEMU runs (page-out, prefetch, write-back of the memory file). */
+  pager?: VmPager;
+  /** The last reports, kept after the VM stops. */
   lastPageout?: PageoutReport;
   lastPrefetch?: PrefetchReport;
   /** A page-out or prefetch of this VM in progress (one at a time). */
@@ -128,12 +105,12 @@ export class VmSupervisor {
   private readonly vms = new Map<string, Running>();
   private readonly log: (line: string) => void;
   readonly io: MemoryIo;
-  private readonly agent: MemoryAgent;
+  private readonly pager: Pager;
 
   constructor(private readonly o: SupervisorOptions) {
     this.log = o.log ?? (() => undefined);
     this.io = o.io ?? new MemoryIo();
-    this.agent = new MemoryAgent(this.log);
+    this.pager = new Pager({ io: this.io, log: this.log });
     keepFuseDeviceFromChildren();
   }
 
@@ -170,7 +147,7 @@ export class VmSupervisor {
       : spawn(QEMU_BINARY, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     const vm: Running = {
       rec, child, state: 'starting', hostPort, startedAt: Date.now(), stderrTail: '', exited: Promise.resolve(),
-      io: this.io.track(rec.memory, rec.memoryBytes),
+      io: this.pager.track(rec.memory, rec.memoryBytes),
     };
     vm.exited = new Promise<void>((resolve) => {
       child.once('error', (err) => { vm.stderrTail += err.message; });
@@ -198,7 +175,8 @@ export class VmSupervisor {
         await new Promise((r) => setTimeout(r, 100));
       }
     }
-    vm.mem = new GuestMemory(memFile, rec.memoryBytes, this.agent);
+    vm.pager = this.pager.attach(
+      { name, memory: rec.memory, memFile, memoryBytes: rec.memoryBytes, workingSetFile: p.workingSet }, vm.io);
     vm.state = 'running';
     this.log(`vm ${name}: running`);
     return this.status(name);
@@ -209,17 +187,17 @@ export class VmSupervisor {
    * page-out or prefetch of a VM at a time (EBUSY).
    */
   private async exclusive<T>(name: string, what: string, busy: string,
-    fn: (vm: Running, pid: number, mem: GuestMemory) => Promise<T>): Promise<T> {
+    fn: (vm: Running, pid: number, pager: VmPager) => Promise<T>): Promise<T> {
     checkVmName(name);
     readVm(this.o.storeDir, name);
     const vm = this.vms.get(name);
-    if (!vm || vm.state !== 'running' || !vm.child.pid || !vm.mem) {
+    if (!vm || vm.state !== 'running' || !vm.child.pid || !vm.pager) {
       throw new DormantError('EINVAL', `cannot ${what} VM '${name}': it is not running (state ${vm?.state ?? 'stopped'})`);
     }
     if (vm.busy) throw new DormantError('EBUSY', `cannot ${what} VM '${name}': a ${vm.busy} of it is in progress`);
     vm.busy = busy;
     try {
-      return await fn(vm, vm.child.pid, vm.mem);
+      return await fn(vm, vm.child.pid, vm.pager);
     } finally {
       vm.busy = undefined;
     }
@@ -232,62 +210,34 @@ export class VmSupervisor {
    */
   async pageout(name: string, keepBytes = 0): Promise<PageoutReport> {
     if (!Number.isSafeInteger(keepBytes) || keepBytes < 0) throw new DormantError('EINVAL', `bad keep size ${keepBytes}`);
-    return this.exclusive(name, 'page out', 'page-out', async (vm, pid, mem) => {
-      const before = await memoryNow(pid, mem);
-      const touched = vm.io.takeEpoch();
-      const ws = foldEpoch(readWorkingSet(this.o.storeDir, name), touched);
-      writeWorkingSet(this.o.storeDir, name, ws);
-      const keep = hottest(ws, Math.min(mem.pages, Math.floor(keepBytes / PAGE)));
-      const outBefore = vm.io.counters.pagesOut;
-      const r = await pageOut(pid, mem, keep, `page-out of VM '${name}'`);
-      const after = await memoryNow(pid, mem);
-      const report: PageoutReport = {
-        ...r, at: new Date().toISOString(), residentBefore: before.resident, residentAfter: after.resident,
-        cachedBefore: before.cached, cachedAfter: after.cached,
-        pagesWritten: vm.io.counters.pagesOut - outBefore,
-        epochPages: count(touched), workingSetPages: recentPages(ws).length,
-      };
-      vm.lastPageout = report;
-      this.log(`vm ${name}: paged out in ${r.durationMs.toFixed(0)} ms: resident guest RAM ${mib(before.resident)} -> `
-        + `${mib(after.resident)} MiB, page cache ${mib(before.cached)} -> ${mib(after.cached)} MiB, `
-        + `${report.pagesWritten} pages written, ${keep.length} kept`);
-      return report;
+    return this.exclusive(name, 'page out', 'page-out', async (vm, pid, pager) => {
+      vm.lastPageout = await pager.pageout(pid, keepBytes);
+      return vm.lastPageout;
     });
   }
 
   /** Brings VM `name`'s recorded working set back into memory ahead of need. */
   async prefetch(name: string): Promise<PrefetchReport> {
-    return this.exclusive(name, 'prefetch', 'prefetch', async (vm, pid, mem) => {
-      const ws = readWorkingSet(this.o.storeDir, name);
-      if (!ws) {
-        throw new DormantError('EINVAL', `cannot prefetch VM '${name}': no working set recorded yet (one is recorded at each vm pageout)`);
-      }
-      const before = await memoryNow(pid, mem);
-      const r = await vm.io.asPrefetch(() => prefetchPages(pid, mem, recentPages(ws), `prefetch of VM '${name}'`));
-      const report: PrefetchReport = {
-        ...r, at: new Date().toISOString(), residentBefore: before.resident, cachedBefore: before.cached,
-        cachedAfter: (await memoryNow(pid, mem)).cached,
-      };
-      vm.lastPrefetch = report;
-      this.log(`vm ${name}: prefetched ${r.cachedPages}/${r.pages} working-set pages in ${r.durationMs.toFixed(0)} ms`);
-      return report;
+    return this.exclusive(name, 'prefetch', 'prefetch', async (vm, pid, pager) => {
+      vm.lastPrefetch = await pager.prefetch(pid);
+      return vm.lastPrefetch;
     });
   }
 
   /** Writes the dirty guest RAM of every running VM back into the store (for a consistent sharing report). */
   async writeBackAll(): Promise<void> {
     // One at a time: each holds a pool thread until the store has flushed.
-    for (const v of [...this.vms.values()].filter((x) => x.state === 'running' && x.mem)) {
-      await v.mem!.writeBack().catch((err: Error) => this.log(`vm ${v.rec.name}: write-back: ${err.message}`));
+    for (const v of [...this.vms.values()].filter((x) => x.state === 'running' && x.pager)) {
+      await v.pager!.writeBack().catch((err: Error) => this.log(`vm ${v.rec.name}: write-back: ${err.message}`));
     }
   }
 
 
   private exited(vm: Running, code: number | null, signal: NodeJS.Signals | null): void {
     // The agent closes the memory file, writing back what QEMU left dirty (this process serves those writes).
-    const mem = vm.mem;
-    vm.mem = undefined;
-    mem?.close().catch((err: Error) => this.log(`vm ${vm.rec.name}: closing its memory file: ${err.message}`));
+    const pager = vm.pager;
+    vm.pager = undefined;
+    pager?.close().catch((err: Error) => this.log(`vm ${vm.rec.name}: closing its memory file: ${err.message}`));
     const how = signal ? `killed by signal ${signal}` : `exit code ${code}`;
     if (vm.state === 'stopping') {
       vm.state = 'stopped';
@@ -341,7 +291,7 @@ export class VmSupervisor {
       this.log(`vm ${v.rec.name}: stop failed: ${err.message}`);
       v.child.kill('SIGKILL');
     })));
-    await this.agent.close(); // after the VMs: their memory files are closed (and written back) first
+    await this.pager.close(); // after the VMs: their memory files are closed (and written back) first
   }
 
   /** Status of VM `name` (ENOENT when there is no such VM). */
@@ -364,12 +314,12 @@ export class VmSupervisor {
       return { ...base, state: vm.state, ...(vm.reason ? { reason: vm.reason } : {}), ...last };
     }
     const res = vm.child.pid ? await residentMemory(vm.child.pid, this.memFile(rec)) : undefined;
-    const cached = vm.mem ? await vm.mem.cachedCount().catch(() => undefined) : undefined;
+    const cached = vm.pager ? await vm.pager.cachedBytes() : undefined;
     const c = vm.io.counters;
     return {
       ...base, state: vm.state, pid: vm.child.pid, hostPort: vm.hostPort,
       residentGuestRam: res?.guestRam, residentQemu: res?.qemuOwn,
-      ...(cached === undefined ? {} : { cachedGuestRam: cached * PAGE }),
+      ...(cached === undefined ? {} : { cachedGuestRam: cached }),
       uptimeSeconds: Math.round((Date.now() - vm.startedAt) / 1000),
       faultsPerSecond: Math.round(vm.io.faultsPerSecond() * 10) / 10, faults: c.faults,
       pagesIn: c.pagesIn, prefetchPages: c.prefetchPages, pagesOut: c.pagesOut,
@@ -400,20 +350,6 @@ function keepFuseDeviceFromChildren(): number {
 /** Status of a VM when no daemon runs: nothing runs; its recorded working set is known. */
 export function offlineStatus(rec: VmRecord, storeDir?: string): VmStatus {
   const base: VmStatus = { name: rec.name, state: 'stopped', memoryBytes: rec.memoryBytes, cpus: rec.cpus, from: rec.from };
-  const ws = storeDir ? readWorkingSet(storeDir, rec.name) : undefined;
-  return ws ? { ...base, workingSetBytes: recentPages(ws).length * PAGE } : base;
-}
-
-const count = (bitmap: Uint8Array): number => {
-  let n = 0;
-  for (let i = 0; i < bitmap.length; i++) if (bitmap[i] !== 0) n++;
-  return n;
-};
-
-const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(1);
-
-/** Guest RAM resident in QEMU (smaps of the mapping) and in the host page cache, in bytes. */
-async function memoryNow(pid: number, mem: GuestMemory): Promise<{ resident: number; cached: number }> {
-  const [res, cached] = await Promise.all([residentMemory(pid, mem.file), mem.cachedCount()]);
-  return { resident: res?.guestRam ?? 0, cached: cached * PAGE };
+  const ws = storeDir ? recordedWorkingSetBytes(vmPaths(storeDir, rec.name).workingSet) : undefined;
+  return ws === undefined ? base : { ...base, workingSetBytes: ws };
 }

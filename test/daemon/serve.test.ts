@@ -19,7 +19,7 @@ import { RawClient } from '../nbd/helpers.js';
 import { BIN, cliEnv, ensureBuilt, expectFailure, expectOk, type CliResult } from '../helpers/cli.js';
 import { firstDiff, pseudoRandom, randomBlock } from '../helpers/data.js';
 import { TempDirs } from '../helpers/tmp.js';
-import { freePort } from '../../src/pager/index.js';
+import { freePort } from '../../src/vm/index.js';
 
 const MiB = 1024 * 1024;
 const tmp = new TempDirs();

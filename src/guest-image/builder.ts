@@ -34,7 +34,6 @@ import { DEFAULT_HOSTNAME, STATUS_CGI, UDHCPC_SCRIPT, initramfsInit, rootInit } 
 import { moduleName, parseModulesDep, resolveModules } from './kernel-modules.js';
 
 export { DEFAULT_HOSTNAME } from './guest-scripts.js';
-export { parseModulesDep, resolveModules } from './kernel-modules.js';
 
 /** Bump when the image layout or the guest's scripts change: invalidates caches. */
 export const BUILDER_VERSION = 1;

@@ -8,7 +8,7 @@ import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import { Store } from '../../src/blockstore/index.js';
-import { LocalControl, RemoteControl, serveControl, type ControlServer } from '../../src/migrate/index.js';
+import { LocalControl, RemoteControl, serveControl, type ControlServer } from '../../src/control/index.js';
 import { TempDirs } from '../helpers/tmp.js';
 
 const tmp = new TempDirs();

@@ -7,10 +7,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
-import { MemoryIo, listVms, readWorkingSet } from '../../src/pager/index.js';
+import { MemoryIo, readWorkingSet } from '../../src/pager/index.js';
 import {
-  complementRuns, foldEpoch, hottest, pageRuns, recentPages, writeWorkingSet, workingSetPath,
+  complementRuns, foldEpoch, hottest, pageRuns, recentPages, writeWorkingSet,
 } from '../../src/pager/working-set.js';
+import { listVms, vmPaths } from '../../src/vm/index.js';
 import { runsToRanges } from '../../src/pager/pageout.js';
 
 const dirs: string[] = [];
@@ -92,11 +93,12 @@ describe('working sets', () => {
   it('persist next to the VM records without being listed as one', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dormant-ws-'));
     dirs.push(dir);
-    expect(readWorkingSet(dir, 'vm1')).toBeUndefined();
+    const file = vmPaths(dir, 'vm1').workingSet;
+    expect(readWorkingSet(file)).toBeUndefined();
     const ws = foldEpoch(foldEpoch(undefined, touched(8, [0, 5])), touched(8, [5]));
-    writeWorkingSet(dir, 'vm1', ws);
-    expect(workingSetPath(dir, 'vm1').endsWith('.json')).toBe(false);
-    const back = readWorkingSet(dir, 'vm1')!;
+    writeWorkingSet(file, ws);
+    expect(file.endsWith('.json')).toBe(false);
+    const back = readWorkingSet(file)!;
     expect([...back.heat.entries()].sort()).toEqual([[0, 0.5], [5, 1.5]]);
     expect(back.epochs).toBe(2);
     expect(listVms(dir)).toEqual([]);

@@ -1,0 +1,8 @@
+/**
+ * Control of a store: the operations every CLI command asks for, done on a
+ * store this process owns (LocalControl) or sent to the daemon that owns it
+ * over its control socket (RemoteControl; serveControl is the daemon's end).
+ */
+export { LocalControl, CONTROL_OPS, CONTROL_SOCKET_NAME, type StoreControl, type ControlOp } from './operations.js';
+export { serveControl, type ControlServer } from './server.js';
+export { RemoteControl, daemonAnswers } from './client.js';

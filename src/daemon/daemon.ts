@@ -1,0 +1,132 @@
+/**
+ * The host daemon (`dormant serve`): owns the store and composes what serves
+ * it: the NBD server (TCP and a Unix socket), the control socket through
+ * which every other CLI command keeps working, and with a mount point the
+ * FUSE view and the VM runner (VMs keep their RAM on that view, so no mount
+ * means no VMs).
+ *
+ * Life:
+ *   startDaemon   open the store, listen for NBD, mount, start the VM
+ *                 runner, serve the control socket, log one line saying
+ *                 where everything is; on a failure undo what was started
+ *                 and throw (a DormantError the CLI prints in one line);
+ *   stop          VMs first (QEMU maps its RAM through the FUSE view and
+ *                 reads its disk over NBD), then the control socket, the
+ *                 mount, the NBD server (finishing in-flight requests) and
+ *                 the store (flushed); resolves once all is released.
+ *   untilSignal   stop at the first SIGTERM or SIGINT; a repeated signal
+ *                 does not cut the final flush short.
+ */
+import path from 'node:path';
+import { DormantError, Store } from '../blockstore/index.js';
+import { CONTROL_SOCKET_NAME, LocalControl, serveControl, type ControlServer } from '../control/index.js';
+import { mountStore, type FuseMount } from '../fuse/index.js';
+import { NbdServer, StoreBackend, type NbdAddresses, type TlsMode } from '../nbd/index.js';
+import { MemoryIo } from '../pager/index.js';
+import { VmSupervisor } from '../vm/index.js';
+
+/** File name of the NBD Unix socket inside the store directory. */
+export const NBD_SOCKET_NAME = 'nbd.sock';
+
+/** What the daemon serves, as `dormant serve` parsed it. */
+export interface DaemonOptions {
+  /** Store directory. */
+  storeDir: string;
+  /** NBD over TCP, or none. */
+  tcp?: { host: string; port: number };
+  /** NBD Unix socket (default: STORE/nbd.sock). */
+  socketPath?: string;
+  tls: { mode: TlsMode; certFile?: string; keyFile?: string };
+  readOnly: boolean;
+  /** Read fingerprints per export name or per client peer address. */
+  labelBy: 'export' | 'peer';
+  /** FUSE mount point: the store as files, and VMs. */
+  mountDir?: string;
+  /** One log line (the daemon adds nothing but what it says). */
+  log: (line: string) => void;
+}
+
+/** A running daemon. */
+export interface Daemon {
+  readonly store: Store;
+  readonly nbdAddresses: NbdAddresses;
+  readonly socketPath: string;
+  /** Stops everything in order (idempotent: a second call waits for the first). */
+  stop(): Promise<void>;
+  /** Resolves once a SIGTERM or SIGINT has stopped the daemon. */
+  untilSignal(): Promise<void>;
+}
+
+/** Opens the store and starts everything `o` asks for. */
+export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
+  const { log } = o;
+  const dir = o.storeDir;
+  const store = await Store.open(dir);
+  const socketPath = path.resolve(o.socketPath ?? path.join(dir, NBD_SOCKET_NAME));
+  let nbd: NbdServer;
+  try {
+    nbd = new NbdServer({
+      backend: new StoreBackend(store, { readOnly: o.readOnly }),
+      tcp: o.tcp,
+      socketPath,
+      tls: o.tls,
+      labelBy: o.labelBy,
+      logger: { info: log, error: (msg: string, err?: unknown) => log(`${msg}${err ? `: ${(err as Error).message ?? err}` : ''}`) },
+    });
+  } catch (err) {
+    await store.close();
+    throw new DormantError('EINVAL', `cannot set up TLS: ${(err as Error).message}`, { cause: err });
+  }
+  let control: ControlServer | undefined;
+  let fuse: FuseMount | undefined;
+  let vms: VmSupervisor | undefined;
+  let nbdAddresses: NbdAddresses;
+  try {
+    nbdAddresses = await nbd.listen();
+    // The FUSE reads and writes of memory volumes are the VMs' page faults and page-outs.
+    const io = new MemoryIo();
+    if (o.mountDir !== undefined) fuse = await mountStore(store, o.mountDir, { log, readOnly: o.readOnly, observer: io });
+    // VMs keep their RAM on the FUSE view: no mount, no VMs.
+    if (fuse) vms = new VmSupervisor({ storeDir: dir, mountDir: fuse.dir, nbdSocket: socketPath, log, io });
+    control = await serveControl(new LocalControl(store, false, vms), path.join(dir, CONTROL_SOCKET_NAME), log);
+    const tcp = nbdAddresses.tcp;
+    const where = [
+      tcp ? `nbd://${tcp.host.includes(':') ? `[${tcp.host}]` : tcp.host}:${tcp.port}/<volume>` : null,
+      `nbd+unix:///<volume>?socket=${socketPath}`,
+    ].filter(Boolean).join(' and ');
+    log(`dormant serve: store ${dir}; NBD on ${where}${o.tls.mode !== 'off' ? ` (TLS ${o.tls.mode})` : ''}${o.readOnly ? ' (read-only)' : ''}; `
+      + `control socket ${path.join(dir, CONTROL_SOCKET_NAME)}${fuse ? `; FUSE on ${fuse.dir}` : ''}`);
+  } catch (err) {
+    await fuse?.unmount().catch(() => undefined);
+    await nbd.close().catch(() => undefined);
+    await store.close();
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'EADDRINUSE') throw new DormantError('EBUSY', `cannot listen: address in use (${e.message.replace(/^listen EADDRINUSE: address already in use /, '')})`);
+    if (e.code === 'EACCES') throw new DormantError('EINVAL', `cannot listen: permission denied (${e.message})`);
+    throw err;
+  }
+
+  let stopped: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    stopped ??= (async () => {
+      // QEMU maps its RAM through the FUSE view and reads its disk over NBD: VMs go first.
+      await vms?.stopAll().catch((err: Error) => log(`dormant serve: stopping VMs: ${err.message}`));
+      await control?.close();
+      await fuse?.unmount().catch((err: Error) => log(`dormant serve: ${err.message}`));
+      await nbd.close();
+      await store.close();
+      log('dormant serve: stopped');
+    })();
+    return stopped;
+  };
+  const untilSignal = () => new Promise<void>((resolve) => {
+    const onSignal = (sig: string) => {
+      if (stopped) { log(`dormant serve: ${sig} again: already stopping, still flushing`); return; }
+      log(`dormant serve: ${sig}: finishing in-flight requests, flushing`);
+      void stop().then(resolve);
+    };
+    process.on('SIGTERM', () => onSignal('SIGTERM'));
+    process.on('SIGINT', () => onSignal('SIGINT'));
+  });
+  return { store, nbdAddresses, socketPath, stop, untilSignal };
+}

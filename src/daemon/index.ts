@@ -1,0 +1,5 @@
+/**
+ * The host daemon: composes store + NBD server + control socket + FUSE view
+ * + VM runner + pager, and stops them in order.
+ */
+export { startDaemon, NBD_SOCKET_NAME, type Daemon, type DaemonOptions } from './daemon.js';
