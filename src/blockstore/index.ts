@@ -4,11 +4,11 @@
  */
 export { Store, type StoreOptions } from './store.js';
 export { DormantError, isDormantError, USER_ERROR_CODES, type ErrorCode } from './errors.js';
-export { BLOCK_SIZE, MAX_VOLUME_SIZE, FORMAT_VERSION } from './constants.js';
+export { BLOCK_SIZE, HASH_SIZE, MAX_VOLUME_SIZE, FORMAT_VERSION } from './constants.js';
 export { xxh3, type HashFunction } from './hash.js';
 export { checkName, splitName } from './catalog.js';
 export type {
   VolumeKind, VolumeHandle, ReadOptions, WriteOptions, Extent, VolumeEntry, VolumeSummary, VolumeInfo, StoreStats, GcResult,
-  FingerprintEntry,
+  FingerprintEntry, BlockHashes, StoredFile,
 } from './types.js';
 export { importFile, exportFile, type ProgressFn, type RawImageResult } from './raw-image.js';

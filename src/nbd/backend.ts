@@ -4,7 +4,7 @@
  * backend decides each one. `src/nbd/store-backend.ts` implements it over
  * the block store; tests may implement it over anything.
  */
-import type { VolumeHandle } from '../blockstore/types.js';
+import type { VolumeHandle } from '../blockstore/index.js';
 
 /** One export as NBD_OPT_LIST / NBD_OPT_INFO show it. */
 export interface ExportInfo {

@@ -6,7 +6,7 @@
  * writes past the end, EINVAL on reads, trims and status queries past it).
  * Anything unexpected becomes EIO and the original is logged by the caller.
  */
-import { isDormantError } from '../blockstore/errors.js';
+import { isDormantError } from '../blockstore/index.js';
 import * as P from './protocol.js';
 
 /** An NBD errno plus whether the original error deserves a log line. */

@@ -19,7 +19,7 @@
  * meta-context state. The machine owns no handle: a handle opened for GO or
  * EXPORT_NAME is handed to the caller inside the 'transmit' step.
  */
-import type { VolumeHandle } from '../blockstore/types.js';
+import type { VolumeHandle } from '../blockstore/index.js';
 import type { ExportInfo, NbdBackend, NbdLogger } from './backend.js';
 import * as C from './codec.js';
 import { mapBackendErrorToRep } from './errors.js';

@@ -21,7 +21,7 @@
  * unwritten part to the socket, so bytes leave in the order they were put.
  */
 import type { Duplex } from 'node:stream';
-import type { StoredFile } from '../blockstore/types.js';
+import type { StoredFile } from '../blockstore/index.js';
 import { sendFileRange } from '../native/index.js';
 
 /** Replies up to this size are copied into the slab. */

@@ -3,7 +3,7 @@
  * (data runs as OFFSET_DATA, zero runs as OFFSET_HOLE) and the descriptors
  * of a BLOCK_STATUS reply. No I/O; the transmission loop writes the result.
  */
-import type { Extent } from '../blockstore/types.js';
+import type { Extent } from '../blockstore/index.js';
 import * as C from './codec.js';
 import * as P from './protocol.js';
 

@@ -8,8 +8,8 @@
  * store sees one open handle per export. The shared handle is closed when
  * the last connection releases it.
  */
-import { DormantError, isDormantError } from '../blockstore/errors.js';
-import type { VolumeEntry, VolumeHandle } from '../blockstore/types.js';
+import { DormantError, isDormantError } from '../blockstore/index.js';
+import type { VolumeEntry, VolumeHandle } from '../blockstore/index.js';
 import type { ExportInfo, NbdBackend } from './backend.js';
 
 /** The part of the store the NBD backend uses. */

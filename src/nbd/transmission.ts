@@ -23,8 +23,8 @@
  * -> in-flight == 0 -> DONE (`done` resolves with the reason).
  */
 import type { Duplex } from 'node:stream';
-import type { BlockHashes, ReadOptions, StoredFile, WriteOptions } from '../blockstore/types.js';
-import { BLOCK_SIZE, HASH_SIZE } from '../blockstore/constants.js';
+import type { BlockHashes, ReadOptions, StoredFile, WriteOptions } from '../blockstore/index.js';
+import { BLOCK_SIZE, HASH_SIZE } from '../blockstore/index.js';
 import { recvStream, type RecvStream, type RecvStreamEnd } from '../native/index.js';
 import { Outbox } from './outbox.js';
 import type { NbdLogger } from './backend.js';
