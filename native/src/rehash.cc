@@ -1,19 +1,26 @@
-// rehashRun: the bookkeeping of a big write that rewrites a run of new
-// chunks in place, for the whole run in one call (in JavaScript it cost
-// about 1 us per 4 KiB block, the largest part of a 1 MiB write's time on
-// the JS thread).
+// rehashRun and addRun: the write-back's bookkeeping for a run of blocks of
+// a big write, for the whole run in one call instead of one JavaScript
+// step per block, the largest part of such a write's work on the JS thread.
 //
-// For chunk ids id0 .. id0+count-1 (entries j0 .. j0+count-1 of one
-// write-back chunk page) taking the blocks whose hashes are newHashes[at +
-// 16k], in order, while the new hash is certainly not a committed chunk's
-// (hash filter) and no new chunk has its hash prefix: move the chunk from
-// its old prefix to the new one in the prefix table, store the new hash
-// and mark it LIVE | UNIQUE. Stops at the first block that needs the
-// general path (a possible duplicate) and returns how many it did. The
-// tables are the TypeScript ones (src/blockstore/writeback.ts PrefixTable,
-// hash-filter.ts HashFilter), with the same layout and probing; the
-// TypeScript side keeps each table's size and count (a move leaves the
-// count as it was, so no table grows or shrinks here).
+// rehashRun: for chunk ids id0 .. id0+count-1 (entries j0 .. j0+count-1 of
+// one write-back chunk page) taking the blocks whose hashes are
+// newHashes[at + 16k], in order, while the new hash is certainly not a
+// committed chunk's (hash filter) and no new chunk has its hash prefix:
+// move the chunk from its old prefix to the new one in the prefix table,
+// store the new hash and mark it LIVE | UNIQUE. addRun: the same test, for
+// fresh ids taking landed slots (below). Both stop at the first block that
+// needs the general path (a possible duplicate) and return how many they
+// did.
+//
+// The tables are the TypeScript ones, changed in place: the prefix table's
+// layout, probing, insertion and removal are described once, in the header
+// of src/blockstore/prefix-table.ts, and Table below keeps to it; the chunk
+// page's columns are described in src/blockstore/chunk-page.ts (kLive,
+// kUnique are its LIVE, UNIQUE); the filter's bits are hash-filter.ts's
+// HashFilter (three little-endian words of the hash, each masked). The
+// TypeScript side keeps each table's size and count: nothing here grows or
+// shrinks a table (test/blockstore/prefix-table.test.ts checks both sides
+// against each other).
 //
 // Why each pointer use is safe: every array comes from a typed array
 // argument, read on the JS thread, and the call returns before any JS runs.
@@ -51,12 +58,13 @@ T* TypedArg(const Napi::Value& value, napi_typedarray_type type, const char* fn,
 
 bool PowerOfTwo(uint64_t x) { return x != 0 && (x & (x - 1)) == 0; }
 
-// The first 30 bits of a hash (as writeback.ts's prefix()).
+// The first 30 bits of a hash: the table's key (prefix-table.ts prefix()).
 uint32_t Prefix(const uint8_t* h) {
   return (static_cast<uint32_t>(h[0]) << 22) | (static_cast<uint32_t>(h[1]) << 14) |
          (static_cast<uint32_t>(h[2]) << 6) | (static_cast<uint32_t>(h[3]) >> 2);
 }
 
+// The prefix table, in the layout of src/blockstore/prefix-table.ts.
 struct Table {
   double* slots;
   uint64_t mask;

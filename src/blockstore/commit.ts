@@ -20,7 +20,8 @@
 import type { IndexDbs, IndexWrites } from './index-db.js';
 import type { Catalog } from './catalog.js';
 import type { BlockMap } from './blockmap.js';
-import type { Generation, Writeback } from './writeback.js';
+import type { Generation } from './generation.js';
+import type { Writeback } from './writeback.js';
 import { chunkKey, decodeChunk, decodeIds, encodeChunk, encodeIds, mapKey, mapValue, parseMapValue } from './keys.js';
 import { invariant } from './errors.js';
 

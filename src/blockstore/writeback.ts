@@ -10,9 +10,12 @@
  * Since only synced data is ever committed, the index never points at data
  * a crash could lose.
  *
- * Two generations at most: `current` and `flushing`. New chunks keep their
- * id from the moment they are stored; only those still referenced when
- * their generation commits are entered in the chunk table.
+ * State: two generations at most (generation.ts), `current` and
+ * `flushing`; the new chunks, in chunk pages (chunk-page.ts), with their
+ * reference counts; the new chunks by hash prefix (prefix-table.ts); the
+ * references pending entries hold on committed chunks (`oldRefs`). New
+ * chunks keep their id from the moment they are stored; only those still
+ * referenced when their generation commits are entered in the chunk table.
  *
  * A new chunk that only the current generation's entry of one block
  * references (`rewritable`) belongs to nobody else: no index entry, no
@@ -22,207 +25,20 @@
  * cache, not disk. Committed chunks are never rewritten, so the index still
  * only ever points at synced data.
  *
- * Layout: no JavaScript object per block or per chunk, so that a generation
- * can span a working set of gigabytes without weighing on the collector.
- * Entries live in pages of ENTRY_PAGE consecutive blocks (a Float64Array of
- * targets, -1 = no entry, then versions) per lineage; new chunks in pages of
- * CHUNK_PAGE consecutive ids (typed arrays of place, references and flags,
- * and one buffer of hashes). The last page used is remembered, so a run of
- * consecutive blocks or ids costs one map look-up per page.
+ * Everything here is synchronous, on the JS thread. The last entry page and
+ * chunk page used are remembered, so a run of consecutive blocks or ids
+ * costs one map look-up per page.
+ *
+ * This file stays whole past 450 lines: every method keeps the same three
+ * structures (entries, chunk pages, prefix table) consistent with each
+ * other, and the write-back model test drives them as one.
  */
-import type { Location } from './segments.js';
-import { addRun, rehashRun } from '../native/index.js';
+import { HASH_SIZE } from './constants.js';
+import { CHUNK_PAGE, LIVE, UNIQUE, copyHash, newChunkPage, type ChunkPage } from './chunk-page.js';
+import { ENTRY_PAGE, Generation } from './generation.js';
 import type { FilterBits } from './hash-filter.js';
-
-/** Blocks per entry page: 512 bytes of memory per page in use. (Block numbers exceed 2^32: no bit shifts.) */
-const ENTRY_PAGE = 32;
-/** Chunk ids per new-chunk page (29 KiB). */
-const CHUNK_PAGE = 1024;
-const HASH = 16;
-const LIVE = 1;
-const UNIQUE = 2;
-const NONE: number[] = [];
-
-/** The first 30 bits of the hash at hash[at]: a small integer. */
-function prefix(hash: Buffer, at: number): number {
-  return (hash[at] << 22) | (hash[at + 1] << 14) | (hash[at + 2] << 6) | (hash[at + 3] >>> 2);
-}
-
-/** Copies a 16-byte hash (a JS loop: Buffer.copy's native call costs more than the bytes). */
-function copyHash(from: Buffer, fromAt: number, to: Buffer, toAt: number): void {
-  for (let k = 0; k < HASH; k++) to[toAt + k] = from[fromAt + k];
-}
-
-/**
- * New chunk ids by the first 30 bits of their hash (a key may have several
- * ids): open addressing with linear probing in typed arrays, so an
- * operation costs about one cache miss, where a Map of this size costs
- * several. The keys are hash bits already, so they index the table as they
- * are. Removal shifts the rest of a probe run back (no tombstones).
- */
-class PrefixTable {
-  /** Per slot: key + 1 (0 = empty), then the id, side by side so a probe touches one cache line. */
-  private slots = new Float64Array(2 * 1024);
-  private mask = 1023;
-  private count = 0;
-
-  /** Ids filed under `key` (a fresh array; NONE when there are none). */
-  find(key: number): number[] {
-    const k = key + 1;
-    const t = this.slots;
-    let out = NONE;
-    for (let i = key & this.mask; t[2 * i] !== 0; i = (i + 1) & this.mask) {
-      if (t[2 * i] !== k) continue;
-      if (out === NONE) out = [t[2 * i + 1]]; else out.push(t[2 * i + 1]);
-    }
-    return out;
-  }
-
-  add(key: number, id: number): void {
-    if (2 * (this.count + 1) > this.mask + 1) this.resize(2 * (this.mask + 1));
-    const t = this.slots;
-    let i = key & this.mask;
-    while (t[2 * i] !== 0) i = (i + 1) & this.mask;
-    t[2 * i] = key + 1;
-    t[2 * i + 1] = id;
-    this.count++;
-  }
-
-  remove(key: number, id: number): void {
-    const k = key + 1;
-    const t = this.slots;
-    let i = key & this.mask;
-    while (t[2 * i] !== 0 && !(t[2 * i] === k && t[2 * i + 1] === id)) i = (i + 1) & this.mask;
-    if (t[2 * i] === 0) return;
-    // Shift back every later entry of the run that may live at i.
-    for (let j = (i + 1) & this.mask; t[2 * j] !== 0; j = (j + 1) & this.mask) {
-      const home = (t[2 * j] - 1) & this.mask;
-      const between = i <= j ? home > i && home <= j : home > i || home <= j;
-      if (between) continue;
-      t[2 * i] = t[2 * j];
-      t[2 * i + 1] = t[2 * j + 1];
-      i = j;
-    }
-    t[2 * i] = 0;
-    this.count--;
-    if (this.mask > 65535 && 16 * this.count < this.mask + 1) this.resize((this.mask + 1) / 4);
-  }
-
-  /**
-   * For ids id0 + k (entries j0 + k of chunk page `cp`), in order: the
-   * chunk takes hash newHashes[at + 16k, +16) when `filter` says no
-   * committed chunk has it and no id is filed under its prefix (moved from
-   * its old prefix here, its hash and flags set in `cp`); stops at the
-   * first that does not qualify. Returns how many moved. Natively, with
-   * this table's layout and probing.
-   */
-  moveRun(cp: ChunkPage, j0: number, id0: number, count: number, newHashes: Buffer, at: number, filter: FilterBits | null): number {
-    if (filter === null) return 0;
-    return rehashRun(this.slots, this.mask, filter.words, filter.mask, cp.hashes, cp.flags, j0, id0, count, newHashes, at);
-  }
-
-  /**
-   * For ids id0 + k (entries j0 + k of chunk page `cp`, fresh), in order:
-   * the chunk is new with hash newHashes[at + 16k, +16) in slot slot0 + k
-   * of `segment` when `filter` says no committed chunk has the hash and no
-   * id is filed under its prefix (filed here); stops at the first that does
-   * not qualify. Returns how many were added. Natively, as moveRun.
-   */
-  addRun(cp: ChunkPage, j0: number, id0: number, count: number, newHashes: Buffer, at: number, segment: number,
-    slot0: number, filter: FilterBits | null): number {
-    if (filter === null) return 0;
-    while (2 * (this.count + count) > this.mask + 1) this.resize(2 * (this.mask + 1));
-    const done = addRun(this.slots, this.mask, filter.words, filter.mask, cp.hashes, cp.flags, cp.segment, cp.slot,
-      j0, id0, count, newHashes, at, segment, slot0);
-    this.count += done;
-    return done;
-  }
-
-  private resize(slots: number): void {
-    const old = this.slots;
-    this.slots = new Float64Array(2 * slots);
-    this.mask = slots - 1;
-    this.count = 0;
-    for (let i = 0; i < old.length; i += 2) if (old[i] !== 0) this.add(old[i] - 1, old[i + 1]);
-  }
-}
-
-/** One generation of pending entries. */
-export class Generation {
-  /** lineage -> page number -> [target x ENTRY_PAGE (-1: none), version x ENTRY_PAGE]. */
-  readonly lineages = new Map<number, Map<number, Float64Array>>();
-  /** Entries. */
-  count = 0;
-  /** Pages allocated. */
-  pages = 0;
-
-  page(lineage: number, pageNo: number): Float64Array | undefined {
-    return this.lineages.get(lineage)?.get(pageNo);
-  }
-
-  makePage(lineage: number, pageNo: number): Float64Array {
-    let m = this.lineages.get(lineage);
-    if (m === undefined) { m = new Map(); this.lineages.set(lineage, m); }
-    let p = m.get(pageNo);
-    if (p === undefined) {
-      p = new Float64Array(2 * ENTRY_PAGE).fill(-1, 0, ENTRY_PAGE);
-      m.set(pageNo, p);
-      this.pages++;
-    }
-    return p;
-  }
-
-  /**
-   * This generation cut into generations of about `maxEntries` entries
-   * each (whole pages, shared with this one), in order; itself when it is
-   * that small.
-   */
-  slices(maxEntries: number): Generation[] {
-    if (this.count <= maxEntries) return [this];
-    const out: Generation[] = [];
-    let cur = new Generation();
-    for (const [lineage, pages] of this.lineages) {
-      for (const [pageNo, p] of pages) {
-        if (cur.count >= maxEntries) { out.push(cur); cur = new Generation(); }
-        let m = cur.lineages.get(lineage);
-        if (m === undefined) { m = new Map(); cur.lineages.set(lineage, m); }
-        m.set(pageNo, p);
-        cur.pages++;
-        for (let i = 0; i < ENTRY_PAGE; i++) if (p[i] >= 0) cur.count++;
-      }
-    }
-    out.push(cur);
-    return out;
-  }
-
-  /** Entries of `lineage` as [block, version, target]; the array is reused between steps. */
-  *entries(lineage: number): Generator<[number, number, number]> {
-    const m = this.lineages.get(lineage);
-    if (m === undefined) return;
-    const e: [number, number, number] = [0, 0, 0];
-    for (const [pageNo, p] of m) {
-      for (let i = 0; i < ENTRY_PAGE; i++) {
-        if (p[i] < 0) continue;
-        e[0] = pageNo * ENTRY_PAGE + i;
-        e[1] = p[ENTRY_PAGE + i];
-        e[2] = p[i];
-        yield e;
-      }
-    }
-  }
-}
-
-/** New chunks with ids [first, first + CHUNK_PAGE). */
-interface ChunkPage {
-  segment: Uint32Array;
-  slot: Uint32Array;
-  /** Pending entries (any generation) that reference the chunk. */
-  refs: Int32Array;
-  /** LIVE: a new chunk; UNIQUE: see `isUnique`. */
-  flags: Uint8Array;
-  hashes: Buffer;
-  live: number;
-}
+import { PrefixTable, prefix } from './prefix-table.js';
+import type { Location } from './segments.js';
 
 /** The write-back overlay. */
 export class Writeback {
@@ -414,10 +230,10 @@ export class Writeback {
     cp.refs[j] = this.oldRefs.get(id) ?? 0;
     this.oldRefs.delete(id);
     cp.flags[j] = LIVE | (unique ? UNIQUE : 0);
-    copyHash(hash, at, cp.hashes, j * HASH);
+    copyHash(hash, at, cp.hashes, j * HASH_SIZE);
     cp.live++;
     this.newCount++;
-    this.listHash(id, cp.hashes, j * HASH);
+    this.listHash(id, cp.hashes, j * HASH_SIZE);
   }
 
   /**
@@ -429,10 +245,10 @@ export class Writeback {
   rehash(id: number, hash: Buffer, at: number, unique: boolean): void {
     const cp = this.chunkPage(id)!;
     const j = id % CHUNK_PAGE;
-    this.unlistHash(id, cp.hashes, j * HASH);
-    copyHash(hash, at, cp.hashes, j * HASH);
+    this.unlistHash(id, cp.hashes, j * HASH_SIZE);
+    copyHash(hash, at, cp.hashes, j * HASH_SIZE);
     cp.flags[j] = LIVE | (unique ? UNIQUE : 0);
-    this.listHash(id, cp.hashes, j * HASH);
+    this.listHash(id, cp.hashes, j * HASH_SIZE);
   }
 
   /** True when `id` is a new (not yet committed) chunk. */
@@ -452,14 +268,14 @@ export class Writeback {
     if (cp === undefined || (cp.flags[j] & LIVE) === 0) return false;
     out[0] = cp.segment[j];
     out[1] = cp.slot[j];
-    if (hashOut !== undefined) copyHash(cp.hashes, j * HASH, hashOut, hashAt);
+    if (hashOut !== undefined) copyHash(cp.hashes, j * HASH_SIZE, hashOut, hashAt);
     return true;
   }
 
   /** Name of new chunk `id`: a view, valid until the chunk is committed or rewritten. */
   newHash(id: number): Buffer {
     const j = id % CHUNK_PAGE;
-    return this.chunkPage(id)!.hashes.subarray(j * HASH, (j + 1) * HASH);
+    return this.chunkPage(id)!.hashes.subarray(j * HASH_SIZE, (j + 1) * HASH_SIZE);
   }
 
   /**
@@ -547,7 +363,7 @@ export class Writeback {
       const cp = this.chunkPage(id);
       const j = id % CHUNK_PAGE;
       if (cp === undefined || (cp.flags[j] & LIVE) === 0) continue;
-      committed(cp.hashes.subarray(j * HASH, (j + 1) * HASH));
+      committed(cp.hashes.subarray(j * HASH_SIZE, (j + 1) * HASH_SIZE));
       this.forgetNew(id, Math.floor(id / CHUNK_PAGE), cp, j);
     }
     const orphans = this.orphans;
@@ -609,10 +425,7 @@ export class Writeback {
 
   private makeChunkPage(id: number): ChunkPage {
     const pageNo = Math.floor(id / CHUNK_PAGE);
-    const cp: ChunkPage = {
-      segment: new Uint32Array(CHUNK_PAGE), slot: new Uint32Array(CHUNK_PAGE), refs: new Int32Array(CHUNK_PAGE),
-      flags: new Uint8Array(CHUNK_PAGE), hashes: Buffer.alloc(CHUNK_PAGE * HASH), live: 0,
-    };
+    const cp = newChunkPage();
     this.chunkPages.set(pageNo, cp);
     this.lastChunkPageNo = pageNo;
     this.lastChunkPage = cp;
@@ -620,7 +433,7 @@ export class Writeback {
   }
 
   private forgetNew(id: number, pageNo: number, cp: ChunkPage, j: number): void {
-    this.unlistHash(id, cp.hashes, j * HASH);
+    this.unlistHash(id, cp.hashes, j * HASH_SIZE);
     // Entries of the current generation may still point at a committed chunk.
     if (cp.refs[j] > 0) this.oldRefs.set(id, cp.refs[j]);
     cp.flags[j] = 0;

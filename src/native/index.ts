@@ -352,6 +352,8 @@ export function recvStream(socketFd: number, size: number, dest: Uint8Array, has
  * slots (native/src/rehash.cc addRun): while the filter and the prefix
  * table say no chunk has the hash, ids id0.. get hash, place and LIVE |
  * UNIQUE in the chunk page and their prefixes filed; returns how many.
+ * `slots`/`mask` are a prefix table in the layout of
+ * src/blockstore/prefix-table.ts, with room for `count` more entries.
  */
 export function addRun(slots: Float64Array, mask: number, words: Uint32Array | null, fmask: number, pageHashes: Uint8Array,
   pageFlags: Uint8Array, pageSegments: Uint32Array, pageSlots: Uint32Array, j0: number, id0: number, count: number,
@@ -366,8 +368,9 @@ export function addRun(slots: Float64Array, mask: number, words: Uint32Array | n
  * each taking the hash newHashes[at + 16k, +16), in order, while that hash
  * is certainly not a committed chunk's (filter `words`/`fmask`; null: not
  * built, nothing is done) and no new chunk has its prefix (prefix table
- * `slots`/`mask`): moves the chunk to its new prefix, stores the hash in
- * pageHashes and sets pageFlags to LIVE | UNIQUE. Returns how many it did.
+ * `slots`/`mask`, in the layout of src/blockstore/prefix-table.ts): moves
+ * the chunk to its new prefix, stores the hash in pageHashes and sets
+ * pageFlags to LIVE | UNIQUE. Returns how many it did.
  */
 export function rehashRun(slots: Float64Array, mask: number, words: Uint32Array | null, fmask: number,
   pageHashes: Uint8Array, pageFlags: Uint8Array, j0: number, id0: number, count: number, newHashes: Uint8Array, at: number): number {

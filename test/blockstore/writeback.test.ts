@@ -14,7 +14,8 @@
  */
 import crypto from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { Writeback, type Generation } from '../../src/blockstore/writeback.js';
+import type { Generation } from '../../src/blockstore/generation.js';
+import { Writeback } from '../../src/blockstore/writeback.js';
 
 interface Entry { version: number; target: number }
 interface Chunk { segment: number; slot: number; hash: Buffer; unique: boolean }
