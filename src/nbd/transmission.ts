@@ -18,14 +18,26 @@
  * - Errors are per request (validated here, at the edge). Only protocol
  *   violations (bad magic, a payload beyond the drain bound) end the
  *   connection. `execute` never rejects.
+ * - Big WRITE payloads are received one of three ways: through the
+ *   receive queue; straight into their buffer by direct reads (reader.ts);
+ *   or, for a stream of big WRITEs whose payloads can land in the store, on
+ *   libuv's pool (pool-receive.ts, which has that path's states and
+ *   hand-back rules).
+ *
+ * How the loop and the pool receiver meet: `readPayload` starts a stream
+ * (`receiveOnPool`: the socket is paused and the stream counts as one
+ * request in flight until its hand-back); the receiver gives back each
+ * payload received whole (`received`, run like any parsed request) and,
+ * once the job is over, the socket (`handBack`: a partial payload goes on
+ * by direct reads, bytes of the next request go to the queue, parsing
+ * resumes). While it streams, a byte read here is a violation, the socket
+ * stays paused, and stopping asks the job to stop.
  *
  * States: RUNNING -> (DISC | shutdown | peer closed | violation) STOPPING
  * -> in-flight == 0 -> DONE (`done` resolves with the reason).
  */
 import type { Duplex } from 'node:stream';
 import type { BlockHashes, ReadOptions, StoredFile, WriteOptions } from '../blockstore/index.js';
-import { BLOCK_SIZE, HASH_SIZE } from '../blockstore/index.js';
-import { recvStream, type RecvStream, type RecvStreamEnd } from '../native/index.js';
 import { Outbox } from './outbox.js';
 import type { NbdLogger } from './backend.js';
 import type { ByteQueue } from './bytequeue.js';
@@ -33,6 +45,7 @@ import type { DirectReads } from './reader.js';
 import * as C from './codec.js';
 import { errnoName, mapStoreError, outOfRangeErrno } from './errors.js';
 import type { NegotiatedExport } from './handshake.js';
+import { PoolReceiver, type HandBack } from './pool-receive.js';
 import * as P from './protocol.js';
 import { blockStatusDescriptors, readReplyChunks } from './replies.js';
 
@@ -121,36 +134,6 @@ const DIRECT_PAYLOAD_BYTES = 64 * 1024;
  * copy in the poll phase's one writev costs less than a system call.
  */
 const SENDFILE_BYTES = 64 * 1024;
-/**
- * Streams of landed payloads being received on libuv's pool (recvStream),
- * over all connections: at most POOL_RECEIVES at once, so that clients
- * cannot keep the pool from the store's own work (each takes a thread for
- * up to ~1 s).
- */
-const POOL_RECEIVES = 2;
-let poolReceives = 0;
-/** After a stalled payload, how long a connection reads payloads the ordinary way. */
-const POOL_STALL_PAUSE_MS = 1000;
-/** Landings kept on offer to a pool stream: the job may read a header before this thread hears of the last payload. */
-const POOL_OFFERS = 2;
-
-/** A landing and the hashes of its blocks, as the pool fills them. */
-interface PoolSlot { landing: Buffer; hashed: BlockHashes }
-
-/** A stream of WRITE payloads received on the pool (receiveOnPool). */
-interface PoolStream {
-  native: RecvStream;
-  /** The request whose payload the job is receiving (null once it stopped taking any). */
-  current: (PoolSlot & { h: C.RequestHeader }) | null;
-  /** Landings offered to the job and not taken yet, in order. */
-  offered: PoolSlot[];
-}
-
-function poolSlot(landing: Buffer): PoolSlot {
-  const n = landing.length / BLOCK_SIZE; // (a landing is whole blocks)
-  return { landing, hashed: { hashes: Buffer.allocUnsafe(n * HASH_SIZE), zero: new Uint8Array(n) } };
-}
-
 /** WRITEs below this size are offered to the store at once (VolumeHandle.writeNow), straight from the receive queue. */
 const NOW_BYTES = 256 * 1024;
 const FUA = { fua: true } as const;
@@ -171,10 +154,8 @@ export class Transmission {
   /** The payload buffer a direct read is filling (readPayload), if any, and whether it is a landing (store-owned). */
   private awaiting: Buffer | null = null;
   private awaitingLanding = false;
-  /** Payloads being received on the pool (receiveOnPool): the socket is paused meanwhile. */
-  private stream: PoolStream | null = null;
-  /** When payloads may be received on the pool again (ms, Date.now): a second after one stalled (a slow client reads the ordinary way). */
-  private poolReceiveAfter = 0;
+  /** Receives streams of big WRITE payloads on the pool (receiveOnPool): the socket is paused meanwhile. */
+  private readonly pool: PoolReceiver;
   private drainRemaining = 0;
   private readonly label: string;
   /** Reply buffers of big reads, reused once written (allocating them made GC a sixth of a sequential read). */
@@ -203,13 +184,27 @@ export class Transmission {
   ) {
     this.label = label;
     this.out = new Outbox(socket, socketFd);
+    this.pool = new PoolReceiver(socketFd, exp.handle, {
+      landing: (h) => this.landing(h),
+      admitting: () => this.ending === null && !this.overLimits(),
+      closing: () => this.ending !== null && this.ending !== 'shutdown',
+      received: (h, landing, hashed) => {
+        this.stats.bytesOnPool += h.length;
+        this.take(h, landing, undefined, true, hashed);
+      },
+      handBack: (back) => this.handBack(back),
+      crashed: (err) => {
+        this.logger.error(`nbd: ${this.connName}: request handling failed, closing`, err);
+        this.stop('violation');
+      },
+    });
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
     socket.on('drain', () => this.pump());
   }
 
   /** Call after pushing received bytes into the queue. */
   onData(): void {
-    if (this.stream !== null) {
+    if (this.pool.active) {
       // The socket is the pool's now: bytes read here as well would tear the stream apart.
       this.logger.error(`nbd: ${this.connName}: socket read while its payloads are received on the pool, closing`);
       this.stop('violation');
@@ -227,7 +222,7 @@ export class Transmission {
   shutdown(): void {
     if (this.ending === null) {
       this.ending = 'shutdown';
-      this.stream?.native.stop();
+      this.pool.stop();
       this.pump();
       this.checkFinished();
     }
@@ -235,7 +230,7 @@ export class Transmission {
 
   private stop(reason: EndReason): void {
     if (this.ending === null || (reason === 'violation' && this.ending !== 'violation')) this.ending = reason;
-    this.stream?.native.stop();
+    this.pool.stop();
     if (reason !== 'shutdown') {
       this.queue.clear();
       if (this.awaiting !== null) {
@@ -342,7 +337,7 @@ export class Transmission {
       }
       this.take(h, payload, pooled);
     }
-    if (this.paused && this.ending === null && this.stream === null) {
+    if (this.paused && this.ending === null && !this.pool.active) {
       this.resumeReads();
     }
   }
@@ -387,116 +382,51 @@ export class Transmission {
   }
 
   /**
-   * The rest of landing `into` (from `have` on), and the payloads of the
-   * big WRITEs that follow it, are received on libuv's pool and hashed there
-   * (native recvStream) while this thread applies the writes received so
-   * far: the kernel's copy and the hash were most of this thread's time on
-   * a stream of big writes. Landings are offered ahead for the next
-   * payloads. The socket is paused meanwhile, and the stream counts as a
+   * The rest of landing `into` (from `have` on), WRITE `h`'s payload, and
+   * the payloads of the big WRITEs that follow it are received on libuv's
+   * pool (pool-receive.ts) while this thread applies the writes received
+   * so far. The socket is paused meanwhile, and the stream counts as a
    * request in flight (the connection, its handle and the store stay open
-   * until it is over). False when it cannot be done (no descriptor, a
-   * client that stalled within the last second, the pool's share taken).
+   * until its hand-back). False when it cannot be done (no descriptor, a
+   * client that stalled a moment ago, the pool's share taken).
    */
   private receiveOnPool(h: C.RequestHeader, into: Buffer, have: number): boolean {
-    const fd = this.socketFd;
-    if (fd === null || poolReceives >= POOL_RECEIVES || Date.now() < this.poolReceiveAfter) return false;
-    const first = poolSlot(into);
+    if (!this.pool.mayStart()) return false;
     const wasPaused = this.paused;
     this.paused = true;
     this.socket.pause();
-    let native: RecvStream;
-    try {
-      // (A throw must not reach the addon's callback: it would end the process. None is expected.)
-      const guard = (fn: () => void): void => {
-        try {
-          fn();
-        } catch (err) {
-          this.logger.error(`nbd: ${this.connName}: request handling failed, closing`, err);
-          this.stop('violation');
-        }
-      };
-      native = recvStream(fd, this.exp.handle.size, into, first.hashed.hashes, first.hashed.zero, have,
-        (_slot, header) => guard(() => (header === null ? this.streamPayload() : this.streamNext(header))),
-        (err, end) => guard(() => this.streamEnd(err, end)));
-    } catch {
-      if (!wasPaused) this.resumeReads();
-      return false;
-    }
-    poolReceives++;
     this.inFlight++;
-    this.stream = { native, current: { h, ...first }, offered: [] };
-    this.offerLandings(h);
-    return true;
-  }
-
-  /**
-   * Keeps POOL_OFFERS landings on offer to the pool stream for payloads
-   * like WRITE `h`'s, unless the limits say to stop taking requests.
-   */
-  private offerLandings(h: C.RequestHeader): void {
-    const s = this.stream!;
-    while (s.offered.length < POOL_OFFERS && this.ending === null && !this.overLimits()) {
-      const landing = this.landing(h); // (h is valid, so its offset and length are: the next request's need only the same length)
-      if (landing === null) return;
-      const slot = poolSlot(landing);
-      if (!s.native.offer(landing, slot.hashed.hashes, slot.hashed.zero)) {
-        this.exp.handle.abandon(landing);
-        return;
-      }
-      s.offered.push(slot);
-    }
-  }
-
-  /** The pool stream received the current payload whole: its write runs. */
-  private streamPayload(): void {
-    const s = this.stream!;
-    const done = s.current!;
-    s.current = null;
-    this.stats.bytesOnPool += done.h.length;
-    this.take(done.h, done.landing, undefined, true, done.hashed);
-  }
-
-  /** The pool stream took on the request with this header: its payload goes into the first landing offered. */
-  private streamNext(header: Buffer): void {
-    const s = this.stream!;
-    const h = C.decodeRequest(header)!; // (the job checked its magic)
-    s.current = { h, ...s.offered.shift()! };
-    this.offerLandings(h);
-  }
-
-  /** The pool stream is over: what it left (a partial payload, bytes of the next request) is read the ordinary way. */
-  private streamEnd(err: Error | null, end?: RecvStreamEnd): void {
-    const s = this.stream!;
-    this.stream = null;
-    poolReceives--;
+    if (this.pool.start(h, into, have)) return true;
     this.inFlight--;
-    for (const o of s.offered) this.exp.handle.abandon(o.landing);
-    const cur = s.current;
-    if (err !== null || end === undefined || (this.ending !== null && this.ending !== 'shutdown')) {
-      // Stopped (or a bug: then this connection ends): nothing more is read; a landing it held goes back.
-      if (cur !== null) this.exp.handle.abandon(cur.landing);
-      if (err !== null) {
-        this.logger.error(`nbd: ${this.connName}: receiving on the pool failed, closing`, err);
+    if (!wasPaused) this.resumeReads();
+    return false;
+  }
+
+  /** A pool stream is over: the socket is read here again, as `back` says (pool-receive.ts, hand-back rules). */
+  private handBack(back: HandBack): void {
+    this.inFlight--;
+    switch (back.kind) {
+      case 'failed':
+        this.logger.error(`nbd: ${this.connName}: receiving on the pool failed, closing`, back.err);
         this.stop('violation');
-      }
-      this.checkFinished();
-      return;
+        this.checkFinished();
+        return;
+      case 'stopped':
+        this.checkFinished();
+        return;
+      case 'stalled':
+        this.awaitPayload(back.h, back.landing, back.filled, true);
+        this.resumeReads();
+        return;
+      case 'finished':
+        if (back.leftover.length > 0) this.queue.push(back.leftover);
+        if (this.ending === 'shutdown') {
+          // Shutting down, the socket reads on (queued requests get ESHUTDOWN, and the peer's close is seen).
+          this.resumeReads();
+        }
+        this.pump();
+        this.checkFinished();
     }
-    if (cur !== null) {
-      // A stall (or an end the socket will report itself): the rest comes the ordinary way, as do the
-      // payloads of the next second.
-      this.poolReceiveAfter = Date.now() + POOL_STALL_PAUSE_MS;
-      this.awaitPayload(cur.h, cur.landing, end.filled, true);
-      this.resumeReads();
-      return;
-    }
-    if (end.leftover.length > 0) this.queue.push(end.leftover);
-    if (this.ending === 'shutdown') {
-      // Shutting down, the socket reads on (queued requests get ESHUTDOWN, and the peer's close is seen).
-      this.resumeReads();
-    }
-    this.pump();
-    this.checkFinished();
   }
 
   /**

@@ -1,5 +1,5 @@
 /**
- * Big WRITEs received on libuv's pool (transmission.ts receiveOnPool,
+ * Big WRITEs received on libuv's pool (pool-receive.ts PoolReceiver,
  * native recvStream) through a real store: a pipelined stream of 1 MiB
  * writes (FUA among them), broken by writes of other sizes, a FLUSH and a
  * write that fails, reads back byte for byte, before and after a flush and
