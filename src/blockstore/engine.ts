@@ -432,16 +432,16 @@ export class BlockEngine {
    * is in, or to `abandonLanding` if it never comes.
    */
   land(n: number): { loc: Location; buffer: Buffer } | null {
-    const loc = this.freeSlots.take(n, (seg, slot, count) => this.segments.canLandAt(seg, slot, count))
-      ?? this.segments.reserveFresh(n);
+    const loc = this.freeSlots.take(n, (seg, slot, count) => this.segments.landings.canLandAt(seg, slot, count))
+      ?? this.segments.landings.reserveFresh(n);
     if (loc === null) return null;
-    return { loc, buffer: this.segments.landingView(loc, n) };
+    return { loc, buffer: this.segments.landings.landingView(loc, n) };
   }
 
   /** A landing whose payload never came: its slots are free again. Only once nothing can still write into its buffer. */
   abandonLanding(loc: Location, n: number): void {
     this.freeSlots.free(loc.segment, loc.slot, n);
-    this.segments.endLanding(loc.segment);
+    this.segments.landings.endLanding(loc.segment);
   }
 
   /** Forgets the free slots of `segment` (GC is compacting or deleted it). */
@@ -461,7 +461,7 @@ export class BlockEngine {
       this.freeSlots.free(landed.segment, landed.slot + i, j - i);
       i = j;
     }
-    this.segments.endLanding(landed.segment);
+    this.segments.landings.endLanding(landed.segment);
   }
 
   /** Old slots freed by a landed write, gathered into runs (single slots would be dropped as too short). */

@@ -128,14 +128,14 @@ async function compactSegments(ctx: GcContext, result: GcResult): Promise<void> 
     const live = dbs.segments.get(id) ?? 0;
     if (live / slotsOf(id) >= COMPACT_LIVE_FRACTION) continue;
     // No write lands in a candidate from now on (and one landing now keeps its segment out).
-    if (!segments.setCompacting(id, true)) continue;
+    if (!segments.landings.setCompacting(id, true)) continue;
     engine.forgetSlotsOf(id);
     candidates.set(id, { size: segments.usedBytes(id), live });
   }
   try {
     await compactCandidates(ctx, candidates, result);
   } finally {
-    for (const id of candidates.keys()) segments.setCompacting(id, false);
+    for (const id of candidates.keys()) segments.landings.setCompacting(id, false);
   }
 }
 

@@ -15,7 +15,7 @@
  * not use (zero blocks, duplicates). A slot is free when no chunk, pending
  * or committed, uses it: a committed chunk's slot is never freed here (GC
  * reclaims those), so the index never points at a slot that is reused. A
- * free slot is landed in only when SegmentFiles.canLandAt says so: no read
+ * free slot is landed in only when SegmentLandings.canLandAt says so: no read
  * on the pool is in flight in its segment (it located bytes it will
  * check), no pool write to it, not in the append buffer, GC not compacting
  * the segment. Views of pending chunks are never handed out (readView), so
@@ -23,7 +23,7 @@
  * crash free slots are unreferenced segment bytes, garbage for GC.
  *
  * When no free run fits, fresh slots at the end of the active segment are
- * reserved and allocated on disk first (SegmentFiles.reserveFresh). Runs
+ * reserved and allocated on disk first (SegmentLandings.reserveFresh). Runs
  * shorter than MIN_RUN are not kept (they could take no landing).
  */
 import type { Location } from './segments.js';

@@ -1,5 +1,5 @@
 /**
- * The segment being appended to (src/blockstore/segments.ts): sized ahead
+ * The segment being appended to (src/blockstore/append-segment.ts): sized ahead
  * to its maximum as a sparse file at its first append (opening a store
  * changes no file), trimmed to its last slot on close; after a crash (a file
  * left at its full size) appends go to a new segment and nothing already
