@@ -22,6 +22,7 @@ import { Handshake, type HandshakeStep, type NegotiatedExport, type TlsMode } fr
 import * as P from './protocol.js';
 import { Transmission, type EndReason, type TransmissionLimits } from './transmission.js';
 import { setSendBuffer } from '../native/index.js';
+import { descriptorOf } from './node-internals.js';
 import { largeReadSocket, type DirectReads } from './reader.js';
 
 /** Longest option payload we accept; more is treated as a DoS and closes. */
@@ -175,10 +176,9 @@ export class Connection {
     this.cfg.logger.info(`nbd: ${this.name} disconnected export=${this.exportName} reason=${this.endReason}${stats}`);
   }
 
-  /** The plaintext socket's descriptor, or null when Node does not expose it. */
+  /** The plaintext socket's descriptor, or null when Node does not expose it (node-internals.ts). */
   private socketFd(): number | null {
-    const fd = (this.raw as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
-    return typeof fd === 'number' && fd >= 0 ? fd : null;
+    return descriptorOf(this.raw);
   }
 
   /**

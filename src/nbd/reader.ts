@@ -21,14 +21,37 @@
  * payload's own buffer (only what the slab already held is copied), so the
  * kernel's copy is the only one.
  *
- * Node has no public way to read an accepted socket with `onread`: the
- * accepted socket's handle is wrapped in a new Socket that has it (the
- * undocumented `handle` option of net.Socket, which Node uses itself for
- * accepted connections), and the server's connection accounting moves to
- * it. Anything unexpected falls back to ordinary reads.
+ * States of a connection's reads (LargeReads). Node asks for the region of
+ * the next read (`room`) right after each read's callback, and the kernel
+ * may fill it any time after: the region handed out is libuv's until the
+ * next callback, so the state changes only in `room`.
+ *
+ *   state   next read goes into              entered (in `room`) when
+ *   IDLE    nothing yet                      (before the first read)
+ *   SMALL   the rest of the connection's     the queue is empty and the last read was
+ *           own small buffer                 small (under SMALL_BYTES / 2): a slab held
+ *                                            goes back to the pool
+ *   SLAB    the rest of a big slab (at most  the queue is empty and the last read was
+ *           `limitNext` bytes of it, once)   big (the slab held is kept); or the queue
+ *                                            holds part of a request and the buffer has
+ *                                            less than MIN_READ (MIN_SMALL_READ) left: a
+ *                                            fresh slab, the old one retired until the
+ *                                            queue holds nothing in it
+ *   DIRECT  the unfilled rest of the target  a target is set (`into`); SMALL or SLAB
+ *           (DirectReads.into)               stays as it was, for when the target is
+ *                                            full (its `done` runs) or cancelled
+ *
+ * A read that lands in a SMALL or SLAB region after a target was set fills
+ * the target first; what is left goes to the queue.
+ *
+ * Node has no public way to read an accepted socket with `onread`: how the
+ * connection is moved to a Socket that does is in node-internals.ts, the
+ * one place that reaches into Node's internals. Anything unexpected there
+ * falls back to ordinary reads.
  */
-import net from 'node:net';
+import type net from 'node:net';
 import type { ByteQueue } from './bytequeue.js';
+import { onreadSocket, type OnRead } from './node-internals.js';
 
 /** Big slabs (shared pool), for connections moving data. */
 const SLAB_BYTES = 1024 * 1024;
@@ -44,8 +67,6 @@ const POOL_MAX = 16;
 const pool: Buffer[] = [];
 const takeSlab = (): Buffer => pool.pop() ?? Buffer.allocUnsafe(SLAB_BYTES);
 const giveSlab = (b: Buffer): void => { if (pool.length < POOL_MAX) pool.push(b); };
-
-interface AcceptedInternals { _handle?: object | null; _server?: unknown; server?: unknown }
 
 /** Reads into a caller's buffer instead of the receive queue. */
 export interface DirectReads {
@@ -68,133 +89,158 @@ export interface DirectReads {
   limitNext(bytes: number): void;
 }
 
+/** Which of its buffers a connection reads into when no target is set (see the state table). */
+type BufferState = 'idle' | 'small' | 'slab';
+
+/** A DirectReads target: `dest`, filled up to `filled`. */
+interface Target { dest: Buffer; filled: number; done: () => void }
+
+/** One connection's reads (see the state table above). */
+class LargeReads implements DirectReads {
+  /** Node's `onread` for this connection. */
+  readonly onread: OnRead = {
+    buffer: (): Buffer => this.room(),
+    callback: (n: number, buf: Uint8Array): boolean => this.onRead(n, buf),
+  };
+
+  /** IDLE, SMALL or SLAB: what `cur` is. */
+  private state: BufferState = 'idle';
+  /** The connection's small buffer, once it needed one. */
+  private small: Buffer | null = null;
+  /** The buffer of SMALL or SLAB, and where the region handed out of it starts. */
+  private cur: Buffer | null = null;
+  private pos = 0;
+  /** Bytes of the last read. */
+  private last = 0;
+  /** Big slabs the queue may still hold bytes of (not handed out). */
+  private retired: Buffer[] = [];
+  /** The buffer reads go into instead of the queue (DirectReads). */
+  private target: Target | null = null;
+  /** DIRECT: the region of the target handed out last (null: a region of `cur` was). */
+  private targetRegion: Buffer | null = null;
+  /** A cap on the next read's size (limitNext), 0: none. */
+  private limit = 0;
+
+  constructor(private readonly queue: ByteQueue, private readonly onBytes: (chunk: Buffer) => void) {}
+
+  into(dest: Buffer, done: () => void): void {
+    this.target = { dest, filled: 0, done };
+    if (dest.length === 0) this.finishTarget();
+  }
+
+  cancel(): void {
+    this.target = null;
+  }
+
+  limitNext(bytes: number): void {
+    this.limit = bytes;
+  }
+
+  /** Node's onread.buffer: the region the next read goes into (the one place the state changes). */
+  private room(): Buffer {
+    if (this.target !== null) {
+      this.targetRegion = this.target.dest.subarray(this.target.filled);
+      return this.targetRegion;
+    }
+    this.targetRegion = null;
+    if (this.queue.length === 0) {
+      // Nothing is held: busy connections read into a big slab, quiet ones into their small buffer.
+      if (this.last >= SMALL_BYTES / 2) this.toSlab();
+      else this.toSmall();
+      this.pos = 0;
+    } else if (this.state === 'idle' || this.cur!.length - this.pos < (this.state === 'small' ? MIN_SMALL_READ : MIN_READ)) {
+      // The queue holds a partial request here: continue in a fresh big slab.
+      this.toFreshSlab();
+    }
+    this.release();
+    const cur = this.cur!;
+    if (this.limit > 0 && this.state === 'slab') {
+      const n = this.limit;
+      this.limit = 0;
+      return cur.subarray(this.pos, this.pos + Math.min(n, cur.length - this.pos));
+    }
+    return cur.subarray(this.pos);
+  }
+
+  /** SLAB, in the slab held if there is one (the queue is empty: all of it is free). */
+  private toSlab(): void {
+    if (this.state !== 'slab') this.cur = takeSlab();
+    this.state = 'slab';
+  }
+
+  /** SMALL: a slab held goes back to the pool; the small buffer is replaced if the queue still holds bytes of it. */
+  private toSmall(): void {
+    if (this.state === 'slab') giveSlab(this.cur!);
+    if (this.small === null || this.queue.holds(this.small.buffer)) this.small = Buffer.allocUnsafe(SMALL_BYTES);
+    this.cur = this.small;
+    this.state = 'small';
+  }
+
+  /** SLAB in a fresh slab: the current buffer holds part of a request, so a slab held is retired, not given back. */
+  private toFreshSlab(): void {
+    if (this.state === 'slab') this.retired.push(this.cur!);
+    this.cur = takeSlab();
+    this.pos = 0;
+    this.state = 'slab';
+  }
+
+  /** Gives back the retired slabs the queue holds nothing of any more. */
+  private release(): void {
+    if (this.retired.length === 0) return;
+    const held = this.retired.filter((b) => this.queue.holds(b.buffer));
+    for (const b of this.retired) if (!held.includes(b)) giveSlab(b);
+    this.retired = held;
+  }
+
+  /** Node's onread.callback: `n` bytes were read into `buf`, the region `room` handed out. */
+  private onRead(n: number, buf: Uint8Array): boolean {
+    this.last = n;
+    if (this.targetRegion !== null && buf === this.targetRegion) {
+      this.targetRegion = null;
+      if (this.target !== null) { // (else cancelled: the bytes are dropped with the connection)
+        this.target.filled += n;
+        this.finishTarget();
+      }
+      return true;
+    }
+    this.pos += n;
+    let chunk = Buffer.from(buf.buffer, buf.byteOffset, n);
+    if (this.target !== null) {
+      chunk = this.fillFrom(chunk);
+      this.finishTarget();
+    }
+    if (chunk.length > 0) this.onBytes(chunk);
+    return true;
+  }
+
+  /** Fills the target from a read that landed in a slab region handed out before it was set; returns the rest. */
+  private fillFrom(chunk: Buffer): Buffer {
+    const t = this.target!;
+    const k = Math.min(chunk.length, t.dest.length - t.filled);
+    chunk.copy(t.dest, t.filled, 0, k);
+    t.filled += k;
+    return chunk.subarray(k);
+  }
+
+  /** Runs the target's `done` once it is full. */
+  private finishTarget(): void {
+    const t = this.target;
+    if (t === null || t.filled < t.dest.length) return;
+    this.target = null;
+    t.done();
+  }
+}
+
 /**
  * A socket over `accepted`'s connection that passes every read to
  * `onBytes` (a view valid until the queue has consumed it; `onBytes` pushes
  * it to `queue`), or null when this Node cannot do it (then use `accepted`
  * as it is). `accepted` must not be used any more when a socket is
  * returned.
- *
- * Node asks for the buffer of the next read (`room`) right after each
- * read's callback, and the kernel may fill it any time after: the region
- * handed out is libuv's until the next callback, so only then is a slab
- * switched or handed back.
  */
 export function largeReadSocket(accepted: net.Socket, queue: ByteQueue, onBytes: (chunk: Buffer) => void):
   { socket: net.Socket; direct: DirectReads } | null {
-  const old = accepted as unknown as AcceptedInternals;
-  const handle = old._handle;
-  if (handle === undefined || handle === null || accepted.readableLength > 0) return null;
-  let small: Buffer | null = null;
-  /** Buffer of the region handed out (small or a big slab), and where the region starts. */
-  let cur: Buffer | null = null;
-  let pos = 0;
-  /** Bytes of the last read. */
-  let last = 0;
-  /** Big slabs the queue may still hold bytes of (not handed out). */
-  let retired: Buffer[] = [];
-  /** The buffer reads go into instead of the queue (DirectReads), and the region of it handed out last. */
-  let target: { dest: Buffer; filled: number; done: () => void } | null = null;
-  let targetRegion: Buffer | null = null;
-  /** A cap on the next read's size (limitNext), 0: none. */
-  let limit = 0;
-  /** Fills the target from a read that landed in a slab region handed out before it was set; returns the rest. */
-  const fillFrom = (chunk: Buffer): Buffer => {
-    const t = target!;
-    const k = Math.min(chunk.length, t.dest.length - t.filled);
-    chunk.copy(t.dest, t.filled, 0, k);
-    t.filled += k;
-    return chunk.subarray(k);
-  };
-  const finishTarget = (): void => {
-    const t = target;
-    if (t === null || t.filled < t.dest.length) return;
-    target = null;
-    t.done();
-  };
-  const release = (): void => {
-    if (retired.length === 0) return;
-    const held = retired.filter((b) => queue.holds(b.buffer));
-    for (const b of retired) if (!held.includes(b)) giveSlab(b);
-    retired = held;
-  };
-  const room = (): Buffer => {
-    if (target !== null) {
-      targetRegion = target.dest.subarray(target.filled);
-      return targetRegion;
-    }
-    targetRegion = null;
-    if (queue.length === 0) {
-      // Nothing is held: busy connections read into a big slab, quiet ones into their small buffer.
-      if (last >= SMALL_BYTES / 2) {
-        if (cur === null || cur === small) cur = takeSlab();
-      } else {
-        if (cur !== null && cur !== small) giveSlab(cur);
-        if (small === null || queue.holds(small.buffer)) small = Buffer.allocUnsafe(SMALL_BYTES);
-        cur = small;
-      }
-      pos = 0;
-    } else if (cur === null || cur.length - pos < (cur === small ? MIN_SMALL_READ : MIN_READ)) {
-      // The queue holds a partial request here: continue in a fresh big slab.
-      if (cur !== null && cur !== small) retired.push(cur);
-      cur = takeSlab();
-      pos = 0;
-    }
-    release();
-    if (limit > 0 && cur !== small) {
-      const n = limit;
-      limit = 0;
-      return cur.subarray(pos, pos + Math.min(n, cur.length - pos));
-    }
-    return cur.subarray(pos);
-  };
-  let s: net.Socket;
-  try {
-    s = new net.Socket({
-      handle, allowHalfOpen: false, readable: true, writable: true,
-      onread: {
-        buffer: room,
-        callback: (n: number, buf: Uint8Array): boolean => {
-          last = n;
-          if (targetRegion !== null && buf === targetRegion) {
-            targetRegion = null;
-            if (target !== null) { // (else cancelled: the bytes are dropped with the connection)
-              target.filled += n;
-              finishTarget();
-            }
-            return true;
-          }
-          pos += n;
-          let chunk = Buffer.from(buf.buffer, buf.byteOffset, n);
-          if (target !== null) {
-            chunk = fillFrom(chunk);
-            finishTarget();
-          }
-          if (chunk.length > 0) onBytes(chunk);
-          return true;
-        },
-      },
-    } as net.SocketConstructorOpts & { handle: object });
-  } catch {
-    return null;
-  }
-  // The server counts its connections down when a socket it accepted is destroyed.
-  const fresh = s as unknown as AcceptedInternals;
-  fresh._server = old._server;
-  fresh.server = old.server;
-  old._server = null;
-  old._handle = null;
-  const direct: DirectReads = {
-    into(dest, done) {
-      target = { dest, filled: 0, done };
-      if (dest.length === 0) finishTarget();
-    },
-    cancel() {
-      target = null;
-    },
-    limitNext(bytes) {
-      limit = bytes;
-    },
-  };
-  return { socket: s, direct };
+  const reads = new LargeReads(queue, onBytes);
+  const socket = onreadSocket(accepted, reads.onread);
+  return socket === null ? null : { socket, direct: reads };
 }
