@@ -234,63 +234,75 @@ export class Transmission {
         return;
       }
       if (q.length < P.REQUEST_SIZE) break;
-      const buf = q.peek(P.REQUEST_SIZE);
-      const h = C.decodeRequest(buf, q.peekOffset());
+      const h = C.decodeRequest(q.peek(P.REQUEST_SIZE), q.peekOffset());
       if (h === null) {
         this.logger.error(`nbd: ${this.connName}: bad request magic, closing`);
         this.stop('violation');
         return;
       }
-      let payload: Buffer | null = null;
-      let pooled: Buffer | undefined;
       if (h.type === P.NBD_CMD_WRITE) {
-        if (h.length > P.MAX_PAYLOAD_SIZE) {
-          q.skip(P.REQUEST_SIZE);
-          if (h.length > this.limits.drainLimit) {
-            this.logger.error(`nbd: ${this.connName}: WRITE payload of ${h.length} bytes, closing`);
-            this.stop('violation');
-            return;
-          }
-          this.stats.requests++;
-          this.requests.replyError(h, P.NBD_EINVAL, 'payload too large');
-          this.drainRemaining = h.length;
-          continue;
-        }
-        if (q.length < P.REQUEST_SIZE + h.length) {
-          if (this.direct === null || h.length < DIRECT_PAYLOAD_BYTES || this.ending !== null) break;
-          this.readPayload(h);
-          break; // (the queue is empty; a paused socket must resume below, or the payload never comes)
-        }
-        // A small write done at once is taken straight from the queue (no copy, no promise).
-        if (h.length < NOW_BYTES && this.ending === null) {
-          const buf = q.peek(P.REQUEST_SIZE + h.length);
-          const at = q.peekOffset() + P.REQUEST_SIZE;
-          if (this.writeNow(h, buf.subarray(at, at + h.length))) {
-            q.skip(P.REQUEST_SIZE + h.length);
-            continue;
-          }
-        }
-        q.skip(P.REQUEST_SIZE);
-        // A payload that is copied goes into a pooled buffer (fresh 1 MiB
-        // buffers cost page faults and GC): the backend is done with it once
-        // its write settles.
-        const into = this.payloads.take(h.length);
-        payload = q.take(h.length, into);
-        if (payload !== into) this.payloads.give(into);
-        else pooled = into;
-      } else {
-        q.skip(P.REQUEST_SIZE);
+        const next = this.takeWrite(h);
+        if (next === 'stop') return;
+        if (next === 'wait') break;
+        continue;
       }
+      q.skip(P.REQUEST_SIZE);
       if (h.type === P.NBD_CMD_DISC) {
         this.stats.requests++;
         this.stop('disc');
         return;
       }
-      this.take(h, payload, pooled);
+      this.take(h, null);
     }
     if (this.paused && this.ending === null && !this.pool.active) {
       this.resumeReads();
     }
+  }
+
+  /**
+   * WRITE `h`, whose header heads the queue, with its payload: refused and
+   * drained when too big, run at once from the queue when small, else
+   * copied out of the queue and run, or, while its payload is still
+   * coming, read straight into its buffer (readPayload). 'parse': parse
+   * on; 'wait': the payload is still coming; 'stop': the connection ends.
+   */
+  private takeWrite(h: C.RequestHeader): 'parse' | 'wait' | 'stop' {
+    const q = this.queue;
+    if (h.length > P.MAX_PAYLOAD_SIZE) {
+      q.skip(P.REQUEST_SIZE);
+      if (h.length > this.limits.drainLimit) {
+        this.logger.error(`nbd: ${this.connName}: WRITE payload of ${h.length} bytes, closing`);
+        this.stop('violation');
+        return 'stop';
+      }
+      this.stats.requests++;
+      this.requests.replyError(h, P.NBD_EINVAL, 'payload too large');
+      this.drainRemaining = h.length;
+      return 'parse';
+    }
+    if (q.length < P.REQUEST_SIZE + h.length) {
+      if (this.direct === null || h.length < DIRECT_PAYLOAD_BYTES || this.ending !== null) return 'wait';
+      this.readPayload(h);
+      return 'wait'; // (the queue is empty; a paused socket must resume as pump ends, or the payload never comes)
+    }
+    // A small write done at once is taken straight from the queue (no copy, no promise).
+    if (h.length < NOW_BYTES && this.ending === null) {
+      const buf = q.peek(P.REQUEST_SIZE + h.length);
+      const at = q.peekOffset() + P.REQUEST_SIZE;
+      if (this.writeNow(h, buf.subarray(at, at + h.length))) {
+        q.skip(P.REQUEST_SIZE + h.length);
+        return 'parse';
+      }
+    }
+    q.skip(P.REQUEST_SIZE);
+    // A payload that is copied goes into a pooled buffer (fresh 1 MiB
+    // buffers cost page faults and GC): the backend is done with it once
+    // its write settles.
+    const into = this.payloads.take(h.length);
+    const payload = q.take(h.length, into);
+    if (payload !== into) this.payloads.give(into);
+    this.take(h, payload, payload === into ? into : undefined);
+    return 'parse';
   }
 
   /** The socket reads again (paused by the limits or for the pool). */
