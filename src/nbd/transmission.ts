@@ -6,7 +6,7 @@
  * Design:
  * - Parsing is synchronous over the ByteQueue (`pump`), called on every
  *   received chunk, on every completion and on socket 'drain'. A WRITE is
- *   dispatched only once its whole payload is queued.
+ *   dispatched only once its whole payload is in.
  * - Requests run concurrently; replies go out in completion order (the
  *   cookie identifies them). Every reply is written within one synchronous
  *   run (requests.ts), so chunks of different replies never interleave
@@ -19,20 +19,18 @@
  * - Errors are per request (validated at the edge, requests.ts). Only
  *   protocol violations (bad magic, a payload beyond the drain bound) end
  *   the connection. `Requests.execute` never rejects.
- * - Big WRITE payloads are received one of three ways: through the
- *   receive queue; straight into their buffer by direct reads (reader.ts);
- *   or, for a stream of big WRITEs whose payloads can land in the store, on
- *   libuv's pool (pool-receive.ts, which has that path's states and
- *   hand-back rules).
+ * - A WRITE payload comes through the receive queue, by direct reads into
+ *   its buffer (reader.ts), or, in a stream of big WRITEs that can land in
+ *   the store, on libuv's pool (pool-receive.ts: its states and hand-back
+ *   rules).
  *
  * How the loop and the pool receiver meet: `readPayload` starts a stream
- * (`receiveOnPool`: the socket is paused and the stream counts as one
- * request in flight until its hand-back); the receiver gives back each
- * payload received whole (`received`, run like any parsed request) and,
- * once the job is over, the socket (`handBack`: a partial payload goes on
- * by direct reads, bytes of the next request go to the queue, parsing
- * resumes). While it streams, a byte read here is a violation, the socket
- * stays paused, and stopping asks the job to stop.
+ * (`receiveOnPool`: the socket is paused, the stream is one request in
+ * flight until its hand-back); each payload received whole comes back
+ * through `received` and runs like any parsed request; at the end
+ * `handBack` returns the socket (a partial payload goes on by direct
+ * reads, bytes of the next request go to the queue). While it streams, a
+ * byte read here is a violation, and stopping asks the job to stop.
  *
  * States: RUNNING -> (DISC | shutdown | peer closed | violation) STOPPING
  * -> in-flight == 0 -> DONE (`done` resolves with the reason).
@@ -383,10 +381,8 @@ export class Transmission {
         return;
       case 'finished':
         if (back.leftover.length > 0) this.queue.push(back.leftover);
-        if (this.ending === 'shutdown') {
-          // Shutting down, the socket reads on (queued requests get ESHUTDOWN, and the peer's close is seen).
-          this.resumeReads();
-        }
+        // Shutting down, the socket reads on (queued requests get ESHUTDOWN, and the peer's close is seen).
+        if (this.ending === 'shutdown') this.resumeReads();
         this.pump();
         this.checkFinished();
     }
@@ -419,10 +415,8 @@ export class Transmission {
       this.payloads.give(pooled);
       // A landing the write did not take (a request refused before it ran) goes back to the store.
       if (landed) this.exp.handle.abandon(payload!);
-      this.inFlight--;
       this.inFlightBytes -= cost;
-      if (this.ending === null) this.pump();
-      this.checkFinished();
+      this.settled();
     };
     this.requests.execute(h, payload, hashed).then(complete, (err: unknown) => {
       // A bug: the client may be owed a reply we cannot send. Close this connection only.
@@ -443,12 +437,14 @@ export class Transmission {
     this.stats.requests++;
     if (done === true) return true;
     this.inFlight++;
-    const complete = (): void => {
-      this.inFlight--;
-      if (this.ending === null) this.pump();
-      this.checkFinished();
-    };
-    done.then(complete, complete);
+    done.then(() => this.settled(), () => this.settled());
     return true;
+  }
+
+  /** A request in flight is over: parsing may go on, or the connection end. */
+  private settled(): void {
+    this.inFlight--;
+    if (this.ending === null) this.pump();
+    this.checkFinished();
   }
 }
