@@ -6,10 +6,16 @@
  *   DIR/segments/   segment files (segments.ts)
  *   DIR/lock.pid    pid of the owner (informational; the lock is lock.ts)
  *
+ * The Store opens and closes it, changes the catalog (volumes,
+ * snapshots, branches) and answers queries; the parts it owns do the rest:
+ * the block engine (engine.ts), the write-back (writeback.ts), the segment
+ * files (segments.ts), flushing (flush.ts). State here: the catalog, the
+ * open handles per name, and whether the store is closed.
+ *
  * Ordering rules:
- *  - flush: sync segments, then commit the write-back generation (commit.ts);
- *    flushes run one after another, each covering every write acknowledged
- *    before it was called;
+ *  - flush: sync segments, then commit the write-back generation (flush.ts,
+ *    commit.ts); flushes run one after another, each covering every write
+ *    acknowledged before it was called;
  *  - snapshot: flush until the volume has no pending writes, bump the head
  *    version synchronously, then commit the catalog change; the commit queue
  *    keeps it ahead of any later flush;
@@ -17,10 +23,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import {
-  BLOCK_SIZE, MAX_VOLUME_SIZE, COMMIT_SLICE_ENTRIES, PRINTS_INTERVAL_MS, WRITEBACK_IDLE_MS, WRITEBACK_INTERVAL_MS, WRITEBACK_MAX_BLOCKS, WRITEBACK_MAX_PAGES,
-  FORMAT_VERSION,
-} from './constants.js';
+import { BLOCK_SIZE, FORMAT_VERSION, MAX_VOLUME_SIZE, WRITEBACK_IDLE_MS, WRITEBACK_INTERVAL_MS } from './constants.js';
 import { DormantError } from './errors.js';
 import { xxh3, type HashFunction } from './hash.js';
 import { Committer, indexExists, openIndexChecked, type IndexDbs } from './index-db.js';
@@ -28,7 +31,7 @@ import { Catalog, checkName, splitName, type PersistOps } from './catalog.js';
 import { SegmentFiles } from './segments.js';
 import { Writeback } from './writeback.js';
 import { BlockEngine } from './engine.js';
-import { applyGeneration } from './commit.js';
+import { Flusher } from './flush.js';
 import { Fingerprints } from './fingerprints.js';
 import { Volume, type VolumeHost } from './volume.js';
 import { acquireStoreLock, type StoreLock } from './lock.js';
@@ -68,17 +71,11 @@ export class Store implements VolumeHost {
   private readonly committer: Committer;
   private readonly segments: SegmentFiles;
   private readonly openHandles = new Map<string, number>();
-  private flushTail: Promise<void> = Promise.resolve();
-  private backgroundFlush: Promise<void> | null = null;
-  private timer: NodeJS.Timeout | null = null;
+  private readonly flusher: Flusher;
   private closed = false;
-  /** When read fingerprints were last written to the index. */
-  private printsAt = Date.now();
-  /** When the last write was acknowledged (Date.now()). */
-  private lastWriteAt = 0;
 
   private constructor(readonly dir: string, private readonly dbs: IndexDbs, private readonly lock: StoreLock,
-    hash: HashFunction, intervalMs: number, idleMsOpt: number, readMode: StoreOptions['readMode']) {
+    hash: HashFunction, intervalMs: number, idleMs: number, readMode: StoreOptions['readMode']) {
     this.committer = new Committer(dbs);
     this.segments = new SegmentFiles(path.join(dir, 'segments'), hash);
     this.catalog.load(dbs.catalog.getRange({}) as Iterable<{ key: string; value: unknown }>);
@@ -88,20 +85,14 @@ export class Store implements VolumeHost {
     for (const key of dbs.chunks.getKeys({ reverse: true, limit: 1 })) nextChunk = parseChunkKey(key as Buffer) + 1;
     this.engine = new BlockEngine(dbs, this.catalog, this.segments, this.writeback, hash, this.fingerprintsDb, nextChunk,
       readMode === 'pool');
-    // Until the hash filter is built, writes consult the hash index for every block, as before.
+    // Until the hash filter is built, writes consult the hash index for every block.
     this.engine.filter.build().catch((err: unknown) => {
       if (!this.closed) process.emitWarning(`dormant: building the hash filter failed: ${(err as Error).message}`);
     });
-    if (intervalMs > 0) {
-      const idleMs = Math.min(idleMsOpt, intervalMs);
-      this.timer = setInterval(() => {
-        const now = Date.now();
-        const due = this.writeback.size > 0
-          && (now - this.lastWriteAt >= idleMs || now - this.writeback.since >= intervalMs);
-        if (due || this.printsDue(false)) this.flushInBackground();
-      }, Math.max(10, Math.min(idleMs, intervalMs) / 2));
-      this.timer.unref();
-    }
+    this.flusher = new Flusher({
+      dbs, catalog: this.catalog, engine: this.engine, writeback: this.writeback, segments: this.segments,
+      committer: this.committer, fingerprints: this.fingerprintsDb, closed: () => this.closed,
+    }, intervalMs, idleMs);
   }
 
   /** Builds the Store over an open index; closes the index if that fails. */
@@ -355,16 +346,13 @@ export class Store implements VolumeHost {
 
   /** Makes every write acknowledged so far durable. */
   flush(withPrints = false): Promise<void> {
-    const run = () => this.flushOnce(withPrints);
-    const p = this.flushTail.then(run, run);
-    this.flushTail = p.catch(() => undefined);
-    return p;
+    return this.flusher.flush(withPrints);
   }
 
   /** Flushes, stops background work, closes files and releases the lock. */
   async close(): Promise<void> {
     if (this.closed) return;
-    if (this.timer) clearInterval(this.timer);
+    this.flusher.stopTimer();
     this.engine.filter.close();
     await this.flush(true);
     await this.committer.idle();
@@ -381,71 +369,13 @@ export class Store implements VolumeHost {
    * otherwise grow the pending set without bound).
    */
   afterWrite(): Promise<void> | undefined {
-    this.lastWriteAt = Date.now();
-    const wb = this.writeback;
-    if (wb.size < WRITEBACK_MAX_BLOCKS && wb.pages < WRITEBACK_MAX_PAGES) return undefined;
-    this.flushInBackground();
-    const over = wb.size >= 2 * WRITEBACK_MAX_BLOCKS || wb.pages >= 2 * WRITEBACK_MAX_PAGES;
-    return over ? this.backgroundFlush ?? undefined : undefined;
+    return this.flusher.afterWrite();
   }
 
   /** VolumeHost: a handle closed. */
   release(name: string): void {
     const n = (this.openHandles.get(name) ?? 1) - 1;
     if (n > 0) this.openHandles.set(name, n); else this.openHandles.delete(name);
-  }
-
-  private flushInBackground(): void {
-    if (this.backgroundFlush || this.closed) return;
-    this.backgroundFlush = this.flush()
-      .catch((err) => { process.emitWarning(`dormant: background flush failed: ${(err as Error).message}`); })
-      .finally(() => { this.backgroundFlush = null; });
-  }
-
-  /**
-   * Commits the pending writes. Read fingerprints are counters, not data:
-   * they ride along at most every PRINTS_INTERVAL_MS (writing a count per
-   * chunk read cost the read path ~10 % when every flush did it), and always
-   * when `withPrints` (at close).
-   */
-  private async flushOnce(withPrints: boolean): Promise<void> {
-    if (this.closed) return;
-    const printsDue = this.printsDue(withPrints);
-    if (this.writeback.size === 0 && !this.segments.needsSync() && !printsDue) return;
-    const gen = this.writeback.takeGeneration();
-    const prints = printsDue ? this.fingerprintsDb.take() : new Map<string, Map<number, number>>();
-    if (printsDue) this.printsAt = Date.now();
-    // One transaction per slice: handing a transaction's writes to LMDB and
-    // releasing its entries run on the JS thread, a few µs per new chunk, so
-    // a big generation in one transaction would stall every client for
-    // seconds. Each slice is consistent on its own (its map entries, the
-    // chunk records and counts they need); unflushed writes promise no
-    // order, so a crash between slices loses nothing that was promised.
-    let printsCommitted = false;
-    try {
-      for (const [k, slice] of gen.slices(COMMIT_SLICE_ENTRIES).entries()) {
-        const entered = await this.committer.commitPlanned(async (w) => {
-          const ids = await applyGeneration(this.dbs, this.catalog, this.engine.blockMap, this.writeback, slice, w);
-          if (k === 0) await this.fingerprintsDb.apply(prints, w);
-          return ids;
-        }, k === 0 ? () => this.segments.sync() : undefined);
-        printsCommitted = true;
-        // The index changed under cached look-ups: forget them in the same
-        // tick that drops the entries readers were seeing instead.
-        if (slice.lineages.size > 0) this.engine.invalidate();
-        this.writeback.releaseCommitted(slice, entered, (hash) => this.engine.filter.add(hash));
-      }
-    } catch (err) {
-      this.writeback.restoreGeneration(gen);
-      if (!printsCommitted) this.fingerprintsDb.restore(prints);
-      throw err instanceof DormantError ? err
-        : new DormantError('EIO', `flush failed: ${(err as Error).message}`, { cause: err });
-    }
-  }
-
-  /** True when read fingerprints are waiting and it is time (or `now`) to write them. */
-  private printsDue(now: boolean): boolean {
-    return this.fingerprintsDb.hasDirty && (now || Date.now() - this.printsAt >= PRINTS_INTERVAL_MS);
   }
 
   private async persist(ops: PersistOps): Promise<void> {
