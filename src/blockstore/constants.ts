@@ -41,7 +41,7 @@ export const WRITEBACK_MAX_PAGES = 131072;
 export const WRITEBACK_INTERVAL_MS = 30000;
 /** Pending writes are flushed once no write came for this long. */
 export const WRITEBACK_IDLE_MS = 1000;
-/** Pending entries a flush commits per LMDB transaction (bounds its synchronous part to ~100 ms). */
+/** Pending entries a flush commits per LMDB transaction (bounds the synchronous part of each, during which no request is served). */
 export const COMMIT_SLICE_ENTRIES = 16384;
 /** Read fingerprints are written to the index at most this often (and at close). */
 export const PRINTS_INTERVAL_MS = 30000;

@@ -1,10 +1,10 @@
 /**
  * A Bloom filter over every chunk hash in the hash index, so a write of new
  * content (the common case) skips the dedup index look-up: "absent" is
- * certain, "present" sends the writer to the index and a byte compare as
- * before. Chunks not yet committed are not in it (the write-back finds
- * those by hash); a chunk's hash is added when its commit has put it in the
- * index, so a pending chunk rewritten in place leaves no stale bits.
+ * certain, "present" sends the writer to the index and a byte compare.
+ * Chunks not yet committed are not in it (the write-back finds those by
+ * hash); a chunk's hash is added when its commit has put it in the index,
+ * so a pending chunk rewritten in place leaves no stale bits.
  *
  * Chunk names are already uniformly random (xxh3-128), so the three probe
  * positions are three 32-bit words of the hash itself. Sized at 16 bits

@@ -140,9 +140,9 @@ export class Volume implements VolumeHandle {
    * arrival order, where it landed, nothing copied. Its blocks come hashed
    * from where they were received (`opts.hashed`, the NBD server's pool
    * receive), else they are hashed here on the JS thread, not on the pool:
-   * the socket read just left them in this core's cache (~30 us a MiB with
-   * AVX-512), where a pool thread would fetch them from memory and the hop
-   * would add its latency to the write's (~15 % faster this way).
+   * the socket read just left them in this core's cache, where a pool
+   * thread would fetch them from memory, and the hop would add its latency
+   * to the write's.
    */
   private async writeLanded(offset: number, data: Buffer, loc: Location, opts: WriteOptions): Promise<void> {
     this.landings.delete(data);
