@@ -14,7 +14,7 @@ import { mapKey, parseMapKey, parseMapValue } from './keys.js';
 /** Ranges up to this many blocks use per-block seeks; longer ones a scan. */
 const SEEK_LIMIT = 4;
 /** Marks a block not found at any level yet. */
-const UNRESOLVED = -1;
+export const UNRESOLVED = -1;
 
 /** Read-only queries of the committed block map. */
 export class BlockMap {
@@ -106,5 +106,3 @@ export class BlockMap {
     }
   }
 }
-
-export { UNRESOLVED };

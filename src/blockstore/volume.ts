@@ -3,6 +3,14 @@
  * end uses). Validates ranges at the edge (ERANGE / EINVAL / EROFS), turns
  * them into whole-block engine calls, and does read-modify-write for the
  * partial blocks at either end. A FUA write resolves after a store flush.
+ *
+ * State per handle: the target and size as of the catalog's epoch, the
+ * landing buffers handed out and not yet written, and the tail of the
+ * mutations waiting their turn (`ordering`).
+ *
+ * Ordering rule: a handle's mutations apply in the order they came. A big
+ * write is hashed on libuv's pool first; while one is, later mutations of
+ * the handle queue behind it (`inOrder`) instead of applying at once.
  */
 import { BLOCK_SIZE, HASH_SIZE } from './constants.js';
 import type { Location } from './segments.js';
