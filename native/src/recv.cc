@@ -2,17 +2,17 @@
 // libuv's pool, into the store's landing buffers, and hashed there as they
 // come, while the JS thread applies the writes already received.
 //
-// Why: on a stream of 1 MiB writes the JS thread was the bottleneck, and
-// most of its time was the kernel's copy from the socket (~40 %) and the
-// hash (~15 %). One receive per request on the pool did not help: the hop
-// back to JS, and JS reading the next header and queueing the next
-// receive, left the socket unread between payloads. So one pool job reads
-// a run of payloads: after each it tells JS (a progress event: JS applies
-// that write and replies), reads the next request's header, and when that
-// is a WRITE of the length of the next landing JS has offered, tells JS
-// and goes on into that landing. JS offers a landing for the one after as
-// it learns of each, so the socket is read without a gap while the client
-// keeps the stream going.
+// Why: on a stream of big writes, the kernel's copy out of the socket and
+// the hash of every block are the JS thread's per-byte work; here they run
+// on the pool (the JS side is src/nbd/pool-receive.ts). A receive per
+// request would not do: the hop back to JS, and JS reading the next header
+// and queueing the next receive, would leave the socket unread between
+// payloads. So one pool job reads a run of payloads: after each it tells
+// JS (a progress event: JS applies that write and replies), reads the next
+// request's header, and when that is a WRITE of the length of the next
+// landing JS has offered, tells JS and goes on into that landing. JS
+// offers a landing for the one after as it learns of each, so the socket
+// is read without a gap while the client keeps the stream going.
 //
 // How a payload is read: into a bounce buffer that mirrors the landing
 // modulo kBounce (a multiple of the block size), so each block is whole

@@ -182,9 +182,9 @@ export class Connection {
   }
 
   /**
-   * A 1 MiB read reply does not fit the default socket send buffer (208 KiB
-   * for a Unix socket): it leaves in several writes, each waiting for the
-   * client to drain the last. A send buffer of SEND_BUFFER_BYTES lets a
+   * A 1 MiB read reply does not fit the default socket send buffer
+   * (net.core.wmem_default): it leaves in several writes, each waiting for
+   * the client to drain the last. A send buffer of SEND_BUFFER_BYTES lets a
    * whole reply go at once. Best effort: the kernel caps it at wmem_max.
    */
   private widenSendBuffer(): void {

@@ -6,8 +6,8 @@
  * - Small replies (at most SLAB_REPLY_BYTES: every error and write reply,
  *   small reads) are copied into a slab; what a poll phase added to the
  *   slab goes to the socket as one write, at the end of the phase
- *   (setImmediate) or before a bigger reply. A Writable.write per buffer
- *   cost more than copying a 4 KiB read.
+ *   (setImmediate) or before a bigger reply: copying a small reply costs
+ *   less than a Writable.write of its own.
  * - Bigger replies are written buffer by buffer (views of the store's
  *   mappings are not copied), corked so that one poll phase's writes leave
  *   in one writev.

@@ -57,7 +57,7 @@ import { onreadSocket, type OnRead } from './node-internals.js';
 const SLAB_BYTES = 1024 * 1024;
 /** Each connection's own small read buffer, while its reads are small. */
 const SMALL_BYTES = 64 * 1024;
-/** A read is offered at least this much room in a big slab (a Unix socket buffers ~208 KiB by default)... */
+/** A read is offered at least this much room in a big slab (more than a socket buffers by default: one read takes all it holds)... */
 const MIN_READ = 256 * 1024;
 /** ...and at least this much in the small buffer. */
 const MIN_SMALL_READ = 16 * 1024;
@@ -84,7 +84,7 @@ export interface DirectReads {
    * The next read takes at most `bytes` (a request header): when the next
    * request is likely a big WRITE too, its payload then lands straight in
    * its buffer instead of partly in a slab to be copied out (an extra small
-   * read costs less than copying the ~200 KiB a socket buffer holds).
+   * read costs less than copying out what a full socket buffer held).
    */
   limitNext(bytes: number): void;
 }
