@@ -11,7 +11,7 @@ import { DormantError, isDormantError, splitName } from '../blockstore/index.js'
 import { CONTROL_SOCKET_NAME, RemoteControl, daemonAnswers } from '../control/index.js';
 import { NBD_SOCKET_NAME } from '../daemon/index.js';
 import { defaultCacheDir, metaPath, readImageMeta } from '../guest-image/index.js';
-import { STOP_TIMEOUT_MS, checkMemory, checkVmName, readVm, vmPaths, type VmStatus } from '../vm/index.js';
+import { STOP_TIMEOUT_MS, checkBallast, checkMemory, checkVmName, readVm, vmPaths, type VmStatus } from '../vm/index.js';
 import { formatBytes, parseSize, table } from './format.js';
 import { storeDir, withStore } from './store-commands.js';
 
@@ -48,11 +48,19 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
     .option('--cpus <n>', 'virtual CPUs', '1')
     .option('--kernel-from <image>', 'test-guest image whose kernel, initrd and command line boot the VM (default: the snapshot\'s volume)')
     .option('--cache-dir <dir>', 'image cache of dormant image build-test-guest (default: $XDG_CACHE_HOME/dormant/images)')
-    .action((name: string, o: { from: string; memory: string; cpus: string; kernelFrom?: string; cacheDir?: string },
-      cmd: Command) => run(async () => {
+    .option('--ballast <size>', 'test guest: memory it fills at boot and touches like an idle service (e.g. 192M)')
+    .option('--ballast-shared <percent>', 'the part of the ballast alike in every VM (e.g. 50%)', '0%')
+    .action((name: string, o: {
+      from: string; memory: string; cpus: string; kernelFrom?: string; cacheDir?: string; ballast?: string; ballastShared: string;
+    }, cmd: Command) => run(async () => {
       checkVmName(name);
       const memoryBytes = parseSize(o.memory);
       checkMemory(memoryBytes, o.memory);
+      const ballastBytes = o.ballast === undefined ? 0 : parseSize(o.ballast);
+      const pct = /^(\d{1,3})%?$/.exec(o.ballastShared);
+      if (!pct) throw new DormantError('EINVAL', `bad --ballast-shared '${o.ballastShared}': a percentage, e.g. 50%`);
+      const ballastSharedPercent = Number(pct[1]);
+      checkBallast(ballastBytes, ballastSharedPercent, memoryBytes);
       const cpus = Number(o.cpus);
       if (!/^\d+$/.test(o.cpus) || cpus < 1 || cpus > 64) throw new DormantError('EINVAL', `bad --cpus '${o.cpus}': use 1 to 64`);
       const { volume, snap } = splitName(o.from);
@@ -73,10 +81,12 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
         }
         return c.vmCreate({
           name, from: o.from, memoryBytes, cpus, image, kernel: meta.kernel, initrd: meta.initrd, cmdline: meta.cmdline,
+          ...(ballastBytes ? { ballastBytes, ballastSharedPercent } : {}),
         });
       });
       print(`created VM ${rec.name}: disk ${rec.disk} from ${rec.from}, memory ${rec.memory} ${formatBytes(rec.memoryBytes)}, `
-        + `${rec.cpus} CPU${rec.cpus > 1 ? 's' : ''}, kernel from image ${rec.image}`);
+        + `${rec.cpus} CPU${rec.cpus > 1 ? 's' : ''}, kernel from image ${rec.image}`
+        + `${rec.ballastBytes ? `, ballast ${formatBytes(rec.ballastBytes)} (${rec.ballastSharedPercent}% shared)` : ''}`);
     }));
 
   vm.command('start <vm>')

@@ -15,8 +15,11 @@
  *              heartbeat on the serial console.
  *
  * The counter /var/counter lives on the root disk: +1 at each boot and +1 at
- * each request to /cgi-bin/status. The page / (index.html, regenerated every
- * second on a tmpfs) shows hostname, uptime and the counter.
+ * each request to /cgi-bin/status. The page / (a CGI, nothing is rewritten
+ * while the guest idles) shows hostname, uptime and the counter. With
+ * `dormant.ballast=BYTES` on the command line the guest fills that much
+ * memory at boot and touches it like an idle service (ballast.ts, a static
+ * binary gcc builds here).
  *
  * Everything lands in a cache directory ($XDG_CACHE_HOME/dormant/images or
  * ~/.cache/dormant/images): NAME/disk.img, NAME/vmlinuz, NAME/initrd.img and
@@ -30,19 +33,26 @@ import os from 'node:os';
 import path from 'node:path';
 import { DormantError } from '../blockstore/index.js';
 import { withCacheLock } from './cache-lock.js';
-import { DEFAULT_HOSTNAME, STATUS_CGI, UDHCPC_SCRIPT, initramfsInit, rootInit } from './guest-scripts.js';
+import { BALLAST_C } from './ballast.js';
+import { DEFAULT_HOSTNAME, INDEX_CGI, STATUS_CGI, UDHCPC_SCRIPT, initramfsInit, rootInit } from './guest-scripts.js';
 import { moduleName, parseModulesDep, resolveModules } from './kernel-modules.js';
 
 export { DEFAULT_HOSTNAME } from './guest-scripts.js';
 
 /** Bump when the image layout or the guest's scripts change: invalidates caches. */
-export const BUILDER_VERSION = 1;
+export const BUILDER_VERSION = 2;
 
 /** Default size of the root disk. */
 export const DEFAULT_IMAGE_SIZE = 256 * 1024 * 1024;
 
-/** Kernel command line the guest expects (add `dormant.hostname=NAME`). */
-export const DEFAULT_CMDLINE = 'console=ttyS0 root=/dev/vda rw';
+/**
+ * Kernel command line the guest expects (add `dormant.hostname=NAME`). An
+ * idle guest under TCG pays for every kernel entry and timer: no CPU
+ * vulnerability mitigations (page-table isolation switches address spaces
+ * at each entry), no clocksource watchdog (tsc=reliable), no soft-lockup
+ * watchdog. This is a test guest for density, not a hardened one.
+ */
+export const DEFAULT_CMDLINE = 'console=ttyS0 root=/dev/vda rw mitigations=off tsc=reliable nowatchdog';
 
 
 /** Modules the guest needs if they are not built into the kernel (CONFIG_* name, module name). */
@@ -211,7 +221,7 @@ async function writeExec(file: string, text: string): Promise<void> {
 /**
  * Builds (or finds in the cache) the test guest `name`: kernel, initramfs and
  * ext4 root disk of `size` bytes. Needs apt-get/dpkg, busybox-static, cpio,
- * gzip and e2fsprogs on the host.
+ * gzip, e2fsprogs and gcc (with libc6-dev's static libc) on the host.
  */
 export async function buildTestGuest(name: string, opts: BuildOptions = {}): Promise<BuildResult> {
   const size = opts.size ?? DEFAULT_IMAGE_SIZE;
@@ -232,6 +242,7 @@ async function buildLocked(name: string, size: number, cacheDir: string, opts: B
   const kernel = await kernelPackage();
   const busyboxVersion = await installedVersion('busybox-static');
   const e2fsVersion = await installedVersion('e2fsprogs');
+  const gccVersion = (await run('gcc', ['-dumpfullversion'])).stdout.trim();
   const inputs: Record<string, string> = {
     builder: String(BUILDER_VERSION),
     name,
@@ -239,9 +250,11 @@ async function buildLocked(name: string, size: number, cacheDir: string, opts: B
     kernel: `${kernel.pkg}=${kernel.version}`,
     busybox: `busybox-static=${busyboxVersion}`,
     e2fsprogs: `e2fsprogs=${e2fsVersion}`,
+    gcc: gccVersion,
     // The guest's scripts: editing them invalidates the cache even without a version bump.
     scripts: createHash('sha256')
-      .update([initramfsInit('KVER'), rootInit(), STATUS_CGI, UDHCPC_SCRIPT, JSON.stringify(WANTED_MODULES)].join('\0'))
+      .update([initramfsInit('KVER'), rootInit(), STATUS_CGI, INDEX_CGI, UDHCPC_SCRIPT, BALLAST_C, JSON.stringify(WANTED_MODULES)]
+        .join('\0'))
       .digest('hex').slice(0, 16),
   };
   const inputHash = createHash('sha256').update(JSON.stringify(inputs)).digest('hex');
@@ -307,6 +320,10 @@ async function buildLocked(name: string, size: number, cacheDir: string, opts: B
     await writeExec(path.join(rroot, 'sbin', 'init'), rootInit());
     await writeExec(path.join(rroot, 'etc', 'udhcpc.script'), UDHCPC_SCRIPT);
     await writeExec(path.join(rroot, 'usr', 'share', 'dormant', 'status.cgi'), STATUS_CGI);
+    await writeExec(path.join(rroot, 'usr', 'share', 'dormant', 'index.cgi'), INDEX_CGI);
+    // The memory ballast (ballast.ts), a static binary: the guest has no libc of its own.
+    await fs.writeFile(path.join(work, 'ballast.c'), BALLAST_C);
+    await run('gcc', ['-static', '-O2', '-o', path.join(rroot, 'usr', 'sbin', 'dormant-ballast'), path.join(work, 'ballast.c')]);
     await fs.writeFile(path.join(rroot, 'var', 'counter'), '0\n');
     await fs.writeFile(path.join(rroot, 'etc', 'hostname'), `${DEFAULT_HOSTNAME}\n`);
     await fs.writeFile(path.join(rroot, 'etc', 'passwd'), 'root:x:0:0:root:/root:/bin/sh\n');

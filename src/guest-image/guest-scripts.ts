@@ -1,7 +1,7 @@
 /**
  * The test guest's scripts: the initramfs /init, the root disk's
- * /sbin/init, the status CGI and the udhcpc hook. Their text is part of
- * the image's input hash (image.ts), so editing them rebuilds the image.
+ * /sbin/init, the page CGIs and the udhcpc hook. Their text is part of
+ * the image's input hash (builder.ts), so editing them rebuilds the image.
  */
 
 /** Hostname when the kernel command line names none. */
@@ -70,36 +70,70 @@ ip link set lo up
 ip link set eth0 up
 udhcpc -i eth0 -s /etc/udhcpc.script -t 10 -T 2 -n -q -S || echo "dormant-guest: no DHCP lease"
 echo "dormant-guest: eth0 $(ip -4 -o addr show dev eth0 | awk '{print $4}')"
-# The status page, on a tmpfs (regenerated every second; the counter is on the disk).
+# Memory ballast (dormant.ballast=BYTES): filled before the web server starts.
+ballast=0; shared=0; tick=10
+for a in $(cat /proc/cmdline); do
+  case "$a" in
+    dormant.ballast=?*) ballast="\${a#dormant.ballast=}" ;;
+    dormant.ballast_shared=?*) shared="\${a#dormant.ballast_shared=}" ;;
+    dormant.tick=?*) tick="\${a#dormant.tick=}" ;;
+  esac
+done
+while read -r k v rest; do
+  case "$k" in MemTotal:) mt=$v ;; MemAvailable:) ma=$v ;; esac
+done < /proc/meminfo
+echo "dormant-guest: memory total $mt kB, available $ma kB"
+if [ "$ballast" != 0 ]; then
+  /usr/sbin/dormant-ballast "$ballast" "$shared" "$tick" "$host" &
+  b=$!
+  while [ ! -s /run/ballast.pid ] && kill -0 "$b" 2>/dev/null; do sleep 1; done
+  [ -s /run/ballast.pid ] || echo "dormant-guest: the ballast did not start (out of memory?)"
+fi
+# The pages are CGIs (no file rewritten while idle): / shows hostname, uptime
+# and counter; /cgi-bin/status also counts the request on the disk.
 mount -t tmpfs tmpfs /www
 mkdir -p /www/cgi-bin
+cp /usr/share/dormant/index.cgi /www/cgi-bin/index.cgi
 cp /usr/share/dormant/status.cgi /www/cgi-bin/status
-chmod 755 /www/cgi-bin/status
-page() {
-  printf '<html><head><title>%s</title></head><body>\\n<h1>%s</h1>\\n<p>hostname: %s</p>\\n<p>uptime: %s s</p>\\n<p>counter: %s</p>\\n</body></html>\\n' \\
-    "$host" "$host" "$host" "$(cut -d' ' -f1 /proc/uptime)" "$(cat /var/counter)" > /www/.index.html
-  mv /www/.index.html /www/index.html
-}
-page
-(while true; do page; sleep 1; done) &
+chmod 755 /www/cgi-bin/index.cgi /www/cgi-bin/status
 httpd -p 80 -h /www
 echo "dormant-guest: httpd on port 80"
+# Heartbeat on the console every 5 s, with shell builtins only (no process
+# per beat: an idle guest should not fork; read -t on a FIFO nobody writes
+# is a sleep that stays in the shell).
+mkfifo /run/idle.fifo
 (while true; do
-  echo "dormant-heartbeat host=$host uptime=$(cut -d' ' -f1 /proc/uptime) counter=$(cat /var/counter)"
-  sleep 5
+  read -r up rest < /proc/uptime
+  read -r c < /var/counter
+  echo "dormant-heartbeat host=$host uptime=$up counter=$c"
+  read -r -t 5 nothing <> /run/idle.fifo
 done) &
 # A shell on the serial console, respawned.
 (while true; do setsid sh -c 'exec sh </dev/ttyS0 >/dev/ttyS0 2>&1'; sleep 1; done) &
-while true; do wait; sleep 60; done
+while true; do wait; read -r -t 3600 nothing <> /run/idle.fifo; done
 `;
 }
 
+/** /cgi-bin/status: counts the request on the disk, tells the ballast, answers in plain text. */
 export const STATUS_CGI = `#!/bin/sh
 c=$(cat /var/counter 2>/dev/null); c=$((\${c:-0} + 1)); echo "$c" > /var/counter; sync
+[ -s /run/ballast.pid ] && read -r b < /run/ballast.pid && kill -USR1 "$b" 2>/dev/null
+read -r up rest < /proc/uptime
 printf 'Content-Type: text/plain\\r\\n\\r\\n'
 echo "hostname: $(hostname)"
-echo "uptime: $(cut -d' ' -f1 /proc/uptime) s"
+echo "uptime: $up s"
 echo "counter: $c"
+`;
+
+/** / (busybox httpd runs cgi-bin/index.cgi for a directory without index.html): the status page, read-only. */
+export const INDEX_CGI = `#!/bin/sh
+[ -s /run/ballast.pid ] && read -r b < /run/ballast.pid && kill -USR1 "$b" 2>/dev/null
+read -r up rest < /proc/uptime
+read -r c < /var/counter
+read -r host < /etc/hostname
+printf 'Content-Type: text/html\\r\\n\\r\\n'
+printf '<html><head><title>%s</title></head><body>\\n<h1>%s</h1>\\n<p>hostname: %s</p>\\n<p>uptime: %s s</p>\\n<p>counter: %s</p>\\n</body></html>\\n' \\
+  "$host" "$host" "$host" "$up" "$c"
 `;
 
 export const UDHCPC_SCRIPT = `#!/bin/sh

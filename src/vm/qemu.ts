@@ -25,6 +25,13 @@ export interface LaunchOptions {
   kvm?: boolean;
 }
 
+/**
+ * TCG's translation buffer, in MiB. QEMU keeps it resident and per VM; an
+ * idle test guest's code fits 16 MiB with no flush, while a buffer half that
+ * size keeps flushing and retranslating (docs/benchmarks.md, density).
+ */
+export const TCG_TB_SIZE_MIB = 16;
+
 /** The QEMU binary. */
 export const QEMU_BINARY = 'qemu-system-x86_64';
 
@@ -34,7 +41,7 @@ export function qemuArgs(vm: VmRecord, p: LaunchPaths, o: LaunchOptions): string
   return [
     '-name', vm.name,
     '-machine', 'q35,memory-backend=mem0',
-    '-accel', o.kvm ? 'kvm' : 'tcg,tb-size=64',
+    '-accel', o.kvm ? 'kvm' : `tcg,tb-size=${TCG_TB_SIZE_MIB}`,
     '-m', mib, '-smp', String(vm.cpus),
     '-object', `memory-backend-file,id=mem0,size=${mib},mem-path=${p.memFile},share=on`,
     '-kernel', vm.kernel, '-initrd', vm.initrd,

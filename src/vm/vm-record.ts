@@ -33,6 +33,9 @@ export interface VmSpec {
   initrd: string;
   /** Base command line of the image (without dormant.hostname). */
   cmdline: string;
+  /** Memory the test guest fills at boot (its ballast), and the percentage of it that is alike in every VM. */
+  ballastBytes?: number;
+  ballastSharedPercent?: number;
 }
 
 /** A VM's configuration, as recorded in the store. */
@@ -66,6 +69,23 @@ export function hostMemTotal(): number {
   const m = /^MemTotal:\s+(\d+) kB/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
   if (!m) throw new DormantError('EINTERNAL', 'cannot read MemTotal from /proc/meminfo');
   return Number(m[1]) * 1024;
+}
+
+/** Guest RAM a ballast leaves at least to the guest's kernel and programs. */
+export const BALLAST_HEADROOM = 48 * 1024 * 1024;
+
+/** Throws EINVAL unless the ballast fits guest RAM `memoryBytes` (and the shared percentage is 0-100). */
+export function checkBallast(bytes: number, sharedPercent: number, memoryBytes: number): void {
+  if (!Number.isSafeInteger(bytes) || bytes < 0 || bytes % 4096 !== 0) {
+    throw new DormantError('EINVAL', `bad --ballast '${bytes}': a whole number of 4 KiB pages`);
+  }
+  if (bytes > memoryBytes - BALLAST_HEADROOM) {
+    throw new DormantError('EINVAL', `bad --ballast: ${bytes / 2 ** 20} MiB leaves the guest less than `
+      + `${BALLAST_HEADROOM / 2 ** 20} MiB of its ${memoryBytes / 2 ** 20} MiB`);
+  }
+  if (!Number.isInteger(sharedPercent) || sharedPercent < 0 || sharedPercent > 100) {
+    throw new DormantError('EINVAL', `bad --ballast-shared '${sharedPercent}': use 0% to 100%`);
+  }
 }
 
 /** Throws EINVAL unless `bytes` is a usable guest RAM size on this host. */
@@ -129,6 +149,7 @@ export async function createVm(store: Store, spec: VmSpec): Promise<VmRecord> {
   if (splitName(spec.from).snap === null) {
     throw new DormantError('EINVAL', `bad --from '${spec.from}': name a snapshot, volume@snap`);
   }
+  checkBallast(spec.ballastBytes ?? 0, spec.ballastSharedPercent ?? 0, spec.memoryBytes);
   await store.info(spec.from); // ENOENT: unknown snapshot
   if (fs.existsSync(vmPaths(store.dir, spec.name).record)) throw new DormantError('EEXIST', `VM '${spec.name}' exists`);
   const memory = `${spec.name}.mem`;
@@ -144,6 +165,11 @@ export async function createVm(store: Store, spec: VmSpec): Promise<VmRecord> {
     image: spec.image, kernel: spec.kernel, initrd: spec.initrd,
     cmdline: `${spec.cmdline} dormant.hostname=${spec.name}`, created: new Date().toISOString(),
   };
+  if (spec.ballastBytes) {
+    rec.ballastBytes = spec.ballastBytes;
+    rec.ballastSharedPercent = spec.ballastSharedPercent ?? 0;
+    rec.cmdline += ` dormant.ballast=${spec.ballastBytes} dormant.ballast_shared=${rec.ballastSharedPercent}`;
+  }
   try {
     writeVm(store.dir, rec);
   } catch (err) {
