@@ -19,9 +19,9 @@
 // there once received. It is hashed there, in this core's cache, and copied
 // to the landing with streaming (non-temporal) stores: the landing is
 // page-cache memory not in any cache, which a plain copy (or the kernel's
-// copy straight into it) first reads line by line. Measured on this
-// project's VM: 1 MiB sequential writes ~3.8 -> ~4.4 GB/s against reading
-// straight into the landing.
+// copy straight into it) first reads line by line; streaming stores skip
+// that read, so the detour through the bounce buffer costs less than it
+// saves (figures: docs/benchmarks.md, "Figures behind design choices").
 //
 // The job ends (and JS reads the socket its own way again) when:
 //   - the next request is not such a WRITE, or no landing is on offer

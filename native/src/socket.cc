@@ -3,8 +3,9 @@
 // sendFileRange: a reply's header and then a range of a store file, with
 // sendfile(2): the kernel hands the file's page-cache pages to the socket
 // (Unix and TCP sockets take them by reference since Linux 6.5), so a big
-// READ reply costs no copy in this process. Measured on this project's VM:
-// ~20 us of CPU per MiB against ~250 for pread + write.
+// READ reply costs no copy in this process, only the kernel's bookkeeping
+// of the pages, where pread + write would copy every byte twice (figures:
+// docs/benchmarks.md, "Figures behind design choices").
 //
 // Why the pointer use is safe: `head` is read through ByteView (pointer and
 // length taken from the Uint8Array on the JS thread) and only during the

@@ -17,7 +17,8 @@
 //   mapping of the same file. writeMapped copies into it within [0, length)
 //   of the mapping after the bounds are checked here; writableView hands it
 //   to JS as an external ArrayBuffer (for landings: socket reads into slots
-//   segments.ts reserved), detached before the twin is unmapped, so no view
+//   the store set aside, src/blockstore/landing.ts and
+//   segment-landings.ts), detached before the twin is unmapped, so no view
 //   of it can outlive it. Either way only where the TypeScript side knows
 //   the file has allocated bytes (past the end, or on a file system that
 //   must allocate for an overwrite and cannot, the store would get SIGBUS).
@@ -71,8 +72,9 @@ struct Mapping {
 };
 
 // Unmaps the writable twin. `env` null (a finalizer): a twin JS may still
-// hold is left mapped rather than made to dangle (segments.ts never lets a
-// mapping go while its twin is in use, so this does not happen).
+// hold is left mapped rather than made to dangle (segment-maps.ts never
+// lets a segment's mapping go while segment-landings.ts holds the segment
+// for a landing, so this does not happen).
 void DropWritable(Mapping* m, napi_env env) {
   if (m->writable == nullptr) return;
   if (!m->twin.IsEmpty() && !m->twin.Value().IsEmpty()) {
@@ -193,8 +195,9 @@ namespace {
 #endif
 
 // Faults in a range of a writable twin on libuv's pool. The mapping stays
-// mapped meanwhile: segments.ts holds the segment as landing until the
-// promise settles (and the worker holds the twin's ArrayBuffer too).
+// mapped meanwhile: segment-landings.ts holds the segment, as a landing
+// does, until the promise settles, so segment-maps.ts keeps its mapping
+// (and the worker holds the twin's ArrayBuffer too).
 class PopulateWorker : public Napi::AsyncWorker {
  public:
   PopulateWorker(Napi::Env env, Napi::ArrayBuffer twin, uint8_t* start, size_t length)

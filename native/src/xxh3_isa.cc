@@ -2,9 +2,9 @@
 // binding.gyp builds this file once per ISA with that ISA's compiler flags
 // (-mavx2, -mavx512f), and xxh3.cc picks the widest the CPU and the kernel
 // support at load time. Every variant computes the same hash (xxHash
-// guarantees it; native.test.ts checks it), only faster: on data in the
-// cache AVX2 hashes ~2x and AVX-512 ~2.5x as fast as SSE2, on data from
-// memory ~1.2-1.35x (measured on this project's Xeon VM).
+// guarantees it; native.test.ts checks it), only faster: wider vectors do
+// more of each block per instruction, most of all on data in the cache
+// (figures: docs/benchmarks.md, "Figures behind design choices").
 //
 // XXH_INLINE_ALL makes every xxHash function static in this translation
 // unit, so the variants cannot collide at link time: the one exported
