@@ -13,7 +13,7 @@
  *
  * Ordering rule: everything here is synchronous and runs to completion on
  * the JS thread, so no two operations interleave inside a block; only
- * flush (store.ts) awaits, big writes may be hashed beforehand on libuv's
+ * flush (flush.ts) awaits, big writes may be hashed beforehand on libuv's
  * pool (`hashAsync`) and have their slot writes land there, and reads may
  * wait for the pool (`readBlocksAsync`), each having decided what to read
  * from one consistent view of the index.

@@ -1,6 +1,7 @@
 /**
  * One segment file on disk: its name, its header, and the system calls that
- * write and sync it. No state: the files' state is segments.ts's.
+ * write and sync it. No state: the files' state lives in segments.ts,
+ * segment-maps.ts, append-segment.ts, pool-writes.ts and segment-landings.ts.
  *
  * On-disk layout of `segments/XXXXXXXX.seg` (the id in hex; format
  * version 1):

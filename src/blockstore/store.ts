@@ -1,9 +1,10 @@
 /**
- * The store: a directory with an LMDB index and append-only segment files,
- * owned by one process at a time.
+ * The store: a directory with an LMDB index and segment files (appended to;
+ * slots are rewritten in place and landed into only as segments.ts and
+ * segment-landings.ts allow), owned by one process at a time.
  *
  *   DIR/index/      LMDB environment (index-db.ts)
- *   DIR/segments/   segment files (segments.ts)
+ *   DIR/segments/   segment files (layout: segment-file.ts; state: segments.ts and the files it names)
  *   DIR/lock.pid    pid of the owner (informational; the lock is lock.ts)
  *
  * The Store opens and closes it, changes the catalog (volumes,
