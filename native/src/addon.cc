@@ -11,6 +11,7 @@ namespace dormant {
 Napi::Value PidfdOpen(const Napi::CallbackInfo& info);
 Napi::Value ProcessMadvise(const Napi::CallbackInfo& info);
 Napi::Value SetCloexec(const Napi::CallbackInfo& info);
+Napi::Value SetThreadIdle(const Napi::CallbackInfo& info);
 Napi::Value MappingResidency(const Napi::CallbackInfo& info);
 Napi::Value FileResidency(const Napi::CallbackInfo& info);
 Napi::Value FileCached(const Napi::CallbackInfo& info);
@@ -37,6 +38,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen, "pidfdOpen"));
   exports.Set("processMadvise", Napi::Function::New(env, ProcessMadvise, "processMadvise"));
   exports.Set("setCloexec", Napi::Function::New(env, SetCloexec, "setCloexec"));
+  exports.Set("setThreadIdle", Napi::Function::New(env, SetThreadIdle, "setThreadIdle"));
   exports.Set("mappingResidency", Napi::Function::New(env, MappingResidency, "mappingResidency"));
   exports.Set("fileResidency", Napi::Function::New(env, FileResidency, "fileResidency"));
   exports.Set("fileCached", Napi::Function::New(env, FileCached, "fileCached"));

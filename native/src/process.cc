@@ -1,4 +1,5 @@
-// Other processes' memory: pidfdOpen, processMadvise, mappingResidency.
+// Other processes' memory and scheduling: pidfdOpen, processMadvise,
+// mappingResidency, setThreadIdle.
 //
 // Why each pointer use is safe:
 // - processMadvise copies every range into a std::vector<iovec> owned by the
@@ -19,6 +20,7 @@
 //   kMaxResidencyBytes first, because V8 aborts (not throws) when an
 //   ArrayBuffer allocation fails.
 #include <fcntl.h>
+#include <sched.h>
 #include <limits.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -153,6 +155,21 @@ Napi::Value SetCloexec(const Napi::CallbackInfo& info) {
   int fd = static_cast<int>(IntegerArg(info[0], "setCloexec", "fd", 0, INT32_MAX));
   int flags = fcntl(fd, F_GETFD);
   if (flags < 0 || fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0) ThrowNative(env, errno, "fcntl(F_SETFD)");
+  return env.Undefined();
+}
+
+// setThreadIdle: sched_setscheduler of one thread (a tid, as in
+// /proc/PID/task) to SCHED_IDLE, or back to SCHED_OTHER. Only integers
+// cross; a gone thread is ESRCH, one we may not touch EPERM.
+Napi::Value SetThreadIdle(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int tid = static_cast<int>(IntegerArg(info[0], "setThreadIdle", "tid", 1, kMaxPid));
+  if (!info[1].IsBoolean()) throw Napi::TypeError::New(env, "setThreadIdle: idle must be a boolean");
+  struct sched_param param = {};
+  param.sched_priority = 0;
+  if (sched_setscheduler(tid, info[1].As<Napi::Boolean>().Value() ? SCHED_IDLE : SCHED_OTHER, &param) != 0) {
+    ThrowNative(env, errno, "sched_setscheduler");
+  }
   return env.Undefined();
 }
 

@@ -60,6 +60,7 @@ interface Addon {
   fileCached(fd: number, offset: number, length: number): Promise<MappingResidency>;
   fileAdvise(fd: number, offset: number, length: number, advice: string): Promise<void>;
   setCloexec(fd: number): void;
+  setThreadIdle(tid: number, idle: boolean): void;
   hashPages(data: Uint8Array, pageSize?: number): PageHashes;
   hashPagesAsync(data: Uint8Array, pageSize?: number): Promise<PageHashes>;
   mapFile(fd: number, length: number, writable?: boolean): ArrayBuffer;
@@ -136,6 +137,14 @@ async function callAsync<T>(fn: () => Promise<T>): Promise<T> {
 /** Sets FD_CLOEXEC on descriptor `fd` of this process (EBADF if it is not open). */
 export function setCloexec(fd: number): void {
   call(() => addon.setCloexec(fd));
+}
+
+/**
+ * Puts thread `tid` (an entry of /proc/PID/task) under SCHED_IDLE (it runs
+ * only when no other thread wants the CPU), or back under SCHED_OTHER.
+ */
+export function setThreadIdle(tid: number, idle: boolean): void {
+  call(() => addon.setThreadIdle(tid, idle));
 }
 
 /** Opens a pidfd for pid (the caller closes it with fs.closeSync). */
