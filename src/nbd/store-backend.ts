@@ -7,6 +7,10 @@
  * writes of all of them (what NBD_FLAG_CAN_MULTI_CONN promises), and the
  * store sees one open handle per export. The shared handle is closed when
  * the last connection releases it.
+ *
+ * Each export counts the requests it served (every read, write, trim,
+ * zero, flush and cache through any of its connections): the pager reads a
+ * VM's disk activity there (`requestsServed`).
  */
 import { DormantError, isDormantError } from '../blockstore/index.js';
 import type { VolumeEntry, VolumeHandle } from '../blockstore/index.js';
@@ -52,6 +56,7 @@ interface Shared {
 /** Serves a store's volumes and snapshots as NBD exports. */
 export class StoreBackend implements NbdBackend {
   private readonly open = new Map<string, Shared>();
+  private readonly served = new Map<string, number>();
   private readonly readOnly: boolean;
 
   constructor(private readonly store: ExportableStore, opts: StoreBackendOptions = {}) {
@@ -71,6 +76,11 @@ export class StoreBackend implements NbdBackend {
   async describeExport(name: string): Promise<ExportInfo | null> {
     const v = this.store.describe(name);
     return v === null ? null : this.toExport(v);
+  }
+
+  /** Requests served on export `name` since the server started (0 when none). */
+  requestsServed(name: string): number {
+    return this.served.get(name) ?? 0;
   }
 
   /** A reference to the shared handle of `name`; null when unknown. */
@@ -105,6 +115,8 @@ export class StoreBackend implements NbdBackend {
     const refuse = async (): Promise<never> => {
       throw new DormantError('EROFS', `'${name}' is exported read-only`, { volume: name });
     };
+    const served = this.served;
+    const count = () => { served.set(name, (served.get(name) ?? 0) + 1); };
     return {
       name: h.name,
       kind: h.kind,
@@ -112,16 +124,16 @@ export class StoreBackend implements NbdBackend {
       get size() {
         return h.size;
       },
-      read: (offset, length, opts) => h.read(offset, length, opts),
-      readView: (offset, length, opts) => h.readView(offset, length, opts),
-      write: (offset, data, opts) => (readOnly ? refuse() : h.write(offset, data, opts)),
-      writeNow: (offset, data) => (readOnly ? false : h.writeNow(offset, data)),
-      landing: (offset, length) => (readOnly ? null : h.landing(offset, length)),
+      read: (offset, length, opts) => { count(); return h.read(offset, length, opts); },
+      readView: (offset, length, opts) => { count(); return h.readView(offset, length, opts); },
+      write: (offset, data, opts) => { count(); return readOnly ? refuse() : h.write(offset, data, opts); },
+      writeNow: (offset, data) => { count(); return readOnly ? false : h.writeNow(offset, data); },
+      landing: (offset, length) => { count(); return readOnly ? null : h.landing(offset, length); },
       abandon: (buffer) => h.abandon(buffer),
-      trim: (offset, length, opts) => (readOnly ? refuse() : h.trim(offset, length, opts)),
-      zero: (offset, length, opts) => (readOnly ? refuse() : h.zero(offset, length, opts)),
-      flush: () => h.flush(),
-      cache: (offset, length) => h.cache(offset, length),
+      trim: (offset, length, opts) => { count(); return readOnly ? refuse() : h.trim(offset, length, opts); },
+      zero: (offset, length, opts) => { count(); return readOnly ? refuse() : h.zero(offset, length, opts); },
+      flush: () => { count(); return h.flush(); },
+      cache: (offset, length) => { count(); return h.cache(offset, length); },
       extents: (offset, length) => h.extents(offset, length),
       close: release,
     };
