@@ -12,6 +12,11 @@
  * Reads while a prefetch of that volume runs are the prefetch's own
  * read-ahead, not faults: they are counted apart.
  *
+ * Event classes: while the pager says the guest is handling an event of a
+ * class (a network connection, a timer wake-up of a paged VM), each fault
+ * also marks its pages in that class's epoch, and each event of the class
+ * is counted; the pager folds those into per-class working sets.
+ *
  * Cost per call: a Map lookup and a loop over the pages of the request
  * (at most 32: FUSE requests are at most 128 KiB).
  */
@@ -20,6 +25,15 @@ import type { IoObserver } from '../fuse/index.js';
 const PAGE = 4096;
 /** Seconds of history behind faults/s. */
 export const RATE_WINDOW_S = 10;
+
+/** What a guest is woken by: an incoming connection, or its own timers. */
+export type EventClass = 'network' | 'timer';
+
+/** Every event class. */
+export const EVENT_CLASSES: readonly EventClass[] = ['network', 'timer'];
+
+/** Pages one event class touched in an epoch, and how many events it had. */
+export interface ClassEpoch { touched: Uint8Array; events: number }
 
 /** Counters of one memory volume since it was tracked. */
 export interface MemoryCounters {
@@ -41,6 +55,9 @@ export class VolumeIo {
   private touched: Uint8Array;
   /** Prefetches running; reads meanwhile are theirs. */
   private prefetching = 0;
+  /** The event the guest handles now, as the pager sees it (null: none it attributes). */
+  private current: EventClass | null = null;
+  private classes = new Map<EventClass, ClassEpoch>();
   /** Faults per second of the last RATE_WINDOW_S seconds, ring indexed by second. */
   private readonly buckets = new Float64Array(RATE_WINDOW_S);
   private readonly bucketSecond = new Float64Array(RATE_WINDOW_S).fill(-1);
@@ -57,6 +74,11 @@ export class VolumeIo {
     this.counters.faults++;
     this.counters.pagesIn += n;
     for (let p = first; p < end; p++) if (this.touched[p] < 255) this.touched[p]++;
+    if (this.current !== null) {
+      const c = this.classEpoch(this.current).touched;
+      for (let p = first; p < end; p++) if (c[p] < 255) c[p]++;
+    }
+    this.lastFaultAt = Date.now();
     const sec = Math.floor(Date.now() / 1000);
     const slot = sec % RATE_WINDOW_S;
     if (this.bucketSecond[slot] !== sec) { this.bucketSecond[slot] = sec; this.buckets[slot] = 0; }
@@ -66,6 +88,32 @@ export class VolumeIo {
   write(pos: number, len: number): void {
     this.counters.writes++;
     this.counters.pagesOut += Math.ceil((pos % PAGE + len) / PAGE);
+  }
+
+  /** When the last fault was served (ms since the epoch; 0: none yet). */
+  lastFaultAt = 0;
+
+  /** The event class faults are attributed to from now on (null: none). */
+  get eventClass(): EventClass | null { return this.current; }
+
+  set eventClass(c: EventClass | null) { this.current = c; }
+
+  /** Counts one event of class `c` (a connection, a timer wake-up). */
+  countEvent(c: EventClass): void {
+    this.classEpoch(c).events++;
+  }
+
+  private classEpoch(c: EventClass): ClassEpoch {
+    let e = this.classes.get(c);
+    if (e === undefined) { e = { touched: new Uint8Array(this.pages), events: 0 }; this.classes.set(c, e); }
+    return e;
+  }
+
+  /** Ends the class epochs: what each event class touched and counted since the last call. */
+  takeClassEpochs(): Map<EventClass, ClassEpoch> {
+    const c = this.classes;
+    this.classes = new Map();
+    return c;
   }
 
   /** Faults per second over the last RATE_WINDOW_S whole seconds. */

@@ -1,12 +1,19 @@
 /**
  * The pager: memory volumes' fault stream (FUSE reads and writes of a VM's
- * RAM file), working sets, page-out and prefetch, and the sharing report.
+ * RAM file), activity and idleness, working sets per event class, page-out
+ * and prefetch (automatic for idle VMs), QEMU's own memory, swap, and the
+ * sharing report.
  */
+export { Pager, SAMPLE_MS, DEFAULT_IDLE_TIMEOUT_S, type PagerOptions } from './pager.js';
 export {
-  Pager, VmPager, recordedWorkingSetBytes,
-  type PagedVm, type PageoutReport, type PrefetchReport,
-} from './pager.js';
-export { MemoryIo, VolumeIo, type MemoryCounters } from './faults.js';
+  VmPager, NETWORK_WINDOW_MS, learnPeriod,
+  type PagedVm, type PageoutReport, type PrefetchReport, type PagerStatus,
+} from './vm-pager.js';
+export { IdlePredictor, predictorOptions, threadPolicy, BUSY_CPU_SHARE, type PredictorOptions } from './idleness.js';
+export { MemoryIo, VolumeIo, EVENT_CLASSES, type MemoryCounters, type EventClass } from './faults.js';
 export { sharingReport, type SharingReport, type VmSharing, type SharedVm } from './sharing.js';
-export { readWorkingSet, type WorkingSet } from './working-set.js';
-export { residentMemory, parseSmaps, type Resident } from './process-memory.js';
+export { readWorkingSet, recordedWorkingSetBytes, type WorkingSet } from './working-set.js';
+export {
+  residentMemory, parseSmaps, qemuMemory, parseQemuMemory, swapBytes, type Resident, type QemuMemory,
+} from './process-memory.js';
+export { SwapFile } from './swap.js';

@@ -151,6 +151,24 @@ export async function pageOut(pid: number, mem: GuestMemory, keep: readonly numb
   return { advisedPages: advised, keptPages: keep.length, rounds: PAGEOUT_ROUNDS, durationMs: performance.now() - started };
 }
 
+/**
+ * MADV_PAGEOUT over address ranges `ranges` of QEMU `pid` (its own memory,
+ * not the guest's: only swap can take anonymous pages). Resolves with the
+ * bytes advised.
+ */
+export async function pageOutRanges(pid: number, ranges: Range[], what: string): Promise<number> {
+  if (ranges.length === 0) return 0;
+  let pidfd: number;
+  try { pidfd = pidfdOpen(pid); } catch (err) { throw nativeToDormant(err, what); }
+  try {
+    return await processMadvise(pidfd, ranges, 'pageout');
+  } catch (err) {
+    throw nativeToDormant(err, what);
+  } finally {
+    fs.closeSync(pidfd);
+  }
+}
+
 /** What one prefetch did. */
 export interface PrefetchResult {
   pages: number;

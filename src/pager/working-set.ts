@@ -9,12 +9,20 @@
  * `pageout --keep` spares; pages read in the last epoch (heat >= 1) are
  * what `prefetch` brings back.
  *
+ * Per event class (faults.ts: network connections, timer wake-ups of a
+ * paged VM) the same fold keeps a working set of its own, folded only at
+ * page-outs whose epoch had events of that class (a class with no event is
+ * not forgotten for lack of one). The timer set is what an idle VM keeps
+ * resident; the network set is what a connection prefetches.
+ *
  * Stored in a file the caller names (the VM runner keeps it beside the VM
  * record, STORE/vms/<vm>.ws), JSON written atomically (temp file + rename):
- * page indices and heats, sorted.
+ * page indices and heats, sorted, and the same per class (version 2;
+ * version 1 files, without classes, are read as they are).
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import type { ClassEpoch, EventClass } from './faults.js';
 
 /** Heat below which a page is forgotten. */
 const FORGET = 1 / 64;
@@ -27,15 +35,34 @@ export interface WorkingSet {
   epochs: number;
   /** Page index -> heat. */
   heat: Map<number, number>;
+  /** The working set of each event class seen so far. */
+  classes?: Map<EventClass, WorkingSet>;
 }
 
-interface WorkingSetFile {
-  version: 1;
+interface HeatFile {
   recordedAt: string;
   epochs: number;
   pages: number[];
   heat: number[];
 }
+
+interface WorkingSetFile extends HeatFile {
+  version: 1 | 2;
+  classes?: Partial<Record<EventClass, HeatFile>>;
+}
+
+const fromFile = (f: HeatFile): WorkingSet => {
+  const heat = new Map<number, number>();
+  for (let i = 0; i < f.pages.length; i++) heat.set(f.pages[i], f.heat[i]);
+  return { recordedAt: f.recordedAt, epochs: f.epochs, heat };
+};
+
+const toFile = (ws: WorkingSet): HeatFile => {
+  const pages = [...ws.heat.keys()].sort((a, b) => a - b);
+  return {
+    recordedAt: ws.recordedAt, epochs: ws.epochs, pages, heat: pages.map((p) => Math.round(ws.heat.get(p)! * 1e4) / 1e4),
+  };
+};
 
 /** The working set recorded in `file`, or undefined before the VM's first page-out. */
 export function readWorkingSet(file: string): WorkingSet | undefined {
@@ -46,18 +73,21 @@ export function readWorkingSet(file: string): WorkingSet | undefined {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw err;
   }
-  const heat = new Map<number, number>();
-  for (let i = 0; i < f.pages.length; i++) heat.set(f.pages[i], f.heat[i]);
-  return { recordedAt: f.recordedAt, epochs: f.epochs, heat };
+  const ws = fromFile(f);
+  if (f.version === 2 && f.classes) {
+    ws.classes = new Map();
+    for (const [c, h] of Object.entries(f.classes) as Array<[EventClass, HeatFile]>) ws.classes.set(c, fromFile(h));
+  }
+  return ws;
 }
 
 /** Writes `ws` to `file` atomically. */
 export function writeWorkingSet(file: string, ws: WorkingSet): void {
-  const pages = [...ws.heat.keys()].sort((a, b) => a - b);
-  const f: WorkingSetFile = {
-    version: 1, recordedAt: ws.recordedAt, epochs: ws.epochs, pages,
-    heat: pages.map((p) => Math.round(ws.heat.get(p)! * 1e4) / 1e4),
-  };
+  const f: WorkingSetFile = { version: 2, ...toFile(ws) };
+  if (ws.classes && ws.classes.size > 0) {
+    f.classes = {};
+    for (const [c, cw] of ws.classes) f.classes[c] = toFile(cw);
+  }
   fs.mkdirSync(path.dirname(file), { recursive: true });
   const tmp = `${file}.tmp-${process.pid}`;
   fs.writeFileSync(tmp, JSON.stringify(f));
@@ -72,6 +102,24 @@ export function foldEpoch(prev: WorkingSet | undefined, touched: Uint8Array, now
   }
   for (let p = 0; p < touched.length; p++) if (touched[p] !== 0) heat.set(p, (heat.get(p) ?? 0) + 1);
   return { recordedAt: now.toISOString(), epochs: (prev?.epochs ?? 0) + 1, heat };
+}
+
+/**
+ * `ws` with each class epoch that had events folded into its class's
+ * working set (classes without events keep theirs). `ws` is not modified.
+ */
+export function foldClasses(ws: WorkingSet, epochs: ReadonlyMap<EventClass, ClassEpoch>,
+  prev: WorkingSet | undefined, now = new Date()): WorkingSet {
+  const classes = new Map(prev?.classes ?? []);
+  for (const [c, e] of epochs) if (e.events > 0) classes.set(c, foldEpoch(classes.get(c), e.touched, now));
+  return classes.size > 0 ? { ...ws, classes } : ws;
+}
+
+/** Pages of class `c`'s working set touched in one of its last two event epochs (heat >= 1/2), sorted. */
+export function classPages(ws: WorkingSet | undefined, c: EventClass): number[] {
+  const cw = ws?.classes?.get(c);
+  if (!cw) return [];
+  return [...cw.heat.entries()].filter(([, h]) => h >= 0.5).map(([p]) => p).sort((a, b) => a - b);
 }
 
 /** The `n` hottest pages (ties: lower page first), sorted by page index. */
@@ -107,4 +155,10 @@ export function complementRuns(pages: readonly number[], total: number): Array<[
   }
   if (next < total) runs.push([next, total - next]);
   return runs;
+}
+
+/** Bytes of the working set recorded in `file` (its last epoch), or undefined before the first page-out. */
+export function recordedWorkingSetBytes(file: string): number | undefined {
+  const ws = readWorkingSet(file);
+  return ws ? recentPages(ws).length * 4096 : undefined;
 }

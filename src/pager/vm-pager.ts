@@ -1,0 +1,363 @@
+/**
+ * The pager of one running VM: page-out and prefetch of its guest RAM, its
+ * activity, and its working sets per event class. The VM runner attaches it
+ * once QEMU runs (pager.ts) and tells it of each connection to the VM's
+ * port; the host pager samples it once a second (tick).
+ *
+ * State, per VM:
+ *   activity  active | idle, from the VM's IdlePredictor (idleness.ts);
+ *   pagedOut  set by a page-out (automatic or asked for), cleared when the
+ *             VM turns active: an active VM is not paged again until it
+ *             is idle again;
+ *   busy      the page-out or prefetch in progress (one at a time; another
+ *             is refused with EBUSY, an automatic one waits for the next tick).
+ *
+ * Automatic paging (when the host pager has it on):
+ *   active -> idle   vCPU threads to SCHED_IDLE; page-out sparing the timer
+ *                    working set; with swap on the host, QEMU's own private
+ *                    memory is paged out too;
+ *   idle -> active   vCPU threads back to SCHED_OTHER; pagedOut cleared.
+ *
+ * Event classes (faults.ts): a connection to a paged-out VM opens a network
+ * window of NETWORK_WINDOW_MS (faults in it are the network working set),
+ * and its recorded network set is prefetched before the connection is
+ * passed on. Faults of a paged-out idle VM outside such a window are its
+ * timer wake-ups: each burst after a second without faults is one wake-up;
+ * their period is learnt (median of recent intervals, when they agree) and
+ * the timer set is prefetched ahead of the next one if it left the cache.
+ */
+import { DormantError } from '../blockstore/index.js';
+import { setThreadIdle } from '../native/index.js';
+import type { VolumeIo } from './faults.js';
+import { BUSY_CPU_SHARE, BUSY_DISK_REQUESTS, IdlePredictor, threadUserSeconds, type PredictorOptions } from './idleness.js';
+import { GuestMemory, pageOut, pageOutRanges, prefetchPages, type PageoutResult, type PrefetchResult } from './pageout.js';
+import { ownPrivateRanges, residentMemory, swapBytes } from './process-memory.js';
+import { classPages, foldClasses, foldEpoch, hottest, readWorkingSet, recentPages, writeWorkingSet } from './working-set.js';
+
+const PAGE = 4096;
+/** How long after a connection to a paged-out VM its faults count as the network class. */
+export const NETWORK_WINDOW_MS = 3_000;
+/** Longest wait for a network prefetch before a connection is passed on anyway. */
+const CONNECTION_PREFETCH_MS = 2_000;
+/** Timer wake-ups remembered to learn their period. */
+const WAKE_HISTORY = 8;
+/** Prefetch the timer set this long before a predicted wake-up. */
+const WAKE_LEAD_MS = 1_000;
+/** The automatic page-out keeps at most this share of guest RAM (the timer set) resident. */
+const MAX_KEEP_SHARE = 1 / 8;
+
+/** What `vm pageout` (or the automatic page-out) did. */
+export interface PageoutReport extends PageoutResult {
+  at: string;
+  /** Automatic (the VM turned idle) or asked for. */
+  automatic: boolean;
+  /** Resident guest RAM (smaps Rss of the mapping) before and right after. */
+  residentBefore: number;
+  residentAfter: number;
+  /** Page cache of the memory file before and after (cachestat). */
+  cachedBefore: number;
+  cachedAfter: number;
+  /** Pages written back into the store during the page-out. */
+  pagesWritten: number;
+  /** Pages read since the previous page-out (the epoch folded into the working set). */
+  epochPages: number;
+  workingSetPages: number;
+  /** QEMU's own private memory advised out to swap (0 without swap on the host). */
+  qemuAdvisedBytes: number;
+}
+
+/** What `vm prefetch` (or a prefetch ahead of an event) did. */
+export interface PrefetchReport extends PrefetchResult {
+  at: string;
+  /** What was prefetched: the whole last epoch, or one event class's set. */
+  set: 'epoch' | 'network' | 'timer';
+  residentBefore: number;
+  cachedBefore: number;
+  cachedAfter: number;
+}
+
+/** A running VM as the pager knows it. */
+export interface PagedVm {
+  /** VM name, for messages. */
+  name: string;
+  /** Its memory volume and the file QEMU maps. */
+  memory: string;
+  memFile: string;
+  memoryBytes: number;
+  /** Where its working set is kept. */
+  workingSetFile: string;
+  /** QEMU's pid and its vCPU thread ids. */
+  pid: number;
+  vcpuThreads: number[];
+  /** Requests its disk export served so far (NBD), when known. */
+  diskOps?: () => number;
+}
+
+/** What the pager says of a VM in `vm status`. */
+export interface PagerStatus {
+  activity: 'active' | 'idle';
+  pagedOut: boolean;
+  /** The VM's current idle timeout, and how long it has been quiet, seconds. */
+  idleTimeoutSeconds: number;
+  quietSeconds: number;
+  /** vCPU threads under SCHED_IDLE. */
+  schedIdle: boolean;
+  /** Recorded working sets, bytes: the last epoch, and per event class. */
+  workingSetBytes: number;
+  timerSetBytes: number;
+  networkSetBytes: number;
+  /** Learnt period of timer wake-ups, seconds (absent until learnt). */
+  timerPeriodSeconds?: number;
+  connections: number;
+  /** What made the last busy sample busy (guest CPU, disk requests, connections), and when. */
+  lastBusy?: { at: string; cpuShare: number; diskRequests: number; connections: number };
+}
+
+/** Sampling and automatic paging, as the host pager runs them. */
+export interface AutoOptions {
+  /** Automatic page-out and SCHED_IDLE of idle VMs. */
+  enabled: boolean;
+  log: (line: string) => void;
+}
+
+/** The pager of one running VM. */
+export class VmPager {
+  lastPageout?: PageoutReport;
+  lastPrefetch?: PrefetchReport;
+  activity: 'active' | 'idle' = 'active';
+  pagedOut = false;
+  readonly predictor: IdlePredictor;
+  private busy?: string;
+  private schedIdle = false;
+  private connections = 0;
+  private networkUntil = 0;
+  /** Sampling state: the last tick's time and counters. */
+  private last?: { at: number; cpu: number; disk: number; connections: number; faults: number };
+  private wakes: number[] = [];
+  private timerPeriodMs?: number;
+  private wakePrefetchedFor = 0;
+  private lastBusy?: PagerStatus['lastBusy'];
+
+  constructor(readonly vm: PagedVm, readonly io: VolumeIo, readonly mem: GuestMemory, predictor: PredictorOptions,
+    private readonly log: (line: string) => void) {
+    this.predictor = new IdlePredictor(predictor);
+  }
+
+  /** Runs `fn` as this VM's one page-out or prefetch (EBUSY when one runs). */
+  private async exclusive<T>(what: string, busy: string, fn: () => Promise<T>): Promise<T> {
+    if (this.busy) throw new DormantError('EBUSY', `cannot ${what} VM '${this.vm.name}': a ${this.busy} of it is in progress`);
+    this.busy = busy;
+    try { return await fn(); } finally { this.busy = undefined; }
+  }
+
+  /**
+   * Pushes the guest RAM out to the store while it runs, sparing the
+   * `keepBytes` hottest bytes of its working set (an automatic page-out
+   * spares the timer set instead). The pages read since the previous
+   * page-out fold into the working set first.
+   */
+  pageout(keepBytes = 0, automatic = false): Promise<PageoutReport> {
+    return this.exclusive('page out', 'page-out', async () => {
+      const { name, workingSetFile, pid } = this.vm;
+      const mem = this.mem;
+      const before = await memoryNow(pid, mem);
+      const touched = this.io.takeEpoch();
+      const prev = readWorkingSet(workingSetFile);
+      const ws = foldClasses(foldEpoch(prev, touched), this.io.takeClassEpochs(), prev);
+      writeWorkingSet(workingSetFile, ws);
+      const keep = automatic
+        ? classPages(ws, 'timer').slice(0, Math.floor(mem.pages * MAX_KEEP_SHARE))
+        : hottest(ws, Math.min(mem.pages, Math.floor(keepBytes / PAGE)));
+      const outBefore = this.io.counters.pagesOut;
+      const r = await pageOut(pid, mem, keep, `page-out of VM '${name}'`);
+      const qemuAdvisedBytes = swapBytes() > 0
+        ? await pageOutRanges(pid, await ownPrivateRanges(pid, mem.file), `page-out of QEMU's memory of VM '${name}'`)
+        : 0;
+      const after = await memoryNow(pid, mem);
+      const report: PageoutReport = {
+        ...r, at: new Date().toISOString(), automatic, residentBefore: before.resident, residentAfter: after.resident,
+        cachedBefore: before.cached, cachedAfter: after.cached,
+        pagesWritten: this.io.counters.pagesOut - outBefore,
+        epochPages: count(touched), workingSetPages: recentPages(ws).length, qemuAdvisedBytes,
+      };
+      this.lastPageout = report;
+      this.pagedOut = true;
+      this.log(`vm ${name}: ${automatic ? 'idle, ' : ''}paged out in ${r.durationMs.toFixed(0)} ms: resident guest RAM `
+        + `${mib(before.resident)} -> ${mib(after.resident)} MiB, page cache ${mib(before.cached)} -> ${mib(after.cached)} MiB, `
+        + `${report.pagesWritten} pages written, ${keep.length} kept`
+        + `${qemuAdvisedBytes ? `, ${mib(qemuAdvisedBytes)} MiB of QEMU's own memory to swap` : ''}`);
+      return report;
+    });
+  }
+
+  /** Brings the pages of the last epoch back into memory ahead of need. */
+  prefetch(): Promise<PrefetchReport> {
+    const ws = readWorkingSet(this.vm.workingSetFile);
+    if (!ws) {
+      throw new DormantError('EINVAL', `cannot prefetch VM '${this.vm.name}': no working set recorded yet (one is recorded at each vm pageout)`);
+    }
+    return this.prefetchSet('epoch', recentPages(ws));
+  }
+
+  private prefetchSet(set: PrefetchReport['set'], pages: number[]): Promise<PrefetchReport> {
+    return this.exclusive('prefetch', 'prefetch', async () => {
+      const { name, pid } = this.vm;
+      const before = await memoryNow(pid, this.mem);
+      const r = await this.io.asPrefetch(() => prefetchPages(pid, this.mem, pages, `prefetch of VM '${name}'`));
+      const report: PrefetchReport = {
+        ...r, at: new Date().toISOString(), set, residentBefore: before.resident, cachedBefore: before.cached,
+        cachedAfter: (await memoryNow(pid, this.mem)).cached,
+      };
+      this.lastPrefetch = report;
+      this.log(`vm ${name}: prefetched ${r.cachedPages}/${r.pages} pages of its ${set === 'epoch' ? 'working' : set} set `
+        + `in ${r.durationMs.toFixed(0)} ms`);
+      return report;
+    });
+  }
+
+  /**
+   * A connection to the VM's port arrived. For a paged-out VM: opens a
+   * network window and prefetches the network set (bounded in time);
+   * resolves when the connection may be passed on. Never rejects.
+   */
+  async connection(): Promise<void> {
+    this.connections++;
+    if (!this.pagedOut) return;
+    this.networkUntil = Date.now() + NETWORK_WINDOW_MS;
+    this.io.eventClass = 'network';
+    this.io.countEvent('network');
+    const pages = classPages(readWorkingSetSafe(this.vm.workingSetFile), 'network');
+    if (pages.length === 0 || this.busy) return;
+    const prefetch = this.prefetchSet('network', pages).catch((err: Error) => {
+      this.log(`vm ${this.vm.name}: network prefetch: ${err.message}`);
+    });
+    await Promise.race([prefetch, new Promise((r) => { setTimeout(r, CONNECTION_PREFETCH_MS).unref(); })]);
+  }
+
+  /** One sample of the VM's activity, then what automatic paging does with it. */
+  async tick(auto: AutoOptions, now = Date.now()): Promise<void> {
+    const { pid, vcpuThreads } = this.vm;
+    let cpu = 0;
+    for (const tid of vcpuThreads) cpu += (await threadUserSeconds(pid, tid)) ?? 0;
+    const cur = { at: now, cpu, disk: this.vm.diskOps?.() ?? 0, connections: this.connections, faults: this.io.counters.faults };
+    const prev = this.last;
+    this.last = cur;
+    this.classifyFaults(prev, cur, now);
+    if (!prev) return;
+    const seconds = Math.max(0.001, (now - prev.at) / 1000);
+    const cpuShare = (cur.cpu - prev.cpu) / seconds;
+    const busy = cpuShare > BUSY_CPU_SHARE || (cur.disk - prev.disk) / seconds >= BUSY_DISK_REQUESTS
+      || cur.connections > prev.connections;
+    if (busy) {
+      this.lastBusy = {
+        at: new Date(now).toISOString(), cpuShare: Math.round(cpuShare * 1000) / 1000,
+        diskRequests: cur.disk - prev.disk, connections: cur.connections - prev.connections,
+      };
+    }
+    this.predictor.sample(busy, seconds);
+    const state = this.predictor.idle() ? 'idle' : 'active';
+    if (state !== this.activity) {
+      this.activity = state;
+      if (state === 'active') this.pagedOut = false;
+      auto.log(`vm ${this.vm.name}: ${state} (idle timeout ${this.predictor.timeoutSeconds()} s)`);
+    }
+    if (!auto.enabled) return;
+    this.setSchedIdle(state === 'idle', auto);
+    if (state === 'idle' && !this.pagedOut && !this.busy) {
+      this.pageout(0, true).catch((err: Error) => auto.log(`vm ${this.vm.name}: automatic page-out: ${err.message}`));
+    }
+    if (state === 'idle' && this.pagedOut) await this.prefetchAheadOfWake(now);
+  }
+
+  /** Attributes faults to an event class and learns the period of timer wake-ups. */
+  private classifyFaults(prev: VmPager['last'], cur: NonNullable<VmPager['last']>, now: number): void {
+    if (now >= this.networkUntil) {
+      this.io.eventClass = this.pagedOut && this.activity === 'idle' ? 'timer' : null;
+    }
+    if (!prev || this.io.eventClass !== 'timer' || cur.faults === prev.faults) return;
+    // A burst of faults after a quiet second is one timer wake-up.
+    if (now - this.io.lastFaultAt > 1_000 || this.wakes.length > 0 && now - this.wakes[this.wakes.length - 1] < 1_500) return;
+    this.io.countEvent('timer');
+    this.wakes.push(now);
+    if (this.wakes.length > WAKE_HISTORY) this.wakes.shift();
+    this.timerPeriodMs = learnPeriod(this.wakes);
+  }
+
+  private async prefetchAheadOfWake(now: number): Promise<void> {
+    if (this.timerPeriodMs === undefined || this.wakes.length === 0 || this.busy) return;
+    const next = this.wakes[this.wakes.length - 1] + this.timerPeriodMs;
+    if (now < next - WAKE_LEAD_MS || now > next || this.wakePrefetchedFor === next) return;
+    this.wakePrefetchedFor = next;
+    const pages = classPages(readWorkingSetSafe(this.vm.workingSetFile), 'timer');
+    if (pages.length === 0) return;
+    const cached = await this.mem.cached().catch(() => undefined);
+    if (cached && pages.every((p) => cached[p])) return;
+    await this.prefetchSet('timer', pages).catch((err: Error) => this.log(`vm ${this.vm.name}: timer prefetch: ${err.message}`));
+  }
+
+  private setSchedIdle(idle: boolean, auto: AutoOptions): void {
+    if (idle === this.schedIdle) return;
+    this.schedIdle = idle;
+    for (const tid of this.vm.vcpuThreads) {
+      try { setThreadIdle(tid, idle); } catch (err) { auto.log(`vm ${this.vm.name}: vCPU thread ${tid}: ${(err as Error).message}`); }
+    }
+  }
+
+  /** What `vm status` shows of the pager. */
+  status(): PagerStatus {
+    const ws = readWorkingSetSafe(this.vm.workingSetFile);
+    return {
+      activity: this.activity, pagedOut: this.pagedOut,
+      idleTimeoutSeconds: this.predictor.timeoutSeconds(), quietSeconds: Math.round(this.predictor.quietSeconds),
+      schedIdle: this.schedIdle,
+      workingSetBytes: recentPages(ws).length * PAGE,
+      timerSetBytes: classPages(ws, 'timer').length * PAGE,
+      networkSetBytes: classPages(ws, 'network').length * PAGE,
+      ...(this.timerPeriodMs === undefined ? {} : { timerPeriodSeconds: Math.round(this.timerPeriodMs / 100) / 10 }),
+      connections: this.connections,
+      ...(this.lastBusy ? { lastBusy: this.lastBusy } : {}),
+    };
+  }
+
+  /** Writes the dirty guest RAM back into the store, durably. */
+  writeBack(): Promise<void> {
+    return this.mem.writeBack();
+  }
+
+  /** Guest RAM in the host page cache, in bytes (undefined when the agent cannot tell). */
+  async cachedBytes(): Promise<number | undefined> {
+    return this.mem.cachedCount().then((n) => n * PAGE, () => undefined);
+  }
+
+  /** QEMU stopped: the memory agent closes the file, writing back what QEMU left dirty. */
+  close(): Promise<void> {
+    return this.mem.close();
+  }
+}
+
+/** The period of `wakes` (ms timestamps), when the last intervals agree within a quarter; else undefined. */
+export function learnPeriod(wakes: readonly number[]): number | undefined {
+  if (wakes.length < 4) return undefined;
+  const gaps = wakes.slice(1).map((t, i) => t - wakes[i]).sort((a, b) => a - b);
+  const median = gaps[Math.floor(gaps.length / 2)];
+  const agree = gaps.filter((g) => Math.abs(g - median) <= median / 4).length;
+  return agree >= gaps.length - 1 ? median : undefined;
+}
+
+function readWorkingSetSafe(file: string) {
+  try { return readWorkingSet(file); } catch { return undefined; }
+}
+
+const count = (bitmap: Uint8Array): number => {
+  let n = 0;
+  for (let i = 0; i < bitmap.length; i++) if (bitmap[i] !== 0) n++;
+  return n;
+};
+
+const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(1);
+
+/** Guest RAM resident in QEMU (smaps of the mapping) and in the host page cache, in bytes. */
+async function memoryNow(pid: number, mem: GuestMemory): Promise<{ resident: number; cached: number }> {
+  const [res, cached] = await Promise.all([residentMemory(pid, mem.file), mem.cachedCount()]);
+  return { resident: res?.guestRam ?? 0, cached: cached * PAGE };
+}
