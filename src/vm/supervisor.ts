@@ -17,9 +17,10 @@ import path from 'node:path';
 import { DormantError } from '../blockstore/index.js';
 import { setCloexec } from '../native/index.js';
 import {
-  MemoryIo, Pager, recordedWorkingSetBytes, residentMemory,
-  type PageoutReport, type PrefetchReport, type VmPager, type VolumeIo,
+  MemoryIo, Pager, qemuMemory, recordedWorkingSetBytes,
+  type PageoutReport, type PagerStatus, type PrefetchReport, type VmPager, type VolumeIo,
 } from '../pager/index.js';
+import { PortProxy } from './port-proxy.js';
 import { freePort, QEMU_BINARY, qemuArgs } from './qemu.js';
 import { QmpClient } from './qmp.js';
 import { checkVmName, listVms, readVm, vmPaths, type VmRecord } from './vm-record.js';
@@ -38,13 +39,23 @@ export interface VmStatus {
   /** Why it crashed (exit code or signal). */
   reason?: string;
   pid?: number;
+  /** Thread ids of its vCPUs (QMP query-cpus-fast). */
+  vcpuThreads?: number[];
   hostPort?: number;
   memoryBytes: number;
   cpus: number;
   from: string;
-  /** Resident memory of QEMU: guest RAM (mapping of the memory volume) and QEMU's own. */
+  /** Resident memory of QEMU: guest RAM (mapping of the memory volume) and QEMU's own (Rss). */
   residentGuestRam?: number;
   residentQemu?: number;
+  /** QEMU's own memory as PSS (the files it shares with other QEMUs divided among them), and its parts. */
+  qemuPss?: number;
+  qemuMemory?: { translationPss: number; anonPss: number; filesPss: number; swap: number };
+  /** Active or idle (the pager's predictor), and whether its RAM is paged out since it was last active. */
+  activity?: 'active' | 'idle';
+  pagedOut?: boolean;
+  /** The pager's view: idle timeout, quiet time, SCHED_IDLE, working sets per event class, timer period. */
+  pager?: PagerStatus;
   uptimeSeconds?: number;
   /** Blocks the VM's disk branch holds of its own (written since it was branched). */
   diskBlocksWritten?: number;
@@ -76,6 +87,11 @@ export interface SupervisorOptions {
   log?: (line: string) => void;
   /** The FUSE mount's observer of memory-volume traffic (faults, write-back); the supervisor tracks each VM's. */
   io?: MemoryIo;
+  /** Page out VMs that turn idle (default true), and the initial idle timeout in seconds. */
+  autoPage?: boolean;
+  idleTimeoutSeconds?: number;
+  /** Requests served so far on a volume's NBD export (the VM's disk I/O), when the daemon counts them. */
+  diskOps?: (volume: string) => number;
 }
 
 interface Running {
@@ -84,6 +100,8 @@ interface Running {
   state: VmState;
   reason?: string;
   hostPort: number;
+  /** The daemon's end of the host port (QEMU forwards an internal port). */
+  proxy?: PortProxy;
   startedAt: number;
   stderrTail: string;
   exited: Promise<void>;
@@ -93,8 +111,6 @@ interface Running {
   /** The last reports, kept after the VM stops. */
   lastPageout?: PageoutReport;
   lastPrefetch?: PrefetchReport;
-  /** A page-out or prefetch of this VM in progress (one at a time). */
-  busy?: string;
 }
 
 /** Default wait between system_powerdown and quit. */
@@ -110,7 +126,7 @@ export class VmSupervisor {
   constructor(private readonly o: SupervisorOptions) {
     this.log = o.log ?? (() => undefined);
     this.io = o.io ?? new MemoryIo();
-    this.pager = new Pager({ io: this.io, log: this.log });
+    this.pager = new Pager({ io: this.io, log: this.log, autoPage: o.autoPage, idleTimeoutSeconds: o.idleTimeoutSeconds });
     keepFuseDeviceFromChildren();
   }
 
@@ -137,16 +153,20 @@ export class VmSupervisor {
     const p = vmPaths(this.o.storeDir, name);
     fs.rmSync(p.qmp, { force: true });
     fs.writeFileSync(p.log, '');
-    const hostPort = await freePort();
+    // QEMU forwards an internal port; the daemon's proxy owns the VM's host port and sees each connection.
+    const guestPort = await freePort();
+    let pager: VmPager | undefined;
+    const proxy = await PortProxy.listen('127.0.0.1', 0, guestPort, async () => { await pager?.connection(); });
+    const hostPort = proxy.port;
     const args = qemuArgs(rec, { memFile, nbdSocket: this.o.nbdSocket, qmpSocket: p.qmp, serialLog: p.log },
-      { hostPort, kvm: opts.kvm });
+      { hostPort: guestPort, kvm: opts.kvm });
     // Under setpriv --pdeathsig: if the daemon dies (even by SIGKILL), its QEMUs die too; their RAM
     // is on the daemon's FUSE view, which is gone then, so they could not run on anyway.
     const child = fs.existsSync(SETPRIV)
       ? spawn(SETPRIV, ['--pdeathsig', 'KILL', QEMU_BINARY, ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
       : spawn(QEMU_BINARY, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     const vm: Running = {
-      rec, child, state: 'starting', hostPort, startedAt: Date.now(), stderrTail: '', exited: Promise.resolve(),
+      rec, child, state: 'starting', hostPort, proxy, startedAt: Date.now(), stderrTail: '', exited: Promise.resolve(),
       io: this.pager.track(rec.memory, rec.memoryBytes),
     };
     vm.exited = new Promise<void>((resolve) => {
@@ -157,15 +177,21 @@ export class VmSupervisor {
     child.stderr!.on('data', (d: string) => { vm.stderrTail = (vm.stderrTail + d).slice(-2000); });
     this.vms.set(name, vm);
     this.log(`vm ${name}: starting QEMU (pid ${child.pid}, port ${hostPort}): ${QEMU_BINARY} ${args.join(' ')}`);
-    // QEMU is up once its QMP socket answers.
+    // QEMU is up once its QMP socket answers; it names its vCPU threads.
     const deadline = Date.now() + 30_000;
+    let vcpuThreads: number[] = [];
     for (;;) {
       if (vm.state === 'crashed') {
         throw new DormantError('EINVAL', `VM '${name}' did not start: ${vm.reason}`);
       }
       try {
         const qmp = await QmpClient.connect(p.qmp, 2_000);
-        qmp.close();
+        try {
+          const cpus = await qmp.execute('query-cpus-fast') as Array<{ 'thread-id': number }>;
+          vcpuThreads = cpus.map((c) => c['thread-id']).filter((t) => Number.isInteger(t) && t > 0);
+        } finally {
+          qmp.close();
+        }
         break;
       } catch {
         if (Date.now() > deadline) {
@@ -175,53 +201,47 @@ export class VmSupervisor {
         await new Promise((r) => setTimeout(r, 100));
       }
     }
-    vm.pager = this.pager.attach(
-      { name, memory: rec.memory, memFile, memoryBytes: rec.memoryBytes, workingSetFile: p.workingSet }, vm.io);
+    const diskOps = this.o.diskOps;
+    pager = this.pager.attach({
+      name, memory: rec.memory, memFile, memoryBytes: rec.memoryBytes, workingSetFile: p.workingSet,
+      pid: child.pid!, vcpuThreads, ...(diskOps ? { diskOps: () => diskOps(rec.disk) } : {}),
+    }, vm.io);
+    vm.pager = pager;
     vm.state = 'running';
     this.log(`vm ${name}: running`);
     return this.status(name);
   }
 
-  /**
-   * Runs `fn` on the running VM `name` (EINVAL when it is not running), one
-   * page-out or prefetch of a VM at a time (EBUSY).
-   */
-  private async exclusive<T>(name: string, what: string, busy: string,
-    fn: (vm: Running, pid: number, pager: VmPager) => Promise<T>): Promise<T> {
+  /** The pager of the running VM `name` (EINVAL when it is not running). */
+  private running(name: string, what: string): VmPager {
     checkVmName(name);
     readVm(this.o.storeDir, name);
     const vm = this.vms.get(name);
     if (!vm || vm.state !== 'running' || !vm.child.pid || !vm.pager) {
       throw new DormantError('EINVAL', `cannot ${what} VM '${name}': it is not running (state ${vm?.state ?? 'stopped'})`);
     }
-    if (vm.busy) throw new DormantError('EBUSY', `cannot ${what} VM '${name}': a ${vm.busy} of it is in progress`);
-    vm.busy = busy;
-    try {
-      return await fn(vm, vm.child.pid, vm.pager);
-    } finally {
-      vm.busy = undefined;
-    }
+    return vm.pager;
   }
 
   /**
    * Pushes VM `name`'s guest RAM out to the store while it runs, sparing the
-   * `keepBytes` hottest bytes of its working set. The pages read since the
-   * previous page-out fold into the working set first.
+   * `keepBytes` hottest bytes of its working set (EBUSY while another
+   * page-out or prefetch of it runs).
    */
   async pageout(name: string, keepBytes = 0): Promise<PageoutReport> {
     if (!Number.isSafeInteger(keepBytes) || keepBytes < 0) throw new DormantError('EINVAL', `bad keep size ${keepBytes}`);
-    return this.exclusive(name, 'page out', 'page-out', async (vm, pid, pager) => {
-      vm.lastPageout = await pager.pageout(pid, keepBytes);
-      return vm.lastPageout;
-    });
+    const pager = this.running(name, 'page out');
+    const r = await pager.pageout(keepBytes);
+    this.vms.get(name)!.lastPageout = r;
+    return r;
   }
 
   /** Brings VM `name`'s recorded working set back into memory ahead of need. */
   async prefetch(name: string): Promise<PrefetchReport> {
-    return this.exclusive(name, 'prefetch', 'prefetch', async (vm, pid, pager) => {
-      vm.lastPrefetch = await pager.prefetch(pid);
-      return vm.lastPrefetch;
-    });
+    const pager = this.running(name, 'prefetch');
+    const r = await pager.prefetch();
+    this.vms.get(name)!.lastPrefetch = r;
+    return r;
   }
 
   /** Writes the dirty guest RAM of every running VM back into the store (for a consistent sharing report). */
@@ -237,6 +257,12 @@ export class VmSupervisor {
     // The agent closes the memory file, writing back what QEMU left dirty (this process serves those writes).
     const pager = vm.pager;
     vm.pager = undefined;
+    if (pager) {
+      this.pager.detach(pager);
+      vm.lastPageout = pager.lastPageout ?? vm.lastPageout;
+      vm.lastPrefetch = pager.lastPrefetch ?? vm.lastPrefetch;
+    }
+    void vm.proxy?.close();
     pager?.close().catch((err: Error) => this.log(`vm ${vm.rec.name}: closing its memory file: ${err.message}`));
     const how = signal ? `killed by signal ${signal}` : `exit code ${code}`;
     if (vm.state === 'stopping') {
@@ -259,6 +285,8 @@ export class VmSupervisor {
       throw new DormantError('EINVAL', `VM '${name}' is not running`);
     }
     vm.state = 'stopping';
+    // No more sampling, SCHED_IDLE or automatic page-out of a VM on its way out.
+    if (vm.pager) this.pager.detach(vm.pager);
     const qmpPath = vmPaths(this.o.storeDir, name).qmp;
     const gone = (ms: number) => Promise.race([
       vm.exited.then(() => true), new Promise<boolean>((r) => { setTimeout(() => r(false), ms).unref(); }),
@@ -309,16 +337,24 @@ export class VmSupervisor {
     const base = offlineStatus(rec, this.o.storeDir);
     const vm = this.vms.get(rec.name);
     if (!vm) return base;
-    const last = { ...(vm.lastPageout ? { lastPageout: vm.lastPageout } : {}), ...(vm.lastPrefetch ? { lastPrefetch: vm.lastPrefetch } : {}) };
+    const lastPageout = vm.pager?.lastPageout ?? vm.lastPageout;
+    const lastPrefetch = vm.pager?.lastPrefetch ?? vm.lastPrefetch;
+    const last = { ...(lastPageout ? { lastPageout } : {}), ...(lastPrefetch ? { lastPrefetch } : {}) };
     if (vm.state === 'stopped' || vm.state === 'crashed') {
       return { ...base, state: vm.state, ...(vm.reason ? { reason: vm.reason } : {}), ...last };
     }
-    const res = vm.child.pid ? await residentMemory(vm.child.pid, this.memFile(rec)) : undefined;
+    const q = vm.child.pid ? await qemuMemory(vm.child.pid, this.memFile(rec)) : undefined;
     const cached = vm.pager ? await vm.pager.cachedBytes() : undefined;
     const c = vm.io.counters;
     return {
       ...base, state: vm.state, pid: vm.child.pid, hostPort: vm.hostPort,
-      residentGuestRam: res?.guestRam, residentQemu: res?.qemuOwn,
+      ...(q ? {
+        residentGuestRam: q.guestRam, residentQemu: q.rss, qemuPss: q.pss,
+        qemuMemory: { translationPss: q.translationPss, anonPss: q.anonPss, filesPss: q.filesPss, swap: q.swap },
+      } : {}),
+      ...(vm.pager ? {
+        vcpuThreads: vm.pager.vm.vcpuThreads, activity: vm.pager.activity, pagedOut: vm.pager.pagedOut, pager: vm.pager.status(),
+      } : {}),
       ...(cached === undefined ? {} : { cachedGuestRam: cached }),
       uptimeSeconds: Math.round((Date.now() - vm.startedAt) / 1000),
       faultsPerSecond: Math.round(vm.io.faultsPerSecond() * 10) / 10, faults: c.faults,
