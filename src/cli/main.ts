@@ -8,6 +8,7 @@ import { addServeCommand } from './serve.js';
 import { addMountCommand } from './mount.js';
 import { addImageCommands } from './image.js';
 import { addVmCommands } from './vm.js';
+import { addTopCommand } from './top.js';
 import { EXIT_USER, reportError } from './exit.js';
 
 /** Builds the program; `run` wraps each action so errors become exit codes. */
@@ -35,6 +36,7 @@ export function buildProgram(): Command {
   addMountCommand(program, run);
   addImageCommands(program, run);
   addVmCommands(program, run);
+  addTopCommand(program, run);
   for (const c of program.commands) c.exitOverride();
   return program;
 }

@@ -3,10 +3,13 @@
  * foreground until SIGTERM or SIGINT, one log line per event on stderr.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import type { Command } from 'commander';
 import { DormantError } from '../blockstore/index.js';
 import { NBD_SOCKET_NAME, startDaemon } from '../daemon/index.js';
 import type { TlsMode } from '../nbd/index.js';
+import { DEFAULT_IDLE_TIMEOUT_S } from '../pager/index.js';
+import { parseSize } from './format.js';
 import { storeDir } from './store-commands.js';
 
 interface ServeOptions {
@@ -20,6 +23,10 @@ interface ServeOptions {
   labelBy: string;
   foreground?: boolean;
   mount?: string;
+  autoPage: boolean;
+  idleTimeout: string;
+  swapFile?: string;
+  swapSize: string;
 }
 
 function parseListen(text: string): { host: string; port: number } {
@@ -44,7 +51,13 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
     .option('--read-only', 'export every volume read-only')
     .option('--label-by <what>', 'read fingerprints per export name or per client peer address: export|peer', 'export')
     .option('--foreground', 'run in the foreground (the default; accepted for scripts)')
-    .option('--mount <dir>', 'also show the store as files under DIR (FUSE: volumes/<vol>, snapshots/<vol@snap>)')
+    .option('--mount <dir>', 'also show the store as files under DIR (FUSE: volumes/<vol>, snapshots/<vol@snap>); needed to run VMs')
+    .option('--no-auto-page', 'do not page out VMs that turn idle (nor put their vCPUs under SCHED_IDLE)')
+    .option('--auto-page', 'page out VMs that turn idle, keeping their timer working set (the default)')
+    .option('--idle-timeout <seconds>', 'quiet time after which a VM without a history of its own counts as idle; '
+      + 'each VM then learns its own from its past quiet spells', String(DEFAULT_IDLE_TIMEOUT_S))
+    .option('--swap-file <path>', 'make and enable a swap file at PATH (removed on exit): idle VMs\' QEMU memory is paged out to it too')
+    .option('--swap-size <size>', 'size of --swap-file (e.g. 4G)', '4G')
     .action((o: ServeOptions, cmd: Command) => run(async () => {
       const tls = o.tls as TlsMode;
       if (!['off', 'on', 'require'].includes(tls)) throw new DormantError('EINVAL', `bad --tls '${o.tls}': use off, on or require`);
@@ -61,6 +74,11 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
           throw new DormantError('EINVAL', `cannot read ${flag} '${file}'`);
         }
       }
+      const idleTimeoutSeconds = Number(o.idleTimeout);
+      if (!/^\d+(\.\d+)?$/.test(o.idleTimeout) || idleTimeoutSeconds < 1 || idleTimeoutSeconds > 86_400) {
+        throw new DormantError('EINVAL', `bad --idle-timeout '${o.idleTimeout}': seconds, 1 to 86400`);
+      }
+      const swap = o.swapFile === undefined ? undefined : { path: path.resolve(o.swapFile), bytes: parseSize(o.swapSize) };
       const daemon = await startDaemon({
         storeDir: storeDir(cmd),
         tcp,
@@ -69,6 +87,9 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
         readOnly: Boolean(o.readOnly),
         labelBy: o.labelBy === 'peer' ? 'peer' : 'export',
         mountDir: o.mount,
+        autoPage: o.autoPage,
+        idleTimeoutSeconds,
+        swap,
         log,
       });
       await daemon.untilSignal();

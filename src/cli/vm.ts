@@ -16,6 +16,12 @@ import { formatBytes, parseSize, table } from './format.js';
 import { storeDir, withStore } from './store-commands.js';
 
 const print = (s: string) => process.stdout.write(`${s}\n`);
+
+/** `active`, `idle`, `idle, paged out` (or `-` when the VM does not run). */
+export function activityText(s: VmStatus): string {
+  if (!s.activity) return '-';
+  return s.pagedOut ? `${s.activity}, paged out` : s.activity;
+}
 const printJson = (v: unknown) => process.stdout.write(`${JSON.stringify(v, null, 2)}\n`);
 
 /** The daemon's control, or a one-line error saying a daemon is needed. */
@@ -116,9 +122,10 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
       const rows = await withStore(cmd, (c) => c.vmList());
       if (o.json) { printJson({ vms: rows }); return; }
       if (rows.length === 0) { print('no VMs (create one with: dormant vm create NAME --from VOLUME@SNAP --memory 256M)'); return; }
-      print(table(['NAME', 'STATE', 'PORT', 'PID', 'RAM', 'RESIDENT', 'UPTIME'], rows.map((s) => [
-        s.name, stateText(s), s.hostPort ? String(s.hostPort) : '-', s.pid ? String(s.pid) : '-', formatBytes(s.memoryBytes),
-        resident(s), uptime(s.uptimeSeconds),
+      print(table(['NAME', 'STATE', 'ACTIVITY', 'PORT', 'PID', 'RAM', 'RESIDENT', 'QEMU PSS', 'FAULTS/S', 'UPTIME'], rows.map((s) => [
+        s.name, stateText(s), activityText(s), s.hostPort ? String(s.hostPort) : '-', s.pid ? String(s.pid) : '-',
+        formatBytes(s.memoryBytes), resident(s), s.qemuPss === undefined ? '-' : formatBytes(s.qemuPss),
+        s.faultsPerSecond === undefined ? '-' : String(s.faultsPerSecond), uptime(s.uptimeSeconds),
       ])));
     }));
 
@@ -135,15 +142,23 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
         `host port: ${s.hostPort ? `${s.hostPort} (http://127.0.0.1:${s.hostPort}/ -> guest port 80)` : '-'}`,
         `pid:       ${s.pid ?? '-'}`,
         `ram:       ${formatBytes(s.memoryBytes)}, ${s.cpus} CPU${s.cpus > 1 ? 's' : ''}, disk from ${s.from}`,
+        `activity:  ${activityText(s)}${s.pager ? `; idle after ${s.pager.idleTimeoutSeconds} s quiet (quiet for ${s.pager.quietSeconds} s)`
+          + `${s.pager.schedIdle ? '; vCPUs under SCHED_IDLE' : ''}` : ''}`,
         `resident:  ${s.residentGuestRam === undefined ? '-'
           : `${formatBytes(s.residentGuestRam)} guest RAM + ${formatBytes(s.residentQemu ?? 0)} QEMU`}`,
+        `qemu:      ${s.qemuPss === undefined || !s.qemuMemory ? '-'
+          : `${formatBytes(s.qemuPss)} PSS: ${formatBytes(s.qemuMemory.translationPss)} TCG translations, `
+          + `${formatBytes(s.qemuMemory.anonPss)} heap and other anonymous, ${formatBytes(s.qemuMemory.filesPss)} files; `
+          + `${formatBytes(s.qemuMemory.swap)} in swap`}`,
         `cached:    ${s.cachedGuestRam === undefined ? '-' : `${formatBytes(s.cachedGuestRam)} of guest RAM in the host page cache`}`,
         `faults:    ${s.faults === undefined ? '-' : `${s.faultsPerSecond}/s (last 10 s), ${s.faults} since start; `
           + `${formatBytes((s.pagesIn ?? 0) * 4096)} faulted in, ${formatBytes((s.prefetchPages ?? 0) * 4096)} prefetched, `
           + `${formatBytes((s.pagesOut ?? 0) * 4096)} written back`}`,
         `working set: ${s.workingSetBytes === undefined ? '- (recorded at the first page-out)' : formatBytes(s.workingSetBytes)}`
-          + `${s.touchedSinceLastPageoutBytes === undefined ? '' : `; ${formatBytes(s.touchedSinceLastPageoutBytes)} touched since the last page-out`}`,
-        `last page-out: ${s.lastPageout ? `${s.lastPageout.at}, resident ${formatBytes(s.lastPageout.residentBefore)} -> `
+          + `${s.touchedSinceLastPageoutBytes === undefined ? '' : `; ${formatBytes(s.touchedSinceLastPageoutBytes)} touched since the last page-out`}`
+          + `${s.pager ? `; per event: timer ${formatBytes(s.pager.timerSetBytes)}, network ${formatBytes(s.pager.networkSetBytes)}`
+            + `${s.pager.timerPeriodSeconds === undefined ? '' : `; timer wake-ups every ${s.pager.timerPeriodSeconds} s`}` : ''}`,
+        `last page-out: ${s.lastPageout ? `${s.lastPageout.at}${s.lastPageout.automatic ? ' (automatic)' : ''}, resident ${formatBytes(s.lastPageout.residentBefore)} -> `
           + `${formatBytes(s.lastPageout.residentAfter)} in ${(s.lastPageout.durationMs / 1000).toFixed(1)} s` : '-'}`,
         `memory in store: ${s.memoryStoredBytes === undefined ? '-'
           : `${formatBytes(s.memoryStoredBytes)} non-zero, ${formatBytes(s.memoryUniqueBytes ?? 0)} of it not shared`}`,

@@ -2,18 +2,19 @@
  * The host daemon (`dormant serve`): owns the store and composes what serves
  * it: the NBD server (TCP and a Unix socket), the control socket through
  * which every other CLI command keeps working, and with a mount point the
- * FUSE view and the VM runner (VMs keep their RAM on that view, so no mount
- * means no VMs).
+ * FUSE view and the VM runner with its pager (VMs keep their RAM on that
+ * view, so no mount means no VMs; idle VMs are paged out automatically
+ * unless autoPage is off), and an optional swap file of its own.
  *
  * Life:
- *   startDaemon   open the store, listen for NBD, mount, start the VM
- *                 runner, serve the control socket, log one line saying
+ *   startDaemon   open the store, listen for NBD, enable the swap file,
+ *                 mount, start the VM runner, serve the control socket, log one line saying
  *                 where everything is; on a failure undo what was started
  *                 and throw (a DormantError the CLI prints in one line);
  *   stop          VMs first (QEMU maps its RAM through the FUSE view and
  *                 reads its disk over NBD), then the control socket, the
- *                 mount, the NBD server (finishing in-flight requests) and
- *                 the store (flushed); resolves once all is released.
+ *                 mount, the NBD server (finishing in-flight requests), the
+ *                 store (flushed) and the swap file; resolves once all is released.
  *   untilSignal   stop at the first SIGTERM or SIGINT; a repeated signal
  *                 does not cut the final flush short.
  */
@@ -22,7 +23,7 @@ import { DormantError, Store } from '../blockstore/index.js';
 import { CONTROL_SOCKET_NAME, LocalControl, serveControl, type ControlServer } from '../control/index.js';
 import { mountStore, type FuseMount } from '../fuse/index.js';
 import { NbdServer, StoreBackend, type NbdAddresses, type TlsMode } from '../nbd/index.js';
-import { MemoryIo } from '../pager/index.js';
+import { MemoryIo, SwapFile } from '../pager/index.js';
 import { VmSupervisor } from '../vm/index.js';
 
 /** File name of the NBD Unix socket inside the store directory. */
@@ -42,6 +43,11 @@ export interface DaemonOptions {
   labelBy: 'export' | 'peer';
   /** FUSE mount point: the store as files, and VMs. */
   mountDir?: string;
+  /** Page out VMs that turn idle (default true); initial idle timeout in seconds. */
+  autoPage?: boolean;
+  idleTimeoutSeconds?: number;
+  /** A swap file to make, enable, and remove at stop. */
+  swap?: { path: string; bytes: number };
   /** One log line (the daemon adds nothing but what it says). */
   log: (line: string) => void;
 }
@@ -64,9 +70,10 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
   const store = await Store.open(dir);
   const socketPath = path.resolve(o.socketPath ?? path.join(dir, NBD_SOCKET_NAME));
   let nbd: NbdServer;
+  const backend = new StoreBackend(store, { readOnly: o.readOnly });
   try {
     nbd = new NbdServer({
-      backend: new StoreBackend(store, { readOnly: o.readOnly }),
+      backend,
       tcp: o.tcp,
       socketPath,
       tls: o.tls,
@@ -80,14 +87,21 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
   let control: ControlServer | undefined;
   let fuse: FuseMount | undefined;
   let vms: VmSupervisor | undefined;
+  let swap: SwapFile | undefined;
   let nbdAddresses: NbdAddresses;
   try {
     nbdAddresses = await nbd.listen();
+    if (o.swap) swap = await SwapFile.create(o.swap.path, o.swap.bytes);
     // The FUSE reads and writes of memory volumes are the VMs' page faults and page-outs.
     const io = new MemoryIo();
     if (o.mountDir !== undefined) fuse = await mountStore(store, o.mountDir, { log, readOnly: o.readOnly, observer: io });
     // VMs keep their RAM on the FUSE view: no mount, no VMs.
-    if (fuse) vms = new VmSupervisor({ storeDir: dir, mountDir: fuse.dir, nbdSocket: socketPath, log, io });
+    if (fuse) {
+      vms = new VmSupervisor({
+        storeDir: dir, mountDir: fuse.dir, nbdSocket: socketPath, log, io,
+        autoPage: o.autoPage, idleTimeoutSeconds: o.idleTimeoutSeconds, diskOps: (v) => backend.requestsServed(v),
+      });
+    }
     control = await serveControl(new LocalControl(store, false, vms), path.join(dir, CONTROL_SOCKET_NAME), log);
     const tcp = nbdAddresses.tcp;
     const where = [
@@ -95,11 +109,13 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       `nbd+unix:///<volume>?socket=${socketPath}`,
     ].filter(Boolean).join(' and ');
     log(`dormant serve: store ${dir}; NBD on ${where}${o.tls.mode !== 'off' ? ` (TLS ${o.tls.mode})` : ''}${o.readOnly ? ' (read-only)' : ''}; `
-      + `control socket ${path.join(dir, CONTROL_SOCKET_NAME)}${fuse ? `; FUSE on ${fuse.dir}` : ''}`);
+      + `control socket ${path.join(dir, CONTROL_SOCKET_NAME)}${fuse ? `; FUSE on ${fuse.dir}` : ''}`
+      + `${fuse ? `; automatic paging ${o.autoPage === false ? 'off' : 'on'}` : ''}${swap ? `; swap file ${swap.path}` : ''}`);
   } catch (err) {
     await fuse?.unmount().catch(() => undefined);
     await nbd.close().catch(() => undefined);
     await store.close();
+    await swap?.remove().catch(() => undefined);
     const e = err as NodeJS.ErrnoException;
     if (e.code === 'EADDRINUSE') throw new DormantError('EBUSY', `cannot listen: address in use (${e.message.replace(/^listen EADDRINUSE: address already in use /, '')})`);
     if (e.code === 'EACCES') throw new DormantError('EINVAL', `cannot listen: permission denied (${e.message})`);
@@ -115,6 +131,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       await fuse?.unmount().catch((err: Error) => log(`dormant serve: ${err.message}`));
       await nbd.close();
       await store.close();
+      await swap?.remove().catch((err: Error) => log(`dormant serve: swap file: ${err.message}`));
       log('dormant serve: stopped');
     })();
     return stopped;
