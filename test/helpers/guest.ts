@@ -65,8 +65,13 @@ export async function diskCounter(store: string, vm: string, timeoutMs = 30_000)
   return Number(m![1]);
 }
 
-/** A fresh store (in a temp dir of `tmp`) with the test guest imported as golden@base, served by `serve --mount`. */
-export async function startVmDaemon(tmp: TempDirs, prefix: string): Promise<{ store: string; mnt: string; daemon: MountDaemon }> {
+/**
+ * A fresh store (in a temp dir of `tmp`) with the test guest imported as
+ * golden@base, served by `serve --mount` with `serveArgs` (default: no
+ * automatic paging, so tests of other things see no page-out they did not ask for).
+ */
+export async function startVmDaemon(tmp: TempDirs, prefix: string, serveArgs: string[] = ['--no-auto-page']):
+  Promise<{ store: string; mnt: string; daemon: MountDaemon }> {
   ensureBuilt();
   const work = tmp.make(prefix);
   const store = path.join(work, 'store');
@@ -74,6 +79,6 @@ export async function startVmDaemon(tmp: TempDirs, prefix: string): Promise<{ st
   fs.mkdirSync(mnt);
   expectOk(dormant(['init'], { store }));
   await dormantAsync(['--store', store, 'image', 'build-test-guest', 'golden', '--cache-dir', CACHE], 200_000);
-  const daemon = await startDaemon(store, mnt, ['serve', '--no-tcp', '--mount', mnt], /FUSE on /);
+  const daemon = await startDaemon(store, mnt, ['serve', '--no-tcp', '--mount', mnt, ...serveArgs], /FUSE on /);
   return { store, mnt, daemon };
 }

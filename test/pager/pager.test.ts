@@ -259,7 +259,7 @@ describe('dormant vm pageout / prefetch / sharing with real guests', () => {
     const gone = (pid: number) => { try { process.kill(pid, 0); return false; } catch { return true; } };
     for (let i = 0; i < 100 && !pids.every(gone); i++) await sleep(100);
     expect(pids.filter((pid) => !gone(pid))).toEqual([]);
-    daemon = await startDaemon(store, mnt, ['serve', '--no-tcp', '--mount', mnt], /FUSE on /);
+    daemon = await startDaemon(store, mnt, ['serve', '--no-tcp', '--mount', mnt, '--no-auto-page'], /FUSE on /);
     expect(daemon.stderr()).toMatch(/is a stale FUSE mount \(its daemon died/);
     expect(status('p2').state).toBe('stopped');
     const s = await startVm('p2');

@@ -83,7 +83,7 @@ describe('a real VM boots from a golden image served by dormant', () => {
 
   it('boots a branch under QEMU (disk over NBD, RAM in a memory volume via FUSE) and serves HTTP', async () => {
     expect(meta, 'image built').toBeDefined();
-    daemon = await startDaemon(store, mnt, ['serve', '--no-tcp', '--mount', mnt], /FUSE on /);
+    daemon = await startDaemon(store, mnt, ['serve', '--no-tcp', '--mount', mnt, '--no-auto-page'], /FUSE on /);
     expectOk(dormant(['branch', 'vm1', '--from', 'golden@base'], { store }));
     expectOk(dormant(['create', 'vm1.mem', '--size', '256M', '--kind', 'memory'], { store }));
     expect(fs.statSync(path.join(mnt, 'volumes', 'vm1.mem')).size).toBe(256 * MiB);

@@ -1,0 +1,168 @@
+/**
+ * Automatic paging end to end, with real TCG guests that fill most of
+ * their RAM with a ballast (160 MiB of 256, half of it alike in both VMs),
+ * under `serve --mount --idle-timeout 4`:
+ *   - an idle VM is paged out without being asked, its vCPU threads run
+ *     SCHED_IDLE, it keeps answering HTTP, and a request makes it active
+ *     again with its vCPUs back under SCHED_OTHER;
+ *   - the ballast's shared part is stored once across the two VMs;
+ *   - a VM under a request loop stays active and is not paged while busy
+ *     (and is once the loop stops);
+ *   - a request to a paged-out VM through the daemon's port proxy first
+ *     prefetches the VM's network working set: it faults in far fewer
+ *     pages than the same request did before a network set was recorded.
+ *
+ * Every QEMU pid seen is SIGKILLed in afterAll whatever the outcome; the
+ * daemon is stopped, the mount lazily unmounted, temp dirs removed.
+ */
+import fs from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dormant, dormantJson, expectOk } from '../helpers/cli.js';
+import { TempDirs } from '../helpers/tmp.js';
+import { cleanupMounts, type MountDaemon } from '../helpers/mount-daemon.js';
+import { BOOT_TIMEOUT_MS, CACHE, dormantAsync, sleep, startVmDaemon, vmStatus, waitHttp, type Status } from '../helpers/guest.js';
+
+const MiB = 2 ** 20;
+const BALLAST_SHARED_PAGES = (80 * MiB) / 4096;
+const tmp = new TempDirs();
+let store = '';
+let daemon: MountDaemon | undefined;
+const qemuPids = new Set<number>();
+
+interface AutoStatus extends Status {
+  activity?: 'active' | 'idle';
+  pagedOut?: boolean;
+  vcpuThreads?: number[];
+  pager?: { schedIdle: boolean; networkSetBytes: number; timerSetBytes: number; idleTimeoutSeconds: number };
+  lastPageout?: { residentBefore: number; residentAfter: number; automatic: boolean; at: string };
+  lastPrefetch?: { set: string; pages: number; cachedPages: number; at: string };
+}
+const status = (vm: string) => vmStatus(store, vm) as AutoStatus;
+
+/** Scheduling policy of each vCPU thread of `vm` (0 SCHED_OTHER, 5 SCHED_IDLE), from /proc. */
+function policies(s: AutoStatus): number[] {
+  expect(s.vcpuThreads?.length).toBeGreaterThan(0);
+  return s.vcpuThreads!.map((tid) => {
+    const stat = fs.readFileSync(`/proc/${s.pid}/task/${tid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[38]);
+  });
+}
+
+/** Polls `vm`'s status until `ok` holds (bounded); returns that status. */
+async function waitStatus(vm: string, what: string, ok: (s: AutoStatus) => boolean, timeoutMs = 120_000): Promise<AutoStatus> {
+  const started = Date.now();
+  let s = status(vm);
+  while (!ok(s)) {
+    if (Date.now() - started > timeoutMs) {
+      throw new Error(`${vm}: not ${what} within ${timeoutMs / 1000} s: ${JSON.stringify({ activity: s.activity, pagedOut: s.pagedOut, pager: s.pager, lastPageout: s.lastPageout })}`);
+    }
+    await sleep(1_000);
+    s = status(vm);
+  }
+  return s;
+}
+
+/** Waits for an automatic page-out of `vm` newer than `after` (an ISO time, or any). */
+const waitPaged = (vm: string, after = '') => waitStatus(vm, 'paged out automatically',
+  (s) => s.pagedOut === true && s.lastPageout?.automatic === true && s.lastPageout.at > after);
+
+/** GET / of `vm` through its host port; returns the page. */
+async function get(vm: string, path = '/'): Promise<string> {
+  const r = await fetch(`http://127.0.0.1:${status(vm).hostPort}${path}`, { signal: AbortSignal.timeout(30_000) });
+  expect(r.status).toBe(200);
+  return r.text();
+}
+
+/** Pages `vm` faulted in through FUSE while `fn` ran (prefetch reads are counted apart). */
+async function faultedDuring(vm: string, fn: () => Promise<unknown>): Promise<number> {
+  const before = status(vm).pagesIn!;
+  await fn();
+  return status(vm).pagesIn! - before;
+}
+
+let firstRequestFaults = 0;
+let firstRequestAt = '';
+
+describe('automatic paging of idle VMs with real guests', () => {
+  beforeAll(async () => {
+    ({ store, daemon } = await startVmDaemon(tmp, 'e2e-auto', ['--idle-timeout', '4']));
+    for (const vm of ['a1', 'a2']) {
+      expectOk(dormant(['vm', 'create', vm, '--from', 'golden@base', '--memory', '256M', '--ballast', '160M',
+        '--ballast-shared', '50%', '--cache-dir', CACHE], { store }));
+      await dormantAsync(['--store', store, 'vm', 'start', vm], 60_000);
+      const s = status(vm);
+      qemuPids.add(s.pid!);
+      await waitHttp(store, vm, s.hostPort!);
+    }
+  }, 2 * BOOT_TIMEOUT_MS + 60_000);
+
+  afterAll(async () => {
+    for (const pid of qemuPids) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
+    await daemon?.stop(60_000).catch(() => undefined);
+    await cleanupMounts();
+    tmp.cleanup();
+  }, 90_000);
+
+  it('pages out an idle VM by itself, puts its vCPUs under SCHED_IDLE; it keeps answering and wakes on a request', async () => {
+    const s = await waitPaged('a1');
+    expect(s.activity).toBe('idle');
+    // The ballast was resident before; little of the guest RAM is right after.
+    expect(s.lastPageout!.residentBefore).toBeGreaterThan(160 * MiB);
+    expect(s.lastPageout!.residentAfter).toBeLessThan(s.lastPageout!.residentBefore / 4);
+    expect(s.pager!.schedIdle).toBe(true);
+    expect(policies(s).every((p) => p === 5)).toBe(true);
+    // It answers; this request has no network set to prefetch yet.
+    firstRequestAt = new Date().toISOString();
+    firstRequestFaults = await faultedDuring('a1', async () => {
+      expect(await get('a1')).toMatch(/<p>hostname: a1<\/p>/);
+      expect(await get('a1', '/cgi-bin/status')).toMatch(/^hostname: a1$/m);
+    });
+    const woke = await waitStatus('a1', 'active with SCHED_OTHER vCPUs',
+      (x) => x.activity === 'active' && policies(x).every((p) => p === 0), 15_000);
+    expect(woke.pagedOut).toBe(false);
+    expect(woke.pager!.schedIdle).toBe(false);
+  }, 240_000);
+
+  it('stores the ballast part alike in both VMs once', async () => {
+    await waitPaged('a2');
+    const r = dormantJson<{ vms: Array<{ name: string; sharedAcrossVmsPages: number; nonZeroPages: number }>;
+      totals: { nonZeroBytes: number; storedBytes: number } }>(['vm', 'sharing'], { store });
+    for (const v of r.vms) expect(v.sharedAcrossVmsPages, v.name).toBeGreaterThan(0.9 * BALLAST_SHARED_PAGES);
+    // Each VM's own ballast half is unique; the common half is kept once.
+    expect(r.totals.storedBytes).toBeLessThan(r.totals.nonZeroBytes - 0.9 * 80 * MiB);
+  }, 240_000);
+
+  it('keeps a busy VM active and resident while a request loop runs, and pages it once the loop stops', async () => {
+    const before = status('a2').lastPageout?.at ?? '';
+    const until = Date.now() + 25_000;
+    let checks = 0;
+    while (Date.now() < until) {
+      await get('a2');
+      await sleep(500);
+      const s = status('a2');
+      if (Date.now() - (until - 25_000) > 5_000) {
+        checks++;
+        expect(s.activity).toBe('active');
+        expect(s.lastPageout?.at ?? '').toBe(before);
+      }
+    }
+    expect(checks).toBeGreaterThan(5);
+    await waitPaged('a2', before);
+  }, 240_000);
+
+  it('prefetches the network working set of a paged-out VM before passing a connection on', async () => {
+    // a1 woke on the first test's request (its faults were the network set's first epoch), then idled again.
+    const s = await waitPaged('a1', firstRequestAt);
+    expect(s.pager!.networkSetBytes).toBeGreaterThan(0);
+    const faults = await faultedDuring('a1', async () => {
+      expect(await get('a1')).toMatch(/<p>hostname: a1<\/p>/);
+      expect(await get('a1', '/cgi-bin/status')).toMatch(/^hostname: a1$/m);
+    });
+    const after = status('a1');
+    console.log(`pages faulted in by a request to a paged-out VM: ${firstRequestFaults} without a network set, `
+      + `${faults} after prefetching it (${after.lastPrefetch?.cachedPages}/${after.lastPrefetch?.pages} pages)`);
+    expect(after.lastPrefetch?.set).toBe('network');
+    expect(after.lastPrefetch!.at > s.lastPageout!.at).toBe(true);
+    expect(faults * 1.5).toBeLessThan(firstRequestFaults);
+  }, 240_000);
+});
