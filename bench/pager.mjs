@@ -122,7 +122,7 @@ async function main() {
   await cli(['init']);
   process.stderr.write('bench/pager: building/importing the test guest...\n');
   await cli(['image', 'build-test-guest', 'golden', '--cache-dir', CACHE], 600_000);
-  daemon = spawn(process.execPath, [BIN, '--store', store, 'serve', '--no-tcp', '--mount', mnt], { stdio: ['ignore', 'ignore', 'pipe'] });
+  daemon = spawn(process.execPath, [BIN, '--store', store, 'serve', '--no-tcp', '--mount', mnt, '--no-auto-page'], { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   daemon.stderr.on('data', (d) => { log += d; });
   for (let i = 0; i < 300 && !/FUSE on /.test(log); i++) await sleep(100);

@@ -78,6 +78,9 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
       if (!/^\d+(\.\d+)?$/.test(o.idleTimeout) || idleTimeoutSeconds < 1 || idleTimeoutSeconds > 86_400) {
         throw new DormantError('EINVAL', `bad --idle-timeout '${o.idleTimeout}': seconds, 1 to 86400`);
       }
+      if (o.swapFile !== undefined && o.mount === undefined) {
+        throw new DormantError('EINVAL', '--swap-file is for the QEMU memory of idle VMs, which run only with --mount DIR');
+      }
       const swap = o.swapFile === undefined ? undefined : { path: path.resolve(o.swapFile), bytes: parseSize(o.swapSize) };
       const daemon = await startDaemon({
         storeDir: storeDir(cmd),

@@ -54,7 +54,7 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
     .option('--cpus <n>', 'virtual CPUs', '1')
     .option('--kernel-from <image>', 'test-guest image whose kernel, initrd and command line boot the VM (default: the snapshot\'s volume)')
     .option('--cache-dir <dir>', 'image cache of dormant image build-test-guest (default: $XDG_CACHE_HOME/dormant/images)')
-    .option('--ballast <size>', 'test guest: memory it fills at boot and touches like an idle service (e.g. 192M)')
+    .option('--ballast <size>', 'test guest: memory it fills at boot and touches like an idle service (e.g. 160M of 256M)')
     .option('--ballast-shared <percent>', 'the part of the ballast alike in every VM (e.g. 50%)', '0%')
     .action((name: string, o: {
       from: string; memory: string; cpus: string; kernelFrom?: string; cacheDir?: string; ballast?: string; ballastShared: string;
@@ -146,6 +146,8 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
           + `${s.pager.schedIdle ? '; vCPUs under SCHED_IDLE' : ''}` : ''}`,
         `resident:  ${s.residentGuestRam === undefined ? '-'
           : `${formatBytes(s.residentGuestRam)} guest RAM + ${formatBytes(s.residentQemu ?? 0)} QEMU`}`,
+        `last busy: ${s.pager?.lastBusy ? `${s.pager.lastBusy.at}: guest CPU ${(s.pager.lastBusy.cpuShare * 100).toFixed(1)}%, `
+          + `${s.pager.lastBusy.diskRequests} disk requests, ${s.pager.lastBusy.connections} connections` : '-'}`,
         `qemu:      ${s.qemuPss === undefined || !s.qemuMemory ? '-'
           : `${formatBytes(s.qemuPss)} PSS: ${formatBytes(s.qemuMemory.translationPss)} TCG translations, `
           + `${formatBytes(s.qemuMemory.anonPss)} heap and other anonymous, ${formatBytes(s.qemuMemory.filesPss)} files; `
@@ -160,6 +162,8 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
             + `${s.pager.timerPeriodSeconds === undefined ? '' : `; timer wake-ups every ${s.pager.timerPeriodSeconds} s`}` : ''}`,
         `last page-out: ${s.lastPageout ? `${s.lastPageout.at}${s.lastPageout.automatic ? ' (automatic)' : ''}, resident ${formatBytes(s.lastPageout.residentBefore)} -> `
           + `${formatBytes(s.lastPageout.residentAfter)} in ${(s.lastPageout.durationMs / 1000).toFixed(1)} s` : '-'}`,
+        `last prefetch: ${s.lastPrefetch ? `${s.lastPrefetch.at} (${s.lastPrefetch.set === 'epoch' ? 'working' : s.lastPrefetch.set} set), `
+          + `${s.lastPrefetch.cachedPages}/${s.lastPrefetch.pages} pages in ${(s.lastPrefetch.durationMs / 1000).toFixed(1)} s` : '-'}`,
         `memory in store: ${s.memoryStoredBytes === undefined ? '-'
           : `${formatBytes(s.memoryStoredBytes)} non-zero, ${formatBytes(s.memoryUniqueBytes ?? 0)} of it not shared`}`,
         `disk:      ${s.diskBlocksWritten === undefined ? '-' : `${s.diskBlocksWritten} blocks written (${formatBytes(s.diskBlocksWritten * 4096)}) on top of ${s.from}`}`,

@@ -105,7 +105,7 @@ export async function ownPrivateRanges(pid: number, memFile: string): Promise<Ar
   const out: Array<{ addr: number; length: number }> = [];
   for (const line of text.split('\n')) {
     const m = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ (\S+)\s*(.*)$/.exec(line);
-    if (!m || m[3][3] !== 'p' || m[4] !== '0' || m[5] === memFile || m[5] === '[vsyscall]' || m[5] === '[vdso]'
+    if (!m || m[3][1] !== 'w' || m[3][3] !== 'p' || m[4] !== '0' || m[5] === memFile || m[5] === '[vsyscall]' || m[5] === '[vdso]'
       || m[5] === '[vvar]' || m[5].startsWith('[vvar')) continue;
     const start = parseInt(m[1], 16);
     out.push({ addr: start, length: parseInt(m[2], 16) - start });

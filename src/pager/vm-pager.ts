@@ -22,7 +22,7 @@
  * window of NETWORK_WINDOW_MS (faults in it are the network working set),
  * and its recorded network set is prefetched before the connection is
  * passed on. Faults of a paged-out idle VM outside such a window are its
- * timer wake-ups: each burst after a second without faults is one wake-up;
+ * timer wake-ups: each burst after a whole sample without faults is one wake-up;
  * their period is learnt (median of recent intervals, when they agree) and
  * the timer set is prefetched ahead of the next one if it left the cache.
  */
@@ -32,7 +32,9 @@ import type { VolumeIo } from './faults.js';
 import { BUSY_CPU_SHARE, BUSY_DISK_REQUESTS, IdlePredictor, threadUserSeconds, type PredictorOptions } from './idleness.js';
 import { GuestMemory, pageOut, pageOutRanges, prefetchPages, type PageoutResult, type PrefetchResult } from './pageout.js';
 import { ownPrivateRanges, residentMemory, swapBytes } from './process-memory.js';
-import { classPages, foldClasses, foldEpoch, hottest, readWorkingSet, recentPages, writeWorkingSet } from './working-set.js';
+import {
+  classPages, foldClasses, foldEpoch, hottest, readWorkingSet, recentPages, writeWorkingSet, type WorkingSet,
+} from './working-set.js';
 
 const PAGE = 4096;
 /** How long after a connection to a paged-out VM its faults count as the network class. */
@@ -137,6 +139,8 @@ export class VmPager {
   private timerPeriodMs?: number;
   private wakePrefetchedFor = 0;
   private lastBusy?: PagerStatus['lastBusy'];
+  /** Samples in a row without a fault (wake-up detection). */
+  private faultlessTicks = 0;
 
   constructor(readonly vm: PagedVm, readonly io: VolumeIo, readonly mem: GuestMemory, predictor: PredictorOptions,
     private readonly log: (line: string) => void) {
@@ -166,7 +170,7 @@ export class VmPager {
       const ws = foldClasses(foldEpoch(prev, touched), this.io.takeClassEpochs(), prev);
       writeWorkingSet(workingSetFile, ws);
       const keep = automatic
-        ? classPages(ws, 'timer').slice(0, Math.floor(mem.pages * MAX_KEEP_SHARE))
+        ? hottestOf(ws.classes?.get('timer'), classPages(ws, 'timer'), Math.floor(mem.pages * MAX_KEEP_SHARE))
         : hottest(ws, Math.min(mem.pages, Math.floor(keepBytes / PAGE)));
       const outBefore = this.io.counters.pagesOut;
       const r = await pageOut(pid, mem, keep, `page-out of VM '${name}'`);
@@ -222,6 +226,8 @@ export class VmPager {
    */
   async connection(): Promise<void> {
     this.connections++;
+    // A woken VM gets its CPU back now, not at the next sample.
+    if (this.schedIdle) this.setSchedIdle(false, { enabled: true, log: this.log });
     if (!this.pagedOut) return;
     this.networkUntil = Date.now() + NETWORK_WINDOW_MS;
     this.io.eventClass = 'network';
@@ -255,10 +261,11 @@ export class VmPager {
       };
     }
     this.predictor.sample(busy, seconds);
+    // Busy again: what was paged out is coming back; a page-out waits for the VM to be idle again.
+    if (busy) this.pagedOut = false;
     const state = this.predictor.idle() ? 'idle' : 'active';
     if (state !== this.activity) {
       this.activity = state;
-      if (state === 'active') this.pagedOut = false;
       auto.log(`vm ${this.vm.name}: ${state} (idle timeout ${this.predictor.timeoutSeconds()} s)`);
     }
     if (!auto.enabled) return;
@@ -274,9 +281,11 @@ export class VmPager {
     if (now >= this.networkUntil) {
       this.io.eventClass = this.pagedOut && this.activity === 'idle' ? 'timer' : null;
     }
-    if (!prev || this.io.eventClass !== 'timer' || cur.faults === prev.faults) return;
-    // A burst of faults after a quiet second is one timer wake-up.
-    if (now - this.io.lastFaultAt > 1_000 || this.wakes.length > 0 && now - this.wakes[this.wakes.length - 1] < 1_500) return;
+    const faulted = prev !== undefined && cur.faults !== prev.faults;
+    const quietBefore = this.faultlessTicks >= 1;
+    this.faultlessTicks = faulted ? 0 : this.faultlessTicks + 1;
+    // A burst of faults after at least one whole sample without any is one timer wake-up.
+    if (!faulted || !quietBefore || this.io.eventClass !== 'timer') return;
     this.io.countEvent('timer');
     this.wakes.push(now);
     if (this.wakes.length > WAKE_HISTORY) this.wakes.shift();
@@ -295,12 +304,17 @@ export class VmPager {
     await this.prefetchSet('timer', pages).catch((err: Error) => this.log(`vm ${this.vm.name}: timer prefetch: ${err.message}`));
   }
 
+  /** Puts every vCPU thread under SCHED_IDLE or back; schedIdle says what the kernel took (all of them, or not). */
   private setSchedIdle(idle: boolean, auto: AutoOptions): void {
     if (idle === this.schedIdle) return;
-    this.schedIdle = idle;
+    let ok = true;
     for (const tid of this.vm.vcpuThreads) {
-      try { setThreadIdle(tid, idle); } catch (err) { auto.log(`vm ${this.vm.name}: vCPU thread ${tid}: ${(err as Error).message}`); }
+      try { setThreadIdle(tid, idle); } catch (err) {
+        ok = false;
+        auto.log(`vm ${this.vm.name}: vCPU thread ${tid}: ${(err as Error).message}`);
+      }
     }
+    if (ok || !idle) this.schedIdle = idle;
   }
 
   /** What `vm status` shows of the pager. */
@@ -342,6 +356,12 @@ export function learnPeriod(wakes: readonly number[]): number | undefined {
   const median = gaps[Math.floor(gaps.length / 2)];
   const agree = gaps.filter((g) => Math.abs(g - median) <= median / 4).length;
   return agree >= gaps.length - 1 ? median : undefined;
+}
+
+/** Of `pages` (sorted), the `n` hottest by `ws`'s heat, sorted. */
+function hottestOf(ws: WorkingSet | undefined, pages: number[], n: number): number[] {
+  if (pages.length <= n) return pages;
+  return hottest(ws, n);
 }
 
 function readWorkingSetSafe(file: string) {

@@ -91,7 +91,7 @@ describe('a real VM boots from a golden image served by dormant', () => {
     const port = await freePort();
     const serial = path.join(work, 'serial.log');
     const args = [
-      '-machine', 'q35,memory-backend=mem0', '-accel', 'tcg,tb-size=64', '-m', '256M', '-smp', '1',
+      '-machine', 'q35,memory-backend=mem0', '-accel', 'tcg,tb-size=16', '-m', '256M', '-smp', '1',
       '-object', `memory-backend-file,id=mem0,size=256M,mem-path=${path.join(mnt, 'volumes', 'vm1.mem')},share=on`,
       '-kernel', meta!.kernel, '-initrd', meta!.initrd,
       '-append', `${meta!.cmdline} dormant.hostname=vm1`,
