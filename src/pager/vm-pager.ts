@@ -16,6 +16,11 @@
  *   active -> idle   vCPU threads to SCHED_IDLE; page-out sparing the timer
  *                    working set; with swap on the host, QEMU's own private
  *                    memory is paged out too;
+ *   idle, paged      every TRIM_INTERVAL_MS the memory file's page cache
+ *                    that QEMU does not map is dropped: each fault reads a
+ *                    run of pages around the one the guest touched, and
+ *                    those neighbours would otherwise stay cached for good
+ *                    (mapped pages and dirty ones are never dropped);
  *   idle -> active   vCPU threads back to SCHED_OTHER; pagedOut cleared.
  *
  * Event classes (faults.ts): a connection to a paged-out VM opens a network
@@ -45,6 +50,10 @@ const CONNECTION_PREFETCH_MS = 2_000;
 const WAKE_HISTORY = 8;
 /** Prefetch the timer set this long before a predicted wake-up. */
 const WAKE_LEAD_MS = 1_000;
+/** How often an idle paged-out VM's unmapped page cache is dropped. */
+const TRIM_INTERVAL_MS = 10_000;
+/** No trim this soon after a prefetch (its pages are not mapped yet). */
+const TRIM_AFTER_PREFETCH_MS = 15_000;
 /** The automatic page-out keeps at most this share of guest RAM (the timer set) resident. */
 const MAX_KEEP_SHARE = 1 / 8;
 
@@ -141,6 +150,8 @@ export class VmPager {
   private lastBusy?: PagerStatus['lastBusy'];
   /** Samples in a row without a fault (wake-up detection). */
   private faultlessTicks = 0;
+  private lastTrim = 0;
+  private lastPrefetchAt = 0;
 
   constructor(readonly vm: PagedVm, readonly io: VolumeIo, readonly mem: GuestMemory, predictor: PredictorOptions,
     private readonly log: (line: string) => void) {
@@ -207,7 +218,9 @@ export class VmPager {
     return this.exclusive('prefetch', 'prefetch', async () => {
       const { name, pid } = this.vm;
       const before = await memoryNow(pid, this.mem);
+      this.lastPrefetchAt = Date.now();
       const r = await this.io.asPrefetch(() => prefetchPages(pid, this.mem, pages, `prefetch of VM '${name}'`));
+      this.lastPrefetchAt = Date.now();
       const report: PrefetchReport = {
         ...r, at: new Date().toISOString(), set, residentBefore: before.resident, cachedBefore: before.cached,
         cachedAfter: (await memoryNow(pid, this.mem)).cached,
@@ -273,7 +286,17 @@ export class VmPager {
     if (state === 'idle' && !this.pagedOut && !this.busy) {
       this.pageout(0, true).catch((err: Error) => auto.log(`vm ${this.vm.name}: automatic page-out: ${err.message}`));
     }
-    if (state === 'idle' && this.pagedOut) await this.prefetchAheadOfWake(now);
+    if (state === 'idle' && this.pagedOut) {
+      await this.prefetchAheadOfWake(now);
+      await this.trimCache(now);
+    }
+  }
+
+  /** Drops the page cache of the memory file that QEMU does not map (an idle paged-out VM's fault read-around). */
+  private async trimCache(now: number): Promise<void> {
+    if (this.busy || now - this.lastTrim < TRIM_INTERVAL_MS || now - this.lastPrefetchAt < TRIM_AFTER_PREFETCH_MS) return;
+    this.lastTrim = now;
+    await this.mem.drop([[0, this.mem.pages]]).catch((err: Error) => this.log(`vm ${this.vm.name}: trimming its page cache: ${err.message}`));
   }
 
   /** Attributes faults to an event class and learns the period of timer wake-ups. */

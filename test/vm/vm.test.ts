@@ -93,7 +93,7 @@ describe('dormant vm: two VMs from one golden image, supervised by the daemon', 
     }
     const list = dormantJson<{ vms: Status[] }>(['vm', 'list'], { store }).vms;
     expect(list.map((v) => [v.name, v.state, v.hostPort])).toEqual([['a', 'running', sa.hostPort], ['b', 'running', sb.hostPort]]);
-    expect(expectOk(dormant(['vm', 'list'], { store }))).toMatch(new RegExp(`^a\\s+running\\s+${sa.hostPort}\\s+${sa.pid}\\s+256 MiB`, 'm'));
+    expect(expectOk(dormant(['vm', 'list'], { store }))).toMatch(new RegExp(`^a\\s+running\\s+(active|idle)\\S*\\s+${sa.hostPort}\\s+${sa.pid}\\s+256 MiB`, 'm'));
   }, BOOT_TIMEOUT_MS + 30_000);
 
   it('reports a QEMU killed with SIGKILL as crashed; the other VM keeps serving', async () => {
