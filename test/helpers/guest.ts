@@ -11,7 +11,7 @@ import { expect } from 'vitest';
 import fs from 'node:fs';
 import { BIN, cliEnv, dormant, dormantJson, ensureBuilt, expectOk } from './cli.js';
 import type { TempDirs } from './tmp.js';
-import { startDaemon, type MountDaemon } from './mount-daemon.js';
+import { cleanupMounts, startDaemon, type MountDaemon } from './mount-daemon.js';
 
 /** The test-guest image cache shared by every e2e test. */
 export const CACHE = path.join(os.tmpdir(), 'dormant-test-images');
@@ -81,4 +81,19 @@ export async function startVmDaemon(tmp: TempDirs, prefix: string, serveArgs: st
   await dormantAsync(['--store', store, 'image', 'build-test-guest', 'golden', '--cache-dir', CACHE], 200_000);
   const daemon = await startDaemon(store, mnt, ['serve', '--no-tcp', '--mount', mnt, ...serveArgs], /FUSE on /);
   return { store, mnt, daemon };
+}
+
+/** Pages `vm` faulted in through FUSE while `fn` ran (prefetch reads are counted apart). */
+export async function faultedDuring(store: string, vm: string, fn: () => Promise<unknown>): Promise<number> {
+  const before = vmStatus(store, vm).pagesIn!;
+  await fn();
+  return vmStatus(store, vm).pagesIn! - before;
+}
+
+/** After a file of VM tests: SIGKILL every QEMU seen, stop the daemon, unmount, remove temp dirs. */
+export async function tearDownVms(qemuPids: Iterable<number>, daemon: MountDaemon | undefined, tmp: TempDirs): Promise<void> {
+  for (const pid of qemuPids) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
+  await daemon?.stop(60_000).catch(() => undefined);
+  await cleanupMounts();
+  tmp.cleanup();
 }

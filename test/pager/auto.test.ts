@@ -20,8 +20,10 @@ import fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dormant, dormantJson, expectOk } from '../helpers/cli.js';
 import { TempDirs } from '../helpers/tmp.js';
-import { cleanupMounts, type MountDaemon } from '../helpers/mount-daemon.js';
-import { BOOT_TIMEOUT_MS, CACHE, dormantAsync, sleep, startVmDaemon, vmStatus, waitHttp, type Status } from '../helpers/guest.js';
+import type { MountDaemon } from '../helpers/mount-daemon.js';
+import {
+  BOOT_TIMEOUT_MS, CACHE, dormantAsync, faultedDuring, sleep, startVmDaemon, tearDownVms, vmStatus, waitHttp, type Status,
+} from '../helpers/guest.js';
 
 const MiB = 2 ** 20;
 const BALLAST_SHARED_PAGES = (80 * MiB) / 4096;
@@ -74,12 +76,6 @@ async function get(vm: string, path = '/'): Promise<string> {
   return r.text();
 }
 
-/** Pages `vm` faulted in through FUSE while `fn` ran (prefetch reads are counted apart). */
-async function faultedDuring(vm: string, fn: () => Promise<unknown>): Promise<number> {
-  const before = status(vm).pagesIn!;
-  await fn();
-  return status(vm).pagesIn! - before;
-}
 
 let firstRequestFaults = 0;
 let firstRequestAt = '';
@@ -97,12 +93,7 @@ describe('automatic paging of idle VMs with real guests', () => {
     }
   }, 2 * BOOT_TIMEOUT_MS + 60_000);
 
-  afterAll(async () => {
-    for (const pid of qemuPids) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
-    await daemon?.stop(60_000).catch(() => undefined);
-    await cleanupMounts();
-    tmp.cleanup();
-  }, 90_000);
+  afterAll(() => tearDownVms(qemuPids, daemon, tmp), 90_000);
 
   it('pages out an idle VM by itself, puts its vCPUs under SCHED_IDLE; it keeps answering and wakes on a request', async () => {
     const s = await waitPaged('a1');
@@ -114,7 +105,7 @@ describe('automatic paging of idle VMs with real guests', () => {
     expect(policies(s).every((p) => p === 5)).toBe(true);
     // It answers; this request has no network set to prefetch yet.
     firstRequestAt = new Date().toISOString();
-    firstRequestFaults = await faultedDuring('a1', async () => {
+    firstRequestFaults = await faultedDuring(store, 'a1', async () => {
       expect(await get('a1')).toMatch(/<p>hostname: a1<\/p>/);
       expect(await get('a1', '/cgi-bin/status')).toMatch(/^hostname: a1$/m);
     });
@@ -161,7 +152,7 @@ describe('automatic paging of idle VMs with real guests', () => {
     // a1 woke on the first test's request (its faults were the network set's first epoch), then idled again.
     const s = await waitPaged('a1', firstRequestAt);
     expect(s.pager!.networkSetBytes).toBeGreaterThan(0);
-    const faults = await faultedDuring('a1', async () => {
+    const faults = await faultedDuring(store, 'a1', async () => {
       expect(await get('a1')).toMatch(/<p>hostname: a1<\/p>/);
       expect(await get('a1', '/cgi-bin/status')).toMatch(/^hostname: a1$/m);
     });

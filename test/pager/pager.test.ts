@@ -22,10 +22,11 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dormant, dormantJson, expectFailure, expectOk } from '../helpers/cli.js';
 import { TempDirs } from '../helpers/tmp.js';
-import { cleanupMounts, startDaemon, type MountDaemon } from '../helpers/mount-daemon.js';
+import { startDaemon, type MountDaemon } from '../helpers/mount-daemon.js';
 import { QmpClient } from '../../src/vm/index.js';
 import {
-  BOOT_TIMEOUT_MS, CACHE, diskCounter, dormantAsync, sleep, startVmDaemon, vmStatus, waitHttp, type Status,
+  BOOT_TIMEOUT_MS, CACHE, diskCounter, dormantAsync, faultedDuring, sleep, startVmDaemon, tearDownVms, vmStatus, waitHttp,
+  type Status,
 } from '../helpers/guest.js';
 
 const MiB = 2 ** 20;
@@ -64,12 +65,6 @@ async function startVm(vm: string): Promise<Status> {
 /** Heartbeat lines of `vm`'s serial console. */
 const heartbeats = (vm: string) => dormant(['vm', 'log', vm], { store }).stdout.split('\n').filter((l) => l.startsWith('dormant-heartbeat'));
 
-/** Pages `vm` faulted in through FUSE while `fn` ran. */
-async function faultedDuring(vm: string, fn: () => Promise<unknown>): Promise<number> {
-  const before = status(vm).pagesIn!;
-  await fn();
-  return status(vm).pagesIn! - before;
-}
 
 /** A client coming back to an idle VM: the page and the CGI status, three times. */
 async function request(vm: string): Promise<void> {
@@ -91,12 +86,7 @@ describe('dormant vm pageout / prefetch / sharing with real guests', () => {
     }
   }, 240_000);
 
-  afterAll(async () => {
-    for (const pid of qemuPids) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
-    await daemon?.stop(60_000).catch(() => undefined);
-    await cleanupMounts();
-    tmp.cleanup();
-  }, 90_000);
+  afterAll(() => tearDownVms(qemuPids, daemon, tmp), 90_000);
 
   it('refuses to page out or prefetch what is not running, unknown VMs and bad sizes', async () => {
     expectFailure(dormant(['vm', 'pageout', 'p2'], { store }), /cannot page out VM 'p2': it is not running/);
@@ -152,14 +142,14 @@ describe('dormant vm pageout / prefetch / sharing with real guests', () => {
     for (let round = 0; round < 3; round++) {
       // Without prefetch: a client arrives right after a page-out.
       await pageout('p1');
-      const cold = await faultedDuring('p1', () => request('p1'));
+      const cold = await faultedDuring(store, 'p1', () => request('p1'));
       // The working set recorded at this page-out holds what the guest touched meanwhile: its idle loop and that request.
       const r = await pageout('p1');
       expect(r.workingSetPages).toBeGreaterThan(0);
       const pf = JSON.parse(expectOk(dormant(['vm', 'prefetch', 'p1', '--json'], { store }))) as { pages: number; cachedPages: number };
       expect(pf.pages).toBe(r.workingSetPages);
       expect(pf.cachedPages).toBeGreaterThan(pf.pages * 0.5);
-      const warm = await faultedDuring('p1', () => request('p1'));
+      const warm = await faultedDuring(store, 'p1', () => request('p1'));
       console.log(`pages faulted in by a request right after page-out: ${cold} without prefetch, ${warm} with `
         + `(working set ${pf.pages} pages, ${pf.cachedPages} cached by the prefetch)`);
       expect(cold).toBeGreaterThan(0);

@@ -11,8 +11,10 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dormant, expectOk } from '../helpers/cli.js';
 import { TempDirs } from '../helpers/tmp.js';
-import { cleanupMounts, type MountDaemon } from '../helpers/mount-daemon.js';
-import { BOOT_TIMEOUT_MS, CACHE, dormantAsync, sleep, startVmDaemon, vmStatus, waitHttp, type Status } from '../helpers/guest.js';
+import type { MountDaemon } from '../helpers/mount-daemon.js';
+import {
+  BOOT_TIMEOUT_MS, CACHE, dormantAsync, sleep, startVmDaemon, tearDownVms, vmStatus, waitHttp, type Status,
+} from '../helpers/guest.js';
 
 const MiB = 2 ** 20;
 const tmp = new TempDirs();
@@ -42,11 +44,9 @@ describe('serve --swap-file', () => {
   }, BOOT_TIMEOUT_MS + 60_000);
 
   afterAll(async () => {
-    for (const pid of qemuPids) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
-    await daemon?.stop(60_000).catch(() => undefined);
-    await cleanupMounts();
+    if (daemon) await daemon.stop(60_000).catch(() => undefined);
     if (swaps().includes(swapFile)) { try { execFileSync('swapoff', [swapFile]); } catch { /* best effort */ } }
-    tmp.cleanup();
+    await tearDownVms(qemuPids, daemon, tmp);
   }, 120_000);
 
   it('enables a private swap file and pages an idle VM\'s QEMU memory out to it; the VM keeps answering', async () => {
