@@ -10,10 +10,13 @@
  * Threading rule: anything that may enter the kernel's reclaim or fault path
  * for a file this daemon serves through FUSE (process_madvise, mmap +
  * mincore of a memory file) runs on the libuv pool and returns a Promise:
- * blocking the JS thread there could deadlock. mappingResidency only reads
- * /proc/PID/pagemap, the store's calls (mapFile, preadCached, block
- * hashing) only touch segment files on a real file system, and rehashRun
- * only memory of its arguments: they stay synchronous.
+ * blocking the JS thread there could deadlock. mappingResidency reads
+ * /proc/PID/pagemap, which takes the target's mmap_lock (held by a QEMU
+ * thread that may be waiting for a fault the daemon serves): it stays
+ * synchronous, and the daemon calls it only from the memory agent process.
+ * The store's calls (mapFile, preadCached, block hashing) only touch segment
+ * files on a real file system, and rehashRun only memory of its arguments:
+ * they stay synchronous.
  *
  * Errors from system calls and out-of-range arguments are NativeError (code
  * = errno name); wrong JS types are TypeError.

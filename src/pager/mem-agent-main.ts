@@ -2,7 +2,10 @@
  * The memory agent: a small child process of the daemon that holds the
  * descriptors of the VMs' memory files (on the daemon's own FUSE view) and
  * makes the system calls on them: fdatasync (write-back), cachestat (page
- * cache residency) and posix_fadvise (drop).
+ * cache residency) and posix_fadvise (drop); and reads which pages of a
+ * memory file QEMU has mapped (/proc/PID/pagemap, which takes QEMU's
+ * mmap_lock: a QEMU thread may hold it while it waits for a fault only the
+ * daemon's JS thread can serve, so the daemon never reads it itself).
  *
  * Why a process of its own: closing a FUSE file writes its dirty pages back
  * first (fuse_flush), and only the daemon's JS thread can serve those
@@ -17,17 +20,19 @@
  */
 import fs from 'node:fs';
 import readline from 'node:readline';
-import { fileAdvise, fileCached } from '../native/index.js';
+import { fileAdvise, fileCached, mappingResidency } from '../native/index.js';
 
 const PAGE = 4096;
 
 interface Request {
   id: number;
-  op: 'writeBack' | 'cached' | 'drop' | 'forget';
+  op: 'writeBack' | 'cached' | 'drop' | 'forget' | 'mapped';
   file: string;
   bytes?: number;
   bitmap?: boolean;
   runs?: Array<[number, number]>;
+  pid?: number;
+  maps?: Array<{ start: number; end: number; offset: number }>;
 }
 
 const fds = new Map<string, Promise<fs.promises.FileHandle>>();
@@ -55,6 +60,16 @@ async function run(r: Request): Promise<unknown> {
       const fd = (await handle(r.file)).fd;
       for (const [first, count] of r.runs ?? [[0, 0]]) await fileAdvise(fd, first * PAGE, count * PAGE, 'dontneed');
       return null;
+    }
+    case 'mapped': {
+      // Per file page: 1 when one of QEMU's mappings of the file has it present.
+      const out = new Uint8Array(Math.ceil((r.bytes ?? 0) / PAGE));
+      for (const m of r.maps ?? []) {
+        const res = mappingResidency(r.pid ?? 0, m.start, m.end - m.start);
+        const first = Math.floor(m.offset / PAGE);
+        for (let i = 0; i < res.bitmap.length && first + i < out.length; i++) if (res.bitmap[i]) out[first + i] = 1;
+      }
+      return Buffer.from(out).toString('base64');
     }
     case 'forget': {
       const h = fds.get(r.file);

@@ -66,6 +66,11 @@ export class MemoryAgent {
   /** posix_fadvise(DONTNEED) of the page runs `runs` of `file` ([[0, 0]] = all of it). */
   drop(file: string, runs: Array<[number, number]>): Promise<void> { return this.call('drop', file, { runs }); }
 
+  /** Per page of `file` (`bytes` long): 1 when QEMU `pid` has it present in one of `maps` (its mappings of the file). */
+  async mapped(file: string, bytes: number, pid: number, maps: Array<{ start: number; end: number; offset: number }>): Promise<Uint8Array> {
+    return new Uint8Array(Buffer.from(await this.call<string>('mapped', file, { bytes, pid, maps }), 'base64'));
+  }
+
   /** Closes the agent's descriptor of `file` (the VM stopped). */
   forget(file: string): Promise<void> { return this.call('forget', file); }
 

@@ -93,6 +93,11 @@ export class GuestMemory {
   /** Pages in the host page cache. */
   async cachedCount(): Promise<number> { return (await this.agent.cached(this.file, this.bytes, false)).present; }
 
+  /** Per page: 1 when QEMU `pid` has it mapped and present (the guest touched it since it was last paged out). */
+  async mapped(pid: number): Promise<Uint8Array> {
+    return this.agent.mapped(this.file, this.bytes, pid, await findMappings(pid, this.file));
+  }
+
   /** Drops the clean page-cache pages of file page runs `runs` that no process maps (read-ahead QEMU never touched). */
   drop(runs: Array<[number, number]>): Promise<void> {
     return this.agent.drop(this.file, runs.length === 1 && runs[0][0] === 0 && runs[0][1] >= this.pages ? [[0, 0]] : runs);

@@ -176,9 +176,17 @@ export class VmPager {
       const { name, workingSetFile, pid } = this.vm;
       const mem = this.mem;
       const before = await memoryNow(pid, mem);
+      // A fault reads a run of pages around the one the guest touched: what the guest really
+      // touched is what QEMU maps, so the epochs keep only those pages.
+      const mapped = await mem.mapped(pid).catch(() => undefined);
       const touched = this.io.takeEpoch();
+      const classEpochs = this.io.takeClassEpochs();
+      if (mapped) {
+        keepOnly(touched, mapped);
+        for (const e of classEpochs.values()) keepOnly(e.touched, mapped);
+      }
       const prev = readWorkingSet(workingSetFile);
-      const ws = foldClasses(foldEpoch(prev, touched), this.io.takeClassEpochs(), prev);
+      const ws = foldClasses(foldEpoch(prev, touched), classEpochs, prev);
       writeWorkingSet(workingSetFile, ws);
       const keep = automatic
         ? hottestOf(ws.classes?.get('timer'), classPages(ws, 'timer'), Math.floor(mem.pages * MAX_KEEP_SHARE))
@@ -379,6 +387,11 @@ export function learnPeriod(wakes: readonly number[]): number | undefined {
   const median = gaps[Math.floor(gaps.length / 2)];
   const agree = gaps.filter((g) => Math.abs(g - median) <= median / 4).length;
   return agree >= gaps.length - 1 ? median : undefined;
+}
+
+/** Clears the counts of `touched` whose page is not set in `mapped`. */
+function keepOnly(touched: Uint8Array, mapped: Uint8Array): void {
+  for (let p = 0; p < touched.length; p++) if (touched[p] !== 0 && !mapped[p]) touched[p] = 0;
 }
 
 /** Of `pages` (sorted), the `n` hottest by `ws`'s heat, sorted. */
