@@ -4,16 +4,18 @@
  *
  * Lifecycle:
  *   GREETING -> HANDSHAKE (options; STARTTLS swaps the socket for a
- *   TLSSocket) -> TRANSMISSION -> CLOSING (flush on shutdown, close the
- *   handle, end or destroy the socket) -> CLOSED (`closed` resolves).
+ *   TLSSocket, tls.ts) -> TRANSMISSION -> CLOSING (flush on shutdown, close
+ *   the handle, end or destroy the socket) -> CLOSED (`closed` resolves).
  *
  * Rules: nothing thrown here escapes `run()`; every failure ends this
  * connection only. The handle opened by GO/EXPORT_NAME is closed exactly
  * once, after the last request using it completed. During the handshake
- * the receive queue is bounded by pausing the socket.
+ * the receive queue is bounded by pausing the socket. GREETING and
+ * HANDSHAKE (the TLS handshake included) must be over within the
+ * handshake timeout, else the socket is destroyed and the disconnect line
+ * says `handshake timeout`; TRANSMISSION has no timeout.
  */
 import type { Socket } from 'node:net';
-import * as tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import type { NbdBackend, NbdLogger } from './backend.js';
 import { ByteQueue } from './bytequeue.js';
@@ -24,6 +26,7 @@ import { Transmission, type EndReason, type TransmissionLimits } from './transmi
 import { setSendBuffer } from '../native/index.js';
 import { descriptorOf } from './node-internals.js';
 import { largeReadSocket, type DirectReads } from './reader.js';
+import type { PreparedUpgrade, TlsCredentials } from './tls.js';
 
 /** Longest option payload we accept; more is treated as a DoS and closes. */
 export const MAX_OPTION_DATA = 64 * 1024;
@@ -39,7 +42,8 @@ export interface ConnectionConfig {
   backend: NbdBackend;
   logger: NbdLogger;
   tlsMode: TlsMode;
-  secureContext?: tls.SecureContext;
+  /** Present unless tlsMode is 'off'. */
+  tls?: TlsCredentials;
   labelBy: 'export' | 'peer';
   defaultExport?: string;
   limits: TransmissionLimits;
@@ -59,6 +63,8 @@ export class Connection {
   private paused = false;
   private exportName = '-';
   private endReason: string = 'closed';
+  /** The handshake timeout fired: its reason outlives what the cut makes the handshake see. */
+  private timedOut = false;
   private shuttingDown = false;
   private readonly name: string;
   private readonly peer: string;
@@ -157,10 +163,7 @@ export class Connection {
     this.raw.setNoDelay(true);
     this.widenSendBuffer();
     this.attach(this.raw);
-    const deadline = setTimeout(() => {
-      this.endReason = 'handshake timeout';
-      this.raw.destroy();
-    }, this.cfg.handshakeTimeoutMs);
+    const deadline = setTimeout(() => this.handshakeTimedOut(), this.cfg.handshakeTimeoutMs);
     deadline.unref();
     this.socket.write(this.hs.greeting());
     const exp = await this.handshake();
@@ -174,6 +177,14 @@ export class Connection {
     }
     await this.socketClosedEvent;
     this.cfg.logger.info(`nbd: ${this.name} disconnected export=${this.exportName} reason=${this.endReason}${stats}`);
+  }
+
+  private handshakeTimedOut(): void {
+    this.timedOut = true;
+    this.endReason = 'handshake timeout';
+    const seconds = this.cfg.handshakeTimeoutMs / 1000;
+    this.cfg.logger.info(`nbd: ${this.name} handshake not finished within ${seconds} s (client ${this.peer}): disconnecting`);
+    this.hardClose();
   }
 
   /** The plaintext socket's descriptor, or null when Node does not expose it (node-internals.ts). */
@@ -203,6 +214,9 @@ export class Connection {
     const flags = this.queue.take(4).readUInt32BE(0);
     let step: HandshakeStep = this.hs.clientFlags(flags);
     for (;;) {
+      // STARTTLS reads what TLS needs before its ACK: the client's TLS hello follows the ACK at once.
+      const prepared = step.next === 'starttls' ? await this.cfg.tls?.prepare() ?? 'TLS not configured' : null;
+      if (typeof prepared === 'string') return this.quit(prepared);
       this.write(step.replies);
       switch (step.next) {
         case 'close':
@@ -213,10 +227,12 @@ export class Connection {
             return this.quit('closed during handshake');
           }
           return step.export;
-        case 'starttls':
-          if (!(await this.upgradeTls())) return this.quit('TLS handshake failed');
+        case 'starttls': {
+          const failure = await this.upgradeTls(prepared!);
+          if (failure !== null) return this.quit(failure);
           this.hs.tlsStarted();
           break;
+        }
         case 'continue':
           break;
       }
@@ -234,7 +250,7 @@ export class Connection {
 
   /** Ends the handshake: `graceful` lets queued replies (ABORT's ACK) reach the peer first. */
   private quit(reason: string, graceful = false): null {
-    this.endReason = reason;
+    if (!this.timedOut) this.endReason = reason;
     if (graceful && this.socket.writable) this.endGracefully();
     else this.hardClose();
     return null;
@@ -250,26 +266,19 @@ export class Connection {
     this.raw.destroy();
   }
 
-  /** Swaps the plaintext socket for a server-side TLSSocket after the STARTTLS ACK. */
-  private async upgradeTls(): Promise<boolean> {
-    if (this.cfg.secureContext === undefined || this.queue.length > 0 || this.eof) return false;
+  /** Swaps the plaintext socket for a server-side TLSSocket after the STARTTLS ACK; returns why it failed, or null. */
+  private async upgradeTls(prepared: PreparedUpgrade): Promise<string | null> {
+    if (this.queue.length > 0) return 'data after STARTTLS before the TLS handshake';
+    if (this.eof) return 'eof in handshake';
     const raw = this.raw;
     raw.removeListener('data', this.onData);
     raw.removeListener('end', this.onEof);
-    const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: this.cfg.secureContext });
-    secure.on('error', () => {}); // reported through 'close'; a listener keeps errors from escaping
-    const ok = await new Promise<boolean>((resolve) => {
-      secure.once('secure', () => resolve(true));
-      secure.once('error', () => resolve(false));
-      secure.once('close', () => resolve(false));
-    });
-    if (!ok) {
-      secure.destroy();
-      return false;
-    }
-    this.socket = secure;
-    this.attach(secure);
-    return true;
+    const outcome = await prepared.upgrade(raw);
+    if (!outcome.ok) return outcome.reason;
+    this.cfg.logger.info(`nbd: ${this.name} ${outcome.summary}`);
+    this.socket = outcome.socket;
+    this.attach(outcome.socket);
+    return null;
   }
 
   private transmit(exp: NegotiatedExport): Promise<EndReason> {

@@ -14,12 +14,16 @@
  *    Socket lets go of the handle.
  * 2. `_server` and `server` (onreadSocket). Node counts a server's
  *    connections down when a Socket whose `_server` is set is destroyed;
- *    that count enforces `maxConnections` and lets `server.close()` emit
- *    'close'. Both move to the new Socket, so the count follows the
- *    connection.
+ *    that count lets `server.close()` emit 'close'. Both move to the new
+ *    Socket, so the count follows the connection.
  * 3. `_handle.fd` (descriptorOf, for connection.ts and the transmission
  *    loop): the socket's descriptor, for the send buffer's size, READ
  *    replies sent with sendfile and WRITE payloads received on the pool.
+ * 4. `_handle.verifyError()` of a TLSSocket (peerVerifyError, for tls.ts):
+ *    OpenSSL's verdict on the client's certificate chain. Node acts on it
+ *    (`authorized`, `rejectUnauthorized`) only for sockets a tls.Server
+ *    accepted; a STARTTLS upgrade wraps a socket in mid-stream, so tls.ts
+ *    asks for the verdict itself.
  *
  * What would break it, and how it would show:
  * - `_handle` renamed or gone: onreadSocket and descriptorOf return null,
@@ -32,11 +36,13 @@
  *   which connection.ts also listens to, but a direct read (reader.ts
  *   DirectReads.into) never completes, so a big WRITE hangs
  *   (test/nbd/raw.test.ts, pool-receive.test.ts).
- * - `_server` / `server` renamed: the server's count never goes down:
- *   after `maxConnections` connections every new one is refused, and
+ * - `_server` / `server` renamed: the server's count never goes down, and
  *   `close()` never emits 'close'.
+ * - `verifyError` renamed or gone: peerVerifyError fails closed, so every
+ *   client certificate is rejected (test/nbd/auth.test.ts).
  */
 import net from 'node:net';
+import type { TLSSocket } from 'node:tls';
 
 /** The private fields of net.Socket used here. */
 interface SocketInternals {
@@ -82,4 +88,17 @@ export function onreadSocket(accepted: net.Socket, onread: OnRead): net.Socket |
 export function descriptorOf(socket: net.Socket): number | null {
   const fd = (socket as unknown as SocketInternals)._handle?.fd;
   return typeof fd === 'number' && fd >= 0 ? fd : null;
+}
+
+/**
+ * OpenSSL's verdict on the peer's certificate chain (see 4 above): null
+ * when it verified, else its error code (NOT_CHECKED when Node does not
+ * expose the verdict: fail closed).
+ */
+export function peerVerifyError(socket: TLSSocket): string | null {
+  const handle = (socket as unknown as { _handle?: { verifyError?: () => unknown } | null })._handle;
+  if (typeof handle?.verifyError !== 'function') return 'NOT_CHECKED';
+  const err = handle.verifyError() as { code?: unknown } | null | undefined;
+  if (err === null || err === undefined) return null;
+  return typeof err.code === 'string' ? err.code : 'UNKNOWN';
 }

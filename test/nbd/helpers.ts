@@ -148,9 +148,17 @@ export class RawClient {
     w?.();
   }
 
-  /** Connects and reads the greeting. */
-  static async connect(socketPath: string): Promise<RawClient> {
-    const socket = net.connect(socketPath);
+  /** Connects over a Unix socket and reads the greeting. */
+  static connect(socketPath: string): Promise<RawClient> {
+    return RawClient.greeted(net.connect(socketPath));
+  }
+
+  /** Connects over TCP and reads the greeting. */
+  static connectTcp(host: string, port: number): Promise<RawClient> {
+    return RawClient.greeted(net.connect({ host, port }));
+  }
+
+  private static async greeted(socket: net.Socket): Promise<RawClient> {
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
       socket.once('error', reject);
