@@ -28,10 +28,9 @@
  */
 import fs from 'node:fs';
 import { BLOCK_SIZE, BLOCKS_PER_SEGMENT, SEGMENT_HEADER_SIZE, SEGMENT_MAX_BYTES } from './constants.js';
-import { DormantError } from './errors.js';
 import type { HashFunction } from './hash.js';
 import {
-  encodeHeader, listSegments, segmentFileSize, segmentPath, slotOffset, writeFullySync,
+  encodeHeader, listSegments, segmentError, segmentFileSize, segmentPath, slotOffset, withRoom, writeFullySync,
 } from './segment-file.js';
 import type { SegmentMaps } from './segment-maps.js';
 import type { Location } from './segments.js';
@@ -50,8 +49,10 @@ export class AppendSegment {
   /** The active segment's file is sized ahead (and must be trimmed when appending to it stops). */
   private sizedAhead = false;
 
+  /** `makeRoom()` releases the store's space reserve after an ENOSPC (true when it freed some: the write is tried again). */
   constructor(private readonly dir: string, private readonly hash: HashFunction, private readonly maps: SegmentMaps,
-    private readonly unsynced: Set<number>, private readonly created: () => void) {}
+    private readonly unsynced: Set<number>, private readonly created: () => void,
+    private readonly makeRoom: () => boolean = () => false) {}
 
   /** The segment appended to (0 if none). */
   get id(): number { return this.active; }
@@ -160,7 +161,12 @@ export class AppendSegment {
     if (this.bufferCount === 0) return;
     const bytes = this.bufferCount * BLOCK_SIZE;
     const pos = slotOffset(this.bufferBase);
-    writeFullySync(this.activeFd, this.buffer, 0, bytes, pos);
+    try {
+      // The buffer stays as it is until it is written: a failed drain can be repeated.
+      withRoom(() => writeFullySync(this.activeFd, this.buffer, 0, bytes, pos), this.makeRoom);
+    } catch (err) {
+      throw segmentError(err, `cannot write segment ${this.active}: ${(err as Error).message}`);
+    }
     this.unsynced.add(this.active);
     this.bufferBase += this.bufferCount;
     this.bufferCount = 0;
@@ -187,8 +193,19 @@ export class AppendSegment {
     this.sizedAhead = false; // the segment it leaves is full: its size is exact
     const id = this.highestId() + 1;
     const file = segmentPath(this.dir, id);
-    const fd = fs.openSync(file, 'wx+');
-    fs.writeSync(fd, encodeHeader(id, this.hash), 0, SEGMENT_HEADER_SIZE, 0);
+    let fd: number;
+    try {
+      fd = withRoom(() => fs.openSync(file, 'wx+'), this.makeRoom);
+    } catch (err) {
+      throw segmentError(err, `cannot create segment ${id}: ${(err as Error).message}`);
+    }
+    try {
+      withRoom(() => fs.writeSync(fd, encodeHeader(id, this.hash), 0, SEGMENT_HEADER_SIZE, 0), this.makeRoom);
+    } catch (err) {
+      fs.closeSync(fd);
+      fs.rmSync(file, { force: true });
+      throw segmentError(err, `cannot create segment ${id}: ${(err as Error).message}`);
+    }
     this.maps.adopt(id, fd);
     this.unsynced.add(id);
     this.created();
@@ -204,7 +221,7 @@ export class AppendSegment {
     try {
       fs.ftruncateSync(this.activeFd, SEGMENT_MAX_BYTES);
     } catch (err) {
-      throw new DormantError('EIO', `cannot size segment ${this.active}: ${(err as Error).message}`, { cause: err });
+      throw segmentError(err, `cannot size segment ${this.active}: ${(err as Error).message}`);
     }
     this.sizedAhead = true;
     this.maps.extend(this.active, SEGMENT_MAX_BYTES);
@@ -222,7 +239,7 @@ export class AppendSegment {
     try {
       fs.ftruncateSync(this.activeFd, end);
     } catch (err) {
-      throw new DormantError('EIO', `cannot trim segment ${this.active}: ${(err as Error).message}`, { cause: err });
+      throw segmentError(err, `cannot trim segment ${this.active}: ${(err as Error).message}`);
     }
     this.unsynced.add(this.active);
     this.maps.trim(this.active, end);

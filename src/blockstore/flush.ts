@@ -18,6 +18,12 @@
  * for the flush (backpressure). Read fingerprints are counters, not data:
  * they ride along at most every PRINTS_INTERVAL_MS, and always when asked
  * (at close).
+ *
+ * A full disk: before committing, a flush asks for room for what it may
+ * write (the append buffer, the index's growth) and the store releases its
+ * space reserve when less is free (space.ts); a flush that still fails with
+ * ENOSPC gets the reserve released and is tried once more (the generation
+ * was put back, so the second try is an ordinary flush).
  */
 import {
   COMMIT_SLICE_ENTRIES, PRINTS_INTERVAL_MS, WRITEBACK_MAX_BLOCKS, WRITEBACK_MAX_PAGES,
@@ -30,6 +36,12 @@ import type { Writeback } from './writeback.js';
 import type { BlockEngine } from './engine.js';
 import { applyGeneration } from './commit.js';
 import type { Fingerprints } from './fingerprints.js';
+import { isNoSpace } from './segment-file.js';
+
+/** Room a flush asks for per pending block (index entries, copied pages of the B-trees), on top of FLUSH_ROOM_BYTES. */
+const FLUSH_ROOM_PER_BLOCK = 128;
+/** Room a flush asks for in any case: the append buffer and the pages every commit copies. */
+const FLUSH_ROOM_BYTES = 2 * 1024 * 1024;
 
 /** What a flush commits, and where. */
 export interface FlushContext {
@@ -42,6 +54,12 @@ export interface FlushContext {
   fingerprints: Fingerprints;
   /** True once the store is closed: no flush runs any more. */
   closed(): boolean;
+  /** Releases the space reserve when less than `need` bytes are free (space.ts); true when it did. */
+  makeRoom(need: number, why: string): boolean;
+  /** Releases the space reserve after an ENOSPC; true when it held some. */
+  releaseReserve(why: string): boolean;
+  /** One line about a background flush that failed. */
+  log(line: string): void;
 }
 
 /** The flush queue and the background flushes of one store. */
@@ -53,6 +71,8 @@ export class Flusher {
   private printsAt = Date.now();
   /** When the last write was acknowledged (Date.now()). */
   private lastWriteAt = 0;
+  /** The message of the last background flush that failed (logged once until one succeeds). */
+  private lastFailure = '';
 
   /**
    * Flushes in the background once the oldest pending write is
@@ -103,7 +123,11 @@ export class Flusher {
   private flushInBackground(): void {
     if (this.background || this.ctx.closed()) return;
     this.background = this.flush()
-      .catch((err) => { process.emitWarning(`dormant: background flush failed: ${(err as Error).message}`); })
+      .then(() => { this.lastFailure = ''; }, (err) => {
+        const msg = (err as Error).message;
+        if (msg !== this.lastFailure) this.ctx.log(`store: background flush failed: ${msg}`);
+        this.lastFailure = msg;
+      })
       .finally(() => { this.background = null; });
   }
 
@@ -113,10 +137,22 @@ export class Flusher {
    * read path) or `withPrints`.
    */
   private async flushOnce(withPrints: boolean): Promise<void> {
-    const { dbs, catalog, engine, writeback, segments, committer, fingerprints } = this.ctx;
+    const { writeback, segments } = this.ctx;
     if (this.ctx.closed()) return;
+    if (writeback.size === 0 && !segments.needsSync() && !this.printsDue(withPrints)) return;
+    this.ctx.makeRoom(FLUSH_ROOM_BYTES + writeback.size * FLUSH_ROOM_PER_BLOCK, 'let a flush commit');
+    try {
+      await this.commitPending(withPrints);
+    } catch (err) {
+      if (!isNoSpace(err) || !this.ctx.releaseReserve('let a flush commit')) throw err;
+      await this.commitPending(withPrints);
+    }
+  }
+
+  /** Syncs the segments and commits the pending generation in slices; on a failure the generation is put back. */
+  private async commitPending(withPrints: boolean): Promise<void> {
+    const { dbs, catalog, engine, writeback, segments, committer, fingerprints } = this.ctx;
     const printsDue = this.printsDue(withPrints);
-    if (writeback.size === 0 && !segments.needsSync() && !printsDue) return;
     const gen = writeback.takeGeneration();
     const prints = printsDue ? fingerprints.take() : new Map<string, Map<number, number>>();
     if (printsDue) this.printsAt = Date.now();
@@ -144,7 +180,7 @@ export class Flusher {
       writeback.restoreGeneration(gen);
       if (!printsCommitted) fingerprints.restore(prints);
       throw err instanceof DormantError ? err
-        : new DormantError('EIO', `flush failed: ${(err as Error).message}`, { cause: err });
+        : new DormantError(isNoSpace(err) ? 'ENOSPC' : 'EIO', `flush failed: ${(err as Error).message}`, { cause: err });
     }
   }
 

@@ -7,12 +7,20 @@
  *     [v_i, v_(i+1)); every entry of a removed lineage is dead. The check runs
  *     inside the transaction, against the catalog of that moment.
  *  2. chunks: refs == 0 and not referenced by a pending write -> deleted
- *     (record, hash index, read fingerprints), segment live count - 1.
+ *     (record, hash index), segment live count - 1, in transactions of
+ *     FREE_SLICE chunks; then their read fingerprints, in slices too.
  *  3. segments: an empty one is deleted; one whose live fraction is under
  *     COMPACT_LIVE_FRACTION has its chunks copied to the active segment
  *     (verified on the way), synced, re-pointed in one commit, then deleted.
  *     Chunk ids never change, so a reader resolves either the old or the new
  *     location; deleted files' descriptors stay open until no read can use them.
+ *
+ * GC is what wins space back on a full disk, so what it needs is bounded:
+ * each transaction of passes 2 and 3 touches at most a slice's pages of
+ * the index (LMDB copies the pages a transaction changes, and reuses those
+ * freed by earlier ones), empty segments are deleted before any is
+ * compacted, least live first, and a segment is compacted only when the
+ * file system has room for its live chunks (else it waits for a later GC).
  */
 import { BLOCK_SIZE, COMPACT_LIVE_FRACTION, SEGMENT_HEADER_SIZE } from './constants.js';
 import type { Catalog } from './catalog.js';
@@ -34,7 +42,14 @@ export interface GcContext {
   writeback: Writeback;
   engine: BlockEngine;
   commit<T>(body: () => T, before?: () => Promise<void>): Promise<T>;
+  /** Bytes free on the store's file system now (none known: no check before compacting). */
+  freeBytes?(): number;
 }
+
+/** Chunks freed per transaction (pass 2), and read fingerprints removed per transaction. */
+const FREE_SLICE = 16384;
+/** A segment is compacted only with this much room left beside its live chunks (the commit's index pages). */
+const COMPACT_ROOM_MARGIN = 4 * 1024 * 1024;
 
 let running = false;
 
@@ -47,7 +62,16 @@ export async function collectGarbage(ctx: GcContext): Promise<GcResult> {
     for (const lineage of ctx.blockMap.lineagesWithEntries()) {
       result.deadEntries += await ctx.commit(() => removeDeadEntries(ctx, lineage));
     }
-    result.chunksFreed = await ctx.commit(() => freeChunks(ctx));
+    const freed = new Set<number>();
+    let from: Buffer | undefined;
+    for (;;) {
+      const start = from;
+      const next = await ctx.commit(() => freeChunks(ctx, start, freed));
+      if (next === null) break;
+      from = next;
+    }
+    result.chunksFreed = freed.size;
+    await forgetPrints(ctx, freed);
     await compactSegments(ctx, result);
     return result;
   } finally {
@@ -80,31 +104,47 @@ function removeDeadEntries(ctx: GcContext, lineage: number): number {
   return dead.length;
 }
 
-function freeChunks(ctx: GcContext): number {
+/**
+ * Frees up to FREE_SLICE unreferenced chunks from chunk key `from` on (the
+ * first when undefined), adding their ids to `freed`; returns the key to
+ * go on from, or null when the table is done.
+ */
+function freeChunks(ctx: GcContext, from: Buffer | undefined, freed: Set<number>): Buffer | null {
   const { dbs, writeback } = ctx;
-  const freed = new Set<number>();
   const segDelta = new Map<number, number>();
-  for (const { key, value } of dbs.chunks.getRange({})) {
+  let n = 0;
+  let next: Buffer | null = null;
+  for (const { key, value } of dbs.chunks.getRange(from === undefined ? {} : { start: from })) {
+    if (n === FREE_SLICE) { next = Buffer.from(key); break; }
     const c = decodeChunk(value);
     const id = parseChunkKey(key);
     if (c.refs !== 0 || writeback.references(id)) continue;
+    n++;
     freed.add(id);
     dbs.chunks.remove(key);
     const rest = decodeIds(dbs.hashes.getBinary(c.hash)).filter((x) => x !== id);
     if (rest.length > 0) dbs.hashes.put(c.hash, encodeIds(rest)); else dbs.hashes.remove(c.hash);
     segDelta.set(c.segment, (segDelta.get(c.segment) ?? 0) + 1);
   }
-  for (const [seg, n] of segDelta) {
-    const live = (dbs.segments.get(seg) ?? 0) - n;
+  for (const [seg, k] of segDelta) {
+    const live = (dbs.segments.get(seg) ?? 0) - k;
     if (live > 0) dbs.segments.put(seg, live); else dbs.segments.remove(seg);
   }
-  if (freed.size > 0) {
-    for (const key of dbs.prints.getKeys({})) {
-      const k = key as [string, number];
-      if (freed.has(k[1])) dbs.prints.remove(k);
-    }
+  return next;
+}
+
+/** Removes the read fingerprints of the `freed` chunks, FREE_SLICE per transaction. */
+async function forgetPrints(ctx: GcContext, freed: Set<number>): Promise<void> {
+  if (freed.size === 0) return;
+  const stale: Array<[string, number]> = [];
+  for (const key of ctx.dbs.prints.getKeys({})) {
+    const k = key as [string, number];
+    if (freed.has(k[1])) stale.push(k);
   }
-  return freed.size;
+  for (let i = 0; i < stale.length; i += FREE_SLICE) {
+    const slice = stale.slice(i, i + FREE_SLICE);
+    await ctx.commit(() => { for (const k of slice) ctx.dbs.prints.remove(k); });
+  }
 }
 
 async function compactSegments(ctx: GcContext, result: GcResult): Promise<void> {
@@ -123,9 +163,10 @@ async function compactSegments(ctx: GcContext, result: GcResult): Promise<void> 
   // active segment, so no pending chunk can appear in one later).
   const pendingIn = writeback.newChunkSegments();
   const candidates = new Map<number, { size: number; live: number }>();
-  for (const id of segments.list()) {
+  // Least live first: empty segments are deleted before any copying, which needs room.
+  const lives = segments.list().map((id) => ({ id, live: dbs.segments.get(id) ?? 0 })).sort((a, b) => a.live - b.live);
+  for (const { id, live } of lives) {
     if (id === active || pendingIn.has(id)) continue;
-    const live = dbs.segments.get(id) ?? 0;
     if (live / slotsOf(id) >= COMPACT_LIVE_FRACTION) continue;
     // No write lands in a candidate from now on (and one landing now keeps its segment out).
     if (!segments.landings.setCompacting(id, true)) continue;
@@ -156,6 +197,8 @@ async function compactCandidates(ctx: GcContext, candidates: Map<number, { size:
   const buf = Buffer.allocUnsafe(BLOCK_SIZE);
   for (const [seg, info] of candidates) {
     const chunks = moving.get(seg) ?? [];
+    // No room for its live chunks now: it waits for a later GC (the ones deleted meanwhile make room).
+    if (chunks.length > 0 && ctx.freeBytes !== undefined && ctx.freeBytes() < chunks.length * BLOCK_SIZE + COMPACT_ROOM_MARGIN) continue;
     // Verify every chunk before copying any: a damaged segment is left in
     // place whole (its good chunks stay readable there), and copies of its
     // good chunks are not made, only to become garbage again at every GC.

@@ -13,7 +13,9 @@
  * Every write goes through `commit()`, which serialises transactions so the
  * store's ordering rules hold (segment data synced before a commit that
  * points at it; a snapshot's version bump before later block entries).
- * A commit resolves once LMDB reports the transaction flushed to disk.
+ * A commit resolves once LMDB reports the transaction flushed to disk; a
+ * failed one rejects with a DormantError (ENOSPC when the disk is full,
+ * so the store can release its space reserve and try again).
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -126,9 +128,13 @@ export class Committer {
   commit<T>(body: () => T, before?: () => Promise<void>): Promise<T> {
     const run = async (): Promise<T> => {
       if (before) await before();
-      const result = await this.dbs.env.transaction(body);
-      await this.dbs.env.flushed;
-      return result as T;
+      try {
+        const result = await this.dbs.env.transaction(body);
+        await this.dbs.env.flushed;
+        return result as T;
+      } catch (err) {
+        throw await indexError(err);
+      }
     };
     const p = this.tail.then(run, run);
     this.tail = p.catch(() => undefined);
@@ -148,8 +154,12 @@ export class Committer {
       if (before) await before();
       const w = new IndexWrites();
       const result = await plan(w);
-      await this.dbs.env.batch(() => w.apply());
-      await this.dbs.env.flushed;
+      try {
+        await this.dbs.env.batch(() => w.apply());
+        await this.dbs.env.flushed;
+      } catch (err) {
+        throw await indexError(err);
+      }
       this.dbs.env.resetReadTxn();
       return result;
     };
@@ -162,4 +172,31 @@ export class Committer {
   idle(): Promise<void> {
     return this.tail.then(() => undefined);
   }
+}
+
+/** How long a failed commit's cause is waited for (lmdb-js gives it on a promise of its own, usually at once). */
+const COMMIT_ERROR_WAIT_MS = 1000;
+
+/**
+ * A failed LMDB commit as a DormantError. lmdb-js rejects the transaction
+ * with a generic "Commit failed" whose `commitError` is a promise of the
+ * cause (with an errno in `code`); that promise is handled here, or it
+ * would be an unhandled rejection.
+ */
+async function indexError(err: unknown): Promise<DormantError> {
+  if (err instanceof DormantError) return err;
+  let cause: unknown = err;
+  const pending = (err as { commitError?: Promise<unknown> } | null)?.commitError;
+  if (pending !== undefined && typeof pending.then === 'function') {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<null>((resolve) => { timer = setTimeout(() => resolve(null), COMMIT_ERROR_WAIT_MS); });
+    const got = await Promise.race([pending.then(() => null, (e: unknown) => e), timeout]);
+    clearTimeout(timer);
+    if (got !== null) cause = got;
+  }
+  const code = (cause as { code?: unknown } | null)?.code;
+  const noSpace = code === 28 || code === 'ENOSPC' || code === 122 || code === 'EDQUOT';
+  const message = (cause as Error | null)?.message ?? String(cause);
+  return new DormantError(noSpace ? 'ENOSPC' : 'EIO', `index commit failed: ${noSpace ? 'no space left on device' : message}`,
+    { cause });
 }

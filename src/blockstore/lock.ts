@@ -43,7 +43,13 @@ export async function acquireStoreLock(dir: string): Promise<StoreLock> {
   });
   // The lock must not keep the process alive by itself.
   server.unref();
-  fs.writeFileSync(path.join(dir, LOCK_PID_FILE), `${process.pid}\n`);
+  try {
+    fs.writeFileSync(path.join(dir, LOCK_PID_FILE), `${process.pid}\n`);
+  } catch (err) {
+    // Informational only: a full disk must not keep the owner from opening the store (to free space).
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOSPC' && code !== 'EDQUOT') throw err;
+  }
   return {
     async release() {
       try { fs.unlinkSync(path.join(dir, LOCK_PID_FILE)); } catch { /* already gone */ }

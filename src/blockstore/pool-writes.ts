@@ -13,11 +13,13 @@
  * number could name another file: `usesFd`), and a sync waits for it
  * (`landed`). A write that fails leaves its slots holding unknown bytes:
  * every later sync fails with the first such error (`failure`), so nothing
- * that refers to them is committed.
+ * that refers to them is committed. A write that fails because the disk is
+ * full is tried once more when the store could release its space reserve
+ * (its source buffer is still the caller's, unchanged).
  */
 import { BLOCK_SIZE } from './constants.js';
-import { DormantError } from './errors.js';
-import { writeFully } from './segment-file.js';
+import type { DormantError } from './errors.js';
+import { isNoSpace, segmentError, writeFully } from './segment-file.js';
 
 /** Slots being written on libuv's pool: reads of them copy from `src` until the write lands. */
 export interface SlotWrite { slot: number; count: number; src: Buffer; srcOffset: number; fd: number }
@@ -32,15 +34,19 @@ export class PoolWrites {
   private readonly inFlight = new Set<Promise<void>>();
   private firstFailure: DormantError | null = null;
 
-  /** `fdFree(fd)` is called when the last write in flight on `fd` lands. */
-  constructor(private readonly fdFree: (fd: number) => void) {}
+  /**
+   * `fdFree(fd)` is called when the last write in flight on `fd` lands;
+   * `makeRoom()` releases the space reserve after an ENOSPC (true when it freed some).
+   */
+  constructor(private readonly fdFree: (fd: number) => void, private readonly makeRoom: () => boolean = () => false) {}
 
   /** The first write that failed (its slots hold unknown bytes), if any. */
   get failure(): DormantError | null { return this.firstFailure; }
 
   /**
    * Starts writing `w.count` slots of `segment` from `w.src` at byte `pos`
-   * of `w.fd`; resolves once they have landed (EIO if the write failed).
+   * of `w.fd`; resolves once they have landed (EIO if the write failed,
+   * ENOSPC when the disk was full).
    */
   start(segment: number, w: SlotWrite, pos: number): Promise<void> {
     let list = this.bySegment.get(segment);
@@ -48,10 +54,15 @@ export class PoolWrites {
     list.push(w);
     this.count++;
     this.fds.set(w.fd, (this.fds.get(w.fd) ?? 0) + 1);
-    const landed = writeFully(w.fd, w.src, w.srcOffset, w.count * BLOCK_SIZE, pos)
+    const write = () => writeFully(w.fd, w.src, w.srcOffset, w.count * BLOCK_SIZE, pos);
+    const landed = write()
+      .catch((err: unknown) => {
+        if (isNoSpace(err) && this.makeRoom()) return write();
+        throw err;
+      })
       .then(() => this.forget(segment, w), (err: Error) => {
         this.forget(segment, w);
-        const e = new DormantError('EIO', `cannot write segment ${segment}: ${err.message}`, { cause: err });
+        const e = segmentError(err, `cannot write segment ${segment}: ${err.message}`);
         this.firstFailure ??= e;
         throw e;
       });

@@ -91,6 +91,37 @@ export function roomForMappedWrites(dir: string, checkType = false): boolean {
   }
 }
 
+/**
+ * A failed system call on a segment as a DormantError: ENOSPC (and EDQUOT)
+ * keep their meaning, so a full disk reaches clients as ENOSPC; anything
+ * else is EIO.
+ */
+export function segmentError(err: unknown, message: string): DormantError {
+  if (err instanceof DormantError) return err;
+  return new DormantError(isNoSpace(err) ? 'ENOSPC' : 'EIO', message, { cause: err });
+}
+
+/** True when `err` says the file system is full (ENOSPC, or EDQUOT: out of quota). */
+export function isNoSpace(err: unknown): boolean {
+  if (err instanceof DormantError) return err.code === 'ENOSPC';
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
+}
+
+/**
+ * Runs `fn`; when it fails because the file system is full and `makeRoom()`
+ * freed some (the store's space reserve), runs it once more. `fn` must be
+ * safe to repeat (a pwrite of the same bytes at the same place).
+ */
+export function withRoom<T>(fn: () => T, makeRoom: () => boolean): T {
+  try {
+    return fn();
+  } catch (err) {
+    if (!isNoSpace(err) || !makeRoom()) throw err;
+    return fn();
+  }
+}
+
 /** pwrite of `bytes` from `src` at `pos`, resuming after short writes (system errors thrown as they are). */
 export function writeFullySync(fd: number, src: Buffer, srcOffset: number, bytes: number, pos: number): void {
   let done = 0;

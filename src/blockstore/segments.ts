@@ -29,6 +29,13 @@
  * write lands, reads of its slots are served from its source buffer,
  * `canOverwrite` refuses its slots, and `sync()` waits for it.
  *
+ * A failed fdatasync leaves the pages it could not write in an unknown
+ * state (the kernel may drop them and report success next time): every
+ * later sync fails with that first error (`syncFailure`), as after a
+ * failed pool write (pool-writes.ts), so nothing is committed that points
+ * at them. A write that fails because the disk is full is tried again once
+ * the store released its space reserve (`makeRoom`, space.ts).
+ *
  * Views of a mapping leave this module only through `view()` (see
  * segment-maps.ts for how long a viewed mapping lives).
  */
@@ -39,7 +46,8 @@ import type { HashFunction } from './hash.js';
 import { AppendSegment } from './append-segment.js';
 import { PoolWrites } from './pool-writes.js';
 import {
-  fdatasync, fsyncPath, listSegments, roomForMappedWrites, segmentFileSize, segmentPath, slotOffset, writeFullySync,
+  fdatasync, fsyncPath, listSegments, roomForMappedWrites, segmentError, segmentFileSize, segmentPath, slotOffset, withRoom,
+  writeFullySync,
 } from './segment-file.js';
 import { SegmentLandings } from './segment-landings.js';
 import { SegmentMaps } from './segment-maps.js';
@@ -59,14 +67,17 @@ export class SegmentFiles {
   private readonly active: AppendSegment;
   /** Landing places for big writes (segment-landings.ts). */
   readonly landings: SegmentLandings;
+  /** The first fdatasync that failed: every later sync fails with it. */
+  private syncFailure: DormantError | null = null;
 
-  constructor(readonly dir: string, hash: HashFunction) {
+  /** `makeRoom()` releases the store's space reserve after an ENOSPC (true when it freed some). */
+  constructor(readonly dir: string, hash: HashFunction, private readonly makeRoom: () => boolean = () => false) {
     this.maps = new SegmentMaps(dir, hash, {
       keepOpen: (id) => id === this.active.id || this.unsynced.has(id) || this.writes.inSegment(id) || this.landings.holds(id),
       writingTo: (fd) => this.writes.usesFd(fd),
     }, roomForMappedWrites(dir, true));
-    this.writes = new PoolWrites((fd) => this.maps.released(fd));
-    this.active = new AppendSegment(dir, hash, this.maps, this.unsynced, () => { this.dirUnsynced = true; });
+    this.writes = new PoolWrites((fd) => this.maps.released(fd), makeRoom);
+    this.active = new AppendSegment(dir, hash, this.maps, this.unsynced, () => { this.dirUnsynced = true; }, makeRoom);
     this.landings = new SegmentLandings(this.maps, this.active, this.writes, this.unsynced);
   }
 
@@ -159,9 +170,9 @@ export class SegmentFiles {
     if (!fresh && this.rewriteMapped(loc, n, src, srcOffset)) return;
     const fd = this.maps.fdFor(loc.segment);
     try {
-      writeFullySync(fd, src, srcOffset, n * BLOCK_SIZE, slotOffset(loc.slot));
+      withRoom(() => writeFullySync(fd, src, srcOffset, n * BLOCK_SIZE, slotOffset(loc.slot)), this.makeRoom);
     } catch (err) {
-      throw new DormantError('EIO', `cannot write segment ${loc.segment}: ${(err as Error).message}`, { cause: err });
+      throw segmentError(err, `cannot write segment ${loc.segment}: ${(err as Error).message}`);
     }
     this.unsynced.add(loc.segment);
   }
@@ -335,6 +346,7 @@ export class SegmentFiles {
 
   /** Makes every append so far durable (fdatasync files, fsync the directory if needed). */
   async sync(): Promise<void> {
+    if (this.syncFailure !== null) throw this.syncFailure;
     this.active.drain();
     const inFlight = this.writes.landed();
     if (inFlight !== null) await inFlight;
@@ -343,8 +355,13 @@ export class SegmentFiles {
     this.unsynced.clear();
     const dirSync = this.dirUnsynced;
     this.dirUnsynced = false;
-    await Promise.all(ids.map((id) => fdatasync(this.maps.fdFor(id))));
-    if (dirSync) await fsyncPath(this.dir);
+    try {
+      await Promise.all(ids.map((id) => fdatasync(this.maps.fdFor(id))));
+      if (dirSync) await fsyncPath(this.dir);
+    } catch (err) {
+      this.syncFailure ??= segmentError(err, `cannot sync segments: ${(err as Error).message}`);
+      throw this.syncFailure;
+    }
     if (this.maps.writable && !roomForMappedWrites(this.dir)) this.maps.writable = false;
   }
 
@@ -364,7 +381,10 @@ export class SegmentFiles {
 
   /** Closes every file (after a final sync). */
   close(): void {
-    this.active.close();
-    this.maps.closeAll();
+    try {
+      this.active.close();
+    } finally {
+      this.maps.closeAll();
+    }
   }
 }

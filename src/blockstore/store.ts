@@ -6,6 +6,7 @@
  *   DIR/index/      LMDB environment (index-db.ts)
  *   DIR/segments/   segment files (layout: segment-file.ts; state: segments.ts and the files it names)
  *   DIR/lock.pid    pid of the owner (informational; the lock is lock.ts)
+ *   DIR/reserve     the space reserve, given back on a full disk (space.ts)
  *
  * The Store opens and closes it, changes the catalog (volumes,
  * snapshots, branches) and answers queries; the parts it owns do the rest:
@@ -20,7 +21,11 @@
  *  - snapshot: flush until the volume has no pending writes, bump the head
  *    version synchronously, then commit the catalog change; the commit queue
  *    keeps it ahead of any later flush;
- *  - remove refuses while a handle is open or a branch depends on it.
+ *  - remove refuses while a handle is open or a branch depends on it;
+ *  - a full disk (space.ts): writes are admitted above a free-space floor
+ *    only; what must finish (a flush, a catalog change, GC, close) first
+ *    gets room, from the space reserve when the disk is short, and is tried
+ *    once more after an ENOSPC with the reserve released.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -40,6 +45,8 @@ import { computeInfo, computeList, computeStats } from './usage.js';
 import { collectGarbage } from './gc.js';
 import { checkIndex } from './check.js';
 import { parseChunkKey } from './keys.js';
+import { SpaceGuard, type SpaceOptions } from './space.js';
+import { isNoSpace } from './segment-file.js';
 import type {
   FingerprintEntry, GcResult, StoreStats, VolumeEntry, VolumeHandle, VolumeInfo, VolumeKind, VolumeSummary,
 } from './types.js';
@@ -61,7 +68,14 @@ export interface StoreOptions {
    * reads) or 'pool' (always the pool: for slow media, and for tests).
    */
   readMode?: 'adaptive' | 'pool';
+  /** The free-space floor and the space reserve (defaults from the file system's size: space.ts). */
+  space?: SpaceOptions;
+  /** One line about the store's state (space: writes refused, the reserve released or re-created; background flush failures); default: nothing. */
+  log?: (line: string) => void;
 }
+
+/** Room a catalog change asks for before it commits (a few pages of the index). */
+const CATALOG_ROOM_BYTES = 1024 * 1024;
 
 /** A versioned copy-on-write block store. */
 export class Store implements VolumeHost {
@@ -76,9 +90,11 @@ export class Store implements VolumeHost {
   private closed = false;
 
   private constructor(readonly dir: string, private readonly dbs: IndexDbs, private readonly lock: StoreLock,
-    hash: HashFunction, intervalMs: number, idleMs: number, readMode: StoreOptions['readMode']) {
+    hash: HashFunction, intervalMs: number, idleMs: number, readMode: StoreOptions['readMode'],
+    /** The free-space floor and the space reserve. */
+    readonly space: SpaceGuard, log: (line: string) => void) {
     this.committer = new Committer(dbs);
-    this.segments = new SegmentFiles(path.join(dir, 'segments'), hash);
+    this.segments = new SegmentFiles(path.join(dir, 'segments'), hash, () => space.release('finish a segment write'));
     this.catalog.load(dbs.catalog.getRange({}) as Iterable<{ key: string; value: unknown }>);
     this.segments.resume();
     this.fingerprintsDb = new Fingerprints(dbs);
@@ -93,14 +109,16 @@ export class Store implements VolumeHost {
     this.flusher = new Flusher({
       dbs, catalog: this.catalog, engine: this.engine, writeback: this.writeback, segments: this.segments,
       committer: this.committer, fingerprints: this.fingerprintsDb, closed: () => this.closed,
+      makeRoom: (need, why) => space.makeRoom(need, why), releaseReserve: (why) => space.release(why), log,
     }, intervalMs, idleMs);
   }
 
   /** Builds the Store over an open index; closes the index if that fails. */
   private static async construct(dir: string, dbs: IndexDbs, lock: StoreLock, opts: StoreOptions): Promise<Store> {
     try {
+      const log = opts.log ?? (() => undefined);
       return new Store(dir, dbs, lock, opts.hash ?? xxh3, opts.writebackIntervalMs ?? WRITEBACK_INTERVAL_MS,
-        opts.writebackIdleMs ?? WRITEBACK_IDLE_MS, opts.readMode);
+        opts.writebackIdleMs ?? WRITEBACK_IDLE_MS, opts.readMode, new SpaceGuard(dir, opts.space, log), log);
     } catch (err) {
       await dbs.env.close();
       throw err;
@@ -281,18 +299,25 @@ export class Store implements VolumeHost {
   /** Reclaims unreferenced chunks and compacts sparse segments. */
   async gc(): Promise<GcResult> {
     this.live();
+    // Below the floor GC is what wins space back: it may use the reserve.
+    this.space.makeRoom(this.space.floor, 'let gc run');
     await this.flush();
-    return collectGarbage({
-      dbs: this.dbs, catalog: this.catalog, blockMap: this.engine.blockMap, segments: this.segments,
-      writeback: this.writeback, engine: this.engine,
-      commit: async (body, before) => {
-        try {
-          return await this.committer.commit(body, before);
-        } finally {
-          this.engine.invalidate();
-        }
-      },
-    });
+    try {
+      return await collectGarbage({
+        dbs: this.dbs, catalog: this.catalog, blockMap: this.engine.blockMap, segments: this.segments,
+        writeback: this.writeback, engine: this.engine,
+        commit: async (body, before) => {
+          try {
+            return await this.commitWithRoom(body, 'let gc commit', before);
+          } finally {
+            this.engine.invalidate();
+          }
+        },
+        freeBytes: () => this.space.freeBytes(),
+      });
+    } finally {
+      this.space.settle();
+    }
   }
 
   /** Consistency check of the index and segments (flushes first); one line per problem. */
@@ -355,13 +380,32 @@ export class Store implements VolumeHost {
     if (this.closed) return;
     this.flusher.stopTimer();
     this.engine.filter.close();
-    await this.flush(true);
+    // A final flush that fails (a disk error; no space even with the reserve
+    // released) does not keep the store open: everything is closed and
+    // released all the same, and its error is thrown afterwards.
+    let failure: unknown;
+    try {
+      await this.flush(true);
+    } catch (err) {
+      failure = err;
+    }
+    const lost = this.writeback.size;
     await this.committer.idle();
     await this.segments.settled();
     this.closed = true;
-    this.segments.close();
+    this.space.close();
+    try {
+      this.segments.close();
+    } catch (err) {
+      failure ??= err;
+    }
     await this.dbs.env.close();
     await this.lock.release();
+    if (failure !== undefined) {
+      const code = isNoSpace(failure) ? 'ENOSPC' : 'EIO';
+      throw new DormantError(code, `the final flush failed: ${(failure as Error).message}; ${lost} block${lost === 1 ? '' : 's'} `
+        + 'written since the last flush that succeeded are lost (the store is consistent as of that flush)', { cause: failure });
+    }
   }
 
   /**
@@ -383,13 +427,25 @@ export class Store implements VolumeHost {
     // Cache keys name (lineage, version) points, which a catalog change never
     // reuses, so this is defensive: no look-up cached across it survives.
     this.engine.invalidate();
+    const body = () => {
+      for (const [k, v] of ops.put) this.dbs.catalog.put(k, v);
+      for (const k of ops.remove) this.dbs.catalog.remove(k);
+    };
     try {
-      await this.committer.commit(() => {
-        for (const [k, v] of ops.put) this.dbs.catalog.put(k, v);
-        for (const k of ops.remove) this.dbs.catalog.remove(k);
-      });
+      this.space.makeRoom(CATALOG_ROOM_BYTES, 'commit a catalog change');
+      await this.commitWithRoom(body, 'commit a catalog change');
     } finally {
       this.engine.invalidate();
+    }
+  }
+
+  /** `committer.commit`, tried once more with the space reserve released when it failed for want of space. */
+  private async commitWithRoom<T>(body: () => T, why: string, before?: () => Promise<void>): Promise<T> {
+    try {
+      return await this.committer.commit(body, before);
+    } catch (err) {
+      if (!isNoSpace(err) || !this.space.release(why)) throw err;
+      return this.committer.commit(body, before);
     }
   }
 

@@ -8,6 +8,10 @@
  * landing buffers handed out and not yet written, and the tail of the
  * mutations waiting their turn (`ordering`).
  *
+ * Writes are admitted by the store's free-space floor first (space.ts): a
+ * write refused there fails with ENOSPC before anything of it is applied
+ * (zeroing and trimming take no space and are never refused).
+ *
  * Ordering rule: a handle's mutations apply in the order they came. A big
  * write is hashed on libuv's pool first; while one is, later mutations of
  * the handle queue behind it (`inOrder`) instead of applying at once.
@@ -33,6 +37,8 @@ export interface VolumeHost {
   afterWrite(): Promise<void> | undefined;
   /** Called once when the handle closes. */
   release(name: string): void;
+  /** The free-space floor: `admit` throws ENOSPC for a write that would go under it. */
+  readonly space: { admit(bytes: number, kind: VolumeKind, volume?: string): void };
 }
 
 /** A VolumeHandle over the store's block engine. */
@@ -98,6 +104,7 @@ export class Volume implements VolumeHandle {
   writeNow(offset: number, data: Buffer): boolean | Promise<void> {
     const t = this.check(offset, data.length, true);
     if (this.ordering !== null || data.length >= ASYNC_HASH_BYTES || data.length === 0) return false;
+    this.host.space.admit(data.length, this.kind, this.name);
     this.writeRange(t, offset, data);
     return this.host.afterWrite() ?? true;
   }
@@ -105,6 +112,11 @@ export class Volume implements VolumeHandle {
   landing(offset: number, length: number): Buffer | null {
     this.check(offset, length, true);
     if (length < LANDING_BYTES || offset % BLOCK_SIZE !== 0 || length % BLOCK_SIZE !== 0) return null;
+    try {
+      this.host.space.admit(length, this.kind, this.name);
+    } catch {
+      return null; // (the ordinary write path reports ENOSPC)
+    }
     const l = this.host.engine.land(length / BLOCK_SIZE);
     if (l === null) return null;
     this.landings.set(l.buffer, l.loc);
@@ -122,6 +134,7 @@ export class Volume implements VolumeHandle {
     const landed = this.landings.get(data);
     if (landed !== undefined) return this.writeLanded(offset, data, landed, opts);
     const t = this.check(offset, data.length, true);
+    if (data.length > 0) this.host.space.admit(data.length, this.kind, this.name);
     const hashing = data.length >= ASYNC_HASH_BYTES && offset % BLOCK_SIZE === 0 && data.length % BLOCK_SIZE === 0
       ? this.host.engine.hashAsync(data) : null;
     if (hashing !== null) {

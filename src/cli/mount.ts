@@ -18,7 +18,7 @@ export function addMountCommand(program: Command, run: (fn: () => Promise<void>)
     .description('show the store as files under DIR (volumes/<vol>, snapshots/<vol@snap>) until SIGTERM')
     .argument('<dir>', 'mount point (an existing directory)')
     .action((dir: string, _o: unknown, cmd: Command) => run(async () => {
-      const store = await Store.open(storeDir(cmd));
+      const store = await Store.open(storeDir(cmd), { log });
       let mount: Awaited<ReturnType<typeof mountStore>>;
       try {
         mount = await mountStore(store, dir, { log });
@@ -35,8 +35,13 @@ export function addMountCommand(program: Command, run: (fn: () => Promise<void>)
           log(`dormant mount: ${sig}: unmounting ${mount.dir}, flushing`);
           void (async () => {
             await mount.unmount().catch((err: Error) => log(`dormant mount: ${err.message}`));
-            await store.close();
-            log('dormant mount: stopped');
+            // A final flush that fails (a broken disk) is one line and exit 2, not an unhandled rejection.
+            const closed = await store.close().then(() => true, (err: Error) => {
+              log(`dormant mount: closing the store: ${err.message}`);
+              return false;
+            });
+            if (!closed) process.exitCode = 2;
+            log(closed ? 'dormant mount: stopped' : 'dormant mount: stopped, with a problem above');
             resolve();
           })();
         };

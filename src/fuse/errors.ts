@@ -4,8 +4,10 @@
  * fuse-native wants a negative errno in its callbacks. The store throws
  * DormantError with a `code`; most codes have a same-named errno. ERANGE (a
  * range outside the volume) is ENOSPC for writes, as for a full disk, and
- * EINVAL otherwise. Anything unexpected becomes EIO and is logged by the
- * caller with the original error.
+ * EINVAL otherwise. ENOSPC (a full store: the free-space floor refused the
+ * write) stays ENOSPC and is not logged per request: the store logs once
+ * when writes start being refused. Anything unexpected becomes EIO and is
+ * logged by the caller with the original error.
  */
 import os from 'node:os';
 import { isDormantError } from '../blockstore/index.js';
@@ -47,7 +49,7 @@ export function mapStoreError(err: unknown, write = false): MappedError {
     case 'ERANGE': return { errno: write ? FUSE_ERRNO.ENOSPC : FUSE_ERRNO.EINVAL, unexpected: false };
     case 'EROFS': return { errno: FUSE_ERRNO.EROFS, unexpected: false };
     case 'EBUSY': return { errno: FUSE_ERRNO.EBUSY, unexpected: false };
-    case 'ENOSPC': return { errno: FUSE_ERRNO.ENOSPC, unexpected: true };
+    case 'ENOSPC': return { errno: FUSE_ERRNO.ENOSPC, unexpected: false };
     case 'ECLOSED': return { errno: FUSE_ERRNO.EIO, unexpected: false };
     default: return { errno: FUSE_ERRNO.EIO, unexpected: true };
   }

@@ -4,6 +4,10 @@
  * The store throws DormantError with a `code`; the wire knows a handful of
  * errno values. ERANGE depends on the command (the spec asks for ENOSPC on
  * writes past the end, EINVAL on reads, trims and status queries past it).
+ * ENOSPC (a full store: the free-space floor refused the write) stays
+ * ENOSPC, so that a hypervisor can tell it from a disk error (QEMU pauses
+ * the guest on ENOSPC with its default werror=enospc); it is not logged
+ * per request: the store logs once when writes start being refused.
  * Anything unexpected becomes EIO and the original is logged by the caller.
  */
 import { isDormantError } from '../blockstore/index.js';
@@ -41,7 +45,7 @@ export function mapStoreError(err: unknown, cmd: number): MappedError {
     case 'EINVAL':
       return { errno: P.NBD_EINVAL, unexpected: false, message: 'invalid argument' };
     case 'ENOSPC':
-      return { errno: P.NBD_ENOSPC, unexpected: true, message: 'no space left' };
+      return { errno: P.NBD_ENOSPC, unexpected: false, message: 'no space left' };
     case 'EIO':
       return { errno: P.NBD_EIO, unexpected: true, message: 'I/O error' };
     default:
