@@ -19,6 +19,11 @@ interface ServeOptions {
   tls: string;
   tlsCert?: string;
   tlsKey?: string;
+  tlsVerifyPeer?: boolean;
+  tlsCa?: string;
+  tlsPsk?: string;
+  handshakeTimeout: string;
+  maxConnections?: string;
   readOnly?: boolean;
   labelBy: string;
   foreground?: boolean;
@@ -36,6 +41,38 @@ function parseListen(text: string): { host: string; port: number } {
   return { host: m[1].replace(/^\[|\]$/g, ''), port };
 }
 
+/** The TLS flags that go together: a certificate and key (with or without client certificates), or a PSK file. */
+function checkTlsFlags(tls: TlsMode, o: ServeOptions): void {
+  const auth = [o.tlsVerifyPeer ? '--tls-verify-peer' : null, o.tlsCa ? '--tls-ca' : null, o.tlsPsk ? '--tls-psk' : null].filter(Boolean);
+  if (tls === 'off') {
+    if (auth.length > 0) throw new DormantError('EINVAL', `${auth[0]} needs --tls on or --tls require`);
+    return;
+  }
+  if (o.tlsPsk !== undefined) {
+    if (o.tlsCert || o.tlsKey || o.tlsVerifyPeer || o.tlsCa) {
+      throw new DormantError('EINVAL', '--tls-psk replaces certificates: drop --tls-cert, --tls-key, --tls-verify-peer and --tls-ca');
+    }
+    return;
+  }
+  if (!o.tlsCert || !o.tlsKey) throw new DormantError('EINVAL', `--tls ${tls} needs --tls-cert and --tls-key (or --tls-psk)`);
+  if (o.tlsVerifyPeer && !o.tlsCa) throw new DormantError('EINVAL', '--tls-verify-peer needs --tls-ca (the CA that signs client certificates)');
+  if (o.tlsCa && !o.tlsVerifyPeer) throw new DormantError('EINVAL', '--tls-ca is for verifying client certificates: add --tls-verify-peer');
+}
+
+function parseHandshakeTimeout(text: string): number {
+  const seconds = Number(text);
+  if (!/^\d+(\.\d+)?$/.test(text) || seconds < 0.1 || seconds > 3600) {
+    throw new DormantError('EINVAL', `bad --handshake-timeout '${text}': seconds, 0.1 to 3600`);
+  }
+  return Math.round(seconds * 1000);
+}
+
+function parseMaxConnections(text: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || n < 1 || n > 1_000_000) throw new DormantError('EINVAL', `bad --max-connections '${text}': a whole number, 1 to 1000000`);
+  return n;
+}
+
 const log = (line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`);
 
 /** Registers `serve` on `program`. */
@@ -48,6 +85,13 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
     .option('--tls <mode>', 'off, on (offered) or require', 'off')
     .option('--tls-cert <file>', 'x509 certificate (PEM) for --tls on|require')
     .option('--tls-key <file>', 'private key (PEM) for --tls on|require')
+    .option('--tls-verify-peer', 'require a client certificate signed by --tls-ca (else the TLS handshake fails)')
+    .option('--tls-ca <file>', 'CA certificates (PEM) that client certificates must chain to, for --tls-verify-peer')
+    .option('--tls-psk <file>', 'authenticate clients with pre-shared keys instead of certificates: '
+      + 'a psktool file of username:hexkey lines (read again at each connection)')
+    .option('--handshake-timeout <seconds>', 'disconnect a client that has not finished the NBD handshake (TLS included) by then', '10')
+    .option('--max-connections <n>', 'NBD connections open at once; more are closed at once '
+      + '(default 1000, or half the open-file limit when lower)')
     .option('--read-only', 'export every volume read-only')
     .option('--label-by <what>', 'read fingerprints per export name or per client peer address: export|peer', 'export')
     .option('--foreground', 'run in the foreground (the default; accepted for scripts)')
@@ -61,14 +105,12 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
     .action((o: ServeOptions, cmd: Command) => run(async () => {
       const tls = o.tls as TlsMode;
       if (!['off', 'on', 'require'].includes(tls)) throw new DormantError('EINVAL', `bad --tls '${o.tls}': use off, on or require`);
-      if (tls !== 'off' && (!o.tlsCert || !o.tlsKey)) {
-        throw new DormantError('EINVAL', `--tls ${tls} needs --tls-cert and --tls-key`);
-      }
+      checkTlsFlags(tls, o);
       if (o.labelBy !== 'export' && o.labelBy !== 'peer') {
         throw new DormantError('EINVAL', `bad --label-by '${o.labelBy}': use export or peer`);
       }
       const tcp = o.tcp ? parseListen(o.listen) : undefined;
-      for (const [flag, file] of [['--tls-cert', o.tlsCert], ['--tls-key', o.tlsKey]] as const) {
+      for (const [flag, file] of [['--tls-cert', o.tlsCert], ['--tls-key', o.tlsKey], ['--tls-ca', o.tlsCa], ['--tls-psk', o.tlsPsk]] as const) {
         if (file === undefined) continue;
         try { fs.accessSync(file, fs.constants.R_OK); } catch {
           throw new DormantError('EINVAL', `cannot read ${flag} '${file}'`);
@@ -86,7 +128,9 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
         storeDir: storeDir(cmd),
         tcp,
         socketPath: o.socket,
-        tls: { mode: tls, certFile: o.tlsCert, keyFile: o.tlsKey },
+        tls: { mode: tls, certFile: o.tlsCert, keyFile: o.tlsKey, verifyPeer: Boolean(o.tlsVerifyPeer), caFile: o.tlsCa, pskFile: o.tlsPsk },
+        handshakeTimeoutMs: parseHandshakeTimeout(o.handshakeTimeout),
+        maxConnections: o.maxConnections === undefined ? undefined : parseMaxConnections(o.maxConnections),
         readOnly: Boolean(o.readOnly),
         labelBy: o.labelBy === 'peer' ? 'peer' : 'export',
         mountDir: o.mount,
@@ -95,7 +139,6 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
         swap,
         log,
       });
-      // 0, or 2 when a step of stopping failed (each logged in one line: e.g. the final flush on a broken disk).
-      process.exitCode = await daemon.untilSignal();
+      await daemon.untilSignal();
     }));
 }

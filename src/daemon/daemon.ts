@@ -14,27 +14,17 @@
  *   stop          VMs first (QEMU maps its RAM through the FUSE view and
  *                 reads its disk over NBD), then the control socket, the
  *                 mount, the NBD server (finishing in-flight requests), the
- *                 store (flushed; on a full disk with its space reserve
- *                 released) and the swap file; resolves once all is
- *                 released. It never rejects: a step that fails is logged
- *                 in one line and the next steps run all the same; it
- *                 resolves with the number of such problems.
+ *                 store (flushed) and the swap file; resolves once all is released.
  *   untilSignal   stop at the first SIGTERM or SIGINT; a repeated signal
- *                 does not cut the final flush short. Resolves with the
- *                 exit code: 0 when every step went well, EXIT_STOP_FAILED
- *                 when one failed (e.g. the final flush: its line says what
- *                 was lost).
+ *                 does not cut the final flush short.
  */
 import path from 'node:path';
 import { DormantError, Store } from '../blockstore/index.js';
 import { CONTROL_SOCKET_NAME, LocalControl, serveControl, type ControlServer } from '../control/index.js';
 import { mountStore, type FuseMount } from '../fuse/index.js';
-import { NbdServer, StoreBackend, type NbdAddresses, type TlsMode } from '../nbd/index.js';
+import { NbdServer, StoreBackend, type NbdAddresses, type NbdTlsOptions } from '../nbd/index.js';
 import { MemoryIo, SwapFile } from '../pager/index.js';
 import { VmSupervisor } from '../vm/index.js';
-
-/** Exit code of `dormant serve` when a step of stopping failed (each logged in one line). */
-export const EXIT_STOP_FAILED = 2;
 
 /** File name of the NBD Unix socket inside the store directory. */
 export const NBD_SOCKET_NAME = 'nbd.sock';
@@ -47,7 +37,12 @@ export interface DaemonOptions {
   tcp?: { host: string; port: number };
   /** NBD Unix socket (default: STORE/nbd.sock). */
   socketPath?: string;
-  tls: { mode: TlsMode; certFile?: string; keyFile?: string };
+  /** TLS: mode, and a certificate and key (optionally verifying client certificates against a CA) or a PSK file. */
+  tls: NbdTlsOptions;
+  /** Time a client has to finish the NBD handshake (default 10 s). */
+  handshakeTimeoutMs?: number;
+  /** NBD connections open at once; more are closed at once (default 1000, less under a low open-file limit). */
+  maxConnections?: number;
   readOnly: boolean;
   /** Read fingerprints per export name or per client peer address. */
   labelBy: 'export' | 'peer';
@@ -67,17 +62,17 @@ export interface Daemon {
   readonly store: Store;
   readonly nbdAddresses: NbdAddresses;
   readonly socketPath: string;
-  /** Stops everything in order (idempotent: a second call waits for the first); resolves with the number of steps that failed. */
-  stop(): Promise<number>;
-  /** Resolves once a SIGTERM or SIGINT has stopped the daemon, with the exit code (0, or EXIT_STOP_FAILED). */
-  untilSignal(): Promise<number>;
+  /** Stops everything in order (idempotent: a second call waits for the first). */
+  stop(): Promise<void>;
+  /** Resolves once a SIGTERM or SIGINT has stopped the daemon. */
+  untilSignal(): Promise<void>;
 }
 
 /** Opens the store and starts everything `o` asks for. */
 export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
   const { log } = o;
   const dir = o.storeDir;
-  const store = await Store.open(dir, { log });
+  const store = await Store.open(dir);
   const socketPath = path.resolve(o.socketPath ?? path.join(dir, NBD_SOCKET_NAME));
   let nbd: NbdServer;
   const backend = new StoreBackend(store, { readOnly: o.readOnly });
@@ -87,6 +82,8 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       tcp: o.tcp,
       socketPath,
       tls: o.tls,
+      handshakeTimeoutMs: o.handshakeTimeoutMs,
+      maxConnections: o.maxConnections,
       labelBy: o.labelBy,
       logger: { info: log, error: (msg: string, err?: unknown) => log(`${msg}${err ? `: ${(err as Error).message ?? err}` : ''}`) },
     });
@@ -118,7 +115,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       tcp ? `nbd://${tcp.host.includes(':') ? `[${tcp.host}]` : tcp.host}:${tcp.port}/<volume>` : null,
       `nbd+unix:///<volume>?socket=${socketPath}`,
     ].filter(Boolean).join(' and ');
-    log(`dormant serve: store ${dir}; NBD on ${where}${o.tls.mode !== 'off' ? ` (TLS ${o.tls.mode})` : ''}${o.readOnly ? ' (read-only)' : ''}; `
+    log(`dormant serve: store ${dir}; NBD on ${where}${o.tls.mode !== 'off' ? ` (TLS ${o.tls.mode}${o.tls.pskFile ? ', PSK' : o.tls.verifyPeer ? ', client certificates' : ''})` : ''}${o.readOnly ? ' (read-only)' : ''}; `
       + `control socket ${path.join(dir, CONTROL_SOCKET_NAME)}${fuse ? `; FUSE on ${fuse.dir}` : ''}`
       + `${fuse ? `; automatic paging ${o.autoPage === false ? 'off' : 'on'}` : ''}${swap ? `; swap file ${swap.path}` : ''}`);
   } catch (err) {
@@ -132,36 +129,25 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     throw err;
   }
 
-  let stopped: Promise<number> | undefined;
-  const stop = (): Promise<number> => {
+  let stopped: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
     stopped ??= (async () => {
-      let problems = 0;
-      // One line per step that fails; the next steps run all the same.
-      const step = async (what: string, fn: () => Promise<unknown> | undefined) => {
-        try {
-          await fn();
-        } catch (err) {
-          problems++;
-          log(`dormant serve: ${what}: ${(err as Error)?.message ?? String(err)}`);
-        }
-      };
       // QEMU maps its RAM through the FUSE view and reads its disk over NBD: VMs go first.
-      await step('stopping VMs', () => vms?.stopAll());
-      await step('control socket', () => control?.close());
-      await step('FUSE view', () => fuse?.unmount());
-      await step('NBD server', () => nbd.close());
-      await step('closing the store', () => store.close());
-      await step('swap file', () => swap?.remove());
-      log(problems === 0 ? 'dormant serve: stopped' : `dormant serve: stopped, with ${problems} problem${problems > 1 ? 's' : ''} above`);
-      return problems;
+      await vms?.stopAll().catch((err: Error) => log(`dormant serve: stopping VMs: ${err.message}`));
+      await control?.close();
+      await fuse?.unmount().catch((err: Error) => log(`dormant serve: ${err.message}`));
+      await nbd.close();
+      await store.close();
+      await swap?.remove().catch((err: Error) => log(`dormant serve: swap file: ${err.message}`));
+      log('dormant serve: stopped');
     })();
     return stopped;
   };
-  const untilSignal = () => new Promise<number>((resolve) => {
+  const untilSignal = () => new Promise<void>((resolve) => {
     const onSignal = (sig: string) => {
       if (stopped) { log(`dormant serve: ${sig} again: already stopping, still flushing`); return; }
       log(`dormant serve: ${sig}: finishing in-flight requests, flushing`);
-      void stop().then((problems) => resolve(problems === 0 ? 0 : EXIT_STOP_FAILED));
+      void stop().then(resolve);
     };
     process.on('SIGTERM', () => onSignal('SIGTERM'));
     process.on('SIGINT', () => onSignal('SIGINT'));
