@@ -139,6 +139,7 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
         swap,
         log,
       });
-      await daemon.untilSignal();
+      // 0, or 2 when a step of stopping failed (each logged in one line: e.g. the final flush on a broken disk).
+      process.exitCode = await daemon.untilSignal();
     }));
 }

@@ -14,9 +14,16 @@
  *   stop          VMs first (QEMU maps its RAM through the FUSE view and
  *                 reads its disk over NBD), then the control socket, the
  *                 mount, the NBD server (finishing in-flight requests), the
- *                 store (flushed) and the swap file; resolves once all is released.
+ *                 store (flushed; on a full disk with its space reserve
+ *                 released) and the swap file; resolves once all is
+ *                 released. It never rejects: a step that fails is logged
+ *                 in one line and the next steps run all the same; it
+ *                 resolves with the number of such problems.
  *   untilSignal   stop at the first SIGTERM or SIGINT; a repeated signal
- *                 does not cut the final flush short.
+ *                 does not cut the final flush short. Resolves with the
+ *                 exit code: 0 when every step went well, EXIT_STOP_FAILED
+ *                 when one failed (e.g. the final flush: its line says what
+ *                 was lost).
  */
 import path from 'node:path';
 import { DormantError, Store } from '../blockstore/index.js';
@@ -25,6 +32,9 @@ import { mountStore, type FuseMount } from '../fuse/index.js';
 import { NbdServer, StoreBackend, type NbdAddresses, type NbdTlsOptions } from '../nbd/index.js';
 import { MemoryIo, SwapFile } from '../pager/index.js';
 import { VmSupervisor } from '../vm/index.js';
+
+/** Exit code of `dormant serve` when a step of stopping failed (each logged in one line). */
+export const EXIT_STOP_FAILED = 2;
 
 /** File name of the NBD Unix socket inside the store directory. */
 export const NBD_SOCKET_NAME = 'nbd.sock';
@@ -62,17 +72,17 @@ export interface Daemon {
   readonly store: Store;
   readonly nbdAddresses: NbdAddresses;
   readonly socketPath: string;
-  /** Stops everything in order (idempotent: a second call waits for the first). */
-  stop(): Promise<void>;
-  /** Resolves once a SIGTERM or SIGINT has stopped the daemon. */
-  untilSignal(): Promise<void>;
+  /** Stops everything in order (idempotent: a second call waits for the first); resolves with the number of steps that failed. */
+  stop(): Promise<number>;
+  /** Resolves once a SIGTERM or SIGINT has stopped the daemon, with the exit code (0, or EXIT_STOP_FAILED). */
+  untilSignal(): Promise<number>;
 }
 
 /** Opens the store and starts everything `o` asks for. */
 export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
   const { log } = o;
   const dir = o.storeDir;
-  const store = await Store.open(dir);
+  const store = await Store.open(dir, { log });
   const socketPath = path.resolve(o.socketPath ?? path.join(dir, NBD_SOCKET_NAME));
   let nbd: NbdServer;
   const backend = new StoreBackend(store, { readOnly: o.readOnly });
@@ -129,25 +139,36 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     throw err;
   }
 
-  let stopped: Promise<void> | undefined;
-  const stop = (): Promise<void> => {
+  let stopped: Promise<number> | undefined;
+  const stop = (): Promise<number> => {
     stopped ??= (async () => {
+      let problems = 0;
+      // One line per step that fails; the next steps run all the same.
+      const step = async (what: string, fn: () => Promise<unknown> | undefined) => {
+        try {
+          await fn();
+        } catch (err) {
+          problems++;
+          log(`dormant serve: ${what}: ${(err as Error)?.message ?? String(err)}`);
+        }
+      };
       // QEMU maps its RAM through the FUSE view and reads its disk over NBD: VMs go first.
-      await vms?.stopAll().catch((err: Error) => log(`dormant serve: stopping VMs: ${err.message}`));
-      await control?.close();
-      await fuse?.unmount().catch((err: Error) => log(`dormant serve: ${err.message}`));
-      await nbd.close();
-      await store.close();
-      await swap?.remove().catch((err: Error) => log(`dormant serve: swap file: ${err.message}`));
-      log('dormant serve: stopped');
+      await step('stopping VMs', () => vms?.stopAll());
+      await step('control socket', () => control?.close());
+      await step('FUSE view', () => fuse?.unmount());
+      await step('NBD server', () => nbd.close());
+      await step('closing the store', () => store.close());
+      await step('swap file', () => swap?.remove());
+      log(problems === 0 ? 'dormant serve: stopped' : `dormant serve: stopped, with ${problems} problem${problems > 1 ? 's' : ''} above`);
+      return problems;
     })();
     return stopped;
   };
-  const untilSignal = () => new Promise<void>((resolve) => {
+  const untilSignal = () => new Promise<number>((resolve) => {
     const onSignal = (sig: string) => {
       if (stopped) { log(`dormant serve: ${sig} again: already stopping, still flushing`); return; }
       log(`dormant serve: ${sig}: finishing in-flight requests, flushing`);
-      void stop().then(resolve);
+      void stop().then((problems) => resolve(problems === 0 ? 0 : EXIT_STOP_FAILED));
     };
     process.on('SIGTERM', () => onSignal('SIGTERM'));
     process.on('SIGINT', () => onSignal('SIGINT'));
