@@ -9,6 +9,6 @@ export { xxh3, type HashFunction } from './hash.js';
 export { checkName, splitName } from './catalog.js';
 export type {
   VolumeKind, VolumeHandle, ReadOptions, WriteOptions, Extent, VolumeEntry, VolumeSummary, VolumeInfo, StoreStats, GcResult,
-  FingerprintEntry, BlockHashes, StoredFile,
+  FingerprintEntry, BlockHashes, StoredFile, ChunkUser, DamagedChunk, DataReport, VerifyOptions,
 } from './types.js';
 export { importFile, exportFile, type ProgressFn, type RawImageResult } from './raw-image.js';

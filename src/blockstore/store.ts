@@ -44,11 +44,13 @@ import { acquireStoreLock, type StoreLock } from './lock.js';
 import { computeInfo, computeList, computeStats } from './usage.js';
 import { collectGarbage } from './gc.js';
 import { checkIndex } from './check.js';
+import { verifyChunks } from './verify.js';
 import { parseChunkKey } from './keys.js';
 import { SpaceGuard, type SpaceOptions } from './space.js';
 import { isNoSpace } from './segment-file.js';
 import type {
-  FingerprintEntry, GcResult, StoreStats, VolumeEntry, VolumeHandle, VolumeInfo, VolumeKind, VolumeSummary,
+  DataReport, FingerprintEntry, GcResult, StoreStats, VerifyOptions, VolumeEntry, VolumeHandle, VolumeInfo, VolumeKind,
+  VolumeSummary,
 } from './types.js';
 
 /** Options for opening a store. */
@@ -88,9 +90,12 @@ export class Store implements VolumeHost {
   private readonly openHandles = new Map<string, number>();
   private readonly flusher: Flusher;
   private closed = false;
+  /** The data check running (verify.ts), which close() stops and waits for. */
+  private verifying: Promise<DataReport> | null = null;
+  private closing = false;
 
   private constructor(readonly dir: string, private readonly dbs: IndexDbs, private readonly lock: StoreLock,
-    hash: HashFunction, intervalMs: number, idleMs: number, readMode: StoreOptions['readMode'],
+    private readonly hash: HashFunction, intervalMs: number, idleMs: number, readMode: StoreOptions['readMode'],
     /** The free-space floor and the space reserve. */
     readonly space: SpaceGuard, log: (line: string) => void) {
     this.committer = new Committer(dbs);
@@ -328,6 +333,37 @@ export class Store implements VolumeHost {
     return checkIndex(this.dbs, this.catalog, this.segments);
   }
 
+  /**
+   * Reads every committed chunk back and checks it against its hash
+   * (flushes first); with `repair`, rewrites damaged chunks from good
+   * copies of their content (verify.ts). One run at a time.
+   */
+  async verifyData(opts: VerifyOptions = {}): Promise<DataReport> {
+    this.live();
+    if (this.verifying) throw new DormantError('EBUSY', 'a data check or scrub of this store is already running');
+    const run = (async () => {
+      await this.flush();
+      await this.committer.idle();
+      return verifyChunks({
+        dbs: this.dbs, catalog: this.catalog, blockMap: this.engine.blockMap, segments: this.segments, engine: this.engine,
+        hash: this.hash, closed: () => this.closing,
+        commit: async (body, before) => {
+          try {
+            return await this.committer.commit(body, before);
+          } finally {
+            this.engine.invalidate();
+          }
+        },
+      }, opts);
+    })();
+    this.verifying = run;
+    try {
+      return await run;
+    } finally {
+      this.verifying = null;
+    }
+  }
+
   /** Chunks read by client `label`, most read first. */
   fingerprints(label: string): FingerprintEntry[] {
     const out: FingerprintEntry[] = [];
@@ -378,6 +414,8 @@ export class Store implements VolumeHost {
   /** Flushes, stops background work, closes files and releases the lock. */
   async close(): Promise<void> {
     if (this.closed) return;
+    this.closing = true;
+    await this.verifying?.catch(() => undefined); // it stops at its next batch
     this.flusher.stopTimer();
     this.engine.filter.close();
     // A final flush that fails (a disk error; no space even with the reserve

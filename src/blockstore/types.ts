@@ -194,3 +194,51 @@ export interface FingerprintEntry {
   hash: string;
   count: number;
 }
+
+/** A volume or snapshot that reads a chunk, at byte `offset`. */
+export interface ChunkUser { name: string; offset: number }
+
+/** A committed chunk whose stored bytes do not match its hash, or cannot be read. */
+export interface DamagedChunk {
+  chunk: number;
+  /** xxh3-128 of its content, hex. */
+  hash: string;
+  segment: number;
+  slot: number;
+  /** What is wrong, e.g. "does not match its checksum". */
+  problem: string;
+  /** Volumes and snapshots that read it, and where (the first few). */
+  users: ChunkUser[];
+  /** Users beyond those listed. */
+  moreUsers: number;
+  /** Rewritten from a good copy (`--repair`). */
+  repaired: boolean;
+  /** With repair: what was done, or why it could not be. */
+  repair?: string;
+}
+
+/** What reading every chunk back found (`check --data`, `scrub`). */
+export interface DataReport {
+  /** Chunks read and checked, and their bytes. */
+  chunks: number;
+  bytes: number;
+  seconds: number;
+  damaged: DamagedChunk[];
+  repaired: number;
+  /** Segment files whose header fails its checks (the store cannot read any of their chunks). */
+  badSegments: string[];
+  /** False when the run stopped early (the store closed, or the caller went away). */
+  complete: boolean;
+}
+
+/** Options of a data verification. */
+export interface VerifyOptions {
+  /** Rewrite each damaged chunk from another stored copy of its content that verifies. */
+  repair?: boolean;
+  /** Bytes read per second at most (0 or absent: no bound). */
+  rate?: number;
+  /** Bytes checked so far, of the total. */
+  progress?: (done: number, total: number) => void;
+  /** Stops the run (between batches) when aborted. */
+  signal?: AbortSignal;
+}

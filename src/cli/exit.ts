@@ -1,6 +1,7 @@
 /**
  * The one place where errors become exit codes and stderr lines.
- *   0 success, 1 user error (one clear line), 2 internal error.
+ *   0 success, 1 user error (one clear line), 2 internal error,
+ *   3 problems found in the store (check, scrub).
  */
 import { DormantError, USER_ERROR_CODES } from '../blockstore/index.js';
 
@@ -8,6 +9,8 @@ import { DormantError, USER_ERROR_CODES } from '../blockstore/index.js';
 export const EXIT_USER = 1;
 /** Exit code for an internal error. */
 export const EXIT_INTERNAL = 2;
+/** Exit code of a check or scrub that found problems it did not repair. */
+export const EXIT_PROBLEMS = 3;
 
 /** Prints one line for `err` and returns the exit code. */
 export function reportError(err: unknown): number {

@@ -1,9 +1,11 @@
 /**
  * The dormant command line: a commander program over the modules.
- * Exit codes: 0 success, 1 user error, 2 internal error (exit.ts).
+ * Exit codes: 0 success, 1 user error, 2 internal error, 3 problems found
+ * by check or scrub (exit.ts).
  */
 import { Command, CommanderError } from 'commander';
 import { addStoreCommands } from './store-commands.js';
+import { addCheckCommands } from './check.js';
 import { addServeCommand } from './serve.js';
 import { addMountCommand } from './mount.js';
 import { addImageCommands } from './image.js';
@@ -32,6 +34,7 @@ export function buildProgram(): Command {
     }
   };
   addStoreCommands(program, run);
+  addCheckCommands(program, run);
   addServeCommand(program, run);
   addMountCommand(program, run);
   addImageCommands(program, run);

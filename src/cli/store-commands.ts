@@ -11,7 +11,6 @@ import {
 } from '../control/index.js';
 import { formatBytes, formatRate, parseSize, table } from './format.js';
 import { Progress } from './progress.js';
-import { EXIT_INTERNAL } from './exit.js';
 
 /** The store directory: --store, else $DORMANT_STORE, else $XDG_DATA_HOME/dormant. */
 export function storeDir(cmd: Command): string {
@@ -150,20 +149,6 @@ export function addStoreCommands(program: Command, run: (fn: () => Promise<void>
       if (o.json) { printJson(r); return; }
       print(`reclaimed ${formatBytes(r.bytesReclaimed)} (${r.bytesReclaimed} bytes): ${r.chunksFreed} chunks freed, `
         + `${r.deadEntries} dead map entries, ${r.segmentsCompacted} segments compacted, ${r.segmentsDeleted} deleted`);
-    }));
-
-  program.command('check')
-    .description('verify the store\'s consistency (reference counts, chunks, segments, catalog); repairs nothing')
-    .option('--json', 'machine-readable output')
-    .action((o: { json?: boolean }, cmd: Command) => run(async () => {
-      const problems = await withStore(cmd, (c) => c.check());
-      if (o.json) printJson({ consistent: problems.length === 0, problems });
-      else if (problems.length === 0) print('store is consistent');
-      else print(problems.join('\n'));
-      if (problems.length > 0) {
-        process.stderr.write(`dormant: the store has ${problems.length} consistency problem(s)\n`);
-        process.exitCode = EXIT_INTERNAL;
-      }
     }));
 
   program.command('stats')

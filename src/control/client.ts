@@ -66,6 +66,9 @@ export class RemoteControl implements StoreControl {
   async stats() { return call(this.socketPath, 'stats', []) as ReturnType<StoreControl['stats']>; }
   async gc() { return call(this.socketPath, 'gc', []) as ReturnType<StoreControl['gc']>; }
   async check() { return call(this.socketPath, 'check', []) as ReturnType<StoreControl['check']>; }
+  async verifyData(repair: boolean, rate: number, progress?: ProgressFn) {
+    return call(this.socketPath, 'verifyData', [repair, rate], progress) as ReturnType<StoreControl['verifyData']>;
+  }
   async importFile(name: string, file: string, kind: string, progress?: ProgressFn) {
     return call(this.socketPath, 'importFile', [name, file, kind], progress) as ReturnType<StoreControl['importFile']>;
   }

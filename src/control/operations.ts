@@ -5,7 +5,7 @@
  * implement every method, so a command never knows which one it has.
  */
 import {
-  DormantError, Store, type GcResult, type StoreStats, type VolumeInfo, type VolumeKind, type VolumeSummary,
+  DormantError, Store, type DataReport, type GcResult, type StoreStats, type VolumeInfo, type VolumeKind, type VolumeSummary,
 } from '../blockstore/index.js';
 import { exportFile, importFile, type ProgressFn, type RawImageResult } from '../blockstore/index.js';
 import { sharingReport, type PageoutReport, type PrefetchReport, type SharingReport } from '../pager/index.js';
@@ -28,6 +28,12 @@ export interface StoreControl {
   gc(): Promise<GcResult>;
   /** Consistency check of the store; one line per problem, [] when consistent. */
   check(): Promise<string[]>;
+  /**
+   * Reads every chunk back and checks it against its hash (`check --data`,
+   * `scrub`); `repair`: rewrite damaged chunks from good copies; `rate`:
+   * bytes per second at most (0: no bound). `signal` stops it early.
+   */
+  verifyData(repair: boolean, rate: number, progress?: ProgressFn, signal?: AbortSignal): Promise<DataReport>;
   /** `file` is a path on the host that owns the store. */
   importFile(name: string, file: string, kind: VolumeKind, progress?: ProgressFn): Promise<RawImageResult>;
   exportFile(name: string, file: string, progress?: ProgressFn): Promise<RawImageResult>;
@@ -47,7 +53,7 @@ export interface StoreControl {
 
 /** Names of the operations, as used on the wire. */
 export const CONTROL_OPS = [
-  'createVolume', 'snapshot', 'branch', 'remove', 'list', 'info', 'stats', 'gc', 'check', 'importFile', 'exportFile',
+  'createVolume', 'snapshot', 'branch', 'remove', 'list', 'info', 'stats', 'gc', 'check', 'verifyData', 'importFile', 'exportFile',
   'vmCreate', 'vmStart', 'vmStop', 'vmStatus', 'vmList', 'vmPageout', 'vmPrefetch', 'vmSharing',
 ] as const;
 
@@ -71,6 +77,9 @@ export class LocalControl implements StoreControl {
   stats() { return this.store.stats(); }
   gc() { return this.store.gc(); }
   check() { return this.store.check(); }
+  verifyData(repair: boolean, rate: number, progress?: ProgressFn, signal?: AbortSignal) {
+    return this.store.verifyData({ repair, rate, progress, signal });
+  }
   importFile(name: string, file: string, kind: VolumeKind, progress?: ProgressFn) {
     return importFile(this.store, name, file, kind, progress);
   }

@@ -28,6 +28,7 @@ const ARG_TYPES: Record<ControlOp, ReadonlyArray<'string' | 'number' | 'boolean'
   stats: [],
   gc: [],
   check: [],
+  verifyData: ['boolean', 'number'],
   importFile: ['string', 'string', 'string'],
   exportFile: ['string', 'string'],
   vmCreate: ['object'],
@@ -94,9 +95,13 @@ async function handle(control: StoreControl, req: http.IncomingMessage, res: htt
     const now = Date.now();
     if (now - lastProgress >= 100 || done === total) { lastProgress = now; send({ progress: [done, total] }); }
   };
+  // A data check stops when its client goes away (the CLI was interrupted).
+  const gone = new AbortController();
+  res.on('close', () => gone.abort());
   try {
     const fn = control[op] as (...a: unknown[]) => Promise<unknown>;
-    const callArgs = op === 'importFile' || op === 'exportFile' ? [...args, progress] : args;
+    const callArgs = op === 'importFile' || op === 'exportFile' ? [...args, progress]
+      : op === 'verifyData' ? [...args, progress, gone.signal] : args;
     const result = await fn.apply(control, callArgs);
     send({ result: result ?? null });
   } catch (err) {

@@ -1,7 +1,8 @@
 /**
  * The control socket refuses malformed requests with a clear error and
  * keeps serving: unknown operations, bodies that are not a JSON array,
- * arguments of the wrong number or type, garbage bytes.
+ * arguments of the wrong number or type, garbage bytes. A data check
+ * through it streams progress, and stops when its client goes away.
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import http from 'node:http';
@@ -20,6 +21,9 @@ beforeAll(async () => {
   const dir = tmp.make('control');
   store = await Store.init(path.join(dir, 'store'));
   await store.createVolume('v', 8192);
+  const h = await store.openVolume('v');
+  await h.write(0, Buffer.alloc(8192, 0x5a).fill(0x33, 4096));
+  await h.close();
   socket = path.join(dir, 'control.sock');
   server = await serveControl(new LocalControl(store, false), socket);
 });
@@ -76,5 +80,39 @@ describe('control socket input', () => {
     const remote = new RemoteControl(socket);
     expect((await remote.list()).map((v) => v.name)).toEqual(['v']);
     await expect(remote.info('nope')).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+});
+
+describe('data verification through the socket', () => {
+  test('verifyData takes (boolean, number) and streams progress up to the total', async () => {
+    const bad = await post('/v1/verifyData', JSON.stringify([true]));
+    expect(bad.status).toBe(400);
+    expect(JSON.parse(bad.text).error.message).toMatch(/verifyData takes \(boolean, number\)/);
+    const seen: Array<[number, number]> = [];
+    const r = await new RemoteControl(socket).verifyData(false, 0, (d, t) => seen.push([d, t]));
+    expect(r).toMatchObject({ chunks: 2, bytes: 8192, damaged: [], repaired: 0, complete: true });
+    expect(seen.at(-1)).toEqual([8192, 8192]);
+  });
+
+  test('a slow data check stops when its client goes away; the next one runs', async () => {
+    await new Promise<void>((resolve) => {
+      const req = http.request({ socketPath: socket, path: '/v1/verifyData', method: 'POST' }, (res) => {
+        res.once('data', () => { req.destroy(); resolve(); }); // the first progress line: it is running
+      });
+      req.on('error', () => resolve());
+      req.end(JSON.stringify([false, 1024])); // 1 KiB/s: 8 s for two chunks
+    });
+    const started = Date.now();
+    for (;;) {
+      try {
+        const r = await new RemoteControl(socket).verifyData(false, 0);
+        expect(r.complete).toBe(true);
+        break;
+      } catch (err) {
+        expect((err as Error).message).toMatch(/already running/);
+        expect(Date.now() - started).toBeLessThan(3000);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    }
   });
 });
