@@ -16,6 +16,7 @@ export type ErrorCode =
   | 'EROFS' // write to a snapshot / read-only export
   | 'EBUSY' // volume open, branches depend on it
   | 'ELOCKED' // store owned by another process
+  | 'EACCES' // permission denied: the store directory, the control socket
   | 'ENOTINIT' // store not initialised
   | 'EFORMAT' // on-disk format unknown or damaged header
   | 'EIO' // data does not match its hash, unreadable segment
@@ -25,7 +26,7 @@ export type ErrorCode =
 
 /** Codes that are the user's to fix (CLI exit 1); everything else is exit 2. */
 export const USER_ERROR_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
-  'ENOENT', 'EEXIST', 'EINVAL', 'ERANGE', 'EROFS', 'EBUSY', 'ELOCKED', 'ENOTINIT', 'EFORMAT',
+  'ENOENT', 'EEXIST', 'EINVAL', 'ERANGE', 'EROFS', 'EBUSY', 'ELOCKED', 'EACCES', 'ENOTINIT', 'EFORMAT',
 ]);
 
 /** Context attached to an error; all optional. */

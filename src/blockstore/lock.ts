@@ -44,7 +44,7 @@ export async function acquireStoreLock(dir: string): Promise<StoreLock> {
   // The lock must not keep the process alive by itself.
   server.unref();
   try {
-    fs.writeFileSync(path.join(dir, LOCK_PID_FILE), `${process.pid}\n`);
+    fs.writeFileSync(path.join(dir, LOCK_PID_FILE), `${process.pid}\n`, { mode: 0o600 });
   } catch (err) {
     // Informational only: a full disk must not keep the owner from opening the store (to free space).
     const code = (err as NodeJS.ErrnoException).code;

@@ -7,6 +7,7 @@
  *   DIR/segments/   segment files (layout: segment-file.ts; state: segments.ts and the files it names)
  *   DIR/lock.pid    pid of the owner (informational; the lock is lock.ts)
  *   DIR/reserve     the space reserve, given back on a full disk (space.ts)
+ * The directory is 0700 and its files 0600, whatever the umask (permissions.ts).
  *
  * The Store opens and closes it, changes the catalog (volumes,
  * snapshots, branches) and answers queries; the parts it owns do the rest:
@@ -45,6 +46,7 @@ import { computeInfo, computeList, computeStats } from './usage.js';
 import { collectGarbage } from './gc.js';
 import { checkIndex } from './check.js';
 import { verifyChunks } from './verify.js';
+import { checkAccess, restrictUmask, tightenStore } from './permissions.js';
 import { parseChunkKey } from './keys.js';
 import { SpaceGuard, type SpaceOptions } from './space.js';
 import { isNoSpace } from './segment-file.js';
@@ -133,8 +135,11 @@ export class Store implements VolumeHost {
   /** Creates a new store in `dir` (made if missing) and opens it. EEXIST if one is there. */
   static async init(dir: string, opts: StoreOptions = {}): Promise<Store> {
     const abs = path.resolve(dir);
+    restrictUmask();
+    checkAccess(abs);
     if (indexExists(abs)) throw new DormantError('EEXIST', `a store already exists at ${abs}`, { path: abs });
     fs.mkdirSync(path.join(abs, 'segments'), { recursive: true });
+    tightenStore(abs);
     const lock = await acquireStoreLock(abs);
     try {
       const dbs = await openIndexChecked(abs, true);
@@ -153,11 +158,14 @@ export class Store implements VolumeHost {
   /** Opens an existing store; takes its single-writer lock (ELOCKED if taken). */
   static async open(dir: string, opts: StoreOptions = {}): Promise<Store> {
     const abs = path.resolve(dir);
+    restrictUmask();
+    checkAccess(abs);
     if (!indexExists(abs)) {
       throw new DormantError('ENOTINIT', `store not initialised at ${abs} (run: dormant init)`, { path: abs });
     }
     const lock = await acquireStoreLock(abs);
     try {
+      tightenStore(abs);
       fs.mkdirSync(path.join(abs, 'segments'), { recursive: true });
       const dbs = await openIndexChecked(abs, false);
       return await Store.construct(abs, dbs, lock, opts);

@@ -17,11 +17,12 @@ export function addMountCommand(program: Command, run: (fn: () => Promise<void>)
   program.command('mount')
     .description('show the store as files under DIR (volumes/<vol>, snapshots/<vol@snap>) until SIGTERM')
     .argument('<dir>', 'mount point (an existing directory)')
-    .action((dir: string, _o: unknown, cmd: Command) => run(async () => {
+    .option('--allow-other', 'let other users read the view (only this user writes); by default only this user may use it')
+    .action((dir: string, o: { allowOther?: boolean }, cmd: Command) => run(async () => {
       const store = await Store.open(storeDir(cmd), { log });
       let mount: Awaited<ReturnType<typeof mountStore>>;
       try {
-        mount = await mountStore(store, dir, { log });
+        mount = await mountStore(store, dir, { log, allowOther: Boolean(o.allowOther) });
       } catch (err) {
         await store.close();
         throw err;

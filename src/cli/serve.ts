@@ -28,6 +28,7 @@ interface ServeOptions {
   labelBy: string;
   foreground?: boolean;
   mount?: string;
+  allowOther?: boolean;
   autoPage: boolean;
   idleTimeout: string;
   swapFile?: string;
@@ -96,6 +97,8 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
     .option('--label-by <what>', 'read fingerprints per export name or per client peer address: export|peer', 'export')
     .option('--foreground', 'run in the foreground (the default; accepted for scripts)')
     .option('--mount <dir>', 'also show the store as files under DIR (FUSE: volumes/<vol>, snapshots/<vol@snap>); needed to run VMs')
+    .option('--allow-other', 'with --mount: let other users read the view (only this user writes); '
+      + 'by default only this user may use it')
     .option('--no-auto-page', 'do not page out VMs that turn idle (nor put their vCPUs under SCHED_IDLE)')
     .option('--auto-page', 'page out VMs that turn idle, keeping their timer working set (the default)')
     .option('--idle-timeout <seconds>', 'quiet time after which a VM without a history of its own counts as idle; '
@@ -120,6 +123,9 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
       if (!/^\d+(\.\d+)?$/.test(o.idleTimeout) || idleTimeoutSeconds < 1 || idleTimeoutSeconds > 86_400) {
         throw new DormantError('EINVAL', `bad --idle-timeout '${o.idleTimeout}': seconds, 1 to 86400`);
       }
+      if (o.allowOther && o.mount === undefined) {
+        throw new DormantError('EINVAL', '--allow-other is about the FUSE view: it needs --mount DIR');
+      }
       if (o.swapFile !== undefined && o.mount === undefined) {
         throw new DormantError('EINVAL', '--swap-file is for the QEMU memory of idle VMs, which run only with --mount DIR');
       }
@@ -134,6 +140,7 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
         readOnly: Boolean(o.readOnly),
         labelBy: o.labelBy === 'peer' ? 'peer' : 'export',
         mountDir: o.mount,
+        allowOther: Boolean(o.allowOther),
         autoPage: o.autoPage,
         idleTimeoutSeconds,
         swap,

@@ -58,6 +58,8 @@ export interface DaemonOptions {
   labelBy: 'export' | 'peer';
   /** FUSE mount point: the store as files, and VMs. */
   mountDir?: string;
+  /** Other users may use the FUSE view (read only, unless they are the daemon's user). */
+  allowOther?: boolean;
   /** Page out VMs that turn idle (default true); initial idle timeout in seconds. */
   autoPage?: boolean;
   idleTimeoutSeconds?: number;
@@ -111,7 +113,9 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     if (o.swap) swap = await SwapFile.create(o.swap.path, o.swap.bytes);
     // The FUSE reads and writes of memory volumes are the VMs' page faults and page-outs.
     const io = new MemoryIo();
-    if (o.mountDir !== undefined) fuse = await mountStore(store, o.mountDir, { log, readOnly: o.readOnly, observer: io });
+    if (o.mountDir !== undefined) {
+      fuse = await mountStore(store, o.mountDir, { log, readOnly: o.readOnly, observer: io, allowOther: o.allowOther });
+    }
     // VMs keep their RAM on the FUSE view: no mount, no VMs.
     if (fuse) {
       vms = new VmSupervisor({

@@ -12,6 +12,8 @@ declare module 'fuse-native' {
     attrTimeout?: number;
     entryTimeout?: number;
     debug?: boolean;
+    allowOther?: boolean;
+    defaultPermissions?: boolean;
   }
   class Fuse {
     constructor(mnt: string, ops: Record<string, unknown>, opts?: FuseOptions);

@@ -20,6 +20,12 @@
  *
  * Throughput: libfuse2 moves at most 128 KiB per request (32 pages), so
  * max_read and max_write are 128 KiB and big_writes is on.
+ *
+ * Access: by default only the user who mounted the view may use it (FUSE
+ * refuses everyone else, root included, before any callback runs).
+ * `allowOther` lets other users in (allow_other) with the kernel checking
+ * the modes the view shows (default_permissions): everyone may read,
+ * only the daemon's user may write.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -53,6 +59,8 @@ export interface MountOptions {
   readOnly?: boolean;
   /** Told of every successful read and write (the pager's fault and page-out stream). */
   observer?: IoObserver;
+  /** Other users may use the view too (allow_other, with the modes it shows enforced). */
+  allowOther?: boolean;
 }
 
 /** What the mount point looks like before mounting. */
@@ -115,12 +123,14 @@ export async function mountStore(store: Store, dir: string, opts: MountOptions =
   const fuse = new DormantFuse(abs, buildOperations(store, handles, log, Boolean(opts.readOnly), opts.observer), {
     timeout: OP_TIMEOUT_MS, maxRead: FUSE_MAX_IO, fsname: 'dormant', subtype: 'dormant',
     attrTimeout: ATTR_TIMEOUT_S, entryTimeout: ATTR_TIMEOUT_S,
+    allowOther: Boolean(opts.allowOther), defaultPermissions: Boolean(opts.allowOther),
   });
   await new Promise<void>((resolve, reject) => {
     fuse.mount((err) => {
       if (!err) { resolve(); return; }
+      const other = opts.allowOther ? '; --allow-other needs root or user_allow_other in /etc/fuse.conf' : '';
       reject(new DormantError('EINVAL', `cannot mount FUSE on ${abs}: ${err.message} `
-        + '(needs /dev/fuse, libfuse2 and fusermount from fuse3)', { path: abs, cause: err }));
+        + `(needs /dev/fuse, libfuse2 and fusermount from fuse3${other})`, { path: abs, cause: err }));
     });
   });
   let unmounting: Promise<void> | null = null;
