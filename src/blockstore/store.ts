@@ -95,6 +95,11 @@ export class Store implements VolumeHost {
   /** The data check running (verify.ts), which close() stops and waits for. */
   private verifying: Promise<DataReport> | null = null;
   private closing = false;
+  /**
+   * Mount points of the FUSE views of this store that this process serves
+   * (src/fuse adds and removes them): import and export refuse paths in them.
+   */
+  readonly views = new Set<string>();
 
   private constructor(readonly dir: string, private readonly dbs: IndexDbs, private readonly lock: StoreLock,
     private readonly hash: HashFunction, intervalMs: number, idleMs: number, readMode: StoreOptions['readMode'],

@@ -25,7 +25,8 @@
  * refuses everyone else, root included, before any callback runs).
  * `allowOther` lets other users in (allow_other) with the kernel checking
  * the modes the view shows (default_permissions): everyone may read,
- * only the daemon's user may write.
+ * only the daemon's user may write. While mounted, the mount point is in
+ * `store.views`, so import and export refuse paths in it.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -133,6 +134,7 @@ export async function mountStore(store: Store, dir: string, opts: MountOptions =
         + `(needs /dev/fuse, libfuse2 and fusermount from fuse3${other})`, { path: abs, cause: err }));
     });
   });
+  store.views.add(abs);
   let unmounting: Promise<void> | null = null;
   return {
     dir: abs,
@@ -142,6 +144,7 @@ export async function mountStore(store: Store, dir: string, opts: MountOptions =
           if (!err) { resolve(); return; }
           reject(new DormantError('EBUSY', `cannot unmount ${abs}: ${err.message}`, { path: abs, cause: err }));
         }));
+        store.views.delete(abs);
         await handles.closeAll();
       })();
       return unmounting;

@@ -5,8 +5,9 @@
  *    { consistent, problems } (and `data` with --data);
  *  - one byte flipped in a segment: plain `check` cannot see it, `check
  *    --data` and `scrub` name the chunk, every volume and snapshot that
- *    reads it and the byte offset, exit 3; `--repair` without another
- *    copy says it cannot (still exit 3),
+ *    reads it and the byte offset, exit 3; an export that trips over it
+ *    fails and leaves the previous target as it was, with no temporary
+ *    file; `--repair` without another copy says it cannot (still exit 3),
  *    and once the same content is written again (stored apart, since the
  *    byte compare against the damaged copy fails) it rewrites the chunk:
  *    exit 0, the data exports exactly, and a later `check --data` is clean.
@@ -133,6 +134,17 @@ describe('dormant check --data, --repair and scrub', () => {
     expect(j.damaged.map((d: { users: unknown[] }) => d.users)).toEqual([
       [{ name: 'golden', offset }, { name: 'golden@base', offset }, { name: 'vm1', offset }],
     ]);
+  });
+
+  test('an export that fails on the damage leaves the previous target intact and no temporary file', () => {
+    const dir = tmp.make('data-export');
+    const target = path.join(dir, 'golden.raw');
+    fs.writeFileSync(target, 'the previous export\n');
+    const r = dormant(['export', 'golden', target], { store });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/does not match its checksum/);
+    expect(fs.readFileSync(target, 'utf8')).toBe('the previous export\n');
+    expect(fs.readdirSync(dir)).toEqual(['golden.raw']);
   });
 
   test('--repair without another copy of the content: not repairable, still exit 3', () => {
