@@ -15,6 +15,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { MAX_VOLUME_SIZE } from './constants.js';
 import { DormantError } from './errors.js';
 import { checkHostPath } from './host-paths.js';
 import { userUmask } from './permissions.js';
@@ -55,6 +56,9 @@ export async function importFile(store: Store, name: string, file: string, kind:
     if (!st.isFile()) throw new DormantError('EINVAL', `'${file}' is not a regular file`, { path: file });
     const size = st.size;
     if (size === 0) throw new DormantError('EINVAL', `'${file}' is empty: a volume needs at least 1 byte`, { path: file });
+    if (size > MAX_VOLUME_SIZE) {
+      throw new DormantError('EINVAL', `'${file}' is ${size} bytes: larger than the 1 PiB limit of a volume`, { path: file });
+    }
     await store.createVolume(name, size, kind);
     try {
       const h = await store.openVolume(name);

@@ -1,7 +1,7 @@
 /**
  * Human output: sizes, tables, durations. JSON output never goes through here.
  */
-import { DormantError } from '../blockstore/index.js';
+import { DormantError, MAX_VOLUME_SIZE } from '../blockstore/index.js';
 
 const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
 const SUFFIX: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40, P: 2 ** 50 };
@@ -14,11 +14,18 @@ export function formatBytes(n: number): string {
   return i === 0 ? `${v} B` : `${v.toFixed(v >= 99.95 ? 0 : 1)} ${UNITS[i]}`;
 }
 
-/** "64M", "1.5G", "4096", "2TiB" -> bytes (binary units); EINVAL otherwise. */
-export function parseSize(text: string): number {
+/** The largest size of a volume, for `parseSize`. */
+export const VOLUME_SIZE_LIMIT = { bytes: MAX_VOLUME_SIZE, what: 'the 1 PiB limit of a volume' } as const;
+
+/**
+ * "64M", "1.5G", "4096", "2TiB" -> bytes (binary units); EINVAL otherwise,
+ * naming `limit` when the size is beyond it.
+ */
+export function parseSize(text: string, limit?: { bytes: number; what: string }): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$/i.exec(text);
   if (!m) throw new DormantError('EINVAL', `bad size '${text}': use a number with an optional K, M, G, T or P suffix`);
   const bytes = Number(m[1]) * SUFFIX[m[2].toUpperCase()];
+  if (limit && bytes > limit.bytes) throw new DormantError('EINVAL', `bad size '${text}': more than ${limit.what}`);
   if (!Number.isSafeInteger(bytes) || bytes <= 0) {
     throw new DormantError('EINVAL', `bad size '${text}': must be a whole number of bytes, at least 1`);
   }

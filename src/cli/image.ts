@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { DormantError, isDormantError, type VolumeInfo } from '../blockstore/index.js';
 import { buildTestGuest, DEFAULT_IMAGE_SIZE, defaultCacheDir, inputSnapshotName, metaPath } from '../guest-image/index.js';
-import { formatBytes, parseSize } from './format.js';
+import { formatBytes, parseSize, VOLUME_SIZE_LIMIT } from './format.js';
 import { withStore } from './store-commands.js';
 
 const print = (s: string) => process.stdout.write(`${s}\n`);
@@ -25,7 +25,7 @@ export function addImageCommands(program: Command, run: (fn: () => Promise<void>
     .option('-v, --verbose', 'build steps on stderr (the default when stderr is a terminal)')
     .action((name: string, o: { size: string; cacheDir?: string; verbose?: boolean }, cmd: Command) => run(async () => {
       const started = Date.now();
-      const size = parseSize(o.size);
+      const size = parseSize(o.size, VOLUME_SIZE_LIMIT);
       const cacheDir = path.resolve(o.cacheDir ?? defaultCacheDir());
       const { meta, cached } = await buildTestGuest(name, { size, cacheDir, log: o.verbose || process.stderr.isTTY ? log : undefined });
       const marker = inputSnapshotName(meta.inputHash);

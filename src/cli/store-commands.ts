@@ -9,7 +9,7 @@ import { BLOCK_SIZE, DormantError, Store, type VolumeKind, type VolumeSummary } 
 import {
   CONTROL_SOCKET_NAME, LocalControl, RemoteControl, daemonAnswers, type StoreControl,
 } from '../control/index.js';
-import { formatBytes, formatRate, parseSize, table } from './format.js';
+import { formatBytes, formatRate, parseSize, table, VOLUME_SIZE_LIMIT } from './format.js';
 import { Progress } from './progress.js';
 
 /** The store directory: --store, else $DORMANT_STORE, else $XDG_DATA_HOME/dormant. */
@@ -83,7 +83,7 @@ export function addStoreCommands(program: Command, run: (fn: () => Promise<void>
     .requiredOption('--size <size>', 'size, e.g. 10G, 512M, 4096')
     .option('--kind <kind>', 'disk or memory', 'disk')
     .action((name: string, o: { size: string; kind: string }, cmd: Command) => run(async () => {
-      const size = parseSize(o.size);
+      const size = parseSize(o.size, VOLUME_SIZE_LIMIT);
       const kind = parseKind(o.kind);
       await withStore(cmd, (store) => store.createVolume(name, size, kind));
       print(`created ${kind} volume ${name}: ${formatBytes(size)} (${size} bytes)`);

@@ -42,12 +42,25 @@ function call(socketPath: string, op: ControlOp, args: unknown[], progress?: Pro
   });
 }
 
-/** True when a daemon answers on `socketPath`. */
+/**
+ * True when a daemon answers on `socketPath`; false when none listens there.
+ * A socket this user may not connect to is EACCES (not "locked": the
+ * daemon's store is another user's).
+ */
 export async function daemonAnswers(socketPath: string): Promise<boolean> {
   if (!fs.existsSync(socketPath)) return false;
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
     const req = http.request({ socketPath, path: '/v1/ping', method: 'POST' }, (res) => { res.resume(); resolve(true); });
-    req.on('error', () => resolve(false));
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EACCES' && err.code !== 'EPERM') { resolve(false); return; }
+      let owner = '';
+      try {
+        const st = fs.statSync(socketPath);
+        owner = ` (owned by uid ${st.uid}, mode ${(st.mode & 0o777).toString(8)})`;
+      } catch { /* gone meanwhile */ }
+      reject(new DormantError('EACCES', `permission denied on the daemon's control socket ${socketPath}${owner}: `
+        + 'run dormant as the user the daemon runs as, or root', { path: socketPath, cause: err }));
+    });
     req.setTimeout(2000, () => { req.destroy(); resolve(false); });
     req.end();
   });

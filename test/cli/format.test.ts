@@ -1,10 +1,11 @@
 /**
  * CLI size parsing and byte formatting (src/cli/format.ts): binary units,
- * whole bytes only, a clear EINVAL for anything else, and sizes printed
+ * whole bytes only, a clear EINVAL for anything else (naming the 1 PiB
+ * limit for a volume's size), and sizes printed
  * with the largest unit that keeps the number under 1024.
  */
 import { describe, expect, it } from 'vitest';
-import { formatBytes, parseSize } from '../../src/cli/format.js';
+import { formatBytes, parseSize, VOLUME_SIZE_LIMIT } from '../../src/cli/format.js';
 import { DormantError } from '../../src/blockstore/index.js';
 
 const KiB = 2 ** 10, MiB = 2 ** 20, GiB = 2 ** 30, TiB = 2 ** 40, PiB = 2 ** 50;
@@ -52,6 +53,13 @@ describe('parseSize', () => {
     expect((err as DormantError).code).toBe('EINVAL');
     expect((err as DormantError).message).toMatch(message);
     expect((err as DormantError).message).not.toContain('\n');
+  });
+
+  it('a volume size beyond 1 PiB names the limit, however far beyond', () => {
+    expect(parseSize('1P', VOLUME_SIZE_LIMIT)).toBe(PiB);
+    for (const text of ['1025T', '2P', '99999P', '9999999999P']) {
+      expect(() => parseSize(text, VOLUME_SIZE_LIMIT)).toThrow(`bad size '${text}': more than the 1 PiB limit of a volume`);
+    }
   });
 });
 
