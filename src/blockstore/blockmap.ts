@@ -79,10 +79,10 @@ export class BlockMap {
     if (open > 0) for (let i = 0; i < n; i++) if (out[i] === UNRESOLVED) out[i] = 0;
   }
 
-  /** Every entry of a lineage in key order (for GC and accounting). */
-  *entries(lineage: number): Generator<{ block: number; version: number; chunk: number }> {
+  /** Every entry of a lineage in key order (for GC and accounting), from block `fromBlock` on. */
+  *entries(lineage: number, fromBlock = 0): Generator<{ block: number; version: number; chunk: number }> {
     for (const { key, value } of this.dbs.map.getRange({
-      start: mapKey(lineage, 0, 0),
+      start: mapKey(lineage, fromBlock, 0),
       end: mapKey(lineage + 1, 0, 0),
       snapshot: false,
     })) {

@@ -5,7 +5,8 @@
  *  1. dead block-map entries: an entry at v_i followed by one at v_(i+1) is
  *     dead when no retained version of its lineage (snapshots, head) lies in
  *     [v_i, v_(i+1)); every entry of a removed lineage is dead. The check runs
- *     inside the transaction, against the catalog of that moment.
+ *     inside each transaction (about FREE_SLICE entries, whole blocks),
+ *     against the catalog of that moment.
  *  2. chunks: refs == 0 and not referenced by a pending write -> deleted
  *     (record, hash index), segment live count - 1, in transactions of
  *     FREE_SLICE chunks; then their read fingerprints, in slices too.
@@ -16,11 +17,11 @@
  *     location; deleted files' descriptors stay open until no read can use them.
  *
  * GC is what wins space back on a full disk, so what it needs is bounded:
- * each transaction of passes 2 and 3 touches at most a slice's pages of
- * the index (LMDB copies the pages a transaction changes, and reuses those
- * freed by earlier ones), empty segments are deleted before any is
- * compacted, least live first, and a segment is compacted only when the
- * file system has room for its live chunks (else it waits for a later GC).
+ * each transaction touches at most a slice's pages of the index (LMDB
+ * copies the pages a transaction changes, and reuses those freed by
+ * earlier ones), empty segments are deleted before any is compacted, least
+ * live first, and a segment is compacted only when the file system has
+ * room for its live chunks (else it waits for a later GC).
  */
 import { BLOCK_SIZE, COMPACT_LIVE_FRACTION, SEGMENT_HEADER_SIZE } from './constants.js';
 import type { Catalog } from './catalog.js';
@@ -46,7 +47,7 @@ export interface GcContext {
   freeBytes?(): number;
 }
 
-/** Chunks freed per transaction (pass 2), and read fingerprints removed per transaction. */
+/** Dead entries removed (pass 1), chunks freed (pass 2) and read fingerprints removed per transaction, about. */
 const FREE_SLICE = 16384;
 /** A segment is compacted only with this much room left beside its live chunks (the commit's index pages). */
 const COMPACT_ROOM_MARGIN = 4 * 1024 * 1024;
@@ -60,7 +61,12 @@ export async function collectGarbage(ctx: GcContext): Promise<GcResult> {
   try {
     const result: GcResult = { deadEntries: 0, chunksFreed: 0, segmentsCompacted: 0, segmentsDeleted: 0, bytesReclaimed: 0 };
     for (const lineage of ctx.blockMap.lineagesWithEntries()) {
-      result.deadEntries += await ctx.commit(() => removeDeadEntries(ctx, lineage));
+      for (let from: number | null = 0; from !== null;) {
+        const start: number = from;
+        const r = await ctx.commit(() => removeDeadEntries(ctx, lineage, start));
+        result.deadEntries += r.dead;
+        from = r.next;
+      }
     }
     const freed = new Set<number>();
     let from: Buffer | undefined;
@@ -79,14 +85,25 @@ export async function collectGarbage(ctx: GcContext): Promise<GcResult> {
   }
 }
 
-function removeDeadEntries(ctx: GcContext, lineage: number): number {
+/**
+ * Removes the dead entries of `lineage` from block `fromBlock` on, stopping
+ * at the first block boundary after FREE_SLICE of them (a block's entries
+ * are decided together); returns how many, and the block to go on from
+ * (null: the lineage is done).
+ */
+function removeDeadEntries(ctx: GcContext, lineage: number, fromBlock: number): { dead: number; next: number | null } {
   const { dbs, catalog, blockMap } = ctx;
   const retained = catalog.lineages.has(lineage) ? catalog.retainedVersions(lineage) : [];
   const seen = (from: number, to: number) => retained.some((r) => r >= from && r < to);
   const dead: Array<{ block: number; version: number; chunk: number }> = [];
   let prev: { block: number; version: number; chunk: number } | null = null;
-  for (const e of blockMap.entries(lineage)) {
-    if (prev && !seen(prev.version, prev.block === e.block ? e.version : Infinity)) dead.push(prev);
+  let next: number | null = null;
+  for (const e of blockMap.entries(lineage, fromBlock)) {
+    if (prev) {
+      const newBlock = prev.block !== e.block;
+      if (!seen(prev.version, newBlock ? Infinity : e.version)) dead.push(prev);
+      if (newBlock && dead.length >= FREE_SLICE) { next = e.block; prev = null; break; }
+    }
     prev = e;
   }
   if (prev && !seen(prev.version, Infinity)) dead.push(prev);
@@ -101,7 +118,7 @@ function removeDeadEntries(ctx: GcContext, lineage: number): number {
     const c = decodeChunk(raw);
     dbs.chunks.put(chunkKey(id), encodeChunk({ ...c, refs: Math.max(0, c.refs - n) }));
   }
-  return dead.length;
+  return { dead: dead.length, next };
 }
 
 /**
