@@ -1,8 +1,9 @@
 /**
  * `dormant vm ...`: VMs whose disk is a branch and whose RAM is a memory
  * volume of the store (src/vm). create/list/status work offline or through
- * the daemon; start/stop need `dormant serve --mount DIR`, whose supervisor
- * runs QEMU; log and xen-config only read files of the store directory.
+ * the daemon; start/stop/resume need `dormant serve --mount DIR`, whose
+ * supervisor runs QEMU; log and xen-config only read files of the store
+ * directory.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -112,6 +113,14 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
       const secs = Number(o.timeout);
       if (!Number.isFinite(secs) || secs < 0 || secs > 3600) throw new DormantError('EINVAL', `bad --timeout '${o.timeout}'`);
       const s = await (await daemon(cmd, 'vm stop')).vmStop(name, Math.round(secs * 1000));
+      print(`VM ${name}: ${stateText(s)}`);
+    }));
+
+  vm.command('resume <vm>')
+    .description('continue a VM QEMU paused (its disk got ENOSPC from a full store: free space first with rm and gc)')
+    .action((name: string, _o, cmd: Command) => run(async () => {
+      checkVmName(name);
+      const s = await (await daemon(cmd, 'vm resume')).vmResume(name);
       print(`VM ${name}: ${stateText(s)}`);
     }));
 

@@ -91,6 +91,7 @@ export class RemoteControl implements StoreControl {
   async vmCreate(spec: VmSpec) { return call(this.socketPath, 'vmCreate', [spec]) as Promise<VmRecord>; }
   async vmStart(name: string, kvm: boolean) { return call(this.socketPath, 'vmStart', [name, kvm]) as Promise<VmStatus>; }
   async vmStop(name: string, timeoutMs: number) { return call(this.socketPath, 'vmStop', [name, timeoutMs]) as Promise<VmStatus>; }
+  async vmResume(name: string) { return call(this.socketPath, 'vmResume', [name]) as Promise<VmStatus>; }
   async vmStatus(name: string) { return call(this.socketPath, 'vmStatus', [name]) as Promise<VmStatus>; }
   async vmList() { return call(this.socketPath, 'vmList', []) as Promise<VmStatus[]>; }
   async vmPageout(name: string, keepBytes: number) {

@@ -41,6 +41,8 @@ export interface StoreControl {
   vmCreate(spec: VmSpec): Promise<VmRecord>;
   vmStart(name: string, kvm: boolean): Promise<VmStatus>;
   vmStop(name: string, timeoutMs: number): Promise<VmStatus>;
+  /** Continues a VM QEMU paused (e.g. on ENOSPC from a full store, once space is freed): QMP cont. */
+  vmResume(name: string): Promise<VmStatus>;
   vmStatus(name: string): Promise<VmStatus>;
   vmList(): Promise<VmStatus[]>;
   /** Page-out and prefetch of a running VM (daemon only); the sharing report over every VM's memory. */
@@ -54,7 +56,7 @@ export interface StoreControl {
 /** Names of the operations, as used on the wire. */
 export const CONTROL_OPS = [
   'createVolume', 'snapshot', 'branch', 'remove', 'list', 'info', 'stats', 'gc', 'check', 'verifyData', 'importFile', 'exportFile',
-  'vmCreate', 'vmStart', 'vmStop', 'vmStatus', 'vmList', 'vmPageout', 'vmPrefetch', 'vmSharing',
+  'vmCreate', 'vmStart', 'vmStop', 'vmResume', 'vmStatus', 'vmList', 'vmPageout', 'vmPrefetch', 'vmSharing',
 ] as const;
 
 /** One control operation name. */
@@ -89,6 +91,7 @@ export class LocalControl implements StoreControl {
   async vmCreate(spec: VmSpec) { return createVm(this.store, spec); }
   async vmStart(name: string, kvm: boolean) { return this.supervisor().start(name, { kvm }); }
   async vmStop(name: string, timeoutMs: number) { return this.supervisor().stop(name, timeoutMs); }
+  async vmResume(name: string) { return this.supervisor().resume(name); }
   async vmStatus(name: string): Promise<VmStatus> {
     const rec = readVm(this.store.dir, name);
     const s = this.vms ? await this.vms.status(name) : offlineStatus(rec, this.store.dir);

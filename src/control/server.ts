@@ -34,6 +34,7 @@ const ARG_TYPES: Record<ControlOp, ReadonlyArray<'string' | 'number' | 'boolean'
   vmCreate: ['object'],
   vmStart: ['string', 'boolean'],
   vmStop: ['string', 'number'],
+  vmResume: ['string'],
   vmStatus: ['string'],
   vmList: [],
   vmPageout: ['string', 'number'],

@@ -4,6 +4,13 @@
  * unless KVM is asked for, disk over NBD on the Unix socket, user networking
  * with one host port forwarded to guest port 80, serial to a file, QMP on a
  * Unix socket), and a free host port to forward.
+ *
+ * The disk's error policy is spelled out: `werror=enospc` pauses the guest
+ * when a write gets ENOSPC (the store below its free-space floor answers
+ * NBD_ENOSPC, which QEMU's NBD client turns into ENOSPC) and reports any
+ * other write error to the guest; `rerror=report` reports read errors.
+ * Both are QEMU's defaults for -drive; written out so that they stay so
+ * (the supervisor shows the pause and `vm resume` continues the guest).
  */
 import net from 'node:net';
 import type { VmRecord } from './vm-record.js';
@@ -46,7 +53,7 @@ export function qemuArgs(vm: VmRecord, p: LaunchPaths, o: LaunchOptions): string
     '-object', `memory-backend-file,id=mem0,size=${mib},mem-path=${p.memFile},share=on`,
     '-kernel', vm.kernel, '-initrd', vm.initrd,
     '-append', vm.cmdline,
-    '-drive', `file=nbd+unix:///${vm.disk}?socket=${p.nbdSocket},format=raw,if=virtio`,
+    '-drive', `file=nbd+unix:///${vm.disk}?socket=${p.nbdSocket},format=raw,if=virtio,werror=enospc,rerror=report`,
     '-netdev', `user,id=n0,hostfwd=tcp:127.0.0.1:${o.hostPort}-:80`, '-device', 'virtio-net-pci,netdev=n0',
     '-serial', `file:${p.serialLog}`,
     '-qmp', `unix:${p.qmpSocket},server=on,wait=off`,

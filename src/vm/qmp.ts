@@ -42,8 +42,13 @@ export class QmpClient {
       sock.once('error', (e) => { clearTimeout(t); reject(e); });
     });
     const qmp = new QmpClient(sock);
-    await qmp.next(timeoutMs); // greeting
-    await qmp.execute('qmp_capabilities', undefined, timeoutMs);
+    try {
+      await qmp.next(timeoutMs); // greeting
+      await qmp.execute('qmp_capabilities', undefined, timeoutMs);
+    } catch (err) {
+      qmp.close(); // (QEMU serves one QMP client at a time: a connection left open would hold the monitor)
+      throw err;
+    }
     return qmp;
   }
 

@@ -8,6 +8,11 @@
  *                          = exit code or signal, plus QEMU's last stderr line)
  * A VM may be started again from stopped or crashed. `stop` asks the guest
  * with QMP system_powerdown, then QMP quit after `timeoutMs`, then SIGKILL.
+ * A running VM whose QEMU has stopped its vCPUs (QMP query-status: e.g.
+ * `io-error`, when a disk write got ENOSPC from a full store and
+ * werror=enospc paused the guest) is shown as `paused` with the reason,
+ * asked of QEMU at each status; `resume` continues it (QMP cont). There is
+ * no automatic resume: the operator frees space (rm, gc) and resumes.
  * stopAll() (daemon shutdown) stops every VM in parallel before the FUSE
  * mount and the NBD server go away.
  */
@@ -30,14 +35,18 @@ const PAGE = 4096;
 const SETPRIV = '/usr/bin/setpriv';
 
 /** Where a VM is in its life. */
-export type VmState = 'starting' | 'running' | 'stopping' | 'stopped' | 'crashed';
+export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped' | 'crashed';
 
 /** What `vm status` and `vm list` show. */
 export interface VmStatus {
   name: string;
   state: VmState;
-  /** Why it crashed (exit code or signal). */
+  /** Why it crashed (exit code or signal), or why QEMU paused it. */
   reason?: string;
+  /** QEMU's run state when it is not running (QMP query-status: `io-error`, `paused`, ...). */
+  qemuStatus?: string;
+  /** The disk's I/O status when not `ok` (QMP query-block: `nospace` after ENOSPC, `failed` after another error). */
+  diskIoStatus?: string;
   pid?: number;
   /** Thread ids of its vCPUs (QMP query-cpus-fast). */
   vcpuThreads?: number[];
@@ -112,6 +121,9 @@ interface Running {
   lastPageout?: PageoutReport;
   lastPrefetch?: PrefetchReport;
 }
+
+/** How long `resume` waits after QMP cont before it asks whether the guest paused again. */
+const RESUME_SETTLE_MS = 500;
 
 /** Default wait between system_powerdown and quit. */
 export const STOP_TIMEOUT_MS = 10_000;
@@ -322,6 +334,57 @@ export class VmSupervisor {
     await this.pager.close(); // after the VMs: their memory files are closed (and written back) first
   }
 
+  /**
+   * Continues VM `name` after QEMU paused it (QMP cont), e.g. on ENOSPC once
+   * space was freed; ENOSPC when the guest is paused again at once because
+   * its disk still gets ENOSPC (EIO for another disk error). A running VM
+   * is left as it is.
+   */
+  async resume(name: string): Promise<VmStatus> {
+    this.running(name, 'resume');
+    const qmpPath = vmPaths(this.o.storeDir, name).qmp;
+    const qmp = await QmpClient.connect(qmpPath, 5_000).catch((err: Error) => {
+      throw new DormantError('EINVAL', `cannot resume VM '${name}': QMP: ${err.message}`);
+    });
+    try {
+      const before = await qmp.execute('query-status') as { running: boolean; status: string };
+      if (before.running) return await this.status(name);
+      this.log(`vm ${name}: resuming (QEMU status ${before.status})`);
+      await qmp.execute('cont');
+      // A write QEMU retries that still gets ENOSPC pauses the guest again at once.
+      await new Promise((r) => setTimeout(r, RESUME_SETTLE_MS));
+      const after = await qmp.execute('query-status') as { running: boolean; status: string };
+      if (!after.running && after.status === 'io-error') {
+        const block = await qmp.execute('query-block') as Array<{ 'io-status'?: string }>;
+        if (block.some((b) => b['io-status'] === 'nospace')) {
+          throw new DormantError('ENOSPC',
+            `VM '${name}' paused again at once (io-error): its disk still gets ENOSPC; free space first (dormant rm, dormant gc)`);
+        }
+        throw new DormantError('EIO', `VM '${name}' paused again at once (io-error): a disk request still fails`);
+      }
+    } finally {
+      qmp.close();
+    }
+    return this.status(name);
+  }
+
+  /** QEMU's run state and the disk's I/O status of a running VM (QMP), or undefined when QMP does not answer in time. */
+  private async qemuState(name: string): Promise<{ running: boolean; status: string; ioStatus?: string } | undefined> {
+    let qmp: QmpClient | undefined;
+    try {
+      qmp = await QmpClient.connect(vmPaths(this.o.storeDir, name).qmp, 2_000);
+      const st = await qmp.execute('query-status', undefined, 2_000) as { running: boolean; status: string };
+      if (st.running) return { running: true, status: st.status };
+      const block = await qmp.execute('query-block', undefined, 2_000) as Array<{ 'io-status'?: string }>;
+      const bad = block.map((b) => b['io-status']).find((s) => s !== undefined && s !== 'ok');
+      return { running: false, status: st.status, ...(bad ? { ioStatus: bad } : {}) };
+    } catch {
+      return undefined; // (QMP busy with another command, or QEMU going away: the status says what the supervisor knows)
+    } finally {
+      qmp?.close();
+    }
+  }
+
   /** Status of VM `name` (ENOENT when there is no such VM). */
   async status(name: string): Promise<VmStatus> {
     checkVmName(name);
@@ -343,6 +406,11 @@ export class VmSupervisor {
     if (vm.state === 'stopped' || vm.state === 'crashed') {
       return { ...base, state: vm.state, ...(vm.reason ? { reason: vm.reason } : {}), ...last };
     }
+    const run = vm.state === 'running' ? await this.qemuState(rec.name) : undefined;
+    const paused = run !== undefined && !run.running ? {
+      state: 'paused' as const, qemuStatus: run.status, reason: pauseReason(run.status, run.ioStatus),
+      ...(run.ioStatus ? { diskIoStatus: run.ioStatus } : {}),
+    } : {};
     const q = vm.child.pid ? await qemuMemory(vm.child.pid, this.memFile(rec)) : undefined;
     const cached = vm.pager ? await vm.pager.cachedBytes() : undefined;
     const c = vm.io.counters;
@@ -361,6 +429,7 @@ export class VmSupervisor {
       pagesIn: c.pagesIn, prefetchPages: c.prefetchPages, pagesOut: c.pagesOut,
       touchedSinceLastPageoutBytes: vm.io.touchedPages() * PAGE,
       ...last,
+      ...paused,
     };
   }
 }
@@ -381,6 +450,16 @@ function keepFuseDeviceFromChildren(): number {
     if (target === '/dev/fuse') { setCloexec(Number(fd)); n++; }
   }
   return n;
+}
+
+/** Why QEMU paused a VM, in words: its run state and the disk's I/O status. */
+function pauseReason(status: string, ioStatus?: string): string {
+  if (status === 'io-error') {
+    return ioStatus === 'nospace'
+      ? 'io-error: a disk write got ENOSPC (the store is full); free space, then dormant vm resume'
+      : `io-error: a disk request failed${ioStatus ? ` (${ioStatus})` : ''}`;
+  }
+  return status;
 }
 
 /** Status of a VM when no daemon runs: nothing runs; its recorded working set is known. */
