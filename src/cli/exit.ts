@@ -12,6 +12,21 @@ export const EXIT_INTERNAL = 2;
 /** Exit code of a check or scrub that found problems it did not repair. */
 export const EXIT_PROBLEMS = 3;
 
+/**
+ * For the commands that keep running (serve, mount): a failure nothing
+ * handled is one line through `log` and exit EXIT_INTERNAL, as Node would
+ * exit, but without a stack (DORMANT_DEBUG=1 adds it).
+ */
+export function exitOnUnhandled(what: string, log: (line: string) => void): void {
+  const fail = (err: unknown) => {
+    log(`${what}: internal error: ${(err as Error | null)?.message ?? String(err)}`);
+    if (process.env.DORMANT_DEBUG) process.stderr.write(`${(err as Error | null)?.stack}\n`);
+    process.exit(EXIT_INTERNAL);
+  };
+  process.on('uncaughtException', fail);
+  process.on('unhandledRejection', fail);
+}
+
 /** Prints one line for `err` and returns the exit code. */
 export function reportError(err: unknown): number {
   if (err instanceof DormantError) {

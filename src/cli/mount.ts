@@ -8,6 +8,7 @@
 import type { Command } from 'commander';
 import { Store } from '../blockstore/index.js';
 import { mountStore } from '../fuse/index.js';
+import { exitOnUnhandled } from './exit.js';
 import { storeDir } from './store-commands.js';
 
 const log = (line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`);
@@ -19,6 +20,7 @@ export function addMountCommand(program: Command, run: (fn: () => Promise<void>)
     .argument('<dir>', 'mount point (an existing directory)')
     .option('--allow-other', 'let other users read the view (only this user writes); by default only this user may use it')
     .action((dir: string, o: { allowOther?: boolean }, cmd: Command) => run(async () => {
+      exitOnUnhandled('dormant mount', log);
       const store = await Store.open(storeDir(cmd), { log });
       let mount: Awaited<ReturnType<typeof mountStore>>;
       try {

@@ -9,6 +9,7 @@ import { DormantError } from '../blockstore/index.js';
 import { NBD_SOCKET_NAME, startDaemon } from '../daemon/index.js';
 import type { TlsMode } from '../nbd/index.js';
 import { DEFAULT_IDLE_TIMEOUT_S } from '../pager/index.js';
+import { exitOnUnhandled } from './exit.js';
 import { parseSize } from './format.js';
 import { storeDir } from './store-commands.js';
 
@@ -130,6 +131,7 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
         throw new DormantError('EINVAL', '--swap-file is for the QEMU memory of idle VMs, which run only with --mount DIR');
       }
       const swap = o.swapFile === undefined ? undefined : { path: path.resolve(o.swapFile), bytes: parseSize(o.swapSize) };
+      exitOnUnhandled('dormant serve', log);
       const daemon = await startDaemon({
         storeDir: storeDir(cmd),
         tcp,
