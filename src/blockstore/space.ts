@@ -85,11 +85,6 @@ export class SpaceGuard {
     this.maybeRecreate(false);
   }
 
-  /** Bytes free for the store's use now (statfs), and whether writes are refused. */
-  get status(): { available: number; floor: number; reserveHeld: number; reserveSize: number; refusing: boolean } {
-    return { available: this.available, floor: this.floor, reserveHeld: this.held, reserveSize: this.reserveSize, refusing: this.refusing };
-  }
-
   /**
    * Admits a write of `bytes` to a volume of `kind`, or throws ENOSPC when
    * it would leave less than the floor free (see the rules above).
@@ -147,7 +142,7 @@ export class SpaceGuard {
     return true;
   }
 
-  /** Reads statfs again, and re-creates the reserve later when there is room for it (after GC, at close). */
+  /** Reads statfs again, and re-creates the reserve later when there is room for it (after GC). */
   settle(): void {
     this.refresh();
     this.maybeRecreate(true);
