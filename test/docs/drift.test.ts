@@ -8,7 +8,8 @@
  *       long option of every command appears there too;
  *   (c) every relative link in README.md and docs/**.md (and
  *       native/README.md) points to a file or directory that exists inside
- *       the repository (no link to ../shared or anywhere outside it).
+ *       the repository (no link to ../shared or anywhere outside it);
+ *   (d) every test file (test/<module>/<name>.test.ts) is described in docs/testing.md.
  * Each check reports every missing item at once, by name.
  */
 import fs from 'node:fs';
@@ -130,5 +131,21 @@ describe('documentation drift', () => {
       }
     }
     expect(broken, 'relative links that do not resolve inside the repository').toEqual([]);
+  });
+
+  it('(d) every test file is described in docs/testing.md', () => {
+    const testing = read('docs/testing.md');
+    const files: string[] = [];
+    const walk = (dir: string) => {
+      for (const e of fs.readdirSync(path.join(ROOT, dir), { withFileTypes: true })) {
+        const rel = path.join(dir, e.name);
+        if (e.isDirectory()) walk(rel);
+        else if (e.name.endsWith('.test.ts')) files.push(rel);
+      }
+    };
+    walk('test');
+    expect(files.length).toBeGreaterThan(10);
+    const missing = files.filter((f) => !testing.includes(`\`${path.basename(f)}\``));
+    expect(missing, 'test files missing from docs/testing.md').toEqual([]);
   });
 });
