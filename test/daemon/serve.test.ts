@@ -691,7 +691,7 @@ describe('serve --tls require', () => {
 
   it('bad flag combinations and a busy port exit 1 with one line, leaving the store free', async () => {
     const other = await freshStore('serve-flags');
-    expectFailure(await cli(other, ['serve', '--no-tcp', '--tls', 'require']), /^dormant: --tls require needs --tls-cert and --tls-key$/);
+    expectFailure(await cli(other, ['serve', '--no-tcp', '--tls', 'require']), /^dormant: --tls require needs --tls-cert and --tls-key \(or --tls-psk\)$/);
     expectFailure(await cli(other, ['serve', '--no-tcp', '--tls', 'on', '--tls-cert', path.join(pki, 'server-cert.pem')]),
       /--tls on needs --tls-cert and --tls-key/);
     expectFailure(await cli(other, ['serve', '--no-tcp', '--tls', 'bogus']), /^dormant: bad --tls 'bogus': use off, on or require$/);
