@@ -40,9 +40,9 @@ function incomplete(r: DataReport): void {
   if (!r.complete) throw new DormantError('ECLOSED', 'the store was closed before every chunk was read back (the daemon stopped?)');
 }
 
-/** Parses `--rate` (MB/s, 0 = no bound) into bytes per second. */
-function parseRate(text: string): number {
-  if (!/^\d+(\.\d+)?$/.test(text)) throw new DormantError('EINVAL', `bad --rate '${text}': MB per second, e.g. 50 (0: no bound)`);
+/** Parses a rate flag (MB/s, 0 = no bound) into bytes per second. */
+export function parseRate(text: string, flag = '--rate'): number {
+  if (!/^\d+(\.\d+)?$/.test(text)) throw new DormantError('EINVAL', `bad ${flag} '${text}': MB per second, e.g. 50 (0: no bound)`);
   return Math.round(Number(text) * 1e6);
 }
 

@@ -6,11 +6,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { DormantError } from '../blockstore/index.js';
-import { NBD_SOCKET_NAME, startDaemon } from '../daemon/index.js';
+import { NBD_SOCKET_NAME, parseDuration, startDaemon } from '../daemon/index.js';
 import type { TlsMode } from '../nbd/index.js';
 import { DEFAULT_IDLE_TIMEOUT_S } from '../pager/index.js';
 import { exitOnUnhandled } from './exit.js';
 import { parseSize } from './format.js';
+import { parseRate } from './check.js';
 import { storeDir } from './store-commands.js';
 
 interface ServeOptions {
@@ -34,6 +35,8 @@ interface ServeOptions {
   idleTimeout: string;
   swapFile?: string;
   swapSize: string;
+  scrubEvery?: string;
+  scrubRate: string;
 }
 
 function parseListen(text: string): { host: string; port: number } {
@@ -106,6 +109,9 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
       + 'each VM then learns its own from its past quiet spells', String(DEFAULT_IDLE_TIMEOUT_S))
     .option('--swap-file <path>', 'make and enable a swap file at PATH (removed on exit): idle VMs\' QEMU memory is paged out to it too')
     .option('--swap-size <size>', 'size of --swap-file (e.g. 4G)', '4G')
+    .option('--scrub-every <duration>', 'read every chunk back and check it against its hash this often (e.g. 6h, 1d); '
+      + 'one log line per run, damage named with its volumes and offsets')
+    .option('--scrub-rate <MB/s>', 'with --scrub-every: read at most this many MB per second', '50')
     .action((o: ServeOptions, cmd: Command) => run(async () => {
       const tls = o.tls as TlsMode;
       if (!['off', 'on', 'require'].includes(tls)) throw new DormantError('EINVAL', `bad --tls '${o.tls}': use off, on or require`);
@@ -131,6 +137,8 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
         throw new DormantError('EINVAL', '--swap-file is for the QEMU memory of idle VMs, which run only with --mount DIR');
       }
       const swap = o.swapFile === undefined ? undefined : { path: path.resolve(o.swapFile), bytes: parseSize(o.swapSize) };
+      const scrub = o.scrubEvery === undefined ? undefined
+        : { everyMs: parseDuration(o.scrubEvery, '--scrub-every'), rate: parseRate(o.scrubRate, '--scrub-rate') };
       exitOnUnhandled('dormant serve', log);
       const daemon = await startDaemon({
         storeDir: storeDir(cmd),
@@ -146,6 +154,7 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
         autoPage: o.autoPage,
         idleTimeoutSeconds,
         swap,
+        scrub,
         log,
       });
       // 0, or 2 when a step of stopping failed (each logged in one line: e.g. the final flush on a broken disk).

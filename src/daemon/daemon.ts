@@ -31,6 +31,7 @@ import { CONTROL_SOCKET_NAME, LocalControl, serveControl, type ControlServer } f
 import { mountStore, type FuseMount } from '../fuse/index.js';
 import { NbdServer, StoreBackend, type NbdAddresses, type NbdTlsOptions } from '../nbd/index.js';
 import { MemoryIo, SwapFile } from '../pager/index.js';
+import { ScrubSchedule } from './scrub-schedule.js';
 import { VmSupervisor } from '../vm/index.js';
 
 /** Exit code of `dormant serve` when a step of stopping failed (each logged in one line). */
@@ -65,6 +66,8 @@ export interface DaemonOptions {
   idleTimeoutSeconds?: number;
   /** A swap file to make, enable, and remove at stop. */
   swap?: { path: string; bytes: number };
+  /** Scrub the store every `everyMs`, reading at most `rate` bytes a second (scrub-schedule.ts). */
+  scrub?: { everyMs: number; rate: number };
   /** One log line (the daemon adds nothing but what it says). */
   log: (line: string) => void;
 }
@@ -107,6 +110,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
   let fuse: FuseMount | undefined;
   let vms: VmSupervisor | undefined;
   let swap: SwapFile | undefined;
+  let scrub: ScrubSchedule | undefined;
   let nbdAddresses: NbdAddresses;
   try {
     nbdAddresses = await nbd.listen();
@@ -124,6 +128,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       });
     }
     control = await serveControl(new LocalControl(store, false, vms), path.join(dir, CONTROL_SOCKET_NAME), log);
+    if (o.scrub) scrub = new ScrubSchedule(store, o.scrub.everyMs, o.scrub.rate, log);
     const tcp = nbdAddresses.tcp;
     const where = [
       tcp ? `nbd://${tcp.host.includes(':') ? `[${tcp.host}]` : tcp.host}:${tcp.port}/<volume>` : null,
@@ -131,7 +136,8 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     ].filter(Boolean).join(' and ');
     log(`dormant serve: store ${dir}; NBD on ${where}${o.tls.mode !== 'off' ? ` (TLS ${o.tls.mode}${o.tls.pskFile ? ', PSK' : o.tls.verifyPeer ? ', client certificates' : ''})` : ''}${o.readOnly ? ' (read-only)' : ''}; `
       + `control socket ${path.join(dir, CONTROL_SOCKET_NAME)}${fuse ? `; FUSE on ${fuse.dir}` : ''}`
-      + `${fuse ? `; automatic paging ${o.autoPage === false ? 'off' : 'on'}` : ''}${swap ? `; swap file ${swap.path}` : ''}`);
+      + `${fuse ? `; automatic paging ${o.autoPage === false ? 'off' : 'on'}` : ''}${swap ? `; swap file ${swap.path}` : ''}`
+      + `${o.scrub ? `; scrub every ${Math.round(o.scrub.everyMs / 1000)} s` : ''}`);
   } catch (err) {
     await fuse?.unmount().catch(() => undefined);
     await nbd.close().catch(() => undefined);
@@ -156,6 +162,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
           log(`dormant serve: ${what}: ${(err as Error)?.message ?? String(err)}`);
         }
       };
+      await step('scrub', () => scrub?.stop());
       // QEMU maps its RAM through the FUSE view and reads its disk over NBD: VMs go first.
       await step('stopping VMs', () => vms?.stopAll());
       await step('control socket', () => control?.close());

@@ -3,3 +3,4 @@
  * + VM runner + pager, and stops them in order.
  */
 export { startDaemon, NBD_SOCKET_NAME, type Daemon, type DaemonOptions } from './daemon.js';
+export { parseDuration } from './scrub-schedule.js';
