@@ -70,14 +70,16 @@ export class VolumeIo {
     const first = Math.floor(pos / PAGE);
     const end = Math.min(this.pages, Math.ceil((pos + len) / PAGE));
     const n = Math.max(0, end - first);
-    if (this.prefetching > 0) { this.counters.prefetchPages += n; return; }
-    this.counters.faults++;
-    this.counters.pagesIn += n;
+    // Prefetched pages are marked like faulted ones: the guest is expected to touch them, and a
+    // page-out keeps in the working sets only what QEMU has mapped by then (what it did touch).
     for (let p = first; p < end; p++) if (this.touched[p] < 255) this.touched[p]++;
     if (this.current !== null) {
       const c = this.classEpoch(this.current).touched;
       for (let p = first; p < end; p++) if (c[p] < 255) c[p]++;
     }
+    if (this.prefetching > 0) { this.counters.prefetchPages += n; return; }
+    this.counters.faults++;
+    this.counters.pagesIn += n;
     this.lastFaultAt = Date.now();
     const sec = Math.floor(Date.now() / 1000);
     const slot = sec % RATE_WINDOW_S;

@@ -2,7 +2,9 @@
  * The memory agent: a small child process of the daemon that holds the
  * descriptors of the VMs' memory files (on the daemon's own FUSE view) and
  * makes the system calls on them: fdatasync (write-back), cachestat (page
- * cache residency) and posix_fadvise (drop); and reads which pages of a
+ * cache residency), posix_fadvise (drop), reads that bring pages into the
+ * page cache (prefetch: each read is a FUSE read the daemon serves, and its
+ * answer is the moment the page is there); and reads which pages of a
  * memory file QEMU has mapped (/proc/PID/pagemap, which takes QEMU's
  * mmap_lock: a QEMU thread may hold it while it waits for a fault only the
  * daemon's JS thread can serve, so the daemon never reads it itself).
@@ -23,10 +25,13 @@ import readline from 'node:readline';
 import { fileAdvise, fileCached, mappingResidency } from '../native/index.js';
 
 const PAGE = 4096;
+/** Bytes per prefetch read (the FUSE request size) and reads in flight. */
+const READ_PIECE = 128 * 1024;
+const READ_DEPTH = 8;
 
 interface Request {
   id: number;
-  op: 'writeBack' | 'cached' | 'drop' | 'forget' | 'mapped';
+  op: 'writeBack' | 'cached' | 'drop' | 'forget' | 'mapped' | 'readIn';
   file: string;
   bytes?: number;
   bitmap?: boolean;
@@ -60,6 +65,26 @@ async function run(r: Request): Promise<unknown> {
       const fd = (await handle(r.file)).fd;
       for (const [first, count] of r.runs ?? [[0, 0]]) await fileAdvise(fd, first * PAGE, count * PAGE, 'dontneed');
       return null;
+    }
+    case 'readIn': {
+      // Reads the page runs into the page cache, READ_PIECE bytes a read, READ_DEPTH reads at once.
+      const h = await handle(r.file);
+      const pieces: Array<[number, number]> = [];
+      for (const [first, count] of r.runs ?? []) {
+        for (let off = first * PAGE, end = (first + count) * PAGE; off < end; off += READ_PIECE) {
+          pieces.push([off, Math.min(READ_PIECE, end - off)]);
+        }
+      }
+      let next = 0;
+      const worker = async () => {
+        const buf = Buffer.allocUnsafe(READ_PIECE);
+        while (next < pieces.length) {
+          const [off, len] = pieces[next++];
+          await h.read(buf, 0, len, off);
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(READ_DEPTH, pieces.length) }, worker));
+      return pieces.length;
     }
     case 'mapped': {
       // Per file page: 1 when one of QEMU's mappings of the file has it present.

@@ -71,6 +71,9 @@ export class MemoryAgent {
     return new Uint8Array(Buffer.from(await this.call<string>('mapped', file, { bytes, pid, maps }), 'base64'));
   }
 
+  /** Reads the page runs `runs` of `file` into the page cache; resolves once every read is answered. */
+  readIn(file: string, runs: Array<[number, number]>): Promise<number> { return this.call('readIn', file, { runs }); }
+
   /** Closes the agent's descriptor of `file` (the VM stopped). */
   forget(file: string): Promise<void> { return this.call('forget', file); }
 

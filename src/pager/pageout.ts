@@ -17,9 +17,11 @@
  *      faults), which MADV_PAGEOUT never sees.
  * The guest keeps running; a page it touches again faults in through FUSE.
  *
- * Prefetch: process_madvise(MADV_WILLNEED) over the working set's pages
- * starts read-ahead of them into the page cache; we wait (bounded) until
- * cachestat says they are there, so the guest's next touch is a minor fault.
+ * Prefetch: the memory agent reads the working set's pages from the file
+ * (several reads in flight), so they are in the page cache when it answers
+ * and the guest's next touch is a minor fault. Reads end exactly when the
+ * pages are there; read-ahead advice (MADV_WILLNEED) gave no such moment
+ * and was dropped by FUSE while its queue was busy, so it had to be polled.
  *
  * This process serves the FUSE requests these calls cause, so its JS thread
  * must stay free: system calls run on the libuv pool (process_madvise,
@@ -36,11 +38,6 @@ import { complementRuns, pageRuns } from './working-set.js';
 const PAGE = 4096;
 /** Rounds of write-back + MADV_PAGEOUT. */
 const PAGEOUT_ROUNDS = 2;
-/** Longest wait for prefetched pages to arrive. */
-const PREFETCH_WAIT_MS = 15_000;
-/** Rounds of advice for pages still missing, and ranges (128 KiB pieces) advised per call. */
-const PREFETCH_ROUNDS = 6;
-const PREFETCH_SLICE = 64;
 
 /** One mapping of the memory file in QEMU. */
 export interface GuestMapping {
@@ -97,6 +94,9 @@ export class GuestMemory {
   async mapped(pid: number): Promise<Uint8Array> {
     return this.agent.mapped(this.file, this.bytes, pid, await findMappings(pid, this.file));
   }
+
+  /** Reads the page runs `runs` into the page cache (the memory agent's reads, answered by this daemon's FUSE view). */
+  readIn(runs: Array<[number, number]>): Promise<number> { return this.agent.readIn(this.file, runs); }
 
   /** Drops the clean page-cache pages of file page runs `runs` that no process maps (read-ahead QEMU never touched). */
   drop(runs: Array<[number, number]>): Promise<void> {
@@ -182,34 +182,21 @@ export interface PrefetchResult {
   durationMs: number;
 }
 
-/** Brings the sorted file pages `pages` of QEMU `pid`'s mapping of `mem` into the page cache. */
+/**
+ * Brings the sorted file pages `pages` of `mem` into the page cache: the
+ * memory agent reads them (eight 128 KiB reads in flight), so each is
+ * there when its read is answered and the guest's next touch is a minor
+ * fault. `pid` is QEMU's, for messages.
+ */
 export async function prefetchPages(pid: number, mem: GuestMemory, pages: readonly number[], what: string): Promise<PrefetchResult> {
   const started = performance.now();
   if (pages.length === 0) return { pages: 0, cachedPages: 0, durationMs: 0 };
-  // FUSE skips read-ahead while its queue is congested, so one advice over
-  // everything brings in about half: advise in slices, then again for what
-  // is still missing, until all is cached, nothing more arrives, or time is up.
-  const count = (bitmap: Uint8Array) => pages.reduce((n, p) => n + (bitmap[p] ? 1 : 0), 0);
-  let cached = 0;
-  await onGuestMapping(pid, mem, what, async (pidfd, maps) => {
-    let missing = pages;
-    for (let round = 0; round < PREFETCH_ROUNDS && missing.length > 0; round++) {
-      const ranges = runsToRanges(pageRuns(missing), maps);
-      for (let i = 0; i < ranges.length; i += PREFETCH_SLICE) {
-        await processMadvise(pidfd, ranges.slice(i, i + PREFETCH_SLICE), 'willneed');
-        await new Promise((r) => setTimeout(r, 10));
-      }
-      let bitmap: Uint8Array = new Uint8Array(mem.pages);
-      for (let still = 0, last = -1; still < 3 && performance.now() - started < PREFETCH_WAIT_MS; last = cached) {
-        await new Promise((r) => setTimeout(r, 30));
-        bitmap = await mem.cached();
-        cached = count(bitmap);
-        still = cached > last ? 0 : still + 1;
-        if (cached === pages.length) break;
-      }
-      missing = pages.filter((p) => !bitmap[p]);
-      if (performance.now() - started > PREFETCH_WAIT_MS) break;
-    }
-  });
+  try {
+    await mem.readIn(pageRuns(pages));
+  } catch (err) {
+    throw new DormantError('EIO', `${what} (QEMU pid ${pid}): ${(err as Error).message}`, { cause: err });
+  }
+  const bitmap = await mem.cached();
+  const cached = pages.reduce((n, p) => n + (bitmap[p] ? 1 : 0), 0);
   return { pages: pages.length, cachedPages: cached, durationMs: performance.now() - started };
 }

@@ -115,11 +115,16 @@ export function foldClasses(ws: WorkingSet, epochs: ReadonlyMap<EventClass, Clas
   return classes.size > 0 ? { ...ws, classes } : ws;
 }
 
-/** Pages of class `c`'s working set touched in one of its last two event epochs (heat >= 1/2), sorted. */
+/**
+ * Pages of class `c`'s working set touched in one of its last four event
+ * epochs (heat >= 1/8), sorted. Four, not one: a page kept resident or
+ * prefetched is not faulted again, and the guest handles each event with
+ * partly fresh pages (a new process), so one epoch sees only part of it.
+ */
 export function classPages(ws: WorkingSet | undefined, c: EventClass): number[] {
   const cw = ws?.classes?.get(c);
   if (!cw) return [];
-  return [...cw.heat.entries()].filter(([, h]) => h >= 0.5).map(([p]) => p).sort((a, b) => a - b);
+  return [...cw.heat.entries()].filter(([, h]) => h >= 1 / 8).map(([p]) => p).sort((a, b) => a - b);
 }
 
 /** The `n` hottest pages (ties: lower page first), sorted by page index. */

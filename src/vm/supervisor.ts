@@ -18,6 +18,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { DormantError } from '../blockstore/index.js';
 import { setCloexec } from '../native/index.js';
@@ -33,6 +34,8 @@ import { checkVmName, listVms, readVm, vmPaths, type VmRecord } from './vm-recor
 const PAGE = 4096;
 /** util-linux setpriv (Debian: always installed), to give QEMU a parent-death signal. */
 const SETPRIV = '/usr/bin/setpriv';
+/** coreutils nice, to start QEMU at niceness 0 from a daemon that raised its own priority. */
+const NICE = '/usr/bin/nice';
 
 /** Where a VM is in its life. */
 export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped' | 'crashed';
@@ -174,9 +177,11 @@ export class VmSupervisor {
       { hostPort: guestPort, kvm: opts.kvm });
     // Under setpriv --pdeathsig: if the daemon dies (even by SIGKILL), its QEMUs die too; their RAM
     // is on the daemon's FUSE view, which is gone then, so they could not run on anyway.
-    const child = fs.existsSync(SETPRIV)
-      ? spawn(SETPRIV, ['--pdeathsig', 'KILL', QEMU_BINARY, ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
-      : spawn(QEMU_BINARY, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    // QEMU runs at the normal priority even when the daemon raised its own (it serves every fault).
+    const own = os.getPriority();
+    const argv = [...(own !== 0 ? [NICE, '-n', String(-own)] : []), ...(fs.existsSync(SETPRIV) ? [SETPRIV, '--pdeathsig', 'KILL'] : []),
+      QEMU_BINARY, ...args];
+    const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
     const vm: Running = {
       rec, child, state: 'starting', hostPort, proxy, startedAt: Date.now(), stderrTail: '', exited: Promise.resolve(),
       io: this.pager.track(rec.memory, rec.memoryBytes),
