@@ -10,7 +10,7 @@
  *   root disk  ext4 made with `mke2fs -d`: busybox-static with its applet
  *              symlinks, the same modules, and an /sbin/init that mounts
  *              proc/sys/dev, sets the hostname from `dormant.hostname=` on
- *              the kernel command line, brings eth0 up with udhcpc, serves
+ *              the kernel command line, brings eth0 up at 10.0.2.15, serves
  *              a status page with `busybox httpd` on port 80 and logs a
  *              heartbeat on the serial console.
  *
@@ -34,7 +34,7 @@ import path from 'node:path';
 import { DormantError } from '../blockstore/index.js';
 import { withCacheLock } from './cache-lock.js';
 import { BALLAST_C } from './ballast.js';
-import { DEFAULT_HOSTNAME, INDEX_CGI, STATUS_CGI, UDHCPC_SCRIPT, initramfsInit, rootInit } from './guest-scripts.js';
+import { DEFAULT_HOSTNAME, INDEX_CGI, STATUS_CGI, initramfsInit, rootInit } from './guest-scripts.js';
 import { moduleName, parseModulesDep, resolveModules } from './kernel-modules.js';
 
 export { DEFAULT_HOSTNAME } from './guest-scripts.js';
@@ -253,7 +253,7 @@ async function buildLocked(name: string, size: number, cacheDir: string, opts: B
     gcc: gccVersion,
     // The guest's scripts: editing them invalidates the cache even without a version bump.
     scripts: createHash('sha256')
-      .update([initramfsInit('KVER'), rootInit(), STATUS_CGI, INDEX_CGI, UDHCPC_SCRIPT, BALLAST_C, JSON.stringify(WANTED_MODULES)]
+      .update([initramfsInit('KVER'), rootInit(), STATUS_CGI, INDEX_CGI, BALLAST_C, JSON.stringify(WANTED_MODULES)]
         .join('\0'))
       .digest('hex').slice(0, 16),
   };
@@ -318,7 +318,6 @@ async function buildLocked(name: string, size: number, cacheDir: string, opts: B
     await installBusybox(rroot, busybox, new Set(['sbin/init', 'linuxrc']));
     await addModules(rroot);
     await writeExec(path.join(rroot, 'sbin', 'init'), rootInit());
-    await writeExec(path.join(rroot, 'etc', 'udhcpc.script'), UDHCPC_SCRIPT);
     await writeExec(path.join(rroot, 'usr', 'share', 'dormant', 'status.cgi'), STATUS_CGI);
     await writeExec(path.join(rroot, 'usr', 'share', 'dormant', 'index.cgi'), INDEX_CGI);
     // The memory ballast (ballast.ts), a static binary: the guest has no libc of its own.

@@ -52,7 +52,9 @@ export async function waitHttp(store: string, vm: string, port: number, timeoutM
     } catch { /* not up yet */ }
     await sleep(1_000);
   }
-  const log = dormant(['vm', 'log', vm], { store }).stdout.split('\n').slice(-20).join('\n');
+  // The guest's own lines (boot, eth0, httpd) and the last heartbeats.
+  const lines = dormant(['vm', 'log', vm], { store }).stdout.split('\n');
+  const log = [...lines.filter((l) => l.startsWith('dormant-guest')), ...lines.slice(-5)].join('\n');
   throw new Error(`VM ${vm} did not answer HTTP on port ${port} within ${timeoutMs / 1000} s; last page: ${page}\nserial:\n${log}`);
 }
 
