@@ -308,7 +308,12 @@ function machine() {
 
 try {
   const results = [];
-  for (const mode of MODES) results.push(await runMode(mode));
+  for (const mode of MODES) {
+    const r = await runMode(mode);
+    results.push(r);
+    // Each mode's figures as soon as it ends: a run cut short still tells what it measured.
+    log(`${mode} done: ${JSON.stringify(r)}`);
+  }
   console.log(`\nDensity (${new Date().toISOString().slice(0, 10)}; ${machine()}): 256 MiB VMs, ballast ${mib(BALLAST)} MiB `
     + `(${SHARED}% alike), a probe every ${PROBE_INTERVAL_MS} ms round-robin, probe limit ${PROBE_MS} ms, `
     + `floor ${mib(MIN_AVAILABLE)} MiB available, cap ${MAX_VMS}; host used = MemTotal - MemAvailable over the baseline `
