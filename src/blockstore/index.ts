@@ -12,3 +12,4 @@ export type {
   FingerprintEntry, BlockHashes, StoredFile, ChunkUser, DamagedChunk, DataReport, VerifyOptions,
 } from './types.js';
 export { importFile, exportFile, type ProgressFn, type RawImageResult } from './raw-image.js';
+export { IMAGE_FORMATS, checkFormat, isNbdUri, probeFormat, type ImageFormat } from './image-format.js';

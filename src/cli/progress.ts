@@ -18,18 +18,22 @@ export class Progress {
 
   private readonly stream: NodeJS.WriteStream;
 
-  /** Reports that `done` bytes of `total` (default: the constructor's) are finished. */
+  /** Reports that `done` bytes of `total` (default: the constructor's; 0: unknown) are finished. */
   update(done: number, total = this.total): void {
     this.total = total;
     if (!this.enabled) return;
     const now = Date.now();
-    if (now - this.lastDraw < 100 && done < this.total) return;
+    if (now - this.lastDraw < 100 && (this.total === 0 || done < this.total)) return;
     this.lastDraw = now;
-    const pct = this.total === 0 ? 100 : Math.floor((done / this.total) * 100);
+    const rate = formatRate(done, (now - this.started) / 1000);
+    if (this.total === 0) { // a stream of unknown length: bytes and rate only
+      this.stream.write(`\r${this.label} ${formatBytes(done)} ${rate}  `);
+      return;
+    }
+    const pct = Math.floor((done / this.total) * 100);
     const width = 30;
     const fill = Math.round((pct / 100) * width);
     const bar = '#'.repeat(fill) + '-'.repeat(width - fill);
-    const rate = formatRate(done, (now - this.started) / 1000);
     this.stream.write(`\r${this.label} [${bar}] ${String(pct).padStart(3)}% ${formatBytes(done)}/${formatBytes(this.total)} ${rate}  `);
   }
 
