@@ -251,7 +251,7 @@ export class Store implements VolumeHost {
     const cur = this.catalog.resolve(name);
     if (cur.readOnly) throw new DormantError('EROFS', `'${name}' is a read-only snapshot`, { volume: name });
     if (size < cur.size) {
-      throw new DormantError('EINVAL', `cannot shrink '${name}' from ${cur.size} to ${size} bytes`, { volume: name });
+      throw new DormantError('EINVAL', `cannot shrink '${name}' from ${cur.size} to ${size} bytes: volumes only grow`, { volume: name });
     }
     await this.persist(this.catalog.setSize(name, size));
   }

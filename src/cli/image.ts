@@ -23,7 +23,8 @@ export function addImageCommands(program: Command, run: (fn: () => Promise<void>
     .option('--size <size>', 'root disk size', String(DEFAULT_IMAGE_SIZE))
     .option('--cache-dir <dir>', 'where kernel, initramfs and image are kept (default: $XDG_CACHE_HOME/dormant/images)')
     .option('-v, --verbose', 'build steps on stderr (the default when stderr is a terminal)')
-    .action((name: string, o: { size: string; cacheDir?: string; verbose?: boolean }, cmd: Command) => run(async () => {
+    .option('--json', 'machine-readable output')
+    .action((name: string, o: { size: string; cacheDir?: string; verbose?: boolean; json?: boolean }, cmd: Command) => run(async () => {
       const started = Date.now();
       const size = parseSize(o.size, VOLUME_SIZE_LIMIT);
       const cacheDir = path.resolve(o.cacheDir ?? defaultCacheDir());
@@ -41,11 +42,19 @@ export function addImageCommands(program: Command, run: (fn: () => Promise<void>
           throw new DormantError('EEXIST',
             `volume ${name} exists and was not imported from these inputs (remove it first: dormant rm ${name})`);
         }
-        await c.importFile(name, meta.image, 'disk');
+        await c.importFile(name, meta.image, 'disk', 'raw');
         await c.snapshot(name, 'base');
         await c.snapshot(name, marker);
         return true;
       });
+      if (o.json) {
+        process.stdout.write(`${JSON.stringify({
+          name: meta.name, volume: name, snapshot: `${name}@base`, size: meta.size, kernelRelease: meta.kernelRelease, cached, imported,
+          kernel: meta.kernel, initrd: meta.initrd, cmdline: meta.cmdline, meta: metaPath(cacheDir, name),
+          seconds: (Date.now() - started) / 1000,
+        }, null, 2)}\n`);
+        return;
+      }
       print(`${cached ? 'image up to date (cached)' : 'image built'}: ${meta.name} ${formatBytes(meta.size)}, kernel ${meta.kernelRelease}; `
         + `${imported ? `imported as ${name}@base` : `${name}@base already imported from the same inputs, import skipped`}`
         + ` (${((Date.now() - started) / 1000).toFixed(1)} s)`);

@@ -5,12 +5,15 @@
 import path from 'node:path';
 import os from 'node:os';
 import type { Command } from 'commander';
-import { BLOCK_SIZE, DormantError, Store, type VolumeKind, type VolumeSummary } from '../blockstore/index.js';
+import {
+  BLOCK_SIZE, DormantError, IMAGE_FORMATS, Store, checkFormat, isNbdUri, type VolumeKind, type VolumeSummary,
+} from '../blockstore/index.js';
 import {
   CONTROL_SOCKET_NAME, LocalControl, RemoteControl, daemonAnswers, type StoreControl,
 } from '../control/index.js';
 import { formatBytes, formatRate, parseSize, table, VOLUME_SIZE_LIMIT } from './format.js';
 import { Progress } from './progress.js';
+import { stdioPath } from './stdio.js';
 
 /** The store directory: --store, else $DORMANT_STORE, else $XDG_DATA_HOME/dormant. */
 export function storeDir(cmd: Command): string {
@@ -57,23 +60,33 @@ export function addStoreCommands(program: Command, run: (fn: () => Promise<void>
     }));
 
   program.command('import <name> <file>')
-    .description('copy a raw image file into a new volume; prints its size')
+    .description('copy an image file (or stdin with -) into a new volume (raw as it is; qcow2, vmdk, vdi, vhdx, vpc... converted by qemu-img); prints its size')
     .option('--kind <kind>', 'disk or memory', 'disk')
-    .action((name: string, file: string, o: { kind: string }, cmd: Command) => run(async () => {
+    .option('--format <format>', `image format: ${IMAGE_FORMATS.join(', ')} (auto: told by the file's header)`, 'auto')
+    .option('--json', 'machine-readable output')
+    .action((name: string, file: string, o: { kind: string; format: string; json?: boolean }, cmd: Command) => run(async () => {
       const kind = parseKind(o.kind);
+      checkFormat(o.format);
       const progress = new Progress(`import ${name}`, 0);
-      const r = await withStore(cmd, (c) => c.importFile(name, path.resolve(file), kind, (d, t) => progress.update(d, t)))
-        .finally(() => progress.done());
-      print(`imported ${name}: ${formatBytes(r.size)} (${r.size} bytes), ${formatBytes(r.allocated)} allocated, `
+      const source = isNbdUri(file) ? undefined : await stdioPath(file, 0);
+      const r = await withStore(cmd, (c) => c.importFile(name, source?.file ?? file, kind, o.format, (d, t) => progress.update(d, t)))
+        .finally(async () => { progress.done(); await source?.finish(); });
+      if (o.json) { printJson(r); return; }
+      const conv = r.format && r.format !== 'raw' ? ` (${r.format}, converted to raw by qemu-img)` : '';
+      print(`imported ${name}${conv}: ${formatBytes(r.size)} (${r.size} bytes), ${formatBytes(r.allocated)} allocated, `
         + `in ${r.seconds.toFixed(2)} s (${formatRate(r.size, r.seconds)})`);
     }));
 
   program.command('export <volume> <file>')
-    .description('copy a volume or snapshot (volume@snap) to a raw image file (sparse)')
-    .action((name: string, file: string, _o, cmd: Command) => run(async () => {
+    .description('copy a volume or snapshot (volume@snap) to a raw image file (sparse), or to stdout with -')
+    .option('--json', 'machine-readable output (on stderr when the image goes to stdout)')
+    .action((name: string, file: string, o: { json?: boolean }, cmd: Command) => run(async () => {
       const progress = new Progress(`export ${name}`, 0);
-      const r = await withStore(cmd, (c) => c.exportFile(name, path.resolve(file), (d, t) => progress.update(d, t)))
-        .finally(() => progress.done());
+      const target = isNbdUri(file) ? undefined : await stdioPath(file, 1);
+      const r = await withStore(cmd, (c) => c.exportFile(name, target?.file ?? file, (d, t) => progress.update(d, t)))
+        .finally(async () => { progress.done(); await target?.finish(); });
+      if (o.json) { (target?.isStdout ? process.stderr : process.stdout).write(`${JSON.stringify(r, null, 2)}\n`); return; }
+      if (target?.isStdout) return; // stdout holds the image
       print(`exported ${name} to ${file}: ${formatBytes(r.size)} (${r.size} bytes, ${formatBytes(r.allocated)} allocated) `
         + `in ${r.seconds.toFixed(2)} s`);
     }));
@@ -82,25 +95,31 @@ export function addStoreCommands(program: Command, run: (fn: () => Promise<void>
     .description('create an empty volume')
     .requiredOption('--size <size>', 'size, e.g. 10G, 512M, 4096')
     .option('--kind <kind>', 'disk or memory', 'disk')
-    .action((name: string, o: { size: string; kind: string }, cmd: Command) => run(async () => {
+    .option('--json', 'machine-readable output')
+    .action((name: string, o: { size: string; kind: string; json?: boolean }, cmd: Command) => run(async () => {
       const size = parseSize(o.size, VOLUME_SIZE_LIMIT);
       const kind = parseKind(o.kind);
       await withStore(cmd, (store) => store.createVolume(name, size, kind));
+      if (o.json) { printJson({ volume: name, size, kind }); return; }
       print(`created ${kind} volume ${name}: ${formatBytes(size)} (${size} bytes)`);
     }));
 
   program.command('branch <new>')
     .description('create a writable volume whose content is a snapshot (O(1))')
     .requiredOption('--from <volume@snap>', 'the snapshot to branch from')
-    .action((name: string, o: { from: string }, cmd: Command) => run(async () => {
+    .option('--json', 'machine-readable output')
+    .action((name: string, o: { from: string; json?: boolean }, cmd: Command) => run(async () => {
       await withStore(cmd, (store) => store.branch(name, o.from));
+      if (o.json) { printJson({ volume: name, from: o.from }); return; }
       print(`created branch ${name} from ${o.from}`);
     }));
 
   program.command('snapshot <volume> <snap>')
     .description('freeze a volume as volume@snap (O(1))')
-    .action((volume: string, snap: string, _o, cmd: Command) => run(async () => {
+    .option('--json', 'machine-readable output')
+    .action((volume: string, snap: string, o: { json?: boolean }, cmd: Command) => run(async () => {
       const full = await withStore(cmd, (store) => store.snapshot(volume, snap));
+      if (o.json) { printJson({ snapshot: full }); return; }
       print(`created snapshot ${full}`);
     }));
 
@@ -136,9 +155,30 @@ export function addStoreCommands(program: Command, run: (fn: () => Promise<void>
 
   program.command('rm <name>')
     .description('remove a volume (with its snapshots) or a snapshot; refused while branches depend on it')
-    .action((name: string, _o, cmd: Command) => run(async () => {
+    .option('--json', 'machine-readable output')
+    .action((name: string, o: { json?: boolean }, cmd: Command) => run(async () => {
       const removed = await withStore(cmd, (store) => store.remove(name));
+      if (o.json) { printJson({ removed }); return; }
       print(`removed ${removed.join(', ')} (run dormant gc to reclaim the space)`);
+    }));
+
+  program.command('resize <volume> <size>')
+    .description('grow a volume to SIZE, or by +SIZE (as qemu-img resize); shrinking is refused')
+    .option('--json', 'machine-readable output')
+    .action((name: string, sizeText: string, o: { json?: boolean }, cmd: Command) => run(async () => {
+      if (sizeText.startsWith('-')) throw new DormantError('EINVAL', `cannot shrink '${name}': volumes only grow`);
+      const by = sizeText.startsWith('+');
+      const amount = parseSize(by ? sizeText.slice(1) : sizeText, VOLUME_SIZE_LIMIT);
+      const r = await withStore(cmd, async (c) => {
+        const oldSize = (await c.info(name)).size;
+        const size = by ? oldSize + amount : amount;
+        await c.resize(name, size);
+        return { volume: name, oldSize, size };
+      });
+      if (o.json) { printJson(r); return; }
+      print(r.size === r.oldSize ? `${name} is already ${formatBytes(r.size)} (${r.size} bytes)`
+        : `resized ${name}: ${formatBytes(r.oldSize)} -> ${formatBytes(r.size)} (${r.size} bytes); `
+          + 'NBD clients see the new size when they connect again');
     }));
 
   program.command('gc')

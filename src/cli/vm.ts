@@ -57,8 +57,10 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
     .option('--cache-dir <dir>', 'image cache of dormant image build-test-guest (default: $XDG_CACHE_HOME/dormant/images)')
     .option('--ballast <size>', 'test guest: memory it fills at boot and touches like an idle service (e.g. 160M of 256M)')
     .option('--ballast-shared <percent>', 'the part of the ballast alike in every VM (e.g. 50%)', '0%')
+    .option('--json', 'machine-readable output: the VM record')
     .action((name: string, o: {
       from: string; memory: string; cpus: string; kernelFrom?: string; cacheDir?: string; ballast?: string; ballastShared: string;
+      json?: boolean;
     }, cmd: Command) => run(async () => {
       checkVmName(name);
       const memoryBytes = parseSize(o.memory);
@@ -91,6 +93,7 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
           ...(ballastBytes ? { ballastBytes, ballastSharedPercent } : {}),
         });
       });
+      if (o.json) { printJson(rec); return; }
       print(`created VM ${rec.name}: disk ${rec.disk} from ${rec.from}, memory ${rec.memory} ${formatBytes(rec.memoryBytes)}, `
         + `${rec.cpus} CPU${rec.cpus > 1 ? 's' : ''}, kernel from image ${rec.image}`
         + `${rec.ballastBytes ? `, ballast ${formatBytes(rec.ballastBytes)} (${rec.ballastSharedPercent}% shared)` : ''}`);
@@ -99,29 +102,45 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
   vm.command('start <vm>')
     .description('boot the VM under QEMU (needs dormant serve --mount DIR)')
     .option('--kvm', 'use KVM instead of TCG (the host must have /dev/kvm)')
-    .action((name: string, o: { kvm?: boolean }, cmd: Command) => run(async () => {
+    .option('--json', 'machine-readable output: the status once QMP answers')
+    .action((name: string, o: { kvm?: boolean; json?: boolean }, cmd: Command) => run(async () => {
       checkVmName(name);
       const s = await (await daemon(cmd, 'vm start')).vmStart(name, Boolean(o.kvm));
+      if (o.json) { printJson(s); return; }
       print(`started VM ${name}: pid ${s.pid}, http://127.0.0.1:${s.hostPort}/ -> guest port 80`);
     }));
 
   vm.command('stop <vm>')
     .description('power the VM off (ACPI power button, then QMP quit after the timeout, then SIGKILL)')
     .option('--timeout <seconds>', 'wait this long for the guest to power off', String(STOP_TIMEOUT_MS / 1000))
-    .action((name: string, o: { timeout: string }, cmd: Command) => run(async () => {
+    .option('--json', 'machine-readable output: the status once stopped')
+    .action((name: string, o: { timeout: string; json?: boolean }, cmd: Command) => run(async () => {
       checkVmName(name);
       const secs = Number(o.timeout);
       if (!Number.isFinite(secs) || secs < 0 || secs > 3600) throw new DormantError('EINVAL', `bad --timeout '${o.timeout}'`);
       const s = await (await daemon(cmd, 'vm stop')).vmStop(name, Math.round(secs * 1000));
+      if (o.json) { printJson(s); return; }
       print(`VM ${name}: ${stateText(s)}`);
     }));
 
   vm.command('resume <vm>')
     .description('continue a VM QEMU paused (its disk got ENOSPC from a full store: free space first with rm and gc)')
-    .action((name: string, _o, cmd: Command) => run(async () => {
+    .option('--json', 'machine-readable output: the status after cont')
+    .action((name: string, o: { json?: boolean }, cmd: Command) => run(async () => {
       checkVmName(name);
       const s = await (await daemon(cmd, 'vm resume')).vmResume(name);
+      if (o.json) { printJson(s); return; }
       print(`VM ${name}: ${stateText(s)}`);
+    }));
+
+  vm.command('rm <vm>')
+    .description('remove a VM that is not running: its record, serial log, memory volume and disk branch (with its snapshots)')
+    .option('--json', 'machine-readable output')
+    .action((name: string, o: { json?: boolean }, cmd: Command) => run(async () => {
+      checkVmName(name);
+      const removed = await withStore(cmd, (c) => c.vmRemove(name));
+      if (o.json) { printJson({ vm: name, volumesRemoved: removed }); return; }
+      print(`removed VM ${name}${removed.length ? ` and ${removed.join(', ')}` : ''} (run dormant gc to reclaim the space)`);
     }));
 
   vm.command('list')
@@ -232,11 +251,16 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
 
   vm.command('log <vm>')
     .description('print the VM\'s serial console log')
-    .action((name: string, _o, cmd: Command) => run(async () => {
+    .option('-f, --follow', 'keep printing what the guest writes, as tail -f (a restart of the VM starts the log again); Ctrl-C ends')
+    .action((name: string, o: { follow?: boolean }, cmd: Command) => run(async () => {
       const dir = storeDir(cmd);
       readVm(dir, name);
       const file = vmPaths(dir, name).log;
-      if (fs.existsSync(file)) process.stdout.write(fs.readFileSync(file));
+      if (!o.follow) {
+        if (fs.existsSync(file)) process.stdout.write(fs.readFileSync(file));
+        return;
+      }
+      await followLog(file);
     }));
 
   vm.command('xen-config <vm>')
@@ -249,3 +273,45 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
       print(`# blkback instead: nbd-client -unix ${sock} -N ${rec.disk} /dev/nbd0   then   disk = [ 'phy:/dev/nbd0,xvda,w' ]`);
     }));
 }
+
+/** How often `vm log -f` looks for new output. */
+const FOLLOW_POLL_MS = 200;
+
+/**
+ * Prints `file` and then what is appended to it, until SIGINT or SIGTERM
+ * (resolves) or stdout is closed. A file that shrinks was started again
+ * (the VM restarted): it is printed from its start.
+ */
+async function followLog(file: string): Promise<void> {
+  let offset = 0;
+  let stop = false;
+  const end = () => { stop = true; };
+  process.once('SIGINT', end);
+  process.once('SIGTERM', end);
+  process.stdout.once('error', end); // EPIPE: the reader went away
+  const buf = Buffer.allocUnsafe(64 * 1024);
+  try {
+    while (!stop) {
+      const size = await fs.promises.stat(file).then((st) => st.size, () => 0);
+      if (size < offset) offset = 0;
+      if (size > offset) {
+        const fh = await fs.promises.open(file, 'r');
+        try {
+          while (offset < size && !stop) {
+            const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - offset), offset);
+            if (bytesRead === 0) break;
+            offset += bytesRead;
+            if (!process.stdout.write(Buffer.from(buf.subarray(0, bytesRead)))) await new Promise((r) => process.stdout.once('drain', r));
+          }
+        } finally {
+          await fh.close();
+        }
+      }
+      await new Promise((r) => setTimeout(r, FOLLOW_POLL_MS));
+    }
+  } finally {
+    process.off('SIGINT', end);
+    process.off('SIGTERM', end);
+  }
+}
+

@@ -74,6 +74,7 @@ export class RemoteControl implements StoreControl {
   async snapshot(volume: string, snap: string) { return call(this.socketPath, 'snapshot', [volume, snap]) as Promise<string>; }
   async branch(name: string, from: string) { await call(this.socketPath, 'branch', [name, from]); }
   async remove(name: string) { return call(this.socketPath, 'remove', [name]) as Promise<string[]>; }
+  async resize(name: string, size: number) { await call(this.socketPath, 'resize', [name, size]); }
   async list() { return call(this.socketPath, 'list', []) as ReturnType<StoreControl['list']>; }
   async info(name: string) { return call(this.socketPath, 'info', [name]) as ReturnType<StoreControl['info']>; }
   async stats() { return call(this.socketPath, 'stats', []) as ReturnType<StoreControl['stats']>; }
@@ -82,8 +83,8 @@ export class RemoteControl implements StoreControl {
   async verifyData(repair: boolean, rate: number, progress?: ProgressFn) {
     return call(this.socketPath, 'verifyData', [repair, rate], progress) as ReturnType<StoreControl['verifyData']>;
   }
-  async importFile(name: string, file: string, kind: string, progress?: ProgressFn) {
-    return call(this.socketPath, 'importFile', [name, file, kind], progress) as ReturnType<StoreControl['importFile']>;
+  async importFile(name: string, file: string, kind: string, format: string, progress?: ProgressFn) {
+    return call(this.socketPath, 'importFile', [name, file, kind, format], progress) as ReturnType<StoreControl['importFile']>;
   }
   async exportFile(name: string, file: string, progress?: ProgressFn) {
     return call(this.socketPath, 'exportFile', [name, file], progress) as ReturnType<StoreControl['exportFile']>;
@@ -92,6 +93,7 @@ export class RemoteControl implements StoreControl {
   async vmStart(name: string, kvm: boolean) { return call(this.socketPath, 'vmStart', [name, kvm]) as Promise<VmStatus>; }
   async vmStop(name: string, timeoutMs: number) { return call(this.socketPath, 'vmStop', [name, timeoutMs]) as Promise<VmStatus>; }
   async vmResume(name: string) { return call(this.socketPath, 'vmResume', [name]) as Promise<VmStatus>; }
+  async vmRemove(name: string) { return call(this.socketPath, 'vmRemove', [name]) as Promise<string[]>; }
   async vmStatus(name: string) { return call(this.socketPath, 'vmStatus', [name]) as Promise<VmStatus>; }
   async vmList() { return call(this.socketPath, 'vmList', []) as Promise<VmStatus[]>; }
   async vmPageout(name: string, keepBytes: number) {

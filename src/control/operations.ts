@@ -10,7 +10,7 @@ import {
 import { exportFile, importFile, type ProgressFn, type RawImageResult } from '../blockstore/index.js';
 import { sharingReport, type PageoutReport, type PrefetchReport, type SharingReport } from '../pager/index.js';
 import {
-  createVm, listVms, offlineStatus, readVm, type VmRecord, type VmSpec, type VmStatus, type VmSupervisor,
+  createVm, listVms, offlineStatus, removeVm, vmUsing, readVm, type VmRecord, type VmSpec, type VmStatus, type VmSupervisor,
 } from '../vm/index.js';
 
 /** File name of the daemon's control socket inside the store directory. */
@@ -22,6 +22,8 @@ export interface StoreControl {
   snapshot(volume: string, snap: string): Promise<string>;
   branch(name: string, from: string): Promise<void>;
   remove(name: string): Promise<string[]>;
+  /** Grows a volume to `size` bytes (shrinking is refused). */
+  resize(name: string, size: number): Promise<void>;
   list(): Promise<VolumeSummary[]>;
   info(name: string): Promise<VolumeInfo>;
   stats(): Promise<StoreStats>;
@@ -34,8 +36,8 @@ export interface StoreControl {
    * bytes per second at most (0: no bound). `signal` stops it early.
    */
   verifyData(repair: boolean, rate: number, progress?: ProgressFn, signal?: AbortSignal): Promise<DataReport>;
-  /** `file` is a path on the host that owns the store. */
-  importFile(name: string, file: string, kind: VolumeKind, progress?: ProgressFn): Promise<RawImageResult>;
+  /** `file` is a path on the host that owns the store; `format`: auto, raw or a qemu-img format name. */
+  importFile(name: string, file: string, kind: VolumeKind, format: string, progress?: ProgressFn): Promise<RawImageResult>;
   exportFile(name: string, file: string, progress?: ProgressFn): Promise<RawImageResult>;
   /** VMs (src/vm): create works offline; start and stop need the daemon's supervisor. */
   vmCreate(spec: VmSpec): Promise<VmRecord>;
@@ -43,6 +45,8 @@ export interface StoreControl {
   vmStop(name: string, timeoutMs: number): Promise<VmStatus>;
   /** Continues a VM QEMU paused (e.g. on ENOSPC from a full store, once space is freed): QMP cont. */
   vmResume(name: string): Promise<VmStatus>;
+  /** Removes a VM that does not run: its record, memory volume and disk branch; returns the volumes removed. */
+  vmRemove(name: string): Promise<string[]>;
   vmStatus(name: string): Promise<VmStatus>;
   vmList(): Promise<VmStatus[]>;
   /** Page-out and prefetch of a running VM (daemon only); the sharing report over every VM's memory. */
@@ -55,8 +59,8 @@ export interface StoreControl {
 
 /** Names of the operations, as used on the wire. */
 export const CONTROL_OPS = [
-  'createVolume', 'snapshot', 'branch', 'remove', 'list', 'info', 'stats', 'gc', 'check', 'verifyData', 'importFile', 'exportFile',
-  'vmCreate', 'vmStart', 'vmStop', 'vmResume', 'vmStatus', 'vmList', 'vmPageout', 'vmPrefetch', 'vmSharing',
+  'createVolume', 'snapshot', 'branch', 'remove', 'resize', 'list', 'info', 'stats', 'gc', 'check', 'verifyData', 'importFile', 'exportFile',
+  'vmCreate', 'vmStart', 'vmStop', 'vmResume', 'vmRemove', 'vmStatus', 'vmList', 'vmPageout', 'vmPrefetch', 'vmSharing',
 ] as const;
 
 /** One control operation name. */
@@ -73,7 +77,15 @@ export class LocalControl implements StoreControl {
   createVolume(name: string, size: number, kind: VolumeKind) { return this.store.createVolume(name, size, kind); }
   snapshot(volume: string, snap: string) { return this.store.snapshot(volume, snap); }
   branch(name: string, from: string) { return this.store.branch(name, from); }
-  remove(name: string) { return this.store.remove(name); }
+  async remove(name: string) {
+    const user = vmUsing(this.store.dir, name);
+    if (user) {
+      throw new DormantError('EBUSY', `'${name}' is the ${user.role} of VM '${user.vm}': dormant vm rm ${user.vm} removes the VM with its volumes`,
+        { volume: name });
+    }
+    return this.store.remove(name);
+  }
+  resize(name: string, size: number) { return this.store.resize(name, size); }
   list() { return this.store.list(); }
   info(name: string) { return this.store.info(name); }
   stats() { return this.store.stats(); }
@@ -82,8 +94,8 @@ export class LocalControl implements StoreControl {
   verifyData(repair: boolean, rate: number, progress?: ProgressFn, signal?: AbortSignal) {
     return this.store.verifyData({ repair, rate, progress, signal });
   }
-  importFile(name: string, file: string, kind: VolumeKind, progress?: ProgressFn) {
-    return importFile(this.store, name, file, kind, progress);
+  importFile(name: string, file: string, kind: VolumeKind, format: string, progress?: ProgressFn) {
+    return importFile(this.store, name, file, kind, progress, format);
   }
   exportFile(name: string, file: string, progress?: ProgressFn) {
     return exportFile(this.store, name, file, progress);
@@ -92,6 +104,11 @@ export class LocalControl implements StoreControl {
   async vmStart(name: string, kvm: boolean) { return this.supervisor().start(name, { kvm }); }
   async vmStop(name: string, timeoutMs: number) { return this.supervisor().stop(name, timeoutMs); }
   async vmResume(name: string) { return this.supervisor().resume(name); }
+  async vmRemove(name: string) {
+    readVm(this.store.dir, name); // ENOENT: unknown VM
+    this.vms?.forget(name);
+    return removeVm(this.store, name);
+  }
   async vmStatus(name: string): Promise<VmStatus> {
     const rec = readVm(this.store.dir, name);
     const s = this.vms ? await this.vms.status(name) : offlineStatus(rec, this.store.dir);

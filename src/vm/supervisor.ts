@@ -329,6 +329,18 @@ export class VmSupervisor {
     return this.status(name);
   }
 
+  /**
+   * Forgets VM `name` before `vm rm` removes it: EBUSY while its QEMU runs
+   * (starting, running, paused or stopping).
+   */
+  forget(name: string): void {
+    const vm = this.vms.get(name);
+    if (vm && (vm.state === 'starting' || vm.state === 'running' || vm.state === 'stopping')) {
+      throw new DormantError('EBUSY', `VM '${name}' is ${vm.state} (pid ${vm.child.pid}): stop it first (dormant vm stop ${name})`);
+    }
+    this.vms.delete(name);
+  }
+
   /** Stops every VM that runs (daemon shutdown). */
   async stopAll(timeoutMs = STOP_TIMEOUT_MS): Promise<void> {
     const live = [...this.vms.values()].filter((v) => v.state === 'running' || v.state === 'starting' || v.state === 'stopping');

@@ -182,3 +182,40 @@ export async function createVm(store: Store, spec: VmSpec): Promise<VmRecord> {
   }
   return rec;
 }
+
+/**
+ * What a VM uses of the store: `name` as the disk or memory volume of a VM
+ * record, or undefined. Snapshots of a VM's disk are the user's own.
+ */
+export function vmUsing(storeDir: string, name: string): { vm: string; role: 'disk' | 'memory' } | undefined {
+  for (const rec of listVms(storeDir)) {
+    if (rec.disk === name) return { vm: rec.name, role: 'disk' };
+    if (rec.memory === name) return { vm: rec.name, role: 'memory' };
+  }
+  return undefined;
+}
+
+/**
+ * Removes VM `name` (not running: the caller checks): its memory volume,
+ * its disk branch with the disk's snapshots, then its record, serial log
+ * and working set. Refused (EBUSY) before anything is removed when a branch
+ * depends on the disk or one of its snapshots. A volume already gone is
+ * skipped. Returns the volumes removed.
+ */
+export async function removeVm(store: Store, name: string): Promise<string[]> {
+  const rec = readVm(store.dir, name);
+  const volumes = [rec.memory, rec.disk].filter((v) => store.describe(v));
+  for (const v of volumes) {
+    const deps = (await store.info(v)).branches;
+    if (deps.length > 0) {
+      throw new DormantError('EBUSY', `cannot remove VM '${name}': ${deps.join(', ')} branch${deps.length > 1 ? 'es' : ''} `
+        + `from its ${v === rec.disk ? 'disk' : 'memory'} '${v}' (remove ${deps.length > 1 ? 'them' : 'it'} first)`);
+    }
+  }
+  const removed: string[] = [];
+  for (const v of volumes) removed.push(...await store.remove(v));
+  const p = vmPaths(store.dir, name);
+  for (const f of [p.record, p.log, p.qmp, p.workingSet]) fs.rmSync(f, { force: true });
+  return removed;
+}
+

@@ -340,6 +340,23 @@ describe('rm, gc and stats', () => {
   });
 });
 
+describe('--json on the commands that make or change', () => {
+  it('import, create, snapshot, branch, resize, export, rm: each prints one JSON object with what it did', () => {
+    const store = freshStore('json');
+    const file = writeFile('json.img', makeImage(9));
+    expect(dormantJson(['import', 'g', file], { store })).toMatchObject({ name: 'g', size: 1_000_001, format: 'raw' });
+    expect(dormantJson(['create', 'm', '--size', '2M', '--kind', 'memory'], { store })).toEqual({ volume: 'm', size: 2 * 2 ** 20, kind: 'memory' });
+    expect(dormantJson(['snapshot', 'g', 'base'], { store })).toEqual({ snapshot: 'g@base' });
+    expect(dormantJson(['branch', 'b', '--from', 'g@base'], { store })).toEqual({ volume: 'b', from: 'g@base' });
+    expect(dormantJson(['resize', 'b', '+3M'], { store })).toEqual({ volume: 'b', oldSize: 1_000_001, size: 1_000_001 + 3 * 2 ** 20 });
+    const out = path.join(path.dirname(file), 'json.out');
+    expect(dormantJson(['export', 'g@base', out], { store })).toMatchObject({ name: 'g@base', size: 1_000_001 });
+    expect(fs.readFileSync(out).equals(makeImage(9))).toBe(true);
+    expect(dormantJson(['rm', 'b'], { store })).toEqual({ removed: ['b'] });
+    expect(dormantJson(['rm', 'g'], { store })).toEqual({ removed: ['g', 'g@base'] });
+  });
+});
+
 describe('user errors: exit 1, nothing on stdout, one line on stderr', () => {
   let store: string;
   let file: string;

@@ -4,16 +4,20 @@
  * is not rebuilt) from one golden snapshot, each answering HTTP with its own
  * hostname; `vm status` reports resident guest RAM; a QEMU killed with
  * SIGKILL is reported `crashed` while the other VM keeps serving; `vm stop`
- * stops; SIGTERM to the daemon stops a running VM before the daemon exits;
- * bad inputs fail with exit 1 and one line.
+ * stops; `vm rm` is refused while a VM runs or a branch depends on its disk,
+ * and `rm` of a VM's volume is refused, then removes a stopped VM with its
+ * volumes (through the daemon and offline); SIGTERM to the daemon stops a
+ * running VM before the daemon exits; bad inputs fail with exit 1 and one
+ * line.
  *
  * Every QEMU pid seen is SIGKILLed in afterAll whatever the outcome, then the
  * daemon is stopped, the mount lazily unmounted and temp dirs removed.
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dormant, dormantJson, expectFailure, expectOk, exportSha256 } from '../helpers/cli.js';
+import { BIN, cliEnv, dormant, dormantJson, expectFailure, expectOk, exportSha256 } from '../helpers/cli.js';
 import { TempDirs } from '../helpers/tmp.js';
 import { cleanupMounts, type MountDaemon } from '../helpers/mount-daemon.js';
 import {
@@ -136,6 +140,24 @@ describe('dormant vm: two VMs from one golden image, supervised by the daemon', 
     expect(exportSha256('golden@base', store, tmp.make('e2e-vm-export'))).toBe(goldenSha);
   }, 2 * BOOT_TIMEOUT_MS + 60_000);
 
+  it('vm log -f follows the serial console until SIGINT', async () => {
+    const beats = (text: string) => text.split('\n').filter((l) => l.startsWith('dormant-heartbeat host=b')).length;
+    const before = beats(expectOk(dormant(['vm', 'log', 'b'], { store })));
+    const child = spawn(process.execPath, [BIN, '--store', store, 'vm', 'log', 'b', '-f'], { env: cliEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    try {
+      // The guest logs a heartbeat every 5 s: one more than there was shows the log is followed.
+      for (let i = 0; i < 100 && beats(out) <= before; i++) await sleep(200);
+      expect(beats(out)).toBeGreaterThan(before);
+      expect(out).toMatch(/^dormant-guest: b booted/m);
+    } finally {
+      child.kill('SIGINT');
+    }
+    expect(await exited).toBe(0);
+  }, 60_000);
+
   it('stops b; shows its serial log and its Xen disk line', () => {
     expect(expectOk(dormant(['vm', 'stop', 'b'], { store }))).toBe('VM b: stopped\n');
     expect(status('b').state).toBe('stopped');
@@ -146,14 +168,38 @@ describe('dormant vm: two VMs from one golden image, supervised by the daemon', 
     expect(xen).toContain(`nbd-client -unix ${path.join(store, 'nbd.sock')} -N b /dev/nbd0`);
   }, 60_000);
 
-  it('stops running VMs first when the daemon gets SIGTERM', async () => {
-    expectOk(dormant(['vm', 'start', 'b'], { store }));
-    const pid = status('b').pid!;
-    qemuPids.add(pid);
+  it('vm rm: refused while the VM runs or a branch depends on its disk; rm of a VM\'s volume refused; a stopped VM goes with its volumes', () => {
+    expectFailure(dormant(['rm', 'b'], { store }), /^dormant: 'b' is the disk of VM 'b': dormant vm rm b removes the VM with its volumes$/);
+    expectFailure(dormant(['rm', 'a.mem'], { store }), /'a\.mem' is the memory of VM 'a'/);
+    expectFailure(dormant(['vm', 'rm', 'a'], { store }), /VM 'a' is running \(pid \d+\): stop it first \(dormant vm stop a\)/);
+    expectFailure(dormant(['vm', 'rm', 'nope'], { store }), /unknown VM 'nope'/);
+    expectOk(dormant(['snapshot', 'b', 's1'], { store }));
+    expectOk(dormant(['branch', 'bb', '--from', 'b@s1'], { store }));
+    expectFailure(dormant(['vm', 'rm', 'b'], { store }), /cannot remove VM 'b': bb branch from its disk 'b' \(remove it first\)/);
+    const names = () => dormantJson<{ volumes: Array<{ name: string }> }>(['list'], { store }).volumes.map((v) => v.name);
+    expect(names()).toEqual(expect.arrayContaining(['b', 'b.mem', 'b@s1', 'bb'])); // nothing removed
+    expect(status('b').state).toBe('stopped');
+    expectOk(dormant(['rm', 'bb'], { store }));
+    expect(expectOk(dormant(['vm', 'rm', 'b'], { store })))
+      .toBe('removed VM b and b.mem, b, b@s1 (run dormant gc to reclaim the space)\n');
+    expect(names().filter((n) => n === 'b' || n.startsWith('b.') || n.startsWith('b@'))).toEqual([]);
+    expect(dormantJson<{ vms: Status[] }>(['vm', 'list'], { store }).vms.map((v) => v.name)).toEqual(['a']);
+    expectFailure(dormant(['vm', 'status', 'b'], { store }), /unknown VM 'b'/);
+    expect(fs.readdirSync(path.join(store, 'vms')).filter((f) => f.startsWith('b.'))).toEqual([]);
+    expect(status('a').state).toBe('running');
+    expect(exportSha256('golden@base', store, tmp.make('e2e-vm-export'))).toBe(goldenSha);
+  }, 60_000);
+
+  it('stops running VMs first when the daemon gets SIGTERM; vm rm works offline', async () => {
+    const pid = status('a').pid!;
     const exit = await daemon!.stop(40_000);
     expect(exit).toEqual({ code: 0, signal: null });
-    expect(() => process.kill(pid, 0), 'QEMU of b is gone').toThrow();
-    expect(daemon!.stderr()).toMatch(/vm b: stopped[\s\S]*dormant serve: stopped/);
-    expect(dormantJson<Status>(['vm', 'status', 'b'], { store }).state).toBe('stopped'); // offline
+    expect(() => process.kill(pid, 0), 'QEMU of a is gone').toThrow();
+    expect(daemon!.stderr()).toMatch(/vm a: stopped[\s\S]*dormant serve: stopped/);
+    expect(dormantJson<Status>(['vm', 'status', 'a'], { store }).state).toBe('stopped'); // offline
+    expect(dormantJson<{ vm: string; volumesRemoved: string[] }>(['vm', 'rm', 'a', '--json'], { store }))
+      .toEqual({ vm: 'a', volumesRemoved: ['a.mem', 'a'] });
+    expect(dormantJson<{ vms: Status[] }>(['vm', 'list'], { store }).vms).toEqual([]);
+    expect(expectOk(dormant(['check'], { store }))).toMatch(/consistent/);
   }, 60_000);
 });
