@@ -24,7 +24,7 @@ export function hostMemory(): HostMemory {
 
 /** One screen of `dormant top`. */
 export function renderTop(host: HostMemory, vms: VmStatus[], now = new Date()): string {
-  const running = vms.filter((v) => v.state === 'running' || v.state === 'starting');
+  const running = vms.filter((v) => v.state === 'running' || v.state === 'starting' || v.state === 'booting');
   const nominal = running.reduce((s, v) => s + v.memoryBytes, 0);
   const used = host.total - host.available;
   const idle = running.filter((v) => v.activity === 'idle').length;

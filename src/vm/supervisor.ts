@@ -38,7 +38,12 @@ const SETPRIV = '/usr/bin/setpriv';
 const NICE = '/usr/bin/nice';
 
 /** Where a VM is in its life. */
-export type VmState = 'starting' | 'running' | 'paused' | 'stopping' | 'stopped' | 'crashed';
+/**
+ * `booting`: QEMU runs but the guest has shown no life yet (nothing on its
+ * serial console); shown by status only, the supervisor's own state is
+ * `running` from the first QMP answer.
+ */
+export type VmState = 'starting' | 'booting' | 'running' | 'paused' | 'stopping' | 'stopped' | 'crashed';
 
 /** What `vm status` and `vm list` show. */
 export interface VmStatus {
@@ -120,6 +125,8 @@ interface Running {
   io: VolumeIo;
   /** Its pager while QEMU runs (page-out, prefetch, write-back of the memory file). */
   pager?: VmPager;
+  /** The guest wrote to its serial console since QEMU started (it booted far enough to talk). */
+  alive?: boolean;
   /** The last reports, kept after the VM stops. */
   lastPageout?: PageoutReport;
   lastPrefetch?: PrefetchReport;
@@ -424,6 +431,9 @@ export class VmSupervisor {
       return { ...base, state: vm.state, ...(vm.reason ? { reason: vm.reason } : {}), ...last };
     }
     const run = vm.state === 'running' ? await this.qemuState(rec.name) : undefined;
+    if (vm.state === 'running' && !vm.alive) {
+      vm.alive = await fs.promises.stat(vmPaths(this.o.storeDir, rec.name).log).then((st) => st.size > 0, () => false);
+    }
     const paused = run !== undefined && !run.running ? {
       state: 'paused' as const, qemuStatus: run.status, reason: pauseReason(run.status, run.ioStatus),
       ...(run.ioStatus ? { diskIoStatus: run.ioStatus } : {}),
@@ -432,7 +442,7 @@ export class VmSupervisor {
     const cached = vm.pager ? await vm.pager.cachedBytes() : undefined;
     const c = vm.io.counters;
     return {
-      ...base, state: vm.state, pid: vm.child.pid, hostPort: vm.hostPort,
+      ...base, state: vm.state === 'running' && !vm.alive ? 'booting' : vm.state, pid: vm.child.pid, hostPort: vm.hostPort,
       ...(q ? {
         residentGuestRam: q.guestRam, residentQemu: q.rss, qemuPss: q.pss,
         qemuMemory: { translationPss: q.translationPss, anonPss: q.anonPss, filesPss: q.filesPss, swap: q.swap },

@@ -83,6 +83,12 @@ describe('dormant vm: two VMs from one golden image, supervised by the daemon', 
     expectFailure(dormant(['vm', 'start', 'a'], { store }), /VM 'a' is already running/);
     const [sa, sb] = [status('a'), status('b')];
     expect(sa.hostPort).not.toBe(sb.hostPort);
+    // `booting` until the guest has written to its serial console, `running` only after.
+    const logBytes = (vm: string) => { try { return fs.statSync(path.join(store, 'vms', `${vm}.log`)).size; } catch { return 0; } };
+    for (const [vm, s] of [['a', sa], ['b', sb]] as const) {
+      expect(['booting', 'running']).toContain(s.state);
+      if (s.state === 'running') expect(logBytes(vm), `${vm} shown running with an empty serial log`).toBeGreaterThan(0);
+    }
     const [pa, pb] = await Promise.all([waitHttp('a', sa.hostPort!), waitHttp('b', sb.hostPort!)]);
     console.log(`two VMs booted to HTTP under TCG in ${((Date.now() - started) / 1000).toFixed(1)} s`);
     expect(pa).toMatch(/<p>hostname: a<\/p>/);
