@@ -12,7 +12,7 @@ import { DormantError, isDormantError, splitName } from '../blockstore/index.js'
 import { CONTROL_SOCKET_NAME, RemoteControl, daemonAnswers } from '../control/index.js';
 import { NBD_SOCKET_NAME } from '../daemon/index.js';
 import { defaultCacheDir, metaPath, readImageMeta } from '../guest-image/index.js';
-import { STOP_TIMEOUT_MS, checkBallast, checkMemory, checkVmName, readVm, vmPaths, type VmStatus } from '../vm/index.js';
+import { STOP_TIMEOUT_MS, checkBallast, checkMemory, checkRestart, checkVmName, readVm, vmPaths, type VmStatus } from '../vm/index.js';
 import { formatBytes, parseSize, table } from './format.js';
 import { storeDir, withStore } from './store-commands.js';
 
@@ -57,10 +57,11 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
     .option('--cache-dir <dir>', 'image cache of dormant image build-test-guest (default: $XDG_CACHE_HOME/dormant/images)')
     .option('--ballast <size>', 'test guest: memory it fills at boot and touches like an idle service (e.g. 160M of 256M)')
     .option('--ballast-shared <percent>', 'the part of the ballast alike in every VM (e.g. 50%)', '0%')
+    .option('--restart <policy>', 'no (default), on-failure (QEMU died, or the daemon restarted while it ran) or always (also when the guest powers off)', 'no')
     .option('--json', 'machine-readable output: the VM record')
     .action((name: string, o: {
       from: string; memory: string; cpus: string; kernelFrom?: string; cacheDir?: string; ballast?: string; ballastShared: string;
-      json?: boolean;
+      json?: boolean; restart: string;
     }, cmd: Command) => run(async () => {
       checkVmName(name);
       const memoryBytes = parseSize(o.memory);
@@ -75,6 +76,7 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
       const { volume, snap } = splitName(o.from);
       if (snap === null) throw new DormantError('EINVAL', `bad --from '${o.from}': name a snapshot, volume@snap`);
       const cacheDir = path.resolve(o.cacheDir ?? defaultCacheDir());
+      const restart = checkRestart(o.restart);
       const rec = await withStore(cmd, async (c) => {
         await c.info(o.from); // unknown snapshot first
         const exists = await c.vmStatus(name).then(() => true, (err) => {
@@ -90,7 +92,7 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
         }
         return c.vmCreate({
           name, from: o.from, memoryBytes, cpus, image, kernel: meta.kernel, initrd: meta.initrd, cmdline: meta.cmdline,
-          ...(ballastBytes ? { ballastBytes, ballastSharedPercent } : {}),
+          ...(ballastBytes ? { ballastBytes, ballastSharedPercent } : {}), restart,
         });
       });
       if (o.json) { printJson(rec); return; }
@@ -102,10 +104,12 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
   vm.command('start <vm>')
     .description('boot the VM under QEMU (needs dormant serve --mount DIR)')
     .option('--kvm', 'use KVM instead of TCG (the host must have /dev/kvm)')
+    .option('--restart <policy>', 'record a restart policy: no, on-failure or always (see vm create)')
     .option('--json', 'machine-readable output: the status once QMP answers')
-    .action((name: string, o: { kvm?: boolean; json?: boolean }, cmd: Command) => run(async () => {
+    .action((name: string, o: { kvm?: boolean; restart?: string; json?: boolean }, cmd: Command) => run(async () => {
       checkVmName(name);
-      const s = await (await daemon(cmd, 'vm start')).vmStart(name, Boolean(o.kvm));
+      if (o.restart !== undefined) checkRestart(o.restart);
+      const s = await (await daemon(cmd, 'vm start')).vmStart(name, Boolean(o.kvm), o.restart ?? '');
       if (o.json) { printJson(s); return; }
       print(`started VM ${name}: pid ${s.pid}, http://127.0.0.1:${s.hostPort}/ -> guest port 80`);
     }));

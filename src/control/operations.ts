@@ -10,7 +10,7 @@ import {
 import { exportFile, importFile, type ProgressFn, type RawImageResult } from '../blockstore/index.js';
 import { sharingReport, type PageoutReport, type PrefetchReport, type SharingReport } from '../pager/index.js';
 import {
-  createVm, listVms, offlineStatus, removeVm, vmUsing, readVm, type VmRecord, type VmSpec, type VmStatus, type VmSupervisor,
+  checkRestart, createVm, listVms, offlineStatus, removeVm, vmUsing, readVm, type VmRecord, type VmSpec, type VmStatus, type VmSupervisor,
 } from '../vm/index.js';
 
 /** File name of the daemon's control socket inside the store directory. */
@@ -41,7 +41,8 @@ export interface StoreControl {
   exportFile(name: string, file: string, progress?: ProgressFn): Promise<RawImageResult>;
   /** VMs (src/vm): create works offline; start and stop need the daemon's supervisor. */
   vmCreate(spec: VmSpec): Promise<VmRecord>;
-  vmStart(name: string, kvm: boolean): Promise<VmStatus>;
+  /** `restart`: a restart policy to record for the VM ('' keeps its own). */
+  vmStart(name: string, kvm: boolean, restart?: string): Promise<VmStatus>;
   vmStop(name: string, timeoutMs: number): Promise<VmStatus>;
   /** Continues a VM QEMU paused (e.g. on ENOSPC from a full store, once space is freed): QMP cont. */
   vmResume(name: string): Promise<VmStatus>;
@@ -101,7 +102,9 @@ export class LocalControl implements StoreControl {
     return exportFile(this.store, name, file, progress);
   }
   async vmCreate(spec: VmSpec) { return createVm(this.store, spec); }
-  async vmStart(name: string, kvm: boolean) { return this.supervisor().start(name, { kvm }); }
+  async vmStart(name: string, kvm: boolean, restart = '') {
+    return this.supervisor().start(name, { kvm, ...(restart ? { restart: checkRestart(restart) } : {}) });
+  }
   async vmStop(name: string, timeoutMs: number) { return this.supervisor().stop(name, timeoutMs); }
   async vmResume(name: string) { return this.supervisor().resume(name); }
   async vmRemove(name: string) {

@@ -33,7 +33,7 @@ const ARG_TYPES: Record<ControlOp, ReadonlyArray<'string' | 'number' | 'boolean'
   importFile: ['string', 'string', 'string', 'string'],
   exportFile: ['string', 'string'],
   vmCreate: ['object'],
-  vmStart: ['string', 'boolean'],
+  vmStart: ['string', 'boolean', 'string'],
   vmStop: ['string', 'number'],
   vmResume: ['string'],
   vmRemove: ['string'],

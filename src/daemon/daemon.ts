@@ -130,6 +130,8 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       });
     }
     control = await serveControl(new LocalControl(store, false, vms), path.join(dir, CONTROL_SOCKET_NAME), log);
+    // VMs that were running when the last daemon stopped or died come back when their restart policy says so.
+    if (vms) void vms.startWanted();
     if (o.scrub) scrub = new ScrubSchedule(store, o.scrub.everyMs, o.scrub.rate, log);
     const tcp = nbdAddresses.tcp;
     const where = [

@@ -3,7 +3,7 @@
  * QMP client, and the supervisor that starts, watches and stops QEMU.
  */
 export {
-  createVm, removeVm, vmUsing, readVm, listVms, writeVm, vmPaths, checkVmName, checkMemory, checkBallast, hostMemTotal, VMS_DIR, RAM_ALIGN,
+  createVm, removeVm, vmUsing, readVm, listVms, checkRestart, RESTART_POLICIES, type RestartPolicy, writeVm, vmPaths, checkVmName, checkMemory, checkBallast, hostMemTotal, VMS_DIR, RAM_ALIGN,
   BALLAST_HEADROOM,
   type VmRecord, type VmSpec,
 } from './vm-record.js';

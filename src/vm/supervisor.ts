@@ -29,7 +29,8 @@ import {
 import { PortProxy } from './port-proxy.js';
 import { freePort, QEMU_BINARY, qemuArgs } from './qemu.js';
 import { QmpClient } from './qmp.js';
-import { checkVmName, listVms, readVm, vmPaths, type VmRecord } from './vm-record.js';
+import { checkVmName, listVms, readVm, vmPaths, type RestartPolicy, type VmRecord } from './vm-record.js';
+import { RestartKeeper } from './restart.js';
 
 const PAGE = 4096;
 /** util-linux setpriv (Debian: always installed), to give QEMU a parent-death signal. */
@@ -144,9 +145,11 @@ export class VmSupervisor {
   private readonly log: (line: string) => void;
   readonly io: MemoryIo;
   private readonly pager: Pager;
+  private readonly restarts: RestartKeeper;
 
   constructor(private readonly o: SupervisorOptions) {
     this.log = o.log ?? (() => undefined);
+    this.restarts = new RestartKeeper(o.storeDir, (name) => this.start(name), this.log);
     this.io = o.io ?? new MemoryIo();
     this.pager = new Pager({ io: this.io, log: this.log, autoPage: o.autoPage, idleTimeoutSeconds: o.idleTimeoutSeconds });
     keepFuseDeviceFromChildren();
@@ -157,7 +160,7 @@ export class VmSupervisor {
   }
 
   /** Starts QEMU for VM `name`; resolves once QEMU runs and answers QMP. */
-  async start(name: string, opts: { kvm?: boolean } = {}): Promise<VmStatus> {
+  async start(name: string, opts: { kvm?: boolean; restart?: RestartPolicy } = {}): Promise<VmStatus> {
     checkVmName(name);
     const rec = readVm(this.o.storeDir, name);
     const cur = this.vms.get(name);
@@ -233,6 +236,7 @@ export class VmSupervisor {
     vm.pager = pager;
     vm.state = 'running';
     this.log(`vm ${name}: running`);
+    this.restarts.setWanted(name, true, opts.restart);
     return this.status(name);
   }
 
@@ -294,16 +298,33 @@ export class VmSupervisor {
       this.log(`vm ${vm.rec.name}: stopped (${how})`);
       return;
     }
+    if (code === 0 && !signal && vm.state === 'running') {
+      // QEMU exits 0 when the guest powers off (or reboots: -no-reboot).
+      vm.state = 'stopped';
+      vm.reason = 'the guest powered off';
+      this.log(`vm ${vm.rec.name}: stopped: ${vm.reason}`);
+      this.restarts.exited(vm.rec.name, 'powered-off');
+      return;
+    }
     const last = vm.stderrTail.trim().split('\n').pop()?.trim();
     vm.state = 'crashed';
     vm.reason = `QEMU ${how}${last ? `: ${last}` : ''}`;
     this.log(`vm ${vm.rec.name}: crashed: ${vm.reason}`);
+    this.restarts.exited(vm.rec.name, 'crashed');
+  }
+
+  /** At daemon start: brings back the VMs that were running and whose restart policy says so (in the background). */
+  startWanted(): Promise<void> {
+    return this.restarts.startWanted();
   }
 
   /** Stops VM `name`: powerdown, quit after `timeoutMs`, SIGKILL as a last resort. */
-  async stop(name: string, timeoutMs = STOP_TIMEOUT_MS): Promise<VmStatus> {
+  async stop(name: string, timeoutMs = STOP_TIMEOUT_MS, keepWanted = false): Promise<VmStatus> {
     checkVmName(name);
     readVm(this.o.storeDir, name);
+    // A stop is respected: no restart pending, and the next daemon leaves it stopped (not so at daemon shutdown).
+    this.restarts.cancel(name);
+    if (!keepWanted) this.restarts.setWanted(name, false);
     const vm = this.vms.get(name);
     if (!vm || (vm.state !== 'running' && vm.state !== 'starting' && vm.state !== 'stopping')) {
       throw new DormantError('EINVAL', `VM '${name}' is not running`);
@@ -345,13 +366,15 @@ export class VmSupervisor {
     if (vm && (vm.state === 'starting' || vm.state === 'running' || vm.state === 'stopping')) {
       throw new DormantError('EBUSY', `VM '${name}' is ${vm.state} (pid ${vm.child.pid}): stop it first (dormant vm stop ${name})`);
     }
+    this.restarts.cancel(name);
     this.vms.delete(name);
   }
 
   /** Stops every VM that runs (daemon shutdown). */
   async stopAll(timeoutMs = STOP_TIMEOUT_MS): Promise<void> {
+    this.restarts.close();
     const live = [...this.vms.values()].filter((v) => v.state === 'running' || v.state === 'starting' || v.state === 'stopping');
-    await Promise.all(live.map((v) => this.stop(v.rec.name, timeoutMs).catch((err: Error) => {
+    await Promise.all(live.map((v) => this.stop(v.rec.name, timeoutMs, true).catch((err: Error) => {
       this.log(`vm ${v.rec.name}: stop failed: ${err.message}`);
       v.child.kill('SIGKILL');
     })));

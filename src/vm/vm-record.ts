@@ -36,6 +36,25 @@ export interface VmSpec {
   /** Memory the test guest fills at boot (its ballast), and the percentage of it that is alike in every VM. */
   ballastBytes?: number;
   ballastSharedPercent?: number;
+  /** When the daemon starts the VM again by itself (default `no`). */
+  restart?: RestartPolicy;
+}
+
+/**
+ * `no`: never by itself. `on-failure`: when QEMU dies (a crash, a signal,
+ * a non-zero exit) and when the daemon starts again after the VM was
+ * running. `always`: also when the guest powers itself off. A `vm stop`
+ * is always respected: a stopped VM stays stopped.
+ */
+export type RestartPolicy = 'no' | 'on-failure' | 'always';
+export const RESTART_POLICIES: readonly RestartPolicy[] = ['no', 'on-failure', 'always'];
+
+/** Checks a `--restart` value. */
+export function checkRestart(policy: string): RestartPolicy {
+  if (!(RESTART_POLICIES as readonly string[]).includes(policy)) {
+    throw new DormantError('EINVAL', `bad --restart '${policy}': use ${RESTART_POLICIES.join(', ')}`);
+  }
+  return policy as RestartPolicy;
 }
 
 /** A VM's configuration, as recorded in the store. */
@@ -47,6 +66,8 @@ export interface VmRecord extends VmSpec {
   /** Kernel command line, `dormant.hostname=<vm>` included. */
   cmdline: string;
   created: string;
+  /** Set by `vm start`, cleared by `vm stop` (and by a power-off the policy does not restart): the daemon brings it back when it starts. */
+  wanted?: boolean;
 }
 
 /** Paths of a VM's files in the store directory: record, QMP socket, serial log, working set (src/pager). */
@@ -169,6 +190,7 @@ export async function createVm(store: Store, spec: VmSpec): Promise<VmRecord> {
     image: spec.image, kernel: spec.kernel, initrd: spec.initrd,
     cmdline: `${spec.cmdline} dormant.hostname=${spec.name}`, created: new Date().toISOString(),
   };
+  if (spec.restart && spec.restart !== 'no') rec.restart = checkRestart(spec.restart);
   if (spec.ballastBytes) {
     rec.ballastBytes = spec.ballastBytes;
     rec.ballastSharedPercent = spec.ballastSharedPercent ?? 0;

@@ -1,0 +1,87 @@
+/**
+ * Restart policies (`vm create|start --restart`): whether a VM should run
+ * is kept in its record (`wanted`: set by `vm start`, cleared by `vm stop`),
+ * so a daemon that starts again (also after `kill -9`) brings back the VMs
+ * that were running and whose policy says so. While the daemon runs, a VM
+ * whose QEMU dies is started again after a back-off (1, 2, 4 ... 30 s), at
+ * most RESTART_LIMIT times within RESTART_WINDOW_MS; then it stays down
+ * with a log line.
+ */
+import { listVms, readVm, writeVm, type RestartPolicy, type VmRecord } from './vm-record.js';
+
+/** Restarts allowed within RESTART_WINDOW_MS before the keeper gives up on a VM. */
+export const RESTART_LIMIT = 5;
+const RESTART_WINDOW_MS = 10 * 60_000;
+const MAX_BACKOFF_MS = 30_000;
+
+/** How a VM's QEMU ended when nobody asked it to stop. */
+export type ExitKind = 'crashed' | 'powered-off';
+
+/** Restarts of one store's VMs; `start` is the supervisor's. */
+export class RestartKeeper {
+  private closing = false;
+  private readonly tries = new Map<string, { count: number; since: number; timer?: NodeJS.Timeout }>();
+
+  constructor(private readonly storeDir: string, private readonly start: (name: string) => Promise<unknown>,
+    private readonly log: (line: string) => void) {}
+
+  /** Records whether VM `name` should run (its record is rewritten only when that changes). */
+  setWanted(name: string, wanted: boolean, policy?: RestartPolicy): void {
+    try {
+      const rec = readVm(this.storeDir, name);
+      const next: VmRecord = { ...rec, wanted, ...(policy ? { restart: policy } : {}) };
+      if (rec.wanted !== next.wanted || rec.restart !== next.restart) writeVm(this.storeDir, next);
+    } catch (err) {
+      this.log(`vm ${name}: cannot record its run state: ${(err as Error).message}`);
+    }
+  }
+
+  /** A `vm stop` or `vm rm`: no restart pending for `name` any more. */
+  cancel(name: string): void {
+    clearTimeout(this.tries.get(name)?.timer);
+    this.tries.delete(name);
+  }
+
+  /** QEMU of VM `name` ended by itself: start it again if its policy says so, else record it as not wanted. */
+  exited(name: string, how: ExitKind): void {
+    let policy: RestartPolicy = 'no';
+    try { policy = readVm(this.storeDir, name).restart ?? 'no'; } catch { return; } // removed meanwhile
+    const again = !this.closing && (policy === 'always' || (policy === 'on-failure' && how === 'crashed'));
+    if (!again) {
+      if (how === 'powered-off') this.setWanted(name, false);
+      return;
+    }
+    const now = Date.now();
+    let t = this.tries.get(name);
+    if (!t || now - t.since > RESTART_WINDOW_MS) t = { count: 0, since: now };
+    this.tries.set(name, t);
+    t.count++;
+    if (t.count > RESTART_LIMIT) {
+      this.log(`vm ${name}: ${how}; restarted ${RESTART_LIMIT} times in ${RESTART_WINDOW_MS / 60_000} min, giving up (dormant vm start ${name} tries again)`);
+      this.tries.delete(name);
+      return;
+    }
+    const delay = Math.min(MAX_BACKOFF_MS, 1000 * 2 ** (t.count - 1));
+    this.log(`vm ${name}: ${how}; restart policy ${policy}: starting it again in ${delay / 1000} s (${t.count} of ${RESTART_LIMIT})`);
+    t.timer = setTimeout(() => {
+      if (this.closing) return;
+      this.start(name).catch((err: Error) => this.log(`vm ${name}: restart failed: ${err.message}`));
+    }, delay);
+  }
+
+  /** At daemon start: starts, one after another, the VMs that were running and whose policy brings them back. */
+  async startWanted(): Promise<void> {
+    for (const rec of listVms(this.storeDir)) {
+      if (this.closing) return;
+      if (!rec.wanted || !rec.restart || rec.restart === 'no') continue;
+      this.log(`vm ${rec.name}: was running, restart policy ${rec.restart}: starting it`);
+      await this.start(rec.name).catch((err: Error) => this.log(`vm ${rec.name}: start failed: ${err.message}`));
+    }
+  }
+
+  /** The daemon stops: no more restarts. */
+  close(): void {
+    this.closing = true;
+    for (const name of [...this.tries.keys()]) this.cancel(name);
+  }
+}
