@@ -37,12 +37,13 @@ interface ServeOptions {
   swapSize: string;
   scrubEvery?: string;
   scrubRate: string;
+  metrics?: string;
 }
 
-function parseListen(text: string): { host: string; port: number } {
+function parseListen(text: string, flag = '--listen', example = '127.0.0.1:10809'): { host: string; port: number } {
   const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(text);
   const port = m ? Number(m[2]) : NaN;
-  if (!m || port > 65535) throw new DormantError('EINVAL', `bad --listen '${text}': use HOST:PORT, e.g. 127.0.0.1:10809`);
+  if (!m || port > 65535) throw new DormantError('EINVAL', `bad ${flag} '${text}': use HOST:PORT, e.g. ${example}`);
   return { host: m[1].replace(/^\[|\]$/g, ''), port };
 }
 
@@ -112,6 +113,8 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
     .option('--scrub-every <duration>', 'read every chunk back and check it against its hash this often (e.g. 6h, 1d); '
       + 'one log line per run, damage named with its volumes and offsets')
     .option('--scrub-rate <MB/s>', 'with --scrub-every: read at most this many MB per second', '50')
+    .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port, named in the log); '
+      + 'no authentication: keep it on loopback')
     .action((o: ServeOptions, cmd: Command) => run(async () => {
       const tls = o.tls as TlsMode;
       if (!['off', 'on', 'require'].includes(tls)) throw new DormantError('EINVAL', `bad --tls '${o.tls}': use off, on or require`);
@@ -155,6 +158,7 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
         idleTimeoutSeconds,
         swap,
         scrub,
+        ...(o.metrics === undefined ? {} : { metrics: parseListen(o.metrics, '--metrics', '127.0.0.1:9464') }),
         log,
       });
       // 0, or 2 when a step of stopping failed (each logged in one line: e.g. the final flush on a broken disk).

@@ -25,12 +25,13 @@
  *                 when one failed (e.g. the final flush: its line says what
  *                 was lost).
  */
+import { metricsRegistry, serveMetrics, type MetricsServer } from './metrics.js';
 import os from 'node:os';
 import path from 'node:path';
 import { DormantError, Store } from '../blockstore/index.js';
 import { CONTROL_SOCKET_NAME, LocalControl, serveControl, type ControlServer } from '../control/index.js';
 import { mountStore, type FuseMount } from '../fuse/index.js';
-import { NbdServer, StoreBackend, type NbdAddresses, type NbdTlsOptions } from '../nbd/index.js';
+import { NbdServer, StoreBackend, isLoopback, type NbdAddresses, type NbdTlsOptions } from '../nbd/index.js';
 import { MemoryIo, SwapFile } from '../pager/index.js';
 import { ScrubSchedule } from './scrub-schedule.js';
 import { VmSupervisor } from '../vm/index.js';
@@ -69,6 +70,8 @@ export interface DaemonOptions {
   swap?: { path: string; bytes: number };
   /** Scrub the store every `everyMs`, reading at most `rate` bytes a second (scrub-schedule.ts). */
   scrub?: { everyMs: number; rate: number };
+  /** Serve Prometheus metrics on `host`:`port` (metrics.ts). */
+  metrics?: { host: string; port: number };
   /** One log line (the daemon adds nothing but what it says). */
   log: (line: string) => void;
 }
@@ -113,6 +116,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
   let vms: VmSupervisor | undefined;
   let swap: SwapFile | undefined;
   let scrub: ScrubSchedule | undefined;
+  let metrics: MetricsServer | undefined;
   let nbdAddresses: NbdAddresses;
   try {
     nbdAddresses = await nbd.listen();
@@ -133,6 +137,10 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     // VMs that were running when the last daemon stopped or died come back when their restart policy says so.
     if (vms) void vms.startWanted();
     if (o.scrub) scrub = new ScrubSchedule(store, o.scrub.everyMs, o.scrub.rate, log);
+    if (o.metrics) {
+      metrics = await serveMetrics(metricsRegistry({ store, nbd: () => nbd.exportStats(), vms }), o.metrics.host, o.metrics.port);
+      if (!isLoopback(o.metrics.host)) log(`dormant serve: warning: metrics on ${metrics.url} answer anyone who can reach it (no authentication)`);
+    }
     const tcp = nbdAddresses.tcp;
     const where = [
       tcp ? `nbd://${tcp.host.includes(':') ? `[${tcp.host}]` : tcp.host}:${tcp.port}/<volume>` : null,
@@ -141,8 +149,10 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     log(`dormant serve: store ${dir}; NBD on ${where}${o.tls.mode !== 'off' ? ` (TLS ${o.tls.mode}${o.tls.pskFile ? ', PSK' : o.tls.verifyPeer ? ', client certificates' : ''})` : ''}${o.readOnly ? ' (read-only)' : ''}; `
       + `control socket ${path.join(dir, CONTROL_SOCKET_NAME)}${fuse ? `; FUSE on ${fuse.dir}` : ''}`
       + `${fuse ? `; automatic paging ${o.autoPage === false ? 'off' : 'on'}` : ''}${swap ? `; swap file ${swap.path}` : ''}`
-      + `${o.scrub ? `; scrub every ${Math.round(o.scrub.everyMs / 1000)} s` : ''}`);
+      + `${o.scrub ? `; scrub every ${Math.round(o.scrub.everyMs / 1000)} s` : ''}${metrics ? `; metrics on ${metrics.url}` : ''}`);
   } catch (err) {
+    await metrics?.close().catch(() => undefined);
+    await control?.close().catch(() => undefined);
     await fuse?.unmount().catch(() => undefined);
     await nbd.close().catch(() => undefined);
     await store.close();
@@ -166,6 +176,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
           log(`dormant serve: ${what}: ${(err as Error)?.message ?? String(err)}`);
         }
       };
+      await step('metrics', () => metrics?.close());
       await step('scrub', () => scrub?.stop());
       // QEMU maps its RAM through the FUSE view and reads its disk over NBD: VMs go first.
       await step('stopping VMs', () => vms?.stopAll());

@@ -22,7 +22,7 @@ import { ByteQueue } from './bytequeue.js';
 import * as C from './codec.js';
 import { Handshake, type HandshakeStep, type NegotiatedExport, type TlsMode } from './handshake.js';
 import * as P from './protocol.js';
-import { Transmission, type EndReason, type TransmissionLimits } from './transmission.js';
+import { Transmission, type EndReason, type TransmissionLimits, type TransmissionStats } from './transmission.js';
 import { setSendBuffer } from '../native/index.js';
 import { descriptorOf } from './node-internals.js';
 import { largeReadSocket, type DirectReads } from './reader.js';
@@ -177,6 +177,11 @@ export class Connection {
     }
     await this.socketClosedEvent;
     this.cfg.logger.info(`nbd: ${this.name} disconnected export=${this.exportName} reason=${this.endReason}${stats}`);
+  }
+
+  /** The export this connection transmits on and its counters so far; null before transmission. */
+  usage(): { exportName: string; stats: TransmissionStats } | null {
+    return this.transmission ? { exportName: this.exportName, stats: this.transmission.stats } : null;
   }
 
   private handshakeTimedOut(): void {

@@ -3,8 +3,8 @@
  * backend interfaces, the store-backed backend and the wire constants.
  */
 export {
-  NbdServer, DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, defaultMaxConnections,
-  type NbdServerOptions, type NbdAddresses,
+  NbdServer, isLoopback, DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, defaultMaxConnections,
+  type NbdServerOptions, type NbdAddresses, type ExportStats,
 } from './server.js';
 export { TlsCredentials, parsePskFile, type NbdTlsOptions } from './tls.js';
 export { type NbdBackend, type ExportInfo, type NbdLogger, consoleLogger, silentLogger } from './backend.js';

@@ -21,7 +21,7 @@ import * as net from 'node:net';
 import { consoleLogger, type NbdBackend, type NbdLogger } from './backend.js';
 import { Connection } from './connection.js';
 import { TlsCredentials, type NbdTlsOptions } from './tls.js';
-import { DEFAULT_LIMITS, type TransmissionLimits } from './transmission.js';
+import { DEFAULT_LIMITS, type TransmissionLimits, type TransmissionStats } from './transmission.js';
 
 export type { NbdTlsOptions } from './tls.js';
 
@@ -71,7 +71,7 @@ export function defaultMaxConnections(): number {
 }
 
 /** True for addresses only this host can reach. */
-function isLoopback(host: string): boolean {
+export function isLoopback(host: string): boolean {
   return /^127\./.test(host) || host === '::1' || /^::ffff:127\./i.test(host) || host === 'localhost';
 }
 
@@ -109,6 +109,8 @@ function listenOn(server: net.Server, arg: net.ListenOptions): Promise<void> {
 export class NbdServer {
   private readonly listeners: net.Server[] = [];
   private readonly connections = new Set<Connection>();
+  /** Counters of the connections that ended, per export. */
+  private readonly ended = new Map<string, TransmissionStats>();
   private nextId = 1;
   private closing: Promise<void> | null = null;
   private readonly logger: NbdLogger;
@@ -176,6 +178,24 @@ export class NbdServer {
     return this.connections.size;
   }
 
+  /**
+   * Counters per export since the server started: connections that ended
+   * plus the live ones (`connections`: live ones transmitting on it).
+   */
+  exportStats(): Map<string, ExportStats> {
+    const out = new Map<string, ExportStats>();
+    for (const [name, s] of this.ended) out.set(name, { ...s, connections: 0 });
+    for (const c of this.connections) {
+      const u = c.usage();
+      if (!u) continue;
+      const cur = out.get(u.exportName) ?? { ...zeroStats(), connections: 0 };
+      addStats(cur, u.stats);
+      cur.connections++;
+      out.set(u.exportName, cur);
+    }
+    return out;
+  }
+
   /** Stops accepting, lets every connection finish its in-flight requests and flush, closes them. */
   close(): Promise<void> {
     this.closing ??= (async () => {
@@ -214,7 +234,14 @@ export class NbdServer {
       handshakeTimeoutMs: this.opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
     });
     this.connections.add(conn);
-    void conn.closed.finally(() => this.connections.delete(conn));
+    void conn.closed.finally(() => {
+      this.connections.delete(conn);
+      const u = conn.usage();
+      if (!u) return;
+      const total = this.ended.get(u.exportName) ?? zeroStats();
+      addStats(total, u.stats);
+      this.ended.set(u.exportName, total);
+    });
   }
 
   /** Closes a connection beyond the limit at once; logs it unless a refusal was logged within the interval. */
@@ -250,3 +277,17 @@ export class NbdServer {
     await Promise.all(ls.map((s) => new Promise<void>((resolve) => (s.listening ? s.close(() => resolve()) : resolve()))));
   }
 }
+
+/** Counters of one export (ExportStats) and its live connections. */
+export interface ExportStats extends TransmissionStats {
+  connections: number;
+}
+
+function zeroStats(): TransmissionStats {
+  return { requests: 0, reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, bytesFromFiles: 0, bytesOnPool: 0, errors: 0 };
+}
+
+function addStats(into: TransmissionStats, s: TransmissionStats): void {
+  for (const k of Object.keys(into) as Array<keyof TransmissionStats>) into[k] += s[k];
+}
+

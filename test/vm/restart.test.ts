@@ -40,8 +40,18 @@ async function backUp(vm: string, notPid?: number): Promise<Status> {
 
 const restartDaemon = async () => {
   expect((await daemon!.stop(60_000)).code).toBe(0);
-  daemon = await startDaemon(store, mnt, ['serve', '--no-tcp', '--mount', mnt, '--no-auto-page'], /FUSE on /);
+  daemon = await startDaemon(store, mnt, ['serve', '--no-tcp', '--mount', mnt, '--no-auto-page', '--metrics', '127.0.0.1:0'], /FUSE on /);
 };
+
+/** One scrape of the daemon's metrics: `name{labels}` -> value. */
+async function metrics(): Promise<Map<string, number>> {
+  const url = /metrics on (http:\/\/\S+\/metrics)/.exec(daemon!.stderr())![1];
+  const text = await (await fetch(url, { signal: AbortSignal.timeout(30_000) })).text();
+  return new Map(text.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => {
+    const i = l.lastIndexOf(' ');
+    return [l.slice(0, i), Number(l.slice(i + 1))] as [string, number];
+  }));
+}
 
 describe('vm restart policies', () => {
   beforeAll(async () => {
@@ -78,6 +88,13 @@ describe('vm restart policies', () => {
     expect(status('s').state).toBe('stopped');
     const list = dormantJson<{ vms: Status[] }>(['vm', 'list'], { store }).vms;
     expect(list.map((v) => [v.name, v.state])).toEqual([['r', 'running'], ['s', 'stopped']]);
+    // The daemon's Prometheus endpoint shows the same (serve --metrics).
+    const m = await metrics();
+    expect(m.get('dormant_vm_up{vm="r"}')).toBe(1);
+    expect(m.get('dormant_vm_up{vm="s"}')).toBe(0);
+    expect(m.get('dormant_vm_memory_bytes{vm="r"}')).toBe(256 * 2 ** 20);
+    expect(m.get('dormant_vm_guest_resident_bytes{vm="r"}')).toBeGreaterThan(0);
+    expect(m.get('dormant_vm_qemu_pss_bytes{vm="r"}')).toBeGreaterThan(0);
   }, 2 * BOOT_TIMEOUT_MS);
 
   it('a VM stopped with vm stop stays stopped when the daemon starts again', async () => {
