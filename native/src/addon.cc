@@ -26,6 +26,7 @@ Napi::Value AllocateRange(const Napi::CallbackInfo& info);
 Napi::Value PopulateMapped(const Napi::CallbackInfo& info);
 Napi::Value ChargeMapping(const Napi::CallbackInfo& info);
 Napi::Value SetSendBuffer(const Napi::CallbackInfo& info);
+Napi::Value NotifySocket(const Napi::CallbackInfo& info);
 Napi::Value SendFileRange(const Napi::CallbackInfo& info);
 Napi::Value RecvStreamStart(const Napi::CallbackInfo& info);
 Napi::Value PreadCached(const Napi::CallbackInfo& info);
@@ -53,6 +54,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("populateMapped", Napi::Function::New(env, PopulateMapped, "populateMapped"));
   exports.Set("chargeMapping", Napi::Function::New(env, ChargeMapping, "chargeMapping"));
   exports.Set("setSendBuffer", Napi::Function::New(env, SetSendBuffer, "setSendBuffer"));
+  exports.Set("notifySocket", Napi::Function::New(env, NotifySocket, "notifySocket"));
   exports.Set("sendFileRange", Napi::Function::New(env, SendFileRange, "sendFileRange"));
   exports.Set("recvStream", Napi::Function::New(env, RecvStreamStart, "recvStream"));
   exports.Set("preadCached", Napi::Function::New(env, PreadCached, "preadCached"));

@@ -1,5 +1,8 @@
 // setSendBuffer: SO_SNDBUF of a socket descriptor, so a large NBD reply
 // leaves in one write instead of a write per drained socket buffer.
+// notifySocket: one datagram to a Unix datagram socket (systemd's
+// NOTIFY_SOCKET, "READY=1"): sent by this process itself, as systemd
+// accepts notifications only from the service's main process by default.
 // sendFileRange: a reply's header and then a range of a store file, with
 // sendfile(2): the kernel hands the file's page-cache pages to the socket
 // (Unix and TCP sockets take them by reference since Linux 6.5), so a big
@@ -15,9 +18,13 @@
 // the call with what was sent so far, and the caller writes the rest.
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <climits>
+#include <cstddef>
+#include <string>
 
 #include "args.h"
 #include "errors.h"
@@ -73,4 +80,29 @@ Napi::Value SendFileRange(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(sent + done));
 }
 
+// notifySocket(path, message): sends `message` as one datagram to the Unix
+// socket at `path` ('@' first: the abstract namespace). The strings are
+// copied into std::string on the JS thread; the call is a socket, a sendto
+// and a close.
+Napi::Value NotifySocket(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString() || !info[1].IsString()) throw Napi::TypeError::New(env, "notifySocket: path and message must be strings");
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  std::string message = info[1].As<Napi::String>().Utf8Value();
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof addr.sun_path) throw Napi::RangeError::New(env, "notifySocket: bad socket path length");
+  path.copy(addr.sun_path, path.size());
+  if (path[0] == '@') addr.sun_path[0] = '\0';
+  socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size());
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) ThrowNative(env, errno, "socket");
+  ssize_t n = sendto(fd, message.data(), message.size(), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&addr), len);
+  int err = errno;
+  close(fd);
+  if (n < 0) ThrowNative(env, err, "sendto");
+  return env.Undefined();
+}
+
 }  // namespace dormant
+

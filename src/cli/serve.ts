@@ -13,6 +13,7 @@ import { exitOnUnhandled } from './exit.js';
 import { parseSize } from './format.js';
 import { parseRate } from './check.js';
 import { storeDir } from './store-commands.js';
+import { applyConfig } from './config.js';
 
 interface ServeOptions {
   listen: string;
@@ -38,6 +39,7 @@ interface ServeOptions {
   scrubEvery?: string;
   scrubRate: string;
   metrics?: string;
+  config?: string;
 }
 
 function parseListen(text: string, flag = '--listen', example = '127.0.0.1:10809'): { host: string; port: number } {
@@ -85,6 +87,11 @@ const log = (line: string) => process.stderr.write(`${new Date().toISOString()} 
 export function addServeCommand(program: Command, run: (fn: () => Promise<void>) => Promise<void>): void {
   program.command('serve')
     .description('run the host daemon: serve every volume over NBD and take CLI commands on the control socket')
+    .option('--config <file>', 'read settings from a TOML file: serve\'s long options (and store); flags given here win')
+    .hook('preAction', (cmd) => {
+      const file = cmd.opts().config as string | undefined;
+      if (file !== undefined) applyConfig(cmd, file);
+    })
     .option('--listen <host:port>', 'NBD over TCP', '127.0.0.1:10809')
     .option('--no-tcp', 'no TCP listener (Unix socket only)')
     .option('--socket <path>', `NBD Unix socket (default: STORE/${NBD_SOCKET_NAME})`)

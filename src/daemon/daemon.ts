@@ -25,6 +25,7 @@
  *                 when one failed (e.g. the final flush: its line says what
  *                 was lost).
  */
+import { sdNotify } from './systemd.js';
 import { metricsRegistry, serveMetrics, type MetricsServer } from './metrics.js';
 import os from 'node:os';
 import path from 'node:path';
@@ -150,6 +151,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       + `control socket ${path.join(dir, CONTROL_SOCKET_NAME)}${fuse ? `; FUSE on ${fuse.dir}` : ''}`
       + `${fuse ? `; automatic paging ${o.autoPage === false ? 'off' : 'on'}` : ''}${swap ? `; swap file ${swap.path}` : ''}`
       + `${o.scrub ? `; scrub every ${Math.round(o.scrub.everyMs / 1000)} s` : ''}${metrics ? `; metrics on ${metrics.url}` : ''}`);
+    sdNotify(`READY=1\nMAINPID=${process.pid}\nSTATUS=serving ${dir}`, log);
   } catch (err) {
     await metrics?.close().catch(() => undefined);
     await control?.close().catch(() => undefined);
@@ -166,6 +168,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
   let stopped: Promise<number> | undefined;
   const stop = (): Promise<number> => {
     stopped ??= (async () => {
+      sdNotify('STOPPING=1', log);
       let problems = 0;
       // One line per step that fails; the next steps run all the same.
       const step = async (what: string, fn: () => Promise<unknown> | undefined) => {

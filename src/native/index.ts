@@ -74,6 +74,7 @@ interface Addon {
   unmapFile(ab: ArrayBuffer): void;
   chargeMapping(ab: ArrayBuffer): void;
   setSendBuffer(fd: number, bytes: number): number;
+  notifySocket(path: string, message: string): void;
   sendFileRange(socketFd: number, head: Uint8Array, fileFd: number, position: number, length: number): number;
   recvStream(socketFd: number, size: number, dest: Uint8Array, hashes: Uint8Array, zero: Uint8Array, from: number,
     onEvent: (slot: number, header: Buffer | null) => void,
@@ -148,6 +149,11 @@ export function setCloexec(fd: number): void {
  */
 export function setThreadIdle(tid: number, idle: boolean): void {
   call(() => addon.setThreadIdle(tid, idle));
+}
+
+/** Sends `message` as one datagram to the Unix socket `path` ('@': abstract), from this process (systemd's NOTIFY_SOCKET). */
+export function notifySocket(path: string, message: string): void {
+  call(() => addon.notifySocket(path, message));
 }
 
 /** Opens a pidfd for pid (the caller closes it with fs.closeSync). */
