@@ -21,11 +21,8 @@ export function buildProgram(): Command {
     .description('versioned copy-on-write block store for mostly idle VMs')
     .version('0.1.0')
     .option('--store <dir>', 'store directory (default: $DORMANT_STORE, else $XDG_DATA_HOME/dormant)')
-    .exitOverride()
-    .configureOutput({
-      // One line: "dormant: unknown option '--x' (see dormant --help)".
-      outputError: (str, write) => write(`dormant: ${str.trim().replace(/^error: /, '').replace(/\s*\n\s*/g, ' ')} (see dormant --help)\n`),
-    });
+    .exitOverride();
+  oneLineErrors(program, 'dormant');
   const run = async (fn: () => Promise<void>) => {
     try {
       await fn();
@@ -41,7 +38,23 @@ export function buildProgram(): Command {
   addVmCommands(program, run);
   addTopCommand(program, run);
   for (const c of program.commands) c.exitOverride();
+  // Each (sub)command's usage errors point to its own --help.
+  const walk = (c: Command, name: string): void => {
+    for (const sub of c.commands) {
+      const full = `${name} ${sub.name()}`;
+      oneLineErrors(sub, full);
+      walk(sub, full);
+    }
+  };
+  walk(program, 'dormant');
   return program;
+}
+
+/** Usage errors of `cmd` as one line: "dormant: unknown option '--x' (see dormant vm start --help)". */
+function oneLineErrors(cmd: Command, name: string): void {
+  cmd.configureOutput({
+    outputError: (str, write) => write(`dormant: ${str.trim().replace(/^error: /, '').replace(/\s*\n\s*/g, ' ')} (see ${name} --help)\n`),
+  });
 }
 
 /** Runs the CLI with `argv` (process.argv layout). */
