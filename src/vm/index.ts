@@ -1,15 +1,14 @@
 /**
  * The VM runner: VM records in the store directory, QEMU's command line, a
- * QMP client, and the supervisor that starts, watches and stops QEMU.
+ * QMP client, the supervisor that starts, watches and stops QEMU, restart
+ * policies, and what a status reports.
  */
 export {
   createVm, removeVm, vmUsing, readVm, listVms, checkRestart, RESTART_POLICIES, type RestartPolicy, writeVm, vmPaths, checkVmName, checkMemory, checkBallast, hostMemTotal, VMS_DIR, RAM_ALIGN,
   BALLAST_HEADROOM,
   type VmRecord, type VmSpec,
 } from './vm-record.js';
-export {
-  VmSupervisor, offlineStatus, STOP_TIMEOUT_MS,
-  type VmState, type VmStatus, type SupervisorOptions,
-} from './supervisor.js';
+export { VmSupervisor, STOP_TIMEOUT_MS, type SupervisorOptions } from './supervisor.js';
+export { offlineStatus, type VmState, type VmStatus } from './status.js';
 export { qemuArgs, freePort, QEMU_BINARY, type LaunchPaths, type LaunchOptions } from './qemu.js';
 export { QmpClient } from './qmp.js';
