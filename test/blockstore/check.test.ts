@@ -17,6 +17,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { BLOCK_SIZE } from '../../src/blockstore/index.js';
+import { flipStoredByte } from '../helpers/store.js';
 import { TempDirs } from '../helpers/tmp.js';
 import { dormant, ensureBuilt, expectOk } from '../helpers/cli.js';
 
@@ -65,19 +66,8 @@ describe('dormant check --data, --repair and scrub', () => {
   let imgFile: string;
 
   /** Flips one byte of block BAD's stored copy in its segment file. */
-  function flipStoredByte(): void {
-    const want = img.subarray(offset, offset + BLOCK_SIZE);
-    const segs = path.join(store, 'segments');
-    for (const f of fs.readdirSync(segs)) {
-      const file = path.join(segs, f);
-      const bytes = fs.readFileSync(file);
-      const at = bytes.indexOf(want);
-      if (at < 0) continue;
-      const fd = fs.openSync(file, 'r+');
-      try { fs.writeSync(fd, Buffer.from([bytes[at + 100] ^ 0x40]), 0, 1, at + 100); } finally { fs.closeSync(fd); }
-      return;
-    }
-    throw new Error(`block ${BAD} is in no segment file`);
+  function flipBad(): void {
+    if (!flipStoredByte(store, img.subarray(offset, offset + BLOCK_SIZE), 100, 0x40)) throw new Error(`block ${BAD} is in no segment file`);
   }
 
   /** The line check --data prints for the damaged block, users in name order. */
@@ -105,7 +95,7 @@ describe('dormant check --data, --repair and scrub', () => {
   });
 
   test('a flipped byte: check --data names the chunk, its users and the offset; exit 3', () => {
-    flipStoredByte();
+    flipBad();
     expectOk(dormant(['check'], { store })); // the index is consistent: only reading the data finds it
     const r = dormant(['check', '--data'], { store });
     expect(r.status).toBe(3);

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BLOCK_SIZE } from '../../src/blockstore/index.js';
 import { dormant, ensureBuilt, expectFailure, expectOk } from '../helpers/cli.js';
 import { cleanupMounts, startDaemon, type MountDaemon } from '../helpers/mount-daemon.js';
+import { flipStoredByte } from '../helpers/store.js';
 import { TempDirs } from '../helpers/tmp.js';
 
 const tmp = new TempDirs();
@@ -52,18 +53,7 @@ describe('serve --scrub-every', () => {
   it('logs a clean run, then the damaged chunk with its volume and offset once a stored byte flips', async () => {
     expect(await waitLog(/scrub: 32 chunks \([\d.]+ GiB\) read in [\d.]+ s: clean/)).toBeTruthy();
     const want = img.subarray(BAD * BLOCK_SIZE, (BAD + 1) * BLOCK_SIZE);
-    const segs = path.join(store, 'segments');
-    let flipped = false;
-    for (const f of fs.readdirSync(segs)) {
-      const file = path.join(segs, f);
-      const bytes = fs.readFileSync(file);
-      const at = bytes.indexOf(want);
-      if (at < 0) continue;
-      const fd = fs.openSync(file, 'r+');
-      try { fs.writeSync(fd, Buffer.from([bytes[at + 9] ^ 0x01]), 0, 1, at + 9); } finally { fs.closeSync(fd); }
-      flipped = true;
-    }
-    expect(flipped).toBe(true);
+    expect(flipStoredByte(store, want, 9, 0x01)).toBe(true);
     await waitLog(/scrub: 32 chunks .*: 1 damaged chunks/);
     expect(await waitLog(new RegExp(`scrub: chunk \\d+ \\(segment \\d+ slot \\d+\\) does not match its checksum; used by disk at ${BAD * BLOCK_SIZE}`)))
       .toBeTruthy();

@@ -8,35 +8,20 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BLOCK_SIZE } from '../../src/blockstore/index.js';
 import { dormant, expectFailure, expectOk } from '../helpers/cli.js';
-import { pseudoRandom } from '../helpers/data.js';
 import { cleanupMounts, startDaemon, type MountDaemon } from '../helpers/mount-daemon.js';
 import { TempDirs } from '../helpers/tmp.js';
+import { VIEW_DATA, VIEW_OTHER, makeViewStore } from '../helpers/view-store.js';
 
 const tmp = new TempDirs();
-const data = pseudoRandom(11, 64 * BLOCK_SIZE);
-const other = pseudoRandom(12, 64 * BLOCK_SIZE);
+const data = VIEW_DATA;
+const other = VIEW_OTHER;
+const makeStore = (prefix: string) => makeViewStore(tmp, prefix);
 
 afterAll(async () => {
   await cleanupMounts();
   tmp.cleanup();
 });
-
-/** A store in a directory other users may traverse, holding `v` (data) and `w` (other); with a mount point. */
-function makeStore(prefix: string): { work: string; store: string; mnt: string } {
-  const work = tmp.make(prefix);
-  fs.chmodSync(work, 0o755);
-  const store = path.join(work, 'store');
-  const mnt = path.join(work, 'mnt');
-  fs.mkdirSync(mnt, { mode: 0o755 });
-  fs.writeFileSync(path.join(work, 'v.img'), data);
-  fs.writeFileSync(path.join(work, 'w.img'), other);
-  expectOk(dormant(['init'], { store }));
-  expectOk(dormant(['import', 'v', path.join(work, 'v.img')], { store }));
-  expectOk(dormant(['import', 'w', path.join(work, 'w.img')], { store }));
-  return { work, store, mnt };
-}
 
 describe('import and export next to a served FUSE view', () => {
   let work: string;
