@@ -67,22 +67,14 @@ export function metricsRegistry(src: MetricsSources): client.Registry {
     ['dormant_store_segments', 'segment files', (s) => s.segments],
   ];
   // One stats() per scrape, shared by the store gauges.
-  let stats: { at: number; value: Promise<Awaited<ReturnType<Store['stats']>>> } | undefined;
-  const storeStats = () => {
-    if (!stats || Date.now() - stats.at > 1000) stats = { at: Date.now(), value: src.store.stats() };
-    return stats.value;
-  };
+  const storeStats = oncePerScrape(() => src.store.stats());
   for (const [name, help, pick] of storeGauges) {
     new client.Gauge({ name, help, registers: [registry], async collect() { this.set(pick(await storeStats())); } });
   }
 
   if (src.vms) {
     const vms = src.vms;
-    let list: { at: number; value: Promise<VmStatus[]> } | undefined;
-    const vmList = () => {
-      if (!list || Date.now() - list.at > 1000) list = { at: Date.now(), value: vms.list() };
-      return list.value;
-    };
+    const vmList = oncePerScrape(() => vms.list());
     const perVm: Array<[string, string, (v: VmStatus) => number | undefined]> = [
       ['dormant_vm_up', '1 when QEMU runs (booting, running or paused)', (v) => (['booting', 'running', 'paused', 'starting'].includes(v.state) ? 1 : 0)],
       ['dormant_vm_memory_bytes', 'nominal guest RAM', (v) => v.memoryBytes],
@@ -108,6 +100,15 @@ export function metricsRegistry(src: MetricsSources): client.Registry {
     }
   }
   return registry;
+}
+
+/** `read` at most once a second: the gauges of one scrape share one call. */
+function oncePerScrape<T>(read: () => Promise<T>): () => Promise<T> {
+  let last: { at: number; value: Promise<T> } | undefined;
+  return () => {
+    if (!last || Date.now() - last.at > 1000) last = { at: Date.now(), value: read() };
+    return last.value;
+  };
 }
 
 /** Serves `registry` on `host`:`port` (0: any free port) at /metrics. */
