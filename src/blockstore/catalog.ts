@@ -228,6 +228,20 @@ export class Catalog {
     return { put: [], remove };
   }
 
+  /** Renames a volume without snapshots (so nothing names it in an origin); returns the records to persist. */
+  renameVolume(from: string, to: string): PersistOps {
+    const v = this.volumes.get(from);
+    if (!v) throw new DormantError('ENOENT', `unknown volume '${from}'`, { volume: from });
+    checkName(to);
+    if (this.exists(to)) throw new DormantError('EEXIST', `volume '${to}' already exists`, { volume: to });
+    if (this.snapshotsOf(from).length > 0) throw new DormantError('EBUSY', `cannot rename '${from}': it has snapshots`, { volume: from });
+    this.epoch++;
+    const rec = { ...v, name: to };
+    this.volumes.delete(from);
+    this.volumes.set(to, rec);
+    return { put: [[`v:${to}`, rec]], remove: [`v:${from}`] };
+  }
+
   /** Changes a volume's size; returns the record to persist. */
   setSize(name: string, size: number): PersistOps {
     this.epoch++;

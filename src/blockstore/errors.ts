@@ -22,11 +22,12 @@ export type ErrorCode =
   | 'EIO' // data does not match its hash, unreadable segment
   | 'ENOSPC' // out of space
   | 'ECLOSED' // store or volume already closed
+  | 'EREMOTE' // another host cannot be reached, refused the request or failed it
   | 'EINTERNAL'; // a bug: an invariant did not hold
 
 /** Codes that are the user's to fix (CLI exit 1); everything else is exit 2. */
 export const USER_ERROR_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
-  'ENOENT', 'EEXIST', 'EINVAL', 'ERANGE', 'EROFS', 'EBUSY', 'ELOCKED', 'EACCES', 'ENOTINIT', 'EFORMAT',
+  'ENOENT', 'EEXIST', 'EINVAL', 'ERANGE', 'EROFS', 'EBUSY', 'ELOCKED', 'EACCES', 'ENOTINIT', 'EFORMAT', 'EREMOTE',
 ]);
 
 /** Context attached to an error; all optional. */

@@ -11,5 +11,6 @@ export type {
   VolumeKind, VolumeHandle, ReadOptions, WriteOptions, Extent, VolumeEntry, VolumeSummary, VolumeInfo, StoreStats, GcResult,
   FingerprintEntry, BlockHashes, StoredFile, ChunkUser, DamagedChunk, DataReport, VerifyOptions,
 } from './types.js';
+export { isHole, type BlockHashList } from './inventory.js';
 export { importFile, exportFile, type ProgressFn, type RawImageResult } from './raw-image.js';
 export { IMAGE_FORMATS, checkFormat, isNbdUri, probeFormat, type ImageFormat } from './image-format.js';

@@ -49,6 +49,7 @@ import { verifyChunks } from './verify.js';
 import { checkAccess, restrictUmask, tightenStore } from './permissions.js';
 import { parseChunkKey } from './keys.js';
 import { SpaceGuard, type SpaceOptions } from './space.js';
+import { ChunkInventory, type BlockHashList } from './inventory.js';
 import { isNoSpace } from './segment-file.js';
 import type {
   DataReport, FingerprintEntry, GcResult, StoreStats, VerifyOptions, VolumeEntry, VolumeHandle, VolumeInfo, VolumeKind,
@@ -86,6 +87,7 @@ export class Store implements VolumeHost {
   readonly engine: BlockEngine;
   readonly catalog = new Catalog();
   private readonly writeback = new Writeback();
+  private readonly inventory: ChunkInventory;
   private readonly fingerprintsDb: Fingerprints;
   private readonly committer: Committer;
   private readonly segments: SegmentFiles;
@@ -114,6 +116,7 @@ export class Store implements VolumeHost {
     for (const key of dbs.chunks.getKeys({ reverse: true, limit: 1 })) nextChunk = parseChunkKey(key as Buffer) + 1;
     this.engine = new BlockEngine(dbs, this.catalog, this.segments, this.writeback, hash, this.fingerprintsDb, nextChunk,
       readMode === 'pool');
+    this.inventory = new ChunkInventory(dbs, this.writeback, this.engine);
     // Until the hash filter is built, writes consult the hash index for every block.
     this.engine.filter.build().catch((err: unknown) => {
       if (!this.closed) process.emitWarning(`dormant: building the hash filter failed: ${(err as Error).message}`);
@@ -242,6 +245,13 @@ export class Store implements VolumeHost {
       await this.persist(this.catalog.removeSnapshot(name));
     }
     return targets;
+  }
+
+  /** Renames a volume that has no snapshots, no branches and no open handle (a received volume's commit). */
+  async rename(from: string, to: string): Promise<void> {
+    this.live();
+    if ((this.openHandles.get(from) ?? 0) > 0) throw new DormantError('EBUSY', `'${from}' is in use`, { volume: from });
+    await this.persist(this.catalog.renameVolume(from, to));
   }
 
   /** Grows a volume (shrinking is refused: data could be lost). */
@@ -412,6 +422,28 @@ export class Store implements VolumeHost {
       if (first + SLICE < blocks) await new Promise((r) => setImmediate(r));
     }
     return out;
+  }
+
+  /**
+   * The content of `name` as block hashes (pending writes included), with
+   * the snapshot its lineage was branched from: what another store needs to
+   * rebuild it from the chunks it lacks (src/migrate).
+   */
+  async blockHashes(name: string): Promise<BlockHashList & { origin: string | null }> {
+    const list = await this.inventory.blockHashes(await this.chunkMap(name));
+    return { ...list, origin: this.catalog.lineage(this.catalog.resolve(name).lineage).origin };
+  }
+
+  /** One byte per 16-byte hash: 1 when this store holds that chunk. */
+  haveChunks(hashes: Buffer): Uint8Array {
+    this.live();
+    return this.inventory.has(hashes);
+  }
+
+  /** Reads the chunk named hashes[at, at + 16) into out[outAt...], checked; false when the store has no good copy. */
+  readChunkByHash(hashes: Buffer, at: number, out: Buffer, outAt: number): boolean {
+    this.live();
+    return this.inventory.read(hashes, at, out, outAt);
   }
 
   /** Client labels with recorded reads. */

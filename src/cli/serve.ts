@@ -6,7 +6,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { DormantError } from '../blockstore/index.js';
-import { NBD_SOCKET_NAME, parseDuration, startDaemon } from '../daemon/index.js';
+import { NBD_SOCKET_NAME, parseDuration, startDaemon, type DaemonOptions } from '../daemon/index.js';
+import { readTokenFile } from '../migrate/index.js';
 import type { TlsMode } from '../nbd/index.js';
 import { DEFAULT_IDLE_TIMEOUT_S } from '../pager/index.js';
 import { exitOnUnhandled } from './exit.js';
@@ -39,6 +40,8 @@ interface ServeOptions {
   scrubEvery?: string;
   scrubRate: string;
   metrics?: string;
+  api?: string;
+  apiTokenFile?: string;
   config?: string;
 }
 
@@ -65,6 +68,19 @@ function checkTlsFlags(tls: TlsMode, o: ServeOptions): void {
   if (!o.tlsCert || !o.tlsKey) throw new DormantError('EINVAL', `--tls ${tls} needs --tls-cert and --tls-key (or --tls-psk)`);
   if (o.tlsVerifyPeer && !o.tlsCa) throw new DormantError('EINVAL', '--tls-verify-peer needs --tls-ca (the CA that signs client certificates)');
   if (o.tlsCa && !o.tlsVerifyPeer) throw new DormantError('EINVAL', '--tls-ca is for verifying client certificates: add --tls-verify-peer');
+}
+
+/** --api and its token file (and the TLS certificate, when given, for HTTPS). */
+function parseApi(o: ServeOptions): DaemonOptions['api'] {
+  if (o.api === undefined) {
+    if (o.apiTokenFile !== undefined) throw new DormantError('EINVAL', '--api-token-file is for the host API: add --api HOST:PORT');
+    return undefined;
+  }
+  const where = parseListen(o.api, '--api', '127.0.0.1:7450');
+  if (o.apiTokenFile === undefined) throw new DormantError('EINVAL', '--api needs --api-token-file FILE (the token other hosts present)');
+  const token = readTokenFile(o.apiTokenFile);
+  const tls = o.tlsCert && o.tlsKey ? { certFile: o.tlsCert, keyFile: o.tlsKey } : undefined;
+  return { ...where, token, ...(tls ? { tls } : {}) };
 }
 
 function parseHandshakeTimeout(text: string): number {
@@ -122,6 +138,9 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
     .option('--scrub-rate <MB/s>', 'with --scrub-every: read at most this many MB per second', '50')
     .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port, named in the log); '
       + 'no authentication: keep it on loopback')
+    .option('--api <host:port>', 'serve the host API (HTTP/JSON for other hosts: push, pull, status) on HOST:PORT; '
+      + 'HTTPS with --tls-cert and --tls-key; needs --api-token-file')
+    .option('--api-token-file <file>', 'the bearer token every host API request must carry (one line, at least 16 characters)')
     .action((o: ServeOptions, cmd: Command) => run(async () => {
       const tls = o.tls as TlsMode;
       if (!['off', 'on', 'require'].includes(tls)) throw new DormantError('EINVAL', `bad --tls '${o.tls}': use off, on or require`);
@@ -149,6 +168,7 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
       const swap = o.swapFile === undefined ? undefined : { path: path.resolve(o.swapFile), bytes: parseSize(o.swapSize) };
       const scrub = o.scrubEvery === undefined ? undefined
         : { everyMs: parseDuration(o.scrubEvery, '--scrub-every'), rate: parseRate(o.scrubRate, '--scrub-rate') };
+      const api = parseApi(o);
       exitOnUnhandled('dormant serve', log);
       const daemon = await startDaemon({
         storeDir: storeDir(cmd),
@@ -166,6 +186,7 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
         swap,
         scrub,
         ...(o.metrics === undefined ? {} : { metrics: parseListen(o.metrics, '--metrics', '127.0.0.1:9464') }),
+        ...(api ? { api } : {}),
         log,
       });
       // 0, or 2 when a step of stopping failed (each logged in one line: e.g. the final flush on a broken disk).

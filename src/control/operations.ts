@@ -8,6 +8,7 @@ import {
   DormantError, Store, type DataReport, type GcResult, type StoreStats, type VolumeInfo, type VolumeKind, type VolumeSummary,
 } from '../blockstore/index.js';
 import { exportFile, importFile, type ProgressFn, type RawImageResult } from '../blockstore/index.js';
+import { checkHostUrl, pull, push, type RemoteHost, type TransferResult } from '../migrate/index.js';
 import { sharingReport, type PageoutReport, type PrefetchReport, type SharingReport } from '../pager/index.js';
 import {
   checkRestart, createVm, listVms, offlineStatus, removeVm, vmUsing, readVm, type VmRecord, type VmSpec, type VmStatus, type VmSupervisor,
@@ -39,6 +40,13 @@ export interface StoreControl {
   /** `file` is a path on the host that owns the store; `format`: auto, raw or a qemu-img format name. */
   importFile(name: string, file: string, kind: VolumeKind, format: string, progress?: ProgressFn): Promise<RawImageResult>;
   exportFile(name: string, file: string, progress?: ProgressFn): Promise<RawImageResult>;
+  /**
+   * Volume transfer with another host's API (src/migrate): `pull` fetches
+   * `name` from `url` into this store, `push` sends it there; `as` names
+   * the result ('' keeps the name), `ca` (PEM text, '' for none) is trusted for https.
+   */
+  pull(name: string, url: string, token: string, as: string, ca: string, progress?: ProgressFn): Promise<TransferResult>;
+  push(name: string, url: string, token: string, as: string, ca: string, progress?: ProgressFn): Promise<TransferResult>;
   /** VMs (src/vm): create works offline; start and stop need the daemon's supervisor. */
   vmCreate(spec: VmSpec): Promise<VmRecord>;
   /** `restart`: a restart policy to record for the VM ('' keeps its own). */
@@ -61,7 +69,7 @@ export interface StoreControl {
 /** Names of the operations, as used on the wire. */
 export const CONTROL_OPS = [
   'createVolume', 'snapshot', 'branch', 'remove', 'resize', 'list', 'info', 'stats', 'gc', 'check', 'verifyData', 'importFile', 'exportFile',
-  'vmCreate', 'vmStart', 'vmStop', 'vmResume', 'vmRemove', 'vmStatus', 'vmList', 'vmPageout', 'vmPrefetch', 'vmSharing',
+  'pull', 'push', 'vmCreate', 'vmStart', 'vmStop', 'vmResume', 'vmRemove', 'vmStatus', 'vmList', 'vmPageout', 'vmPrefetch', 'vmSharing',
 ] as const;
 
 /** One control operation name. */
@@ -101,6 +109,12 @@ export class LocalControl implements StoreControl {
   exportFile(name: string, file: string, progress?: ProgressFn) {
     return exportFile(this.store, name, file, progress);
   }
+  pull(name: string, url: string, token: string, as: string, ca: string, progress?: ProgressFn) {
+    return pull(this.store, remoteHost(url, token, ca), name, as || undefined, progress);
+  }
+  push(name: string, url: string, token: string, as: string, ca: string, progress?: ProgressFn) {
+    return push(this.store, remoteHost(url, token, ca), name, as || undefined, progress);
+  }
   async vmCreate(spec: VmSpec) { return createVm(this.store, spec); }
   async vmStart(name: string, kvm: boolean, restart = '') {
     return this.supervisor().start(name, { kvm, ...(restart ? { restart: checkRestart(restart) } : {}) });
@@ -137,4 +151,9 @@ export class LocalControl implements StoreControl {
     return this.vms;
   }
   async close() { if (this.own) await this.store.close(); }
+}
+
+/** Another host from what the CLI sends. */
+function remoteHost(url: string, token: string, ca: string): RemoteHost {
+  return { url: checkHostUrl(url), token, ...(ca ? { ca: Buffer.from(ca) } : {}) };
 }

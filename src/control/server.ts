@@ -32,6 +32,8 @@ const ARG_TYPES: Record<ControlOp, ReadonlyArray<'string' | 'number' | 'boolean'
   verifyData: ['boolean', 'number'],
   importFile: ['string', 'string', 'string', 'string'],
   exportFile: ['string', 'string'],
+  pull: ['string', 'string', 'string', 'string', 'string'],
+  push: ['string', 'string', 'string', 'string', 'string'],
   vmCreate: ['object'],
   vmStart: ['string', 'boolean', 'string'],
   vmStop: ['string', 'number'],
@@ -103,7 +105,7 @@ async function handle(control: StoreControl, req: http.IncomingMessage, res: htt
   res.on('close', () => gone.abort());
   try {
     const fn = control[op] as (...a: unknown[]) => Promise<unknown>;
-    const callArgs = op === 'importFile' || op === 'exportFile' ? [...args, progress]
+    const callArgs = op === 'importFile' || op === 'exportFile' || op === 'pull' || op === 'push' ? [...args, progress]
       : op === 'verifyData' ? [...args, progress, gone.signal] : args;
     const result = await fn.apply(control, callArgs);
     send({ result: result ?? null });

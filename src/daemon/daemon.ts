@@ -8,7 +8,8 @@
  *
  * Life:
  *   startDaemon   open the store, listen for NBD, enable the swap file,
- *                 mount, start the VM runner, serve the control socket, log one line saying
+ *                 mount, start the VM runner, serve the control socket (and the host
+ *                 API for other hosts, with a token), log one line saying
  *                 where everything is; on a failure undo what was started
  *                 and throw (a DormantError the CLI prints in one line);
  *   stop          VMs first (QEMU maps its RAM through the FUSE view and
@@ -30,7 +31,8 @@ import { metricsRegistry, serveMetrics, type MetricsServer } from './metrics.js'
 import os from 'node:os';
 import path from 'node:path';
 import { DormantError, Store } from '../blockstore/index.js';
-import { CONTROL_SOCKET_NAME, LocalControl, serveControl, type ControlServer } from '../control/index.js';
+import { CONTROL_SOCKET_NAME, LocalControl, serveApi, serveControl, type ApiServer, type ControlServer } from '../control/index.js';
+import { Receiver } from '../migrate/index.js';
 import { mountStore, type FuseMount } from '../fuse/index.js';
 import { NbdServer, StoreBackend, isLoopback, type NbdAddresses, type NbdTlsOptions } from '../nbd/index.js';
 import { MemoryIo, SwapFile } from '../pager/index.js';
@@ -73,6 +75,8 @@ export interface DaemonOptions {
   scrub?: { everyMs: number; rate: number };
   /** Serve Prometheus metrics on `host`:`port` (metrics.ts). */
   metrics?: { host: string; port: number };
+  /** Serve the host API (HTTP/JSON for other hosts) on `host`:`port` with this bearer token; HTTPS with `tls`. */
+  api?: { host: string; port: number; token: string; tls?: { certFile: string; keyFile: string } };
   /** One log line (the daemon adds nothing but what it says). */
   log: (line: string) => void;
 }
@@ -118,6 +122,8 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
   let swap: SwapFile | undefined;
   let scrub: ScrubSchedule | undefined;
   let metrics: MetricsServer | undefined;
+  let api: ApiServer | undefined;
+  const receiver = new Receiver(store, log);
   let nbdAddresses: NbdAddresses;
   try {
     nbdAddresses = await nbd.listen();
@@ -134,7 +140,14 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
         autoPage: o.autoPage, idleTimeoutSeconds: o.idleTimeoutSeconds, diskOps: (v) => backend.requestsServed(v),
       });
     }
-    control = await serveControl(new LocalControl(store, false, vms), path.join(dir, CONTROL_SOCKET_NAME), log);
+    const local = new LocalControl(store, false, vms);
+    control = await serveControl(local, path.join(dir, CONTROL_SOCKET_NAME), log);
+    if (o.api) {
+      api = await serveApi(store, local, receiver, { ...o.api, log });
+      if (!isLoopback(o.api.host) && !o.api.tls) {
+        log(`dormant serve: warning: the host API on ${api.url} is plain HTTP: its token and data cross the network in the clear (add --tls-cert and --tls-key)`);
+      }
+    }
     // VMs that were running when the last daemon stopped or died come back when their restart policy says so.
     if (vms) void vms.startWanted();
     if (o.scrub) scrub = new ScrubSchedule(store, o.scrub.everyMs, o.scrub.rate, log);
@@ -150,10 +163,12 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     log(`dormant serve: store ${dir}; NBD on ${where}${o.tls.mode !== 'off' ? ` (TLS ${o.tls.mode}${o.tls.pskFile ? ', PSK' : o.tls.verifyPeer ? ', client certificates' : ''})` : ''}${o.readOnly ? ' (read-only)' : ''}; `
       + `control socket ${path.join(dir, CONTROL_SOCKET_NAME)}${fuse ? `; FUSE on ${fuse.dir}` : ''}`
       + `${fuse ? `; automatic paging ${o.autoPage === false ? 'off' : 'on'}` : ''}${swap ? `; swap file ${swap.path}` : ''}`
-      + `${o.scrub ? `; scrub every ${Math.round(o.scrub.everyMs / 1000)} s` : ''}${metrics ? `; metrics on ${metrics.url}` : ''}`);
+      + `${o.scrub ? `; scrub every ${Math.round(o.scrub.everyMs / 1000)} s` : ''}${metrics ? `; metrics on ${metrics.url}` : ''}${api ? `; host API on ${api.url}` : ''}`);
     sdNotify(`READY=1\nMAINPID=${process.pid}\nSTATUS=serving ${dir}`, log);
   } catch (err) {
     await metrics?.close().catch(() => undefined);
+    await api?.close().catch(() => undefined);
+    await receiver.close().catch(() => undefined);
     await control?.close().catch(() => undefined);
     await fuse?.unmount().catch(() => undefined);
     await nbd.close().catch(() => undefined);
@@ -180,6 +195,8 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
         }
       };
       await step('metrics', () => metrics?.close());
+      await step('host API', () => api?.close());
+      await step('transfers', () => receiver.close());
       await step('scrub', () => scrub?.stop());
       // QEMU maps its RAM through the FUSE view and reads its disk over NBD: VMs go first.
       await step('stopping VMs', () => vms?.stopAll());

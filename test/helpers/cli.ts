@@ -5,7 +5,7 @@
  * The child's environment never inherits DORMANT_STORE or DORMANT_DEBUG from
  * the test runner; a test that wants them passes them in `env`.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -81,6 +81,26 @@ export function dormant(args: string[], opts: CliOptions = {}): CliResult {
   });
   if (r.error) throw r.error;
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/**
+ * `dormant` without blocking the test process (for tests that serve
+ * something to the CLI from the test itself, e.g. a proxy); killed after
+ * `timeoutMs`.
+ */
+export function dormantAsync(args: string[], opts: CliOptions = {}, timeoutMs = 120_000): Promise<CliResult> {
+  ensureBuilt();
+  const argv = [BIN, ...(opts.store ? ['--store', opts.store] : []), ...args];
+  return new Promise((resolve, reject) => {
+    const c = spawn(process.execPath, argv, { env: cliEnv(opts.env), stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    c.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+    c.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    const t = setTimeout(() => c.kill('SIGKILL'), timeoutMs);
+    c.on('error', (err) => { clearTimeout(t); reject(err); });
+    c.on('close', (status) => { clearTimeout(t); resolve({ status, stdout, stderr }); });
+  });
 }
 
 /** Asserts success with nothing on stderr; returns stdout. */

@@ -23,11 +23,11 @@ export interface MountDaemon {
 const children = new Set<ChildProcess>();
 const mounts = new Set<string>();
 
-/** Starts `dormant --store STORE <args>`; resolves once stderr matches `ready`. */
+/** Starts `dormant --store STORE <args>`; resolves once stderr matches `ready`. `mnt`: its mount point ('' for none). */
 export async function startDaemon(store: string, mnt: string, args: string[], ready: RegExp,
   timeoutMs = 30_000): Promise<MountDaemon> {
   ensureBuilt();
-  mounts.add(mnt);
+  if (mnt) mounts.add(mnt);
   const child = spawn(process.execPath, [BIN, '--store', store, ...args], {
     env: cliEnv(), stdio: ['ignore', 'pipe', 'pipe'],
   });
