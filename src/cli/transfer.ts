@@ -1,8 +1,10 @@
 /**
- * Volume transfer between hosts: `dormant push` and `dormant pull`. The
- * other host is named by its API URL (`dormant serve --api`); the token
- * comes from --token-file or $DORMANT_TOKEN_FILE. The local side is the
- * daemon when one runs (it owns the store), else this process.
+ * Moving things between hosts: `dormant push` and `dormant pull` (volumes)
+ * and `dormant vm migrate` (a running VM). The other host is named by its
+ * API URL (`dormant serve --api`); the token comes from --token-file or
+ * $DORMANT_TOKEN_FILE. The local side of push and pull is the daemon when
+ * one runs (it owns the store), else this process; vm migrate needs the
+ * daemon that runs the VM.
  */
 import fs from 'node:fs';
 import type { Command } from 'commander';
@@ -10,9 +12,12 @@ import { DormantError } from '../blockstore/index.js';
 import { readTokenFile, type TransferResult } from '../migrate/index.js';
 import { formatBytes } from './format.js';
 import { Progress } from './progress.js';
-import { withStore } from './store-commands.js';
+import { storeDir, withStore } from './store-commands.js';
+import path from 'node:path';
+import { CONTROL_SOCKET_NAME, RemoteControl, daemonAnswers } from '../control/index.js';
+import type { VmMoveResult } from '../migrate/index.js';
 
-interface TransferOptions { to?: string; from?: string; as?: string; tokenFile?: string; tlsCa?: string; json?: boolean }
+interface TransferOptions { to?: string; from?: string; as?: string; tokenFile?: string; tlsCa?: string; json?: boolean; mode?: string }
 
 /** The token for the other host: --token-file, else $DORMANT_TOKEN_FILE. */
 function token(o: TransferOptions): string {
@@ -70,5 +75,37 @@ export function addTransferCommands(program: Command, run: (fn: () => Promise<vo
       const r = await withStore(cmd, (c) => c.pull(name, o.from!, t, o.as ?? '', caText(o), (d, n) => progress.update(d, n)))
         .finally(() => progress.done());
       report('pulled', name, o.from!, r, o.json);
+    }));
+}
+
+/** Registers `vm migrate` under the `vm` command of `program` (addVmCommands runs first). */
+export function addMigrateCommand(program: Command, run: (fn: () => Promise<void>) => Promise<void>): void {
+  const vm = program.commands.find((c) => c.name() === 'vm');
+  if (!vm) throw new Error('the vm command must be registered before vm migrate');
+  vm.command('migrate <vm>')
+    .description('move a running VM, disk and memory, to another host; it keeps running there with its state '
+      + '(only the chunks that host lacks and QEMU\'s device state travel)')
+    .requiredOption('--to <url>', 'the destination host\'s API, e.g. http://10.0.0.2:7450')
+    .option('--mode <mode>', 'copy: pause, send what is missing, resume there (lazy is not built yet)', 'copy')
+    .option('--token-file <file>', 'file holding the destination\'s API token (default: $DORMANT_TOKEN_FILE)')
+    .option('--tls-ca <file>', 'CA certificate (PEM) to trust for an https:// host')
+    .option('--json', 'machine-readable output')
+    .action((name: string, o: TransferOptions, cmd: Command) => run(async () => {
+      if (o.mode !== 'copy') {
+        throw new DormantError('EINVAL', o.mode === 'lazy' ? '--mode lazy is not built yet: use --mode copy'
+          : `bad --mode '${o.mode}': use copy`);
+      }
+      const t = token(o);
+      const socket = path.join(storeDir(cmd), CONTROL_SOCKET_NAME);
+      if (!await daemonAnswers(socket)) {
+        throw new DormantError('EINVAL', `vm migrate needs the daemon that runs the VM (nothing answers on ${socket})`);
+      }
+      const progress = new Progress(`migrate ${name}`, 0);
+      const r: VmMoveResult = await new RemoteControl(socket).vmMigrate(name, o.to!, t, o.mode, caText(o), (d, n) => progress.update(d, n))
+        .finally(() => progress.done());
+      if (o.json) { process.stdout.write(`${JSON.stringify(r, null, 2)}\n`); return; }
+      process.stdout.write(`migrated VM ${name} to ${r.to}: runs there${r.hostPort ? ` on port ${r.hostPort}` : ''}; `
+        + `downtime ${r.downtimeMs} ms, ${formatBytes(r.bytesSent)} sent (memory ${formatBytes(r.memoryBytesSent)}, `
+        + `disk ${formatBytes(r.diskBytesSent)}, device state ${formatBytes(r.deviceStateBytes)}), in ${r.seconds.toFixed(2)} s\n`);
     }));
 }

@@ -15,6 +15,10 @@
  *   GET  /v1/receive/<id>/needed        16-byte hashes of the chunks still needed
  *   PUT  /v1/receive/<id>/chunks        (hash, 4 KiB) records -> {accepted}
  *   POST /v1/receive/<id>/commit        -> {volume, origin}
+ *   POST /v1/vms/<vm>/incoming/check    a VM's record and kernel hashes -> {ok} (it can come here)
+ *   POST /v1/vms/<vm>/incoming          the same -> {uri}: QEMU waits there for the device state
+ *   POST /v1/vms/<vm>/incoming/finish   -> {state, hostPort}: the guest resumed here (the commit point)
+ *   POST /v1/vms/<vm>/incoming/abort    {volumes} -> {aborted}: QEMU, the VM and those volumes go
  *
  * Errors: `{"error":{"code","message"}}` with 400 (EINVAL), 404 (ENOENT),
  * 409 (EEXIST, EBUSY), 401, 413 (body too large) or 500.
@@ -24,9 +28,9 @@ import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import os from 'node:os';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { DormantError, HASH_SIZE, isDormantError, type Store } from '../blockstore/index.js';
-import { buildManifest, encodeManifest, readChunks, type Receiver } from '../migrate/index.js';
+import { buildManifest, encodeManifest, readChunks, type IncomingVms, type Receiver } from '../migrate/index.js';
 import type { StoreControl } from './operations.js';
 
 /** What the API serves and how. */
@@ -49,6 +53,7 @@ export interface ApiServer {
 /** Largest body per route kind: a manifest (64 GiB volume), a chunk batch, anything else. */
 const MAX_MANIFEST = 300 * 1024 * 1024;
 const MAX_CHUNKS = 4096 * (HASH_SIZE + 4096);
+const MAX_SMALL = 1024 * 1024;
 
 const STATUS: Partial<Record<string, number>> = { EINVAL: 400, ENOENT: 404, EEXIST: 409, EBUSY: 409, ERANGE: 400, EROFS: 409 };
 
@@ -57,7 +62,8 @@ class HttpError extends Error {
 }
 
 /** Serves the host API for `store`. */
-export async function serveApi(store: Store, control: StoreControl, receiver: Receiver, o: ApiOptions): Promise<ApiServer> {
+export async function serveApi(store: Store, control: StoreControl, receiver: Receiver, incoming: IncomingVms,
+  o: ApiOptions): Promise<ApiServer> {
   const want = crypto.createHash('sha256').update(o.token).digest();
   const version = readVersion();
   const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
@@ -110,6 +116,26 @@ export async function serveApi(store: Store, control: StoreControl, receiver: Re
     } else if (m === 'POST' && a === 'receive' && b && c === 'commit') {
       req.resume();
       json(await receiver.commit(b));
+    } else if (m === 'POST' && a === 'vms' && b && c === 'incoming') {
+      const step = parts[4];
+      const body = await readBody(req, MAX_SMALL);
+      if (parts.length === 4) {
+        json(await incoming.begin(b, body, req.socket.localAddress?.replace(/^::ffff:/, '') ?? '127.0.0.1', await freePort(req.socket.localAddress)));
+      } else if (parts.length === 5 && step === 'check') {
+        incoming.check(b, body);
+        json({ ok: true });
+      } else if (parts.length === 5 && step === 'finish') {
+        json(await incoming.finish(b));
+      } else if (parts.length === 5 && step === 'abort') {
+        let volumes: string[] = [];
+        try {
+          const v = (JSON.parse(body.toString('utf8') || '{}') as { volumes?: unknown }).volumes;
+          if (Array.isArray(v) && v.every((x) => typeof x === 'string')) volumes = v as string[];
+        } catch { throw new DormantError('EINVAL', 'abort takes {"volumes":[...]}'); }
+        json(await incoming.abort(b, volumes));
+      } else {
+        throw new HttpError(404, `unknown API request ${m} ${url.pathname}`);
+      }
     } else {
       req.resume();
       throw new HttpError(404, `unknown API request ${m} ${url.pathname}`);
@@ -131,6 +157,18 @@ export async function serveApi(store: Store, control: StoreControl, receiver: Re
     url: `${o.tls ? 'https' : 'http'}://${host}:${addr.port}`,
     close: () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }),
   };
+}
+
+/** A TCP port free right now on `address` (where a migrating VM's device state is to arrive). */
+function freePort(address = '127.0.0.1'): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, address.replace(/^::ffff:/, ''), () => {
+      const { port } = s.address() as AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
 }
 
 /** Reads a request body of at most `max` bytes (413 beyond). */

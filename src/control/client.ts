@@ -9,7 +9,7 @@ import { DormantError, type ErrorCode } from '../blockstore/index.js';
 import type { ProgressFn } from '../blockstore/index.js';
 import type { PageoutReport, PrefetchReport, SharingReport } from '../pager/index.js';
 import type { VmRecord, VmSpec, VmStatus } from '../vm/index.js';
-import type { TransferResult } from '../migrate/index.js';
+import type { TransferResult, VmMoveResult } from '../migrate/index.js';
 import type { ControlOp, StoreControl } from './operations.js';
 
 /** Calls one operation; `progress` receives streamed progress lines. */
@@ -95,6 +95,9 @@ export class RemoteControl implements StoreControl {
   }
   async push(name: string, url: string, token: string, as: string, ca: string, progress?: ProgressFn) {
     return call(this.socketPath, 'push', [name, url, token, as, ca], progress) as Promise<TransferResult>;
+  }
+  async vmMigrate(name: string, url: string, token: string, mode: string, ca: string, progress?: ProgressFn) {
+    return call(this.socketPath, 'vmMigrate', [name, url, token, mode, ca], progress) as Promise<VmMoveResult>;
   }
   async vmCreate(spec: VmSpec) { return call(this.socketPath, 'vmCreate', [spec]) as Promise<VmRecord>; }
   async vmStart(name: string, kvm: boolean, restart = '') { return call(this.socketPath, 'vmStart', [name, kvm, restart]) as Promise<VmStatus>; }

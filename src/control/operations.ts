@@ -8,7 +8,9 @@ import {
   DormantError, Store, type DataReport, type GcResult, type StoreStats, type VolumeInfo, type VolumeKind, type VolumeSummary,
 } from '../blockstore/index.js';
 import { exportFile, importFile, type ProgressFn, type RawImageResult } from '../blockstore/index.js';
-import { checkHostUrl, pull, push, type RemoteHost, type TransferResult } from '../migrate/index.js';
+import {
+  checkHostUrl, migrateVm, pull, push, type RemoteHost, type TransferResult, type VmMoveResult,
+} from '../migrate/index.js';
 import { sharingReport, type PageoutReport, type PrefetchReport, type SharingReport } from '../pager/index.js';
 import {
   checkRestart, createVm, listVms, offlineStatus, removeVm, vmUsing, readVm, type VmRecord, type VmSpec, type VmStatus, type VmSupervisor,
@@ -47,6 +49,8 @@ export interface StoreControl {
    */
   pull(name: string, url: string, token: string, as: string, ca: string, progress?: ProgressFn): Promise<TransferResult>;
   push(name: string, url: string, token: string, as: string, ca: string, progress?: ProgressFn): Promise<TransferResult>;
+  /** Moves running VM `name` to the host at `url` (daemon only; `mode`: copy). */
+  vmMigrate(name: string, url: string, token: string, mode: string, ca: string, progress?: ProgressFn): Promise<VmMoveResult>;
   /** VMs (src/vm): create works offline; start and stop need the daemon's supervisor. */
   vmCreate(spec: VmSpec): Promise<VmRecord>;
   /** `restart`: a restart policy to record for the VM ('' keeps its own). */
@@ -69,7 +73,7 @@ export interface StoreControl {
 /** Names of the operations, as used on the wire. */
 export const CONTROL_OPS = [
   'createVolume', 'snapshot', 'branch', 'remove', 'resize', 'list', 'info', 'stats', 'gc', 'check', 'verifyData', 'importFile', 'exportFile',
-  'pull', 'push', 'vmCreate', 'vmStart', 'vmStop', 'vmResume', 'vmRemove', 'vmStatus', 'vmList', 'vmPageout', 'vmPrefetch', 'vmSharing',
+  'pull', 'push', 'vmMigrate', 'vmCreate', 'vmStart', 'vmStop', 'vmResume', 'vmRemove', 'vmStatus', 'vmList', 'vmPageout', 'vmPrefetch', 'vmSharing',
 ] as const;
 
 /** One control operation name. */
@@ -81,7 +85,8 @@ export type ControlOp = typeof CONTROL_OPS[number];
  * daemon has no FUSE mount to put VM memory on).
  */
 export class LocalControl implements StoreControl {
-  constructor(readonly store: Store, private readonly own: boolean, private readonly vms?: VmSupervisor) {}
+  constructor(readonly store: Store, private readonly own: boolean, private readonly vms?: VmSupervisor,
+    private readonly log: (line: string) => void = () => undefined) {}
 
   createVolume(name: string, size: number, kind: VolumeKind) { return this.store.createVolume(name, size, kind); }
   snapshot(volume: string, snap: string) { return this.store.snapshot(volume, snap); }
@@ -114,6 +119,10 @@ export class LocalControl implements StoreControl {
   }
   push(name: string, url: string, token: string, as: string, ca: string, progress?: ProgressFn) {
     return push(this.store, remoteHost(url, token, ca), name, as || undefined, progress);
+  }
+  async vmMigrate(name: string, url: string, token: string, mode: string, ca: string, progress?: ProgressFn) {
+    if (mode !== 'copy') throw new DormantError('EINVAL', `bad migration mode '${mode}': only copy is built`);
+    return migrateVm(this.store, this.supervisor(), name, remoteHost(url, token, ca), this.log, progress);
   }
   async vmCreate(spec: VmSpec) { return createVm(this.store, spec); }
   async vmStart(name: string, kvm: boolean, restart = '') {

@@ -34,6 +34,7 @@ const ARG_TYPES: Record<ControlOp, ReadonlyArray<'string' | 'number' | 'boolean'
   exportFile: ['string', 'string'],
   pull: ['string', 'string', 'string', 'string', 'string'],
   push: ['string', 'string', 'string', 'string', 'string'],
+  vmMigrate: ['string', 'string', 'string', 'string', 'string'],
   vmCreate: ['object'],
   vmStart: ['string', 'boolean', 'string'],
   vmStop: ['string', 'number'],
@@ -105,7 +106,7 @@ async function handle(control: StoreControl, req: http.IncomingMessage, res: htt
   res.on('close', () => gone.abort());
   try {
     const fn = control[op] as (...a: unknown[]) => Promise<unknown>;
-    const callArgs = op === 'importFile' || op === 'exportFile' || op === 'pull' || op === 'push' ? [...args, progress]
+    const callArgs = op === 'importFile' || op === 'exportFile' || op === 'pull' || op === 'push' || op === 'vmMigrate' ? [...args, progress]
       : op === 'verifyData' ? [...args, progress, gone.signal] : args;
     const result = await fn.apply(control, callArgs);
     send({ result: result ?? null });

@@ -8,3 +8,4 @@ export { buildManifest, decodeManifest, encodeManifest, contentDigest, type Mani
 export { IncomingVolume, STAGING_SUFFIX, type TransferResult } from './incoming.js';
 export { pull, push, readChunks, Receiver } from './transfer.js';
 export { request, requestJson, readTokenFile, checkHostUrl, type RemoteHost } from './remote.js';
+export { migrateVm, IncomingVms, type MovableVms, type MovableRecord, type VmMoveResult } from './vm-move.js';

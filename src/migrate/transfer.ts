@@ -77,8 +77,20 @@ interface ReceiveBegin {
   volume?: string;
 }
 
+/** Options of a push. */
+export interface PushOptions {
+  /**
+   * A pre-copy round (VM migration, while the guest still runs): send what
+   * the receiver lacks but do not commit; chunks gone meanwhile are skipped.
+   * The receiver keeps the staging volume, so the final push sends only
+   * what changed since.
+   */
+  precopy?: boolean;
+}
+
 /** Sends `name` (`vol` or `vol@snap`) of `store` to `host` (as `as`). */
-export async function push(store: Store, host: RemoteHost, name: string, as?: string, progress?: ProgressFn): Promise<TransferResult> {
+export async function push(store: Store, host: RemoteHost, name: string, as?: string, progress?: ProgressFn,
+  opts: PushOptions = {}): Promise<TransferResult> {
   const t0 = performance.now();
   const m = await buildManifest(store, name);
   const wire = encodeManifest(m);
@@ -99,23 +111,29 @@ export async function push(store: Store, host: RemoteHost, name: string, as?: st
       const first = next;
       const n = Math.min(BATCH, total - first);
       next += n;
-      const body = Buffer.allocUnsafe(n * (HASH_SIZE + BLOCK_SIZE));
+      const full = Buffer.allocUnsafe(n * (HASH_SIZE + BLOCK_SIZE));
+      let records = 0;
       for (let i = 0; i < n; i++) {
         const at = (first + i) * HASH_SIZE;
-        const rec = i * (HASH_SIZE + BLOCK_SIZE);
-        needed.copy(body, rec, at, at + HASH_SIZE);
-        if (!store.readChunkByHash(needed, at, body, rec + HASH_SIZE)) {
-          throw new DormantError('EIO', `chunk ${needed.toString('hex', at, at + HASH_SIZE)} of '${name}' is no longer here `
-            + '(the volume changed during the transfer: snapshot it and send the snapshot)');
-        }
+        const rec = records * (HASH_SIZE + BLOCK_SIZE);
+        needed.copy(full, rec, at, at + HASH_SIZE);
+        if (store.readChunkByHash(needed, at, full, rec + HASH_SIZE)) { records++; continue; }
+        if (opts.precopy) continue; // rewritten since the manifest: the final round sends its successor
+        throw new DormantError('EIO', `chunk ${needed.toString('hex', at, at + HASH_SIZE)} of '${name}' is no longer here `
+          + '(the volume changed during the transfer: snapshot it and send the snapshot)');
       }
-      await request(host, 'PUT', `/v1/receive/${begin.id}/chunks`, body);
+      const body = full.subarray(0, records * (HASH_SIZE + BLOCK_SIZE));
+      if (records > 0) await request(host, 'PUT', `/v1/receive/${begin.id}/chunks`, body);
       bytesSent += body.length;
       done += n;
       progress?.(done * BLOCK_SIZE, total * BLOCK_SIZE);
     }
   };
   await Promise.all(Array.from({ length: IN_FLIGHT }, worker));
+  if (opts.precopy) {
+    return { volume: targetNames(m, as).full, logicalBytes: m.header.size, bytesSent, chunksSent: total, chunksPresent: begin.chunksPresent,
+      origin: null, seconds: seconds(t0) };
+  }
   const r = await requestJson<{ volume: string; origin: string | null }>(host, 'POST', `/v1/receive/${begin.id}/commit`);
   return { volume: r.volume, logicalBytes: m.header.size, bytesSent, chunksSent: total, chunksPresent: begin.chunksPresent,
     origin: r.origin, seconds: seconds(t0) };
@@ -183,6 +201,11 @@ export class Receiver {
     this.sessions.delete(id);
     this.log(`received ${s.inc.manifest.header.name} as ${r.volume}: ${s.inc.chunksReceived} chunks sent, ${s.inc.chunksPresent} here already`);
     return r;
+  }
+
+  /** Drops the session receiving volume `volume`, if any (its staging volume stays). */
+  async forget(volume: string): Promise<void> {
+    for (const [id, s] of this.sessions) if (s.inc.names.volume === volume) await this.drop(id);
   }
 
   /** Drops every session (daemon stop). */

@@ -1,0 +1,294 @@
+/**
+ * Moving a running VM to another host, copy mode: the VM's disk and memory
+ * are volumes of the store, and QEMU's RAM is a shared file on the FUSE
+ * view, so only the chunks the destination lacks and QEMU's device state
+ * travel.
+ *
+ * Source (migrateVm):
+ *   1. pre-copy while the guest runs: write its dirty RAM back, push the
+ *      disk branch and the memory volume (missing chunks only) without
+ *      committing them: they wait there as staging volumes;
+ *   2. pause the guest (QMP stop: QEMU drains and flushes its disk), write
+ *      its RAM back again;
+ *   3. push both volumes again: only what changed since the pre-copy
+ *      travels, and both are committed;
+ *   4. ask the destination to start QEMU with `-incoming defer` on them
+ *      (POST /v1/vms/<vm>/incoming), with `x-ignore-shared` on both QEMUs
+ *      so that QEMU's stream carries device state, not RAM;
+ *   5. QMP migrate to the destination's listener, wait for completion;
+ *   6. ask the destination to resume the guest and confirm it runs
+ *      (POST .../finish): the commit point;
+ *   7. release the source: quit its QEMU, remove the VM and its volumes.
+ * Before the commit point any failure aborts the destination's side
+ * (POST .../abort: its QEMU killed, the VM and volumes it received
+ * removed; the chunks stay, so a retry sends little) and resumes the guest
+ * on the source: nothing is lost, and a retry starts over.
+ *
+ * Destination (IncomingVms): the three routes above, over the daemon's
+ * VM supervisor (MovableVms) and store.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { DormantError, type Store } from '../blockstore/index.js';
+import { STAGING_SUFFIX } from './incoming.js';
+import { push } from './transfer.js';
+import { requestJson, type RemoteHost } from './remote.js';
+
+/** What a VM migration needs of the VM runner (the daemon's supervisor implements it). */
+export interface MovableVms {
+  /** The VM's record (ENOENT when there is none). */
+  record(name: string): MovableRecord;
+  /** True when QEMU runs for the VM (running or paused). */
+  isRunning(name: string): boolean;
+  /** QMP stop: the vCPUs stop, QEMU flushes the disk. */
+  pause(name: string): Promise<void>;
+  /** QMP cont (after a pause or a failed migration). */
+  cont(name: string): Promise<void>;
+  /** Guest pages faulted in through the FUSE view since QEMU started (reads of its memory file). */
+  pagesIn(name: string): number;
+  /** Writes the guest's dirty RAM back into its memory volume. */
+  writeBack(name: string): Promise<void>;
+  /** Sends QEMU's device state to `uri` (x-ignore-shared set first); resolves with the stream's bytes once completed. */
+  migrateOut(name: string, uri: string, timeoutMs: number): Promise<{ bytes: number }>;
+  /** Writes a record received from another host (its volumes are here). */
+  adopt(rec: MovableRecord): void;
+  /** Starts QEMU for a VM with `-incoming defer`, x-ignore-shared, listening on `uri` (tcp:HOST:PORT). */
+  startIncoming(name: string, uri: string): Promise<void>;
+  /** Waits until the incoming migration completed, resumes the guest, and confirms it runs; its status. */
+  finishIncoming(name: string, timeoutMs: number): Promise<{ hostPort?: number; state: string }>;
+  /** Stops QEMU at once (SIGKILL) if it runs; `reason` is shown in its status. */
+  kill(name: string, reason: string): Promise<void>;
+  /** After the destination took over: QEMU quits, and the VM, its record and its volumes go. */
+  release(name: string, reason: string): Promise<void>;
+  /** Removes a VM that does not run, with its record and volumes (an aborted incoming one). */
+  remove(name: string): Promise<void>;
+  /** The VM whose disk or memory volume `volume` is, if any. */
+  usedBy(volume: string): string | undefined;
+}
+
+/** The fields of a VM record a move needs (src/vm's VmRecord has them all). */
+export interface MovableRecord {
+  name: string;
+  disk: string;
+  memory: string;
+  kernel: string;
+  initrd: string;
+  image: string;
+  [field: string]: unknown;
+}
+
+/** What `vm migrate --json` prints. */
+export interface VmMoveResult {
+  vm: string;
+  mode: 'copy';
+  to: string;
+  /** From the guest's pause on the source to its confirmed run on the destination. */
+  downtimeMs: number;
+  bytesSent: number;
+  memoryBytesSent: number;
+  diskBytesSent: number;
+  /** QEMU's own migration stream (device state and the few RAM blocks that are not the shared file). */
+  deviceStateBytes: number;
+  /** Guest pages faulted in on the source while it moved (a paged-out VM's memory is read from the store, not faulted back). */
+  sourcePagesFaulted: number;
+  /** The VM's HTTP port on the destination. */
+  hostPort?: number;
+  seconds: number;
+}
+
+/** Body of POST /v1/vms/<vm>/incoming. */
+interface IncomingRequest {
+  record: MovableRecord;
+  kernelSha256: string;
+  initrdSha256: string;
+}
+
+/** The longest QEMU's device-state stream may take. */
+const STREAM_TIMEOUT_MS = 120_000;
+
+function sha256File(file: string): string {
+  return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+}
+
+/** Moves running VM `name` to `host` (copy mode); see the header. */
+export async function migrateVm(store: Store, vms: MovableVms, name: string, host: RemoteHost,
+  log: (line: string) => void = () => undefined, progress?: (done: number, total: number) => void): Promise<VmMoveResult> {
+  const rec = vms.record(name);
+  if (!vms.isRunning(name)) throw new DormantError('EINVAL', `cannot migrate VM '${name}': it is not running (start it, or push its volumes)`);
+  const t0 = performance.now();
+  const request: IncomingRequest = { record: rec, kernelSha256: sha256File(rec.kernel), initrdSha256: sha256File(rec.initrd) };
+  // The destination must be able to run it before the guest pauses: it checks the kernel and the name.
+  await requestJson(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/check`, Buffer.from(JSON.stringify(request)));
+  const faultsBefore = vms.pagesIn(name);
+  let committed = false;
+  let started = false;
+  let paused = 0;
+  try {
+    // Pre-copy, while the guest runs: what the store holds of its RAM and disk now, into staging volumes there.
+    started = true; // from here the destination may hold what this migration sent
+    await vms.writeBack(name);
+    await store.flush();
+    const preDisk = await push(store, host, rec.disk, undefined, progress, { precopy: true });
+    const preMem = await push(store, host, rec.memory, undefined, progress, { precopy: true });
+    log(`vm ${name}: migrating to ${host.url} (copy): pre-copied ${preDisk.bytesSent + preMem.bytesSent} bytes; pausing`);
+    await vms.pause(name);
+    paused = performance.now();
+    await vms.writeBack(name);
+    await store.flush();
+    // What changed since the pre-copy, then the commit of both volumes there.
+    const finalDisk = await push(store, host, rec.disk);
+    const finalMem = await push(store, host, rec.memory);
+    const disk = { bytesSent: preDisk.bytesSent + finalDisk.bytesSent };
+    const mem = { bytesSent: preMem.bytesSent + finalMem.bytesSent };
+    log(`vm ${name}: volumes sent (disk ${disk.bytesSent} bytes, memory ${mem.bytesSent} bytes); starting QEMU on ${host.url}`);
+    const inc = await requestJson<{ uri: string }>(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming`,
+      Buffer.from(JSON.stringify(request)));
+    const stream = await vms.migrateOut(name, inc.uri, STREAM_TIMEOUT_MS);
+    const fin = await requestJson<{ hostPort?: number; state: string }>(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/finish`);
+    committed = true;
+    const downtimeMs = Math.round(performance.now() - paused);
+    const sourcePagesFaulted = vms.pagesIn(name) - faultsBefore;
+    log(`vm ${name}: runs on ${host.url} (port ${fin.hostPort}); releasing it here`);
+    await vms.release(name, `migrated to ${host.url}`);
+    return {
+      vm: name, mode: 'copy', to: host.url, downtimeMs,
+      bytesSent: disk.bytesSent + mem.bytesSent + stream.bytes, memoryBytesSent: mem.bytesSent, diskBytesSent: disk.bytesSent,
+      deviceStateBytes: stream.bytes, sourcePagesFaulted, ...(fin.hostPort !== undefined ? { hostPort: fin.hostPort } : {}),
+      seconds: Math.round((performance.now() - t0) / 10) / 100,
+    };
+  } catch (err) {
+    if (committed) throw err; // (the release failed: the VM runs on the destination)
+    log(`vm ${name}: migration to ${host.url} failed (${(err as Error).message})${paused ? '; resuming it here' : ''}`);
+    if (started) {
+      await requestJson(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/abort`,
+        Buffer.from(JSON.stringify({ volumes: [rec.disk, rec.memory] })))
+        .catch((e: Error) => log(`vm ${name}: abort on ${host.url}: ${e.message}`));
+    }
+    if (paused) await vms.cont(name);
+    throw err;
+  }
+}
+
+/** Incoming VM sessions older than this are aborted (their source is gone). */
+const INCOMING_TIMEOUT_MS = 10 * 60_000;
+
+/** The destination's side of VM migrations (the host API's /v1/vms/<vm>/incoming routes). */
+export class IncomingVms {
+  private readonly pending = new Map<string, NodeJS.Timeout>();
+
+  constructor(private readonly store: Store, private readonly vms: MovableVms | undefined,
+    private readonly log: (line: string) => void = () => undefined,
+    private readonly imageFiles: (image: string) => { kernel: string; initrd: string } | undefined = () => undefined,
+    /** Ends a push session receiving volume `name` (its staging volume stays). */
+    private readonly dropTransfer: (volume: string) => Promise<void> = async () => undefined) {}
+
+  private need(): MovableVms {
+    if (!this.vms) throw new DormantError('EINVAL', 'this host runs no VMs (its daemon has no --mount)');
+    return this.vms;
+  }
+
+  /** Checks that VM `name` can come here: no VM of that name, and its kernel files (same content) are here. */
+  check(name: string, body: Buffer): { kernel: string; initrd: string } {
+    const vms = this.need();
+    const req = parseIncoming(name, body);
+    let exists = true;
+    try { vms.record(name); } catch { exists = false; }
+    if (exists && !this.pending.has(name)) throw new DormantError('EEXIST', `a VM named '${name}' already exists on this host`);
+    for (const v of [req.record.disk, req.record.memory]) {
+      if (!this.pending.has(name) && this.store.describe(v)) {
+        throw new DormantError('EEXIST', `volume '${v}' of VM '${name}' already exists on this host (remove it, or migrate under another name)`);
+      }
+    }
+    const candidates = [{ kernel: req.record.kernel, initrd: req.record.initrd }, this.imageFiles(req.record.image)];
+    for (const c of candidates) {
+      if (!c || !fs.existsSync(c.kernel) || !fs.existsSync(c.initrd)) continue;
+      if (sha256File(c.kernel) === req.kernelSha256 && sha256File(c.initrd) === req.initrdSha256) return c;
+    }
+    throw new DormantError('ENOENT', `the kernel of image '${req.record.image}' is not on this host with the same content: `
+      + `build the image here too (dormant image build-test-guest ${req.record.image})`);
+  }
+
+  /**
+   * Adopts the VM's record (its volumes arrived), starts QEMU waiting for
+   * the device state on `address`:`port` (the address the source reached
+   * this host's API on); the URI to send it to.
+   */
+  async begin(name: string, body: Buffer, address: string, port: number): Promise<{ uri: string }> {
+    const vms = this.need();
+    const files = this.check(name, body);
+    const req = parseIncoming(name, body);
+    for (const v of [req.record.disk, req.record.memory]) {
+      if (!this.store.describe(v)) throw new DormantError('ENOENT', `volume '${v}' of VM '${name}' has not arrived: push it first`);
+    }
+    vms.adopt({ ...req.record, ...files, wanted: false });
+    const host = address.includes(':') ? `[${address}]` : address;
+    const uri = `tcp:${host}:${port}`;
+    const t = setTimeout(() => { void this.abort(name).catch(() => undefined); }, INCOMING_TIMEOUT_MS);
+    t.unref();
+    this.pending.set(name, t);
+    try {
+      await vms.startIncoming(name, uri);
+    } catch (err) {
+      await this.abort(name).catch(() => undefined);
+      throw err;
+    }
+    this.log(`vm ${name}: incoming from another host, QEMU waits on ${uri}`);
+    return { uri };
+  }
+
+  /** The device state arrived: resume the guest here; its status. */
+  async finish(name: string): Promise<{ hostPort?: number; state: string }> {
+    const vms = this.need();
+    if (!this.pending.has(name)) throw new DormantError('ENOENT', `no incoming VM '${name}' here`);
+    const st = await vms.finishIncoming(name, STREAM_TIMEOUT_MS);
+    clearTimeout(this.pending.get(name));
+    this.pending.delete(name);
+    this.log(`vm ${name}: arrived, running (port ${st.hostPort})`);
+    return st;
+  }
+
+  /**
+   * The source gave up before the commit point: QEMU goes, and the VM with
+   * the volumes it received (`volumes`: those the source pushed, which
+   * `check` saw absent; removed when no VM here uses them).
+   */
+  async abort(name: string, volumes: string[] = []): Promise<{ aborted: boolean }> {
+    const vms = this.need();
+    const t = this.pending.get(name);
+    if (t !== undefined) {
+      clearTimeout(t);
+      this.pending.delete(name);
+      await vms.kill(name, 'incoming migration aborted');
+      await vms.remove(name);
+    }
+    const removed: string[] = [];
+    for (const v of volumes) await this.dropTransfer(v);
+    for (const v of volumes.flatMap((x) => [x, `${x}${STAGING_SUFFIX}`])) {
+      if (!this.store.describe(v) || vms.usedBy(v)) continue;
+      await this.store.remove(v).then(() => removed.push(v), (e: Error) => this.log(`vm ${name}: abort: cannot remove ${v}: ${e.message}`));
+    }
+    this.log(`vm ${name}: incoming migration aborted; removed here: ${[...(t !== undefined ? ['the VM'] : []), ...removed].join(', ') || 'nothing'}`);
+    return { aborted: t !== undefined || removed.length > 0 };
+  }
+
+  /** Aborts every pending incoming VM (daemon stop). */
+  async close(): Promise<void> {
+    for (const name of [...this.pending.keys()]) await this.abort(name).catch(() => undefined);
+  }
+}
+
+function parseIncoming(name: string, body: Buffer): IncomingRequest {
+  let req: IncomingRequest;
+  try {
+    req = JSON.parse(body.toString('utf8')) as IncomingRequest;
+  } catch {
+    throw new DormantError('EINVAL', 'an incoming VM request is JSON: {record, kernelSha256, initrdSha256}');
+  }
+  const r = req?.record;
+  if (!r || typeof r !== 'object' || r.name !== name || typeof r.disk !== 'string' || typeof r.memory !== 'string'
+    || typeof r.kernel !== 'string' || typeof r.initrd !== 'string' || typeof r.image !== 'string'
+    || typeof req.kernelSha256 !== 'string' || typeof req.initrdSha256 !== 'string') {
+    throw new DormantError('EINVAL', `an incoming VM request names VM '${name}' with its record (disk, memory, kernel, initrd, image) and kernel hashes`);
+  }
+  return req;
+}

@@ -1,0 +1,155 @@
+/**
+ * `dormant vm migrate` (copy mode) between real hosts on this machine: two
+ * daemons with `serve --mount --api` (each its own store with the test
+ * guest's golden image, its own FUSE view and QEMUs), and a third one
+ * killed in the middle of a migration. A migrated VM keeps its identity:
+ * the same hostname page, its uptime goes on (no reboot), its disk counter
+ * goes on, and it answers HTTP on the port the destination gives it; the
+ * source holds nothing of it afterwards. A paged-out VM migrates without
+ * faulting its memory back in. A destination that dies before the commit
+ * point leaves the VM running on the source, and a retry succeeds.
+ *
+ * Every QEMU pid seen is SIGKILLed at the end, every daemon stopped, the
+ * mounts lazily unmounted and temp dirs removed.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../../src/vm/index.js';
+import { dormant, dormantAsync, dormantJson, expectFailure, expectOk, type CliResult } from '../helpers/cli.js';
+import { CACHE, diskCounter, startVmDaemon, vmStatus, waitHttp, type Status } from '../helpers/guest.js';
+import { cleanupMounts, type MountDaemon } from '../helpers/mount-daemon.js';
+import { TempDirs } from '../helpers/tmp.js';
+
+const tmp = new TempDirs();
+const qemuPids = new Set<number>();
+interface Host { store: string; url: string; daemon: MountDaemon }
+let a: Host;
+let b: Host;
+let tokenFile = '';
+
+async function host(prefix: string, extra: string[] = []): Promise<Host> {
+  const port = await freePort();
+  const { store, daemon } = await startVmDaemon(tmp, prefix,
+    ['--no-auto-page', '--api', `127.0.0.1:${port}`, '--api-token-file', tokenFile, ...extra]);
+  return { store, url: `http://127.0.0.1:${port}`, daemon };
+}
+
+/** Boots VM `vm` on `h` and waits for its page; its status. */
+async function boot(h: Host, vm: string): Promise<Status> {
+  expectOk(dormant(['vm', 'create', vm, '--from', 'golden@base', '--memory', '256M', '--cache-dir', CACHE], { store: h.store }));
+  expectOk(dormant(['vm', 'start', vm], { store: h.store }));
+  const s = vmStatus(h.store, vm);
+  qemuPids.add(s.pid!);
+  await waitHttp(h.store, vm, s.hostPort!);
+  return s;
+}
+
+/** The uptime (seconds) the guest's page shows. */
+async function guestUptime(port: number): Promise<number> {
+  const page = await (await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(30_000) })).text();
+  const m = /uptime:?\s*([\d.]+)/.exec(page);
+  expect(m, page).not.toBeNull();
+  return Number(m![1]);
+}
+
+const json = <T = any>(r: CliResult): T => JSON.parse(expectOk(r)) as T;
+const volumes = (store: string) => dormantJson<{ volumes: { name: string }[] }>(['list'], { store }).volumes.map((v) => v.name);
+
+beforeAll(async () => {
+  const dir = tmp.make('vm-migrate');
+  tokenFile = path.join(dir, 'token');
+  fs.writeFileSync(tokenFile, 'migrate-test-token-0123456789\n', { mode: 0o600 });
+  a = await host('vm-migrate-a');
+  b = await host('vm-migrate-b');
+}, 400_000);
+
+afterAll(async () => {
+  for (const pid of qemuPids) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
+  for (const h of [a, b]) await h?.daemon.stop(60_000).catch(() => undefined);
+  await cleanupMounts();
+  tmp.cleanup();
+});
+
+const migrate = (from: Host, vm: string, to: string, extra: string[] = []) =>
+  dormantAsync(['vm', 'migrate', vm, '--to', to, '--token-file', tokenFile, '--json', ...extra], { store: from.store }, 300_000);
+
+describe('vm migrate --mode copy', () => {
+  it('moves a running VM: same page, uptime and disk counter go on, the source keeps nothing', async () => {
+    const before = await boot(a, 'm1');
+    const counter = await diskCounter(a.store, 'm1');
+    const up = await guestUptime(before.hostPort!);
+    const r = json(await migrate(a, 'm1', b.url));
+    expect(r).toMatchObject({ vm: 'm1', mode: 'copy', to: b.url });
+    for (const k of ['downtimeMs', 'bytesSent', 'memoryBytesSent', 'diskBytesSent', 'deviceStateBytes', 'seconds']) {
+      expect(typeof r[k], k).toBe('number');
+    }
+    // The golden image is on both hosts: the disk costs its own blocks and a manifest; QEMU's stream carries no RAM.
+    expect(r.diskBytesSent).toBeLessThan(8 * 2 ** 20);
+    expect(r.deviceStateBytes).toBeLessThan(16 * 2 ** 20);
+    expect(r.bytesSent).toBeLessThan(256 * 2 ** 20 + 64 * 2 ** 20);
+    const after = vmStatus(b.store, 'm1');
+    qemuPids.add(after.pid!);
+    expect(after.state).toMatch(/^(running|booting)$/);
+    expect(after.hostPort).toBe(r.hostPort);
+    await waitHttp(b.store, 'm1', after.hostPort!, 30_000);
+    expect(await guestUptime(after.hostPort!)).toBeGreaterThan(up);
+    expect(await diskCounter(b.store, 'm1')).toBe(counter + 1);
+    expectFailure(dormant(['vm', 'status', 'm1'], { store: a.store }), /unknown VM 'm1'/);
+    expect(volumes(a.store)).not.toContain('m1.mem');
+    expect(volumes(a.store)).not.toContain('m1');
+    // Back again: the volumes' chunks are still on a, so little travels.
+    const back = json(await migrate(b, 'm1', a.url));
+    const home = vmStatus(a.store, 'm1');
+    qemuPids.add(home.pid!);
+    expect(await diskCounter(a.store, 'm1')).toBe(counter + 2);
+    expect(back.memoryBytesSent).toBeLessThan(r.memoryBytesSent);
+  }, 400_000);
+
+  it('a paged-out VM migrates without faulting its memory back in', async () => {
+    await boot(a, 'm2');
+    expectOk(dormant(['vm', 'pageout', 'm2'], { store: a.store }));
+    const r = json(await migrate(a, 'm2', b.url));
+    expect(r.sourcePagesFaulted).toBeLessThan(256);
+    const s = vmStatus(b.store, 'm2');
+    qemuPids.add(s.pid!);
+    await waitHttp(b.store, 'm2', s.hostPort!, 60_000);
+  }, 400_000);
+
+  it('a destination that dies mid-way leaves the VM running on the source; a retry succeeds', async () => {
+    const c = await host('vm-migrate-c');
+    const s = await boot(a, 'm3');
+    const counter = await diskCounter(a.store, 'm3');
+    const run = migrate(a, 'm3', c.url);
+    // Kill the destination as soon as the memory volume starts arriving.
+    for (let i = 0; i < 600 && !/receive m3\.mem/.test(c.daemon.stderr()); i++) await new Promise((r) => setTimeout(r, 50));
+    c.daemon.child.kill('SIGKILL');
+    const failed = await run;
+    expect(failed.status, failed.stderr).toBe(1);
+    expect(failed.stderr).toMatch(/^dormant: .*host http:\/\/127\.0\.0\.1:\d+/);
+    const back = vmStatus(a.store, 'm3');
+    expect(back.state).toMatch(/^(running|booting)$/);
+    expect(back.pid).toBe(s.pid);
+    expect(await diskCounter(a.store, 'm3')).toBe(counter + 1);
+    const r = json(await migrate(a, 'm3', b.url));
+    expect(r.vm).toBe('m3');
+    const there = vmStatus(b.store, 'm3');
+    qemuPids.add(there.pid!);
+    expect(await diskCounter(b.store, 'm3')).toBe(counter + 2);
+    await c.daemon.stop().catch(() => undefined);
+  }, 400_000);
+
+  it('refuses what it cannot do, with one line', async () => {
+    expectFailure(dormant(['vm', 'migrate', 'm1', '--to', b.url, '--token-file', tokenFile, '--mode', 'lazy'], { store: a.store }),
+      /--mode lazy is not built yet/);
+    expectFailure(await migrate(a, 'nosuch', b.url), /unknown VM 'nosuch'/);
+    expectOk(dormant(['vm', 'create', 'idle', '--from', 'golden@base', '--memory', '128M', '--cache-dir', CACHE], { store: a.store }));
+    expectFailure(await migrate(a, 'idle', b.url), /it is not running/);
+    // A VM of that name on the destination: refused before the guest pauses.
+    expectOk(dormant(['vm', 'create', 'idle', '--from', 'golden@base', '--memory', '128M', '--cache-dir', CACHE], { store: b.store }));
+    const m = await boot(a, 'dup');
+    expectOk(dormant(['vm', 'create', 'dup', '--from', 'golden@base', '--memory', '128M', '--cache-dir', CACHE], { store: b.store }));
+    expectFailure(await migrate(a, 'dup', b.url), /a VM named 'dup' already exists on this host/);
+    expect(vmStatus(a.store, 'dup')).toMatchObject({ pid: m.pid });
+  }, 400_000);
+});
