@@ -1,9 +1,9 @@
 /**
  * `dormant vm ...`: VMs whose disk is a branch and whose RAM is a memory
  * volume of the store (src/vm). create/list/status work offline or through
- * the daemon; start/stop/resume need `dormant serve --mount DIR`, whose
+ * the daemon; start/stop/pause/resume need `dormant serve --mount DIR`, whose
  * supervisor runs QEMU; log and xen-config only read files of the store
- * directory.
+ * directory; console (vm-console.ts) connects to the VM's serial socket there.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -15,6 +15,7 @@ import { defaultCacheDir, metaPath, readImageMeta } from '../guest-image/index.j
 import { STOP_TIMEOUT_MS, checkBallast, checkMemory, checkRestart, checkVmName, readVm, vmPaths, type VmStatus } from '../vm/index.js';
 import { formatBytes, parseSize, table } from './format.js';
 import { storeDir, withStore } from './store-commands.js';
+import { attachConsole } from './vm-console.js';
 
 const print = (s: string) => process.stdout.write(`${s}\n`);
 
@@ -127,8 +128,18 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
       print(`VM ${name}: ${stateText(s)}`);
     }));
 
+  vm.command('pause <vm>')
+    .description('pause a running VM (QMP stop): its vCPUs stop until vm resume')
+    .option('--json', 'machine-readable output: the status after stop')
+    .action((name: string, o: { json?: boolean }, cmd: Command) => run(async () => {
+      checkVmName(name);
+      const s = await (await daemon(cmd, 'vm pause')).vmPause(name);
+      if (o.json) { printJson(s); return; }
+      print(`VM ${name}: ${stateText(s)}`);
+    }));
+
   vm.command('resume <vm>')
-    .description('continue a VM QEMU paused (its disk got ENOSPC from a full store: free space first with rm and gc)')
+    .description('continue a paused VM: after vm pause, or after its disk got ENOSPC from a full store (free space first with rm and gc)')
     .option('--json', 'machine-readable output: the status after cont')
     .action((name: string, o: { json?: boolean }, cmd: Command) => run(async () => {
       checkVmName(name);
@@ -265,6 +276,17 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
         return;
       }
       await followLog(file);
+    }));
+
+  vm.command('console <vm>')
+    .description('connect the terminal to the running VM\'s serial console (Ctrl-] detaches); without a terminal, stdin goes to the guest')
+    .action((name: string, _o, cmd: Command) => run(async () => {
+      checkVmName(name);
+      const s = await withStore(cmd, (c) => c.vmStatus(name));
+      if (!['booting', 'running', 'paused'].includes(s.state)) {
+        throw new DormantError('EINVAL', `VM '${name}' is not running (state ${s.state}): start it with dormant vm start ${name}`);
+      }
+      await attachConsole(name, vmPaths(storeDir(cmd), name).console);
     }));
 
   vm.command('xen-config <vm>')

@@ -102,6 +102,7 @@ export class RemoteControl implements StoreControl {
   async vmCreate(spec: VmSpec) { return call(this.socketPath, 'vmCreate', [spec]) as Promise<VmRecord>; }
   async vmStart(name: string, kvm: boolean, restart = '') { return call(this.socketPath, 'vmStart', [name, kvm, restart]) as Promise<VmStatus>; }
   async vmStop(name: string, timeoutMs: number) { return call(this.socketPath, 'vmStop', [name, timeoutMs]) as Promise<VmStatus>; }
+  async vmPause(name: string) { return call(this.socketPath, 'vmPause', [name]) as Promise<VmStatus>; }
   async vmResume(name: string) { return call(this.socketPath, 'vmResume', [name]) as Promise<VmStatus>; }
   async vmRemove(name: string) { return call(this.socketPath, 'vmRemove', [name]) as Promise<string[]>; }
   async vmStatus(name: string) { return call(this.socketPath, 'vmStatus', [name]) as Promise<VmStatus>; }

@@ -56,7 +56,9 @@ export interface StoreControl {
   /** `restart`: a restart policy to record for the VM ('' keeps its own). */
   vmStart(name: string, kvm: boolean, restart?: string): Promise<VmStatus>;
   vmStop(name: string, timeoutMs: number): Promise<VmStatus>;
-  /** Continues a VM QEMU paused (e.g. on ENOSPC from a full store, once space is freed): QMP cont. */
+  /** Pauses a running VM (QMP stop); vmResume continues it. */
+  vmPause(name: string): Promise<VmStatus>;
+  /** Continues a VM QEMU paused (e.g. on ENOSPC from a full store, once space is freed, or by vmPause): QMP cont. */
   vmResume(name: string): Promise<VmStatus>;
   /** Removes a VM that does not run: its record, memory volume and disk branch; returns the volumes removed. */
   vmRemove(name: string): Promise<string[]>;
@@ -73,7 +75,8 @@ export interface StoreControl {
 /** Names of the operations, as used on the wire. */
 export const CONTROL_OPS = [
   'createVolume', 'snapshot', 'branch', 'remove', 'resize', 'list', 'info', 'stats', 'gc', 'check', 'verifyData', 'importFile', 'exportFile',
-  'pull', 'push', 'vmMigrate', 'vmCreate', 'vmStart', 'vmStop', 'vmResume', 'vmRemove', 'vmStatus', 'vmList', 'vmPageout', 'vmPrefetch', 'vmSharing',
+  'pull', 'push', 'vmMigrate', 'vmCreate', 'vmStart', 'vmStop', 'vmPause', 'vmResume', 'vmRemove', 'vmStatus', 'vmList', 'vmPageout',
+  'vmPrefetch', 'vmSharing',
 ] as const;
 
 /** One control operation name. */
@@ -129,10 +132,11 @@ export class LocalControl implements StoreControl {
     return this.supervisor().start(name, { kvm, ...(restart ? { restart: checkRestart(restart) } : {}) });
   }
   async vmStop(name: string, timeoutMs: number) { return this.supervisor().stop(name, timeoutMs); }
+  async vmPause(name: string) { return this.supervisor().pause(name); }
   async vmResume(name: string) { return this.supervisor().resume(name); }
   async vmRemove(name: string) {
     readVm(this.store.dir, name); // ENOENT: unknown VM
-    this.vms?.forget(name);
+    await this.vms?.forget(name);
     return removeVm(this.store, name);
   }
   async vmStatus(name: string): Promise<VmStatus> {

@@ -38,6 +38,7 @@ const ARG_TYPES: Record<ControlOp, ReadonlyArray<'string' | 'number' | 'boolean'
   vmCreate: ['object'],
   vmStart: ['string', 'boolean', 'string'],
   vmStop: ['string', 'number'],
+  vmPause: ['string'],
   vmResume: ['string'],
   vmRemove: ['string'],
   vmStatus: ['string'],

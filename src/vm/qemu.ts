@@ -2,8 +2,11 @@
  * The QEMU adapter: the command line of a VM (the flags test/vm/boot.test.ts
  * proved: q35 with the RAM in a shared file backend on the FUSE view, TCG
  * unless KVM is asked for, disk over NBD on the Unix socket, user networking
- * with one host port forwarded to guest port 80, serial to a file, QMP on a
- * Unix socket), and a free host port to forward.
+ * with one host port forwarded to guest port 80, the serial line on a Unix
+ * socket that `vm console` connects to and logged to a file whether anyone
+ * is connected or not, QMP on a Unix socket, a pvpanic device so a guest
+ * with its driver reports a panic as a QMP event), and a free host port to
+ * forward.
  *
  * The disk's error policy is spelled out: `werror=enospc` pauses the guest
  * when a write gets ENOSPC (the store below its free-space floor answers
@@ -23,6 +26,8 @@ export interface LaunchPaths {
   nbdSocket: string;
   qmpSocket: string;
   serialLog: string;
+  /** The serial line's Unix socket (QEMU serves one client at a time; the store's umask makes it 0600). */
+  consoleSocket: string;
 }
 
 /** Options of a launch. */
@@ -55,7 +60,9 @@ export function qemuArgs(vm: VmRecord, p: LaunchPaths, o: LaunchOptions): string
     '-append', vm.cmdline,
     '-drive', `file=nbd+unix:///${vm.disk}?socket=${p.nbdSocket},format=raw,if=virtio,werror=enospc,rerror=report`,
     '-netdev', `user,id=n0,hostfwd=tcp:127.0.0.1:${o.hostPort}-:80`, '-device', 'virtio-net-pci,netdev=n0',
-    '-serial', `file:${p.serialLog}`,
+    '-chardev', `socket,id=serial0,path=${p.consoleSocket},server=on,wait=off,logfile=${p.serialLog},logappend=on`,
+    '-serial', 'chardev:serial0',
+    '-device', 'pvpanic',
     '-qmp', `unix:${p.qmpSocket},server=on,wait=off`,
     '-display', 'none', '-nodefaults', '-no-reboot',
   ];

@@ -1,15 +1,30 @@
 /**
  * A minimal QMP client (QEMU Machine Protocol) over a Unix socket: reads the
- * greeting, negotiates capabilities, then runs one command at a time.
- * Events are ignored. Every wait is bounded by `timeoutMs`.
+ * greeting, negotiates capabilities, then runs commands (each with an `id`,
+ * so an answer that comes after its command timed out is dropped instead of
+ * being taken for the next command's) and hands every event to `onEvent`.
+ * The supervisor keeps one per running VM for QEMU's whole life (QEMU
+ * serves one QMP client at a time). Every wait is bounded by `timeoutMs`.
  */
 import net from 'node:net';
+
+/** A QMP event: its name, its data, and when QEMU sent it (ms since the epoch). */
+export interface QmpEvent {
+  event: string;
+  data: Record<string, unknown>;
+  at: number;
+}
 
 /** A connected QMP session. */
 export class QmpClient {
   private buf = '';
-  private waiting: Array<(msg: Record<string, unknown>) => void> = [];
+  private nextId = 1;
+  private readonly waiting = new Map<number, (msg: Record<string, unknown>) => void>();
+  private greeting?: (msg: Record<string, unknown>) => void;
   private closed = false;
+  private readonly closeHandlers: Array<() => void> = [];
+  /** Called for each event QEMU sends (set before the first command to miss none). */
+  onEvent: (e: QmpEvent) => void = () => undefined;
 
   private constructor(private readonly sock: net.Socket) {
     sock.setEncoding('utf8');
@@ -22,15 +37,34 @@ export class QmpClient {
         if (!line) continue;
         let msg: Record<string, unknown>;
         try { msg = JSON.parse(line) as Record<string, unknown>; } catch { continue; }
-        if ('event' in msg) continue;
-        this.waiting.shift()?.(msg);
+        this.dispatch(msg);
       }
     });
     sock.on('error', () => undefined);
     sock.on('close', () => {
       this.closed = true;
-      for (const w of this.waiting.splice(0)) w({ error: { desc: 'QMP connection closed' } });
+      const gone = { error: { desc: 'QMP connection closed' } };
+      this.greeting?.(gone);
+      for (const w of [...this.waiting.values()]) w(gone);
+      this.waiting.clear();
+      for (const h of this.closeHandlers.splice(0)) h();
     });
+  }
+
+  private dispatch(msg: Record<string, unknown>): void {
+    if (typeof msg.event === 'string') {
+      const ts = msg.timestamp as { seconds?: number; microseconds?: number } | undefined;
+      const at = ts?.seconds !== undefined ? ts.seconds * 1000 + Math.floor((ts.microseconds ?? 0) / 1000) : Date.now();
+      try { this.onEvent({ event: msg.event, data: (msg.data ?? {}) as Record<string, unknown>, at }); } catch { /* the handler's own business */ }
+      return;
+    }
+    if ('QMP' in msg) { this.greeting?.(msg); this.greeting = undefined; return; }
+    const id = msg.id;
+    if (typeof id === 'number') {
+      const w = this.waiting.get(id);
+      this.waiting.delete(id);
+      w?.(msg); // (no waiter: the command timed out; its late answer is dropped)
+    }
   }
 
   /** Connects to `socketPath` and negotiates capabilities. */
@@ -43,7 +77,7 @@ export class QmpClient {
     });
     const qmp = new QmpClient(sock);
     try {
-      await qmp.next(timeoutMs); // greeting
+      await qmp.bounded(new Promise((resolve) => { qmp.greeting = resolve; }), timeoutMs, 'QMP greeting timed out');
       await qmp.execute('qmp_capabilities', undefined, timeoutMs);
     } catch (err) {
       qmp.close(); // (QEMU serves one QMP client at a time: a connection left open would hold the monitor)
@@ -52,25 +86,30 @@ export class QmpClient {
     return qmp;
   }
 
-  private next(timeoutMs: number): Promise<Record<string, unknown>> {
-    if (this.closed) return Promise.reject(new Error('QMP connection closed'));
+  private bounded<T>(p: Promise<T>, timeoutMs: number, what: string, onTimeout?: () => void): Promise<T> {
     return new Promise((resolve, reject) => {
-      const t = setTimeout(() => {
-        this.waiting = this.waiting.filter((w) => w !== done);
-        reject(new Error('QMP answer timed out'));
-      }, timeoutMs);
-      const done = (msg: Record<string, unknown>) => { clearTimeout(t); resolve(msg); };
-      this.waiting.push(done);
+      const t = setTimeout(() => { onTimeout?.(); reject(new Error(what)); }, timeoutMs);
+      p.then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e as Error); });
     });
   }
 
   /** Runs `command`; resolves with its `return` value, rejects with its error. */
   async execute(command: string, args?: Record<string, unknown>, timeoutMs = 5_000): Promise<unknown> {
-    const answer = this.next(timeoutMs);
-    this.sock.write(`${JSON.stringify(args ? { execute: command, arguments: args } : { execute: command })}\n`);
-    const msg = await answer;
+    if (this.closed) throw new Error(`QMP ${command}: QMP connection closed`);
+    const id = this.nextId++;
+    const answer = new Promise<Record<string, unknown>>((resolve) => { this.waiting.set(id, resolve); });
+    this.sock.write(`${JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id })}\n`);
+    const msg = await this.bounded(answer, timeoutMs, `QMP ${command}: answer timed out`, () => this.waiting.delete(id));
     if ('error' in msg) throw new Error(`QMP ${command}: ${(msg.error as { desc?: string }).desc ?? JSON.stringify(msg.error)}`);
     return msg.return;
+  }
+
+  /** Whether the connection is gone (QEMU exited, or close()). */
+  get isClosed(): boolean { return this.closed; }
+
+  /** Calls `fn` once the connection is gone. */
+  onClose(fn: () => void): void {
+    if (this.closed) fn(); else this.closeHandlers.push(fn);
   }
 
   close(): void { this.sock.destroy(); }

@@ -14,8 +14,14 @@ export const RESTART_LIMIT = 5;
 const RESTART_WINDOW_MS = 10 * 60_000;
 const MAX_BACKOFF_MS = 30_000;
 
-/** How a VM's QEMU ended when nobody asked it to stop. */
-export type ExitKind = 'crashed' | 'powered-off';
+/**
+ * How a VM's QEMU ended when nobody asked it to stop: `powered-off` (the
+ * guest powered off or rebooted: SHUTDOWN guest-shutdown or guest-reset),
+ * `panicked` (the guest's kernel panicked: SHUTDOWN guest-panic, or a panic
+ * on its serial line), `crashed` (anything else: QEMU died, or got a signal
+ * on the host). `on-failure` restarts the last two.
+ */
+export type ExitKind = 'crashed' | 'panicked' | 'powered-off';
 
 /** Restarts of one store's VMs; `start` is the supervisor's. */
 export class RestartKeeper {
@@ -42,11 +48,15 @@ export class RestartKeeper {
     this.tries.delete(name);
   }
 
-  /** QEMU of VM `name` ended by itself: start it again if its policy says so, else record it as not wanted. */
-  exited(name: string, how: ExitKind): void {
+  /**
+   * QEMU of VM `name` ended by itself (`reason`: in words, with QEMU's
+   * SHUTDOWN reason when it gave one): start it again if its policy says
+   * so, else record it as not wanted.
+   */
+  exited(name: string, how: ExitKind, reason: string): void {
     let policy: RestartPolicy = 'no';
     try { policy = readVm(this.storeDir, name).restart ?? 'no'; } catch { return; } // removed meanwhile
-    const again = !this.closing && (policy === 'always' || (policy === 'on-failure' && how === 'crashed'));
+    const again = !this.closing && (policy === 'always' || (policy === 'on-failure' && how !== 'powered-off'));
     if (!again) {
       if (how === 'powered-off') this.setWanted(name, false);
       return;
@@ -57,12 +67,12 @@ export class RestartKeeper {
     this.tries.set(name, t);
     t.count++;
     if (t.count > RESTART_LIMIT) {
-      this.log(`vm ${name}: ${how}; restarted ${RESTART_LIMIT} times in ${RESTART_WINDOW_MS / 60_000} min, giving up (dormant vm start ${name} tries again)`);
+      this.log(`vm ${name}: ${how} (${reason}); restarted ${RESTART_LIMIT} times in ${RESTART_WINDOW_MS / 60_000} min, giving up (dormant vm start ${name} tries again)`);
       this.tries.delete(name);
       return;
     }
     const delay = Math.min(MAX_BACKOFF_MS, 1000 * 2 ** (t.count - 1));
-    this.log(`vm ${name}: ${how}; restart policy ${policy}: starting it again in ${delay / 1000} s (${t.count} of ${RESTART_LIMIT})`);
+    this.log(`vm ${name}: ${how} (${reason}); restart policy ${policy}: starting it again in ${delay / 1000} s (${t.count} of ${RESTART_LIMIT})`);
     t.timer = setTimeout(() => {
       if (this.closing) return;
       this.start(name).catch((err: Error) => this.log(`vm ${name}: restart failed: ${err.message}`));

@@ -1,10 +1,17 @@
 /**
  * What `vm status` and `vm list` report of a VM (VmStatus), its states,
- * and the parts of a status that need no running QEMU: the status of a VM
- * when no daemon runs and the words for why QEMU paused one.
+ * the status of a VM when no daemon runs, the words for why QEMU paused
+ * one, and the status of one the supervisor started (from what it knows:
+ * no QMP command per status, the persistent connection's events keep the
+ * state).
  */
-import { recordedWorkingSetBytes, type PageoutReport, type PagerStatus, type PrefetchReport } from '../pager/index.js';
+import {
+  qemuMemory, recordedWorkingSetBytes, type PageoutReport, type PagerStatus, type PrefetchReport,
+} from '../pager/index.js';
+import type { Running } from './running.js';
 import { vmPaths, type VmRecord } from './vm-record.js';
+
+const PAGE = 4096;
 
 /**
  * Where a VM is in its life. `booting`: QEMU runs but the guest has shown
@@ -65,12 +72,17 @@ export interface VmStatus {
 
 /** Why QEMU paused a VM, in words: its run state and the disk's I/O status. */
 export function pauseReason(status: string, ioStatus?: string): string {
-  if (status === 'io-error') {
-    return ioStatus === 'nospace'
-      ? 'io-error: a disk write got ENOSPC (the store is full); free space, then dormant vm resume'
-      : `io-error: a disk request failed${ioStatus ? ` (${ioStatus})` : ''}`;
+  switch (status) {
+    case 'io-error':
+      return ioStatus === 'nospace'
+        ? 'io-error: a disk write got ENOSPC (the store is full); free space, then dormant vm resume'
+        : `io-error: a disk request failed${ioStatus ? ` (${ioStatus})` : ''}`;
+    case 'paused': return 'paused: QMP stop (dormant vm pause); dormant vm resume continues it';
+    case 'guest-panicked': return 'guest-panicked: the guest panicked and QEMU paused it';
+    case 'internal-error': return 'internal-error: QEMU cannot emulate what the guest did';
+    case 'suspended': return 'suspended: the guest suspended itself (ACPI S3)';
+    default: return status;
   }
-  return status;
 }
 
 /** Status of a VM when no daemon runs: nothing runs; its recorded working set is known. */
@@ -78,4 +90,40 @@ export function offlineStatus(rec: VmRecord, storeDir?: string): VmStatus {
   const base: VmStatus = { name: rec.name, state: 'stopped', memoryBytes: rec.memoryBytes, cpus: rec.cpus, from: rec.from };
   const ws = storeDir ? recordedWorkingSetBytes(vmPaths(storeDir, rec.name).workingSet) : undefined;
   return ws === undefined ? base : { ...base, workingSetBytes: ws };
+}
+
+/** Status of a VM the supervisor started: `base` (its offline status) with what the supervisor and the pager know. */
+export async function liveStatus(base: VmStatus, vm: Running, memFile: string): Promise<VmStatus> {
+  const lastPageout = vm.pager?.lastPageout ?? vm.lastPageout;
+  const lastPrefetch = vm.pager?.lastPrefetch ?? vm.lastPrefetch;
+  const last = { ...(lastPageout ? { lastPageout } : {}), ...(lastPrefetch ? { lastPrefetch } : {}) };
+  if (vm.state === 'stopped' || vm.state === 'crashed') {
+    return { ...base, state: vm.state, ...(vm.reason ? { reason: vm.reason } : {}), ...last };
+  }
+  if (vm.state === 'running' && !vm.alive) await vm.serial?.look();
+  if (vm.state === 'running' && vm.pause) await vm.pauseKnown;
+  const p = vm.state === 'running' ? vm.pause : undefined;
+  const paused = p ? {
+    state: 'paused' as const, qemuStatus: p.status, reason: p.reason, ...(p.ioStatus ? { diskIoStatus: p.ioStatus } : {}),
+  } : {};
+  const q = vm.child.pid ? await qemuMemory(vm.child.pid, memFile) : undefined;
+  const cached = vm.pager ? await vm.pager.cachedBytes() : undefined;
+  const c = vm.io.counters;
+  return {
+    ...base, state: vm.state === 'running' && !vm.alive ? 'booting' : vm.state, pid: vm.child.pid, hostPort: vm.hostPort,
+    ...(q ? {
+      residentGuestRam: q.guestRam, residentQemu: q.rss, qemuPss: q.pss,
+      qemuMemory: { translationPss: q.translationPss, anonPss: q.anonPss, filesPss: q.filesPss, swap: q.swap },
+    } : {}),
+    ...(vm.pager ? {
+      vcpuThreads: vm.pager.vm.vcpuThreads, activity: vm.pager.activity, pagedOut: vm.pager.pagedOut, pager: vm.pager.status(),
+    } : {}),
+    ...(cached === undefined ? {} : { cachedGuestRam: cached }),
+    uptimeSeconds: Math.round((Date.now() - vm.startedAt) / 1000),
+    faultsPerSecond: Math.round(vm.io.faultsPerSecond() * 10) / 10, faults: c.faults,
+    pagesIn: c.pagesIn, prefetchPages: c.prefetchPages, pagesOut: c.pagesOut,
+    touchedSinceLastPageoutBytes: vm.io.touchedPages() * PAGE,
+    ...last,
+    ...paused,
+  };
 }

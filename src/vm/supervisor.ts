@@ -4,15 +4,22 @@
  *
  * State per VM, in memory only (a VM not known here is `stopped`):
  *   starting -> running -> stopping -> stopped
- *                      \-> crashed (QEMU exited without being asked; reason
- *                          = exit code or signal, plus QEMU's last stderr line)
- * A VM may be started again from stopped or crashed. `stop` asks the guest
- * with QMP system_powerdown, then QMP quit after `timeoutMs`, then SIGKILL.
- * A running VM whose QEMU has stopped its vCPUs (QMP query-status: e.g.
- * `io-error`, when a disk write got ENOSPC from a full store and
- * werror=enospc paused the guest) is shown as `paused` with the reason,
- * asked of QEMU at each status; `resume` continues it (QMP cont). There is
- * no automatic resume: the operator frees space (rm, gc) and resumes.
+ *                      \-> stopped or crashed (the guest powered off,
+ *                          rebooted or panicked, or QEMU exited without
+ *                          being asked; with the reason)
+ * A VM may be started again from stopped or crashed (once its old QEMU is
+ * gone). `stop` asks the guest with QMP system_powerdown, then QMP quit
+ * after `timeoutMs`, then SIGKILL.
+ * From QEMU's first QMP answer until it exits, the supervisor keeps one QMP
+ * connection per VM (QEMU serves one client at a time) and applies its
+ * events at once (running.ts): SHUTDOWN ends the VM with the event's reason
+ * before QEMU exits, STOP shows it `paused` (the reason asked of QEMU:
+ * e.g. `io-error` when a disk write got ENOSPC from a full store and
+ * werror=enospc paused the guest) until RESUME. `pause` and `resume` are
+ * QMP stop and cont on that connection; there is no automatic resume. The
+ * serial log is watched for the guest's first output (`booting` until
+ * then) and a Linux kernel panic, which ends the VM like QEMU's own panic
+ * action would (QMP quit).
  * stopAll() (daemon shutdown) stops every VM in parallel before the FUSE
  * mount and the NBD server go away.
  */
@@ -22,18 +29,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { DormantError } from '../blockstore/index.js';
 import { setCloexec } from '../native/index.js';
-import {
-  MemoryIo, Pager, qemuMemory,
-  type PageoutReport, type PrefetchReport, type VmPager, type VolumeIo,
-} from '../pager/index.js';
+import { MemoryIo, Pager, type PageoutReport, type PrefetchReport, type VmPager } from '../pager/index.js';
 import { PortProxy } from './port-proxy.js';
 import { freePort, QEMU_BINARY, qemuArgs } from './qemu.js';
 import { QmpClient } from './qmp.js';
 import { checkVmName, listVms, readVm, vmPaths, type RestartPolicy, type VmRecord } from './vm-record.js';
 import { RestartKeeper } from './restart.js';
-import { offlineStatus, pauseReason, type VmState, type VmStatus } from './status.js';
+import { applyEvent, end, SerialWatch, type Running } from './running.js';
+import { liveStatus, offlineStatus, type VmStatus } from './status.js';
 
-const PAGE = 4096;
 /** util-linux setpriv (Debian: always installed), to give QEMU a parent-death signal. */
 const SETPRIV = '/usr/bin/setpriv';
 /** coreutils nice, to start QEMU at niceness 0 from a daemon that raised its own priority. */
@@ -53,27 +57,6 @@ export interface SupervisorOptions {
   idleTimeoutSeconds?: number;
   /** Requests served so far on a volume's NBD export (the VM's disk I/O), when the daemon counts them. */
   diskOps?: (volume: string) => number;
-}
-
-interface Running {
-  rec: VmRecord;
-  child: ChildProcess;
-  state: VmState;
-  reason?: string;
-  hostPort: number;
-  /** The daemon's end of the host port (QEMU forwards an internal port). */
-  proxy?: PortProxy;
-  startedAt: number;
-  stderrTail: string;
-  exited: Promise<void>;
-  io: VolumeIo;
-  /** Its pager while QEMU runs (page-out, prefetch, write-back of the memory file). */
-  pager?: VmPager;
-  /** The guest wrote to its serial console since QEMU started (it booted far enough to talk). */
-  alive?: boolean;
-  /** The last reports, kept after the VM stops. */
-  lastPageout?: PageoutReport;
-  lastPrefetch?: PrefetchReport;
 }
 
 /** How long `resume` waits after QMP cont before it asks whether the guest paused again. */
@@ -110,6 +93,7 @@ export class VmSupervisor {
     if (cur && (cur.state === 'starting' || cur.state === 'running' || cur.state === 'stopping')) {
       throw new DormantError('EBUSY', `VM '${name}' is already ${cur.state} (pid ${cur.child.pid})`);
     }
+    if (cur) await this.gone(cur); // ended by an event: its QEMU may still be on its way out
     const memFile = this.memFile(rec);
     // Never a synchronous call on the FUSE mount here: this process serves it (the event loop would deadlock).
     await fs.promises.access(memFile).catch(() => {
@@ -119,14 +103,14 @@ export class VmSupervisor {
       if (!fs.existsSync(f)) throw new DormantError('ENOENT', `kernel file of VM '${name}' is missing: ${f}`);
     }
     const p = vmPaths(this.o.storeDir, name);
-    fs.rmSync(p.qmp, { force: true });
+    for (const f of [p.qmp, p.console]) fs.rmSync(f, { force: true });
     fs.writeFileSync(p.log, '');
     // QEMU forwards an internal port; the daemon's proxy owns the VM's host port and sees each connection.
     const guestPort = await freePort();
     let pager: VmPager | undefined;
     const proxy = await PortProxy.listen('127.0.0.1', 0, guestPort, async () => { await pager?.connection(); });
     const hostPort = proxy.port;
-    const args = qemuArgs(rec, { memFile, nbdSocket: this.o.nbdSocket, qmpSocket: p.qmp, serialLog: p.log },
+    const args = qemuArgs(rec, { memFile, nbdSocket: this.o.nbdSocket, qmpSocket: p.qmp, serialLog: p.log, consoleSocket: p.console },
       { hostPort: guestPort, kvm: opts.kvm });
     // Under setpriv --pdeathsig: if the daemon dies (even by SIGKILL), its QEMUs die too; their RAM
     // is on the daemon's FUSE view, which is gone then, so they could not run on anyway.
@@ -141,26 +125,28 @@ export class VmSupervisor {
     };
     vm.exited = new Promise<void>((resolve) => {
       child.once('error', (err) => { vm.stderrTail += err.message; });
-      child.once('close', (code, signal) => { this.exited(vm, code, signal); resolve(); });
+      child.once('close', (code, signal) => { vm.gone = true; this.exited(vm, code, signal); resolve(); });
     });
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (d: string) => { vm.stderrTail = (vm.stderrTail + d).slice(-2000); });
     this.vms.set(name, vm);
     this.log(`vm ${name}: starting QEMU (pid ${child.pid}, port ${hostPort}): ${QEMU_BINARY} ${args.join(' ')}`);
-    // QEMU is up once its QMP socket answers; it names its vCPU threads.
+    // QEMU is up once its QMP socket answers; it names its vCPU threads. That connection stays, for events.
     const deadline = Date.now() + 30_000;
     let vcpuThreads: number[] = [];
     for (;;) {
-      if (vm.state === 'crashed') {
-        throw new DormantError('EINVAL', `VM '${name}' did not start: ${vm.reason}`);
+      if (vm.state === 'crashed' || vm.gone) {
+        throw new DormantError('EINVAL', `VM '${name}' did not start: ${vm.reason ?? 'QEMU exited'}`);
       }
       try {
         const qmp = await QmpClient.connect(p.qmp, 2_000);
+        this.keepQmp(vm, qmp);
         try {
           const cpus = await qmp.execute('query-cpus-fast') as Array<{ 'thread-id': number }>;
           vcpuThreads = cpus.map((c) => c['thread-id']).filter((t) => Number.isInteger(t) && t > 0);
-        } finally {
+        } catch (err) {
           qmp.close();
+          throw err;
         }
         break;
       } catch {
@@ -171,16 +157,58 @@ export class VmSupervisor {
         await new Promise((r) => setTimeout(r, 100));
       }
     }
+    // Owner-only from birth (umask 077 gives sockets 0700); 0600 as the store's other files.
+    await Promise.all([p.qmp, p.console].map((f) => fs.promises.chmod(f, 0o600).catch(() => undefined)));
     const diskOps = this.o.diskOps;
     pager = this.pager.attach({
       name, memory: rec.memory, memFile, memoryBytes: rec.memoryBytes, workingSetFile: p.workingSet,
       pid: child.pid!, vcpuThreads, ...(diskOps ? { diskOps: () => diskOps(rec.disk) } : {}),
     }, vm.io);
     vm.pager = pager;
-    vm.state = 'running';
-    this.log(`vm ${name}: running`);
+    if (vm.gone) this.releasePager(vm); // (QEMU exited meanwhile)
+    else vm.serial = new SerialWatch(p.log, () => { vm.alive = true; }, (line) => this.panicked(vm, line));
+    if (vm.state === 'starting') {
+      vm.state = 'running';
+      this.log(`vm ${name}: running`);
+    }
     this.restarts.setWanted(name, true, opts.restart);
     return this.status(name);
+  }
+
+  /** Keeps `qmp` as VM `vm`'s connection: its events change the VM at once. */
+  private keepQmp(vm: Running, qmp: QmpClient): void {
+    vm.qmp = qmp;
+    qmp.onEvent = (e) => applyEvent(vm, e, this.log);
+    qmp.onClose(() => {
+      if (vm.qmp !== qmp) return;
+      vm.qmp = undefined;
+      if (!vm.gone && vm.state === 'running') this.log(`vm ${vm.rec.name}: QMP connection lost; QEMU's events are not seen any more`);
+    });
+  }
+
+  /**
+   * A Linux kernel panic on the serial line: the VM ends at once, as with
+   * QEMU's own panic action (shutdown), and QEMU is told to quit (a kernel
+   * with panic=0 would spin on a host CPU for ever).
+   */
+  private panicked(vm: Running, line: string): void {
+    if (vm.state !== 'running' || vm.ending) return;
+    vm.panicked = line;
+    end(vm, { state: 'crashed', reason: `the guest's kernel panicked: ${line}`, kind: 'panicked' }, this.log);
+    const qmp = vm.qmp;
+    void (qmp ? qmp.execute('quit', undefined, 2_000) : Promise.reject(new Error('no QMP connection'))).catch(() => undefined);
+    setTimeout(() => { if (!vm.gone) vm.child.kill('SIGKILL'); }, 5_000).unref();
+  }
+
+  /** Waits until `vm`'s QEMU has exited (SIGKILL after 10 s). */
+  private async gone(vm: Running): Promise<void> {
+    if (vm.gone) return;
+    const t = setTimeout(() => {
+      this.log(`vm ${vm.rec.name}: QEMU still there 10 s after it ended, SIGKILL`);
+      vm.child.kill('SIGKILL');
+    }, 10_000);
+    await vm.exited;
+    clearTimeout(t);
   }
 
   /** The pager of the running VM `name` (EINVAL when it is not running). */
@@ -224,36 +252,48 @@ export class VmSupervisor {
   }
 
 
-  private exited(vm: Running, code: number | null, signal: NodeJS.Signals | null): void {
-    // The agent closes the memory file, writing back what QEMU left dirty (this process serves those writes).
+  /** Lets go of `vm`'s pager: the agent closes the memory file, writing back what QEMU left dirty (this process serves those writes). */
+  private releasePager(vm: Running): void {
     const pager = vm.pager;
     vm.pager = undefined;
-    if (pager) {
-      this.pager.detach(pager);
-      vm.lastPageout = pager.lastPageout ?? vm.lastPageout;
-      vm.lastPrefetch = pager.lastPrefetch ?? vm.lastPrefetch;
-    }
+    if (!pager) return;
+    this.pager.detach(pager);
+    vm.lastPageout = pager.lastPageout ?? vm.lastPageout;
+    vm.lastPrefetch = pager.lastPrefetch ?? vm.lastPrefetch;
+    pager.close().catch((err: Error) => this.log(`vm ${vm.rec.name}: closing its memory file: ${err.message}`));
+  }
+
+  private exited(vm: Running, code: number | null, signal: NodeJS.Signals | null): void {
+    this.releasePager(vm);
+    vm.serial?.close();
+    vm.qmp?.close();
+    vm.pause = undefined;
     void vm.proxy?.close();
-    pager?.close().catch((err: Error) => this.log(`vm ${vm.rec.name}: closing its memory file: ${err.message}`));
     const how = signal ? `killed by signal ${signal}` : `exit code ${code}`;
     if (vm.state === 'stopping') {
       vm.state = 'stopped';
       this.log(`vm ${vm.rec.name}: stopped (${how})`);
       return;
     }
+    if (vm.ending) {
+      // Ended by a SHUTDOWN event or a panic on the serial line: state and reason are set already.
+      this.log(`vm ${vm.rec.name}: QEMU exited (${how})`);
+      this.restarts.exited(vm.rec.name, vm.ending.kind, vm.ending.reason);
+      return;
+    }
     if (code === 0 && !signal && vm.state === 'running') {
-      // QEMU exits 0 when the guest powers off (or reboots: -no-reboot).
+      // QEMU exits 0 when the guest powers off (or reboots: -no-reboot); here without a SHUTDOWN event seen.
       vm.state = 'stopped';
       vm.reason = 'the guest powered off';
       this.log(`vm ${vm.rec.name}: stopped: ${vm.reason}`);
-      this.restarts.exited(vm.rec.name, 'powered-off');
+      this.restarts.exited(vm.rec.name, 'powered-off', vm.reason);
       return;
     }
     const last = vm.stderrTail.trim().split('\n').pop()?.trim();
     vm.state = 'crashed';
     vm.reason = `QEMU ${how}${last ? `: ${last}` : ''}`;
     this.log(`vm ${vm.rec.name}: crashed: ${vm.reason}`);
-    this.restarts.exited(vm.rec.name, 'crashed');
+    this.restarts.exited(vm.rec.name, 'crashed', vm.reason);
   }
 
   /** At daemon start: brings back the VMs that were running and whose restart policy says so (in the background). */
@@ -269,19 +309,19 @@ export class VmSupervisor {
     this.restarts.cancel(name);
     if (!keepWanted) this.restarts.setWanted(name, false);
     const vm = this.vms.get(name);
+    if (vm && !vm.gone && vm.ending) await this.gone(vm); // ended by itself, on its way out
     if (!vm || (vm.state !== 'running' && vm.state !== 'starting' && vm.state !== 'stopping')) {
       throw new DormantError('EINVAL', `VM '${name}' is not running`);
     }
     vm.state = 'stopping';
     // No more sampling, SCHED_IDLE or automatic page-out of a VM on its way out.
     if (vm.pager) this.pager.detach(vm.pager);
-    const qmpPath = vmPaths(this.o.storeDir, name).qmp;
     const gone = (ms: number) => Promise.race([
       vm.exited.then(() => true), new Promise<boolean>((r) => { setTimeout(() => r(false), ms).unref(); }),
     ]);
-    let qmp: QmpClient | undefined;
     try {
-      qmp = await QmpClient.connect(qmpPath, 2_000);
+      const qmp = vm.qmp ?? await QmpClient.connect(vmPaths(this.o.storeDir, name).qmp, 2_000);
+      if (!vm.qmp) this.keepQmp(vm, qmp);
       await qmp.execute('system_powerdown');
       if (!await gone(timeoutMs)) {
         this.log(`vm ${name}: no power-off after ${timeoutMs} ms, sending QMP quit`);
@@ -289,8 +329,6 @@ export class VmSupervisor {
       }
     } catch (err) {
       this.log(`vm ${name}: QMP: ${(err as Error).message}`);
-    } finally {
-      qmp?.close();
     }
     if (!await gone(5_000)) {
       this.log(`vm ${name}: QEMU still there, SIGKILL`);
@@ -302,77 +340,75 @@ export class VmSupervisor {
 
   /**
    * Forgets VM `name` before `vm rm` removes it: EBUSY while its QEMU runs
-   * (starting, running, paused or stopping).
+   * (starting, running, paused or stopping); waits for a QEMU that ended by
+   * itself to exit.
    */
-  forget(name: string): void {
+  async forget(name: string): Promise<void> {
     const vm = this.vms.get(name);
     if (vm && (vm.state === 'starting' || vm.state === 'running' || vm.state === 'stopping')) {
       throw new DormantError('EBUSY', `VM '${name}' is ${vm.state} (pid ${vm.child.pid}): stop it first (dormant vm stop ${name})`);
     }
     this.restarts.cancel(name);
+    if (vm) await this.gone(vm);
     this.vms.delete(name);
   }
 
-  /** Stops every VM that runs (daemon shutdown). */
+  /** Stops every VM that runs (daemon shutdown), and waits for those on their way out. */
   async stopAll(timeoutMs = STOP_TIMEOUT_MS): Promise<void> {
     this.restarts.close();
     const live = [...this.vms.values()].filter((v) => v.state === 'running' || v.state === 'starting' || v.state === 'stopping');
-    await Promise.all(live.map((v) => this.stop(v.rec.name, timeoutMs, true).catch((err: Error) => {
-      this.log(`vm ${v.rec.name}: stop failed: ${err.message}`);
-      v.child.kill('SIGKILL');
-    })));
+    await Promise.all([
+      ...live.map((v) => this.stop(v.rec.name, timeoutMs, true).catch((err: Error) => {
+        this.log(`vm ${v.rec.name}: stop failed: ${err.message}`);
+        v.child.kill('SIGKILL');
+      })),
+      ...[...this.vms.values()].filter((v) => !live.includes(v)).map((v) => this.gone(v)),
+    ]);
     await this.pager.close(); // after the VMs: their memory files are closed (and written back) first
   }
 
-  /**
-   * Continues VM `name` after QEMU paused it (QMP cont), e.g. on ENOSPC once
-   * space was freed; ENOSPC when the guest is paused again at once because
-   * its disk still gets ENOSPC (EIO for another disk error). A running VM
-   * is left as it is.
-   */
-  async resume(name: string): Promise<VmStatus> {
-    this.running(name, 'resume');
-    const qmpPath = vmPaths(this.o.storeDir, name).qmp;
-    const qmp = await QmpClient.connect(qmpPath, 5_000).catch((err: Error) => {
-      throw new DormantError('EINVAL', `cannot resume VM '${name}': QMP: ${err.message}`);
-    });
-    try {
-      const before = await qmp.execute('query-status') as { running: boolean; status: string };
-      if (before.running) return await this.status(name);
-      this.log(`vm ${name}: resuming (QEMU status ${before.status})`);
-      await qmp.execute('cont');
-      // A write QEMU retries that still gets ENOSPC pauses the guest again at once.
-      await new Promise((r) => setTimeout(r, RESUME_SETTLE_MS));
-      const after = await qmp.execute('query-status') as { running: boolean; status: string };
-      if (!after.running && after.status === 'io-error') {
-        const block = await qmp.execute('query-block') as Array<{ 'io-status'?: string }>;
-        if (block.some((b) => b['io-status'] === 'nospace')) {
-          throw new DormantError('ENOSPC',
-            `VM '${name}' paused again at once (io-error): its disk still gets ENOSPC; free space first (dormant rm, dormant gc)`);
-        }
-        throw new DormantError('EIO', `VM '${name}' paused again at once (io-error): a disk request still fails`);
-      }
-    } finally {
-      qmp.close();
+  /** VM `name`'s persistent QMP connection (EINVAL when it does not run or has none). */
+  private qmpOf(name: string, what: string): QmpClient {
+    this.running(name, what);
+    const qmp = this.vms.get(name)!.qmp;
+    if (!qmp) throw new DormantError('EINVAL', `cannot ${what} VM '${name}': its QMP connection is gone`);
+    return qmp;
+  }
+
+  /** Pauses VM `name` (QMP stop): its vCPUs stop until `resume`. A paused VM is left as it is. */
+  async pause(name: string): Promise<VmStatus> {
+    const qmp = this.qmpOf(name, 'pause');
+    if (!this.vms.get(name)!.pause) {
+      this.log(`vm ${name}: pausing (QMP stop)`);
+      await qmp.execute('stop').catch((err: Error) => { throw new DormantError('EINVAL', `cannot pause VM '${name}': ${err.message}`); });
     }
     return this.status(name);
   }
 
-  /** QEMU's run state and the disk's I/O status of a running VM (QMP), or undefined when QMP does not answer in time. */
-  private async qemuState(name: string): Promise<{ running: boolean; status: string; ioStatus?: string } | undefined> {
-    let qmp: QmpClient | undefined;
-    try {
-      qmp = await QmpClient.connect(vmPaths(this.o.storeDir, name).qmp, 2_000);
-      const st = await qmp.execute('query-status', undefined, 2_000) as { running: boolean; status: string };
-      if (st.running) return { running: true, status: st.status };
-      const block = await qmp.execute('query-block', undefined, 2_000) as Array<{ 'io-status'?: string }>;
-      const bad = block.map((b) => b['io-status']).find((s) => s !== undefined && s !== 'ok');
-      return { running: false, status: st.status, ...(bad ? { ioStatus: bad } : {}) };
-    } catch {
-      return undefined; // (QMP busy with another command, or QEMU going away: the status says what the supervisor knows)
-    } finally {
-      qmp?.close();
+  /**
+   * Continues VM `name` after QEMU paused it (QMP cont), e.g. on ENOSPC once
+   * space was freed, or after `pause`; ENOSPC when the guest is paused again
+   * at once because its disk still gets ENOSPC (EIO for another disk
+   * error). A running VM is left as it is.
+   */
+  async resume(name: string): Promise<VmStatus> {
+    const qmp = this.qmpOf(name, 'resume');
+    const before = await qmp.execute('query-status') as { running: boolean; status: string };
+    if (before.running) return this.status(name);
+    this.log(`vm ${name}: resuming (QEMU status ${before.status})`);
+    await qmp.execute('cont');
+    // A write QEMU retries that still gets ENOSPC pauses the guest again at once.
+    await new Promise((r) => setTimeout(r, RESUME_SETTLE_MS));
+    const after = await qmp.execute('query-status') as { running: boolean; status: string };
+    if (!after.running && after.status === 'io-error') {
+      const block = await qmp.execute('query-block') as Array<{ 'io-status'?: string }>;
+      if (block.some((b) => b['io-status'] === 'nospace')) {
+        throw new DormantError('ENOSPC',
+          `VM '${name}' paused again at once (io-error): its disk still gets ENOSPC; free space first (dormant rm, dormant gc)`);
+      }
+      throw new DormantError('EIO', `VM '${name}' paused again at once (io-error): a disk request still fails`);
     }
+    return this.status(name);
   }
 
   /** Status of VM `name` (ENOENT when there is no such VM). */
@@ -389,41 +425,7 @@ export class VmSupervisor {
   private async statusOf(rec: VmRecord): Promise<VmStatus> {
     const base = offlineStatus(rec, this.o.storeDir);
     const vm = this.vms.get(rec.name);
-    if (!vm) return base;
-    const lastPageout = vm.pager?.lastPageout ?? vm.lastPageout;
-    const lastPrefetch = vm.pager?.lastPrefetch ?? vm.lastPrefetch;
-    const last = { ...(lastPageout ? { lastPageout } : {}), ...(lastPrefetch ? { lastPrefetch } : {}) };
-    if (vm.state === 'stopped' || vm.state === 'crashed') {
-      return { ...base, state: vm.state, ...(vm.reason ? { reason: vm.reason } : {}), ...last };
-    }
-    const run = vm.state === 'running' ? await this.qemuState(rec.name) : undefined;
-    if (vm.state === 'running' && !vm.alive) {
-      vm.alive = await fs.promises.stat(vmPaths(this.o.storeDir, rec.name).log).then((st) => st.size > 0, () => false);
-    }
-    const paused = run !== undefined && !run.running ? {
-      state: 'paused' as const, qemuStatus: run.status, reason: pauseReason(run.status, run.ioStatus),
-      ...(run.ioStatus ? { diskIoStatus: run.ioStatus } : {}),
-    } : {};
-    const q = vm.child.pid ? await qemuMemory(vm.child.pid, this.memFile(rec)) : undefined;
-    const cached = vm.pager ? await vm.pager.cachedBytes() : undefined;
-    const c = vm.io.counters;
-    return {
-      ...base, state: vm.state === 'running' && !vm.alive ? 'booting' : vm.state, pid: vm.child.pid, hostPort: vm.hostPort,
-      ...(q ? {
-        residentGuestRam: q.guestRam, residentQemu: q.rss, qemuPss: q.pss,
-        qemuMemory: { translationPss: q.translationPss, anonPss: q.anonPss, filesPss: q.filesPss, swap: q.swap },
-      } : {}),
-      ...(vm.pager ? {
-        vcpuThreads: vm.pager.vm.vcpuThreads, activity: vm.pager.activity, pagedOut: vm.pager.pagedOut, pager: vm.pager.status(),
-      } : {}),
-      ...(cached === undefined ? {} : { cachedGuestRam: cached }),
-      uptimeSeconds: Math.round((Date.now() - vm.startedAt) / 1000),
-      faultsPerSecond: Math.round(vm.io.faultsPerSecond() * 10) / 10, faults: c.faults,
-      pagesIn: c.pagesIn, prefetchPages: c.prefetchPages, pagesOut: c.pagesOut,
-      touchedSinceLastPageoutBytes: vm.io.touchedPages() * PAGE,
-      ...last,
-      ...paused,
-    };
+    return vm ? liveStatus(base, vm, this.memFile(rec)) : base;
   }
 }
 

@@ -70,12 +70,12 @@ export interface VmRecord extends VmSpec {
   wanted?: boolean;
 }
 
-/** Paths of a VM's files in the store directory: record, QMP socket, serial log, working set (src/pager). */
-export function vmPaths(storeDir: string, name: string): { record: string; qmp: string; log: string; workingSet: string } {
+/** Paths of a VM's files in the store directory: record, QMP socket, serial log, serial console socket, working set (src/pager). */
+export function vmPaths(storeDir: string, name: string): { record: string; qmp: string; log: string; console: string; workingSet: string } {
   const dir = path.join(storeDir, VMS_DIR);
   return {
     record: path.join(dir, `${name}.json`), qmp: path.join(dir, `${name}.qmp`), log: path.join(dir, `${name}.log`),
-    workingSet: path.join(dir, `${name}.ws`),
+    console: path.join(dir, `${name}.console`), workingSet: path.join(dir, `${name}.ws`),
   };
 }
 
@@ -237,7 +237,7 @@ export async function removeVm(store: Store, name: string): Promise<string[]> {
   const removed: string[] = [];
   for (const v of volumes) removed.push(...await store.remove(v));
   const p = vmPaths(store.dir, name);
-  for (const f of [p.record, p.log, p.qmp, p.workingSet]) fs.rmSync(f, { force: true });
+  for (const f of [p.record, p.log, p.qmp, p.console, p.workingSet]) fs.rmSync(f, { force: true });
   return removed;
 }
 

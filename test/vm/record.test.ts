@@ -20,8 +20,9 @@ const rec: VmRecord = {
 };
 
 describe('qemuArgs', () => {
-  const paths = { memFile: '/m/volumes/vm1.mem', nbdSocket: '/s/nbd.sock', qmpSocket: '/s/vms/vm1.qmp', serialLog: '/s/vms/vm1.log' };
-  it('uses TCG, the memory volume as shared RAM, NBD disk (pausing on ENOSPC), port forward, QMP and serial file', () => {
+  const paths = { memFile: '/m/volumes/vm1.mem', nbdSocket: '/s/nbd.sock', qmpSocket: '/s/vms/vm1.qmp', serialLog: '/s/vms/vm1.log',
+    consoleSocket: '/s/vms/vm1.console' };
+  it('uses TCG, the memory volume as shared RAM, NBD disk (pausing on ENOSPC), port forward, QMP, serial socket logged to a file, pvpanic', () => {
     const a = qemuArgs(rec, paths, { hostPort: 4567 }).join(' ');
     expect(a).toContain('-machine q35,memory-backend=mem0 -accel tcg,tb-size=16 -m 256M -smp 2');
     expect(a).toContain('-object memory-backend-file,id=mem0,size=256M,mem-path=/m/volumes/vm1.mem,share=on');
@@ -29,7 +30,9 @@ describe('qemuArgs', () => {
     expect(a).toContain('-drive file=nbd+unix:///vm1?socket=/s/nbd.sock,format=raw,if=virtio,werror=enospc,rerror=report ');
     expect(a).toContain('hostfwd=tcp:127.0.0.1:4567-:80');
     expect(a).toContain('-qmp unix:/s/vms/vm1.qmp,server=on,wait=off');
-    expect(a).toContain('-serial file:/s/vms/vm1.log');
+    expect(a).toContain('-chardev socket,id=serial0,path=/s/vms/vm1.console,server=on,wait=off,logfile=/s/vms/vm1.log,logappend=on '
+      + '-serial chardev:serial0');
+    expect(a).toContain('-device pvpanic');
     expect(a).toContain(`-append ${rec.cmdline}`);
   });
   it('uses KVM only when asked', () => {

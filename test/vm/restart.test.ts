@@ -76,7 +76,7 @@ describe('vm restart policies', () => {
     process.kill(r.pid!, 'SIGKILL');
     const again = await backUp('r', r.pid);
     expect(again.state).toBe('running');
-    expect(daemon!.stderr()).toMatch(/vm r: crashed; restart policy on-failure: starting it again in 1 s \(1 of 5\)/);
+    expect(daemon!.stderr()).toMatch(/vm r: crashed \(QEMU killed by signal SIGKILL\); restart policy on-failure: starting it again in 1 s \(1 of 5\)/);
   }, 3 * BOOT_TIMEOUT_MS);
 
   it('after SIGTERM of the daemon, the next one brings r back and leaves s stopped', async () => {
