@@ -13,7 +13,7 @@ import {
 } from '../migrate/index.js';
 import { sharingReport, type PageoutReport, type PrefetchReport, type SharingReport } from '../pager/index.js';
 import {
-  checkRestart, createVm, listVms, offlineStatus, removeVm, vmUsing, readVm, type VmRecord, type VmSpec, type VmStatus, type VmSupervisor,
+  VmMoves, checkRestart, createVm, listVms, offlineStatus, removeVm, vmUsing, readVm, type VmRecord, type VmSpec, type VmStatus, type VmSupervisor,
 } from '../vm/index.js';
 
 /** File name of the daemon's control socket inside the store directory. */
@@ -125,7 +125,7 @@ export class LocalControl implements StoreControl {
   }
   async vmMigrate(name: string, url: string, token: string, mode: string, ca: string, progress?: ProgressFn) {
     if (mode !== 'copy') throw new DormantError('EINVAL', `bad migration mode '${mode}': only copy is built`);
-    return migrateVm(this.store, this.supervisor(), name, remoteHost(url, token, ca), this.log, progress);
+    return migrateVm(this.store, new VmMoves(this.store, this.supervisor(), this.log), name, remoteHost(url, token, ca), this.log, progress);
   }
   async vmCreate(spec: VmSpec) { return createVm(this.store, spec); }
   async vmStart(name: string, kvm: boolean, restart = '') {

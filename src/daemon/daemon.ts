@@ -32,12 +32,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { DormantError, Store } from '../blockstore/index.js';
 import { CONTROL_SOCKET_NAME, LocalControl, serveApi, serveControl, type ApiServer, type ControlServer } from '../control/index.js';
-import { Receiver } from '../migrate/index.js';
+import { IncomingVms, Receiver } from '../migrate/index.js';
 import { mountStore, type FuseMount } from '../fuse/index.js';
 import { NbdServer, StoreBackend, isLoopback, type NbdAddresses, type NbdTlsOptions } from '../nbd/index.js';
 import { MemoryIo, SwapFile } from '../pager/index.js';
 import { ScrubSchedule } from './scrub-schedule.js';
-import { VmSupervisor } from '../vm/index.js';
+import { VmMoves, VmSupervisor } from '../vm/index.js';
 
 /** Exit code of `dormant serve` when a step of stopping failed (each logged in one line). */
 export const EXIT_STOP_FAILED = 2;
@@ -124,6 +124,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
   let metrics: MetricsServer | undefined;
   let api: ApiServer | undefined;
   const receiver = new Receiver(store, log);
+  let incoming: IncomingVms | undefined;
   let nbdAddresses: NbdAddresses;
   try {
     nbdAddresses = await nbd.listen();
@@ -140,10 +141,11 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
         autoPage: o.autoPage, idleTimeoutSeconds: o.idleTimeoutSeconds, diskOps: (v) => backend.requestsServed(v),
       });
     }
-    const local = new LocalControl(store, false, vms);
+    const local = new LocalControl(store, false, vms, log);
     control = await serveControl(local, path.join(dir, CONTROL_SOCKET_NAME), log);
     if (o.api) {
-      api = await serveApi(store, local, receiver, { ...o.api, log });
+      incoming = new IncomingVms(store, vms ? new VmMoves(store, vms, log) : undefined, log, undefined, (v) => receiver.forget(v));
+      api = await serveApi(store, local, receiver, incoming, { ...o.api, log });
       if (!isLoopback(o.api.host) && !o.api.tls) {
         log(`dormant serve: warning: the host API on ${api.url} is plain HTTP: its token and data cross the network in the clear (add --tls-cert and --tls-key)`);
       }
@@ -197,6 +199,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       await step('metrics', () => metrics?.close());
       await step('host API', () => api?.close());
       await step('transfers', () => receiver.close());
+      await step('incoming VMs', () => incoming?.close());
       await step('scrub', () => scrub?.stop());
       // QEMU maps its RAM through the FUSE view and reads its disk over NBD: VMs go first.
       await step('stopping VMs', () => vms?.stopAll());

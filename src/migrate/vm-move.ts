@@ -74,7 +74,6 @@ export interface MovableRecord {
   kernel: string;
   initrd: string;
   image: string;
-  [field: string]: unknown;
 }
 
 /** What `vm migrate --json` prints. */
@@ -187,15 +186,19 @@ export class IncomingVms {
     return this.vms;
   }
 
-  /** Checks that VM `name` can come here: no VM of that name, and its kernel files (same content) are here. */
-  check(name: string, body: Buffer): { kernel: string; initrd: string } {
+  /**
+   * Checks that VM `name` can come here: no VM of that name, and its kernel
+   * files (same content) are here; with `fresh`, none of its volumes either
+   * (before they are sent).
+   */
+  check(name: string, body: Buffer, fresh = true): { kernel: string; initrd: string } {
     const vms = this.need();
     const req = parseIncoming(name, body);
     let exists = true;
     try { vms.record(name); } catch { exists = false; }
     if (exists && !this.pending.has(name)) throw new DormantError('EEXIST', `a VM named '${name}' already exists on this host`);
     for (const v of [req.record.disk, req.record.memory]) {
-      if (!this.pending.has(name) && this.store.describe(v)) {
+      if (fresh && !this.pending.has(name) && this.store.describe(v)) {
         throw new DormantError('EEXIST', `volume '${v}' of VM '${name}' already exists on this host (remove it, or migrate under another name)`);
       }
     }
@@ -215,12 +218,12 @@ export class IncomingVms {
    */
   async begin(name: string, body: Buffer, address: string, port: number): Promise<{ uri: string }> {
     const vms = this.need();
-    const files = this.check(name, body);
+    const files = this.check(name, body, false);
     const req = parseIncoming(name, body);
     for (const v of [req.record.disk, req.record.memory]) {
       if (!this.store.describe(v)) throw new DormantError('ENOENT', `volume '${v}' of VM '${name}' has not arrived: push it first`);
     }
-    vms.adopt({ ...req.record, ...files, wanted: false });
+    vms.adopt({ ...req.record, ...files, wanted: false } as MovableRecord);
     const host = address.includes(':') ? `[${address}]` : address;
     const uri = `tcp:${host}:${port}`;
     const t = setTimeout(() => { void this.abort(name).catch(() => undefined); }, INCOMING_TIMEOUT_MS);

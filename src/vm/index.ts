@@ -13,3 +13,4 @@ export { VmSupervisor, STOP_TIMEOUT_MS, type SupervisorOptions } from './supervi
 export { offlineStatus, type VmState, type VmStatus } from './status.js';
 export { qemuArgs, freePort, QEMU_BINARY, type LaunchPaths, type LaunchOptions } from './qemu.js';
 export { QmpClient, type QmpEvent } from './qmp.js';
+export { VmMoves } from './migration.js';

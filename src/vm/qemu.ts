@@ -35,6 +35,8 @@ export interface LaunchOptions {
   hostPort: number;
   /** Hardware acceleration (only when asked for); TCG otherwise. */
   kvm?: boolean;
+  /** Wait for the VM's state from another host (`-incoming defer`; QMP migrate-incoming says where). */
+  incoming?: boolean;
 }
 
 /**
@@ -65,6 +67,7 @@ export function qemuArgs(vm: VmRecord, p: LaunchPaths, o: LaunchOptions): string
     '-device', 'pvpanic',
     '-qmp', `unix:${p.qmpSocket},server=on,wait=off`,
     '-display', 'none', '-nodefaults', '-no-reboot',
+    ...(o.incoming ? ['-incoming', 'defer'] : []),
   ];
 }
 

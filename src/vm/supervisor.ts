@@ -86,7 +86,7 @@ export class VmSupervisor {
   }
 
   /** Starts QEMU for VM `name`; resolves once QEMU runs and answers QMP. */
-  async start(name: string, opts: { kvm?: boolean; restart?: RestartPolicy } = {}): Promise<VmStatus> {
+  async start(name: string, opts: { kvm?: boolean; restart?: RestartPolicy; incoming?: boolean } = {}): Promise<VmStatus> {
     checkVmName(name);
     const rec = readVm(this.o.storeDir, name);
     const cur = this.vms.get(name);
@@ -111,7 +111,7 @@ export class VmSupervisor {
     const proxy = await PortProxy.listen('127.0.0.1', 0, guestPort, async () => { await pager?.connection(); });
     const hostPort = proxy.port;
     const args = qemuArgs(rec, { memFile, nbdSocket: this.o.nbdSocket, qmpSocket: p.qmp, serialLog: p.log, consoleSocket: p.console },
-      { hostPort: guestPort, kvm: opts.kvm });
+      { hostPort: guestPort, kvm: opts.kvm, incoming: opts.incoming });
     // Under setpriv --pdeathsig: if the daemon dies (even by SIGKILL), its QEMUs die too; their RAM
     // is on the daemon's FUSE view, which is gone then, so they could not run on anyway.
     // QEMU runs at the normal priority even when the daemon raised its own (it serves every fault).
@@ -122,6 +122,8 @@ export class VmSupervisor {
     const vm: Running = {
       rec, child, state: 'starting', hostPort, proxy, startedAt: Date.now(), stderrTail: '', exited: Promise.resolve(),
       io: this.pager.track(rec.memory, rec.memoryBytes),
+      // A VM arriving from another host has booted there: no boot to wait for.
+      ...(opts.incoming ? { alive: true } : {}),
     };
     vm.exited = new Promise<void>((resolve) => {
       child.once('error', (err) => { vm.stderrTail += err.message; });
@@ -322,9 +324,10 @@ export class VmSupervisor {
     try {
       const qmp = vm.qmp ?? await QmpClient.connect(vmPaths(this.o.storeDir, name).qmp, 2_000);
       if (!vm.qmp) this.keepQmp(vm, qmp);
-      await qmp.execute('system_powerdown');
-      if (!await gone(timeoutMs)) {
-        this.log(`vm ${name}: no power-off after ${timeoutMs} ms, sending QMP quit`);
+      // timeoutMs 0: QEMU quits at once (a VM that moved to another host, or one that never ran here).
+      if (timeoutMs > 0) await qmp.execute('system_powerdown');
+      if (timeoutMs === 0 || !await gone(timeoutMs)) {
+        if (timeoutMs > 0) this.log(`vm ${name}: no power-off after ${timeoutMs} ms, sending QMP quit`);
         await qmp.execute('quit').catch(() => undefined);
       }
     } catch (err) {
@@ -367,8 +370,24 @@ export class VmSupervisor {
     await this.pager.close(); // after the VMs: their memory files are closed (and written back) first
   }
 
+  /** True when QEMU runs for VM `name` (running or paused, not on its way out). */
+  isRunning(name: string): boolean {
+    const vm = this.vms.get(name);
+    return vm !== undefined && vm.state === 'running' && !vm.gone && !vm.ending;
+  }
+
+  /** Guest pages VM `name` faulted in through the FUSE view since its QEMU started (0 when it does not run). */
+  pagesIn(name: string): number {
+    return this.vms.get(name)?.io.counters.pagesIn ?? 0;
+  }
+
+  /** Writes VM `name`'s dirty guest RAM back into its memory volume (EINVAL when it does not run). */
+  writeBack(name: string): Promise<void> {
+    return this.running(name, 'write back').writeBack();
+  }
+
   /** VM `name`'s persistent QMP connection (EINVAL when it does not run or has none). */
-  private qmpOf(name: string, what: string): QmpClient {
+  qmpOf(name: string, what: string): QmpClient {
     this.running(name, what);
     const qmp = this.vms.get(name)!.qmp;
     if (!qmp) throw new DormantError('EINVAL', `cannot ${what} VM '${name}': its QMP connection is gone`);
