@@ -20,7 +20,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { DormantError } from '../blockstore/index.js';
+import { DormantError, asError, asWarn, type LogFn } from '../blockstore/index.js';
 import { setCloexec } from '../native/index.js';
 import {
   MemoryIo, Pager, qemuMemory,
@@ -45,7 +45,7 @@ export interface SupervisorOptions {
   /** FUSE mount point of the store. */
   mountDir: string;
   nbdSocket: string;
-  log?: (line: string) => void;
+  log?: LogFn;
   /** The FUSE mount's observer of memory-volume traffic (faults, write-back); the supervisor tracks each VM's. */
   io?: MemoryIo;
   /** Page out VMs that turn idle (default true), and the initial idle timeout in seconds. */
@@ -85,7 +85,7 @@ export const STOP_TIMEOUT_MS = 10_000;
 /** Starts, watches and stops the VMs of one store. */
 export class VmSupervisor {
   private readonly vms = new Map<string, Running>();
-  private readonly log: (line: string) => void;
+  private readonly log: LogFn;
   readonly io: MemoryIo;
   private readonly pager: Pager;
   private readonly restarts: RestartKeeper;
@@ -146,7 +146,7 @@ export class VmSupervisor {
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (d: string) => { vm.stderrTail = (vm.stderrTail + d).slice(-2000); });
     this.vms.set(name, vm);
-    this.log(`vm ${name}: starting QEMU (pid ${child.pid}, port ${hostPort}): ${QEMU_BINARY} ${args.join(' ')}`);
+    this.log(`vm ${name}: starting QEMU (pid ${child.pid}, port ${hostPort}): ${QEMU_BINARY} ${args.join(' ')}`, { vm: name, pid: child.pid, port: hostPort });
     // QEMU is up once its QMP socket answers; it names its vCPU threads.
     const deadline = Date.now() + 30_000;
     let vcpuThreads: number[] = [];
@@ -178,7 +178,7 @@ export class VmSupervisor {
     }, vm.io);
     vm.pager = pager;
     vm.state = 'running';
-    this.log(`vm ${name}: running`);
+    this.log(`vm ${name}: running`, { vm: name, state: 'running' });
     this.restarts.setWanted(name, true, opts.restart);
     return this.status(name);
   }
@@ -219,7 +219,7 @@ export class VmSupervisor {
   async writeBackAll(): Promise<void> {
     // One at a time: each holds a pool thread until the store has flushed.
     for (const v of [...this.vms.values()].filter((x) => x.state === 'running' && x.pager)) {
-      await v.pager!.writeBack().catch((err: Error) => this.log(`vm ${v.rec.name}: write-back: ${err.message}`));
+      await v.pager!.writeBack().catch((err: Error) => this.log(`vm ${v.rec.name}: write-back: ${err.message}`, asError(err, { vm: v.rec.name })));
     }
   }
 
@@ -234,25 +234,25 @@ export class VmSupervisor {
       vm.lastPrefetch = pager.lastPrefetch ?? vm.lastPrefetch;
     }
     void vm.proxy?.close();
-    pager?.close().catch((err: Error) => this.log(`vm ${vm.rec.name}: closing its memory file: ${err.message}`));
+    pager?.close().catch((err: Error) => this.log(`vm ${vm.rec.name}: closing its memory file: ${err.message}`, asError(err, { vm: vm.rec.name })));
     const how = signal ? `killed by signal ${signal}` : `exit code ${code}`;
     if (vm.state === 'stopping') {
       vm.state = 'stopped';
-      this.log(`vm ${vm.rec.name}: stopped (${how})`);
+      this.log(`vm ${vm.rec.name}: stopped (${how})`, { vm: vm.rec.name, state: 'stopped', how });
       return;
     }
     if (code === 0 && !signal && vm.state === 'running') {
       // QEMU exits 0 when the guest powers off (or reboots: -no-reboot).
       vm.state = 'stopped';
       vm.reason = 'the guest powered off';
-      this.log(`vm ${vm.rec.name}: stopped: ${vm.reason}`);
+      this.log(`vm ${vm.rec.name}: stopped: ${vm.reason}`, { vm: vm.rec.name, state: 'stopped', reason: vm.reason });
       this.restarts.exited(vm.rec.name, 'powered-off');
       return;
     }
     const last = vm.stderrTail.trim().split('\n').pop()?.trim();
     vm.state = 'crashed';
     vm.reason = `QEMU ${how}${last ? `: ${last}` : ''}`;
-    this.log(`vm ${vm.rec.name}: crashed: ${vm.reason}`);
+    this.log(`vm ${vm.rec.name}: crashed: ${vm.reason}`, { level: 'error', vm: vm.rec.name, state: 'crashed', reason: vm.reason });
     this.restarts.exited(vm.rec.name, 'crashed');
   }
 
@@ -284,16 +284,16 @@ export class VmSupervisor {
       qmp = await QmpClient.connect(qmpPath, 2_000);
       await qmp.execute('system_powerdown');
       if (!await gone(timeoutMs)) {
-        this.log(`vm ${name}: no power-off after ${timeoutMs} ms, sending QMP quit`);
+        this.log(`vm ${name}: no power-off after ${timeoutMs} ms, sending QMP quit`, asWarn({ vm: name }));
         await qmp.execute('quit').catch(() => undefined);
       }
     } catch (err) {
-      this.log(`vm ${name}: QMP: ${(err as Error).message}`);
+      this.log(`vm ${name}: QMP: ${(err as Error).message}`, asWarn({ vm: name, err: (err as Error).message }));
     } finally {
       qmp?.close();
     }
     if (!await gone(5_000)) {
-      this.log(`vm ${name}: QEMU still there, SIGKILL`);
+      this.log(`vm ${name}: QEMU still there, SIGKILL`, asWarn({ vm: name }));
       vm.child.kill('SIGKILL');
       await vm.exited;
     }
@@ -318,7 +318,7 @@ export class VmSupervisor {
     this.restarts.close();
     const live = [...this.vms.values()].filter((v) => v.state === 'running' || v.state === 'starting' || v.state === 'stopping');
     await Promise.all(live.map((v) => this.stop(v.rec.name, timeoutMs, true).catch((err: Error) => {
-      this.log(`vm ${v.rec.name}: stop failed: ${err.message}`);
+      this.log(`vm ${v.rec.name}: stop failed: ${err.message}`, asError(err, { vm: v.rec.name }));
       v.child.kill('SIGKILL');
     })));
     await this.pager.close(); // after the VMs: their memory files are closed (and written back) first
@@ -339,7 +339,7 @@ export class VmSupervisor {
     try {
       const before = await qmp.execute('query-status') as { running: boolean; status: string };
       if (before.running) return await this.status(name);
-      this.log(`vm ${name}: resuming (QEMU status ${before.status})`);
+      this.log(`vm ${name}: resuming (QEMU status ${before.status})`, { vm: name, qemuStatus: before.status });
       await qmp.execute('cont');
       // A write QEMU retries that still gets ENOSPC pauses the guest again at once.
       await new Promise((r) => setTimeout(r, RESUME_SETTLE_MS));
