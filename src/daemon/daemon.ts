@@ -29,12 +29,13 @@ import { sdNotify } from './systemd.js';
 import { metricsRegistry, serveMetrics, type MetricsServer } from './metrics.js';
 import os from 'node:os';
 import path from 'node:path';
-import { DormantError, Store } from '../blockstore/index.js';
+import { DormantError, Store, asError, asWarn, type LogFn } from '../blockstore/index.js';
 import { CONTROL_SOCKET_NAME, LocalControl, serveControl, type ControlServer } from '../control/index.js';
 import { mountStore, type FuseMount } from '../fuse/index.js';
 import { NbdServer, StoreBackend, isLoopback, type NbdAddresses, type NbdTlsOptions } from '../nbd/index.js';
 import { MemoryIo, SwapFile } from '../pager/index.js';
 import { ScrubSchedule } from './scrub-schedule.js';
+import { StatsLog } from './stats-log.js';
 import { VmSupervisor } from '../vm/index.js';
 
 /** Exit code of `dormant serve` when a step of stopping failed (each logged in one line). */
@@ -73,8 +74,10 @@ export interface DaemonOptions {
   scrub?: { everyMs: number; rate: number };
   /** Serve Prometheus metrics on `host`:`port` (metrics.ts). */
   metrics?: { host: string; port: number };
-  /** One log line (the daemon adds nothing but what it says). */
-  log: (line: string) => void;
+  /** Every `logStatsEveryMs`, one line per NBD export that had traffic (stats-log.ts); absent: none. */
+  logStatsEveryMs?: number;
+  /** One log event: a line and its fields (log.ts turns them into text or JSON lines). */
+  log: LogFn;
 }
 
 /** A running daemon. */
@@ -106,7 +109,10 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       handshakeTimeoutMs: o.handshakeTimeoutMs,
       maxConnections: o.maxConnections,
       labelBy: o.labelBy,
-      logger: { info: log, error: (msg: string, err?: unknown) => log(`${msg}${err ? `: ${(err as Error).message ?? err}` : ''}`) },
+      logger: {
+        info: log,
+        error: (msg, err, fields) => log(`${msg}${err ? `: ${(err as Error).message ?? err}` : ''}`, err ? asError(err, fields) : { ...fields, level: 'error' }),
+      },
     });
   } catch (err) {
     await store.close();
@@ -118,6 +124,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
   let swap: SwapFile | undefined;
   let scrub: ScrubSchedule | undefined;
   let metrics: MetricsServer | undefined;
+  let statsLog: StatsLog | undefined;
   let nbdAddresses: NbdAddresses;
   try {
     nbdAddresses = await nbd.listen();
@@ -140,7 +147,9 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     if (o.scrub) scrub = new ScrubSchedule(store, o.scrub.everyMs, o.scrub.rate, log);
     if (o.metrics) {
       metrics = await serveMetrics(metricsRegistry({ store, nbd: () => nbd.exportStats(), vms }), o.metrics.host, o.metrics.port);
-      if (!isLoopback(o.metrics.host)) log(`dormant serve: warning: metrics on ${metrics.url} answer anyone who can reach it (no authentication)`);
+      if (!isLoopback(o.metrics.host)) {
+        log(`dormant serve: warning: metrics on ${metrics.url} answer anyone who can reach it (no authentication)`, asWarn({ url: metrics.url }));
+      }
     }
     const tcp = nbdAddresses.tcp;
     const where = [
@@ -150,7 +159,12 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     log(`dormant serve: store ${dir}; NBD on ${where}${o.tls.mode !== 'off' ? ` (TLS ${o.tls.mode}${o.tls.pskFile ? ', PSK' : o.tls.verifyPeer ? ', client certificates' : ''})` : ''}${o.readOnly ? ' (read-only)' : ''}; `
       + `control socket ${path.join(dir, CONTROL_SOCKET_NAME)}${fuse ? `; FUSE on ${fuse.dir}` : ''}`
       + `${fuse ? `; automatic paging ${o.autoPage === false ? 'off' : 'on'}` : ''}${swap ? `; swap file ${swap.path}` : ''}`
-      + `${o.scrub ? `; scrub every ${Math.round(o.scrub.everyMs / 1000)} s` : ''}${metrics ? `; metrics on ${metrics.url}` : ''}`);
+      + `${o.scrub ? `; scrub every ${Math.round(o.scrub.everyMs / 1000)} s` : ''}${metrics ? `; metrics on ${metrics.url}` : ''}`,
+    {
+      store: dir, nbdTcp: tcp ? `${tcp.host}:${tcp.port}` : undefined, nbdSocket: socketPath, tls: o.tls.mode, readOnly: o.readOnly,
+      control: path.join(dir, CONTROL_SOCKET_NAME), mount: fuse?.dir, swapFile: swap?.path, metrics: metrics?.url,
+    });
+    if (o.logStatsEveryMs) statsLog = new StatsLog(() => nbd.exportStats(), o.logStatsEveryMs, log);
     sdNotify(`READY=1\nMAINPID=${process.pid}\nSTATUS=serving ${dir}`, log);
   } catch (err) {
     await metrics?.close().catch(() => undefined);
@@ -176,9 +190,10 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
           await fn();
         } catch (err) {
           problems++;
-          log(`dormant serve: ${what}: ${(err as Error)?.message ?? String(err)}`);
+          log(`dormant serve: ${what}: ${(err as Error)?.message ?? String(err)}`, asError(err, { step: what }));
         }
       };
+      statsLog?.stop();
       await step('metrics', () => metrics?.close());
       await step('scrub', () => scrub?.stop());
       // QEMU maps its RAM through the FUSE view and reads its disk over NBD: VMs go first.
@@ -188,15 +203,16 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       await step('NBD server', () => nbd.close());
       await step('closing the store', () => store.close());
       await step('swap file', () => swap?.remove());
-      log(problems === 0 ? 'dormant serve: stopped' : `dormant serve: stopped, with ${problems} problem${problems > 1 ? 's' : ''} above`);
+      log(problems === 0 ? 'dormant serve: stopped' : `dormant serve: stopped, with ${problems} problem${problems > 1 ? 's' : ''} above`,
+        problems === 0 ? {} : asWarn({ problems }));
       return problems;
     })();
     return stopped;
   };
   const untilSignal = () => new Promise<number>((resolve) => {
     const onSignal = (sig: string) => {
-      if (stopped) { log(`dormant serve: ${sig} again: already stopping, still flushing`); return; }
-      log(`dormant serve: ${sig}: finishing in-flight requests, flushing`);
+      if (stopped) { log(`dormant serve: ${sig} again: already stopping, still flushing`, { signal: sig }); return; }
+      log(`dormant serve: ${sig}: finishing in-flight requests, flushing`, { signal: sig });
       void stop().then((problems) => resolve(problems === 0 ? 0 : EXIT_STOP_FAILED));
     };
     process.on('SIGTERM', () => onSignal('SIGTERM'));
@@ -209,10 +225,10 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
 export const DAEMON_NICE = -5;
 
 /** Raises the daemon's CPU priority to DAEMON_NICE when allowed (root or CAP_SYS_NICE); says so when not. */
-function raisePriority(log: (line: string) => void): void {
+function raisePriority(log: LogFn): void {
   try {
     if (os.getPriority() > DAEMON_NICE) os.setPriority(DAEMON_NICE);
   } catch (err) {
-    log(`dormant serve: cannot raise its priority (${(err as Error).message}); page faults wait behind busy guests`);
+    log(`dormant serve: cannot raise its priority (${(err as Error).message}); page faults wait behind busy guests`, asWarn({ err: (err as Error).message }));
   }
 }
