@@ -200,7 +200,7 @@ export class SpaceGuard {
       }
       const st = fs.statfsSync(this.dir);
       this.available = st.bavail * st.bsize;
-      if (wasReleased && later) this.log(`store: space reserve re-created (${mib(this.held)})`);
+      if (wasReleased && later) this.log(`store: space reserve re-created (${mib(this.held)})`, { held: this.held });
     };
     if (!later) { run(); return; }
     this.recreating = true;

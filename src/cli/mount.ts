@@ -3,7 +3,8 @@
  * store like `serve` does (a second owner gets "locked"); `dormant serve
  * --mount DIR` gives the same view next to NBD. A stale mount left by a
  * killed daemon is cleaned first, with a line saying so. SIGTERM/SIGINT:
- * unmount, flush, release the store, exit 0.
+ * unmount, flush, release the store, exit 0. `--config FILE` as serve's
+ * (config.ts), with mount's own options.
  */
 import type { Command } from 'commander';
 import { Store, asError } from '../blockstore/index.js';
@@ -11,13 +12,19 @@ import { mountStore } from '../fuse/index.js';
 import { exitOnUnhandled } from './exit.js';
 import { storeDir } from './store-commands.js';
 import { addLogOptions, logFromOptions } from './log-options.js';
+import { applyConfig } from './config.js';
 
 /** Registers `mount` on `program`. */
 export function addMountCommand(program: Command, run: (fn: () => Promise<void>) => Promise<void>): void {
   const mount = program.command('mount')
     .description('show the store as files under DIR (volumes/<vol>, snapshots/<vol@snap>) until SIGTERM')
     .argument('<dir>', 'mount point (an existing directory)')
-    .option('--allow-other', 'let other users read the view (only this user writes); by default only this user may use it');
+    .option('--allow-other', 'let other users read the view (only this user writes); by default only this user may use it')
+    .option('--config <file>', 'read settings from a TOML file: mount\'s long options (and store); flags given here win')
+    .hook('preAction', (cmd) => {
+      const file = cmd.opts().config as string | undefined;
+      if (file !== undefined) applyConfig(cmd, file);
+    });
   addLogOptions(mount)
     .action((dir: string, o: { allowOther?: boolean }, cmd: Command) => run(async () => {
       const log = logFromOptions(cmd);

@@ -10,8 +10,8 @@
  * (garbage bytes, bodies that are not JSON, arguments that do not fit the
  * schema) get one EINVAL error each and the daemon keeps answering; the
  * TOML config sets the log flags; `-q` hides import's progress bar on a
- * terminal (script(1) provides one); `dormant mount --log-format json`
- * logs JSON too.
+ * terminal (script(1) provides one); `dormant mount` logs JSON too when
+ * its own --config file says so.
  *
  * Every daemon is stopped with SIGTERM (SIGKILL after 10 s) in afterEach,
  * every wait is bounded, every temp dir removed.
@@ -324,11 +324,13 @@ describe('log flags: errors and the config file', () => {
   });
 });
 
-describe('mount --log-format json', () => {
+describe('mount: log-format json from its --config file', () => {
   it('the view\'s ready and stop lines are JSON events; exit 0', async () => {
     const store = freshStore('log-mount');
     const mnt = tmp.make('log-mount-dir');
-    const m = await startMount(store, mnt, ['mount', mnt, '--log-format', 'json'], /"msg":"dormant mount: store /);
+    const conf = path.join(path.dirname(store), 'mount.toml');
+    fs.writeFileSync(conf, 'log-format = "json"\n');
+    const m = await startMount(store, mnt, ['mount', mnt, '--config', conf], /"msg":"dormant mount: store /);
     expect(fs.statSync(path.join(mnt, 'volumes', 'v')).size).toBe(8 * MiB);
     expect(await m.stop()).toEqual({ code: 0, signal: null });
     const events = m.stderr().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
