@@ -33,7 +33,7 @@ export class StatsLog {
       const delta = Object.fromEntries(KEYS.map((k) => [k, cur[k] - (prev?.[k] ?? 0)])) as Record<typeof KEYS[number], number>;
       if (delta.requests <= 0) continue;
       this.log(`nbd: export=${exp} in the last ${seconds.toFixed(0)} s: ${KEYS.map((k) => `${k}=${delta[k]}`).join(' ')} connections=${cur.connections}`,
-        { export: exp, periodSeconds: Number(seconds.toFixed(3)), ...delta, connections: cur.connections });
+        { event: 'stats', export: exp, periodSeconds: Number(seconds.toFixed(3)), ...delta, connections: cur.connections });
     }
     this.last = now;
     this.lastAt = Date.now();

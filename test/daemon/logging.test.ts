@@ -146,7 +146,7 @@ describe('serve --log-format json', () => {
     const d = await serve(freshStore('log-json'), ['--log-format', 'json', '--log-stats-every', '1s']);
     await until(() => d.stderr().includes('dormant serve: store'), 10_000, 'ready line', d);
     await tool('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 1M', '-c', 'read -P 0x61 0 64k', uri(d)]);
-    const isStats = (e: Record<string, any>) => e.export === 'v' && typeof e.periodSeconds === 'number';
+    const isStats = (e: Record<string, any>) => e.event === 'stats' && e.export === 'v' && typeof e.periodSeconds === 'number';
     await until(() => jsonLines(d).some(isStats), 5000, 'a per-export counters line', d);
 
     const events = jsonLines(d);
@@ -175,8 +175,8 @@ describe('serve --log-format json', () => {
     expect(total(close, 'bytesWritten')).toBe(MiB);
     expect(total(close, 'bytesRead')).toBeGreaterThanOrEqual(64 * 1024);
 
-    // Once a full period has passed after the last close, the counters lines add up to what the connections did.
-    await new Promise((r) => setTimeout(r, 1500));
+    // Once the period of the last close has been logged, the counters lines add up to what the connections did.
+    await until(() => total(jsonLines(d).filter(isStats), 'bytesWritten') >= MiB, 5000, 'counters lines up to the last close', d);
     const stats = jsonLines(d).filter(isStats);
     for (const k of ['requests', 'reads', 'writes', 'bytesRead', 'bytesWritten', 'errors']) expect(total(stats, k), k).toBe(total(close, k));
     for (const e of stats) expect(e.requests).toBeGreaterThan(0);
@@ -202,11 +202,14 @@ describe('serve, text log (the default)', () => {
     expect(await d.stop()).toEqual({ code: 0, signal: null });
   });
 
-  it('--log-stats-every off: no counters lines', async () => {
-    const d = await serve(freshStore('log-off'), ['--log-stats-every', 'off']);
+  it('--log-stats-every off: no counters lines (the flag wins over the config file\'s 1s)', async () => {
+    const store = freshStore('log-off');
+    const conf = path.join(path.dirname(store), 'dormant.toml');
+    fs.writeFileSync(conf, 'log-stats-every = "1s"\n');
+    const d = await serve(store, ['--config', conf, '--log-stats-every', 'off']);
     await tool('qemu-io', ['-f', 'raw', '-c', 'write -P 0x63 0 64k', uri(d)]);
     await until(() => / disconnected export=v /.test(d.stderr()), 5000, 'disconnect line', d);
-    await new Promise((r) => setTimeout(r, 1500));
+    await new Promise((r) => setTimeout(r, 2500));
     expect(await d.stop()).toEqual({ code: 0, signal: null });
     expect(d.stderr()).not.toMatch(/ nbd: export=/);
   });
