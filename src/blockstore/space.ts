@@ -134,12 +134,14 @@ export class SpaceGuard {
     try {
       fs.rmSync(this.reservePath, { force: true });
     } catch (err) {
-      this.log(`store: cannot release the space reserve ${this.reservePath}: ${(err as Error).message}`, { level: 'error', err: (err as Error).message });
+      this.log(`store: cannot release the space reserve ${this.reservePath}: ${(err as Error).message}`,
+        { level: 'error', err: (err as Error).message });
       return false;
     }
     this.held = 0;
     this.refresh();
-    this.log(`store: released the space reserve (${mib(freed)}) to ${why}; ${mib(this.available)} free now`, { level: 'warn', freed, available: this.available });
+    this.log(`store: released the space reserve (${mib(freed)}) to ${why}; ${mib(this.available)} free now`,
+      { level: 'warn', freed, available: this.available });
     return true;
   }
 
@@ -195,7 +197,8 @@ export class SpaceGuard {
         this.held = allocateReserve(this.reservePath, this.reserveSize);
       } catch (err) {
         this.held = allocatedBytes(this.reservePath);
-        this.log(`store: cannot allocate the space reserve ${this.reservePath}: ${(err as Error).message}`, { level: 'warn', err: (err as Error).message });
+        this.log(`store: cannot allocate the space reserve ${this.reservePath}: ${(err as Error).message}`,
+          { level: 'warn', err: (err as Error).message });
         return;
       }
       const st = fs.statfsSync(this.dir);

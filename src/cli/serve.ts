@@ -91,7 +91,9 @@ const LOG_STATS_EVERY = '60s';
 /** --log-stats-every: a duration, or 0 / off for none. */
 function parseStatsEvery(text: string): number | undefined {
   if (text === '0' || text === 'off') return undefined;
-  if (!/^\d+(\.\d+)?[smhd]$/.test(text)) throw new DormantError('EINVAL', `bad --log-stats-every '${text}': a duration such as 10s, 5m or 1h, or off`);
+  if (!/^\d+(\.\d+)?[smhd]$/.test(text)) {
+    throw new DormantError('EINVAL', `bad --log-stats-every '${text}': a duration such as 10s, 5m or 1h, or off`);
+  }
   return parseDuration(text, '--log-stats-every');
 }
 

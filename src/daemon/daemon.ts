@@ -111,7 +111,8 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       labelBy: o.labelBy,
       logger: {
         info: log,
-        error: (msg, err, fields) => log(`${msg}${err ? `: ${(err as Error).message ?? err}` : ''}`, err ? asError(err, fields) : { ...fields, level: 'error' }),
+        error: (msg, err, fields) => log(`${msg}${err ? `: ${(err as Error).message ?? err}` : ''}`,
+          err ? asError(err, fields) : { ...fields, level: 'error' }),
       },
     });
   } catch (err) {
@@ -167,6 +168,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     if (o.logStatsEveryMs) statsLog = new StatsLog(() => nbd.exportStats(), o.logStatsEveryMs, log);
     sdNotify(`READY=1\nMAINPID=${process.pid}\nSTATUS=serving ${dir}`, log);
   } catch (err) {
+    statsLog?.stop();
     await metrics?.close().catch(() => undefined);
     await control?.close().catch(() => undefined);
     await fuse?.unmount().catch(() => undefined);

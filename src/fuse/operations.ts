@@ -78,7 +78,8 @@ export function buildOperations(store: Store, handles: HandlePool, log: FuseLog,
 
   const fail = (cb: Callback, what: string, p: string, err: unknown, write = false) => {
     const m = mapStoreError(err, write);
-    if (m.unexpected) log(`fuse: ${what} ${p}: ${(err as Error)?.message ?? err}`, { level: 'error', op: what, path: p, err: (err as Error)?.message ?? String(err) });
+    if (m.unexpected) log(`fuse: ${what} ${p}: ${(err as Error)?.message ?? err}`,
+      { level: 'error', op: what, path: p, err: (err as Error)?.message ?? String(err) });
     cb(m.errno);
   };
 

@@ -318,7 +318,8 @@ export class Connection {
   /** After the last request: flush on shutdown, close the handle, close the socket. */
   private async release(exp: NegotiatedExport, reason: EndReason): Promise<void> {
     this.endReason = reason;
-    const log = (what: string) => (err: unknown) => this.cfg.logger.error(`nbd: ${this.name}: ${what} failed`, err, { conn: this.name, export: exp.name });
+    const log = (what: string) => (err: unknown) => this.cfg.logger.error(`nbd: ${this.name}: ${what} failed`,
+      err, { conn: this.name, export: exp.name });
     if (reason === 'shutdown') await exp.handle.flush().catch(log('flush'));
     await exp.handle.close().catch(log('close'));
     if ((reason === 'disc' || reason === 'shutdown') && this.socket.writable) this.endGracefully();

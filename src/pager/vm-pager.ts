@@ -294,7 +294,8 @@ export class VmPager {
     if (!auto.enabled) return;
     this.setSchedIdle(state === 'idle', auto);
     if (state === 'idle' && !this.pagedOut && !this.busy) {
-      this.pageout(0, true).catch((err: Error) => auto.log(`vm ${this.vm.name}: automatic page-out: ${err.message}`, asError(err, { vm: this.vm.name })));
+      this.pageout(0, true).catch((err: Error) => auto.log(`vm ${this.vm.name}: automatic page-out: ${err.message}`,
+        asError(err, { vm: this.vm.name })));
     }
     if (state === 'idle' && this.pagedOut) {
       await this.prefetchAheadOfWake(now);
@@ -306,7 +307,8 @@ export class VmPager {
   private async trimCache(now: number): Promise<void> {
     if (this.busy || now - this.lastTrim < TRIM_INTERVAL_MS || now - this.lastPrefetchAt < TRIM_AFTER_PREFETCH_MS) return;
     this.lastTrim = now;
-    await this.mem.drop([[0, this.mem.pages]]).catch((err: Error) => this.log(`vm ${this.vm.name}: trimming its page cache: ${err.message}`, asWarn({ vm: this.vm.name, err: err.message })));
+    await this.mem.drop([[0, this.mem.pages]]).catch((err: Error) => this.log(`vm ${this.vm.name}: trimming its page cache: ${err.message}`,
+      asWarn({ vm: this.vm.name, err: err.message })));
   }
 
   /** Attributes faults to an event class and learns the period of timer wake-ups. */
@@ -334,7 +336,8 @@ export class VmPager {
     if (pages.length === 0) return;
     const cached = await this.mem.cached().catch(() => undefined);
     if (cached && pages.every((p) => cached[p])) return;
-    await this.prefetchSet('timer', pages).catch((err: Error) => this.log(`vm ${this.vm.name}: timer prefetch: ${err.message}`, asWarn({ vm: this.vm.name, err: err.message })));
+    await this.prefetchSet('timer', pages).catch((err: Error) => this.log(`vm ${this.vm.name}: timer prefetch: ${err.message}`,
+      asWarn({ vm: this.vm.name, err: err.message })));
   }
 
   /** Puts every vCPU thread under SCHED_IDLE or back; schedIdle says what the kernel took (all of them, or not). */

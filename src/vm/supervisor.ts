@@ -146,7 +146,8 @@ export class VmSupervisor {
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (d: string) => { vm.stderrTail = (vm.stderrTail + d).slice(-2000); });
     this.vms.set(name, vm);
-    this.log(`vm ${name}: starting QEMU (pid ${child.pid}, port ${hostPort}): ${QEMU_BINARY} ${args.join(' ')}`, { vm: name, pid: child.pid, port: hostPort });
+    this.log(`vm ${name}: starting QEMU (pid ${child.pid}, port ${hostPort}): ${QEMU_BINARY} ${args.join(' ')}`,
+      { vm: name, pid: child.pid, port: hostPort });
     // QEMU is up once its QMP socket answers; it names its vCPU threads.
     const deadline = Date.now() + 30_000;
     let vcpuThreads: number[] = [];
