@@ -29,6 +29,7 @@ import {
   COMMIT_SLICE_ENTRIES, PRINTS_INTERVAL_MS, WRITEBACK_MAX_BLOCKS, WRITEBACK_MAX_PAGES,
 } from './constants.js';
 import { DormantError } from './errors.js';
+import type { LogFn } from './log.js';
 import type { Committer, IndexDbs } from './index-db.js';
 import type { Catalog } from './catalog.js';
 import type { SegmentFiles } from './segments.js';
@@ -59,7 +60,7 @@ export interface FlushContext {
   /** Releases the space reserve after an ENOSPC; true when it held some. */
   releaseReserve(why: string): boolean;
   /** One line about a background flush that failed. */
-  log(line: string): void;
+  log: LogFn;
 }
 
 /** The flush queue and the background flushes of one store. */
@@ -125,7 +126,7 @@ export class Flusher {
     this.background = this.flush()
       .then(() => { this.lastFailure = ''; }, (err) => {
         const msg = (err as Error).message;
-        if (msg !== this.lastFailure) this.ctx.log(`store: background flush failed: ${msg}`);
+        if (msg !== this.lastFailure) this.ctx.log(`store: background flush failed: ${msg}`, { level: 'error', err: msg });
         this.lastFailure = msg;
       })
       .finally(() => { this.background = null; });

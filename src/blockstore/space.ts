@@ -38,6 +38,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { DormantError } from './errors.js';
+import type { LogFn } from './log.js';
 import { allocateRange } from '../native/index.js';
 
 /** Largest default floor: commits of a flush's slices, the append buffer, other files of the store. */
@@ -74,7 +75,7 @@ export class SpaceGuard {
   private closed = false;
 
   /** Measures the file system of `dir` and makes sure the reserve is there (or will be once there is room). */
-  constructor(private readonly dir: string, opts: SpaceOptions = {}, private readonly log: (line: string) => void = () => undefined) {
+  constructor(private readonly dir: string, opts: SpaceOptions = {}, private readonly log: LogFn = () => undefined) {
     const st = fs.statfsSync(dir);
     const total = st.blocks * st.bsize;
     this.floor = opts.floorBytes ?? Math.min(FLOOR_MAX, Math.floor(total / 8));
@@ -133,12 +134,14 @@ export class SpaceGuard {
     try {
       fs.rmSync(this.reservePath, { force: true });
     } catch (err) {
-      this.log(`store: cannot release the space reserve ${this.reservePath}: ${(err as Error).message}`);
+      this.log(`store: cannot release the space reserve ${this.reservePath}: ${(err as Error).message}`,
+        { level: 'error', err: (err as Error).message });
       return false;
     }
     this.held = 0;
     this.refresh();
-    this.log(`store: released the space reserve (${mib(freed)}) to ${why}; ${mib(this.available)} free now`);
+    this.log(`store: released the space reserve (${mib(freed)}) to ${why}; ${mib(this.available)} free now`,
+      { level: 'warn', freed, available: this.available });
     return true;
   }
 
@@ -174,7 +177,8 @@ export class SpaceGuard {
     this.refusing = on;
     this.log(on
       ? `store: ${mib(this.available)} free on the file system of ${this.dir}, under the floor: new writes get ENOSPC (reads go on)`
-      : `store: free space is back above the floor (${mib(this.available)} free): writes are accepted again`);
+      : `store: free space is back above the floor (${mib(this.available)} free): writes are accepted again`,
+      { level: on ? 'warn' : 'info', available: this.available, full: on });
   }
 
   /**
@@ -193,12 +197,13 @@ export class SpaceGuard {
         this.held = allocateReserve(this.reservePath, this.reserveSize);
       } catch (err) {
         this.held = allocatedBytes(this.reservePath);
-        this.log(`store: cannot allocate the space reserve ${this.reservePath}: ${(err as Error).message}`);
+        this.log(`store: cannot allocate the space reserve ${this.reservePath}: ${(err as Error).message}`,
+          { level: 'warn', err: (err as Error).message });
         return;
       }
       const st = fs.statfsSync(this.dir);
       this.available = st.bavail * st.bsize;
-      if (wasReleased && later) this.log(`store: space reserve re-created (${mib(this.held)})`);
+      if (wasReleased && later) this.log(`store: space reserve re-created (${mib(this.held)})`, { held: this.held });
     };
     if (!later) { run(); return; }
     this.recreating = true;

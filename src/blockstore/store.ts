@@ -32,6 +32,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { BLOCK_SIZE, FORMAT_VERSION, MAX_VOLUME_SIZE, WRITEBACK_IDLE_MS, WRITEBACK_INTERVAL_MS } from './constants.js';
 import { DormantError } from './errors.js';
+import type { LogFn } from './log.js';
 import { xxh3, type HashFunction } from './hash.js';
 import { Committer, indexExists, openIndexChecked, type IndexDbs } from './index-db.js';
 import { Catalog, checkName, splitName, type PersistOps } from './catalog.js';
@@ -76,7 +77,7 @@ export interface StoreOptions {
   /** The free-space floor and the space reserve (defaults from the file system's size: space.ts). */
   space?: SpaceOptions;
   /** One line about the store's state (space: writes refused, the reserve released or re-created; background flush failures); default: nothing. */
-  log?: (line: string) => void;
+  log?: LogFn;
 }
 
 /** Room a catalog change asks for before it commits (a few pages of the index). */
@@ -106,7 +107,7 @@ export class Store implements VolumeHost {
   private constructor(readonly dir: string, private readonly dbs: IndexDbs, private readonly lock: StoreLock,
     private readonly hash: HashFunction, intervalMs: number, idleMs: number, readMode: StoreOptions['readMode'],
     /** The free-space floor and the space reserve. */
-    readonly space: SpaceGuard, log: (line: string) => void) {
+    readonly space: SpaceGuard, log: LogFn) {
     this.committer = new Committer(dbs);
     this.segments = new SegmentFiles(path.join(dir, 'segments'), hash, () => space.release('finish a segment write'));
     this.catalog.load(dbs.catalog.getRange({}) as Iterable<{ key: string; value: unknown }>);

@@ -1,7 +1,8 @@
 /**
- * `dormant serve --config FILE`: a TOML file (smol-toml) whose keys are
- * serve's long options, kebab-case or camelCase (`listen`, `mount`,
- * `scrub-every`, `tcp = false` for `--no-tcp`, ...), plus `store`. A flag
+ * `dormant serve --config FILE` (and `dormant mount --config FILE`): a
+ * TOML file (smol-toml) whose keys are the command's long options,
+ * kebab-case or camelCase (`listen`, `mount`, `scrub-every`, `tcp = false`
+ * for `--no-tcp`, `log-format`, ...), plus `store`. A flag
  * given on the command line wins over the file; the file wins over the
  * defaults. Unknown keys and values of the wrong type are refused in one
  * line naming the file. Example: docs/dormant.toml.

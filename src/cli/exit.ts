@@ -3,7 +3,7 @@
  *   0 success, 1 user error (one clear line), 2 internal error,
  *   3 problems found in the store (check, scrub).
  */
-import { DormantError, USER_ERROR_CODES } from '../blockstore/index.js';
+import { DormantError, USER_ERROR_CODES, asError, type LogFn } from '../blockstore/index.js';
 
 /** Exit code for a user error. */
 export const EXIT_USER = 1;
@@ -17,9 +17,9 @@ export const EXIT_PROBLEMS = 3;
  * handled is one line through `log` and exit EXIT_INTERNAL, as Node would
  * exit, but without a stack (DORMANT_DEBUG=1 adds it).
  */
-export function exitOnUnhandled(what: string, log: (line: string) => void): void {
+export function exitOnUnhandled(what: string, log: LogFn): void {
   const fail = (err: unknown) => {
-    log(`${what}: internal error: ${(err as Error | null)?.message ?? String(err)}`);
+    log(`${what}: internal error: ${(err as Error | null)?.message ?? String(err)}`, asError(err));
     if (process.env.DORMANT_DEBUG) process.stderr.write(`${(err as Error | null)?.stack}\n`);
     process.exit(EXIT_INTERNAL);
   };

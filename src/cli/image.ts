@@ -10,6 +10,7 @@ import { DormantError, isDormantError, type VolumeInfo } from '../blockstore/ind
 import { buildTestGuest, DEFAULT_IMAGE_SIZE, defaultCacheDir, inputSnapshotName, metaPath } from '../guest-image/index.js';
 import { formatBytes, parseSize, VOLUME_SIZE_LIMIT } from './format.js';
 import { withStore } from './store-commands.js';
+import { isQuiet } from './quiet.js';
 
 const print = (s: string) => process.stdout.write(`${s}\n`);
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -22,13 +23,14 @@ export function addImageCommands(program: Command, run: (fn: () => Promise<void>
     .exitOverride()
     .option('--size <size>', 'root disk size', String(DEFAULT_IMAGE_SIZE))
     .option('--cache-dir <dir>', 'where kernel, initramfs and image are kept (default: $XDG_CACHE_HOME/dormant/images)')
-    .option('-v, --verbose', 'build steps on stderr (the default when stderr is a terminal)')
+    .option('-v, --verbose', 'build steps on stderr (the default when stderr is a terminal, unless -q)')
     .option('--json', 'machine-readable output')
     .action((name: string, o: { size: string; cacheDir?: string; verbose?: boolean; json?: boolean }, cmd: Command) => run(async () => {
       const started = Date.now();
       const size = parseSize(o.size, VOLUME_SIZE_LIMIT);
       const cacheDir = path.resolve(o.cacheDir ?? defaultCacheDir());
-      const { meta, cached } = await buildTestGuest(name, { size, cacheDir, log: o.verbose || process.stderr.isTTY ? log : undefined });
+      const steps = o.verbose || (process.stderr.isTTY && !isQuiet());
+      const { meta, cached } = await buildTestGuest(name, { size, cacheDir, log: steps ? log : undefined });
       const marker = inputSnapshotName(meta.inputHash);
       const imported = await withStore(cmd, async (c) => {
         let info: VolumeInfo | undefined;

@@ -13,6 +13,7 @@ import { addVmCommands } from './vm.js';
 import { addTopCommand } from './top.js';
 import { addMigrateCommand, addTransferCommands } from './transfer.js';
 import { EXIT_USER, reportError } from './exit.js';
+import { setQuiet } from './quiet.js';
 
 /** Builds the program; `run` wraps each action so errors become exit codes. */
 export function buildProgram(): Command {
@@ -22,6 +23,8 @@ export function buildProgram(): Command {
     .description('versioned copy-on-write block store for mostly idle VMs')
     .version('0.1.0')
     .option('--store <dir>', 'store directory (default: $DORMANT_STORE, else $XDG_DATA_HOME/dormant)')
+    .option('-q, --quiet', 'no progress and no informational lines on stderr (errors and warnings still print)')
+    .hook('preAction', (_root, action) => { setQuiet(Boolean(action.optsWithGlobals().quiet)); })
     .exitOverride();
   oneLineErrors(program, 'dormant');
   const run = async (fn: () => Promise<void>) => {

@@ -1,8 +1,9 @@
 /**
  * A progress line on stderr for long operations, only when stderr is a
- * terminal (scripts and CI see nothing). Redrawn at most 10 times a second.
+ * terminal (scripts and CI see nothing) and -q was not given. Redrawn at most 10 times a second.
  */
 import { formatBytes, formatRate } from './format.js';
+import { isQuiet } from './quiet.js';
 
 /** Progress of a byte-count job. */
 export class Progress {
@@ -12,7 +13,7 @@ export class Progress {
 
   constructor(private readonly label: string, private total: number,
     stream: NodeJS.WriteStream = process.stderr) {
-    this.enabled = Boolean(stream.isTTY);
+    this.enabled = Boolean(stream.isTTY) && !isQuiet();
     this.stream = stream;
   }
 

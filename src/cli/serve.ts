@@ -1,6 +1,8 @@
 /**
  * `dormant serve`: parses the daemon's flags and runs it (src/daemon) in the
- * foreground until SIGTERM or SIGINT, one log line per event on stderr.
+ * foreground until SIGTERM or SIGINT, one log line per event on stderr
+ * (--log-level, --log-format: log-options.ts; --log-stats-every: one line
+ * per busy NBD export each period).
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -15,6 +17,7 @@ import { parseSize } from './format.js';
 import { parseRate } from './check.js';
 import { storeDir } from './store-commands.js';
 import { applyConfig } from './config.js';
+import { addLogOptions, logFromOptions } from './log-options.js';
 
 interface ServeOptions {
   listen: string;
@@ -42,6 +45,7 @@ interface ServeOptions {
   metrics?: string;
   api?: string;
   apiTokenFile?: string;
+  logStatsEvery: string;
   config?: string;
 }
 
@@ -97,11 +101,21 @@ function parseMaxConnections(text: string): number {
   return n;
 }
 
-const log = (line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+/** Default of --log-stats-every. */
+const LOG_STATS_EVERY = '60s';
+
+/** --log-stats-every: a duration, or 0 / off for none. */
+function parseStatsEvery(text: string): number | undefined {
+  if (text === '0' || text === 'off') return undefined;
+  if (!/^\d+(\.\d+)?[smhd]$/.test(text)) {
+    throw new DormantError('EINVAL', `bad --log-stats-every '${text}': a duration such as 10s, 5m or 1h, or off`);
+  }
+  return parseDuration(text, '--log-stats-every');
+}
 
 /** Registers `serve` on `program`. */
 export function addServeCommand(program: Command, run: (fn: () => Promise<void>) => Promise<void>): void {
-  program.command('serve')
+  const serve = program.command('serve')
     .description('run the host daemon: serve every volume over NBD and take CLI commands on the control socket')
     .option('--config <file>', 'read settings from a TOML file: serve\'s long options (and store); flags given here win')
     .hook('preAction', (cmd) => {
@@ -141,6 +155,9 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
     .option('--api <host:port>', 'serve the host API (HTTP/JSON for other hosts: push, pull, status) on HOST:PORT; '
       + 'HTTPS with --tls-cert and --tls-key; needs --api-token-file')
     .option('--api-token-file <file>', 'the bearer token every host API request must carry (one line, at least 16 characters)')
+    .option('--log-stats-every <duration>', 'log one line of NBD counters per export that had traffic, this often (e.g. 10s, 5m; 0 or off: never)',
+      LOG_STATS_EVERY);
+  addLogOptions(serve)
     .action((o: ServeOptions, cmd: Command) => run(async () => {
       const tls = o.tls as TlsMode;
       if (!['off', 'on', 'require'].includes(tls)) throw new DormantError('EINVAL', `bad --tls '${o.tls}': use off, on or require`);
@@ -168,6 +185,8 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
       const swap = o.swapFile === undefined ? undefined : { path: path.resolve(o.swapFile), bytes: parseSize(o.swapSize) };
       const scrub = o.scrubEvery === undefined ? undefined
         : { everyMs: parseDuration(o.scrubEvery, '--scrub-every'), rate: parseRate(o.scrubRate, '--scrub-rate') };
+      const logStatsEveryMs = parseStatsEvery(o.logStatsEvery);
+      const log = logFromOptions(cmd);
       const api = parseApi(o);
       exitOnUnhandled('dormant serve', log);
       const daemon = await startDaemon({
@@ -187,6 +206,7 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
         scrub,
         ...(o.metrics === undefined ? {} : { metrics: parseListen(o.metrics, '--metrics', '127.0.0.1:9464') }),
         ...(api ? { api } : {}),
+        logStatsEveryMs,
         log,
       });
       // 0, or 2 when a step of stopping failed (each logged in one line: e.g. the final flush on a broken disk).

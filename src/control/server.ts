@@ -6,54 +6,26 @@
  * Protocol: `POST /v1/<op>` with a JSON array of arguments. The answer is
  * NDJSON: zero or more `{"progress":[done,total]}` lines, then exactly one
  * `{"result":...}` or `{"error":{"code","message"}}` line. HTTP status is
- * 200 unless the request itself is malformed (400) or unknown (404).
+ * 200 unless the request itself is malformed (400: not JSON, or arguments
+ * that do not match the operation's schema, schema.ts) or unknown (404);
+ * either way the answer is one `{"error"}` line with code EINVAL.
  * The socket is created with mode 0600: only the daemon's user may use it.
  */
 import http from 'node:http';
 import fs from 'node:fs';
-import { DormantError } from '../blockstore/index.js';
+import { DormantError, type LogFn } from '../blockstore/index.js';
 import { CONTROL_OPS, type ControlOp, type StoreControl } from './operations.js';
+import { checkArgs } from './schema.js';
 
 /** Largest request body accepted (arguments are small). */
 const MAX_BODY = 64 * 1024;
-
-/** Argument types of each operation, checked before the call. */
-const ARG_TYPES: Record<ControlOp, ReadonlyArray<'string' | 'number' | 'boolean' | 'object'>> = {
-  createVolume: ['string', 'number', 'string'],
-  snapshot: ['string', 'string'],
-  branch: ['string', 'string'],
-  remove: ['string'],
-  resize: ['string', 'number'],
-  list: [],
-  info: ['string'],
-  stats: [],
-  gc: [],
-  check: [],
-  verifyData: ['boolean', 'number'],
-  importFile: ['string', 'string', 'string', 'string'],
-  exportFile: ['string', 'string'],
-  pull: ['string', 'string', 'string', 'string', 'string'],
-  push: ['string', 'string', 'string', 'string', 'string'],
-  vmMigrate: ['string', 'string', 'string', 'string', 'string'],
-  vmCreate: ['object'],
-  vmStart: ['string', 'boolean', 'string'],
-  vmStop: ['string', 'number'],
-  vmPause: ['string'],
-  vmResume: ['string'],
-  vmRemove: ['string'],
-  vmStatus: ['string'],
-  vmList: [],
-  vmPageout: ['string', 'number'],
-  vmPrefetch: ['string'],
-  vmSharing: [],
-};
 
 /** A running control server. */
 export interface ControlServer { close(): Promise<void> }
 
 /** Serves `control` on Unix socket `socketPath` (a stale socket file is replaced). */
 export async function serveControl(control: StoreControl, socketPath: string,
-  log: (line: string) => void = () => undefined): Promise<ControlServer> {
+  log: LogFn = () => undefined): Promise<ControlServer> {
   const server = http.createServer((req, res) => {
     void handle(control, req, res, log);
   });
@@ -73,7 +45,7 @@ export async function serveControl(control: StoreControl, socketPath: string,
 }
 
 async function handle(control: StoreControl, req: http.IncomingMessage, res: http.ServerResponse,
-  log: (line: string) => void): Promise<void> {
+  log: LogFn): Promise<void> {
   const m = /^\/v1\/([A-Za-z]+)$/.exec(req.url ?? '');
   const op = m?.[1] as ControlOp | undefined;
   if (req.method !== 'POST' || !op || !CONTROL_OPS.includes(op)) {
@@ -83,16 +55,12 @@ async function handle(control: StoreControl, req: http.IncomingMessage, res: htt
   }
   let args: unknown[];
   try {
-    args = await readArgs(req);
+    args = checkArgs(op, await readBody(req));
   } catch (err) {
+    const message = (err as Error).message;
+    log(`control: refused a request: ${message}`, { level: 'warn', op, err: message });
     res.writeHead(400, { 'content-type': 'application/json' });
-    res.end(`${JSON.stringify({ error: { code: 'EINVAL', message: (err as Error).message } })}\n`);
-    return;
-  }
-  const want = ARG_TYPES[op];
-  if (args.length !== want.length || args.some((a, i) => typeof a !== want[i] || a === null)) {
-    res.writeHead(400, { 'content-type': 'application/json' });
-    res.end(`${JSON.stringify({ error: { code: 'EINVAL', message: `${op} takes (${want.join(', ')})` } })}\n`);
+    res.end(`${JSON.stringify({ error: { code: 'EINVAL', message } })}\n`);
     return;
   }
   res.writeHead(200, { 'content-type': 'application/x-ndjson' });
@@ -113,19 +81,23 @@ async function handle(control: StoreControl, req: http.IncomingMessage, res: htt
     send({ result: result ?? null });
   } catch (err) {
     const e = err instanceof DormantError ? err : new DormantError('EINTERNAL', (err as Error)?.message ?? String(err));
-    if (!(err instanceof DormantError)) log(`control ${op} failed: ${(err as Error)?.stack ?? err}`);
+    if (!(err instanceof DormantError)) log(`control ${op} failed: ${(err as Error)?.stack ?? err}`, { level: 'error', op, err: e.message });
     send({ error: { code: e.code, message: e.message } });
   }
   res.end();
 }
 
-async function readArgs(req: http.IncomingMessage): Promise<unknown[]> {
+/** The request body as parsed JSON (an empty body is no arguments); EINVAL when too large or not JSON. */
+async function readBody(req: http.IncomingMessage): Promise<unknown> {
   let body = '';
   for await (const chunk of req) {
     body += chunk;
-    if (body.length > MAX_BODY) throw new Error('control request too large');
+    if (body.length > MAX_BODY) throw new DormantError('EINVAL', `bad control request: larger than ${MAX_BODY} bytes`);
   }
-  const args: unknown = body.length === 0 ? [] : JSON.parse(body);
-  if (!Array.isArray(args)) throw new Error('control request body must be a JSON array of arguments');
-  return args;
+  if (body.length === 0) return [];
+  try {
+    return JSON.parse(body);
+  } catch (err) {
+    throw new DormantError('EINVAL', `bad control request: the body is not JSON (${(err as Error).message})`);
+  }
 }

@@ -30,13 +30,14 @@ import { sdNotify } from './systemd.js';
 import { metricsRegistry, serveMetrics, type MetricsServer } from './metrics.js';
 import os from 'node:os';
 import path from 'node:path';
-import { DormantError, Store } from '../blockstore/index.js';
+import { DormantError, Store, asError, asWarn, type LogFn } from '../blockstore/index.js';
 import { CONTROL_SOCKET_NAME, LocalControl, serveApi, serveControl, type ApiServer, type ControlServer } from '../control/index.js';
 import { IncomingVms, Receiver } from '../migrate/index.js';
 import { mountStore, type FuseMount } from '../fuse/index.js';
 import { NbdServer, StoreBackend, isLoopback, type NbdAddresses, type NbdTlsOptions } from '../nbd/index.js';
 import { MemoryIo, SwapFile } from '../pager/index.js';
 import { ScrubSchedule } from './scrub-schedule.js';
+import { StatsLog } from './stats-log.js';
 import { VmMoves, VmSupervisor } from '../vm/index.js';
 
 /** Exit code of `dormant serve` when a step of stopping failed (each logged in one line). */
@@ -77,8 +78,10 @@ export interface DaemonOptions {
   metrics?: { host: string; port: number };
   /** Serve the host API (HTTP/JSON for other hosts) on `host`:`port` with this bearer token; HTTPS with `tls`. */
   api?: { host: string; port: number; token: string; tls?: { certFile: string; keyFile: string } };
-  /** One log line (the daemon adds nothing but what it says). */
-  log: (line: string) => void;
+  /** Every `logStatsEveryMs`, one line per NBD export that had traffic (stats-log.ts); absent: none. */
+  logStatsEveryMs?: number;
+  /** One log event: a line and its fields (log.ts turns them into text or JSON lines). */
+  log: LogFn;
 }
 
 /** A running daemon. */
@@ -110,7 +113,11 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       handshakeTimeoutMs: o.handshakeTimeoutMs,
       maxConnections: o.maxConnections,
       labelBy: o.labelBy,
-      logger: { info: log, error: (msg: string, err?: unknown) => log(`${msg}${err ? `: ${(err as Error).message ?? err}` : ''}`) },
+      logger: {
+        info: log,
+        error: (msg, err, fields) => log(`${msg}${err ? `: ${(err as Error).message ?? err}` : ''}`,
+          err ? asError(err, fields) : { ...fields, level: 'error' }),
+      },
     });
   } catch (err) {
     await store.close();
@@ -125,6 +132,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
   let api: ApiServer | undefined;
   const receiver = new Receiver(store, log);
   let incoming: IncomingVms | undefined;
+  let statsLog: StatsLog | undefined;
   let nbdAddresses: NbdAddresses;
   try {
     nbdAddresses = await nbd.listen();
@@ -155,7 +163,9 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     if (o.scrub) scrub = new ScrubSchedule(store, o.scrub.everyMs, o.scrub.rate, log);
     if (o.metrics) {
       metrics = await serveMetrics(metricsRegistry({ store, nbd: () => nbd.exportStats(), vms }), o.metrics.host, o.metrics.port);
-      if (!isLoopback(o.metrics.host)) log(`dormant serve: warning: metrics on ${metrics.url} answer anyone who can reach it (no authentication)`);
+      if (!isLoopback(o.metrics.host)) {
+        log(`dormant serve: warning: metrics on ${metrics.url} answer anyone who can reach it (no authentication)`, asWarn({ url: metrics.url }));
+      }
     }
     const tcp = nbdAddresses.tcp;
     const where = [
@@ -165,9 +175,15 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     log(`dormant serve: store ${dir}; NBD on ${where}${o.tls.mode !== 'off' ? ` (TLS ${o.tls.mode}${o.tls.pskFile ? ', PSK' : o.tls.verifyPeer ? ', client certificates' : ''})` : ''}${o.readOnly ? ' (read-only)' : ''}; `
       + `control socket ${path.join(dir, CONTROL_SOCKET_NAME)}${fuse ? `; FUSE on ${fuse.dir}` : ''}`
       + `${fuse ? `; automatic paging ${o.autoPage === false ? 'off' : 'on'}` : ''}${swap ? `; swap file ${swap.path}` : ''}`
-      + `${o.scrub ? `; scrub every ${Math.round(o.scrub.everyMs / 1000)} s` : ''}${metrics ? `; metrics on ${metrics.url}` : ''}${api ? `; host API on ${api.url}` : ''}`);
+      + `${o.scrub ? `; scrub every ${Math.round(o.scrub.everyMs / 1000)} s` : ''}${metrics ? `; metrics on ${metrics.url}` : ''}${api ? `; host API on ${api.url}` : ''}`,
+    {
+      store: dir, nbdTcp: tcp ? `${tcp.host}:${tcp.port}` : undefined, nbdSocket: socketPath, tls: o.tls.mode, readOnly: o.readOnly,
+      control: path.join(dir, CONTROL_SOCKET_NAME), mount: fuse?.dir, swapFile: swap?.path, metrics: metrics?.url, api: api?.url,
+    });
+    if (o.logStatsEveryMs) statsLog = new StatsLog(() => nbd.exportStats(), o.logStatsEveryMs, log);
     sdNotify(`READY=1\nMAINPID=${process.pid}\nSTATUS=serving ${dir}`, log);
   } catch (err) {
+    statsLog?.stop();
     await metrics?.close().catch(() => undefined);
     await api?.close().catch(() => undefined);
     await receiver.close().catch(() => undefined);
@@ -193,9 +209,10 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
           await fn();
         } catch (err) {
           problems++;
-          log(`dormant serve: ${what}: ${(err as Error)?.message ?? String(err)}`);
+          log(`dormant serve: ${what}: ${(err as Error)?.message ?? String(err)}`, asError(err, { step: what }));
         }
       };
+      statsLog?.stop();
       await step('metrics', () => metrics?.close());
       await step('host API', () => api?.close());
       await step('transfers', () => receiver.close());
@@ -208,15 +225,16 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       await step('NBD server', () => nbd.close());
       await step('closing the store', () => store.close());
       await step('swap file', () => swap?.remove());
-      log(problems === 0 ? 'dormant serve: stopped' : `dormant serve: stopped, with ${problems} problem${problems > 1 ? 's' : ''} above`);
+      log(problems === 0 ? 'dormant serve: stopped' : `dormant serve: stopped, with ${problems} problem${problems > 1 ? 's' : ''} above`,
+        problems === 0 ? {} : asWarn({ problems }));
       return problems;
     })();
     return stopped;
   };
   const untilSignal = () => new Promise<number>((resolve) => {
     const onSignal = (sig: string) => {
-      if (stopped) { log(`dormant serve: ${sig} again: already stopping, still flushing`); return; }
-      log(`dormant serve: ${sig}: finishing in-flight requests, flushing`);
+      if (stopped) { log(`dormant serve: ${sig} again: already stopping, still flushing`, { signal: sig }); return; }
+      log(`dormant serve: ${sig}: finishing in-flight requests, flushing`, { signal: sig });
       void stop().then((problems) => resolve(problems === 0 ? 0 : EXIT_STOP_FAILED));
     };
     process.on('SIGTERM', () => onSignal('SIGTERM'));
@@ -229,10 +247,10 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
 export const DAEMON_NICE = -5;
 
 /** Raises the daemon's CPU priority to DAEMON_NICE when allowed (root or CAP_SYS_NICE); says so when not. */
-function raisePriority(log: (line: string) => void): void {
+function raisePriority(log: LogFn): void {
   try {
     if (os.getPriority() > DAEMON_NICE) os.setPriority(DAEMON_NICE);
   } catch (err) {
-    log(`dormant serve: cannot raise its priority (${(err as Error).message}); page faults wait behind busy guests`);
+    log(`dormant serve: cannot raise its priority (${(err as Error).message}); page faults wait behind busy guests`, asWarn({ err: (err as Error).message }));
   }
 }

@@ -10,7 +10,7 @@
  *
  * States: waiting -> running -> waiting ... ; stop() -> stopped from either.
  */
-import { DormantError, type DataReport, type Store } from '../blockstore/index.js';
+import { DormantError, asError, type DataReport, type LogFn, type Store } from '../blockstore/index.js';
 
 /** A scheduled scrub of one store. */
 export class ScrubSchedule {
@@ -20,7 +20,7 @@ export class ScrubSchedule {
 
   /** Schedules runs of `store` every `everyMs`, reading at most `rate` bytes a second. */
   constructor(private readonly store: Store, private readonly everyMs: number, private readonly rate: number,
-    private readonly log: (line: string) => void) {
+    private readonly log: LogFn) {
     this.arm();
   }
 
@@ -35,9 +35,11 @@ export class ScrubSchedule {
   private async runOnce(): Promise<void> {
     try {
       const r = await this.store.verifyData({ rate: this.rate, signal: this.abort.signal });
-      for (const line of describe(r)) this.log(line);
+      const bad = r.damaged.length + r.badSegments.length;
+      const fields = { chunks: r.chunks, bytes: r.bytes, damaged: r.damaged.length, badSegments: r.badSegments.length };
+      for (const line of describe(r)) this.log(line, { level: bad > 0 ? 'error' : 'info', ...fields });
     } catch (err) {
-      this.log(`scrub: failed: ${(err as Error).message}`);
+      this.log(`scrub: failed: ${(err as Error).message}`, asError(err));
     }
   }
 

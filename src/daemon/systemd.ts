@@ -5,15 +5,16 @@
  * process (systemd accepts only the main PID by default). Without
  * NOTIFY_SOCKET nothing happens; a failed send is one log line.
  */
+import { asWarn, type LogFn } from '../blockstore/index.js';
 import { notifySocket } from '../native/index.js';
 
 /** Sends `state` (e.g. "READY=1\nSTATUS=...") to $NOTIFY_SOCKET when set. */
-export function sdNotify(state: string, log: (line: string) => void): void {
+export function sdNotify(state: string, log: LogFn): void {
   const socket = process.env.NOTIFY_SOCKET;
   if (!socket) return;
   try {
     notifySocket(socket, state);
   } catch (err) {
-    log(`dormant serve: cannot notify systemd on ${socket}: ${(err as Error).message}`);
+    log(`dormant serve: cannot notify systemd on ${socket}: ${(err as Error).message}`, asWarn({ socket, err: (err as Error).message }));
   }
 }

@@ -113,7 +113,7 @@ export async function mountStore(store: Store, dir: string, opts: MountOptions =
   const state = probeMountPoint(abs);
   if (state === 'stale') {
     log(`fuse: ${abs} is a stale FUSE mount (its daemon died: transport endpoint is not connected); `
-      + 'cleaning it with fusermount -uz');
+      + 'cleaning it with fusermount -uz', { level: 'warn', mount: abs });
     cleanStaleMount(abs);
     if (probeMountPoint(abs) !== 'free') throw new DormantError('EBUSY', `${abs} is still a mount point after fusermount -uz`, { path: abs });
   } else if (state === 'mounted') {

@@ -18,7 +18,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Store, VolumeEntry } from '../blockstore/index.js';
+import type { LogFn, Store, VolumeEntry } from '../blockstore/index.js';
 import { FUSE_ERRNO, mapStoreError } from './errors.js';
 import type { HandlePool } from './handles.js';
 
@@ -41,7 +41,7 @@ type Node =
   | { type: 'file'; entry: VolumeEntry };
 
 /** Logger for unexpected failures. */
-export type FuseLog = (line: string) => void;
+export type FuseLog = LogFn;
 
 /**
  * Told of every read and write answered successfully, after the store
@@ -78,7 +78,8 @@ export function buildOperations(store: Store, handles: HandlePool, log: FuseLog,
 
   const fail = (cb: Callback, what: string, p: string, err: unknown, write = false) => {
     const m = mapStoreError(err, write);
-    if (m.unexpected) log(`fuse: ${what} ${p}: ${(err as Error)?.message ?? err}`);
+    if (m.unexpected) log(`fuse: ${what} ${p}: ${(err as Error)?.message ?? err}`,
+      { level: 'error', op: what, path: p, err: (err as Error)?.message ?? String(err) });
     cb(m.errno);
   };
 
@@ -139,7 +140,7 @@ export function buildOperations(store: Store, handles: HandlePool, log: FuseLog,
     },
     statfs(_p: string, cb: Callback) {
       fs.statfs(store.dir, (err, st) => {
-        if (err) { log(`fuse: statfs ${store.dir}: ${err.message}`); cb(FUSE_ERRNO.EIO); return; }
+        if (err) { log(`fuse: statfs ${store.dir}: ${err.message}`, { level: 'error', op: 'statfs', err: err.message }); cb(FUSE_ERRNO.EIO); return; }
         const files = store.entries().length;
         // fuse-native passes 32-bit block counts: report in the store's
         // filesystem block size, capped so huge filesystems do not wrap.

@@ -4,7 +4,7 @@
  * backend decides each one. `src/nbd/store-backend.ts` implements it over
  * the block store; tests may implement it over anything.
  */
-import type { VolumeHandle } from '../blockstore/index.js';
+import type { LogFields, VolumeHandle } from '../blockstore/index.js';
 
 /** One export as NBD_OPT_LIST / NBD_OPT_INFO show it. */
 export interface ExportInfo {
@@ -32,12 +32,15 @@ export interface NbdBackend {
   openExport(name: string): Promise<VolumeHandle | null>;
 }
 
-/** Where the server writes its log lines (one per connection event). */
+/**
+ * Where the server writes its log lines (one per connection event), each
+ * with fields naming what it is about (conn, client, export, counters).
+ */
 export interface NbdLogger {
-  /** Normal events: connect, disconnect. */
-  info(line: string): void;
+  /** Normal events (connect, open, disconnect); warnings carry `level: 'warn'` in their fields. */
+  info(line: string, fields?: LogFields): void;
   /** Unexpected failures; `err` is the original error. */
-  error(line: string, err?: unknown): void;
+  error(line: string, err?: unknown, fields?: LogFields): void;
 }
 
 /** Logs to stderr. */

@@ -94,7 +94,7 @@ export class Connection {
     this.socket = raw;
     this.hs = new Handshake({ backend: cfg.backend, tlsMode: cfg.tlsMode, defaultExport: cfg.defaultExport, logger: cfg.logger });
     this.closed = this.run().catch((err: unknown) => {
-      cfg.logger.error(`nbd: ${this.name}: unexpected failure`, err);
+      cfg.logger.error(`nbd: ${this.name}: unexpected failure`, err, { conn: this.name, client: this.peer });
       raw.destroy();
     });
   }
@@ -159,7 +159,7 @@ export class Connection {
   }
 
   private async run(): Promise<void> {
-    this.cfg.logger.info(`nbd: ${this.name} connected from ${this.peer}`);
+    this.cfg.logger.info(`nbd: ${this.name} connected from ${this.peer}`, { event: 'connect', conn: this.name, client: this.peer });
     this.raw.setNoDelay(true);
     this.widenSendBuffer();
     this.attach(this.raw);
@@ -171,12 +171,16 @@ export class Connection {
     let stats = '';
     if (exp !== null) {
       this.exportName = exp.name;
+      this.cfg.logger.info(`nbd: ${this.name} opened export=${exp.name} client=${this.peer}${exp.readOnly ? ' read-only' : ''}`,
+        { event: 'open', conn: this.name, client: this.peer, export: exp.name, readOnly: exp.readOnly, size: exp.size });
       const reason = await this.transmit(exp);
       stats = this.statsText();
       await this.release(exp, reason);
     }
     await this.socketClosedEvent;
-    this.cfg.logger.info(`nbd: ${this.name} disconnected export=${this.exportName} reason=${this.endReason}${stats}`);
+    this.cfg.logger.info(`nbd: ${this.name} disconnected export=${this.exportName} reason=${this.endReason}${stats} client=${this.peer}`, {
+      event: 'close', conn: this.name, client: this.peer, export: this.exportName, reason: this.endReason, ...this.transmission?.stats,
+    });
   }
 
   /** The export this connection transmits on and its counters so far; null before transmission. */
@@ -188,7 +192,8 @@ export class Connection {
     this.timedOut = true;
     this.endReason = 'handshake timeout';
     const seconds = this.cfg.handshakeTimeoutMs / 1000;
-    this.cfg.logger.info(`nbd: ${this.name} handshake not finished within ${seconds} s (client ${this.peer}): disconnecting`);
+    this.cfg.logger.info(`nbd: ${this.name} handshake not finished within ${seconds} s (client ${this.peer}): disconnecting`,
+      { level: 'warn', conn: this.name, client: this.peer });
     this.hardClose();
   }
 
@@ -228,7 +233,7 @@ export class Connection {
           return this.quit(step.reason, true);
         case 'transmit':
           if (this.shuttingDown || this.eof) {
-            await step.export.handle.close().catch((err) => this.cfg.logger.error(`nbd: ${this.name}: close failed`, err));
+            await step.export.handle.close().catch((err) => this.cfg.logger.error(`nbd: ${this.name}: close failed`, err, { conn: this.name }));
             return this.quit('closed during handshake');
           }
           return step.export;
@@ -280,7 +285,7 @@ export class Connection {
     raw.removeListener('end', this.onEof);
     const outcome = await prepared.upgrade(raw);
     if (!outcome.ok) return outcome.reason;
-    this.cfg.logger.info(`nbd: ${this.name} ${outcome.summary}`);
+    this.cfg.logger.info(`nbd: ${this.name} ${outcome.summary}`, { conn: this.name, client: this.peer });
     this.socket = outcome.socket;
     this.attach(outcome.socket);
     return null;
@@ -313,7 +318,8 @@ export class Connection {
   /** After the last request: flush on shutdown, close the handle, close the socket. */
   private async release(exp: NegotiatedExport, reason: EndReason): Promise<void> {
     this.endReason = reason;
-    const log = (what: string) => (err: unknown) => this.cfg.logger.error(`nbd: ${this.name}: ${what} failed`, err);
+    const log = (what: string) => (err: unknown) => this.cfg.logger.error(`nbd: ${this.name}: ${what} failed`,
+      err, { conn: this.name, export: exp.name });
     if (reason === 'shutdown') await exp.handle.flush().catch(log('flush'));
     await exp.handle.close().catch(log('close'));
     if ((reason === 'disc' || reason === 'shutdown') && this.socket.writable) this.endGracefully();

@@ -156,7 +156,7 @@ export class Handshake {
 
   private backendFailure(option: number, name: string, err: unknown): Buffer {
     const m = mapBackendErrorToRep(err);
-    if (m.unexpected) this.cfg.logger.error(`nbd: looking up export '${name}' failed`, err);
+    if (m.unexpected) this.cfg.logger.error(`nbd: looking up export '${name}' failed`, err, { export: name });
     return C.encodeOptionError(option, m.rep, 'export unavailable');
   }
 

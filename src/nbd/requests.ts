@@ -148,7 +148,8 @@ export class Requests {
     } catch (err) {
       const m = mapStoreError(err, t);
       if (m.unexpected) {
-        this.logger.error(`nbd: ${this.connName}: command ${t} at ${offset}+${length} failed (${errnoName(m.errno)})`, err);
+        this.logger.error(`nbd: ${this.connName}: command ${t} at ${offset}+${length} failed (${errnoName(m.errno)})`, err,
+          { conn: this.connName, command: t, offset, length });
       }
       this.replyError(h, m.errno, m.message);
     }
@@ -286,7 +287,7 @@ export class Requests {
       n = this.out.sendFile(head, view, file);
     } catch (err) {
       // The peer is gone: nothing more can be sent on this connection.
-      this.logger.info(`nbd: ${this.connName}: reply failed (${(err as Error).message}), closing`);
+      this.logger.info(`nbd: ${this.connName}: reply failed (${(err as Error).message}), closing`, { level: 'warn', conn: this.connName });
       this.socket.destroy();
       return true;
     }

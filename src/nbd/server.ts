@@ -154,7 +154,7 @@ export class NbdServer {
       await this.closeListeners();
       throw err;
     }
-    for (const w of this.tls?.warnings ?? []) this.logger.info(`nbd: warning: ${w}`);
+    for (const w of this.tls?.warnings ?? []) this.logger.info(`nbd: warning: ${w}`, { level: 'warn' });
     if (out.tcp !== undefined && !isLoopback(out.tcp.host)) this.warnExposed(out.tcp);
     return out;
   }
@@ -169,7 +169,7 @@ export class NbdServer {
     else if (mode === 'on') why = 'with TLS optional (--tls on): clients that skip STARTTLS are neither encrypted nor authenticated';
     else if (auth === 'none') why = 'with TLS but no client authentication: anyone who reaches it can connect';
     if (why !== null) {
-      this.logger.info(`nbd: warning: ${where} ${why} (use --tls require with --tls-verify-peer or --tls-psk)`);
+      this.logger.info(`nbd: warning: ${where} ${why} (use --tls require with --tls-verify-peer or --tls-psk)`, { level: 'warn' });
     }
   }
 
@@ -252,7 +252,8 @@ export class NbdServer {
     if (now - this.lastRefusalLog >= REFUSAL_LOG_INTERVAL_MS && this.refusedUnlogged === 0) {
       this.lastRefusalLog = now;
       const open = this.connections.size;
-      this.logger.info(`nbd: refused a connection from ${peer}: ${open} connections open, the limit (max connections ${this.maxConnections})`);
+      this.logger.info(`nbd: refused a connection from ${peer}: ${open} connections open, the limit (max connections ${this.maxConnections})`,
+        { level: 'warn', client: peer, open, maxConnections: this.maxConnections });
       return;
     }
     this.refusedUnlogged++;
@@ -269,7 +270,8 @@ export class NbdServer {
     this.refusedUnlogged = 0;
     const since = Math.round((Date.now() - this.lastRefusalLog) / 1000);
     this.lastRefusalLog = Date.now();
-    this.logger.info(`nbd: refused ${n} more connection${n === 1 ? '' : 's'} in the last ${since} s (max connections ${this.maxConnections})`);
+    this.logger.info(`nbd: refused ${n} more connection${n === 1 ? '' : 's'} in the last ${since} s (max connections ${this.maxConnections})`,
+      { level: 'warn', refused: n, seconds: since, maxConnections: this.maxConnections });
   }
 
   private async closeListeners(): Promise<void> {

@@ -143,7 +143,7 @@ export class Transmission {
       },
       handBack: (back) => this.handBack(back),
       crashed: (err) => {
-        this.logger.error(`nbd: ${this.connName}: request handling failed, closing`, err);
+        this.logger.error(`nbd: ${this.connName}: request handling failed, closing`, err, { conn: this.connName });
         this.stop('violation');
       },
     });
@@ -155,7 +155,7 @@ export class Transmission {
   onData(): void {
     if (this.pool.active) {
       // The socket is the pool's now: bytes read here as well would tear the stream apart.
-      this.logger.error(`nbd: ${this.connName}: socket read while its payloads are received on the pool, closing`);
+      this.logger.error(`nbd: ${this.connName}: socket read while its payloads are received on the pool, closing`, undefined, { conn: this.connName });
       this.stop('violation');
       return;
     }
@@ -234,7 +234,7 @@ export class Transmission {
       if (q.length < P.REQUEST_SIZE) break;
       const h = C.decodeRequest(q.peek(P.REQUEST_SIZE), q.peekOffset());
       if (h === null) {
-        this.logger.error(`nbd: ${this.connName}: bad request magic, closing`);
+        this.logger.error(`nbd: ${this.connName}: bad request magic, closing`, undefined, { conn: this.connName });
         this.stop('violation');
         return;
       }
@@ -269,7 +269,7 @@ export class Transmission {
     if (h.length > P.MAX_PAYLOAD_SIZE) {
       q.skip(P.REQUEST_SIZE);
       if (h.length > this.limits.drainLimit) {
-        this.logger.error(`nbd: ${this.connName}: WRITE payload of ${h.length} bytes, closing`);
+        this.logger.error(`nbd: ${this.connName}: WRITE payload of ${h.length} bytes, closing`, undefined, { conn: this.connName });
         this.stop('violation');
         return 'stop';
       }
@@ -368,7 +368,7 @@ export class Transmission {
     this.inFlight--;
     switch (back.kind) {
       case 'failed':
-        this.logger.error(`nbd: ${this.connName}: receiving on the pool failed, closing`, back.err);
+        this.logger.error(`nbd: ${this.connName}: receiving on the pool failed, closing`, back.err, { conn: this.connName });
         this.stop('violation');
         this.checkFinished();
         return;
@@ -420,7 +420,7 @@ export class Transmission {
     };
     this.requests.execute(h, payload, hashed).then(complete, (err: unknown) => {
       // A bug: the client may be owed a reply we cannot send. Close this connection only.
-      this.logger.error(`nbd: ${this.connName}: request handling failed, closing`, err);
+      this.logger.error(`nbd: ${this.connName}: request handling failed, closing`, err, { conn: this.connName });
       this.stop('violation');
       complete();
     });

@@ -8,7 +8,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { DormantError } from '../blockstore/index.js';
+import { DormantError, type LogFn } from '../blockstore/index.js';
 
 const ENTRY = fileURLToPath(new URL('./mem-agent-main.js', import.meta.url));
 
@@ -20,14 +20,14 @@ export class MemoryAgent {
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
 
-  constructor(private readonly log: (line: string) => void = () => undefined) {}
+  constructor(private readonly log: LogFn = () => undefined) {}
 
   private start(): ChildProcess {
     const child = spawn(process.execPath, [ENTRY], { stdio: ['pipe', 'pipe', 'inherit'] });
     child.once('exit', (code, signal) => {
       if (this.child === child) this.child = undefined;
       const why = `memory agent exited (${signal ?? `code ${code}`})`;
-      if (this.pending.size > 0) this.log(why);
+      if (this.pending.size > 0) this.log(why, { level: 'error' });
       for (const p of this.pending.values()) p.reject(new DormantError('EINTERNAL', `${p.what}: ${why}`));
       this.pending.clear();
     });

@@ -9,6 +9,7 @@
  * idle. Ticks of one VM never overlap; a slow one (a page-out runs in the
  * background, a prefetch ahead of a wake-up does not) delays only that VM.
  */
+import { asWarn, type LogFn } from '../blockstore/index.js';
 import { MemoryIo, type VolumeIo } from './faults.js';
 import { predictorOptions, type PredictorOptions } from './idleness.js';
 import { MemoryAgent } from './mem-agent.js';
@@ -24,7 +25,7 @@ export const DEFAULT_IDLE_TIMEOUT_S = 30;
 export interface PagerOptions {
   /** The FUSE view's memory traffic (the daemon passes the one its mount reports to). */
   io?: MemoryIo;
-  log?: (line: string) => void;
+  log?: LogFn;
   /** Page out VMs that turn idle, and put their vCPUs under SCHED_IDLE (default true). */
   autoPage?: boolean;
   /** Initial idle timeout before a VM has a history of its own, seconds. */
@@ -36,7 +37,7 @@ export class Pager {
   readonly io: MemoryIo;
   readonly autoPage: boolean;
   private readonly agent: MemoryAgent;
-  private readonly log: (line: string) => void;
+  private readonly log: LogFn;
   private readonly predictor: PredictorOptions;
   private readonly vms = new Set<VmPager>();
   private readonly ticking = new Set<VmPager>();
@@ -73,7 +74,7 @@ export class Pager {
       if (this.ticking.has(p)) continue;
       this.ticking.add(p);
       p.tick({ enabled: this.autoPage, log: this.log })
-        .catch((err: Error) => this.log(`vm ${p.vm.name}: sampling: ${err.message}`))
+        .catch((err: Error) => this.log(`vm ${p.vm.name}: sampling: ${err.message}`, asWarn({ vm: p.vm.name, err: err.message })))
         .finally(() => this.ticking.delete(p));
     }
   }

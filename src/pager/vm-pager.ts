@@ -31,7 +31,7 @@
  * their period is learnt (median of recent intervals, when they agree) and
  * the timer set is prefetched ahead of the next one if it left the cache.
  */
-import { DormantError } from '../blockstore/index.js';
+import { DormantError, asError, asWarn, type LogFn } from '../blockstore/index.js';
 import { setThreadIdle } from '../native/index.js';
 import type { VolumeIo } from './faults.js';
 import { BUSY_CPU_SHARE, BUSY_DISK_REQUESTS, IdlePredictor, threadUserSeconds, type PredictorOptions } from './idleness.js';
@@ -128,7 +128,7 @@ export interface PagerStatus {
 export interface AutoOptions {
   /** Automatic page-out and SCHED_IDLE of idle VMs. */
   enabled: boolean;
-  log: (line: string) => void;
+  log: LogFn;
 }
 
 /** The pager of one running VM. */
@@ -154,7 +154,7 @@ export class VmPager {
   private lastPrefetchAt = 0;
 
   constructor(readonly vm: PagedVm, readonly io: VolumeIo, readonly mem: GuestMemory, predictor: PredictorOptions,
-    private readonly log: (line: string) => void) {
+    private readonly log: LogFn) {
     this.predictor = new IdlePredictor(predictor);
   }
 
@@ -208,7 +208,8 @@ export class VmPager {
       this.log(`vm ${name}: ${automatic ? 'idle, ' : ''}paged out in ${r.durationMs.toFixed(0)} ms: resident guest RAM `
         + `${mib(before.resident)} -> ${mib(after.resident)} MiB, page cache ${mib(before.cached)} -> ${mib(after.cached)} MiB, `
         + `${report.pagesWritten} pages written, ${keep.length} kept`
-        + `${qemuAdvisedBytes ? `, ${mib(qemuAdvisedBytes)} MiB of QEMU's own memory to swap` : ''}`);
+        + `${qemuAdvisedBytes ? `, ${mib(qemuAdvisedBytes)} MiB of QEMU's own memory to swap` : ''}`,
+      { vm: name, automatic, durationMs: Math.round(r.durationMs), pagesWritten: report.pagesWritten, kept: keep.length });
       return report;
     });
   }
@@ -235,7 +236,7 @@ export class VmPager {
       };
       this.lastPrefetch = report;
       this.log(`vm ${name}: prefetched ${r.cachedPages}/${r.pages} pages of its ${set === 'epoch' ? 'working' : set} set `
-        + `in ${r.durationMs.toFixed(0)} ms`);
+        + `in ${r.durationMs.toFixed(0)} ms`, { vm: name, set, pages: r.pages, cachedPages: r.cachedPages, durationMs: Math.round(r.durationMs) });
       return report;
     });
   }
@@ -256,7 +257,7 @@ export class VmPager {
     const pages = classPages(readWorkingSetSafe(this.vm.workingSetFile), 'network');
     if (pages.length === 0 || this.busy) return;
     const prefetch = this.prefetchSet('network', pages).catch((err: Error) => {
-      this.log(`vm ${this.vm.name}: network prefetch: ${err.message}`);
+      this.log(`vm ${this.vm.name}: network prefetch: ${err.message}`, asWarn({ vm: this.vm.name, err: err.message }));
     });
     await Promise.race([prefetch, new Promise((r) => { setTimeout(r, CONNECTION_PREFETCH_MS).unref(); })]);
   }
@@ -287,12 +288,14 @@ export class VmPager {
     const state = this.predictor.idle() ? 'idle' : 'active';
     if (state !== this.activity) {
       this.activity = state;
-      auto.log(`vm ${this.vm.name}: ${state} (idle timeout ${this.predictor.timeoutSeconds()} s)`);
+      auto.log(`vm ${this.vm.name}: ${state} (idle timeout ${this.predictor.timeoutSeconds()} s)`,
+        { vm: this.vm.name, activity: state, idleTimeoutSeconds: this.predictor.timeoutSeconds() });
     }
     if (!auto.enabled) return;
     this.setSchedIdle(state === 'idle', auto);
     if (state === 'idle' && !this.pagedOut && !this.busy) {
-      this.pageout(0, true).catch((err: Error) => auto.log(`vm ${this.vm.name}: automatic page-out: ${err.message}`));
+      this.pageout(0, true).catch((err: Error) => auto.log(`vm ${this.vm.name}: automatic page-out: ${err.message}`,
+        asError(err, { vm: this.vm.name })));
     }
     if (state === 'idle' && this.pagedOut) {
       await this.prefetchAheadOfWake(now);
@@ -304,7 +307,8 @@ export class VmPager {
   private async trimCache(now: number): Promise<void> {
     if (this.busy || now - this.lastTrim < TRIM_INTERVAL_MS || now - this.lastPrefetchAt < TRIM_AFTER_PREFETCH_MS) return;
     this.lastTrim = now;
-    await this.mem.drop([[0, this.mem.pages]]).catch((err: Error) => this.log(`vm ${this.vm.name}: trimming its page cache: ${err.message}`));
+    await this.mem.drop([[0, this.mem.pages]]).catch((err: Error) => this.log(`vm ${this.vm.name}: trimming its page cache: ${err.message}`,
+      asWarn({ vm: this.vm.name, err: err.message })));
   }
 
   /** Attributes faults to an event class and learns the period of timer wake-ups. */
@@ -332,7 +336,8 @@ export class VmPager {
     if (pages.length === 0) return;
     const cached = await this.mem.cached().catch(() => undefined);
     if (cached && pages.every((p) => cached[p])) return;
-    await this.prefetchSet('timer', pages).catch((err: Error) => this.log(`vm ${this.vm.name}: timer prefetch: ${err.message}`));
+    await this.prefetchSet('timer', pages).catch((err: Error) => this.log(`vm ${this.vm.name}: timer prefetch: ${err.message}`,
+      asWarn({ vm: this.vm.name, err: err.message })));
   }
 
   /** Puts every vCPU thread under SCHED_IDLE or back; schedIdle says what the kernel took (all of them, or not). */
@@ -342,7 +347,7 @@ export class VmPager {
     for (const tid of this.vm.vcpuThreads) {
       try { setThreadIdle(tid, idle); } catch (err) {
         ok = false;
-        auto.log(`vm ${this.vm.name}: vCPU thread ${tid}: ${(err as Error).message}`);
+        auto.log(`vm ${this.vm.name}: vCPU thread ${tid}: ${(err as Error).message}`, asWarn({ vm: this.vm.name, tid, err: (err as Error).message }));
       }
     }
     if (ok || !idle) this.schedIdle = idle;

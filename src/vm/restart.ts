@@ -7,6 +7,7 @@
  * most RESTART_LIMIT times within RESTART_WINDOW_MS; then it stays down
  * with a log line.
  */
+import { asError, asWarn, type LogFn } from '../blockstore/index.js';
 import { listVms, readVm, writeVm, type RestartPolicy, type VmRecord } from './vm-record.js';
 
 /** Restarts allowed within RESTART_WINDOW_MS before the keeper gives up on a VM. */
@@ -29,7 +30,7 @@ export class RestartKeeper {
   private readonly tries = new Map<string, { count: number; since: number; timer?: NodeJS.Timeout }>();
 
   constructor(private readonly storeDir: string, private readonly start: (name: string) => Promise<unknown>,
-    private readonly log: (line: string) => void) {}
+    private readonly log: LogFn) {}
 
   /** Records whether VM `name` should run (its record is rewritten only when that changes). */
   setWanted(name: string, wanted: boolean, policy?: RestartPolicy): void {
@@ -38,7 +39,7 @@ export class RestartKeeper {
       const next: VmRecord = { ...rec, wanted, ...(policy ? { restart: policy } : {}) };
       if (rec.wanted !== next.wanted || rec.restart !== next.restart) writeVm(this.storeDir, next);
     } catch (err) {
-      this.log(`vm ${name}: cannot record its run state: ${(err as Error).message}`);
+      this.log(`vm ${name}: cannot record its run state: ${(err as Error).message}`, asError(err, { vm: name }));
     }
   }
 
@@ -75,7 +76,7 @@ export class RestartKeeper {
     this.log(`vm ${name}: ${how} (${reason}); restart policy ${policy}: starting it again in ${delay / 1000} s (${t.count} of ${RESTART_LIMIT})`);
     t.timer = setTimeout(() => {
       if (this.closing) return;
-      this.start(name).catch((err: Error) => this.log(`vm ${name}: restart failed: ${err.message}`));
+      this.start(name).catch((err: Error) => this.log(`vm ${name}: restart failed: ${err.message}`, asError(err, { vm: name })));
     }, delay);
   }
 
@@ -84,8 +85,8 @@ export class RestartKeeper {
     for (const rec of listVms(this.storeDir)) {
       if (this.closing) return;
       if (!rec.wanted || !rec.restart || rec.restart === 'no') continue;
-      this.log(`vm ${rec.name}: was running, restart policy ${rec.restart}: starting it`);
-      await this.start(rec.name).catch((err: Error) => this.log(`vm ${rec.name}: start failed: ${err.message}`));
+      this.log(`vm ${rec.name}: was running, restart policy ${rec.restart}: starting it`, { vm: rec.name, policy: rec.restart });
+      await this.start(rec.name).catch((err: Error) => this.log(`vm ${rec.name}: start failed: ${err.message}`, asError(err, { vm: rec.name })));
     }
   }
 

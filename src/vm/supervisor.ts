@@ -27,7 +27,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { DormantError } from '../blockstore/index.js';
+import { DormantError, asError, asWarn, type LogFn } from '../blockstore/index.js';
 import { setCloexec } from '../native/index.js';
 import { MemoryIo, Pager, type PageoutReport, type PrefetchReport, type VmPager } from '../pager/index.js';
 import { PortProxy } from './port-proxy.js';
@@ -49,7 +49,7 @@ export interface SupervisorOptions {
   /** FUSE mount point of the store. */
   mountDir: string;
   nbdSocket: string;
-  log?: (line: string) => void;
+  log?: LogFn;
   /** The FUSE mount's observer of memory-volume traffic (faults, write-back); the supervisor tracks each VM's. */
   io?: MemoryIo;
   /** Page out VMs that turn idle (default true), and the initial idle timeout in seconds. */
@@ -68,7 +68,7 @@ export const STOP_TIMEOUT_MS = 10_000;
 /** Starts, watches and stops the VMs of one store. */
 export class VmSupervisor {
   private readonly vms = new Map<string, Running>();
-  private readonly log: (line: string) => void;
+  private readonly log: LogFn;
   readonly io: MemoryIo;
   private readonly pager: Pager;
   private readonly restarts: RestartKeeper;
@@ -249,7 +249,7 @@ export class VmSupervisor {
   async writeBackAll(): Promise<void> {
     // One at a time: each holds a pool thread until the store has flushed.
     for (const v of [...this.vms.values()].filter((x) => x.state === 'running' && x.pager)) {
-      await v.pager!.writeBack().catch((err: Error) => this.log(`vm ${v.rec.name}: write-back: ${err.message}`));
+      await v.pager!.writeBack().catch((err: Error) => this.log(`vm ${v.rec.name}: write-back: ${err.message}`, asError(err, { vm: v.rec.name })));
     }
   }
 
@@ -274,7 +274,7 @@ export class VmSupervisor {
     const how = signal ? `killed by signal ${signal}` : `exit code ${code}`;
     if (vm.state === 'stopping') {
       vm.state = 'stopped';
-      this.log(`vm ${vm.rec.name}: stopped (${how})`);
+      this.log(`vm ${vm.rec.name}: stopped (${how})`, { vm: vm.rec.name, state: 'stopped', how });
       return;
     }
     if (vm.ending) {
@@ -334,7 +334,7 @@ export class VmSupervisor {
       this.log(`vm ${name}: QMP: ${(err as Error).message}`);
     }
     if (!await gone(5_000)) {
-      this.log(`vm ${name}: QEMU still there, SIGKILL`);
+      this.log(`vm ${name}: QEMU still there, SIGKILL`, asWarn({ vm: name }));
       vm.child.kill('SIGKILL');
       await vm.exited;
     }

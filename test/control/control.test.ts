@@ -65,7 +65,7 @@ describe('control socket input', () => {
     for (const args of [[], ['x'], [1, 4096, 'disk'], ['x', '4096', 'disk'], ['x', 4096, 'disk', 'extra']]) {
       const r = await post('/v1/createVolume', JSON.stringify(args));
       expect(r.status, JSON.stringify(args)).toBe(400);
-      expect(JSON.parse(r.text).error.message).toMatch(/createVolume takes \(string, number, string\)/);
+      expect(JSON.parse(r.text).error.message).toMatch(/^bad control request: createVolume takes \(name: string, size: integer, kind: "disk"\|"memory"\)/);
     }
     expect(store.entries().map((e) => e.name)).toEqual(['v']);
   });
@@ -84,10 +84,10 @@ describe('control socket input', () => {
 });
 
 describe('data verification through the socket', () => {
-  test('verifyData takes (boolean, number) and streams progress up to the total', async () => {
+  test('verifyData takes (repair, rate) and streams progress up to the total', async () => {
     const bad = await post('/v1/verifyData', JSON.stringify([true]));
     expect(bad.status).toBe(400);
-    expect(JSON.parse(bad.text).error.message).toMatch(/verifyData takes \(boolean, number\)/);
+    expect(JSON.parse(bad.text).error.message).toMatch(/verifyData takes \(repair: boolean, rate: number\), got 1 argument$/);
     const seen: Array<[number, number]> = [];
     const r = await new RemoteControl(socket).verifyData(false, 0, (d, t) => seen.push([d, t]));
     expect(r).toMatchObject({ chunks: 2, bytes: 8192, damaged: [], repaired: 0, complete: true });

@@ -374,13 +374,13 @@ describe('serve: the CLI keeps working through the control socket', () => {
     expect(volumes.map((v) => v.name)).toEqual(['empty', 'golden', 'golden@base', 'vm1', 'vm2', 'vm2@s1']);
   });
 
-  it('logged one "connected" and one "disconnected" line per NBD connection, and nothing else went wrong', async () => {
+  it('logged one "connected" and one "disconnected" line per NBD connection (and "opened" once it chose an export), and nothing else went wrong', async () => {
     const c = await waitAllDisconnected(d);
     expect(c.connected.length).toBeGreaterThanOrEqual(8);
     expect(new Set(c.connected).size).toBe(c.connected.length);
     expect([...c.disconnected].sort()).toEqual([...c.connected].sort());
     const unexpected = d.stderr().split('\n').filter(Boolean)
-      .filter((l) => !/ (nbd: conn#\d+ (connected from|disconnected)|dormant serve: store) /.test(l));
+      .filter((l) => !/ (nbd: (conn#\d+ (connected from|opened|disconnected)|export=\S+ in the last)|dormant serve: store) /.test(l));
     expect(unexpected).toEqual([]);
     expect(d.stderr()).not.toMatch(/errors=[1-9]/);
     expect(d.stdout()).toBe('');
@@ -751,7 +751,7 @@ describe('serve: connection log lines', () => {
     expect(await d.stop()).toEqual({ code: 0, signal: null });
     // Nothing but the ready line, the connection lines and the two shutdown lines.
     const lines = d.stderr().split('\n').filter(Boolean);
-    const other = lines.filter((l) => !/ nbd: conn#\d+ (connected from|disconnected) /.test(l));
+    const other = lines.filter((l) => !/ nbd: (conn#\d+ (connected from|opened|disconnected)|export=\S+ in the last) /.test(l));
     expect(other.map((l) => l.replace(/^\S+ /, '').replace(/:.*/, ''))).toEqual(
       ['dormant serve', 'dormant serve', 'dormant serve']);
     expect(other[1]).toMatch(/SIGTERM: finishing in-flight requests, flushing$/);
