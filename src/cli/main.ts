@@ -12,6 +12,7 @@ import { addImageCommands } from './image.js';
 import { addVmCommands } from './vm.js';
 import { addTopCommand } from './top.js';
 import { addTransferCommands } from './transfer.js';
+import { addPlanCommand } from './plan.js';
 import { EXIT_USER, reportError } from './exit.js';
 
 /** Builds the program; `run` wraps each action so errors become exit codes. */
@@ -39,6 +40,7 @@ export function buildProgram(): Command {
   addVmCommands(program, run);
   addTopCommand(program, run);
   addTransferCommands(program, run);
+  addPlanCommand(program, run);
   for (const c of program.commands) c.exitOverride();
   // Each (sub)command's usage errors point to its own --help.
   const walk = (c: Command, name: string): void => {

@@ -20,13 +20,17 @@
  * are and `safe` is false: carried out in that order, one would overfill a
  * host for a while.
  */
-import { EPS, fits, groups, needMB } from './estimator.js';
+import { EPS, fits, groups, migrationCount, needMB } from './estimator.js';
 import type { Instance } from './plan-input.js';
 
-/** A host for each group (`assign` relabelled) that keeps the most VMs where they are now. */
+/**
+ * A host for each group (`assign` relabelled) that keeps the most VMs
+ * where they are now. `assign` may put a group on a host it does not fit
+ * (the local search's groups); the result never does, when the groups can
+ * fit distinct hosts at all.
+ */
 export function relabel(inst: Instance, assign: readonly number[]): number[] {
   const g = groups(inst, assign);
-  const hosts = g.length;
   const BIG = 1e9;
   const cost = g.map((members) => {
     const need = needMB(inst, members);
@@ -38,15 +42,10 @@ export function relabel(inst: Instance, assign: readonly number[]): number[] {
     });
   });
   const hostOf = hungarian(cost);
-  if (hostOf.some((h, i) => cost[i][h] >= BIG)) return [...assign]; // cannot happen: the identity fits
-  let moved = 0;
-  let movedBefore = 0;
-  assign.forEach((h, v) => {
-    if (hostOf[h] !== inst.initial[v]) moved++;
-    if (h !== inst.initial[v]) movedBefore++;
-  });
-  if (moved >= movedBefore || hosts < 2) return [...assign];
-  return assign.map((h) => hostOf[h]);
+  const relabelled = assign.map((h) => hostOf[h]);
+  if (g.some((_, i) => cost[i][hostOf[i]] >= BIG)) return [...assign]; // cannot happen for a feasible grouping
+  if (!g.every((members, h) => fits(needMB(inst, members), inst.capacity[h]))) return relabelled;
+  return migrationCount(inst, relabelled) < migrationCount(inst, assign) ? relabelled : [...assign];
 }
 
 /**

@@ -32,7 +32,7 @@ export interface PlanOptions {
   method?: 'search' | 'greedy' | 'exhaustive';
   /** Kick-and-descend rounds after the first descents (default 60). */
   rounds?: number;
-  /** Time after which the search stops where it is (default 2000 ms). */
+  /** Time after which the search stops where it is (default 5000 ms). */
   timeLimitMs?: number;
   /** Seed of the search's random kicks (default 1). */
   seed?: number;
@@ -82,7 +82,7 @@ export function placeVms(inst: Instance, o: PlanOptions = {}): number[] {
     if (!best) throw noPlacement(inst);
     return best.assign;
   }
-  const deadline = Date.now() + (o.timeLimitMs ?? 2000);
+  const deadline = Date.now() + (o.timeLimitMs ?? 5000);
   const starts: number[][] = [];
   const g = greedyPlacement(inst);
   if (g) starts.push(g);
