@@ -16,9 +16,15 @@
  * hosts one at a time, so the last ones may be full) go, largest first,
  * where they fit with the most room left; if one fits nowhere the greedy
  * fails and returns null.
+ *
+ * `packedPlacement` is the fallback when neither the greedy nor the current
+ * placement fits: bin packing, VMs largest first (then in random orders),
+ * each onto the host where it saves most and, on a tie, leaves the least
+ * room.
  */
-import { EPS, fits, needMB } from './estimator.js';
+import { EPS, fits, needMB, savedMB } from './estimator.js';
 import type { Instance } from './plan-input.js';
+import { mulberry32 } from './synthetic.js';
 
 /** The seed's expected sharing of `candidate` with `members`. */
 export function expectedSharingMB(inst: Instance, members: readonly number[], candidate: number): number {
@@ -96,4 +102,38 @@ export function greedyPlacement(inst: Instance): number[] | null {
   }
   members.forEach((g, h) => { for (const v of g) assign[v] = h; });
   return assign;
+}
+
+/** A placement within capacities by best-fit packing, or null after `tries` orders. */
+export function packedPlacement(inst: Instance, tries = 50, seed = 1): number[] | null {
+  const n = inst.size.length;
+  const rand = mulberry32(seed);
+  const order = Array.from({ length: n }, (_, v) => v).sort((a, b) => inst.size[b] - inst.size[a] || a - b);
+  for (let t = 0; t < tries; t++) {
+    if (t > 0) {
+      for (let i = n - 1; i > 0; i--) {
+        const j = Math.floor(rand() * (i + 1));
+        [order[i], order[j]] = [order[j], order[i]];
+      }
+    }
+    const members: number[][] = inst.capacity.map(() => []);
+    const assign = new Array<number>(n).fill(-1);
+    let placed = true;
+    for (const v of order) {
+      let where = -1;
+      let gain = -Infinity;
+      let room = Infinity;
+      for (let h = 0; h < members.length; h++) {
+        const left = inst.capacity[h] - needMB(inst, members[h], v);
+        if (left < -EPS) continue;
+        const g = savedMB(inst, members[h], v) - savedMB(inst, members[h]);
+        if (g > gain + EPS || (g >= gain - EPS && left < room)) { where = h; gain = g; room = left; }
+      }
+      if (where < 0) { placed = false; break; }
+      members[where].push(v);
+      assign[v] = where;
+    }
+    if (placed) return assign;
+  }
+  return null;
 }

@@ -1,8 +1,8 @@
 /**
- * Improving a placement by local search: moves (one VM to another host)
- * and swaps (two VMs on two hosts trade places), each kept only when it
- * leaves every host it touches within its capacity and makes the plan
- * better. Better means, in this order: more MB saved (estimator.ts), then
+ * Improving a placement by local search: moves (one VM to another group)
+ * and swaps (two VMs of two groups trade places), each kept only when the
+ * groups still fit the hosts (below) and it makes the plan better.
+ * Better means, in this order: more MB saved (estimator.ts), then
  * fewer VMs off their current host, so a move that saves nothing but
  * brings a VM home is taken too. Every step is a strict improvement of
  * that pair, so a descent ends; it also ends at the deadline.
@@ -25,7 +25,7 @@
  * group), `saved` and `size` per group, kept in step with every applied
  * change; `capSorted`, the capacities largest first.
  */
-import { EPS, groups, savedMB, sizeMB } from './estimator.js';
+import { EPS, groups, migrationCount, savedMB, sizeMB, totalSavedMB } from './estimator.js';
 import type { Instance } from './plan-input.js';
 import { mulberry32 } from './synthetic.js';
 
@@ -171,7 +171,7 @@ class Search {
     return true;
   }
 
-  /** The best swap of `v` with a VM on another host, applied if it improves the plan. */
+  /** The best swap of `v` with a VM of another group, applied if it improves the plan. */
   private trySwaps(v: number): boolean {
     const { inst } = this;
     const a = this.assign[v];
@@ -264,7 +264,7 @@ function settle(
 
 /** The score of a placement. */
 export function scoreOf(inst: Instance, assign: readonly number[]): Score {
-  return new Search(inst, assign).score();
+  return { saved: totalSavedMB(inst, assign), migrations: migrationCount(inst, assign) };
 }
 
 /**

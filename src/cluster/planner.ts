@@ -5,7 +5,8 @@
  *
  *   method "search" (the default):
  *     1. starts: the seed's greedy (greedy.ts) and the current placement
- *        (when it is within capacities);
+ *        (when it is within capacities); when neither fits, best-fit
+ *        packing in several orders, and for small inputs enumeration;
  *     2. from each, a descent of moves and swaps (local-search.ts), the
  *        groups relabelled onto hosts to keep the most VMs in place
  *        (migrations.ts), and a descent again;
@@ -22,7 +23,7 @@
 import { DormantError } from '../blockstore/index.js';
 import { optimalPlacement } from './brute-force.js';
 import { feasible, fits, groups, needMB } from './estimator.js';
-import { greedyPlacement } from './greedy.js';
+import { greedyPlacement, packedPlacement } from './greedy.js';
 import { better, iteratedSearch } from './local-search.js';
 import { orderMigrations, relabel } from './migrations.js';
 import { toInstance, type Instance, type PlanInput } from './plan-input.js';
@@ -87,7 +88,10 @@ export function placeVms(inst: Instance, o: PlanOptions = {}): number[] {
   const g = greedyPlacement(inst);
   if (g) starts.push(g);
   if (feasible(inst, inst.initial)) starts.push(inst.initial);
-  if (starts.length === 0) throw noPlacement(inst);
+  if (starts.length === 0) {
+    for (const a of [packedPlacement(inst), smallOptimum(inst)]) if (a) starts.push(a);
+    if (starts.length === 0) throw noPlacement(inst);
+  }
   const polish = (a: number[]) => relabel(inst, a);
   const seed = o.seed ?? 1;
   let best = iteratedSearch(inst, starts[0], { rounds: 0, deadline, seed }, polish);
@@ -96,6 +100,12 @@ export function placeVms(inst: Instance, o: PlanOptions = {}): number[] {
     if (better(r.score, best.score)) best = r;
   }
   return iteratedSearch(inst, best.assign, { rounds: o.rounds ?? 60, deadline, seed }, polish).assign;
+}
+
+/** For inputs small enough to enumerate (at most 100,000 placements), the optimum; else null. */
+function smallOptimum(inst: Instance): number[] | null {
+  if (inst.capacity.length ** inst.size.length > 100_000) return null;
+  return optimalPlacement(inst)?.assign ?? null;
 }
 
 function noPlacement(inst: Instance): DormantError {

@@ -261,7 +261,22 @@ describe('input checks', () => {
     try { checkPlanInput({}); } catch (err) { expect((err as { code: string }).code).toBe('EINVAL'); }
   });
 
-  it('says so when no placement fits', () => {
+  it('finds a placement by packing when the greedy fails and the current placement overfills a host', () => {
+    const input: PlanInput = {
+      hosts: [{ name: 'A', capacityMB: 1000 }, { name: 'B', capacityMB: 600 }],
+      vms: [
+        { name: 'p', sizeMB: 600, host: 'A' }, { name: 'q', sizeMB: 400, host: 'A' },
+        { name: 'r', sizeMB: 400, host: 'A' }, { name: 's', sizeMB: 200, host: 'A' },
+      ],
+      sharingMB: [['p', 's', 1]],
+    };
+    expect(greedyPlacement(toInstance(input))).toBeNull(); // p+s first, then q and r fit nowhere together
+    const r = plan(input);
+    expect(byHost(r)).toEqual({ A: ['q', 'r', 's'], B: ['p'] });
+    expectConsistent(input, r);
+  });
+
+    it('says so when no placement fits', () => {
     const input: PlanInput = {
       hosts: [{ name: 'A', capacityMB: 1024 }],
       vms: [{ name: 'x', sizeMB: 1024, host: 'A' }, { name: 'y', sizeMB: 512, host: 'A' }],
