@@ -1,7 +1,7 @@
 /**
  * `dormant plan --input FILE [--json]` through the real CLI: the seed's
  * worked example as text and as JSON (parsed and checked for consistency),
- * and every bad input the issue lists as one line on stderr and exit 1.
+ * the warning when no migration order is safe, and every bad input the issue lists as one line on stderr and exit 1.
  * Needs no store.
  */
 import fs from 'node:fs';
@@ -58,6 +58,22 @@ describe('dormant plan', () => {
     const out = expectOk(dormant(['plan', '--input', file]));
     expect(out).toContain('saved 0 MB');
     expect(out).toContain('no migrations: every VM stays where it is');
+  });
+
+  it('warns when no order of the migrations keeps every host within its capacity', () => {
+    const file = inputFile('cycle.json', JSON.stringify({
+      hosts: [{ name: 'A', capacityMB: 2048 }, { name: 'B', capacityMB: 2048 }],
+      vms: [
+        { name: 'a1', sizeMB: 1024, host: 'A' }, { name: 'a2', sizeMB: 1024, host: 'A' },
+        { name: 'b1', sizeMB: 1024, host: 'B' }, { name: 'b2', sizeMB: 1024, host: 'B' },
+      ],
+      sharingMB: [['a1', 'b1', 500], ['a2', 'b2', 500]],
+    }));
+    const out = expectOk(dormant(['plan', '--input', file]));
+    expect(out).toContain('saved 1000 MB');
+    expect(out).toMatch(/2 migrations, in this order:\n {2}1\. \w+: [AB] -> [AB]\n {2}2\. \w+: [AB] -> [AB]\n/);
+    expect(out).toMatch(/\nwarning: no order found that keeps every host within its capacity while the VMs move one at a time\n$/);
+    expect(JSON.parse(expectOk(dormant(['plan', '--input', file, '--json']))).safeOrder).toBe(false);
   });
 
   const bad: [string, (x: any) => void, RegExp][] = [
