@@ -12,6 +12,7 @@ import { addImageCommands } from './image.js';
 import { addVmCommands } from './vm.js';
 import { addTopCommand } from './top.js';
 import { addMigrateCommand, addTransferCommands } from './transfer.js';
+import { addPlanCommand } from './plan.js';
 import { EXIT_USER, reportError } from './exit.js';
 import { setQuiet } from './quiet.js';
 
@@ -43,6 +44,7 @@ export function buildProgram(): Command {
   addTopCommand(program, run);
   addTransferCommands(program, run);
   addMigrateCommand(program, run);
+  addPlanCommand(program, run);
   for (const c of program.commands) c.exitOverride();
   // Each (sub)command's usage errors point to its own --help.
   const walk = (c: Command, name: string): void => {
