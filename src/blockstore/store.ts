@@ -430,9 +430,16 @@ export class Store implements VolumeHost {
    * the snapshot its lineage was branched from: what another store needs to
    * rebuild it from the chunks it lacks (src/migrate).
    */
-  async blockHashes(name: string): Promise<BlockHashList & { origin: string | null }> {
-    const list = await this.inventory.blockHashes(await this.chunkMap(name));
-    return { ...list, origin: this.catalog.lineage(this.catalog.resolve(name).lineage).origin };
+  async blockHashes(name: string): Promise<BlockHashList & { origin: string | null; ids: Float64Array }> {
+    const ids = await this.chunkMap(name);
+    const list = await this.inventory.blockHashes(ids);
+    return { ...list, ids, origin: this.catalog.lineage(this.catalog.resolve(name).lineage).origin };
+  }
+
+  /** The hashes of chunks `ids` (from `chunkMap`; 0 = hole), in order, as a BlockHashList of that many blocks. */
+  chunkHashes(ids: Float64Array): Promise<BlockHashList> {
+    this.live();
+    return this.inventory.blockHashes(ids);
   }
 
   /** One byte per 16-byte hash: 1 when this store holds that chunk. */

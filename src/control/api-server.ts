@@ -14,7 +14,9 @@
  *   POST /v1/receive[?as=NAME]          a manifest -> {id, needed, chunksPresent} (a push begins)
  *   GET  /v1/receive/<id>/needed        16-byte hashes of the chunks still needed
  *   PUT  /v1/receive/<id>/chunks        (hash, 4 KiB) records -> {accepted}
- *   POST /v1/receive/<id>/commit        -> {volume, origin}
+ *   POST /v1/receive/<id>/commit[?partial=1]  -> {volume, origin} (partial: although chunks are missing)
+ *   POST /v1/patch                      a patch (src/migrate/patch.ts) -> {id, needed, chunksPresent}; then
+ *                                       needed, chunks and commit as for a receive
  *   POST /v1/vms/<vm>/incoming/check    a VM's record and kernel hashes -> {ok} (it can come here)
  *   POST /v1/vms/<vm>/incoming          the same -> {uri}: QEMU waits there for the device state
  *   POST /v1/vms/<vm>/incoming/finish   -> {state, hostPort}: the guest resumed here (the commit point)
@@ -115,7 +117,9 @@ export async function serveApi(store: Store, control: StoreControl, receiver: Re
       json({ accepted: await receiver.chunks(b, await readBody(req, MAX_CHUNKS)) });
     } else if (m === 'POST' && a === 'receive' && b && c === 'commit') {
       req.resume();
-      json(await receiver.commit(b));
+      json(await receiver.commit(b, url.searchParams.get('partial') === '1'));
+    } else if (m === 'POST' && a === 'patch' && !b) {
+      json(await receiver.beginPatch(await readBody(req, MAX_MANIFEST)));
     } else if (m === 'POST' && a === 'vms' && b && c === 'incoming') {
       const step = parts[4];
       const body = await readBody(req, MAX_SMALL);

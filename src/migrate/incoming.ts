@@ -12,9 +12,8 @@
  * When the manifest's origin snapshot (`golden@base`) is here with the same
  * digest, the staging volume is a branch of it and inherits its blocks.
  */
-import {
-  BLOCK_SIZE, DormantError, HASH_SIZE, isHole, splitName, xxh3, type Store, type VolumeHandle,
-} from '../blockstore/index.js';
+import { DormantError, HASH_SIZE, isHole, splitName, type Store, type VolumeHandle } from '../blockstore/index.js';
+import { ChunkPlacer } from './placer.js';
 import { contentDigest, digestOf, type Manifest } from './manifest.js';
 
 /** Suffix of the staging volume of a transfer. */
@@ -46,16 +45,25 @@ export function targetNames(m: Manifest, as?: string): { volume: string; full: s
   return { volume: target, full: snap === null ? target : `${target}@${snap}`, snap };
 }
 
-/** A volume being received. */
-export class IncomingVolume {
-  /** Hashes (16 bytes each) of the chunks to be sent, in order of first use. */
+/** What a receiving host keeps per transfer (a whole volume here, or a patch: patch.ts). */
+export interface ReceiveSession {
+  /** The volume it writes (by its final name). */
+  readonly target: string;
+  /** What the sender called it (for log lines). */
+  readonly label: string;
+  /** Hashes (16 bytes each) of the chunks to be sent. */
   readonly needed: Buffer;
-  /** Distinct data chunks already held here. */
   readonly chunksPresent: number;
-  /** Chunks received so far. */
-  chunksReceived = 0;
-  /** Blocks to write per needed hash (hex). */
-  private readonly waiting = new Map<string, number[]>();
+  readonly remaining: number;
+  readonly chunksReceived: number;
+  accept(hashes: Buffer, at: number, data: Buffer, dataAt: number): Promise<void>;
+  /** `partial`: commit although chunks are missing (a pre-copy round; their blocks are fixed by a patch). */
+  finish(partial?: boolean): Promise<{ volume: string; origin: string | null; missing?: number }>;
+  close(): Promise<void>;
+}
+
+/** A volume being received. */
+export class IncomingVolume implements ReceiveSession {
   private closed = false;
 
   private constructor(
@@ -65,14 +73,16 @@ export class IncomingVolume {
     readonly staging: string,
     readonly origin: string | null,
     private readonly handle: VolumeHandle,
-    needed: Buffer,
-    present: number,
-    waiting: Map<string, number[]>,
-  ) {
-    this.needed = needed;
-    this.chunksPresent = present;
-    this.waiting = waiting;
-  }
+    private readonly placer: ChunkPlacer,
+    /** Hashes (16 bytes each) of the chunks to be sent, in order of first use. */
+    readonly needed: Buffer,
+    /** Distinct data chunks already held here. */
+    readonly chunksPresent: number,
+  ) {}
+
+  get target(): string { return this.names.volume; }
+  get label(): string { return this.manifest.header.name; }
+  get chunksReceived(): number { return this.placer.chunksReceived; }
 
   /** True when the transfer's result is already here with the manifest's content (nothing to do). */
   static async alreadyHere(store: Store, m: Manifest, as?: string): Promise<boolean> {
@@ -120,36 +130,24 @@ export class IncomingVolume {
     try {
       // Blocks already right (inherited or written by an earlier attempt) stay; holes are zeroed;
       // the rest wait for their chunk, grouped by hash.
-      const waiting = new Map<string, number[]>();
+      const placer = new ChunkPlacer(handle, header.size);
+      const wanted = new Map<string, number[]>();
       for (let b = 0; b < header.blocks; b++) {
         const wantHole = isHole(m.holes, b);
         const curHole = isHole(cur.holes, b);
         if (wantHole) {
-          if (!curHole) await handle.zero(b * BLOCK_SIZE, blockLength(header.size, b));
+          if (!curHole) await placer.zero(b);
           continue;
         }
         const at = b * HASH_SIZE;
         if (!curHole && m.hashes.compare(cur.hashes, at, at + HASH_SIZE, at, at + HASH_SIZE) === 0) continue;
         const key = m.hashes.toString('hex', at, at + HASH_SIZE);
-        const list = waiting.get(key);
-        if (list) list.push(b); else waiting.set(key, [b]);
+        const list = wanted.get(key);
+        if (list) list.push(b); else wanted.set(key, [b]);
       }
-      const distinct = [...waiting.keys()];
-      const have = store.haveChunks(Buffer.from(distinct.join(''), 'hex'));
-      const needed: string[] = [];
-      let present = countDistinctData(m) - distinct.length;
-      const buf = Buffer.alloc(BLOCK_SIZE);
-      for (let i = 0; i < distinct.length; i++) {
-        const key = distinct[i];
-        if (have[i] && store.readChunkByHash(Buffer.from(key, 'hex'), 0, buf, 0)) {
-          for (const b of waiting.get(key)!) await handle.write(b * BLOCK_SIZE, buf.subarray(0, blockLength(header.size, b)));
-          waiting.delete(key);
-          present++;
-        } else {
-          needed.push(key);
-        }
-      }
-      return new IncomingVolume(store, m, names, staging, origin, handle, Buffer.from(needed.join(''), 'hex'), present, waiting);
+      const { needed, present } = await placer.fill(store, wanted);
+      return new IncomingVolume(store, m, names, staging, origin, handle, placer, needed,
+        countDistinctData(m) - wanted.size + present);
     } catch (err) {
       await handle.close();
       throw err;
@@ -158,47 +156,38 @@ export class IncomingVolume {
 
   /** Chunks still to come. */
   get remaining(): number {
-    return this.waiting.size;
+    return this.placer.remaining;
   }
 
-  /**
-   * Takes the chunk named hashes[at, at + 16) whose bytes are data[dataAt,
-   * dataAt + 4096): checked against its name (EINVAL if they differ:
-   * corrupted in flight; nothing is written), then written wherever the
-   * volume uses it. A chunk not (or no longer) waited for is ignored.
-   */
+  /** See ChunkPlacer.accept. */
   async accept(hashes: Buffer, at: number, data: Buffer, dataAt: number): Promise<void> {
     if (this.closed) throw new DormantError('ECLOSED', 'transfer is closed');
-    const key = hashes.toString('hex', at, at + HASH_SIZE);
-    const blocks = this.waiting.get(key);
-    if (!blocks) return;
-    const bytes = data.subarray(dataAt, dataAt + BLOCK_SIZE);
-    if (bytes.length !== BLOCK_SIZE || !xxh3(bytes).equals(hashes.subarray(at, at + HASH_SIZE))) {
-      throw new DormantError('EINVAL', `chunk ${key} does not match its hash (corrupted in flight): nothing of it was written`);
-    }
-    this.waiting.delete(key);
-    for (const b of blocks) await this.handle.write(b * BLOCK_SIZE, bytes.subarray(0, blockLength(this.manifest.header.size, b)));
-    this.chunksReceived++;
+    await this.placer.accept(hashes, at, data, dataAt);
   }
 
   /**
    * Commits: checks the staging volume reads as the manifest says, makes it
    * durable, renames it to its name (and freezes the snapshot sent, if
-   * one was). EINVAL while chunks are missing.
+   * one was). EINVAL while chunks are missing, unless `partial` (a VM
+   * migration's pre-copy: the blocks still missing are sent as a patch once
+   * the guest has paused; no digest check then).
    */
-  async finish(): Promise<{ volume: string; origin: string | null }> {
-    if (this.waiting.size > 0) {
-      throw new DormantError('EINVAL', `transfer of '${this.manifest.header.name}' is incomplete: ${this.waiting.size} chunks missing`);
+  async finish(partial = false): Promise<{ volume: string; origin: string | null; missing?: number }> {
+    const missing = this.placer.remaining;
+    if (missing > 0 && !partial) {
+      throw new DormantError('EINVAL', `transfer of '${this.manifest.header.name}' is incomplete: ${missing} chunks missing`);
     }
     await this.close();
     await this.store.flush();
-    const got = await this.store.blockHashes(this.staging);
-    if (contentDigest(this.manifest.header.size, got.hashes, got.holes) !== this.manifest.header.digest) {
-      throw new DormantError('EIO', `'${this.staging}' does not read as '${this.manifest.header.name}' did on the sender after the transfer`);
+    if (!partial) {
+      const got = await this.store.blockHashes(this.staging);
+      if (contentDigest(this.manifest.header.size, got.hashes, got.holes) !== this.manifest.header.digest) {
+        throw new DormantError('EIO', `'${this.staging}' does not read as '${this.manifest.header.name}' did on the sender after the transfer`);
+      }
     }
     await this.store.rename(this.staging, this.names.volume);
     if (this.names.snap !== null) await this.store.snapshot(this.names.volume, this.names.snap);
-    return { volume: this.names.full, origin: this.origin };
+    return { volume: this.names.full, origin: this.origin, ...(partial ? { missing } : {}) };
   }
 
   /** Releases the staging volume's handle (the staging volume stays for a later attempt). */
@@ -207,11 +196,6 @@ export class IncomingVolume {
     this.closed = true;
     await this.handle.close();
   }
-}
-
-/** Bytes of block `b` inside a volume of `size` bytes (the last block may be short). */
-function blockLength(size: number, b: number): number {
-  return Math.min(BLOCK_SIZE, size - b * BLOCK_SIZE);
 }
 
 /** Distinct hashes of a manifest's data blocks. */

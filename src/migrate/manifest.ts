@@ -39,6 +39,8 @@ export interface Manifest {
   header: ManifestHeader;
   hashes: Buffer;
   holes: Uint8Array;
+  /** On the sending host: the chunk id of each block it was built from (not sent). */
+  ids?: Float64Array;
 }
 
 /** SHA-256 hex of a volume's content as size + hashes + hole bits. */
@@ -82,6 +84,7 @@ export async function buildManifest(store: Store, name: string): Promise<Manifes
     },
     hashes: list.hashes,
     holes: list.holes,
+    ids: list.ids,
   };
 }
 

@@ -15,7 +15,8 @@
  */
 import crypto from 'node:crypto';
 import { BLOCK_SIZE, DormantError, HASH_SIZE, type ProgressFn, type Store } from '../blockstore/index.js';
-import { IncomingVolume, targetNames, type TransferResult } from './incoming.js';
+import { IncomingVolume, targetNames, type ReceiveSession, type TransferResult } from './incoming.js';
+import { buildPatch, PatchVolume } from './patch.js';
 import { buildManifest, decodeManifest, encodeManifest, type Manifest } from './manifest.js';
 import { request, requestJson, type RemoteHost } from './remote.js';
 
@@ -79,30 +80,65 @@ interface ReceiveBegin {
 
 /** Options of a push. */
 export interface PushOptions {
+  /** The manifest to send, built beforehand (a VM migration keeps its chunk ids to patch the volume later). */
+  manifest?: Manifest;
   /**
-   * A pre-copy round (VM migration, while the guest still runs): send what
-   * the receiver lacks but do not commit; chunks gone meanwhile are skipped.
-   * The receiver keeps the staging volume, so the final push sends only
-   * what changed since.
+   * A pre-copy round (VM migration, while the guest still runs): chunks
+   * gone since the manifest was built are skipped, and the receiver
+   * commits all the same; the blocks that use them are sent in the patch
+   * that follows (`missing` lists their hashes).
    */
-  precopy?: boolean;
+  partial?: boolean;
 }
+
+/** What a push reports: the transfer, and with `partial` the hashes (hex) it could not send. */
+export type PushResult = TransferResult & { missing?: Set<string> };
 
 /** Sends `name` (`vol` or `vol@snap`) of `store` to `host` (as `as`). */
 export async function push(store: Store, host: RemoteHost, name: string, as?: string, progress?: ProgressFn,
-  opts: PushOptions = {}): Promise<TransferResult> {
+  opts: PushOptions = {}): Promise<PushResult> {
   const t0 = performance.now();
-  const m = await buildManifest(store, name);
+  const m = opts.manifest ?? await buildManifest(store, name);
   const wire = encodeManifest(m);
-  let bytesSent = wire.length;
   const q = as === undefined ? '' : `?as=${encodeURIComponent(as)}`;
   const begin = await requestJson<ReceiveBegin>(host, 'POST', `/v1/receive${q}`, wire);
   if (begin.alreadyPresent) {
-    return { volume: begin.volume ?? targetNames(m, as).full, logicalBytes: m.header.size, bytesSent, chunksSent: 0, chunksPresent: 0,
-      origin: null, seconds: seconds(t0), alreadyPresent: true };
+    return { volume: begin.volume ?? targetNames(m, as).full, logicalBytes: m.header.size, bytesSent: wire.length, chunksSent: 0,
+      chunksPresent: 0, origin: null, seconds: seconds(t0), alreadyPresent: true };
   }
-  const needed = (await request(host, 'GET', `/v1/receive/${begin.id}/needed`)).body;
+  const sent = await sendChunks(store, host, begin.id, name, progress, Boolean(opts.partial));
+  const r = await requestJson<{ volume: string; origin: string | null }>(host, 'POST',
+    `/v1/receive/${begin.id}/commit${opts.partial ? '?partial=1' : ''}`);
+  return { volume: r.volume, logicalBytes: m.header.size, bytesSent: wire.length + sent.bytes, chunksSent: sent.chunks,
+    chunksPresent: begin.chunksPresent, origin: r.origin, seconds: seconds(t0), ...(opts.partial ? { missing: sent.missing } : {}) };
+}
+
+/**
+ * Sends the blocks of `name` whose chunk ids are no longer `before` as a
+ * patch (patch.ts) applied in place on `host`; the patched volume must be
+ * there, as the push that `before` describes left it.
+ */
+export async function pushPatch(store: Store, host: RemoteHost, name: string, before: Float64Array,
+  progress?: ProgressFn): Promise<{ bytesSent: number; blocks: number; chunksSent: number }> {
+  const { wire, count } = await buildPatch(store, name, before);
+  const begin = await requestJson<ReceiveBegin>(host, 'POST', '/v1/patch', wire);
+  const sent = begin.needed > 0 ? await sendChunks(store, host, begin.id, name, progress, false) : { bytes: 0, chunks: 0 };
+  await requestJson(host, 'POST', `/v1/receive/${begin.id}/commit`);
+  return { bytesSent: wire.length + sent.bytes, blocks: count, chunksSent: sent.chunks };
+}
+
+/**
+ * Sends the chunks receive session `id` on `host` asks for, batches of
+ * BATCH, IN_FLIGHT at once; with `skipMissing`, chunks this store no
+ * longer has are left out (and listed) instead of failing.
+ */
+async function sendChunks(store: Store, host: RemoteHost, id: string, name: string, progress: ProgressFn | undefined,
+  skipMissing: boolean): Promise<{ bytes: number; chunks: number; missing: Set<string> }> {
+  const needed = (await request(host, 'GET', `/v1/receive/${id}/needed`)).body;
   const total = needed.length / HASH_SIZE;
+  const missing = new Set<string>();
+  let bytes = needed.length;
+  let chunks = 0;
   let next = 0;
   let done = 0;
   progress?.(0, total * BLOCK_SIZE);
@@ -118,25 +154,20 @@ export async function push(store: Store, host: RemoteHost, name: string, as?: st
         const rec = records * (HASH_SIZE + BLOCK_SIZE);
         needed.copy(full, rec, at, at + HASH_SIZE);
         if (store.readChunkByHash(needed, at, full, rec + HASH_SIZE)) { records++; continue; }
-        if (opts.precopy) continue; // rewritten since the manifest: the final round sends its successor
+        if (skipMissing) { missing.add(needed.toString('hex', at, at + HASH_SIZE)); continue; }
         throw new DormantError('EIO', `chunk ${needed.toString('hex', at, at + HASH_SIZE)} of '${name}' is no longer here `
           + '(the volume changed during the transfer: snapshot it and send the snapshot)');
       }
       const body = full.subarray(0, records * (HASH_SIZE + BLOCK_SIZE));
-      if (records > 0) await request(host, 'PUT', `/v1/receive/${begin.id}/chunks`, body);
-      bytesSent += body.length;
+      if (records > 0) await request(host, 'PUT', `/v1/receive/${id}/chunks`, body);
+      bytes += body.length;
+      chunks += records;
       done += n;
       progress?.(done * BLOCK_SIZE, total * BLOCK_SIZE);
     }
   };
   await Promise.all(Array.from({ length: IN_FLIGHT }, worker));
-  if (opts.precopy) {
-    return { volume: targetNames(m, as).full, logicalBytes: m.header.size, bytesSent, chunksSent: total, chunksPresent: begin.chunksPresent,
-      origin: null, seconds: seconds(t0) };
-  }
-  const r = await requestJson<{ volume: string; origin: string | null }>(host, 'POST', `/v1/receive/${begin.id}/commit`);
-  return { volume: r.volume, logicalBytes: m.header.size, bytesSent, chunksSent: total, chunksPresent: begin.chunksPresent,
-    origin: r.origin, seconds: seconds(t0) };
+  return { bytes, chunks, missing };
 }
 
 /** Answers a chunk fetch: the bytes of each chunk named in `hashes`, in order (ENOENT naming the first one missing). */
@@ -158,9 +189,9 @@ export function readChunks(store: Store, hashes: Buffer): Buffer {
 /** Sessions idle this long are dropped (their staging volume stays for a later attempt). */
 const SESSION_IDLE_MS = 10 * 60_000;
 
-interface Session { inc: IncomingVolume; timer: NodeJS.Timeout }
+interface Session { inc: ReceiveSession; timer: NodeJS.Timeout }
 
-/** The receiving side of pushes: one session per volume being received. */
+/** The receiving side of pushes and patches: one session per volume being received. */
 export class Receiver {
   private readonly sessions = new Map<string, Session>();
 
@@ -170,12 +201,21 @@ export class Receiver {
   async begin(wire: Buffer, as?: string): Promise<ReceiveBegin> {
     const m: Manifest = decodeManifest(wire);
     const names = targetNames(m, as);
-    for (const [id, s] of this.sessions) if (s.inc.names.volume === names.volume) await this.drop(id);
+    await this.forget(names.volume);
     if (await IncomingVolume.alreadyHere(this.store, m, as)) return { id: '', needed: 0, chunksPresent: 0, alreadyPresent: true, volume: names.full };
-    const inc = await IncomingVolume.open(this.store, m, as);
+    return this.add(await IncomingVolume.open(this.store, m, as), `as ${names.full}`);
+  }
+
+  /** Starts applying patch `wire` (patch.ts) to a volume here. */
+  async beginPatch(wire: Buffer): Promise<ReceiveBegin> {
+    const p = await PatchVolume.open(this.store, wire);
+    return this.add(p, '');
+  }
+
+  private add(inc: ReceiveSession, how: string): ReceiveBegin {
     const id = crypto.randomBytes(12).toString('hex');
     this.sessions.set(id, { inc, timer: this.idleTimer(id) });
-    this.log(`receive ${m.header.name} as ${names.full}: ${inc.remaining} chunks to come, ${inc.chunksPresent} here already`);
+    this.log(`receive ${inc.label}${how ? ` ${how}` : ''}: ${inc.remaining} chunks to come, ${inc.chunksPresent} here already`);
     return { id, needed: inc.remaining, chunksPresent: inc.chunksPresent };
   }
 
@@ -193,19 +233,20 @@ export class Receiver {
     return body.length / rec;
   }
 
-  /** Commits session `id`. */
-  async commit(id: string): Promise<{ volume: string; origin: string | null }> {
+  /** Commits session `id` (`partial`: although chunks are missing; see ReceiveSession.finish). */
+  async commit(id: string, partial = false): Promise<{ volume: string; origin: string | null; missing?: number }> {
     const s = this.session(id);
-    const r = await s.inc.finish();
+    const r = await s.inc.finish(partial);
     clearTimeout(s.timer);
     this.sessions.delete(id);
-    this.log(`received ${s.inc.manifest.header.name} as ${r.volume}: ${s.inc.chunksReceived} chunks sent, ${s.inc.chunksPresent} here already`);
+    this.log(`received ${s.inc.label} as ${r.volume}: ${s.inc.chunksReceived} chunks sent, ${s.inc.chunksPresent} here already`
+      + `${r.missing ? `, ${r.missing} left for a patch` : ''}`);
     return r;
   }
 
-  /** Drops the session receiving volume `volume`, if any (its staging volume stays). */
+  /** Drops the session receiving volume `volume`, if any (a staging volume stays). */
   async forget(volume: string): Promise<void> {
-    for (const [id, s] of this.sessions) if (s.inc.names.volume === volume) await this.drop(id);
+    for (const [id, s] of [...this.sessions]) if (s.inc.target === volume) await this.drop(id);
   }
 
   /** Drops every session (daemon stop). */

@@ -5,20 +5,23 @@
  * travel.
  *
  * Source (migrateVm):
- *   1. pre-copy while the guest runs: write its dirty RAM back, push the
- *      disk branch and the memory volume (missing chunks only) without
- *      committing them: they wait there as staging volumes;
- *   2. pause the guest (QMP stop: QEMU drains and flushes its disk), write
+ *   1. ask the destination whether it can take the VM (name, volumes,
+ *      kernel), before anything else;
+ *   2. pre-copy while the guest runs: write its dirty RAM back, push the
+ *      disk branch and the memory volume (missing chunks only), committed
+ *      there under their names; the chunk id of every block sent is kept;
+ *   3. the destination starts QEMU on them with `-incoming defer`
+ *      (POST /v1/vms/<vm>/incoming), `x-ignore-shared` on both QEMUs so
+ *      that QEMU's stream carries device state, not RAM;
+ *   4. pause the guest (QMP stop: QEMU drains and flushes its disk), write
  *      its RAM back again;
- *   3. push both volumes again: only what changed since the pre-copy
- *      travels, and both are committed;
- *   4. ask the destination to start QEMU with `-incoming defer` on them
- *      (POST /v1/vms/<vm>/incoming), with `x-ignore-shared` on both QEMUs
- *      so that QEMU's stream carries device state, not RAM;
- *   5. QMP migrate to the destination's listener, wait for completion;
- *   6. ask the destination to resume the guest and confirm it runs
+ *   5. patch both volumes there in place with the blocks whose chunk id
+ *      changed since step 2 (patch.ts): the downtime grows with what the
+ *      guest changed, not with its size;
+ *   6. QMP migrate to the destination's listener, wait for completion;
+ *   7. ask the destination to resume the guest and confirm it runs
  *      (POST .../finish): the commit point;
- *   7. release the source: quit its QEMU, remove the VM and its volumes.
+ *   8. release the source: quit its QEMU, remove the VM and its volumes.
  * Before the commit point any failure aborts the destination's side
  * (POST .../abort: its QEMU killed, the VM and volumes it received
  * removed; the chunks stay, so a retry sends little) and resumes the guest
@@ -31,7 +34,8 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { DormantError, type Store } from '../blockstore/index.js';
 import { STAGING_SUFFIX } from './incoming.js';
-import { push } from './transfer.js';
+import { buildManifest } from './manifest.js';
+import { push, pushPatch } from './transfer.js';
 import { requestJson, type RemoteHost } from './remote.js';
 
 /** What a VM migration needs of the VM runner (the daemon's supervisor implements it). */
@@ -123,25 +127,43 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
   let started = false;
   let paused = 0;
   try {
-    // Pre-copy, while the guest runs: what the store holds of its RAM and disk now, into staging volumes there.
+    // Pre-copy, while the guest runs: the volumes as the store holds them now, committed there under their names.
     started = true; // from here the destination may hold what this migration sent
     await vms.writeBack(name);
     await store.flush();
-    const preDisk = await push(store, host, rec.disk, undefined, progress, { precopy: true });
-    const preMem = await push(store, host, rec.memory, undefined, progress, { precopy: true });
-    log(`vm ${name}: migrating to ${host.url} (copy): pre-copied ${preDisk.bytesSent + preMem.bytesSent} bytes; pausing`);
+    const sent = { disk: 0, memory: 0 };
+    const before: Record<'disk' | 'memory', Float64Array> = { disk: new Float64Array(0), memory: new Float64Array(0) };
+    for (const role of ['disk', 'memory'] as const) {
+      const m = await buildManifest(store, rec[role]);
+      const r = await push(store, host, rec[role], undefined, progress, { manifest: m, partial: true });
+      sent[role] += r.bytesSent;
+      // Blocks whose chunk could not be sent (rewritten meanwhile) count as changed: the patch sends them.
+      const ids = Float64Array.from(m.ids!);
+      if (r.missing?.size) {
+        for (let b = 0; b < ids.length; b++) {
+          if (ids[b] !== 0 && r.missing.has(m.hashes.toString('hex', b * 16, b * 16 + 16))) ids[b] = -1;
+        }
+      }
+      before[role] = ids;
+    }
+    // The destination starts QEMU now, waiting for the device state: its start is not downtime.
+    const inc = await requestJson<{ uri: string }>(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming`,
+      Buffer.from(JSON.stringify(request)));
+    log(`vm ${name}: migrating to ${host.url} (copy): pre-copied ${sent.disk + sent.memory} bytes, QEMU waits there; pausing`);
     await vms.pause(name);
     paused = performance.now();
     await vms.writeBack(name);
     await store.flush();
-    // What changed since the pre-copy, then the commit of both volumes there.
-    const finalDisk = await push(store, host, rec.disk);
-    const finalMem = await push(store, host, rec.memory);
-    const disk = { bytesSent: preDisk.bytesSent + finalDisk.bytesSent };
-    const mem = { bytesSent: preMem.bytesSent + finalMem.bytesSent };
-    log(`vm ${name}: volumes sent (disk ${disk.bytesSent} bytes, memory ${mem.bytesSent} bytes); starting QEMU on ${host.url}`);
-    const inc = await requestJson<{ uri: string }>(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming`,
-      Buffer.from(JSON.stringify(request)));
+    // What changed since the pre-copy, patched in place there.
+    const patches: Record<string, number> = {};
+    for (const role of ['disk', 'memory'] as const) {
+      const p = await pushPatch(store, host, rec[role], before[role]);
+      sent[role] += p.bytesSent;
+      patches[role] = p.blocks;
+    }
+    log(`vm ${name}: patched ${patches.disk} disk and ${patches.memory} memory blocks there; sending QEMU's device state`);
+    const disk = { bytesSent: sent.disk };
+    const mem = { bytesSent: sent.memory };
     const stream = await vms.migrateOut(name, inc.uri, STREAM_TIMEOUT_MS);
     const fin = await requestJson<{ hostPort?: number; state: string }>(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/finish`);
     committed = true;
