@@ -155,7 +155,9 @@ async function dormantCase(a, b, vm, busy, label) {
   await dormant(b.store, ['vm', 'stop', vm, '--timeout', '0']).catch(() => undefined);
   return {
     system: 'dormant', kind: label ?? (busy ? 'busy' : 'idle (paged out)'), downtimeMs: r.downtimeMs, bytes: r.bytesSent,
-    detail: `memory ${mib(r.memoryBytesSent)} + disk ${mib(r.diskBytesSent)} + QEMU stream ${mib(r.deviceStateBytes)} MiB`,
+    detail: `memory ${mib(r.memoryBytesSent)} + disk ${mib(r.diskBytesSent)} + QEMU stream ${mib(r.deviceStateBytes)} MiB; `
+      + `downtime: write-back ${r.downtimePhasesMs.writeBack}, patch ${r.downtimePhasesMs.patch} (${r.patchedBlocks.memory} memory + `
+      + `${r.patchedBlocks.disk} disk blocks), device state ${r.downtimePhasesMs.deviceState}, resume ${r.downtimePhasesMs.resume} ms`,
     whole: disk + RAM, seconds: r.seconds, gapMs: load?.longestGapMs,
   };
 }

@@ -25,6 +25,24 @@ const BATCH = 256;
 /** Requests in flight per transfer. */
 const IN_FLIGHT = 4;
 
+/** Runs `batch(first, n)` over chunks 0..total in batches of BATCH, IN_FLIGHT at once, reporting progress in bytes. */
+async function inBatches(total: number, progress: ProgressFn | undefined, batch: (first: number, n: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  let done = 0;
+  progress?.(0, total * BLOCK_SIZE);
+  const worker = async () => {
+    while (next < total) {
+      const first = next;
+      const n = Math.min(BATCH, total - first);
+      next += n;
+      await batch(first, n);
+      done += n;
+      progress?.(done * BLOCK_SIZE, total * BLOCK_SIZE);
+    }
+  };
+  await Promise.all(Array.from({ length: IN_FLIGHT }, worker));
+}
+
 const seconds = (t0: number) => Math.round((performance.now() - t0) / 10) / 100;
 
 /** Fetches `name` (`vol` or `vol@snap`) from `host` into `store` (as `as`). */
@@ -40,27 +58,15 @@ export async function pull(store: Store, host: RemoteHost, name: string, as?: st
   }
   const inc = await IncomingVolume.open(store, m, as);
   try {
-    const total = inc.needed.length / HASH_SIZE;
-    let next = 0;
-    let done = 0;
-    progress?.(0, total * BLOCK_SIZE);
-    const worker = async () => {
-      while (next < total) {
-        const first = next;
-        const n = Math.min(BATCH, total - first);
-        next += n;
-        const hashes = inc.needed.subarray(first * HASH_SIZE, (first + n) * HASH_SIZE);
-        const got = await request(host, 'POST', '/v1/chunks/fetch', hashes);
-        bytesSent += hashes.length + got.body.length;
-        if (got.body.length !== n * BLOCK_SIZE) {
-          throw new DormantError('EREMOTE', `host ${host.url} sent ${got.body.length} bytes for ${n} chunks`);
-        }
-        for (let i = 0; i < n; i++) await inc.accept(hashes, i * HASH_SIZE, got.body, i * BLOCK_SIZE);
-        done += n;
-        progress?.(done * BLOCK_SIZE, total * BLOCK_SIZE);
+    await inBatches(inc.needed.length / HASH_SIZE, progress, async (first, n) => {
+      const hashes = inc.needed.subarray(first * HASH_SIZE, (first + n) * HASH_SIZE);
+      const got = await request(host, 'POST', '/v1/chunks/fetch', hashes);
+      bytesSent += hashes.length + got.body.length;
+      if (got.body.length !== n * BLOCK_SIZE) {
+        throw new DormantError('EREMOTE', `host ${host.url} sent ${got.body.length} bytes for ${n} chunks`);
       }
-    };
-    await Promise.all(Array.from({ length: IN_FLIGHT }, worker));
+      for (let i = 0; i < n; i++) await inc.accept(hashes, i * HASH_SIZE, got.body, i * BLOCK_SIZE);
+    });
     const r = await inc.finish();
     return { volume: r.volume, logicalBytes: m.header.size, bytesSent, chunksSent: inc.chunksReceived, chunksPresent: inc.chunksPresent,
       origin: r.origin, seconds: seconds(t0) };
@@ -135,38 +141,26 @@ export async function pushPatch(store: Store, host: RemoteHost, name: string, be
 async function sendChunks(store: Store, host: RemoteHost, id: string, name: string, progress: ProgressFn | undefined,
   skipMissing: boolean): Promise<{ bytes: number; chunks: number; missing: Set<string> }> {
   const needed = (await request(host, 'GET', `/v1/receive/${id}/needed`)).body;
-  const total = needed.length / HASH_SIZE;
   const missing = new Set<string>();
   let bytes = needed.length;
   let chunks = 0;
-  let next = 0;
-  let done = 0;
-  progress?.(0, total * BLOCK_SIZE);
-  const worker = async () => {
-    while (next < total) {
-      const first = next;
-      const n = Math.min(BATCH, total - first);
-      next += n;
-      const full = Buffer.allocUnsafe(n * (HASH_SIZE + BLOCK_SIZE));
-      let records = 0;
-      for (let i = 0; i < n; i++) {
-        const at = (first + i) * HASH_SIZE;
-        const rec = records * (HASH_SIZE + BLOCK_SIZE);
-        needed.copy(full, rec, at, at + HASH_SIZE);
-        if (store.readChunkByHash(needed, at, full, rec + HASH_SIZE)) { records++; continue; }
-        if (skipMissing) { missing.add(needed.toString('hex', at, at + HASH_SIZE)); continue; }
-        throw new DormantError('EIO', `chunk ${needed.toString('hex', at, at + HASH_SIZE)} of '${name}' is no longer here `
-          + '(the volume changed during the transfer: snapshot it and send the snapshot)');
-      }
-      const body = full.subarray(0, records * (HASH_SIZE + BLOCK_SIZE));
-      if (records > 0) await request(host, 'PUT', `/v1/receive/${id}/chunks`, body);
-      bytes += body.length;
-      chunks += records;
-      done += n;
-      progress?.(done * BLOCK_SIZE, total * BLOCK_SIZE);
+  await inBatches(needed.length / HASH_SIZE, progress, async (first, n) => {
+    const full = Buffer.allocUnsafe(n * (HASH_SIZE + BLOCK_SIZE));
+    let records = 0;
+    for (let i = 0; i < n; i++) {
+      const at = (first + i) * HASH_SIZE;
+      const rec = records * (HASH_SIZE + BLOCK_SIZE);
+      needed.copy(full, rec, at, at + HASH_SIZE);
+      if (store.readChunkByHash(needed, at, full, rec + HASH_SIZE)) { records++; continue; }
+      if (skipMissing) { missing.add(needed.toString('hex', at, at + HASH_SIZE)); continue; }
+      throw new DormantError('EIO', `chunk ${needed.toString('hex', at, at + HASH_SIZE)} of '${name}' is no longer here `
+        + '(the volume changed during the transfer: snapshot it and send the snapshot)');
     }
-  };
-  await Promise.all(Array.from({ length: IN_FLIGHT }, worker));
+    const body = full.subarray(0, records * (HASH_SIZE + BLOCK_SIZE));
+    if (records > 0) await request(host, 'PUT', `/v1/receive/${id}/chunks`, body);
+    bytes += body.length;
+    chunks += records;
+  });
   return { bytes, chunks, missing };
 }
 

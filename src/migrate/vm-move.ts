@@ -92,6 +92,10 @@ export interface VmMoveResult {
   diskBytesSent: number;
   /** QEMU's own migration stream (device state and the few RAM blocks that are not the shared file). */
   deviceStateBytes: number;
+  /** Where the downtime went: RAM write-back and flush, the patches, QEMU's device state, the resume there. */
+  downtimePhasesMs: { writeBack: number; patch: number; deviceState: number; resume: number };
+  /** Blocks sent as patches while the guest was paused, per volume. */
+  patchedBlocks: Record<string, number>;
   /** Guest pages faulted in on the source while it moved (a paged-out VM's memory is read from the store, not faulted back). */
   sourcePagesFaulted: number;
   /** The VM's HTTP port on the destination. */
@@ -154,6 +158,7 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
     paused = performance.now();
     await vms.writeBack(name);
     await store.flush();
+    const wroteBack = performance.now();
     // What changed since the pre-copy, patched in place there.
     const patches: Record<string, number> = {};
     for (const role of ['disk', 'memory'] as const) {
@@ -164,17 +169,24 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
     log(`vm ${name}: patched ${patches.disk} disk and ${patches.memory} memory blocks there; sending QEMU's device state`);
     const disk = { bytesSent: sent.disk };
     const mem = { bytesSent: sent.memory };
+    const patched = performance.now();
     const stream = await vms.migrateOut(name, inc.uri, STREAM_TIMEOUT_MS);
+    const streamed = performance.now();
     const fin = await requestJson<{ hostPort?: number; state: string }>(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/finish`);
     committed = true;
-    const downtimeMs = Math.round(performance.now() - paused);
+    const resumed = performance.now();
+    const downtimeMs = Math.round(resumed - paused);
+    const downtimePhasesMs = {
+      writeBack: Math.round(wroteBack - paused), patch: Math.round(patched - wroteBack),
+      deviceState: Math.round(streamed - patched), resume: Math.round(resumed - streamed),
+    };
     const sourcePagesFaulted = vms.pagesIn(name) - faultsBefore;
     log(`vm ${name}: runs on ${host.url} (port ${fin.hostPort}); releasing it here`);
     await vms.release(name, `migrated to ${host.url}`);
     return {
       vm: name, mode: 'copy', to: host.url, downtimeMs,
       bytesSent: disk.bytesSent + mem.bytesSent + stream.bytes, memoryBytesSent: mem.bytesSent, diskBytesSent: disk.bytesSent,
-      deviceStateBytes: stream.bytes, sourcePagesFaulted, ...(fin.hostPort !== undefined ? { hostPort: fin.hostPort } : {}),
+      deviceStateBytes: stream.bytes, sourcePagesFaulted, downtimePhasesMs, patchedBlocks: patches, ...(fin.hostPort !== undefined ? { hostPort: fin.hostPort } : {}),
       seconds: Math.round((performance.now() - t0) / 10) / 100,
     };
   } catch (err) {
