@@ -2,14 +2,16 @@
  * What QEMU tells the supervisor, with real guests (the test guest of
  * test/vm/boot.test.ts): `vm console` reaches the shell the guest runs on
  * its serial line (a command typed in is run, its output comes back, and
- * `vm log` has it too; through pipes, and on a pty where Ctrl-] detaches); `vm pause` shows `paused` with the reason (QMP STOP)
- * and the guest stops answering HTTP, `vm resume` brings it back (RESUME);
- * `poweroff -f` typed into the console shows `stopped` with QEMU's reason
- * (SHUTDOWN guest-shutdown); a guest whose kernel panics at once (no
- * rdinit, no root driver) shows `crashed` with the panic line, not
- * `running`, its QEMU is made to quit, and its `on-failure` policy sees
- * the panic. The console and QMP sockets are 0600; `vm console` of a VM
- * that does not run exits 1 in one line.
+ * `vm log` has it too; through pipes, and on a pty where Ctrl-] detaches);
+ * `vm pause` shows `paused` with the reason (QMP STOP) and the guest stops
+ * answering HTTP, `vm resume` brings it back (RESUME); `poweroff -f` typed
+ * into the console shows `stopped` with QEMU's reason (SHUTDOWN
+ * guest-shutdown); a panic reported through the pvpanic device shows
+ * `crashed` (GUEST_PANICKED, SHUTDOWN guest-panic); a guest whose kernel
+ * panics at once (no rdinit, no root driver) shows `crashed` with the
+ * panic line, not `running`, its QEMU is made to quit, and its
+ * `on-failure` policy sees the panic. The console and QMP sockets are
+ * 0600; `vm console` of a VM that does not run exits 1 in one line.
  *
  * Every QEMU pid seen is SIGKILLed in afterAll, then the daemon is
  * stopped, the mount lazily unmounted and temp dirs removed. Every wait is
@@ -156,6 +158,29 @@ describe('QMP events and the serial console', () => {
     expectFailure(dormant(['vm', 'console', 'c'], { store }), /VM 'c' is not running \(state stopped\)/);
     expect(fs.existsSync(path.join(store, 'vms', 'c.console')), 'QEMU removed its console socket').toBe(false);
   }, 60_000);
+
+  it('a guest that reports a panic through pvpanic shows crashed (GUEST_PANICKED, then SHUTDOWN guest-panic)', async () => {
+    expectOk(dormant(['vm', 'start', 'c'], { store }));
+    const s = status('c');
+    qemuPids.add(s.pid!);
+    await waitHttp(store, 'c', s.hostPort!);
+    const con = openConsole('c');
+    try {
+      await sleep(500);
+      // What the pvpanic driver does on a panic: write PVPANIC_PANICKED (1) to the device's port 0x505 (1285).
+      con.type("printf '\\001' | dd of=/dev/port bs=1 seek=1285 count=1 conv=notrunc\n");
+      const c = await until('c', (x) => x.state !== 'running', 30_000);
+      expect(c.state, JSON.stringify(c)).toBe('crashed');
+      expect(c.reason).toBe('the guest panicked: GUEST_PANICKED, action poweroff (guest-panic)');
+    } finally {
+      con.child.stdin!.end();
+    }
+    await logged(/vm c: the guest panicked \(GUEST_PANICKED, action poweroff\)/);
+    await logged(/vm c: crashed: the guest panicked: GUEST_PANICKED, action poweroff \(guest-panic\)/);
+    for (let i = 0; i < 50 && !gone(s.pid!); i++) await sleep(100);
+    expect(gone(s.pid!), 'QEMU exited').toBe(true);
+    expect(await Promise.race([con.exit, sleep(10_000).then(() => 'still running')])).toBe(0);
+  }, BOOT_TIMEOUT_MS + 60_000);
 
   it('a guest whose kernel panics at once shows crashed with the panic, not running; its restart policy sees it', async () => {
     expectOk(dormant(['vm', 'create', 'p', '--from', 'golden@base', '--memory', '256M', '--cache-dir', CACHE, '--restart', 'on-failure'], { store }));
