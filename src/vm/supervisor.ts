@@ -23,7 +23,7 @@
  * stopAll() (daemon shutdown) stops every VM in parallel before the FUSE
  * mount and the NBD server go away.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';

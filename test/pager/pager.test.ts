@@ -6,8 +6,9 @@
  *     answers HTTP and its disk counter still counts;
  *   - with a recorded working set, `vm prefetch` before a request cuts the
  *     pages the request faults in through FUSE (direction, generous factor);
- *   - paused, paged out, exported: the memory volume is byte for byte what
- *     QEMU's mapping held; resumed it runs; stopped and started it boots clean;
+ *   - paused (vm pause), paged out, exported: the memory volume is byte
+ *     for byte what QEMU's mapping held; resumed (vm resume) it runs;
+ *     stopped and started it boots clean;
  *   - three VMs from one golden image: `vm sharing` finds pages shared with
  *     disk chunks and across VMs, and the three memory volumes are stored in
  *     well under their summed non-zero data;
@@ -23,7 +24,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dormant, dormantJson, expectFailure, expectOk } from '../helpers/cli.js';
 import { TempDirs } from '../helpers/tmp.js';
 import { startDaemon, type MountDaemon } from '../helpers/mount-daemon.js';
-import { QmpClient } from '../../src/vm/index.js';
 import { RemoteControl } from '../../src/control/index.js';
 import {
   BOOT_TIMEOUT_MS, CACHE, diskCounter, dormantAsync, sleep, startVmDaemon, tearDownVms, vmStatus, waitHttp,
@@ -175,9 +175,9 @@ describe('dormant vm pageout / prefetch / sharing with real guests', () => {
     const memFile = path.join(mnt, 'volumes', 'p1.mem');
     const maps = fs.readFileSync(`/proc/${s.pid}/maps`, 'utf8').split('\n').filter((l) => l.endsWith(` ${memFile}`));
     expect(maps.length).toBeGreaterThan(0);
-    const qmp = await QmpClient.connect(path.join(store, 'vms', 'p1.qmp'));
+    // (The daemon holds p1's only QMP connection: pause and resume go through it.)
+    expect(JSON.parse((await dormantAsync(['--store', store, 'vm', 'pause', 'p1', '--json'], 30_000)).stdout).state).toBe('paused');
     try {
-      await qmp.execute('stop');
       // QEMU's view: read the mapping through /proc/PID/mem while the guest is paused.
       const h = createHash('sha256');
       const fd = fs.openSync(`/proc/${s.pid}/mem`, 'r');
@@ -209,9 +209,8 @@ describe('dormant vm pageout / prefetch / sharing with real guests', () => {
       const stored = createHash('sha256').update(fs.readFileSync(raw)).digest('hex');
       fs.rmSync(raw);
       expect(stored).toBe(qemuView);
-      await qmp.execute('cont');
     } finally {
-      qmp.close();
+      await dormantAsync(['--store', store, 'vm', 'resume', 'p1'], 30_000);
     }
     await waitHttp(store, 'p1', s.hostPort!, 60_000);
     const counter = await diskCounter(store, 'p1');
