@@ -124,7 +124,8 @@ export async function serveApi(store: Store, control: StoreControl, receiver: Re
       const step = parts[4];
       const body = await readBody(req, MAX_SMALL);
       if (parts.length === 4) {
-        json(await incoming.begin(b, body, req.socket.localAddress?.replace(/^::ffff:/, '') ?? '127.0.0.1', await freePort(req.socket.localAddress)));
+        json(await incoming.begin(b, body, req.socket.localAddress?.replace(/^::ffff:/, '') ?? '127.0.0.1', await freePort(req.socket.localAddress),
+          req.socket.remoteAddress?.replace(/^::ffff:/, '')));
       } else if (parts.length === 5 && step === 'check') {
         incoming.check(b, body);
         json({ ok: true });

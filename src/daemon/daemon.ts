@@ -159,7 +159,11 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       }
     }
     // VMs that were running when the last daemon stopped or died come back when their restart policy says so.
-    if (vms) void vms.startWanted();
+    if (vms) {
+      // An incoming migration cut by the last daemon's end never ran here (its source has the VM): it goes first.
+      await new VmMoves(store, vms, log).recover();
+      void vms.startWanted();
+    }
     if (o.scrub) scrub = new ScrubSchedule(store, o.scrub.everyMs, o.scrub.rate, log);
     if (o.metrics) {
       metrics = await serveMetrics(metricsRegistry({ store, nbd: () => nbd.exportStats(), vms }), o.metrics.host, o.metrics.port);

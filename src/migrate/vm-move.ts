@@ -44,6 +44,8 @@ export interface MovableVms {
   record(name: string): MovableRecord;
   /** True when QEMU runs for the VM (running or paused). */
   isRunning(name: string): boolean;
+  /** Records in the VM's record that it is being migrated to `to` (undefined: clears it); see src/vm's VmRecord.migration. */
+  markMigrating(name: string, to: string | undefined): void;
   /** QMP stop: the vCPUs stop, QEMU flushes the disk. */
   pause(name: string): Promise<void>;
   /** QMP cont (after a pause or a failed migration). */
@@ -54,8 +56,8 @@ export interface MovableVms {
   writeBack(name: string): Promise<void>;
   /** Sends QEMU's device state to `uri` (x-ignore-shared set first); resolves with the stream's bytes once completed. */
   migrateOut(name: string, uri: string, timeoutMs: number): Promise<{ bytes: number }>;
-  /** Writes a record received from another host (its volumes are here). */
-  adopt(rec: MovableRecord): void;
+  /** Writes a record received from another host (its volumes are here), marked as arriving from `from` until it runs. */
+  adopt(rec: MovableRecord, from: string): void;
   /** Starts QEMU for a VM with `-incoming defer`, x-ignore-shared, listening on `uri` (tcp:HOST:PORT). */
   startIncoming(name: string, uri: string): Promise<void>;
   /** Waits until the incoming migration completed, resumes the guest, and confirms it runs; its status. */
@@ -127,6 +129,8 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
   // The destination must be able to run it before the guest pauses: it checks the kernel and the name.
   await requestJson(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/check`, Buffer.from(JSON.stringify(request)));
   const faultsBefore = vms.pagesIn(name);
+  // Until it is released, a daemon that starts again must not start it here: it may run there.
+  vms.markMigrating(name, host.url);
   let committed = false;
   let started = false;
   let paused = 0;
@@ -161,11 +165,11 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
     const wroteBack = performance.now();
     // What changed since the pre-copy, patched in place there.
     const patches: Record<string, number> = {};
-    for (const role of ['disk', 'memory'] as const) {
+    await Promise.all((['disk', 'memory'] as const).map(async (role) => {
       const p = await pushPatch(store, host, rec[role], before[role]);
       sent[role] += p.bytesSent;
       patches[role] = p.blocks;
-    }
+    }));
     log(`vm ${name}: patched ${patches.disk} disk and ${patches.memory} memory blocks there; sending QEMU's device state`);
     const disk = { bytesSent: sent.disk };
     const mem = { bytesSent: sent.memory };
@@ -198,6 +202,7 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
         .catch((e: Error) => log(`vm ${name}: abort on ${host.url}: ${e.message}`));
     }
     if (paused) await vms.cont(name);
+    vms.markMigrating(name, undefined);
     throw err;
   }
 }
@@ -250,14 +255,14 @@ export class IncomingVms {
    * the device state on `address`:`port` (the address the source reached
    * this host's API on); the URI to send it to.
    */
-  async begin(name: string, body: Buffer, address: string, port: number): Promise<{ uri: string }> {
+  async begin(name: string, body: Buffer, address: string, port: number, from = 'another host'): Promise<{ uri: string }> {
     const vms = this.need();
     const files = this.check(name, body, false);
     const req = parseIncoming(name, body);
     for (const v of [req.record.disk, req.record.memory]) {
       if (!this.store.describe(v)) throw new DormantError('ENOENT', `volume '${v}' of VM '${name}' has not arrived: push it first`);
     }
-    vms.adopt({ ...req.record, ...files, wanted: false } as MovableRecord);
+    vms.adopt({ ...req.record, ...files, wanted: false } as MovableRecord, from);
     const host = address.includes(':') ? `[${address}]` : address;
     const uri = `tcp:${host}:${port}`;
     const t = setTimeout(() => { void this.abort(name).catch(() => undefined); }, INCOMING_TIMEOUT_MS);

@@ -18,7 +18,7 @@
 import net from 'node:net';
 import { DormantError, isDormantError, type Store } from '../blockstore/index.js';
 import type { VmSupervisor } from './supervisor.js';
-import { readVm, removeVm, vmUsing, writeVm, type VmRecord } from './vm-record.js';
+import { listVms, readVm, removeVm, vmUsing, writeVm, type VmRecord } from './vm-record.js';
 
 /** QEMU's answer to query-migrate (the fields used). */
 interface MigrateInfo { status?: string; 'error-desc'?: string }
@@ -35,6 +35,10 @@ export class VmMoves {
 
   isRunning(name: string): boolean {
     return this.vms.isRunning(name);
+  }
+
+  markMigrating(name: string, to: string | undefined): void {
+    this.vms.markMigration(name, to ? { to, since: new Date().toISOString() } : undefined);
   }
 
   async pause(name: string): Promise<void> {
@@ -70,8 +74,25 @@ export class VmMoves {
     }
   }
 
-  adopt(rec: { name: string }): void {
-    writeVm(this.store.dir, rec as VmRecord);
+  adopt(rec: { name: string }, from: string): void {
+    const { migration: _m, ...clean } = rec as VmRecord;
+    writeVm(this.store.dir, { ...clean, migration: { from, since: new Date().toISOString() } } as VmRecord);
+  }
+
+  /**
+   * At daemon start: VMs that were arriving from another host when the
+   * daemon stopped never ran here (the source still has them): they go,
+   * with their volumes. Returns their names.
+   */
+  async recover(): Promise<string[]> {
+    const gone: string[] = [];
+    for (const rec of listVms(this.store.dir)) {
+      if (!rec.migration?.from) continue;
+      this.log(`vm ${rec.name}: was arriving from ${rec.migration.from} when the daemon stopped; it never ran here: removing it`);
+      await removeVm(this.store, rec.name).then(() => gone.push(rec.name),
+        (err: Error) => this.log(`vm ${rec.name}: cannot remove it: ${err.message}`));
+    }
+    return gone;
   }
 
   async startIncoming(name: string, uri: string): Promise<void> {
@@ -85,15 +106,18 @@ export class VmMoves {
     const qmp = this.vms.qmpOf(name, 'receive');
     await waitMigration(() => qmp.execute('query-migrate') as Promise<MigrateInfo>, timeoutMs, `VM '${name}': receiving its state`);
     // The source paused the guest before it sent its state: it continues here.
-    for (let i = 0; i < 100; i++) {
-      const st = await qmp.execute('query-status') as { running: boolean; status: string };
+    let st = { running: false, status: '' };
+    for (let i = 0; i < 500 && !st.running; i++) {
+      st = await qmp.execute('query-status') as { running: boolean; status: string };
       if (st.running) break;
       if (st.status !== 'inmigrate') await qmp.execute('cont');
-      await sleep(50);
+      else await sleep(10);
     }
-    const s = await this.vms.status(name);
-    if (s.state !== 'running') throw new DormantError('EINTERNAL', `VM '${name}' does not run after its state arrived (${s.state}${s.reason ? `: ${s.reason}` : ''})`);
-    return { hostPort: s.hostPort, state: s.state };
+    if (!st.running || !this.vms.isRunning(name)) {
+      throw new DormantError('EINTERNAL', `VM '${name}' does not run after its state arrived (QEMU status ${st.status})`);
+    }
+    this.vms.markMigration(name, undefined); // it runs here now: this host's VM
+    return { hostPort: this.vms.hostPort(name), state: 'running' };
   }
 
   async kill(name: string, reason: string): Promise<void> {
@@ -130,7 +154,8 @@ export class VmMoves {
 /** Polls query-migrate until `completed` (EREMOTE on `failed` or `cancelled`, or after `timeoutMs`). */
 async function waitMigration(query: () => Promise<MigrateInfo>, timeoutMs: number, what: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  for (let delay = 5; ; delay = Math.min(delay * 2, 200)) {
+  // Every 10 ms: a query costs QEMU next to nothing, and each ms of lag here is downtime.
+  for (const delay = 10; ;) {
     const info = await query();
     if (info.status === 'completed') return;
     if (info.status === 'failed' || info.status === 'cancelled') {

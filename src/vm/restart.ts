@@ -85,6 +85,12 @@ export class RestartKeeper {
     for (const rec of listVms(this.storeDir)) {
       if (this.closing) return;
       if (!rec.wanted || !rec.restart || rec.restart === 'no') continue;
+      if (rec.migration?.to) {
+        // It may run on the other host now: starting it here could run it twice.
+        this.log(`vm ${rec.name}: was being migrated to ${rec.migration.to} when the daemon stopped: not started here `
+          + `(see whether it runs there, then dormant vm start ${rec.name} or vm rm ${rec.name})`, asWarn({ vm: rec.name }));
+        continue;
+      }
       this.log(`vm ${rec.name}: was running, restart policy ${rec.restart}: starting it`, { vm: rec.name, policy: rec.restart });
       await this.start(rec.name).catch((err: Error) => this.log(`vm ${rec.name}: start failed: ${err.message}`, asError(err, { vm: rec.name })));
     }

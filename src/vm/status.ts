@@ -87,7 +87,10 @@ export function pauseReason(status: string, ioStatus?: string): string {
 
 /** Status of a VM when no daemon runs: nothing runs; its recorded working set is known. */
 export function offlineStatus(rec: VmRecord, storeDir?: string): VmStatus {
-  const base: VmStatus = { name: rec.name, state: 'stopped', memoryBytes: rec.memoryBytes, cpus: rec.cpus, from: rec.from };
+  const moving = rec.migration?.to
+    ? { reason: `it was being migrated to ${rec.migration.to} when the daemon stopped: see whether it runs there, then vm start or vm rm it here` }
+    : rec.migration?.from ? { reason: `arriving from ${rec.migration.from}` } : {};
+  const base: VmStatus = { name: rec.name, state: 'stopped', memoryBytes: rec.memoryBytes, cpus: rec.cpus, from: rec.from, ...moving };
   const ws = storeDir ? recordedWorkingSetBytes(vmPaths(storeDir, rec.name).workingSet) : undefined;
   return ws === undefined ? base : { ...base, workingSetBytes: ws };
 }

@@ -33,7 +33,7 @@ import { MemoryIo, Pager, type PageoutReport, type PrefetchReport, type VmPager 
 import { PortProxy } from './port-proxy.js';
 import { freePort, QEMU_BINARY, qemuArgs } from './qemu.js';
 import { QmpClient } from './qmp.js';
-import { checkVmName, listVms, readVm, vmPaths, type RestartPolicy, type VmRecord } from './vm-record.js';
+import { checkVmName, listVms, readVm, vmPaths, writeVm, type RestartPolicy, type VmRecord } from './vm-record.js';
 import { RestartKeeper } from './restart.js';
 import { applyEvent, end, SerialWatch, type Running } from './running.js';
 import { liveStatus, offlineStatus, type VmStatus } from './status.js';
@@ -174,6 +174,8 @@ export class VmSupervisor {
       this.log(`vm ${name}: running`);
     }
     this.restarts.setWanted(name, true, opts.restart);
+    // Started here by hand after an interrupted migration away: it is this host's again.
+    if (!opts.incoming && rec.migration?.to) this.markMigration(name, undefined);
     return this.status(name);
   }
 
@@ -368,6 +370,17 @@ export class VmSupervisor {
       ...[...this.vms.values()].filter((v) => !live.includes(v)).map((v) => this.gone(v)),
     ]);
     await this.pager.close(); // after the VMs: their memory files are closed (and written back) first
+  }
+
+  /** Records a migration under way in VM `name`'s record (vm-record.ts), or clears it. */
+  markMigration(name: string, migration: VmRecord['migration']): void {
+    const { migration: _old, ...rec } = readVm(this.o.storeDir, name);
+    writeVm(this.o.storeDir, migration ? { ...rec, migration } : rec);
+  }
+
+  /** The host port of VM `name` while its QEMU runs. */
+  hostPort(name: string): number | undefined {
+    return this.vms.get(name)?.hostPort;
   }
 
   /** True when QEMU runs for VM `name` (running or paused, not on its way out). */

@@ -68,6 +68,14 @@ export interface VmRecord extends VmSpec {
   created: string;
   /** Set by `vm start`, cleared by `vm stop` (and by a power-off the policy does not restart): the daemon brings it back when it starts. */
   wanted?: boolean;
+  /**
+   * A migration under way (src/migrate): `to` on the source from before the
+   * guest pauses until it is released (a daemon that starts again with it
+   * set does not start the VM: it may run there), `from` on the destination
+   * until the guest runs there (a daemon that starts again with it set
+   * removes the VM: the source still has it).
+   */
+  migration?: { to?: string; from?: string; since: string };
 }
 
 /** Paths of a VM's files in the store directory: record, QMP socket, serial log, serial console socket, working set (src/pager). */

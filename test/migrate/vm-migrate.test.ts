@@ -18,21 +18,21 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../../src/vm/index.js';
 import { dormant, dormantAsync, dormantJson, expectFailure, expectOk, type CliResult } from '../helpers/cli.js';
 import { CACHE, diskCounter, startVmDaemon, vmStatus, waitHttp, type Status } from '../helpers/guest.js';
-import { cleanupMounts, type MountDaemon } from '../helpers/mount-daemon.js';
+import { cleanupMounts, startDaemon, type MountDaemon } from '../helpers/mount-daemon.js';
 import { TempDirs } from '../helpers/tmp.js';
 
 const tmp = new TempDirs();
 const qemuPids = new Set<number>();
-interface Host { store: string; url: string; daemon: MountDaemon }
+interface Host { store: string; url: string; daemon: MountDaemon; args: string[]; mnt: string }
 let a: Host;
 let b: Host;
 let tokenFile = '';
 
 async function host(prefix: string, extra: string[] = []): Promise<Host> {
   const port = await freePort();
-  const { store, daemon } = await startVmDaemon(tmp, prefix,
-    ['--no-auto-page', '--api', `127.0.0.1:${port}`, '--api-token-file', tokenFile, ...extra]);
-  return { store, url: `http://127.0.0.1:${port}`, daemon };
+  const args = ['--no-auto-page', '--api', `127.0.0.1:${port}`, '--api-token-file', tokenFile, ...extra];
+  const { store, daemon, mnt } = await startVmDaemon(tmp, prefix, args);
+  return { store, url: `http://127.0.0.1:${port}`, daemon, args, mnt };
 }
 
 /** Boots VM `vm` on `h` and waits for its page; its status. */
@@ -141,6 +141,33 @@ describe('vm migrate --mode copy', () => {
     qemuPids.add(there.pid!);
     expect(await diskCounter(b.store, 'm3')).toBe(counter + 2);
     await c.daemon.stop().catch(() => undefined);
+  }, 400_000);
+
+  it('a daemon that starts again knows where a migration stood: none runs twice, none is lost', async () => {
+    // As a daemon killed mid-migration leaves them: on a source, a VM marked as leaving (wanted, restart always);
+    // on a destination, one marked as arriving that never ran.
+    const rec = (vm: string) => path.join(a.store, 'vms', `${vm}.json`);
+    for (const [vm, migration] of [['gone1', { to: 'http://10.9.9.9:7450', since: new Date().toISOString() }],
+      ['half1', { from: '10.9.9.8', since: new Date().toISOString() }]] as const) {
+      expectOk(dormant(['vm', 'create', vm, '--from', 'golden@base', '--memory', '128M', '--cache-dir', CACHE, '--restart', 'always'],
+        { store: a.store }));
+      const r = JSON.parse(fs.readFileSync(rec(vm), 'utf8'));
+      fs.writeFileSync(rec(vm), JSON.stringify({ ...r, wanted: true, migration }));
+    }
+    await a.daemon.stop(60_000);
+    a.daemon = await startDaemon(a.store, a.mnt, ['serve', '--no-tcp', '--mount', a.mnt, ...a.args], /FUSE on /);
+    await new Promise((r) => setTimeout(r, 3_000)); // (startWanted runs in the background)
+    const s = vmStatus(a.store, 'gone1');
+    expect(s.state).toBe('stopped');
+    expect(s.reason).toMatch(/was being migrated to http:\/\/10\.9\.9\.9:7450 when the daemon stopped/);
+    expect(a.daemon.stderr()).toMatch(/vm gone1: was being migrated to http:\/\/10\.9\.9\.9:7450 when the daemon stopped: not started here/);
+    expectFailure(dormant(['vm', 'status', 'half1'], { store: a.store }), /unknown VM 'half1'/);
+    expect(volumes(a.store)).not.toContain('half1.mem');
+    // Started by hand, it is this host's again.
+    expectOk(dormant(['vm', 'start', 'gone1'], { store: a.store }));
+    qemuPids.add(vmStatus(a.store, 'gone1').pid!);
+    expect(JSON.parse(fs.readFileSync(rec('gone1'), 'utf8')).migration).toBeUndefined();
+    expectOk(dormant(['vm', 'stop', 'gone1', '--timeout', '0'], { store: a.store }));
   }, 400_000);
 
   it('refuses what it cannot do, with one line', async () => {
