@@ -6,6 +6,7 @@
  * store without a daemon pulls offline. Every daemon, proxy and temp dir
  * goes at the end; every wait is bounded.
  */
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -203,6 +204,31 @@ describe('the host API', () => {
     fs.writeFileSync(wrongFile, 'b-wrong-token-0123456789abcdef\n');
     expectFailure(await dormantAsync(['push', 'vm1', '--to', b.url, '--token-file', wrongFile], { store: a.store }),
       /refused the token \(401\)/);
+  });
+
+  it('serves HTTPS with a certificate; a client trusts it with --tls-ca, and refuses it without', async () => {
+    const certDir = path.join(dir, 'tls');
+    fs.mkdirSync(certDir);
+    const cert = path.join(certDir, 'cert.pem');
+    const key = path.join(certDir, 'key.pem');
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1',
+      '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore', timeout: 60_000 });
+    const store = path.join(dir, 'tls-host');
+    expectOk(dormant(['init'], { store }));
+    randomVolume({ store }, 'secret', MiB, 21);
+    const port = await freePort();
+    const d = await startDaemon(store, '', ['serve', '--no-tcp', '--api', `127.0.0.1:${port}`, '--api-token-file', tokenFile,
+      '--tls-cert', cert, '--tls-key', key], /host API on https:\/\/\S+/);
+    try {
+      const url = `https://127.0.0.1:${port}`;
+      expectFailure(await dormantAsync(['pull', 'secret', '--from', url, ...token], { store: b.store }),
+        /host https:\/\/127\.0\.0\.1:\d+: .*(self[- ]signed|certificate)/i);
+      const r = json(await dormantAsync(['pull', 'secret', '--from', url, ...token, '--tls-ca', cert, '--json'], { store: b.store }));
+      expect(r).toMatchObject({ volume: 'secret', chunksSent: 256 });
+      expect(exportSha256('secret', b.store, dir)).toBe(exportSha256('secret', store, dir));
+    } finally {
+      await d.stop();
+    }
   });
 
   it('answers bad requests with one clear error', async () => {
