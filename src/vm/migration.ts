@@ -18,7 +18,7 @@
 import net from 'node:net';
 import { DormantError, isDormantError, type Store } from '../blockstore/index.js';
 import type { VmSupervisor } from './supervisor.js';
-import { listVms, readVm, removeVm, vmUsing, writeVm, type VmRecord } from './vm-record.js';
+import { listVms, readVm, removeVm, setMigration, vmUsing, writeVm, type VmRecord } from './vm-record.js';
 
 /** QEMU's answer to query-migrate (the fields used). */
 interface MigrateInfo { status?: string; 'error-desc'?: string }
@@ -38,7 +38,7 @@ export class VmMoves {
   }
 
   markMigrating(name: string, to: string | undefined): void {
-    this.vms.markMigration(name, to ? { to, since: new Date().toISOString() } : undefined);
+    setMigration(this.store.dir, name, to ? { to, since: new Date().toISOString() } : undefined);
   }
 
   async pause(name: string): Promise<void> {
@@ -116,7 +116,7 @@ export class VmMoves {
     if (!st.running || !this.vms.isRunning(name)) {
       throw new DormantError('EINTERNAL', `VM '${name}' does not run after its state arrived (QEMU status ${st.status})`);
     }
-    this.vms.markMigration(name, undefined); // it runs here now: this host's VM
+    setMigration(this.store.dir, name, undefined); // it runs here now: this host's VM
     return { hostPort: this.vms.hostPort(name), state: 'running' };
   }
 

@@ -15,7 +15,9 @@
  * Both are QEMU's defaults for -drive; written out so that they stay so
  * (the supervisor shows the pause and `vm resume` continues the guest).
  */
+import fs from 'node:fs';
 import net from 'node:net';
+import { setCloexec } from '../native/index.js';
 import type { VmRecord } from './vm-record.js';
 
 /** Where a VM's pieces live when it runs. */
@@ -81,4 +83,22 @@ export function freePort(): Promise<number> {
       s.close(() => resolve(port));
     });
   });
+}
+
+/**
+ * Marks this process's /dev/fuse descriptors close-on-exec. libfuse2 gets
+ * the descriptor from fusermount without FD_CLOEXEC, so every QEMU (and the
+ * memory agent) inherited it: after a daemon died, they kept the dead
+ * daemon's FUSE connection open, QEMU and the agent then hung in their own
+ * exit writing back to it, and the next daemon's probe of the mount point
+ * hung too instead of seeing a stale mount. Returns how many were marked.
+ */
+export function keepFuseDeviceFromChildren(): number {
+  let n = 0;
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    let target = '';
+    try { target = fs.readlinkSync(`/proc/self/fd/${fd}`); } catch { continue; }
+    if (target === '/dev/fuse') { setCloexec(Number(fd)); n++; }
+  }
+  return n;
 }

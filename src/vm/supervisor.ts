@@ -28,12 +28,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { DormantError, asError, asWarn, type LogFn } from '../blockstore/index.js';
-import { setCloexec } from '../native/index.js';
 import { MemoryIo, Pager, type PageoutReport, type PrefetchReport, type VmPager } from '../pager/index.js';
 import { PortProxy } from './port-proxy.js';
-import { freePort, QEMU_BINARY, qemuArgs } from './qemu.js';
+import { freePort, keepFuseDeviceFromChildren, QEMU_BINARY, qemuArgs } from './qemu.js';
 import { QmpClient } from './qmp.js';
-import { checkVmName, listVms, readVm, vmPaths, writeVm, type RestartPolicy, type VmRecord } from './vm-record.js';
+import { checkVmName, listVms, readVm, setMigration, vmPaths, type RestartPolicy, type VmRecord } from './vm-record.js';
 import { RestartKeeper } from './restart.js';
 import { applyEvent, end, SerialWatch, type Running } from './running.js';
 import { liveStatus, offlineStatus, type VmStatus } from './status.js';
@@ -175,7 +174,7 @@ export class VmSupervisor {
     }
     this.restarts.setWanted(name, true, opts.restart);
     // Started here by hand after an interrupted migration away: it is this host's again.
-    if (!opts.incoming && rec.migration?.to) this.markMigration(name, undefined);
+    if (!opts.incoming && rec.migration?.to) setMigration(this.o.storeDir, name, undefined);
     return this.status(name);
   }
 
@@ -372,12 +371,6 @@ export class VmSupervisor {
     await this.pager.close(); // after the VMs: their memory files are closed (and written back) first
   }
 
-  /** Records a migration under way in VM `name`'s record (vm-record.ts), or clears it. */
-  markMigration(name: string, migration: VmRecord['migration']): void {
-    const { migration: _old, ...rec } = readVm(this.o.storeDir, name);
-    writeVm(this.o.storeDir, migration ? { ...rec, migration } : rec);
-  }
-
   /** The host port of VM `name` while its QEMU runs. */
   hostPort(name: string): number | undefined {
     return this.vms.get(name)?.hostPort;
@@ -459,22 +452,4 @@ export class VmSupervisor {
     const vm = this.vms.get(rec.name);
     return vm ? liveStatus(base, vm, this.memFile(rec)) : base;
   }
-}
-
-/**
- * Marks this process's /dev/fuse descriptors close-on-exec. libfuse2 gets
- * the descriptor from fusermount without FD_CLOEXEC, so every QEMU (and the
- * memory agent) inherited it: after a daemon died, they kept the dead
- * daemon's FUSE connection open, QEMU and the agent then hung in their own
- * exit writing back to it, and the next daemon's probe of the mount point
- * hung too instead of seeing a stale mount. Returns how many were marked.
- */
-function keepFuseDeviceFromChildren(): number {
-  let n = 0;
-  for (const fd of fs.readdirSync('/proc/self/fd')) {
-    let target = '';
-    try { target = fs.readlinkSync(`/proc/self/fd/${fd}`); } catch { continue; }
-    if (target === '/dev/fuse') { setCloexec(Number(fd)); n++; }
-  }
-  return n;
 }

@@ -249,3 +249,8 @@ export async function removeVm(store: Store, name: string): Promise<string[]> {
   return removed;
 }
 
+/** Records a migration under way in VM `name`'s record (VmRecord.migration), or clears it (undefined). */
+export function setMigration(storeDir: string, name: string, migration: VmRecord['migration']): void {
+  const { migration: _old, ...rec } = readVm(storeDir, name);
+  writeVm(storeDir, migration ? { ...rec, migration } : rec);
+}
