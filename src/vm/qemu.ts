@@ -5,8 +5,9 @@
  * with one host port forwarded to guest port 80, the serial line on a Unix
  * socket that `vm console` connects to and logged to a file whether anyone
  * is connected or not, QMP on a Unix socket, a pvpanic device so a guest
- * with its driver reports a panic as a QMP event), and a free host port to
- * forward.
+ * with its driver reports a panic as a QMP event, `-incoming defer` for a
+ * VM arriving from another host), a free host port to forward, and keeping
+ * the daemon's FUSE device out of QEMU's hands.
  *
  * The disk's error policy is spelled out: `werror=enospc` pauses the guest
  * when a write gets ENOSPC (the store below its free-space floor answers
