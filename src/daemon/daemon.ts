@@ -167,7 +167,9 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     }
     if (o.cluster && api) {
       membership = await Membership.join({
-        client: new EtcdClient(o.cluster.endpoints), name: o.cluster.hostName, url: advertisedUrl(api.url), ttlSeconds: o.cluster.ttlSeconds,
+        // A request's deadline is under the TTL, so a hung one cannot outlast the lease.
+        client: new EtcdClient(o.cluster.endpoints, Math.min(3000, o.cluster.ttlSeconds * 750)),
+        name: o.cluster.hostName, url: advertisedUrl(api.url), ttlSeconds: o.cluster.ttlSeconds,
         vms: async () => (await local.vmList()).map((v) => ({ name: v.name, state: v.state })), log,
       });
     }
