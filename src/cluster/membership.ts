@@ -8,9 +8,10 @@
  * etcd). One loop, one tick at a time, every `ttl / 3` seconds (sooner
  * when kicked):
  *
- *   no lease     grant one, write /dormant/known/<host>, then the live
- *                record under the lease ("registered", or "registered
- *                again under lease L" after a loss);
+ *   no lease     grant one, write /dormant/known/<host>, read which VM
+ *                records name this host, then write the live record under
+ *                the lease ("registered", or "registered again under
+ *                lease L" after a loss);
  *   lease        one keep-alive; TTL 0 means etcd no longer has it
  *                (expired while etcd or this host could not talk, or
  *                revoked by someone): "lease L lost", and at once a new
@@ -82,7 +83,7 @@ export class Membership {
   private forcePublish = false;
   /** VMs this host has claimed (its records). */
   private recorded = new Set<string>();
-  private warnedForeign = new Set<string>();
+  private readonly warnedForeign = new Set<string>();
   private readonly watch: PrefixWatch;
   private readonly memory: () => { capacityBytes: number; freeBytes: number };
 
@@ -103,8 +104,6 @@ export class Membership {
     if (existing && existing.url !== o.url) {
       throw new DormantError('EEXIST', `host name '${o.name}' is taken by a live host with API ${existing.url} in etcd: choose another --host-name`);
     }
-    const ids = await o.client.rangePrefix(VMS_PREFIX);
-    for (const kv of ids.kvs) if (kv.value === o.name) m.recorded.add(kv.key.slice(VMS_PREFIX.length));
     await m.register();
     await m.syncVms(await o.vms());
     await m.watch.start();
@@ -203,6 +202,10 @@ export class Membership {
     await client.put(knownKey(name), JSON.stringify(known));
     this.lease = lease;
     this.published = undefined;
+    // The VM records as etcd has them now (after a loss they may be gone, e.g. etcd's data was replaced).
+    const { kvs } = await client.rangePrefix(VMS_PREFIX);
+    this.recorded = new Set(kvs.filter((kv) => kv.value === name).map((kv) => kv.key.slice(VMS_PREFIX.length)));
+    this.warnedForeign.clear();
     await this.publish(await this.o.vms());
     log(this.lost
       ? `cluster: host ${name} registered again under lease ${lease}`

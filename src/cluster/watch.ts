@@ -14,6 +14,9 @@
  *             away (`compact_revision`): the prefix is read again, every
  *             difference from the copy reported, and the watch starts
  *             after that read (one line);
+ *   went back a new stream created at a revision below the copy's (etcd's
+ *             data was wiped or restored from a backup) would wait for a
+ *             revision that may never come: the prefix is read again;
  *   restart   drops the stream at once and starts a new one (the host's
  *             loop calls it when etcd answers again after failing, since a
  *             half-open connection may never end by itself).
@@ -88,6 +91,15 @@ export class PrefixWatch {
           if (m.compactRevision > 0 || m.canceled) {
             this.log(`cluster: watch of ${this.prefix}: revision ${this.revision + 1} was compacted (to ${m.compactRevision}); reading the keys again`,
               asWarn({ prefix: this.prefix, compactRevision: m.compactRevision }));
+            await this.resync();
+            ended = '';
+            break;
+          }
+          if (m.created && m.revision < this.revision) {
+            // etcd's history went back (its data was wiped or restored): the next revision may never come.
+            this.log(`cluster: etcd is at revision ${m.revision}, before this watch's ${this.revision} (its data was replaced); reading the keys again`,
+              asWarn({ prefix: this.prefix, revision: m.revision }));
+            this.revision = 0;
             await this.resync();
             ended = '';
             break;

@@ -184,6 +184,22 @@ describe('hosts on etcd', () => {
     await until('h3 saw ghost2 down', () => /host ghost2 is down/.test(logOf('h3').slice(mark.h3)));
   }, 60_000);
 
+  it('etcd replaced by an empty one: every host registers again, the VM record comes back, the watches read again', async () => {
+    const mark = Object.fromEntries(Object.keys(hosts).map((h) => [h, logOf(h).length]));
+    await etcd.wipe();
+    await until('all up on the new etcd', async () => {
+      const l = await list();
+      return l.length === 3 && l.every((h) => h.state === 'up');
+    }, 20_000);
+    for (const h of ['h1', 'h2', 'h3']) await until(`${h} registered again`, () => /registered again under lease/.test(logOf(h).slice(mark[h])));
+    await until('web1 recorded on h2 again', async () => (await vmHost(etcd.client, 'web1')) === 'h2');
+    await until('h1 read the keys again', () => /its data was replaced/.test(logOf('h1').slice(mark.h1)));
+    const lease = await etcd.client.grant(60);
+    await etcd.client.put(hostKey('ghost3'), JSON.stringify({ name: 'ghost3', url: 'http://192.0.2.3:1' }), lease);
+    await until('h1 saw ghost3 up', () => /host ghost3 is up/.test(logOf('h1').slice(mark.h1)));
+    await etcd.client.revoke(lease);
+  }, 60_000);
+
   it('a daemon killed with SIGKILL is down after its lease TTL, its VM unavailable; the others see it go', async () => {
     hosts.h2.d.child.kill('SIGKILL');
     await hosts.h2.d.exited;

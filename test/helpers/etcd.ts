@@ -2,7 +2,8 @@
  * A real etcd for tests (Debian's etcd-server, /usr/bin/etcd, installed by
  * scripts/setup.sh): one member on loopback with free ports and a data
  * directory of the caller's, stopped and started again on the same ports
- * and data (an etcd restart), stopped for good by `stop`. Every wait is
+ * and data (an etcd restart) or with its data wiped, stopped for good by
+ * `stop`. Every wait is
  * bounded; `stopAllEtcd` kills whatever is left (afterAll).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -73,6 +74,13 @@ export class TestEtcd {
     const t = setTimeout(() => c.kill('SIGKILL'), 10_000);
     await exited;
     clearTimeout(t);
+  }
+
+  /** Stops it and starts an empty one on the same ports (its data wiped: a new cluster). */
+  async wipe(): Promise<void> {
+    await this.stop();
+    fs.rmSync(path.join(this.dataDir, 'data'), { recursive: true, force: true });
+    await this.run();
   }
 
   /** Stops it, waits `downMs`, and starts it again on the same ports and data. */
