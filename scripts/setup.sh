@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 # (native/) needs g++, make and python3 (node-gyp; python3 also runs the
 # addon's test helper) and libxxhash-dev (xxhash.h, compiled in with
 # XXH_INLINE_ALL).
-DEB_PACKAGES=(e2fsprogs qemu-utils libnbd-bin nbdkit fio openssl libfuse2 fuse3 busybox-static cpio kmod qemu-system-x86
+DEB_PACKAGES=(e2fsprogs qemu-utils libnbd-bin nbdkit fio openssl libfuse2 fuse3 busybox-static cpio kmod qemu-system-x86 etcd-server
   g++ gcc libc6-dev make python3 libxxhash-dev)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do

@@ -13,6 +13,7 @@ import { addVmCommands } from './vm.js';
 import { addTopCommand } from './top.js';
 import { addMigrateCommand, addTransferCommands } from './transfer.js';
 import { addPlanCommand } from './plan.js';
+import { addHostsCommand } from './hosts.js';
 import { EXIT_USER, reportError } from './exit.js';
 import { setQuiet } from './quiet.js';
 
@@ -45,6 +46,7 @@ export function buildProgram(): Command {
   addTransferCommands(program, run);
   addMigrateCommand(program, run);
   addPlanCommand(program, run);
+  addHostsCommand(program, run);
   for (const c of program.commands) c.exitOverride();
   // Each (sub)command's usage errors point to its own --help.
   const walk = (c: Command, name: string): void => {

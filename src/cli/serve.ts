@@ -2,12 +2,15 @@
  * `dormant serve`: parses the daemon's flags and runs it (src/daemon) in the
  * foreground until SIGTERM or SIGINT, one log line per event on stderr
  * (--log-level, --log-format: log-options.ts; --log-stats-every: one line
- * per busy NBD export each period).
+ * per busy NBD export each period; --etcd: the host joins the cluster,
+ * src/cluster/membership.ts).
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { DormantError } from '../blockstore/index.js';
+import { DEFAULT_ETCD_TTL_S, checkHostName, parseEndpoints } from '../cluster/index.js';
 import { NBD_SOCKET_NAME, parseDuration, startDaemon, type DaemonOptions } from '../daemon/index.js';
 import { readTokenFile } from '../migrate/index.js';
 import type { TlsMode } from '../nbd/index.js';
@@ -45,6 +48,9 @@ interface ServeOptions {
   metrics?: string;
   api?: string;
   apiTokenFile?: string;
+  etcd?: string;
+  hostName?: string;
+  etcdTtl: string;
   logStatsEvery: string;
   config?: string;
 }
@@ -85,6 +91,21 @@ function parseApi(o: ServeOptions): DaemonOptions['api'] {
   const token = readTokenFile(o.apiTokenFile);
   const tls = o.tlsCert && o.tlsKey ? { certFile: o.tlsCert, keyFile: o.tlsKey } : undefined;
   return { ...where, token, ...(tls ? { tls } : {}) };
+}
+
+/** --etcd, --host-name and --etcd-ttl: joining the cluster needs the host API (other hosts reach this one there). */
+function parseCluster(o: ServeOptions, cmd: Command): DaemonOptions['cluster'] {
+  if (o.etcd === undefined) {
+    for (const [flag, name] of [['--host-name', 'hostName'], ['--etcd-ttl', 'etcdTtl']] as const) {
+      const source = cmd.getOptionValueSource(name);
+      if (source === 'cli' || source === 'config') throw new DormantError('EINVAL', `${flag} is for the cluster: add --etcd URL`);
+    }
+    return undefined;
+  }
+  if (o.api === undefined) throw new DormantError('EINVAL', '--etcd needs --api HOST:PORT (other hosts reach this one through its host API)');
+  const ttl = Number(o.etcdTtl);
+  if (!/^\d+$/.test(o.etcdTtl) || ttl < 2 || ttl > 3600) throw new DormantError('EINVAL', `bad --etcd-ttl '${o.etcdTtl}': whole seconds, 2 to 3600`);
+  return { endpoints: parseEndpoints(o.etcd), hostName: checkHostName(o.hostName ?? os.hostname()), ttlSeconds: ttl };
 }
 
 function parseHandshakeTimeout(text: string): number {
@@ -155,6 +176,10 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
     .option('--api <host:port>', 'serve the host API (HTTP/JSON for other hosts: push, pull, status) on HOST:PORT; '
       + 'HTTPS with --tls-cert and --tls-key; needs --api-token-file')
     .option('--api-token-file <file>', 'the bearer token every host API request must carry (one line, at least 16 characters)')
+    .option('--etcd <urls>', 'join the cluster kept in etcd (its client URLs, comma-separated): register under a lease, publish '
+      + 'memory and VMs, watch the other hosts; needs --api')
+    .option('--host-name <name>', 'this host\'s name in the cluster (default: the machine\'s host name)')
+    .option('--etcd-ttl <seconds>', 'TTL of the host\'s lease: a host that stops renewing it is down after this long', String(DEFAULT_ETCD_TTL_S))
     .option('--log-stats-every <duration>', 'log one line of NBD counters per export that had traffic, this often (e.g. 10s, 5m; 0 or off: never)',
       LOG_STATS_EVERY);
   addLogOptions(serve)
@@ -188,6 +213,7 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
       const logStatsEveryMs = parseStatsEvery(o.logStatsEvery);
       const log = logFromOptions(cmd);
       const api = parseApi(o);
+      const cluster = parseCluster(o, cmd);
       exitOnUnhandled('dormant serve', log);
       const daemon = await startDaemon({
         storeDir: storeDir(cmd),
@@ -206,6 +232,7 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
         scrub,
         ...(o.metrics === undefined ? {} : { metrics: parseListen(o.metrics, '--metrics', '127.0.0.1:9464') }),
         ...(api ? { api } : {}),
+        ...(cluster ? { cluster } : {}),
         logStatsEveryMs,
         log,
       });

@@ -1,8 +1,9 @@
 /**
- * The cluster: for now, the placement planner from a file (`dormant plan
- * --input FILE`): which VMs to colocate so that the pages they have in
- * common are kept once per host, and the migrations that get there.
- * Cluster state on etcd and fingerprint sketches are still to come.
+ * The cluster: the placement planner from a file (`dormant plan --input
+ * FILE`): which VMs to colocate so that the pages they have in common are
+ * kept once per host, and the migrations that get there; and cluster state
+ * on etcd (`serve --etcd`, `dormant hosts`): hosts under leases, where each
+ * VM lives. Fingerprint sketches are still to come.
  */
 export {
   checkPlanInput, parsePlanInput, readPlanInput, toInstance,
@@ -15,3 +16,10 @@ export { localSearch } from './local-search.js';
 export { hungarian, orderMigrations, relabel } from './migrations.js';
 export { BRUTE_FORCE_LIMIT, optimalPlacement } from './brute-force.js';
 export { mulberry32, syntheticInput, type SyntheticOptions } from './synthetic.js';
+export { EtcdClient, EtcdError, parseEndpoints, type KeyValue, type TxnCompare, type TxnOp, type WatchMessage } from './etcd-client.js';
+export {
+  ETCD_ROOT, HOSTS_PREFIX, KNOWN_PREFIX, VMS_PREFIX, checkHostName, claimVm, hostKey, knownKey, listHosts, moveVmRecord, releaseVm, vmHost, vmKey,
+  type HostStatus, type KnownRecord, type LiveRecord, type VmEntry,
+} from './cluster-keys.js';
+export { DEFAULT_ETCD_TTL_S, Membership, hostMemory, type MembershipOptions } from './membership.js';
+export { PrefixWatch, type ChangeFn } from './watch.js';

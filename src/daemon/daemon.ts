@@ -9,10 +9,13 @@
  * Life:
  *   startDaemon   open the store, listen for NBD, enable the swap file,
  *                 mount, start the VM runner, serve the control socket (and the host
- *                 API for other hosts, with a token), log one line saying
- *                 where everything is; on a failure undo what was started
- *                 and throw (a DormantError the CLI prints in one line);
- *   stop          VMs first (QEMU maps its RAM through the FUSE view and
+ *                 API for other hosts, with a token), join the cluster on
+ *                 etcd (with --etcd: src/cluster's Membership), log one
+ *                 line saying where everything is; on a failure undo what
+ *                 was started and throw (a DormantError the CLI prints in
+ *                 one line);
+ *   stop          the cluster membership first (its lease is revoked, so
+ *                 other hosts see this one down at once), then VMs (QEMU maps its RAM through the FUSE view and
  *                 reads its disk over NBD), then the control socket, the
  *                 mount, the NBD server (finishing in-flight requests), the
  *                 store (flushed; on a full disk with its space reserve
@@ -31,6 +34,7 @@ import { metricsRegistry, serveMetrics, type MetricsServer } from './metrics.js'
 import os from 'node:os';
 import path from 'node:path';
 import { DormantError, Store, asError, asWarn, type LogFn } from '../blockstore/index.js';
+import { EtcdClient, Membership } from '../cluster/index.js';
 import { CONTROL_SOCKET_NAME, LocalControl, serveApi, serveControl, type ApiServer, type ControlServer } from '../control/index.js';
 import { IncomingVms, Receiver } from '../migrate/index.js';
 import { mountStore, type FuseMount } from '../fuse/index.js';
@@ -78,6 +82,8 @@ export interface DaemonOptions {
   metrics?: { host: string; port: number };
   /** Serve the host API (HTTP/JSON for other hosts) on `host`:`port` with this bearer token; HTTPS with `tls`. */
   api?: { host: string; port: number; token: string; tls?: { certFile: string; keyFile: string } };
+  /** Join the cluster on etcd (needs `api`): its client URLs, this host's name, the lease TTL in seconds. */
+  cluster?: { endpoints: string[]; hostName: string; ttlSeconds: number };
   /** Every `logStatsEveryMs`, one line per NBD export that had traffic (stats-log.ts); absent: none. */
   logStatsEveryMs?: number;
   /** One log event: a line and its fields (log.ts turns them into text or JSON lines). */
@@ -133,6 +139,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
   const receiver = new Receiver(store, log);
   let incoming: IncomingVms | undefined;
   let statsLog: StatsLog | undefined;
+  let membership: Membership | undefined;
   let nbdAddresses: NbdAddresses;
   try {
     nbdAddresses = await nbd.listen();
@@ -158,6 +165,14 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
         log(`dormant serve: warning: the host API on ${api.url} is plain HTTP: its token and data cross the network in the clear (add --tls-cert and --tls-key)`);
       }
     }
+    if (o.cluster && api) {
+      membership = await Membership.join({
+        // A request's deadline is under the TTL, so a hung one cannot outlast the lease.
+        client: new EtcdClient(o.cluster.endpoints, Math.min(3000, o.cluster.ttlSeconds * 750)),
+        name: o.cluster.hostName, url: advertisedUrl(api.url), ttlSeconds: o.cluster.ttlSeconds,
+        vms: async () => (await local.vmList()).map((v) => ({ name: v.name, state: v.state })), log,
+      });
+    }
     // VMs that were running when the last daemon stopped or died come back when their restart policy says so.
     if (vms) {
       // An incoming migration cut by the last daemon's end never ran here (its source has the VM): it goes first.
@@ -179,15 +194,18 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     log(`dormant serve: store ${dir}; NBD on ${where}${o.tls.mode !== 'off' ? ` (TLS ${o.tls.mode}${o.tls.pskFile ? ', PSK' : o.tls.verifyPeer ? ', client certificates' : ''})` : ''}${o.readOnly ? ' (read-only)' : ''}; `
       + `control socket ${path.join(dir, CONTROL_SOCKET_NAME)}${fuse ? `; FUSE on ${fuse.dir}` : ''}`
       + `${fuse ? `; automatic paging ${o.autoPage === false ? 'off' : 'on'}` : ''}${swap ? `; swap file ${swap.path}` : ''}`
-      + `${o.scrub ? `; scrub every ${Math.round(o.scrub.everyMs / 1000)} s` : ''}${metrics ? `; metrics on ${metrics.url}` : ''}${api ? `; host API on ${api.url}` : ''}`,
+      + `${o.scrub ? `; scrub every ${Math.round(o.scrub.everyMs / 1000)} s` : ''}${metrics ? `; metrics on ${metrics.url}` : ''}${api ? `; host API on ${api.url}` : ''}`
+      + `${membership ? `; host ${o.cluster!.hostName} in the cluster on etcd` : ''}`,
     {
       store: dir, nbdTcp: tcp ? `${tcp.host}:${tcp.port}` : undefined, nbdSocket: socketPath, tls: o.tls.mode, readOnly: o.readOnly,
       control: path.join(dir, CONTROL_SOCKET_NAME), mount: fuse?.dir, swapFile: swap?.path, metrics: metrics?.url, api: api?.url,
+      host: membership ? o.cluster!.hostName : undefined,
     });
     if (o.logStatsEveryMs) statsLog = new StatsLog(() => nbd.exportStats(), o.logStatsEveryMs, log);
     sdNotify(`READY=1\nMAINPID=${process.pid}\nSTATUS=serving ${dir}`, log);
   } catch (err) {
     statsLog?.stop();
+    await membership?.stop().catch(() => undefined);
     await metrics?.close().catch(() => undefined);
     await api?.close().catch(() => undefined);
     await receiver.close().catch(() => undefined);
@@ -217,6 +235,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
         }
       };
       statsLog?.stop();
+      await step('cluster membership', () => membership?.stop());
       await step('metrics', () => metrics?.close());
       await step('host API', () => api?.close());
       await step('transfers', () => receiver.close());
@@ -245,6 +264,13 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     process.on('SIGINT', () => onSignal('SIGINT'));
   });
   return { store, nbdAddresses, socketPath, stop, untilSignal };
+}
+
+/** The API URL other hosts are told: a wildcard address (0.0.0.0, ::) becomes this host's name. */
+function advertisedUrl(url: string): string {
+  const u = new URL(url);
+  if (u.hostname === '0.0.0.0' || u.hostname === '[::]') u.hostname = os.hostname();
+  return u.toString().replace(/\/$/, '');
 }
 
 /** Niceness the daemon asks for: it serves every VM's page faults and disk, so it should win the CPU from the guests it serves. */
