@@ -42,8 +42,13 @@ import {
 } from './working-set.js';
 
 const PAGE = 4096;
-/** How long after a connection to a paged-out VM its faults count as the network class. */
+/**
+ * How long after a connection to a paged-out VM its faults count as the
+ * network class; a request still faulting when it ends (a slow, loaded
+ * host) keeps the window open a second at a time, up to NETWORK_WINDOW_MAX_MS.
+ */
 export const NETWORK_WINDOW_MS = 3_000;
+const NETWORK_WINDOW_MAX_MS = 15_000;
 /** Longest wait for a network prefetch before a connection is passed on anyway. */
 const CONNECTION_PREFETCH_MS = 2_000;
 /** Timer wake-ups remembered to learn their period. */
@@ -142,6 +147,7 @@ export class VmPager {
   private schedIdle = false;
   private connections = 0;
   private networkUntil = 0;
+  private networkSince = 0;
   /** Sampling state: the last tick's time and counters. */
   private last?: { at: number; cpu: number; disk: number; connections: number; faults: number };
   private wakes: number[] = [];
@@ -251,7 +257,8 @@ export class VmPager {
     // A woken VM gets its CPU back now, not at the next sample.
     if (this.schedIdle) this.setSchedIdle(false, { enabled: true, log: this.log });
     if (!this.pagedOut) return;
-    this.networkUntil = Date.now() + NETWORK_WINDOW_MS;
+    this.networkSince = Date.now();
+    this.networkUntil = this.networkSince + NETWORK_WINDOW_MS;
     this.io.eventClass = 'network';
     this.io.countEvent('network');
     const pages = classPages(readWorkingSetSafe(this.vm.workingSetFile), 'network');
@@ -313,10 +320,14 @@ export class VmPager {
 
   /** Attributes faults to an event class and learns the period of timer wake-ups. */
   private classifyFaults(prev: VmPager['last'], cur: NonNullable<VmPager['last']>, now: number): void {
-    if (now >= this.networkUntil) {
-      this.io.eventClass = this.pagedOut && this.activity === 'idle' ? 'timer' : null;
-    }
     const faulted = prev !== undefined && cur.faults !== prev.faults;
+    if (now >= this.networkUntil) {
+      if (this.io.eventClass === 'network' && faulted && now - this.networkSince < NETWORK_WINDOW_MAX_MS) {
+        this.networkUntil = now + 1_000; // the request is still bringing its pages in
+      } else {
+        this.io.eventClass = this.pagedOut && this.activity === 'idle' ? 'timer' : null;
+      }
+    }
     const quietBefore = this.faultlessTicks >= 1;
     this.faultlessTicks = faulted ? 0 : this.faultlessTicks + 1;
     // A burst of faults after at least one whole sample without any is one timer wake-up.
