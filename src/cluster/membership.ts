@@ -38,7 +38,7 @@ import fs from 'node:fs';
 import { DormantError, asWarn, type LogFn } from '../blockstore/index.js';
 import { EtcdError, GRPC_NOT_FOUND, type EtcdClient, type KeyValue } from './etcd-client.js';
 import {
-  HOSTS_PREFIX, claimVm, hostKey, knownKey, parseRecord, releaseVm, VMS_PREFIX,
+  HOSTS_PREFIX, claimVm, hostKey, knownKey, moveVmRecord, parseRecord, releaseVm, VMS_PREFIX,
   type KnownRecord, type LiveRecord, type VmEntry,
 } from './cluster-keys.js';
 import { PrefixWatch } from './watch.js';
@@ -118,6 +118,27 @@ export class Membership {
 
   /** The lease this host holds now (tests, logs). */
   get leaseId(): string | undefined { return this.lease; }
+
+  /**
+   * VM `vm` arrived here from host `fromHost` by a migration and runs here
+   * now (its commit point): its location moves from that host to this one
+   * in one compare-and-swap, so it is never recorded on two hosts; with no
+   * such record (the source is in no cluster, or it was released), this
+   * host claims it. Returns the host it is recorded on afterwards.
+   */
+  async arrived(vm: string, fromHost: string | undefined): Promise<string> {
+    const { client, name, log } = this.o;
+    const moved = fromHost ? await moveVmRecord(client, vm, fromHost, name) : { moved: false, owner: undefined };
+    const owner = moved.moved ? name : await claimVm(client, vm, name);
+    if (owner === name) {
+      this.recorded.add(vm);
+      this.warnedForeign.delete(vm);
+      log(`cluster: VM ${vm} now recorded on host ${name}${moved.moved ? ` (moved from ${fromHost})` : ''}`, { vm, host: name });
+    } else {
+      log(`cluster: warning: VM ${vm} arrived here but is recorded on host ${owner} in etcd`, asWarn({ vm, host: owner }));
+    }
+    return owner;
+  }
 
   /** Stops the loop and the watch and revokes the lease (best effort: a failure is one warning line). */
   async stop(): Promise<void> {

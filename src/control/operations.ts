@@ -89,7 +89,9 @@ export type ControlOp = typeof CONTROL_OPS[number];
  */
 export class LocalControl implements StoreControl {
   constructor(readonly store: Store, private readonly own: boolean, private readonly vms?: VmSupervisor,
-    private readonly log: (line: string) => void = () => undefined) {}
+    private readonly log: (line: string) => void = () => undefined,
+    /** This host's name in the cluster on etcd, when it is in one. */
+    private readonly hostName?: string) {}
 
   createVolume(name: string, size: number, kind: VolumeKind) { return this.store.createVolume(name, size, kind); }
   snapshot(volume: string, snap: string) { return this.store.snapshot(volume, snap); }
@@ -125,7 +127,8 @@ export class LocalControl implements StoreControl {
   }
   async vmMigrate(name: string, url: string, token: string, mode: string, ca: string, progress?: ProgressFn) {
     if (mode !== 'copy') throw new DormantError('EINVAL', `bad migration mode '${mode}': only copy is built`);
-    return migrateVm(this.store, new VmMoves(this.store, this.supervisor(), this.log), name, remoteHost(url, token, ca), this.log, progress);
+    return migrateVm(this.store, new VmMoves(this.store, this.supervisor(), this.log), name, remoteHost(url, token, ca), this.log, progress,
+      this.hostName);
   }
   async vmCreate(spec: VmSpec) { return createVm(this.store, spec); }
   async vmStart(name: string, kvm: boolean, restart = '') {

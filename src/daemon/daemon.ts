@@ -156,7 +156,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
         autoPage: o.autoPage, idleTimeoutSeconds: o.idleTimeoutSeconds, diskOps: (v) => backend.requestsServed(v),
       });
     }
-    const local = new LocalControl(store, false, vms, log);
+    const local = new LocalControl(store, false, vms, log, o.cluster?.hostName);
     control = await serveControl(local, path.join(dir, CONTROL_SOCKET_NAME), log);
     if (o.api) {
       incoming = new IncomingVms(store, vms ? new VmMoves(store, vms, log) : undefined, log, undefined, (v) => receiver.forget(v));
@@ -172,6 +172,8 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
         name: o.cluster.hostName, url: advertisedUrl(api.url), ttlSeconds: o.cluster.ttlSeconds,
         vms: async () => (await local.vmList()).map((v) => ({ name: v.name, state: v.state })), log,
       });
+      const joined = membership;
+      if (incoming) incoming.onArrived = (vm, fromHost) => joined.arrived(vm, fromHost);
     }
     // VMs that were running when the last daemon stopped or died come back when their restart policy says so.
     if (vms) {

@@ -110,6 +110,8 @@ interface IncomingRequest {
   record: MovableRecord;
   kernelSha256: string;
   initrdSha256: string;
+  /** The source's name in the cluster on etcd, if it is in one (the VM's location moves from it at the commit point). */
+  fromHost?: string;
 }
 
 /** The longest QEMU's device-state stream may take. */
@@ -121,11 +123,14 @@ function sha256File(file: string): string {
 
 /** Moves running VM `name` to `host` (copy mode); see the header. */
 export async function migrateVm(store: Store, vms: MovableVms, name: string, host: RemoteHost,
-  log: (line: string) => void = () => undefined, progress?: (done: number, total: number) => void): Promise<VmMoveResult> {
+  log: (line: string) => void = () => undefined, progress?: (done: number, total: number) => void,
+  fromHost?: string): Promise<VmMoveResult> {
   const rec = vms.record(name);
   if (!vms.isRunning(name)) throw new DormantError('EINVAL', `cannot migrate VM '${name}': it is not running (start it, or push its volumes)`);
   const t0 = performance.now();
-  const request: IncomingRequest = { record: rec, kernelSha256: sha256File(rec.kernel), initrdSha256: sha256File(rec.initrd) };
+  const request: IncomingRequest = {
+    record: rec, kernelSha256: sha256File(rec.kernel), initrdSha256: sha256File(rec.initrd), ...(fromHost ? { fromHost } : {}),
+  };
   // The destination must be able to run it before the guest pauses: it checks the kernel and the name.
   await requestJson(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/check`, Buffer.from(JSON.stringify(request)));
   const faultsBefore = vms.pagesIn(name);
@@ -213,6 +218,9 @@ const INCOMING_TIMEOUT_MS = 10 * 60_000;
 /** The destination's side of VM migrations (the host API's /v1/vms/<vm>/incoming routes). */
 export class IncomingVms {
   private readonly pending = new Map<string, NodeJS.Timeout>();
+  private readonly sources = new Map<string, string | undefined>();
+  /** Called once an incoming VM runs here (the cluster's location record moves), with the source's cluster name. */
+  onArrived?: (vm: string, fromHost: string | undefined) => Promise<unknown>;
 
   constructor(private readonly store: Store, private readonly vms: MovableVms | undefined,
     private readonly log: (line: string) => void = () => undefined,
@@ -268,6 +276,7 @@ export class IncomingVms {
     const t = setTimeout(() => { void this.abort(name).catch(() => undefined); }, INCOMING_TIMEOUT_MS);
     t.unref();
     this.pending.set(name, t);
+    this.sources.set(name, req.fromHost);
     try {
       await vms.startIncoming(name, uri);
     } catch (err) {
@@ -285,6 +294,10 @@ export class IncomingVms {
     const st = await vms.finishIncoming(name, STREAM_TIMEOUT_MS);
     clearTimeout(this.pending.get(name));
     this.pending.delete(name);
+    const fromHost = this.sources.get(name);
+    this.sources.delete(name);
+    // The VM runs here: its location in the cluster moves with it (a failure there does not undo the move).
+    await this.onArrived?.(name, fromHost).catch((err: Error) => this.log(`vm ${name}: cluster location: ${err.message}`));
     this.log(`vm ${name}: arrived, running (port ${st.hostPort})`);
     return st;
   }
@@ -300,6 +313,7 @@ export class IncomingVms {
     if (t !== undefined) {
       clearTimeout(t);
       this.pending.delete(name);
+      this.sources.delete(name);
       await vms.kill(name, 'incoming migration aborted');
       await vms.remove(name);
     }
@@ -329,7 +343,8 @@ function parseIncoming(name: string, body: Buffer): IncomingRequest {
   const r = req?.record;
   if (!r || typeof r !== 'object' || r.name !== name || typeof r.disk !== 'string' || typeof r.memory !== 'string'
     || typeof r.kernel !== 'string' || typeof r.initrd !== 'string' || typeof r.image !== 'string'
-    || typeof req.kernelSha256 !== 'string' || typeof req.initrdSha256 !== 'string') {
+    || typeof req.kernelSha256 !== 'string' || typeof req.initrdSha256 !== 'string'
+    || (req.fromHost !== undefined && typeof req.fromHost !== 'string')) {
     throw new DormantError('EINVAL', `an incoming VM request names VM '${name}' with its record (disk, memory, kernel, initrd, image) and kernel hashes`);
   }
   return req;

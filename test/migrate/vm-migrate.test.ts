@@ -9,8 +9,12 @@
  * faulting its memory back in. A destination that dies before the commit
  * point leaves the VM running on the source, and a retry succeeds.
  *
- * Every QEMU pid seen is SIGKILLed at the end, every daemon stopped, the
- * mounts lazily unmounted and temp dirs removed.
+ * The hosts are in a cluster on a real etcd (started by the test on
+ * loopback): a VM's location record moves to the destination at the
+ * migration's commit point.
+ *
+ * Every QEMU pid seen is SIGKILLed at the end, every daemon and etcd
+ * stopped, the mounts lazily unmounted and temp dirs removed.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -20,6 +24,7 @@ import { dormant, dormantAsync, dormantJson, expectFailure, expectOk, type CliRe
 import { CACHE, diskCounter, startVmDaemon, vmStatus, waitHttp, type Status } from '../helpers/guest.js';
 import { cleanupMounts, startDaemon, type MountDaemon } from '../helpers/mount-daemon.js';
 import { TempDirs } from '../helpers/tmp.js';
+import { stopAllEtcd, TestEtcd } from '../helpers/etcd.js';
 
 const tmp = new TempDirs();
 const qemuPids = new Set<number>();
@@ -27,10 +32,12 @@ interface Host { store: string; url: string; daemon: MountDaemon; args: string[]
 let a: Host;
 let b: Host;
 let tokenFile = '';
+let etcd: TestEtcd;
 
 async function host(prefix: string, extra: string[] = []): Promise<Host> {
   const port = await freePort();
-  const args = ['--no-auto-page', '--api', `127.0.0.1:${port}`, '--api-token-file', tokenFile, ...extra];
+  const args = ['--no-auto-page', '--api', `127.0.0.1:${port}`, '--api-token-file', tokenFile,
+    '--etcd', etcd.url, '--host-name', prefix, '--etcd-ttl', '3', ...extra];
   const { store, daemon, mnt } = await startVmDaemon(tmp, prefix, args);
   return { store, url: `http://127.0.0.1:${port}`, daemon, args, mnt };
 }
@@ -60,6 +67,7 @@ beforeAll(async () => {
   const dir = tmp.make('vm-migrate');
   tokenFile = path.join(dir, 'token');
   fs.writeFileSync(tokenFile, 'migrate-test-token-0123456789\n', { mode: 0o600 });
+  etcd = await TestEtcd.start(path.join(dir, 'etcd'));
   a = await host('vm-migrate-a');
   b = await host('vm-migrate-b');
 }, 400_000);
@@ -67,6 +75,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const pid of qemuPids) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
   for (const h of [a, b]) await h?.daemon.stop(60_000).catch(() => undefined);
+  await stopAllEtcd();
   await cleanupMounts();
   tmp.cleanup();
 });
@@ -79,7 +88,12 @@ describe('vm migrate --mode copy', () => {
     const before = await boot(a, 'm1');
     const counter = await diskCounter(a.store, 'm1');
     const up = await guestUptime(before.hostPort!);
+    const location = async () => (await etcd.client.get('/dormant/vms/m1'))?.value;
+    for (let i = 0; i < 100 && await location() !== 'vm-migrate-a'; i++) await new Promise((r) => setTimeout(r, 100));
+    expect(await location()).toBe('vm-migrate-a');
     const r = json(await migrate(a, 'm1', b.url));
+    // Moved in the commit step, not at the next refresh of either host.
+    expect(await location()).toBe('vm-migrate-b');
     expect(r).toMatchObject({ vm: 'm1', mode: 'copy', to: b.url });
     for (const k of ['downtimeMs', 'bytesSent', 'memoryBytesSent', 'diskBytesSent', 'deviceStateBytes', 'seconds']) {
       expect(typeof r[k], k).toBe('number');
