@@ -27,6 +27,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { BLOCK_SIZE, Store } from '../dist/blockstore/index.js';
+// Seeded 32-bit PRNG: positions and block classes.
+import { mulberry32 } from '../dist/cluster/index.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const DORMANT = path.join(ROOT, 'bin', 'dormant');
@@ -106,18 +108,6 @@ function log(msg) {
 
 const nowNs = () => process.hrtime.bigint();
 const msSince = (start) => Number(nowNs() - start) / 1e6;
-
-/** Seeded 32-bit PRNG (mulberry32): positions and block classes. */
-function mulberry32(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Seeded incompressible bytes: an AES-128-CTR keystream named by (seed, label). */
 function keystream(seed, label) {
