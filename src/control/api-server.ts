@@ -17,6 +17,7 @@
  *   POST /v1/receive/<id>/commit[?partial=1]  -> {volume, origin} (partial: although chunks are missing)
  *   POST /v1/patch                      a patch (src/migrate/patch.ts) -> {id, needed, chunksPresent}; then
  *                                       needed, chunks and commit as for a receive
+ *   POST /v1/vms/<vm>/migrate           {to} -> what `vm migrate --json` prints: this host moves its VM there
  *   POST /v1/vms/<vm>/incoming/check    a VM's record and kernel hashes -> {ok} (it can come here)
  *   POST /v1/vms/<vm>/incoming          the same -> {uri}: QEMU waits there for the device state
  *   POST /v1/vms/<vm>/incoming/finish   -> {state, hostPort}: the guest resumed here (the commit point)
@@ -120,6 +121,14 @@ export async function serveApi(store: Store, control: StoreControl, receiver: Re
       json(await receiver.commit(b, url.searchParams.get('partial') === '1'));
     } else if (m === 'POST' && a === 'patch' && !b) {
       json(await receiver.beginPatch(await readBody(req, MAX_MANIFEST)));
+    } else if (m === 'POST' && a === 'vms' && b && c === 'migrate' && parts.length === 4) {
+      // Another host (`dormant plan --apply`) asks this one to move its VM: the destination takes this host's own
+      // token (the hosts of a cluster share one).
+      let to: unknown;
+      try { to = (JSON.parse((await readBody(req, MAX_SMALL)).toString('utf8')) as { to?: unknown }).to; } catch { to = undefined; }
+      if (typeof to !== 'string') throw new DormantError('EINVAL', 'a migrate request is {"to": "<the destination\'s API URL>"}');
+      o.log(`api: ${req.socket.remoteAddress} asks to migrate VM ${b} to ${to}`);
+      json(await control.vmMigrate(b, to, o.token, 'copy', ''));
     } else if (m === 'POST' && a === 'vms' && b && c === 'incoming') {
       const step = parts[4];
       const body = await readBody(req, MAX_SMALL);

@@ -89,8 +89,9 @@ export function request(host: RemoteHost, method: string, path: string, body?: B
 }
 
 /** Sends one request and parses a JSON answer. */
-export async function requestJson<T>(host: RemoteHost, method: string, path: string, body?: Buffer): Promise<T> {
-  const a = await request(host, method, path, body);
+export async function requestJson<T>(host: RemoteHost, method: string, path: string, body?: Buffer,
+  opts: { timeoutMs?: number } = {}): Promise<T> {
+  const a = await request(host, method, path, body, opts);
   try {
     return JSON.parse(a.body.toString('utf8')) as T;
   } catch {

@@ -184,6 +184,28 @@ describe('vm migrate --mode copy', () => {
     expectOk(dormant(['vm', 'stop', 'gone1', '--timeout', '0'], { store: a.store }));
   }, 400_000);
 
+  it('plan --apply moves a VM where the plan puts it, through the source host\'s API', async () => {
+    await boot(a, 'p1');
+    // Host a is too small for p1 (256 MiB): the plan moves it to b, and --apply does.
+    const input = path.join(tmp.make('vm-migrate-plan'), 'plan.json');
+    fs.writeFileSync(input, JSON.stringify({
+      hosts: [{ name: 'vm-migrate-a', capacityMB: 200 }, { name: 'vm-migrate-b', capacityMB: 8192 }],
+      vms: [{ name: 'p1', sizeMB: 256, host: 'vm-migrate-a' }], sharingMB: [],
+    }));
+    const r = json(await dormantAsync(['plan', '--input', input, '--apply', '--etcd', etcd.url, '--token-file', tokenFile, '--json'],
+      {}, 300_000));
+    expect(r.migrations).toEqual([{ vm: 'p1', from: 'vm-migrate-a', to: 'vm-migrate-b' }]);
+    expect(r.applied).toHaveLength(1);
+    expect(r.applied[0]).toMatchObject({ vm: 'p1', from: 'vm-migrate-a', to: 'vm-migrate-b' });
+    expect(r.measured.beforeBytes).toBeGreaterThan(0);
+    const s = vmStatus(b.store, 'p1');
+    qemuPids.add(s.pid!);
+    await waitHttp(b.store, 'p1', s.hostPort!, 30_000);
+    expectFailure(dormant(['vm', 'status', 'p1'], { store: a.store }), /unknown VM 'p1'/);
+    // Without etcd or token, one line.
+    expectFailure(dormant(['plan', '--input', input, '--apply'], { env: { DORMANT_ETCD: undefined } }), /--apply finds the hosts in etcd/);
+  }, 400_000);
+
   it('refuses what it cannot do, with one line', async () => {
     expectFailure(dormant(['vm', 'migrate', 'm1', '--to', b.url, '--token-file', tokenFile, '--mode', 'lazy'], { store: a.store }),
       /--mode lazy is not built yet/);
