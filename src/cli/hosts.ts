@@ -10,6 +10,16 @@ import { DormantError } from '../blockstore/index.js';
 import { EtcdClient, listHosts, parseEndpoints, type HostStatus } from '../cluster/index.js';
 import { formatBytes, table } from './format.js';
 
+/**
+ * A client of the etcd that --etcd names, else $DORMANT_ETCD; `missing`
+ * starts the one-line error when neither is given.
+ */
+export function etcdClient(flag: string | undefined, missing = 'no etcd named'): EtcdClient {
+  const text = flag ?? process.env.DORMANT_ETCD;
+  if (text === undefined || text.trim() === '') throw new DormantError('EINVAL', `${missing}: give --etcd URL[,URL...] or set $DORMANT_ETCD`);
+  return new EtcdClient(parseEndpoints(text, flag === undefined ? '$DORMANT_ETCD' : '--etcd'));
+}
+
 /** The hosts as a table. */
 export function formatHosts(hosts: HostStatus[]): string {
   if (hosts.length === 0) return 'no hosts registered in etcd';
@@ -26,11 +36,7 @@ export function addHostsCommand(program: Command, run: (fn: () => Promise<void>)
     .option('--etcd <urls>', 'etcd client URLs, comma-separated (default: $DORMANT_ETCD)')
     .option('--json', 'machine-readable output')
     .action((o: { etcd?: string; json?: boolean }) => run(async () => {
-      const text = o.etcd ?? process.env.DORMANT_ETCD;
-      if (text === undefined || text.trim() === '') {
-        throw new DormantError('EINVAL', 'no etcd named: give --etcd URL[,URL...] or set $DORMANT_ETCD');
-      }
-      const hosts = await listHosts(new EtcdClient(parseEndpoints(text, o.etcd === undefined ? '$DORMANT_ETCD' : '--etcd')));
+      const hosts = await listHosts(etcdClient(o.etcd));
       process.stdout.write(o.json ? `${JSON.stringify({ hosts }, null, 2)}\n` : `${formatHosts(hosts)}\n`);
     }));
 }

@@ -11,7 +11,7 @@ import { addMountCommand } from './mount.js';
 import { addImageCommands } from './image.js';
 import { addVmCommands } from './vm.js';
 import { addTopCommand } from './top.js';
-import { addMigrateCommand, addTransferCommands } from './transfer.js';
+import { addTransferCommands } from './transfer.js';
 import { addPlanCommand } from './plan.js';
 import { addHostsCommand } from './hosts.js';
 import { EXIT_USER, reportError } from './exit.js';
@@ -44,7 +44,6 @@ export function buildProgram(): Command {
   addVmCommands(program, run);
   addTopCommand(program, run);
   addTransferCommands(program, run);
-  addMigrateCommand(program, run);
   addPlanCommand(program, run);
   addHostsCommand(program, run);
   for (const c of program.commands) c.exitOverride();

@@ -10,10 +10,12 @@
  */
 import type { Command } from 'commander';
 import { DormantError } from '../blockstore/index.js';
-import { EtcdClient, listHosts, parseEndpoints, plan, readPlanInput, type HostStatus, type PlanResult } from '../cluster/index.js';
-import { checkHostUrl, readTokenFile, requestJson, type VmMoveResult } from '../migrate/index.js';
+import { listHosts, plan, readPlanInput, type EtcdClient, type HostStatus, type PlanResult } from '../cluster/index.js';
+import { checkHostUrl, requestJson, type VmMoveResult } from '../migrate/index.js';
 import { formatBytes, table } from './format.js';
+import { etcdClient } from './hosts.js';
 import { isQuiet } from './quiet.js';
+import { apiToken } from './transfer.js';
 
 const mb = (x: number): string => `${x} MB`;
 
@@ -48,10 +50,9 @@ const usedBytes = (hosts: HostStatus[]): number => hosts.reduce((s, h) => s + (h
  * when there is no safe order or a host is not up); `say` gets a line per
  * step. Returns what each did and the hosts' memory before and after.
  */
-async function applyPlan(r: PlanResult, etcdText: string, token: string, say: (line: string) => void):
+async function applyPlan(r: PlanResult, client: EtcdClient, token: string, say: (line: string) => void):
   Promise<{ applied: Applied[]; measured: { beforeBytes: number; afterBytes: number } }> {
   if (!r.safeOrder) throw new DormantError('EINVAL', 'not applied: no order keeps every host within its capacity while the VMs move one at a time');
-  const client = new EtcdClient(parseEndpoints(etcdText, '--etcd'));
   const hosts = new Map((await listHosts(client)).map((h) => [h.name, h]));
   for (const m of r.migrations) {
     for (const name of [m.from, m.to]) {
@@ -94,13 +95,10 @@ export function addPlanCommand(program: Command, run: (fn: () => Promise<void>) 
         process.stdout.write(o.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatPlan(r)}\n`);
         return;
       }
-      const etcdText = o.etcd ?? process.env.DORMANT_ETCD;
-      if (!etcdText) throw new DormantError('EINVAL', '--apply finds the hosts in etcd: give --etcd URL[,URL...] or set $DORMANT_ETCD');
-      const tokenFile = o.tokenFile ?? process.env.DORMANT_TOKEN_FILE;
-      if (!tokenFile) throw new DormantError('EINVAL', '--apply needs the hosts\' API token: --token-file FILE or $DORMANT_TOKEN_FILE');
-      const token = readTokenFile(tokenFile);
+      const client = etcdClient(o.etcd, '--apply finds the hosts in etcd');
+      const token = apiToken(o.tokenFile, '--apply needs the hosts\' API token');
       if (!o.json) process.stdout.write(`${formatPlan(r)}\n`);
-      const a = await applyPlan(r, etcdText, token, (line) => { if (!isQuiet() && !o.json) process.stderr.write(`dormant plan: ${line}\n`); });
+      const a = await applyPlan(r, client, token, (line) => { if (!isQuiet() && !o.json) process.stderr.write(`dormant plan: ${line}\n`); });
       if (o.json) { process.stdout.write(`${JSON.stringify({ ...r, ...a }, null, 2)}\n`); return; }
       process.stdout.write(`applied ${a.applied.length} migration${a.applied.length === 1 ? '' : 's'}; memory the hosts use (etcd): `
         + `${formatBytes(a.measured.beforeBytes)} before, ${formatBytes(a.measured.afterBytes)} after\n`);

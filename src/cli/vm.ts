@@ -1,8 +1,8 @@
 /**
  * `dormant vm ...`: VMs whose disk is a branch and whose RAM is a memory
  * volume of the store (src/vm). create/list/status work offline or through
- * the daemon; start/stop/pause/resume need `dormant serve --mount DIR`, whose
- * supervisor runs QEMU; log and xen-config only read files of the store
+ * the daemon; start/stop/pause/resume/migrate need `dormant serve --mount DIR`,
+ * whose supervisor runs QEMU (migrate: to another host's API); log and xen-config only read files of the store
  * directory; console (vm-console.ts) connects to the VM's serial socket there.
  */
 import fs from 'node:fs';
@@ -14,7 +14,9 @@ import { NBD_SOCKET_NAME } from '../daemon/index.js';
 import { defaultCacheDir, metaPath, readImageMeta } from '../guest-image/index.js';
 import { STOP_TIMEOUT_MS, checkBallast, checkMemory, checkRestart, checkVmName, readVm, vmPaths, type VmStatus } from '../vm/index.js';
 import { formatBytes, parseSize, table } from './format.js';
+import { Progress } from './progress.js';
 import { storeDir, withStore } from './store-commands.js';
+import { apiToken, caText } from './transfer.js';
 import { attachConsole } from './vm-console.js';
 
 const print = (s: string) => process.stdout.write(`${s}\n`);
@@ -146,6 +148,29 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
       const s = await (await daemon(cmd, 'vm resume')).vmResume(name);
       if (o.json) { printJson(s); return; }
       print(`VM ${name}: ${stateText(s)}`);
+    }));
+
+  vm.command('migrate <vm>')
+    .description('move a running VM, disk and memory, to another host; it keeps running there with its state '
+      + '(only the chunks that host lacks and QEMU\'s device state travel)')
+    .requiredOption('--to <url>', 'the destination host\'s API, e.g. http://10.0.0.2:7450')
+    .option('--mode <mode>', 'copy: pause, send what is missing, resume there (lazy is not built yet)', 'copy')
+    .option('--token-file <file>', 'file holding the destination\'s API token (default: $DORMANT_TOKEN_FILE)')
+    .option('--tls-ca <file>', 'CA certificate (PEM) to trust for an https:// host')
+    .option('--json', 'machine-readable output')
+    .action((name: string, o: { to: string; mode: string; tokenFile?: string; tlsCa?: string; json?: boolean }, cmd: Command) => run(async () => {
+      if (o.mode !== 'copy') {
+        throw new DormantError('EINVAL', o.mode === 'lazy' ? '--mode lazy is not built yet: use --mode copy' : `bad --mode '${o.mode}': use copy`);
+      }
+      const token = apiToken(o.tokenFile);
+      const ca = caText(o.tlsCa);
+      const control = await daemon(cmd, 'vm migrate');
+      const progress = new Progress(`migrate ${name}`, 0);
+      const r = await control.vmMigrate(name, o.to, token, o.mode, ca, (d, n) => progress.update(d, n)).finally(() => progress.done());
+      if (o.json) { printJson(r); return; }
+      print(`migrated VM ${name} to ${r.to}: runs there${r.hostPort ? ` on port ${r.hostPort}` : ''}; `
+        + `downtime ${r.downtimeMs} ms, ${formatBytes(r.bytesSent)} sent (memory ${formatBytes(r.memoryBytesSent)}, `
+        + `disk ${formatBytes(r.diskBytesSent)}, device state ${formatBytes(r.deviceStateBytes)}), in ${r.seconds.toFixed(2)} s`);
     }));
 
   vm.command('rm <vm>')
