@@ -29,7 +29,7 @@ import {
   COMMIT_SLICE_ENTRIES, PRINTS_INTERVAL_MS, WRITEBACK_MAX_BLOCKS, WRITEBACK_MAX_PAGES,
 } from './constants.js';
 import { DormantError } from './errors.js';
-import type { LogFn } from './log.js';
+import { asError, type LogFn } from './log.js';
 import type { Committer, IndexDbs } from './index-db.js';
 import type { Catalog } from './catalog.js';
 import type { SegmentFiles } from './segments.js';
@@ -126,7 +126,7 @@ export class Flusher {
     this.background = this.flush()
       .then(() => { this.lastFailure = ''; }, (err) => {
         const msg = (err as Error).message;
-        if (msg !== this.lastFailure) this.ctx.log(`store: background flush failed: ${msg}`, { level: 'error', err: msg });
+        if (msg !== this.lastFailure) this.ctx.log(`store: background flush failed: ${msg}`, asError(err));
         this.lastFailure = msg;
       })
       .finally(() => { this.background = null; });

@@ -38,7 +38,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { DormantError } from './errors.js';
-import type { LogFn } from './log.js';
+import { asError, asWarn, type LogFn } from './log.js';
 import { allocateRange } from '../native/index.js';
 
 /** Largest default floor: commits of a flush's slices, the append buffer, other files of the store. */
@@ -134,8 +134,7 @@ export class SpaceGuard {
     try {
       fs.rmSync(this.reservePath, { force: true });
     } catch (err) {
-      this.log(`store: cannot release the space reserve ${this.reservePath}: ${(err as Error).message}`,
-        { level: 'error', err: (err as Error).message });
+      this.log(`store: cannot release the space reserve ${this.reservePath}: ${(err as Error).message}`, asError(err));
       return false;
     }
     this.held = 0;
@@ -198,7 +197,7 @@ export class SpaceGuard {
       } catch (err) {
         this.held = allocatedBytes(this.reservePath);
         this.log(`store: cannot allocate the space reserve ${this.reservePath}: ${(err as Error).message}`,
-          { level: 'warn', err: (err as Error).message });
+          asWarn({ err: (err as Error).message }));
         return;
       }
       const st = fs.statfsSync(this.dir);

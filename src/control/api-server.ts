@@ -31,9 +31,10 @@ import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import os from 'node:os';
-import net, { type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { DormantError, HASH_SIZE, isDormantError, type Store } from '../blockstore/index.js';
 import { buildManifest, encodeManifest, readChunks, type IncomingVms, type Receiver } from '../migrate/index.js';
+import { freePort } from '../vm/index.js';
 import type { StoreControl } from './operations.js';
 
 /** What the API serves and how. */
@@ -133,8 +134,9 @@ export async function serveApi(store: Store, control: StoreControl, receiver: Re
       const step = parts[4];
       const body = await readBody(req, MAX_SMALL);
       if (parts.length === 4) {
-        json(await incoming.begin(b, body, req.socket.localAddress?.replace(/^::ffff:/, '') ?? '127.0.0.1', await freePort(req.socket.localAddress),
-          req.socket.remoteAddress?.replace(/^::ffff:/, '')));
+        // QEMU waits for the device state on the address the source reached this API on.
+        const address = req.socket.localAddress?.replace(/^::ffff:/, '') ?? '127.0.0.1';
+        json(await incoming.begin(b, body, address, await freePort(address), req.socket.remoteAddress?.replace(/^::ffff:/, '')));
       } else if (parts.length === 5 && step === 'check') {
         incoming.check(b, body);
         json({ ok: true });
@@ -171,18 +173,6 @@ export async function serveApi(store: Store, control: StoreControl, receiver: Re
     url: `${o.tls ? 'https' : 'http'}://${host}:${addr.port}`,
     close: () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }),
   };
-}
-
-/** A TCP port free right now on `address` (where a migrating VM's device state is to arrive). */
-function freePort(address = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, address.replace(/^::ffff:/, ''), () => {
-      const { port } = s.address() as AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 /** Reads a request body of at most `max` bytes (413 beyond). */

@@ -5,7 +5,7 @@
  * implement every method, so a command never knows which one it has.
  */
 import {
-  DormantError, Store, type DataReport, type GcResult, type StoreStats, type VolumeInfo, type VolumeKind, type VolumeSummary,
+  DormantError, Store, type DataReport, type LogFn, type GcResult, type StoreStats, type VolumeInfo, type VolumeKind, type VolumeSummary,
 } from '../blockstore/index.js';
 import { exportFile, importFile, type ProgressFn, type RawImageResult } from '../blockstore/index.js';
 import {
@@ -89,7 +89,7 @@ export type ControlOp = typeof CONTROL_OPS[number];
  */
 export class LocalControl implements StoreControl {
   constructor(readonly store: Store, private readonly own: boolean, private readonly vms?: VmSupervisor,
-    private readonly log: (line: string) => void = () => undefined,
+    private readonly log: LogFn = () => undefined,
     /** This host's name in the cluster on etcd, when it is in one. */
     private readonly hostName?: string) {}
 

@@ -20,6 +20,9 @@ import { checkArgs } from './schema.js';
 /** Largest request body accepted (arguments are small). */
 const MAX_BODY = 64 * 1024;
 
+/** Operations whose last argument is a progress callback, streamed as `{"progress"}` lines. */
+const PROGRESS_OPS: ReadonlySet<ControlOp> = new Set<ControlOp>(['importFile', 'exportFile', 'pull', 'push', 'vmMigrate']);
+
 /** A running control server. */
 export interface ControlServer { close(): Promise<void> }
 
@@ -75,8 +78,7 @@ async function handle(control: StoreControl, req: http.IncomingMessage, res: htt
   res.on('close', () => gone.abort());
   try {
     const fn = control[op] as (...a: unknown[]) => Promise<unknown>;
-    const callArgs = op === 'importFile' || op === 'exportFile' || op === 'pull' || op === 'push' || op === 'vmMigrate' ? [...args, progress]
-      : op === 'verifyData' ? [...args, progress, gone.signal] : args;
+    const callArgs = PROGRESS_OPS.has(op) ? [...args, progress] : op === 'verifyData' ? [...args, progress, gone.signal] : args;
     const result = await fn.apply(control, callArgs);
     send({ result: result ?? null });
   } catch (err) {

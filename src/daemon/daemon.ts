@@ -157,12 +157,14 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       });
     }
     const local = new LocalControl(store, false, vms, log, o.cluster?.hostName);
+    const moves = vms ? new VmMoves(store, vms, log) : undefined;
     control = await serveControl(local, path.join(dir, CONTROL_SOCKET_NAME), log);
     if (o.api) {
-      incoming = new IncomingVms(store, vms ? new VmMoves(store, vms, log) : undefined, log, undefined, (v) => receiver.forget(v));
+      incoming = new IncomingVms(store, moves, log, (v) => receiver.forget(v));
       api = await serveApi(store, local, receiver, incoming, { ...o.api, log });
       if (!isLoopback(o.api.host) && !o.api.tls) {
-        log(`dormant serve: warning: the host API on ${api.url} is plain HTTP: its token and data cross the network in the clear (add --tls-cert and --tls-key)`);
+        log(`dormant serve: warning: the host API on ${api.url} is plain HTTP: its token and data cross the network in the clear (add --tls-cert and --tls-key)`,
+          asWarn({ url: api.url }));
       }
     }
     if (o.cluster && api) {
@@ -178,7 +180,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     // VMs that were running when the last daemon stopped or died come back when their restart policy says so.
     if (vms) {
       // An incoming migration cut by the last daemon's end never ran here (its source has the VM): it goes first.
-      await new VmMoves(store, vms, log).recover();
+      await moves!.recover();
       void vms.startWanted();
     }
     if (o.scrub) scrub = new ScrubSchedule(store, o.scrub.everyMs, o.scrub.rate, log);
@@ -210,6 +212,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     await membership?.stop().catch(() => undefined);
     await metrics?.close().catch(() => undefined);
     await api?.close().catch(() => undefined);
+    await incoming?.close().catch(() => undefined);
     await receiver.close().catch(() => undefined);
     await control?.close().catch(() => undefined);
     await fuse?.unmount().catch(() => undefined);

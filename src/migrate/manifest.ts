@@ -4,20 +4,17 @@
  * blocks are holes, and the snapshot it was branched from with that
  * snapshot's digest (so the receiver can branch from its own copy of it).
  *
- * Wire form (application/x-dormant-manifest): "DMNF", a u32 (big-endian)
- * length, that many bytes of JSON header (ManifestHeader), then 16 bytes of
- * hash per block, then one bit per block (LSB first), 1 = hole.
+ * Wire form (application/x-dormant-manifest, framed as frame.ts says):
+ * "DMNF", the JSON header (ManifestHeader), then 16 bytes of hash per
+ * block, then one bit per block (LSB first), 1 = hole.
  * The digest is SHA-256 over the size, the hashes and the hole bits: two
  * volumes with equal digests read the same bytes.
  */
 import crypto from 'node:crypto';
-import {
-  BLOCK_SIZE, DormantError, HASH_SIZE, isHole, splitName, type Store, type VolumeKind,
-} from '../blockstore/index.js';
+import { BLOCK_SIZE, DormantError, HASH_SIZE, splitName, type Store, type VolumeKind } from '../blockstore/index.js';
+import { frame, unframe } from './frame.js';
 
-const MAGIC = Buffer.from('DMNF');
-/** Largest header accepted (it is a few names and numbers). */
-const MAX_HEADER = 64 * 1024;
+const MAGIC = 'DMNF';
 
 /** The JSON part of a manifest. */
 export interface ManifestHeader {
@@ -90,24 +87,17 @@ export async function buildManifest(store: Store, name: string): Promise<Manifes
 
 /** The wire form of a manifest. */
 export function encodeManifest(m: Manifest): Buffer {
-  const header = Buffer.from(JSON.stringify(m.header));
-  const len = Buffer.alloc(4);
-  len.writeUInt32BE(header.length);
-  return Buffer.concat([MAGIC, len, header, m.hashes, Buffer.from(m.holes.buffer, m.holes.byteOffset, m.holes.byteLength)]);
+  const { out, body } = frame(MAGIC, m.header, m.hashes.length + m.holes.byteLength);
+  m.hashes.copy(out, body);
+  out.set(m.holes, body + m.hashes.length);
+  return out;
 }
 
 /** Decodes and checks a manifest (EINVAL on anything malformed, the digest included). */
 export function decodeManifest(buf: Buffer): Manifest {
-  const bad = (why: string) => new DormantError('EINVAL', `bad volume manifest: ${why}`);
-  if (buf.length < 8 || !buf.subarray(0, 4).equals(MAGIC)) throw bad('not a dormant manifest');
-  const len = buf.readUInt32BE(4);
-  if (len > MAX_HEADER || 8 + len > buf.length) throw bad('header length out of range');
-  let header: ManifestHeader;
-  try {
-    header = JSON.parse(buf.subarray(8, 8 + len).toString('utf8')) as ManifestHeader;
-  } catch {
-    throw bad('header is not JSON');
-  }
+  const f = unframe(buf, MAGIC, 'manifest');
+  const { bad } = f;
+  const header = f.header as ManifestHeader;
   if (header?.version !== 1) throw bad(`unknown version ${String(header?.version)}`);
   const { size, blocks } = header;
   if (!Number.isSafeInteger(size) || size <= 0 || blocks !== Math.ceil(size / BLOCK_SIZE)) throw bad('size and block count disagree');
@@ -116,16 +106,9 @@ export function decodeManifest(buf: Buffer): Manifest {
   if (header.origin !== null && typeof header.origin !== 'string') throw bad('origin is not a name');
   const hashBytes = blocks * HASH_SIZE;
   const holeBytes = Math.ceil(blocks / 8);
-  if (buf.length !== 8 + len + hashBytes + holeBytes) throw bad(`${buf.length} bytes where ${8 + len + hashBytes + holeBytes} were expected`);
-  const hashes = Buffer.from(buf.subarray(8 + len, 8 + len + hashBytes));
-  const holes = new Uint8Array(buf.subarray(8 + len + hashBytes));
+  if (f.body.length !== hashBytes + holeBytes) throw bad(`${f.body.length} bytes of body where ${hashBytes + holeBytes} were expected`);
+  const hashes = Buffer.from(f.body.subarray(0, hashBytes));
+  const holes = new Uint8Array(f.body.subarray(hashBytes));
   if (contentDigest(size, hashes, holes) !== header.digest) throw bad('digest does not match its content');
   return { header, hashes, holes };
-}
-
-/** Blocks of a manifest that hold data (not holes). */
-export function dataBlocks(m: Manifest): number {
-  let n = 0;
-  for (let b = 0; b < m.header.blocks; b++) if (!isHole(m.holes, b)) n++;
-  return n;
 }

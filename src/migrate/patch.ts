@@ -6,16 +6,16 @@
  * index look-up per block, no hashing): the downtime then grows with what
  * the guest changed, not with its size.
  *
- * Wire form (application/x-dormant-patch): "DPCH", a u32 (big-endian)
- * length, that many bytes of JSON header (PatchHeader), then per changed
- * block 25 bytes: its index (u64 big-endian), a flag byte (1 = hole) and
+ * Wire form (application/x-dormant-patch, framed as frame.ts says): "DPCH",
+ * the JSON header (PatchHeader), then per changed block 25 bytes: its index (u64 big-endian), a flag byte (1 = hole) and
  * the 16-byte hash of its new content (zeroes for a hole).
  */
 import { BLOCK_SIZE, DormantError, HASH_SIZE, isHole, type BlockHashList, type Store, type VolumeHandle } from '../blockstore/index.js';
 import type { ReceiveSession } from './incoming.js';
+import { frame, unframe } from './frame.js';
 import { ChunkPlacer } from './placer.js';
 
-const MAGIC = Buffer.from('DPCH');
+const MAGIC = 'DPCH';
 const RECORD = 8 + 1 + HASH_SIZE;
 
 /** The JSON part of a patch. */
@@ -38,12 +38,8 @@ export interface Patch {
 
 /** The wire form of a patch of `volume` (`size` bytes) whose blocks `blocks` now read as `list` says. */
 export function encodePatch(volume: string, size: number, blocks: readonly number[], list: BlockHashList): Buffer {
-  const header = Buffer.from(JSON.stringify({ version: 1, volume, size, count: blocks.length } satisfies PatchHeader));
-  const out = Buffer.alloc(8 + header.length + blocks.length * RECORD);
-  MAGIC.copy(out, 0);
-  out.writeUInt32BE(header.length, 4);
-  header.copy(out, 8);
-  let at = 8 + header.length;
+  const { out, body } = frame(MAGIC, { version: 1, volume, size, count: blocks.length } satisfies PatchHeader, blocks.length * RECORD);
+  let at = body;
   for (let i = 0; i < blocks.length; i++, at += RECORD) {
     out.writeBigUInt64BE(BigInt(blocks[i]), at);
     if (isHole(list.holes, i)) out[at + 8] = 1;
@@ -54,29 +50,22 @@ export function encodePatch(volume: string, size: number, blocks: readonly numbe
 
 /** Decodes and checks a patch (EINVAL on anything malformed). */
 export function decodePatch(buf: Buffer): Patch {
-  const bad = (why: string) => new DormantError('EINVAL', `bad volume patch: ${why}`);
-  if (buf.length < 8 || !buf.subarray(0, 4).equals(MAGIC)) throw bad('not a dormant patch');
-  const len = buf.readUInt32BE(4);
-  if (len > 64 * 1024 || 8 + len > buf.length) throw bad('header length out of range');
-  let header: PatchHeader;
-  try {
-    header = JSON.parse(buf.subarray(8, 8 + len).toString('utf8')) as PatchHeader;
-  } catch {
-    throw bad('header is not JSON');
-  }
+  const f = unframe(buf, MAGIC, 'patch');
+  const { bad } = f;
+  const header = f.header as PatchHeader;
   if (header?.version !== 1 || typeof header.volume !== 'string' || !Number.isSafeInteger(header.size) || header.size <= 0
     || !Number.isSafeInteger(header.count) || header.count < 0) throw bad('header fields missing or out of range');
-  if (buf.length !== 8 + len + header.count * RECORD) throw bad(`${buf.length} bytes for ${header.count} blocks`);
+  if (f.body.length !== header.count * RECORD) throw bad(`${f.body.length} bytes of body for ${header.count} blocks`);
   const blocksInVolume = Math.ceil(header.size / BLOCK_SIZE);
   const blocks: number[] = [];
   const hashes = Buffer.alloc(header.count * HASH_SIZE);
   const holes = new Uint8Array(Math.ceil(header.count / 8));
-  for (let i = 0, at = 8 + len; i < header.count; i++, at += RECORD) {
-    const b = Number(buf.readBigUInt64BE(at));
+  for (let i = 0, at = 0; i < header.count; i++, at += RECORD) {
+    const b = Number(f.body.readBigUInt64BE(at));
     if (b >= blocksInVolume) throw bad(`block ${b} outside the volume`);
     blocks.push(b);
-    if (buf[at + 8] === 1) holes[i >> 3] |= 1 << (i & 7);
-    else buf.copy(hashes, i * HASH_SIZE, at + 9, at + RECORD);
+    if (f.body[at + 8] === 1) holes[i >> 3] |= 1 << (i & 7);
+    else f.body.copy(hashes, i * HASH_SIZE, at + 9, at + RECORD);
   }
   return { header, blocks, list: { hashes, holes, blocks: header.count } };
 }

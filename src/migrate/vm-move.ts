@@ -32,7 +32,7 @@
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import { DormantError, type Store } from '../blockstore/index.js';
+import { DormantError, HASH_SIZE, type Store } from '../blockstore/index.js';
 import { STAGING_SUFFIX } from './incoming.js';
 import { buildManifest } from './manifest.js';
 import { push, pushPatch } from './transfer.js';
@@ -136,26 +136,23 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
   const faultsBefore = vms.pagesIn(name);
   // Until it is released, a daemon that starts again must not start it here: it may run there.
   vms.markMigrating(name, host.url);
+  const roles = ['disk', 'memory'] as const;
+  const sent = { disk: 0, memory: 0 };
   let committed = false;
-  let started = false;
   let paused = 0;
   try {
     // Pre-copy, while the guest runs: the volumes as the store holds them now, committed there under their names.
-    started = true; // from here the destination may hold what this migration sent
     await vms.writeBack(name);
     await store.flush();
-    const sent = { disk: 0, memory: 0 };
     const before: Record<'disk' | 'memory', Float64Array> = { disk: new Float64Array(0), memory: new Float64Array(0) };
-    for (const role of ['disk', 'memory'] as const) {
+    for (const role of roles) {
       const m = await buildManifest(store, rec[role]);
       const r = await push(store, host, rec[role], undefined, progress, { manifest: m, partial: true });
       sent[role] += r.bytesSent;
       // Blocks whose chunk could not be sent (rewritten meanwhile) count as changed: the patch sends them.
-      const ids = Float64Array.from(m.ids!);
-      if (r.missing?.size) {
-        for (let b = 0; b < ids.length; b++) {
-          if (ids[b] !== 0 && r.missing.has(m.hashes.toString('hex', b * 16, b * 16 + 16))) ids[b] = -1;
-        }
+      const ids = m.ids!;
+      for (let b = 0; r.missing?.size && b < ids.length; b++) {
+        if (ids[b] !== 0 && r.missing.has(m.hashes.toString('hex', b * HASH_SIZE, (b + 1) * HASH_SIZE))) ids[b] = -1;
       }
       before[role] = ids;
     }
@@ -169,43 +166,40 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
     await store.flush();
     const wroteBack = performance.now();
     // What changed since the pre-copy, patched in place there.
-    const patches: Record<string, number> = {};
-    await Promise.all((['disk', 'memory'] as const).map(async (role) => {
+    const patchedBlocks = { disk: 0, memory: 0 };
+    await Promise.all(roles.map(async (role) => {
       const p = await pushPatch(store, host, rec[role], before[role]);
       sent[role] += p.bytesSent;
-      patches[role] = p.blocks;
+      patchedBlocks[role] = p.blocks;
     }));
-    log(`vm ${name}: patched ${patches.disk} disk and ${patches.memory} memory blocks there; sending QEMU's device state`);
-    const disk = { bytesSent: sent.disk };
-    const mem = { bytesSent: sent.memory };
+    log(`vm ${name}: patched ${patchedBlocks.disk} disk and ${patchedBlocks.memory} memory blocks there; sending QEMU's device state`);
     const patched = performance.now();
     const stream = await vms.migrateOut(name, inc.uri, STREAM_TIMEOUT_MS);
     const streamed = performance.now();
     const fin = await requestJson<{ hostPort?: number; state: string }>(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/finish`);
     committed = true;
     const resumed = performance.now();
-    const downtimeMs = Math.round(resumed - paused);
-    const downtimePhasesMs = {
-      writeBack: Math.round(wroteBack - paused), patch: Math.round(patched - wroteBack),
-      deviceState: Math.round(streamed - patched), resume: Math.round(resumed - streamed),
-    };
     const sourcePagesFaulted = vms.pagesIn(name) - faultsBefore;
     log(`vm ${name}: runs on ${host.url} (port ${fin.hostPort}); releasing it here`);
     await vms.release(name, `migrated to ${host.url}`);
     return {
-      vm: name, mode: 'copy', to: host.url, downtimeMs,
-      bytesSent: disk.bytesSent + mem.bytesSent + stream.bytes, memoryBytesSent: mem.bytesSent, diskBytesSent: disk.bytesSent,
-      deviceStateBytes: stream.bytes, sourcePagesFaulted, downtimePhasesMs, patchedBlocks: patches, ...(fin.hostPort !== undefined ? { hostPort: fin.hostPort } : {}),
+      vm: name, mode: 'copy', to: host.url, downtimeMs: Math.round(resumed - paused),
+      bytesSent: sent.disk + sent.memory + stream.bytes, memoryBytesSent: sent.memory, diskBytesSent: sent.disk,
+      deviceStateBytes: stream.bytes, sourcePagesFaulted,
+      downtimePhasesMs: {
+        writeBack: Math.round(wroteBack - paused), patch: Math.round(patched - wroteBack),
+        deviceState: Math.round(streamed - patched), resume: Math.round(resumed - streamed),
+      },
+      patchedBlocks, ...(fin.hostPort !== undefined ? { hostPort: fin.hostPort } : {}),
       seconds: Math.round((performance.now() - t0) / 10) / 100,
     };
   } catch (err) {
     if (committed) throw err; // (the release failed: the VM runs on the destination)
     log(`vm ${name}: migration to ${host.url} failed (${(err as Error).message})${paused ? '; resuming it here' : ''}`);
-    if (started) {
-      await requestJson(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/abort`,
-        Buffer.from(JSON.stringify({ volumes: [rec.disk, rec.memory] })))
-        .catch((e: Error) => log(`vm ${name}: abort on ${host.url}: ${e.message}`));
-    }
+    // The destination may hold what this migration sent: it removes it (and its QEMU).
+    await requestJson(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/abort`,
+      Buffer.from(JSON.stringify({ volumes: [rec.disk, rec.memory] })))
+      .catch((e: Error) => log(`vm ${name}: abort on ${host.url}: ${e.message}`));
     if (paused) await vms.cont(name);
     vms.markMigrating(name, undefined);
     throw err;
@@ -224,7 +218,6 @@ export class IncomingVms {
 
   constructor(private readonly store: Store, private readonly vms: MovableVms | undefined,
     private readonly log: (line: string) => void = () => undefined,
-    private readonly imageFiles: (image: string) => { kernel: string; initrd: string } | undefined = () => undefined,
     /** Ends a push session receiving volume `name` (its staging volume stays). */
     private readonly dropTransfer: (volume: string) => Promise<void> = async () => undefined) {}
 
@@ -234,11 +227,11 @@ export class IncomingVms {
   }
 
   /**
-   * Checks that VM `name` can come here: no VM of that name, and its kernel
-   * files (same content) are here; with `fresh`, none of its volumes either
-   * (before they are sent).
+   * Checks that VM `name` (request `body`) can come here: no VM of that
+   * name, and its kernel files here with the same content; with `fresh`,
+   * none of its volumes either (before they are sent). Returns the request.
    */
-  check(name: string, body: Buffer, fresh = true): { kernel: string; initrd: string } {
+  check(name: string, body: Buffer, fresh = true): IncomingRequest {
     const vms = this.need();
     const req = parseIncoming(name, body);
     let exists = true;
@@ -249,13 +242,12 @@ export class IncomingVms {
         throw new DormantError('EEXIST', `volume '${v}' of VM '${name}' already exists on this host (remove it, or migrate under another name)`);
       }
     }
-    const candidates = [{ kernel: req.record.kernel, initrd: req.record.initrd }, this.imageFiles(req.record.image)];
-    for (const c of candidates) {
-      if (!c || !fs.existsSync(c.kernel) || !fs.existsSync(c.initrd)) continue;
-      if (sha256File(c.kernel) === req.kernelSha256 && sha256File(c.initrd) === req.initrdSha256) return c;
+    const { kernel, initrd } = req.record;
+    if (!fs.existsSync(kernel) || !fs.existsSync(initrd) || sha256File(kernel) !== req.kernelSha256 || sha256File(initrd) !== req.initrdSha256) {
+      throw new DormantError('ENOENT', `the kernel of image '${req.record.image}' is not on this host with the same content: `
+        + `build the image here too (dormant image build-test-guest ${req.record.image})`);
     }
-    throw new DormantError('ENOENT', `the kernel of image '${req.record.image}' is not on this host with the same content: `
-      + `build the image here too (dormant image build-test-guest ${req.record.image})`);
+    return req;
   }
 
   /**
@@ -265,12 +257,11 @@ export class IncomingVms {
    */
   async begin(name: string, body: Buffer, address: string, port: number, from = 'another host'): Promise<{ uri: string }> {
     const vms = this.need();
-    const files = this.check(name, body, false);
-    const req = parseIncoming(name, body);
+    const req = this.check(name, body, false);
     for (const v of [req.record.disk, req.record.memory]) {
       if (!this.store.describe(v)) throw new DormantError('ENOENT', `volume '${v}' of VM '${name}' has not arrived: push it first`);
     }
-    vms.adopt({ ...req.record, ...files, wanted: false } as MovableRecord, from);
+    vms.adopt({ ...req.record, wanted: false } as MovableRecord, from);
     const host = address.includes(':') ? `[${address}]` : address;
     const uri = `tcp:${host}:${port}`;
     const t = setTimeout(() => { void this.abort(name).catch(() => undefined); }, INCOMING_TIMEOUT_MS);

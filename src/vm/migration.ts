@@ -111,7 +111,7 @@ export class VmMoves {
       st = await qmp.execute('query-status') as { running: boolean; status: string };
       if (st.running) break;
       if (st.status !== 'inmigrate') await qmp.execute('cont');
-      else await sleep(10);
+      else await sleep(POLL_MS);
     }
     if (!st.running || !this.vms.isRunning(name)) {
       throw new DormantError('EINTERNAL', `VM '${name}' does not run after its state arrived (QEMU status ${st.status})`);
@@ -151,18 +151,20 @@ export class VmMoves {
   }
 }
 
+/** How often QEMU is asked about a migration: a query costs it next to nothing, and each ms of lag here is downtime. */
+const POLL_MS = 10;
+
 /** Polls query-migrate until `completed` (EREMOTE on `failed` or `cancelled`, or after `timeoutMs`). */
 async function waitMigration(query: () => Promise<MigrateInfo>, timeoutMs: number, what: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  // Every 10 ms: a query costs QEMU next to nothing, and each ms of lag here is downtime.
-  for (const delay = 10; ;) {
+  for (;;) {
     const info = await query();
     if (info.status === 'completed') return;
     if (info.status === 'failed' || info.status === 'cancelled') {
       throw new DormantError('EREMOTE', `${what}: QEMU's migration ${info.status}${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
     }
     if (Date.now() > deadline) throw new DormantError('EREMOTE', `${what}: QEMU's migration not done after ${timeoutMs / 1000} s`);
-    await sleep(delay);
+    await sleep(POLL_MS);
   }
 }
 

@@ -74,12 +74,12 @@ export function qemuArgs(vm: VmRecord, p: LaunchPaths, o: LaunchOptions): string
   ];
 }
 
-/** A TCP port on 127.0.0.1 free right now. */
-export function freePort(): Promise<number> {
+/** A TCP port on `address` (default 127.0.0.1) free right now. */
+export function freePort(address = '127.0.0.1'): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
     s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
+    s.listen(0, address, () => {
       const { port } = s.address() as net.AddressInfo;
       s.close(() => resolve(port));
     });
