@@ -1,16 +1,20 @@
 /**
- * `dormant plan --input FILE [--json] [--apply --etcd URL]`: a placement
- * of VMs on hosts that keeps the pages they have in common once per host
- * (src/cluster), with the memory needed before and after and the
- * migrations in a safe order. Reads the file, calls the planner, prints;
- * touches no store. `--apply` carries the migrations out one by one, in
- * that order: each source host is asked over its API (hosts found in
- * etcd by name) to `vm migrate` its VM, and the memory the hosts use is
- * read from etcd before and after.
+ * `dormant plan (--input FILE | --etcd URL) [--json] [--apply]`: a
+ * placement of VMs on hosts that keeps the pages they have in common once
+ * per host (src/cluster), with the memory needed before and after and the
+ * migrations in a safe order. The input is a file, or the cluster as it
+ * runs: the hosts up in etcd, their running VMs, and the sharing estimated
+ * from the fingerprint sketches the hosts publish (live-input.ts). Calls
+ * the planner, prints; touches no store. `--apply` carries the migrations
+ * out one by one, in that order: each source host is asked over its API
+ * (hosts found in etcd by name) to `vm migrate` its VM, and the memory the
+ * hosts use is read from etcd before and after.
  */
 import type { Command } from 'commander';
 import { DormantError } from '../blockstore/index.js';
-import { listHosts, plan, readPlanInput, type EtcdClient, type HostStatus, type PlanResult } from '../cluster/index.js';
+import {
+  listHosts, plan, readLiveInput, readPlanInput, type EtcdClient, type HostStatus, type PlanInput, type PlanResult,
+} from '../cluster/index.js';
 import { checkHostUrl, requestJson, type VmMoveResult } from '../migrate/index.js';
 import { formatBytes, table } from './format.js';
 import { etcdClient } from './hosts.js';
@@ -80,26 +84,55 @@ async function applyPlan(r: PlanResult, client: EtcdClient, token: string, say: 
   return { applied, measured: { beforeBytes, afterBytes: usedBytes(after) } };
 }
 
+/**
+ * The input: the file of --input, or the cluster on the etcd of --etcd
+ * (else $DORMANT_ETCD) when there is no --input. --input and --etcd
+ * together name two inputs, unless --apply (which finds the hosts there).
+ */
+async function planInput(o: { input?: string; etcd?: string; apply?: boolean }):
+  Promise<{ input: PlanInput; live: boolean; notes: string[] }> {
+  if (o.input !== undefined) {
+    if (o.etcd !== undefined && !o.apply) {
+      throw new DormantError('EINVAL', '--input and --etcd are two inputs: give one (--etcd goes with --input only for --apply)');
+    }
+    return { input: readPlanInput(o.input), live: false, notes: [] };
+  }
+  if (o.etcd === undefined && !process.env.DORMANT_ETCD?.trim()) {
+    throw new DormantError('EINVAL', 'nothing to plan: give --input FILE, or --etcd URL[,URL...] (or set $DORMANT_ETCD) to plan the cluster\'s VMs');
+  }
+  const live = await readLiveInput(etcdClient(o.etcd));
+  return { ...live, live: true };
+}
+
 /** Registers `plan` on `program`. */
 export function addPlanCommand(program: Command, run: (fn: () => Promise<void>) => Promise<void>): void {
   program.command('plan')
     .description('place VMs on hosts so that the memory they have in common is kept once per host; prints the placement, the memory before and after, and the migrations')
-    .requiredOption('--input <file>', 'JSON file of hosts, VMs (with their current host) and pairwise sharing in MB')
+    .option('--input <file>', 'JSON file of hosts, VMs (with their current host) and pairwise sharing in MB')
+    .option('--etcd <urls>', 'etcd client URLs, comma-separated (default: $DORMANT_ETCD): without --input, plan the running VMs of the hosts up there, sharing estimated from their memory fingerprints; with --apply, where the hosts are found')
     .option('--apply', 'carry the migrations out, in order, with vm migrate on each source host (needs --etcd and the hosts\' shared API token)')
-    .option('--etcd <urls>', 'with --apply: etcd client URLs, comma-separated (default: $DORMANT_ETCD), where the hosts are found by name')
     .option('--token-file <file>', 'with --apply: the hosts\' API token (default: $DORMANT_TOKEN_FILE)')
     .option('--json', 'machine-readable output')
-    .action((o: { input: string; json?: boolean; apply?: boolean; etcd?: string; tokenFile?: string }) => run(async () => {
-      const r = plan(readPlanInput(o.input));
+    .action((o: { input?: string; json?: boolean; apply?: boolean; etcd?: string; tokenFile?: string }) => run(async () => {
+      const { input, live, notes } = await planInput(o);
+      const say = (line: string) => { if (!isQuiet() && !o.json) process.stderr.write(`dormant plan: ${line}\n`); };
+      if (live) {
+        say(`from etcd: ${input.hosts.length} host${input.hosts.length === 1 ? '' : 's'} up, ${input.vms.length} running VM${input.vms.length === 1 ? '' : 's'}, `
+          + `${input.sharingMB.length} pair${input.sharingMB.length === 1 ? '' : 's'} sharing memory (estimated from fingerprints)`);
+        for (const n of notes) say(`note: ${n}`);
+      }
+      const r = plan(input);
+      // From etcd, the JSON carries the input it planned (a file for --input, to plan it again or edit it).
+      const json = (x: object) => `${JSON.stringify(live ? { ...x, input } : x, null, 2)}\n`;
       if (!o.apply) {
-        process.stdout.write(o.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatPlan(r)}\n`);
+        process.stdout.write(o.json ? json(r) : `${formatPlan(r)}\n`);
         return;
       }
       const client = etcdClient(o.etcd, '--apply finds the hosts in etcd');
       const token = apiToken(o.tokenFile, '--apply needs the hosts\' API token');
       if (!o.json) process.stdout.write(`${formatPlan(r)}\n`);
-      const a = await applyPlan(r, client, token, (line) => { if (!isQuiet() && !o.json) process.stderr.write(`dormant plan: ${line}\n`); });
-      if (o.json) { process.stdout.write(`${JSON.stringify({ ...r, ...a }, null, 2)}\n`); return; }
+      const a = await applyPlan(r, client, token, say);
+      if (o.json) { process.stdout.write(json({ ...r, ...a })); return; }
       process.stdout.write(`applied ${a.applied.length} migration${a.applied.length === 1 ? '' : 's'}; memory the hosts use (etcd): `
         + `${formatBytes(a.measured.beforeBytes)} before, ${formatBytes(a.measured.afterBytes)} after\n`);
     }));

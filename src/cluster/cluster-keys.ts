@@ -29,7 +29,14 @@ export const knownKey = (host: string): string => `${KNOWN_PREFIX}${host}`;
 export const vmKey = (vm: string): string => `${VMS_PREFIX}${vm}`;
 
 /** A VM as its host publishes it. */
-export interface VmEntry { name: string; state: string }
+export interface VmEntry {
+  name: string;
+  state: string;
+  /** Its guest RAM (the size of its memory volume). */
+  memoryBytes?: number;
+  /** Base64 of the sketch of its memory fingerprint (sketch.ts), for a VM that holds memory (running, paused). */
+  sketch?: string;
+}
 
 /** What a live host publishes under its lease (refreshed every few seconds). */
 export interface LiveRecord {
@@ -67,6 +74,8 @@ export interface HostStatus {
   usedBytes: number | null;
   /** Up: the VMs it publishes; down: the VMs recorded on it, as `unavailable`. */
   vms: VmEntry[];
+  /** Bytes of its live record in etcd (fingerprint sketches included); null for a down host. */
+  recordBytes: number | null;
 }
 
 /** A host name: what goes into keys (no '/', no spaces). */
@@ -90,13 +99,13 @@ export function parseRecord<T extends { name: string }>(kv: KeyValue): T | undef
 /** Every host ever registered, up or down, by name. */
 export async function listHosts(client: EtcdClient): Promise<HostStatus[]> {
   const { kvs } = await client.rangePrefix(ETCD_ROOT);
-  const live = new Map<string, LiveRecord>();
+  const live = new Map<string, { record: LiveRecord; bytes: number }>();
   const known = new Map<string, KnownRecord>();
   const vmsOn = new Map<string, string[]>();
   for (const kv of kvs) {
     if (kv.key.startsWith(HOSTS_PREFIX)) {
       const r = parseRecord<LiveRecord>(kv);
-      if (r) live.set(kv.key.slice(HOSTS_PREFIX.length), r);
+      if (r) live.set(kv.key.slice(HOSTS_PREFIX.length), { record: r, bytes: Buffer.byteLength(kv.value) });
     } else if (kv.key.startsWith(KNOWN_PREFIX)) {
       const r = parseRecord<KnownRecord>(kv);
       if (r) known.set(kv.key.slice(KNOWN_PREFIX.length), r);
@@ -111,14 +120,14 @@ export async function listHosts(client: EtcdClient): Promise<HostStatus[]> {
     const l = live.get(name);
     if (l) {
       return {
-        name, url: l.url, state: 'up', capacityBytes: l.capacityBytes, usedBytes: l.usedBytes,
-        vms: (l.vms ?? []).map((v) => ({ name: v.name, state: v.state })),
+        name, url: l.record.url, state: 'up', capacityBytes: l.record.capacityBytes, usedBytes: l.record.usedBytes,
+        vms: (l.record.vms ?? []).map((v) => ({ name: v.name, state: v.state })), recordBytes: l.bytes,
       };
     }
     const k = known.get(name)!;
     return {
       name, url: k.url, state: 'down', capacityBytes: k.capacityBytes, usedBytes: null,
-      vms: (vmsOn.get(name) ?? []).sort().map((vm) => ({ name: vm, state: 'unavailable' })),
+      vms: (vmsOn.get(name) ?? []).sort().map((vm) => ({ name: vm, state: 'unavailable' })), recordBytes: null,
     };
   });
 }

@@ -1,9 +1,11 @@
 /**
- * The cluster: the placement planner from a file (`dormant plan --input
- * FILE`): which VMs to colocate so that the pages they have in common are
- * kept once per host, and the migrations that get there; and cluster state
- * on etcd (`serve --etcd`, `dormant hosts`): hosts under leases, where each
- * VM lives. Fingerprint sketches are still to come.
+ * The cluster: the placement planner (`dormant plan`, from a file or from
+ * the live cluster): which VMs to colocate so that the pages they have in
+ * common are kept once per host, and the migrations that get there;
+ * cluster state on etcd (`serve --etcd`, `dormant hosts`): hosts under
+ * leases, where each VM lives; and the sketches of the VMs' memory
+ * fingerprints the hosts publish, from which the sharing of any group of
+ * VMs is estimated.
  */
 export {
   checkPlanInput, parsePlanInput, readPlanInput, toInstance,
@@ -23,3 +25,8 @@ export {
 } from './cluster-keys.js';
 export { DEFAULT_ETCD_TTL_S, Membership, hostMemory, type MembershipOptions } from './membership.js';
 export { PrefixWatch, type ChangeFn } from './watch.js';
+export {
+  FingerprintSketch, SKETCH_K, SKETCH_VALUE_BITS, commonCount, estimateGroup, type GroupEstimate,
+} from './sketch.js';
+export { PLACED_STATES, REFRESH_MS, VmSketches, chunkHashSet, volumeSketch, type SketchedVm } from './fingerprint.js';
+export { liveInput, readLiveInput, type LiveInput } from './live-input.js';

@@ -10,12 +10,15 @@
  * needed; the store's chunk ids are not used, since they are dense integers
  * that mean nothing on another host.
  *
- * Why it answers for groups: the k smallest values of a union are among
- * the k smallest of whichever set holds each, so merging the sketches of a
- * group gives a uniform sample of its union (the k smallest of the merged
- * values) and, for each sampled value, exactly the sets that hold it. With
- * the exact sizes |A_i|, since sum |A_i| = sum over the union of the
- * number of sets holding each value,
+ * Why it answers for groups: let t be the smallest of the sketches'
+ * thresholds (a sketch's largest value; none for a sketch that holds its
+ * whole set). Every value of the union up to t is in the sketch of every
+ * set that holds it, since it is among that set's k smallest. So merging
+ * the sketches of a group and keeping the values up to t gives a uniform
+ * sample of its union, at least k values (the same rule as the set
+ * operations of Theta sketches), and for each sampled value exactly the
+ * sets that hold it. With the exact sizes |A_i|, since sum |A_i| = sum
+ * over the union of the number of sets holding each value,
  *
  *     |union| ~= sum |A_i| * (sample size) / (sum over the sample of holders)
  *
@@ -117,16 +120,16 @@ export function estimateGroup(sketches: readonly FingerprintSketch[]): GroupEsti
   const total = sketches.reduce((s, x) => s + x.count, 0);
   if (sketches.length === 0 || total === 0) return { union: 0, saved: 0, commonToAll: 0, exact: true };
   const exact = sketches.every((s) => s.complete);
-  const k = exact ? Infinity : Math.min(...sketches.map((s) => s.k));
-  // A k-way merge of the ascending value lists: the k smallest distinct values and how many sets hold each.
+  const threshold = Math.min(...sketches.map((s) => (s.complete ? Infinity : s.values[s.values.length - 1])));
+  // A merge of the ascending value lists up to the threshold: the sample, and how many sets hold each value.
   const at = new Array<number>(sketches.length).fill(0);
   let sample = 0;
   let holders = 0;
   let inAll = 0;
-  while (sample < k) {
+  for (;;) {
     let min = Infinity;
     for (let i = 0; i < sketches.length; i++) if (at[i] < sketches[i].values.length) min = Math.min(min, sketches[i].values[at[i]]);
-    if (min === Infinity) break;
+    if (min === Infinity || min > threshold) break;
     let c = 0;
     for (let i = 0; i < sketches.length; i++) if (at[i] < sketches[i].values.length && sketches[i].values[at[i]] === min) { c++; at[i]++; }
     sample++;

@@ -10,7 +10,8 @@
  *   startDaemon   open the store, listen for NBD, enable the swap file,
  *                 mount, start the VM runner, serve the control socket (and the host
  *                 API for other hosts, with a token), join the cluster on
- *                 etcd (with --etcd: src/cluster's Membership), log one
+ *                 etcd (with --etcd: src/cluster's Membership, publishing
+ *                 its VMs' fingerprint sketches, VmSketches), log one
  *                 line saying where everything is; on a failure undo what
  *                 was started and throw (a DormantError the CLI prints in
  *                 one line);
@@ -34,7 +35,7 @@ import { metricsRegistry, serveMetrics, type MetricsServer } from './metrics.js'
 import os from 'node:os';
 import path from 'node:path';
 import { DormantError, Store, asError, asWarn, type LogFn } from '../blockstore/index.js';
-import { EtcdClient, Membership } from '../cluster/index.js';
+import { EtcdClient, Membership, VmSketches } from '../cluster/index.js';
 import { CONTROL_SOCKET_NAME, LocalControl, serveApi, serveControl, type ApiServer, type ControlServer } from '../control/index.js';
 import { IncomingVms, Receiver } from '../migrate/index.js';
 import { mountStore, type FuseMount } from '../fuse/index.js';
@@ -168,11 +169,12 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       }
     }
     if (o.cluster && api) {
+      const sketches = new VmSketches(store, log);
       membership = await Membership.join({
         // A request's deadline is under the TTL, so a hung one cannot outlast the lease.
         client: new EtcdClient(o.cluster.endpoints, Math.min(3000, o.cluster.ttlSeconds * 750)),
         name: o.cluster.hostName, url: advertisedUrl(api.url), ttlSeconds: o.cluster.ttlSeconds,
-        vms: async () => (await local.vmList()).map((v) => ({ name: v.name, state: v.state })), log,
+        vms: async () => sketches.publish(await local.vmList()), log,
       });
       const joined = membership;
       if (incoming) incoming.onArrived = (vm, fromHost) => joined.arrived(vm, fromHost);
