@@ -96,6 +96,6 @@ describe('dormant plan', () => {
     expectFailure(dormant(['plan', '--input', broken]), /--input '.*broken\.json' is not valid JSON: /, 1);
     expectFailure(dormant(['plan', '--input', path.join(dir, 'missing.json')]), /cannot read --input '.*missing\.json': no such file$/, 1);
     expectFailure(dormant(['plan', '--input', dir]), /cannot read --input '.*': it is a directory$/, 1);
-    expectFailure(dormant(['plan']), /required option '--input <file>' not specified/, 1);
+    expectFailure(dormant(['plan'], { env: { DORMANT_ETCD: undefined } }), /nothing to plan: give --input FILE, or --etcd URL/, 1);
   });
 });
