@@ -10,8 +10,11 @@
  * sketch of each VM that holds memory (running or paused), made again
  * when the VM wrote pages back (its `pagesOut` moved, or it is another
  * QEMU process) and at least every REFRESH_MS otherwise, at most once per
- * MIN_GAP_MS per VM. State: one entry per VM (the sketch, what it was made
- * from, when); entries of VMs gone or stopped are dropped.
+ * MIN_GAP_MS per VM. One call makes sketches for at most BUDGET_MS (a
+ * host with many VMs gets theirs over a few ticks; the membership loop's
+ * keep-alives must not wait for them); the others keep their last sketch
+ * until a later call. State: one entry per VM (the sketch, what it was
+ * made from, when); entries of VMs gone or stopped are dropped.
  */
 import { asWarn, type LogFn, type Store } from '../blockstore/index.js';
 import type { VmEntry } from './cluster-keys.js';
@@ -21,6 +24,8 @@ import { FingerprintSketch, SKETCH_K } from './sketch.js';
 export const REFRESH_MS = 5 * 60_000;
 /** A VM's sketch is not made again sooner than this after the last. */
 const MIN_GAP_MS = 10_000;
+/** Time one publish may spend making sketches (docs/benchmarks.md: the time per GiB). */
+const BUDGET_MS = 1000;
 /** VM states whose memory the planner places. */
 export const PLACED_STATES: readonly string[] = ['running', 'paused'];
 
@@ -59,6 +64,7 @@ export class VmSketches {
   async publish(vms: readonly SketchedVm[]): Promise<VmEntry[]> {
     const now = Date.now();
     const out: VmEntry[] = [];
+    const t0 = performance.now();
     const seen = new Set<string>();
     for (const v of vms) {
       const entry: VmEntry = { name: v.name, state: v.state, memoryBytes: v.memoryBytes };
@@ -68,7 +74,7 @@ export class VmSketches {
       const from = `${v.pid ?? ''}:${v.pagesOut ?? 0}`;
       let e = this.entries.get(v.name);
       const due = !e || ((e.from !== from || now - e.at >= REFRESH_MS) && now - e.at >= MIN_GAP_MS);
-      if (due) {
+      if (due && performance.now() - t0 < BUDGET_MS) {
         try {
           e = { sketch: (await volumeSketch(this.store, `${v.name}.mem`, this.k)).toBase64(), from, at: now };
           this.entries.set(v.name, e);

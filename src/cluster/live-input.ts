@@ -8,8 +8,8 @@
  * is the same PlanInput a file gives, checked by the same checks.
  *
  * A VM listed by a host that its location record does not name (a
- * migration between the two records' updates) is taken where the record
- * says; one listed twice with no record, on the first host by name. A VM
+ * migration between the two records' updates) is left out there; one
+ * listed twice with no record is taken on the first host by name. A VM
  * with no sketch yet (it has just started) shares 0 MB; the notes say how
  * many, and anything else left out.
  */
@@ -39,7 +39,8 @@ export function liveInput(records: readonly LiveRecord[], locations: ReadonlyMap
       if (!PLACED_STATES.includes(v.state) || !(Number(v.memoryBytes) > 0)) continue;
       const at = locations.get(v.name);
       if ((at !== undefined && at !== h.name) || taken.has(v.name)) {
-        notes.push(`VM ${v.name} listed by host ${h.name} is planned on host ${at ?? vms.find((x) => x.name === v.name)?.host}`);
+        const where = at !== undefined && at !== h.name ? `recorded on host ${at}` : `also on host ${vms.find((x) => x.name === v.name)?.host}`;
+        notes.push(`VM ${v.name} listed by host ${h.name} is ${where}: left out there`);
         continue;
       }
       taken.add(v.name);

@@ -17,7 +17,8 @@
  *                revoked by someone): "lease L lost", and at once a new
  *                one as above;
  *   publish      the live record again when it changed (VMs, their
- *                states, the API URL), when free memory moved by 64 MiB
+ *                states and fingerprint sketches as `vms()` gives them,
+ *                the API URL), when free memory moved by 64 MiB
  *                or 1 % of capacity, or after 30 s; a put that etcd
  *                refuses because the lease is gone is a loss as above;
  *   VM records   a VM of this host with no record is claimed (create-only
@@ -53,7 +54,7 @@ export interface MembershipOptions {
   /** Its host API URL. */
   url: string;
   ttlSeconds: number;
-  /** The host's VMs and their states, now. */
+  /** The host's VMs, their states, sizes and sketches, now (the daemon's: VmSketches.publish). */
   vms: () => Promise<VmEntry[]>;
   log: LogFn;
   /** Memory of the host (default: /proc/meminfo). */

@@ -17,7 +17,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Store } from '../../src/blockstore/index.js';
 import {
-  EtcdClient, FingerprintSketch, Membership, SKETCH_K, VmSketches, chunkHashSet, commonCount, type HostStatus, type PlanInput,
+  EtcdClient, FingerprintSketch, Membership, SKETCH_K, VmSketches, chunkHashSet, commonCount, liveInput,
+  type HostStatus, type LiveRecord, type PlanInput,
 } from '../../src/cluster/index.js';
 import { freePort } from '../../src/vm/index.js';
 import { dormantAsync, expectFailure, expectOk } from '../helpers/cli.js';
@@ -176,6 +177,18 @@ describe('dormant plan --etcd', () => {
     } finally {
       await etcd.client.delete('/dormant/hosts/h9');
     }
+  });
+
+  it('a VM listed by a host its location record does not name, or by two hosts, is planned once', () => {
+    const rec = (name: string, vms: string[]): LiveRecord => ({
+      name, url: 'http://x', capacityBytes: 40 * MiB, freeBytes: 0, usedBytes: 0, pid: 1, updatedAt: '',
+      vms: vms.map((v) => ({ name: v, state: 'running', memoryBytes: 8 * MiB })),
+    });
+    const { input, notes } = liveInput([rec('h2', ['m', 'twice']), rec('h1', ['m', 'twice'])], new Map([['m', 'h2']]));
+    expect(input.vms).toEqual([{ name: 'twice', sizeMB: 8, host: 'h1' }, { name: 'm', sizeMB: 8, host: 'h2' }]);
+    expect(notes).toContain('VM m listed by host h1 is recorded on host h2: left out there');
+    expect(notes).toContain('VM twice listed by host h2 is also on host h1: left out there');
+    expect(() => liveInput([], new Map())).toThrow(/no host is up in etcd/);
   });
 
   it('bad input: one line, exit 1', async () => {
