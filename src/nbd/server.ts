@@ -289,7 +289,8 @@ function zeroStats(): TransmissionStats {
   return { requests: 0, reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, bytesFromFiles: 0, bytesOnPool: 0, errors: 0 };
 }
 
+/** Adds the counters of `s` to `into` (which may carry more fields, such as an export's connections). */
 function addStats(into: TransmissionStats, s: TransmissionStats): void {
-  for (const k of Object.keys(into) as Array<keyof TransmissionStats>) into[k] += s[k];
+  for (const k of Object.keys(s) as Array<keyof TransmissionStats>) into[k] += s[k];
 }
 

@@ -5,6 +5,7 @@
  * and writes (and keep what a closed connection did); other paths are 404;
  * a bad address is one line, exit 1.
  */
+import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dormant, dormantJson, ensureBuilt, expectFailure, expectOk } from '../helpers/cli.js';
@@ -74,6 +75,21 @@ describe('serve --metrics', () => {
     const b = await scrape();
     expect(b.get('dormant_nbd_read_bytes_total{export="v"}')).toBeGreaterThanOrEqual(a.get('dormant_nbd_read_bytes_total{export="v"}')! + 4 * MiB);
     expect(b.get('dormant_nbd_written_bytes_total{export="v"}')).toBe(2 * MiB);
+    // A connection that stays open counts as one, and adds its counters to the closed ones' (a number, not NaN).
+    const held = spawn('qemu-io', ['-f', 'raw', uri], { stdio: ['pipe', 'ignore', 'ignore'] });
+    try {
+      let live = await scrape();
+      for (let i = 0; i < 100 && live.get('dormant_nbd_connections{export="v"}') !== 1; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        live = await scrape();
+      }
+      expect(live.get('dormant_nbd_connections{export="v"}')).toBe(1);
+      expect(live.get('dormant_nbd_written_bytes_total{export="v"}')).toBe(2 * MiB);
+      expect(live.get('dormant_nbd_read_bytes_total{export="v"}')).toBeGreaterThanOrEqual(b.get('dormant_nbd_read_bytes_total{export="v"}')!);
+    } finally {
+      held.stdin.end();
+      held.kill();
+    }
     expectOk(dormant(['snapshot', 'v', 's'], { store }));
     const stats = dormantJson<{ logicalBytes: number; storedBytes: number }>(['stats'], { store });
     const c = await scrape();
