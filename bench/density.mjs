@@ -36,7 +36,8 @@
  * (2G), BENCH_SETTLE_S (60), BENCH_IDLE_TIMEOUT (10, dormant's
  * --idle-timeout), BENCH_SWAP_SIZE (8G), BENCH_DIR (work dir, default a
  * temp dir, removed), BENCH_CACHE (image cache, default
- * $TMPDIR/dormant-test-images).
+ * $TMPDIR/dormant-test-images), BENCH_DAEMON_LOG (a file for dormant's log),
+ * BENCH_CPU_PROF (a directory for a CPU profile of dormant's daemon).
  */
 import { spawn, execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -159,6 +160,7 @@ function startProber(vms) {
       try {
         const { ms } = await get(vm.port, PROBE_MS * 5);
         p.samples.push({ at: Date.now(), ms });
+        if (ms > PROBE_MS / 2) log(`slow probe: ${vm.name} ${ms.toFixed(0)} ms${p.booting ? ` (${p.booting} booting)` : ''}`);
         if (ms > PROBE_MS && !p.failure) p.failure = `${vm.name} answered in ${ms.toFixed(0)} ms`;
       } catch (err) {
         if (!p.failure) p.failure = `${vm.name}: ${err.message}`;
@@ -181,11 +183,13 @@ async function dormantMode(swap) {
     { timeout, maxBuffer: 64 * MiB, killSignal: 'SIGKILL' })).stdout;
   await cli(['init']);
   await cli(['image', 'build-test-guest', 'golden', '--cache-dir', CACHE], 600_000);
-  const args = [BIN, '--store', store, 'serve', '--no-tcp', '--mount', mnt, '--idle-timeout', IDLE_TIMEOUT];
+  const prof = process.env.BENCH_CPU_PROF ? [`--cpu-prof`, `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
+  const args = [...prof, BIN, '--store', store, 'serve', '--no-tcp', '--mount', mnt, '--idle-timeout', IDLE_TIMEOUT];
   if (swap) args.push('--swap-file', path.join(dir, 'swap'), '--swap-size', SWAP_SIZE);
   daemon = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
-  daemon.stderr.on('data', (d) => { err = (err + d).slice(-20_000); });
+  const daemonLog = process.env.BENCH_DAEMON_LOG ? fs.createWriteStream(process.env.BENCH_DAEMON_LOG) : null;
+  daemon.stderr.on('data', (d) => { err = (err + d).slice(-20_000); daemonLog?.write(d); });
   for (let i = 0; !/FUSE on /.test(err); i++) {
     if (i > 600 || daemon.exitCode !== null) throw new Error(`daemon did not start: ${err}`);
     await sleep(100);
@@ -272,8 +276,10 @@ async function runMode(mode) {
     for (let i = 1; i <= MAX_VMS; i++) {
       if (prober.failure) { reason = `probe: ${prober.failure}`; break; }
       if (meminfo().available < MIN_AVAILABLE) { reason = `MemAvailable under ${mib(MIN_AVAILABLE)} MiB`; break; }
+      prober.booting = `d${i}`;
       const vm = await m.start(`d${i}`);
       try { await waitHttp(vm.name, vm.port); } catch (err) { reason = `boot: ${err.message}`; break; }
+      prober.booting = null;
       vms.push(vm);
       if (i % 10 === 0 || i === 1) log(`${mode}: ${i} VMs, ${mib(used() - baseline)} MiB used`);
     }
