@@ -230,6 +230,10 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
             + `${s.pager.timerPeriodSeconds === undefined ? '' : `; timer wake-ups every ${s.pager.timerPeriodSeconds} s`}` : ''}`,
         `last page-out: ${s.lastPageout ? `${s.lastPageout.at}${s.lastPageout.automatic ? ' (automatic)' : ''}, resident ${formatBytes(s.lastPageout.residentBefore)} -> `
           + `${formatBytes(s.lastPageout.residentAfter)} in ${(s.lastPageout.durationMs / 1000).toFixed(1)} s` : '-'}`,
+        `last wake: ${s.pager?.lastWake ? `${s.pager.lastWake.at} by a connection: `
+          + `${s.pager.lastWake.answeredMs === undefined ? 'no answer' : `answered in ${s.pager.lastWake.answeredMs} ms`}, held ${s.pager.lastWake.heldMs} ms`
+          + `${s.pager.lastWake.prefetchPages ? ` for ${formatBytes(s.pager.lastWake.prefetchPages * 4096)} of network set` : ''}` : '-'}`
+          + `${s.pager?.connectionPeriodSeconds === undefined ? '' : `; connections every ${s.pager.connectionPeriodSeconds} s`}`,
         `last prefetch: ${s.lastPrefetch ? `${s.lastPrefetch.at} (${s.lastPrefetch.set === 'epoch' ? 'working' : s.lastPrefetch.set} set), `
           + `${s.lastPrefetch.cachedPages}/${s.lastPrefetch.pages} pages in ${(s.lastPrefetch.durationMs / 1000).toFixed(1)} s` : '-'}`,
         `memory in store: ${s.memoryStoredBytes === undefined ? '-'
@@ -250,7 +254,7 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
       if (!Number.isSafeInteger(keep)) throw new DormantError('EINVAL', `bad --keep '${o.keep}': a number of MiB, e.g. 16`);
       const r = await (await daemon(cmd, 'vm pageout')).vmPageout(name, keep);
       if (o.json) { printJson(r); return; }
-      print(`VM ${name}: paged out in ${(r.durationMs / 1000).toFixed(1)} s: resident guest RAM ${formatBytes(r.residentBefore)} -> `
+      print(`VM ${name}: paged out in ${(r.durationMs / 1000).toFixed(1)} s${r.stopped ? ' (stopped early: a connection woke it)' : ''}: resident guest RAM ${formatBytes(r.residentBefore)} -> `
         + `${formatBytes(r.residentAfter)}, page cache ${formatBytes(r.cachedBefore)} -> ${formatBytes(r.cachedAfter)}, `
         + `${formatBytes(r.pagesWritten * 4096)} written to the store, ${formatBytes(r.keptPages * 4096)} of the working set kept `
         + `(working set ${formatBytes(r.workingSetPages * 4096)})`);

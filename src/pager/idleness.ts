@@ -92,6 +92,20 @@ export class IdlePredictor {
   get history(): readonly number[] { return this.gaps; }
 
   /** The idle timeout for this VM now, seconds. */
+  /**
+   * Whether a page-out now would pay, judged by the intervals between a
+   * VM's connections (ms) and the time since the last one (`sinceMs`): of
+   * the intervals at least that long, the share that went on for the payback
+   * too must reach the confidence. Fewer than two such intervals: nothing is
+   * known against it, so it would.
+   */
+  pagesOutBefore(intervals: readonly number[], sinceMs: number): boolean {
+    const reached = intervals.filter((g) => g >= sinceMs);
+    if (reached.length < 2) return true;
+    const lasted = reached.filter((g) => g >= sinceMs + this.o.paybackS * 1000).length;
+    return lasted >= this.o.confidence * reached.length;
+  }
+
   timeoutSeconds(): number {
     this.cachedTimeout ??= this.learn();
     return this.cachedTimeout;

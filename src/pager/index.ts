@@ -7,7 +7,7 @@
 export { Pager, SAMPLE_MS, DEFAULT_IDLE_TIMEOUT_S, type PagerOptions } from './pager.js';
 export {
   VmPager, NETWORK_WINDOW_MS, learnPeriod,
-  type PagedVm, type PageoutReport, type PrefetchReport, type PagerStatus,
+  type PagedVm, type PageoutReport, type PrefetchReport, type PagerStatus, type WakeReport,
 } from './vm-pager.js';
 export { IdlePredictor, predictorOptions, threadPolicy, BUSY_CPU_SHARE, type PredictorOptions } from './idleness.js';
 export { MemoryIo, VolumeIo, EVENT_CLASSES, type MemoryCounters, type EventClass } from './faults.js';

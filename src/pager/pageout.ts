@@ -135,25 +135,38 @@ export interface PageoutResult {
   /** Pages advised out (the mapping minus the kept pages). */
   advisedPages: number;
   keptPages: number;
+  /** Rounds of write-back + MADV_PAGEOUT begun. */
   rounds: number;
+  /** Stopped before its end (`stop` said so: the VM woke); the pages advised out so far stay out. */
+  stopped: boolean;
   durationMs: number;
 }
 
-/** Pages out QEMU `pid`'s mapping of `mem` except the sorted file pages `keep`. */
-export async function pageOut(pid: number, mem: GuestMemory, keep: readonly number[], what: string): Promise<PageoutResult> {
+/**
+ * Pages out QEMU `pid`'s mapping of `mem` except the sorted file pages
+ * `keep`. `stop` is asked before each step (write-back, advice, drop): when
+ * it says true the page-out ends there (a connection woke the VM, and its
+ * request needs the pages and the daemon's time more).
+ */
+export async function pageOut(pid: number, mem: GuestMemory, keep: readonly number[], what: string,
+  stop: () => boolean = () => false): Promise<PageoutResult> {
   const started = performance.now();
   const out = complementRuns(keep, mem.pages);
+  let rounds = 0;
+  let stopped = false;
   const ranges = await onGuestMapping(pid, mem, what, async (pidfd, maps) => {
     const r = runsToRanges(out, maps);
-    for (let round = 0; round < PAGEOUT_ROUNDS; round++) {
-      await mem.writeBack();
-      await processMadvise(pidfd, r, 'pageout');
-      await mem.drop(out);
+    const steps = [() => mem.writeBack(), () => processMadvise(pidfd, r, 'pageout'), () => mem.drop(out)];
+    for (; rounds < PAGEOUT_ROUNDS && !stopped; rounds++) {
+      for (const step of steps) {
+        if (stop()) { stopped = true; break; }
+        await step();
+      }
     }
     return r;
   });
   const advised = ranges.reduce((s, r) => s + r.length, 0) / PAGE;
-  return { advisedPages: advised, keptPages: keep.length, rounds: PAGEOUT_ROUNDS, durationMs: performance.now() - started };
+  return { advisedPages: advised, keptPages: keep.length, rounds, stopped, durationMs: performance.now() - started };
 }
 
 /**

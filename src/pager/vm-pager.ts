@@ -31,6 +31,7 @@
  * their period is learnt (median of recent intervals, when they agree) and
  * the timer set is prefetched ahead of the next one if it left the cache.
  */
+import os from 'node:os';
 import { DormantError, asError, asWarn, type LogFn } from '../blockstore/index.js';
 import { setThreadIdle } from '../native/index.js';
 import type { VolumeIo } from './faults.js';
@@ -49,12 +50,33 @@ const PAGE = 4096;
  */
 export const NETWORK_WINDOW_MS = 3_000;
 const NETWORK_WINDOW_MAX_MS = 15_000;
-/** Longest wait for a network prefetch before a connection is passed on anyway. */
-const CONNECTION_PREFETCH_MS = 2_000;
+/**
+ * Longest wait for a network prefetch before a connection is passed on
+ * anyway (the prefetch goes on; the guest's own faults are served beside it).
+ */
+const CONNECTION_PREFETCH_MS = 500;
+/**
+ * A VM whose vCPUs ran more than HOG_CPU_SHARE of a core for HOG_AFTER_S
+ * samples in a row (a boot, a batch job) runs at niceness HOG_NICE until it
+ * calms down: the wake-up of an idle VM answering a request goes first.
+ * Only when the daemon runs with a raised priority of its own (it may then
+ * lower a thread's niceness again).
+ */
+const HOG_CPU_SHARE = 0.5;
+const HOG_AFTER_S = 5;
+const HOG_NICE = 10;
 /** Timer wake-ups remembered to learn their period. */
 const WAKE_HISTORY = 8;
 /** Prefetch the timer set this long before a predicted wake-up. */
 const WAKE_LEAD_MS = 1_000;
+/**
+ * Connections (the first of each burst) remembered to learn their period
+ * (health checks, monitoring, a cron job calling in), and how long before a
+ * predicted one the network set is prefetched.
+ */
+const ARRIVAL_HISTORY = 16;
+const ARRIVAL_BURST_MS = 1_500;
+const ARRIVAL_LEAD_MS = 2_000;
 /** How often an idle paged-out VM's unmapped page cache is dropped. */
 const TRIM_INTERVAL_MS = 10_000;
 /** No trim this soon after a prefetch (its pages are not mapped yet). */
@@ -125,8 +147,25 @@ export interface PagerStatus {
   /** Learnt period of timer wake-ups, seconds (absent until learnt). */
   timerPeriodSeconds?: number;
   connections: number;
+  /** Learnt period of incoming connections, seconds (absent until learnt). */
+  connectionPeriodSeconds?: number;
   /** What made the last busy sample busy (guest CPU, disk requests, connections), and when. */
   lastBusy?: { at: string; cpuShare: number; diskRequests: number; connections: number };
+  /** The last wake-up of the paged-out VM by a connection. */
+  lastWake?: WakeReport;
+}
+
+/** A connection to a paged-out VM, from its arrival to the guest's first byte back. */
+export interface WakeReport {
+  at: string;
+  /** Pages of the network set prefetched before the connection was passed on (0: none recorded yet, or a page-out ran). */
+  prefetchPages: number;
+  /** From arrival until the connection was passed to the guest (the prefetch, bounded). */
+  heldMs: number;
+  /** From arrival until the guest's first byte back (absent when it sent none). */
+  answeredMs?: number;
+  /** Guest page faults served from the store from arrival to the first byte back (the prefetch's reads apart). */
+  faults?: number;
 }
 
 /** Sampling and automatic paging, as the host pager runs them. */
@@ -153,11 +192,25 @@ export class VmPager {
   private wakes: number[] = [];
   private timerPeriodMs?: number;
   private wakePrefetchedFor = 0;
+  /** Arrivals of connections (first of a burst) and their learnt period. */
+  private arrivals: number[] = [];
+  private arrivalPeriodMs?: number;
+  private arrivalPrefetchedFor = 0;
   private lastBusy?: PagerStatus['lastBusy'];
   /** Samples in a row without a fault (wake-up detection). */
   private faultlessTicks = 0;
   private lastTrim = 0;
   private lastPrefetchAt = 0;
+  private lastWake?: WakeReport;
+  /** Samples in a row with the vCPUs above HOG_CPU_SHARE, and whether they run at HOG_NICE. */
+  private hogTicks = 0;
+  private niced = false;
+  /** The wake-up in progress: set by a connection to a paged-out VM, ended by the proxy's report of it. */
+  private waking?: WakeReport;
+  private wakeFaultsFrom = 0;
+  /** The page-out or prefetch in progress (settles when it ends), and whether a connection asked the page-out to stop. */
+  private running?: Promise<void>;
+  private stopPageout = false;
 
   constructor(readonly vm: PagedVm, readonly io: VolumeIo, readonly mem: GuestMemory, predictor: PredictorOptions,
     private readonly log: LogFn) {
@@ -168,7 +221,11 @@ export class VmPager {
   private async exclusive<T>(what: string, busy: string, fn: () => Promise<T>): Promise<T> {
     if (this.busy) throw new DormantError('EBUSY', `cannot ${what} VM '${this.vm.name}': a ${this.busy} of it is in progress`);
     this.busy = busy;
-    try { return await fn(); } finally { this.busy = undefined; }
+    const run = (async () => {
+      try { return await fn(); } finally { this.busy = undefined; this.running = undefined; }
+    })();
+    this.running = run.then(() => undefined, () => undefined);
+    return run;
   }
 
   /**
@@ -178,6 +235,7 @@ export class VmPager {
    * page-out fold into the working set first.
    */
   pageout(keepBytes = 0, automatic = false): Promise<PageoutReport> {
+    this.stopPageout = false;
     return this.exclusive('page out', 'page-out', async () => {
       const { name, workingSetFile, pid } = this.vm;
       const mem = this.mem;
@@ -198,8 +256,8 @@ export class VmPager {
         ? hottestOf(ws.classes?.get('timer'), classPages(ws, 'timer'), Math.floor(mem.pages * MAX_KEEP_SHARE))
         : hottest(ws, Math.min(mem.pages, Math.floor(keepBytes / PAGE)));
       const outBefore = this.io.counters.pagesOut;
-      const r = await pageOut(pid, mem, keep, `page-out of VM '${name}'`);
-      const qemuAdvisedBytes = swapBytes() > 0
+      const r = await pageOut(pid, mem, keep, `page-out of VM '${name}'`, () => this.stopPageout);
+      const qemuAdvisedBytes = !r.stopped && swapBytes() > 0
         ? await pageOutRanges(pid, await ownPrivateRanges(pid, mem.file), `page-out of QEMU's memory of VM '${name}'`)
         : 0;
       const after = await memoryNow(pid, mem);
@@ -211,7 +269,7 @@ export class VmPager {
       };
       this.lastPageout = report;
       this.pagedOut = true;
-      this.log(`vm ${name}: ${automatic ? 'idle, ' : ''}paged out in ${r.durationMs.toFixed(0)} ms: resident guest RAM `
+      this.log(`vm ${name}: ${automatic ? 'idle, ' : ''}paged out in ${r.durationMs.toFixed(0)} ms${r.stopped ? ' (stopped by a connection)' : ''}: resident guest RAM `
         + `${mib(before.resident)} -> ${mib(after.resident)} MiB, page cache ${mib(before.cached)} -> ${mib(after.cached)} MiB, `
         + `${report.pagesWritten} pages written, ${keep.length} kept`
         + `${qemuAdvisedBytes ? `, ${mib(qemuAdvisedBytes)} MiB of QEMU's own memory to swap` : ''}`,
@@ -229,13 +287,19 @@ export class VmPager {
     return this.prefetchSet('epoch', recentPages(ws));
   }
 
-  private prefetchSet(set: PrefetchReport['set'], pages: number[]): Promise<PrefetchReport> {
+  /** Prefetches `pages`; `onRead` is called as soon as they are read in, before the memory figures of the report. */
+  private prefetchSet(set: PrefetchReport['set'], pages: number[], onRead?: () => void): Promise<PrefetchReport> {
     return this.exclusive('prefetch', 'prefetch', async () => {
       const { name, pid } = this.vm;
-      const before = await memoryNow(pid, this.mem);
+      // A connection waits for this prefetch (onRead): its memory figures are taken alongside, not first.
+      const beforeNow = memoryNow(pid, this.mem);
+      beforeNow.catch(() => undefined); // awaited below
+      if (!onRead) await beforeNow;
       this.lastPrefetchAt = Date.now();
       const r = await this.io.asPrefetch(() => prefetchPages(pid, this.mem, pages, `prefetch of VM '${name}'`));
+      onRead?.();
       this.lastPrefetchAt = Date.now();
+      const before = await beforeNow;
       const report: PrefetchReport = {
         ...r, at: new Date().toISOString(), set, residentBefore: before.resident, cachedBefore: before.cached,
         cachedAfter: (await memoryNow(pid, this.mem)).cached,
@@ -254,19 +318,57 @@ export class VmPager {
    */
   async connection(): Promise<void> {
     this.connections++;
+    this.noteArrival(Date.now());
     // A woken VM gets its CPU back now, not at the next sample.
     if (this.schedIdle) this.setSchedIdle(false, { enabled: true, log: this.log });
+    const started = Date.now();
+    if (this.busy === 'page-out') {
+      // The VM woke while being paged out: stop there (the page-out ends at its next step), then wake it as a paged-out VM.
+      this.stopPageout = true;
+      await Promise.race([this.running, new Promise((r) => { setTimeout(r, CONNECTION_PREFETCH_MS).unref(); })]);
+    }
     if (!this.pagedOut) return;
-    this.networkSince = Date.now();
+    this.networkSince = started;
     this.networkUntil = this.networkSince + NETWORK_WINDOW_MS;
     this.io.eventClass = 'network';
     this.io.countEvent('network');
-    const pages = classPages(readWorkingSetSafe(this.vm.workingSetFile), 'network');
-    if (pages.length === 0 || this.busy) return;
-    const prefetch = this.prefetchSet('network', pages).catch((err: Error) => {
-      this.log(`vm ${this.vm.name}: network prefetch: ${err.message}`, asWarn({ vm: this.vm.name, err: err.message }));
-    });
-    await Promise.race([prefetch, new Promise((r) => { setTimeout(r, CONNECTION_PREFETCH_MS).unref(); })]);
+    // The network set, and the timer set beside it: an automatic page-out kept the timer set resident, so a
+    // request's faults never showed the pages of it that the request needs too (mostly cached: cheap to read).
+    const ws = readWorkingSetSafe(this.vm.workingSetFile);
+    const network = classPages(ws, 'network');
+    const pages = network.length > 0 ? unionSorted(network, classPages(ws, 'timer')) : [];
+    const wake: WakeReport = { at: new Date(started).toISOString(), prefetchPages: 0, heldMs: 0 };
+    this.wakeFaultsFrom = this.io.counters.faults;
+    this.waking ??= wake;
+    if (pages.length > 0 && !this.busy) {
+      wake.prefetchPages = pages.length;
+      let readIn!: () => void;
+      const read = new Promise<void>((r) => { readIn = r; });
+      const prefetch = this.prefetchSet('network', pages, readIn).catch((err: Error) => {
+        this.log(`vm ${this.vm.name}: network prefetch: ${err.message}`, asWarn({ vm: this.vm.name, err: err.message }));
+      });
+      await Promise.race([read, prefetch, new Promise((r) => { setTimeout(r, CONNECTION_PREFETCH_MS).unref(); })]);
+    }
+    wake.heldMs = Date.now() - started;
+  }
+
+  /**
+   * The proxy's report of a connection: `answeredMs` from its arrival to
+   * the guest's first byte back (undefined: none came). Ends the wake-up in
+   * progress with one log line.
+   */
+  answered(answeredMs: number | undefined): void {
+    const wake = this.waking;
+    if (!wake) return;
+    this.waking = undefined;
+    if (answeredMs !== undefined) wake.answeredMs = Math.round(answeredMs);
+    wake.faults = this.io.counters.faults - this.wakeFaultsFrom;
+    this.lastWake = wake;
+    this.log(`vm ${this.vm.name}: woken by a connection: ${answeredMs === undefined ? 'no answer' : `answered in ${wake.answeredMs} ms`}`
+      + ` (held ${wake.heldMs} ms${wake.prefetchPages ? ` for a prefetch of ${wake.prefetchPages} pages` : ', no network set to prefetch'}; `
+      + `${wake.faults} faults)`,
+    { vm: this.vm.name, event: 'wake', heldMs: wake.heldMs, prefetchPages: wake.prefetchPages, faults: wake.faults,
+      ...(answeredMs === undefined ? {} : { answeredMs: wake.answeredMs }) });
   }
 
   /** One sample of the VM's activity, then what automatic paging does with it. */
@@ -289,6 +391,8 @@ export class VmPager {
         diskRequests: cur.disk - prev.disk, connections: cur.connections - prev.connections,
       };
     }
+    this.hogTicks = cpuShare > HOG_CPU_SHARE ? this.hogTicks + 1 : 0;
+    if (auto.enabled) this.setNiced(this.hogTicks >= HOG_AFTER_S, auto);
     this.predictor.sample(busy, seconds);
     // Busy again: what was paged out is coming back; a page-out waits for the VM to be idle again.
     if (busy) this.pagedOut = false;
@@ -300,11 +404,12 @@ export class VmPager {
     }
     if (!auto.enabled) return;
     this.setSchedIdle(state === 'idle', auto);
-    if (state === 'idle' && !this.pagedOut && !this.busy) {
+    if (state === 'idle' && !this.pagedOut && !this.busy && !this.connectionDue(now)) {
       this.pageout(0, true).catch((err: Error) => auto.log(`vm ${this.vm.name}: automatic page-out: ${err.message}`,
         asError(err, { vm: this.vm.name })));
     }
     if (state === 'idle' && this.pagedOut) {
+      await this.prefetchAheadOfConnection(now);
       await this.prefetchAheadOfWake(now);
       await this.trimCache(now);
     }
@@ -351,6 +456,60 @@ export class VmPager {
       asWarn({ vm: this.vm.name, err: err.message })));
   }
 
+  /** Counts a connection's arrival, unless one came in the last ARRIVAL_BURST_MS, and learns their period. */
+  private noteArrival(now: number): void {
+    const last = this.arrivals[this.arrivals.length - 1];
+    if (last !== undefined && now - last < ARRIVAL_BURST_MS) return;
+    this.arrivals.push(now);
+    if (this.arrivals.length > ARRIVAL_HISTORY) this.arrivals.shift();
+    this.arrivalPeriodMs = learnPeriod(this.arrivals);
+  }
+
+  /** The next connection predicted from their period (undefined when none is learnt). */
+  private nextArrival(): number | undefined {
+    if (this.arrivalPeriodMs === undefined || this.arrivals.length === 0) return undefined;
+    return this.arrivals[this.arrivals.length - 1] + this.arrivalPeriodMs;
+  }
+
+  /**
+   * Whether the next connection is likely to come before a page-out now
+   * would pay (the VM's past intervals between connections say so): it
+   * would be woken while its pages are still going out or coming back, so it
+   * is left resident until then.
+   */
+  private connectionDue(now: number): boolean {
+    const last = this.arrivals[this.arrivals.length - 1];
+    if (last === undefined) return false;
+    const intervals = this.arrivals.slice(1).map((t, i) => t - this.arrivals[i]);
+    return !this.predictor.pagesOutBefore(intervals, now - last);
+  }
+
+  /** Brings the network set back in the last ARRIVAL_LEAD_MS before a predicted connection (once per prediction). */
+  private async prefetchAheadOfConnection(now: number): Promise<void> {
+    const next = this.nextArrival();
+    if (next === undefined || this.busy || now < next - ARRIVAL_LEAD_MS || now > next || this.arrivalPrefetchedFor === next) return;
+    this.arrivalPrefetchedFor = next;
+    const pages = classPages(readWorkingSetSafe(this.vm.workingSetFile), 'network');
+    if (pages.length === 0) return;
+    await this.prefetchSet('network', pages).catch((err: Error) => this.log(`vm ${this.vm.name}: network prefetch ahead of a connection: ${err.message}`,
+      asWarn({ vm: this.vm.name, err: err.message })));
+  }
+
+  /** Puts every vCPU thread at HOG_NICE or back at 0 (one log line each way). */
+  private setNiced(niced: boolean, auto: AutoOptions): void {
+    // Only a daemon that could raise its own priority may take a thread back from 10 to 0.
+    if (niced === this.niced || (niced && os.getPriority() >= 0)) return;
+    this.niced = niced;
+    for (const tid of this.vm.vcpuThreads) {
+      try { os.setPriority(tid, niced ? HOG_NICE : 0); } catch (err) {
+        auto.log(`vm ${this.vm.name}: vCPU thread ${tid}: ${(err as Error).message}`, asWarn({ vm: this.vm.name, tid, err: (err as Error).message }));
+      }
+    }
+    auto.log(niced
+      ? `vm ${this.vm.name}: its vCPUs busy for ${HOG_AFTER_S} s: at niceness ${HOG_NICE} while they stay busy (other VMs' wake-ups first)`
+      : `vm ${this.vm.name}: its vCPUs calmed down: back at niceness 0`, { vm: this.vm.name, niced });
+  }
+
   /** Puts every vCPU thread under SCHED_IDLE or back; schedIdle says what the kernel took (all of them, or not). */
   private setSchedIdle(idle: boolean, auto: AutoOptions): void {
     if (idle === this.schedIdle) return;
@@ -376,7 +535,9 @@ export class VmPager {
       networkSetBytes: classPages(ws, 'network').length * PAGE,
       ...(this.timerPeriodMs === undefined ? {} : { timerPeriodSeconds: Math.round(this.timerPeriodMs / 100) / 10 }),
       connections: this.connections,
+      ...(this.arrivalPeriodMs === undefined ? {} : { connectionPeriodSeconds: Math.round(this.arrivalPeriodMs / 100) / 10 }),
       ...(this.lastBusy ? { lastBusy: this.lastBusy } : {}),
+      ...(this.lastWake ? { lastWake: this.lastWake } : {}),
     };
   }
 
@@ -403,6 +564,19 @@ export function learnPeriod(wakes: readonly number[]): number | undefined {
   const median = gaps[Math.floor(gaps.length / 2)];
   const agree = gaps.filter((g) => Math.abs(g - median) <= median / 4).length;
   return agree >= gaps.length - 1 ? median : undefined;
+}
+
+/** The union of two sorted page lists, sorted. */
+export function unionSorted(a: readonly number[], b: readonly number[]): number[] {
+  const out: number[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    if (j >= b.length || (i < a.length && a[i] < b[j])) out.push(a[i++]);
+    else if (i >= a.length || b[j] < a[i]) out.push(b[j++]);
+    else { out.push(a[i++]); j++; }
+  }
+  return out;
 }
 
 /** Clears the counts of `touched` whose page is not set in `mapped`. */

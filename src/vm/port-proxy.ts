@@ -9,7 +9,8 @@
  * Per connection: accepted (paused) -> pager told -> connected upstream ->
  * relaying -> either side ends or fails -> both closed. A connection the
  * guest refuses is closed at once; nothing the proxy does can throw past a
- * connection.
+ * connection. `onAnswered` hears, once per connection, how long after its
+ * arrival the guest's first byte came back (undefined: it closed first).
  */
 import net from 'node:net';
 
@@ -23,11 +24,12 @@ export class PortProxy {
    * Listens on `host`:`port` (0: any free port) and relays each connection
    * to 127.0.0.1:`targetPort` once `onConnection` has settled.
    */
-  static listen(host: string, port: number, targetPort: number, onConnection: () => Promise<void>): Promise<PortProxy> {
+  static listen(host: string, port: number, targetPort: number, onConnection: () => Promise<void>,
+    onAnswered: (ms: number | undefined) => void = () => undefined): Promise<PortProxy> {
     return new Promise((resolve, reject) => {
       let proxy: PortProxy | undefined;
       const server = net.createServer({ pauseOnConnect: true }, (client) => {
-        proxy?.relay(client, targetPort, onConnection);
+        proxy?.relay(client, targetPort, onConnection, onAnswered);
       });
       server.once('error', reject);
       server.listen(port, host, () => {
@@ -39,8 +41,17 @@ export class PortProxy {
     });
   }
 
-  private relay(client: net.Socket, targetPort: number, onConnection: () => Promise<void>): void {
+  private relay(client: net.Socket, targetPort: number, onConnection: () => Promise<void>,
+    onAnswered: (ms: number | undefined) => void): void {
+    const arrived = performance.now();
+    let reported = false;
+    const report = (ms: number | undefined) => {
+      if (reported) return;
+      reported = true;
+      try { onAnswered(ms); } catch { /* a listener's failure is not the connection's */ }
+    };
     this.sockets.add(client);
+    client.once('close', () => report(undefined));
     client.on('error', () => undefined);
     client.once('close', () => this.sockets.delete(client));
     void onConnection().catch(() => undefined).then(() => {
@@ -51,6 +62,7 @@ export class PortProxy {
       client.on('error', () => guest.destroy());
       guest.once('close', () => { this.sockets.delete(guest); client.destroy(); });
       client.once('close', () => guest.destroy());
+      guest.once('data', () => report(performance.now() - arrived));
       guest.once('connect', () => {
         client.pipe(guest);
         guest.pipe(client);

@@ -107,7 +107,8 @@ export class VmSupervisor {
     // QEMU forwards an internal port; the daemon's proxy owns the VM's host port and sees each connection.
     const guestPort = await freePort();
     let pager: VmPager | undefined;
-    const proxy = await PortProxy.listen('127.0.0.1', 0, guestPort, async () => { await pager?.connection(); });
+    const proxy = await PortProxy.listen('127.0.0.1', 0, guestPort, async () => { await pager?.connection(); },
+      (ms) => pager?.answered(ms));
     const hostPort = proxy.port;
     const args = qemuArgs(rec, { memFile, nbdSocket: this.o.nbdSocket, qmpSocket: p.qmp, serialLog: p.log, consoleSocket: p.console },
       { hostPort: guestPort, kvm: opts.kvm, incoming: opts.incoming });

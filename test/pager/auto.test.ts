@@ -11,7 +11,10 @@
  *     (and is once the loop stops);
  *   - a request to a paged-out VM through the daemon's port proxy first
  *     prefetches the VM's network working set: it faults in far fewer
- *     pages than the same request did before a network set was recorded.
+ *     pages than the same request did before a network set was recorded;
+ *     the wake-up is reported in vm status;
+ *   - a request that comes while the VM is being paged out stops the
+ *     page-out.
  *
  * Every QEMU pid seen is SIGKILLed in afterAll whatever the outcome; the
  * daemon is stopped, the mount lazily unmounted, temp dirs removed.
@@ -36,7 +39,10 @@ interface AutoStatus extends Status {
   activity?: 'active' | 'idle';
   pagedOut?: boolean;
   vcpuThreads?: number[];
-  pager?: { schedIdle: boolean; networkSetBytes: number; timerSetBytes: number; idleTimeoutSeconds: number };
+  pager?: {
+    schedIdle: boolean; networkSetBytes: number; timerSetBytes: number; idleTimeoutSeconds: number;
+    lastWake?: { at: string; prefetchPages: number; heldMs: number; answeredMs?: number; faults?: number };
+  };
   lastPageout?: { residentBefore: number; residentAfter: number; automatic: boolean; at: string };
   lastPrefetch?: { set: string; pages: number; cachedPages: number; at: string };
 }
@@ -194,5 +200,38 @@ describe('automatic paging of idle VMs with real guests', () => {
     expect(after.lastPrefetch!.pages).toBeGreaterThan(0);
     expect(after.lastPrefetch!.cachedPages).toBeGreaterThanOrEqual(0.9 * after.lastPrefetch!.pages);
     expect(faults).toBeLessThan(firstRequestFaults);
+    // The wake-up is reported: when, what was prefetched, how long the connection was held and answered.
+    const wake = after.pager!.lastWake!;
+    expect(wake.at > s.lastPageout!.at).toBe(true);
+    expect(wake.prefetchPages).toBeGreaterThan(0);
+    expect(wake.answeredMs).toBeGreaterThanOrEqual(wake.heldMs);
+  }, 240_000);
+
+  it('stops a page-out when a connection comes during it, and wakes the VM', async () => {
+    // a2 is made resident again, then paged out by hand while three loops keep asking it: a request that
+    // arrives during the page-out stops it at its next step (the report says so) instead of waiting it out.
+    for (let i = 0; i < 5; i++) await get('a2');
+    const url = `http://127.0.0.1:${status('a2').hostPort}/`;
+    let asking = true;
+    let answered = 0;
+    const loops = Array.from({ length: 3 }, async () => {
+      while (asking) {
+        await fetch(url, { signal: AbortSignal.timeout(30_000) }).then((r) => r.text()).then(() => { answered++; }, () => undefined);
+        await sleep(20);
+      }
+    });
+    let report: { stopped: boolean; rounds: number } | undefined;
+    try {
+      for (let attempt = 0; attempt < 5 && !report?.stopped; attempt++) {
+        report = JSON.parse((await dormantAsync(['--store', store, 'vm', 'pageout', 'a2', '--json'], 60_000)).stdout);
+      }
+    } finally {
+      asking = false;
+      await Promise.all(loops);
+    }
+    expect(report!.stopped).toBe(true);
+    expect(report!.rounds).toBeLessThanOrEqual(2);
+    expect(answered).toBeGreaterThan(0);
+    expect(await get('a2')).toMatch(/<p>hostname: a2<\/p>/);
   }, 240_000);
 });
