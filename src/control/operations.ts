@@ -9,7 +9,7 @@ import {
 } from '../blockstore/index.js';
 import { exportFile, importFile, type ProgressFn, type RawImageResult } from '../blockstore/index.js';
 import {
-  checkHostUrl, migrateVm, pull, push, type RemoteHost, type TransferResult, type VmMoveResult,
+  checkHostUrl, migrateVm, pull, push, type LazyIncoming, type LazyLeases, type RemoteHost, type TransferResult, type VmMoveResult,
 } from '../migrate/index.js';
 import { sharingReport, type PageoutReport, type PrefetchReport, type SharingReport } from '../pager/index.js';
 import {
@@ -93,6 +93,9 @@ export class LocalControl implements StoreControl {
     /** This host's name in the cluster on etcd, when it is in one. */
     private readonly hostName?: string) {}
 
+  /** The daemon's lazy migrations: VMs arriving here (their copy's progress in vm status) and leaving (needs the host API). */
+  lazy: { incoming?: LazyIncoming; leases?: LazyLeases } = {};
+
   createVolume(name: string, size: number, kind: VolumeKind) { return this.store.createVolume(name, size, kind); }
   snapshot(volume: string, snap: string) { return this.store.snapshot(volume, snap); }
   branch(name: string, from: string) { return this.store.branch(name, from); }
@@ -126,9 +129,9 @@ export class LocalControl implements StoreControl {
     return push(this.store, remoteHost(url, token, ca), name, as || undefined, progress);
   }
   async vmMigrate(name: string, url: string, token: string, mode: string, ca: string, progress?: ProgressFn) {
-    if (mode !== 'copy') throw new DormantError('EINVAL', `bad migration mode '${mode}': only copy is built`);
+    if (mode !== 'copy' && mode !== 'lazy') throw new DormantError('EINVAL', `bad migration mode '${mode}': use copy or lazy`);
     return migrateVm(this.store, new VmMoves(this.store, this.supervisor(), this.log), name, remoteHost(url, token, ca), this.log, progress,
-      this.hostName);
+      this.hostName, mode, this.lazy.leases);
   }
   async vmCreate(spec: VmSpec) { return createVm(this.store, spec); }
   async vmStart(name: string, kvm: boolean, restart = '') {
@@ -151,6 +154,7 @@ export class LocalControl implements StoreControl {
       ...s,
       ...(disk ? { diskBlocksWritten: disk.blocks.own } : {}),
       ...(mem ? { memoryStoredBytes: mem.allocated, memoryUniqueBytes: mem.unique } : {}),
+      ...(this.lazy.incoming?.status(name) ? { lazyCopy: this.lazy.incoming.status(name) } : {}),
     };
   }
   async vmList() { return this.vms ? this.vms.list() : listVms(this.store.dir).map((r) => offlineStatus(r, this.store.dir)); }
