@@ -20,9 +20,9 @@
  *                                       needed, chunks and commit as for a receive
  *   POST /v1/vms/<vm>/migrate           {to[, mode]} -> what `vm migrate --json` prints: this host moves its VM there
  *   POST /v1/vms/<vm>/incoming/check    a VM's record and kernel hashes -> {ok} (it can come here)
- *   POST /v1/vms/<vm>/incoming          the same -> {uri}: QEMU waits there for the device state
- *   POST /v1/vms/<vm>/incoming/finish   [{lazy: {url, token}}] -> {state, hostPort[, lazyBlocks]}: the guest resumed
- *                                       here (the commit point); lazy: absent chunks come from that host
+ *   POST /v1/vms/<vm>/incoming          the same [+ lazy: {url, token}: absent chunks come from there] -> {uri}:
+ *                                       QEMU waits there for the device state
+ *   POST /v1/vms/<vm>/incoming/finish   -> {state, hostPort[, lazyBlocks]}: the guest resumed here (the commit point)
  *   POST /v1/vms/<vm>/incoming/abort    {volumes} -> {aborted}: QEMU, the VM and those volumes go
  *   POST /v1/vms/<vm>/lazy/done         -> {released}: the destination of a lazy migration has every chunk; the
  *                                       volumes kept here for it go
@@ -158,7 +158,7 @@ export async function serveApi(store: Store, control: StoreControl, receiver: Re
         incoming.check(b, body);
         json({ ok: true });
       } else if (parts.length === 5 && step === 'finish') {
-        json(await incoming.finish(b, body));
+        json(await incoming.finish(b));
       } else if (parts.length === 5 && step === 'abort') {
         let volumes: string[] = [];
         try {

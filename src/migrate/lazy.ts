@@ -142,39 +142,41 @@ export class LazyIncoming {
       for (const b of blocks) ab.mark(b, hash, 0);
     }
     this.store.setAbsent(volume, ab);
-    this.save(ab, ab.bits, null, null);
+    // A patch of a VM already handed over: these blocks come from its source too.
+    const lv = [...this.vms.values()].find((v) => v.volumes.includes(volume) && v.state !== 'complete');
+    if (lv) {
+      ab.source = new HostChunks(lv.source);
+      if (!lv.absent.includes(ab)) lv.absent.push(ab);
+    }
+    this.save(ab, ab.bits, lv?.vm ?? null, lv?.source ?? null);
   }
 
   /**
-   * The source hands VM `vm` over (before the guest continues here): its
-   * volumes' absent blocks are fetched from `source` from now on. Returns
-   * the blocks still absent per volume.
+   * VM `vm` is coming here lazily (before its QEMU starts: loading the
+   * device state reads guest RAM): its volumes' absent blocks, and those a
+   * patch marks later, are fetched from `source` from now on.
    */
-  attach(vm: string, volumes: string[], source: LazySource): Record<string, number> {
+  attach(vm: string, volumes: string[], source: LazySource): void {
     const absent: AbsentBlocks[] = [];
-    const left: Record<string, number> = {};
     for (const v of volumes) {
       const ab = this.store.absentOf(v);
-      left[v] = ab?.remaining ?? 0;
       if (!ab) continue;
       ab.source = new HostChunks(source);
       this.save(ab, ab.bits, vm, source);
       absent.push(ab);
     }
-    this.vms.set(vm, {
-      vm, volumes, source, absent, state: 'waiting', blocksTotal: absent.reduce((n, ab) => n + ab.remaining, 0),
-      started: performance.now(), stopped: false,
-    });
-    return left;
+    this.vms.set(vm, { vm, volumes, source, absent, state: 'waiting', blocksTotal: 0, started: performance.now(), stopped: false });
   }
 
-  /** VM `vm` runs here: the background copy starts. */
-  start(vm: string): void {
+  /** VM `vm` runs here: the background copy starts. Returns the blocks absent per volume, or undefined if it did not come lazily. */
+  start(vm: string): Record<string, number> | undefined {
     const lv = this.vms.get(vm);
-    if (!lv || lv.running) return;
+    if (!lv || lv.running) return undefined;
     lv.state = 'copying';
     lv.started = performance.now();
+    lv.blocksTotal = lv.absent.reduce((n, ab) => n + ab.remaining, 0);
     lv.running = this.copy(lv).catch((err: Error) => this.log(`vm ${vm}: lazy copy from ${lv.source.url}: ${err.message}`));
+    return Object.fromEntries(lv.absent.map((ab) => [ab.volume, ab.remaining]));
   }
 
   /** The progress of VM `vm`'s lazy copy, if it had one since the daemon started. */
@@ -238,10 +240,9 @@ export class LazyIncoming {
       byVm.set(h.vm, g);
     }
     for (const [vm, g] of byVm) {
-      this.vms.set(vm, { vm, ...g, state: 'waiting', blocksTotal: g.absent.reduce((n, ab) => n + ab.remaining, 0),
-        started: performance.now(), stopped: false });
-      this.log(`vm ${vm}: resuming its lazy copy from ${g.source.url} (${this.vms.get(vm)!.blocksTotal} blocks left)`);
-      this.start(vm);
+      this.vms.set(vm, { vm, ...g, state: 'waiting', blocksTotal: 0, started: performance.now(), stopped: false });
+      const left = Object.values(this.start(vm) ?? {}).reduce((a, n) => a + n, 0);
+      this.log(`vm ${vm}: resuming its lazy copy from ${g.source.url} (${left} blocks left)`);
     }
     return [...byVm.keys()];
   }

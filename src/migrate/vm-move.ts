@@ -141,6 +141,8 @@ interface IncomingRequest {
   initrdSha256: string;
   /** The source's name in the cluster on etcd, if it is in one (the VM's location moves from it at the commit point). */
   fromHost?: string;
+  /** Lazy mode: where the absent chunks of the VM's volumes are (this request's sender, with a token for them). */
+  lazy?: LazySource;
 }
 
 /** The longest QEMU's device-state stream may take. */
@@ -200,8 +202,17 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
       before[role] = ids;
     }
     // The destination starts QEMU now, waiting for the device state: its start is not downtime.
+    // Lazy: the destination fetches what it lacks from here (QEMU reads guest RAM as soon as the device state loads),
+    // with a token for this migration only.
+    const handOver: IncomingRequest = lazy ? {
+      ...request,
+      lazy: {
+        url: leases!.selfUrl!, token: leases!.grant(name, [rec.disk, rec.memory], host.url),
+        ...(leases!.selfCa ? { ca: leases!.selfCa } : {}),
+      },
+    } : request;
     const inc = await requestJson<{ uri: string }>(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming`,
-      Buffer.from(JSON.stringify(request)));
+      Buffer.from(JSON.stringify(handOver)));
     log(`vm ${name}: migrating to ${host.url} (${mode}): pre-copied ${sent.disk + sent.memory} bytes, QEMU waits there; pausing`);
     await vms.pause(name);
     paused = performance.now();
@@ -219,15 +230,7 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
     const patched = performance.now();
     const stream = await vms.migrateOut(name, inc.uri, STREAM_TIMEOUT_MS);
     const streamed = performance.now();
-    // Lazy: the destination fetches what it lacks from here, with a token for this migration only.
-    const handOver = lazy ? {
-      lazy: {
-        url: leases!.selfUrl!, token: leases!.grant(name, [rec.disk, rec.memory], host.url),
-        ...(leases!.selfCa ? { ca: leases!.selfCa } : {}),
-      } satisfies LazySource,
-    } : {};
-    const fin = await requestJson<FinishAnswer>(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/finish`,
-      Buffer.from(JSON.stringify(handOver)));
+    const fin = await requestJson<FinishAnswer>(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/finish`);
     committed = true;
     const resumed = performance.now();
     const sourcePagesFaulted = vms.pagesIn(name) - faultsBefore;
@@ -317,7 +320,10 @@ export class IncomingVms {
     for (const v of [req.record.disk, req.record.memory]) {
       if (!this.store.describe(v)) throw new DormantError('ENOENT', `volume '${v}' of VM '${name}' has not arrived: push it first`);
     }
+    if (req.lazy && !this.lazy) throw new DormantError('EINVAL', 'this host cannot take a VM lazily (its daemon has no VM runner)');
     vms.adopt({ ...req.record, wanted: false } as MovableRecord, from);
+    // Before QEMU starts: loading the device state reads guest RAM (virtio rings), which may be absent here.
+    if (req.lazy) this.lazy!.attach(name, [req.record.disk, req.record.memory], req.lazy);
     const host = address.includes(':') ? `[${address}]` : address;
     const uri = `tcp:${host}:${port}`;
     const t = setTimeout(() => { void this.abort(name).catch(() => undefined); }, INCOMING_TIMEOUT_MS);
@@ -335,30 +341,23 @@ export class IncomingVms {
   }
 
   /**
-   * The device state arrived: resume the guest here; its status. With a
-   * lazy hand-over (`body`: {lazy: {url, token}}), the absent blocks of its
-   * volumes are fetched from there from now on, and the rest copied in
-   * the background once it runs.
+   * The device state arrived: resume the guest here; its status. A VM
+   * arriving lazily (its volumes' absent blocks fetched from the source
+   * since `begin`) starts its background copy once it runs.
    */
-  async finish(name: string, body: Buffer = Buffer.alloc(0)): Promise<FinishAnswer> {
+  async finish(name: string): Promise<FinishAnswer> {
     const vms = this.need();
     if (!this.pending.has(name)) throw new DormantError('ENOENT', `no incoming VM '${name}' here`);
-    const source = parseHandOver(body);
-    let lazyBlocks: Record<string, number> | undefined;
-    if (source) {
-      if (!this.lazy) throw new DormantError('EINVAL', 'this host cannot take a VM lazily');
-      const rec = vms.record(name);
-      lazyBlocks = this.lazy.attach(name, [rec.disk, rec.memory], source);
-    }
     const st = await vms.finishIncoming(name, STREAM_TIMEOUT_MS);
-    if (source) this.lazy!.start(name);
+    const lazyBlocks = this.lazy?.start(name);
     clearTimeout(this.pending.get(name));
     this.pending.delete(name);
     const fromHost = this.sources.get(name);
     this.sources.delete(name);
     // The VM runs here: its location in the cluster moves with it (a failure there does not undo the move).
     await this.onArrived?.(name, fromHost).catch((err: Error) => this.log(`vm ${name}: cluster location: ${err.message}`));
-    this.log(`vm ${name}: arrived, running (port ${st.hostPort})${lazyBlocks ? `; fetching ${Object.values(lazyBlocks).reduce((a, n) => a + n, 0)} absent blocks from ${source!.url}` : ''}`);
+    this.log(`vm ${name}: arrived, running (port ${st.hostPort})${lazyBlocks
+      ? `; ${Object.values(lazyBlocks).reduce((a, n) => a + n, 0)} absent blocks to copy in the background` : ''}`);
     return { ...st, ...(lazyBlocks ? { lazyBlocks } : {}) };
   }
 
@@ -394,19 +393,6 @@ export class IncomingVms {
   }
 }
 
-/** The lazy hand-over in a finish request's body, if any. */
-function parseHandOver(body: Buffer): LazySource | undefined {
-  if (body.length === 0) return undefined;
-  let src: unknown;
-  try { src = (JSON.parse(body.toString('utf8')) as { lazy?: unknown }).lazy; } catch { src = null; }
-  if (src === undefined) return undefined;
-  const s = src as LazySource | null;
-  if (!s || typeof s.url !== 'string' || typeof s.token !== 'string' || (s.ca !== undefined && typeof s.ca !== 'string')) {
-    throw new DormantError('EINVAL', 'a finish request is {} or {"lazy": {"url", "token"}}');
-  }
-  return s;
-}
-
 function parseIncoming(name: string, body: Buffer): IncomingRequest {
   let req: IncomingRequest;
   try {
@@ -418,7 +404,9 @@ function parseIncoming(name: string, body: Buffer): IncomingRequest {
   if (!r || typeof r !== 'object' || r.name !== name || typeof r.disk !== 'string' || typeof r.memory !== 'string'
     || typeof r.kernel !== 'string' || typeof r.initrd !== 'string' || typeof r.image !== 'string'
     || typeof req.kernelSha256 !== 'string' || typeof req.initrdSha256 !== 'string'
-    || (req.fromHost !== undefined && typeof req.fromHost !== 'string')) {
+    || (req.fromHost !== undefined && typeof req.fromHost !== 'string')
+    || (req.lazy !== undefined && (typeof req.lazy?.url !== 'string' || typeof req.lazy.token !== 'string'
+      || (req.lazy.ca !== undefined && typeof req.lazy.ca !== 'string')))) {
     throw new DormantError('EINVAL', `an incoming VM request names VM '${name}' with its record (disk, memory, kernel, initrd, image) and kernel hashes`);
   }
   return req;
