@@ -10,6 +10,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { DormantError, isDormantError, splitName } from '../blockstore/index.js';
 import { CONTROL_SOCKET_NAME, RemoteControl, daemonAnswers } from '../control/index.js';
+import type { LazyCopyStatus } from '../migrate/index.js';
 import { NBD_SOCKET_NAME } from '../daemon/index.js';
 import { defaultCacheDir, metaPath, readImageMeta } from '../guest-image/index.js';
 import { STOP_TIMEOUT_MS, checkBallast, checkMemory, checkRestart, checkVmName, readVm, vmPaths, type VmStatus } from '../vm/index.js';
@@ -48,7 +49,7 @@ const resident = (s: VmStatus) => (s.residentGuestRam === undefined ? '-' : form
 const stateText = (s: VmStatus) => (s.reason ? `${s.state} (${s.reason})` : s.state);
 
 /** A lazy copy's progress in words (vm status). */
-function lazyText(l: NonNullable<VmStatus['lazyCopy']>): string {
+function lazyText(l: LazyCopyStatus): string {
   return `${l.state} from ${l.from}: ${l.blocksTotal - l.blocksLeft}/${l.blocksTotal} blocks here; `
     + `${l.demandChunks} chunks fetched on demand, ${l.backgroundChunks} in the background (${formatBytes(l.bytesFetched)}) `
     + `in ${l.seconds.toFixed(1)} s${l.failures ? `; ${l.failures} failed fetches${l.lastError ? ` (last: ${l.lastError})` : ''}` : ''}`;

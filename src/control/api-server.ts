@@ -19,6 +19,7 @@
  *   POST /v1/patch                      a patch (src/migrate/patch.ts) -> {id, needed, chunksPresent}; then
  *                                       needed, chunks and commit as for a receive
  *   POST /v1/vms/<vm>/migrate           {to[, mode]} -> what `vm migrate --json` prints: this host moves its VM there
+ *                                       (mode copy, lazy, or auto: lazy when the VM is idle)
  *   POST /v1/vms/<vm>/incoming/check    a VM's record and kernel hashes -> {ok} (it can come here)
  *   POST /v1/vms/<vm>/incoming          the same [+ lazy: {url, token}: absent chunks come from there] -> {uri}:
  *                                       QEMU waits there for the device state
@@ -138,8 +139,8 @@ export async function serveApi(store: Store, control: StoreControl, receiver: Re
       let ask: { to?: unknown; mode?: unknown } = {};
       try { ask = JSON.parse((await readBody(req, MAX_SMALL)).toString('utf8')) as typeof ask; } catch { /* checked below */ }
       const { to, mode = 'copy' } = ask ?? {};
-      if (typeof to !== 'string' || (mode !== 'copy' && mode !== 'lazy')) {
-        throw new DormantError('EINVAL', 'a migrate request is {"to": "<the destination\'s API URL>", "mode": "copy" or "lazy"}');
+      if (typeof to !== 'string' || (mode !== 'copy' && mode !== 'lazy' && mode !== 'auto')) {
+        throw new DormantError('EINVAL', 'a migrate request is {"to": "<the destination\'s API URL>", "mode": "copy", "lazy" or "auto"}');
       }
       o.log(`api: ${req.socket.remoteAddress} asks to migrate VM ${b} to ${to} (${mode})`);
       json(await control.vmMigrate(b, to, o.token, mode, ''));

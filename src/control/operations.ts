@@ -9,12 +9,15 @@ import {
 } from '../blockstore/index.js';
 import { exportFile, importFile, type ProgressFn, type RawImageResult } from '../blockstore/index.js';
 import {
-  checkHostUrl, migrateVm, pull, push, type LazyIncoming, type LazyLeases, type RemoteHost, type TransferResult, type VmMoveResult,
+  checkHostUrl, migrateVm, pull, push, type LazyCopyStatus, type LazyIncoming, type LazyLeases, type RemoteHost, type TransferResult, type VmMoveResult,
 } from '../migrate/index.js';
 import { sharingReport, type PageoutReport, type PrefetchReport, type SharingReport } from '../pager/index.js';
 import {
   VmMoves, checkRestart, createVm, listVms, offlineStatus, removeVm, vmUsing, readVm, type VmRecord, type VmSpec, type VmStatus, type VmSupervisor,
 } from '../vm/index.js';
+
+/** What `vm status` reports: the VM runner's status, and on the destination of a lazy migration its copy's progress. */
+export type VmStatusReport = VmStatus & { lazyCopy?: LazyCopyStatus };
 
 /** File name of the daemon's control socket inside the store directory. */
 export const CONTROL_SOCKET_NAME = 'control.sock';
@@ -62,7 +65,7 @@ export interface StoreControl {
   vmResume(name: string): Promise<VmStatus>;
   /** Removes a VM that does not run: its record, memory volume and disk branch; returns the volumes removed. */
   vmRemove(name: string): Promise<string[]>;
-  vmStatus(name: string): Promise<VmStatus>;
+  vmStatus(name: string): Promise<VmStatusReport>;
   vmList(): Promise<VmStatus[]>;
   /** Page-out and prefetch of a running VM (daemon only); the sharing report over every VM's memory. */
   vmPageout(name: string, keepBytes: number): Promise<PageoutReport>;
@@ -129,9 +132,11 @@ export class LocalControl implements StoreControl {
     return push(this.store, remoteHost(url, token, ca), name, as || undefined, progress);
   }
   async vmMigrate(name: string, url: string, token: string, mode: string, ca: string, progress?: ProgressFn) {
-    if (mode !== 'copy' && mode !== 'lazy') throw new DormantError('EINVAL', `bad migration mode '${mode}': use copy or lazy`);
+    if (mode !== 'copy' && mode !== 'lazy' && mode !== 'auto') throw new DormantError('EINVAL', `bad migration mode '${mode}': use copy or lazy`);
+    // auto (plan --apply): lazy for a VM the pager sees idle (it will read little of its memory soon), else copy.
+    if (mode === 'auto') mode = (await this.supervisor().status(name)).activity === 'idle' && this.lazy.leases?.selfUrl ? 'lazy' : 'copy';
     return migrateVm(this.store, new VmMoves(this.store, this.supervisor(), this.log), name, remoteHost(url, token, ca), this.log, progress,
-      this.hostName, mode, this.lazy.leases);
+      this.hostName, mode as 'copy' | 'lazy', this.lazy.leases);
   }
   async vmCreate(spec: VmSpec) { return createVm(this.store, spec); }
   async vmStart(name: string, kvm: boolean, restart = '') {
@@ -145,7 +150,7 @@ export class LocalControl implements StoreControl {
     await this.vms?.forget(name);
     return removeVm(this.store, name);
   }
-  async vmStatus(name: string): Promise<VmStatus> {
+  async vmStatus(name: string): Promise<VmStatusReport> {
     const rec = readVm(this.store.dir, name);
     const s = this.vms ? await this.vms.status(name) : offlineStatus(rec, this.store.dir);
     const disk = this.store.describe(rec.disk) ? await this.store.info(rec.disk) : undefined;

@@ -10,7 +10,6 @@ import {
 } from '../pager/index.js';
 import type { Running } from './running.js';
 import { vmPaths, type VmRecord } from './vm-record.js';
-import type { LazyCopyStatus } from '../migrate/lazy.js';
 
 const PAGE = 4096;
 
@@ -69,8 +68,6 @@ export interface VmStatus {
   /** The memory volume in the store: non-zero pages, and of those the bytes no other volume shares. */
   memoryStoredBytes?: number;
   memoryUniqueBytes?: number;
-  /** A VM that arrived here in lazy mode: its copy from the source host (src/migrate/lazy.ts). */
-  lazyCopy?: LazyCopyStatus;
 }
 
 /** Why QEMU paused a VM, in words: its run state and the disk's I/O status. */
