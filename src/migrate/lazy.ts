@@ -175,6 +175,8 @@ export class LazyIncoming {
     lv.state = 'copying';
     lv.started = performance.now();
     lv.blocksTotal = lv.absent.reduce((n, ab) => n + ab.remaining, 0);
+    const early = lv.absent.reduce((n, ab) => n + ab.stats.demandChunks, 0);
+    if (early > 0) this.log(`vm ${vm}: ${early} chunks were fetched on demand before it ran here (QEMU loading its device state reads guest RAM)`);
     lv.running = this.copy(lv).catch((err: Error) => this.log(`vm ${vm}: lazy copy from ${lv.source.url}: ${err.message}`));
     return Object.fromEntries(lv.absent.map((ab) => [ab.volume, ab.remaining]));
   }
