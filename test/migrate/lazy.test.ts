@@ -5,7 +5,11 @@
  * right bytes, a whole-block write needs no fetch, a partial one fetches
  * first, a write made while a fetch of the same block is in flight wins,
  * a source that cannot send is EIO, a corrupted chunk is EIO and nothing
- * of it is written, a lazy volume cannot be snapshotted.
+ * of it is written, a lazy volume cannot be snapshotted. The destination's
+ * state files: a restarted destination (the store closed and opened
+ * again) resumes the copy from a source host served by the test, a block
+ * written after the last checkpoint is not fetched over it, and the
+ * source is told when the copy is complete.
  *
  * Then `dormant vm migrate --mode lazy` between two real hosts on this
  * machine (`serve --mount --api`, one guest): the VM answers HTTP on the
@@ -18,9 +22,12 @@
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { AbsentBlocks, BLOCK_SIZE, HASH_SIZE, Store, xxh3, type ChunkSource } from '../../src/blockstore/index.js';
+import { LazyIncoming } from '../../src/migrate/index.js';
 import { freePort } from '../../src/vm/index.js';
 import { dormant, dormantAsync, dormantJson, expectFailure, expectOk } from '../helpers/cli.js';
 import { CACHE, diskCounter, sleep, startVmDaemon, vmStatus, waitHttp } from '../helpers/guest.js';
@@ -151,6 +158,63 @@ describe('absent blocks in the store', () => {
       expect((await h.read(0, BLOCK_SIZE)).length).toBe(BLOCK_SIZE);
       await h.close();
     });
+  });
+});
+
+describe('lazy copies across a restart of the destination', () => {
+  it('the state files bring the absent blocks back; the copy resumes and completes; a block written since is kept', async () => {
+    const src = new TestSource();
+    let done = 0;
+    const server = http.createServer((req, res) => {
+      const parts: Buffer[] = [];
+      req.on('data', (d: Buffer) => parts.push(d));
+      req.on('end', () => {
+        if (req.headers.authorization !== 'Bearer lease-token') { res.writeHead(401).end(); return; }
+        if (req.url === '/v1/vms/vm1/lazy/done') { done++; res.writeHead(200).end('{"released":[]}'); return; }
+        src.fetch(Buffer.concat(parts)).then((b) => res.writeHead(200).end(b), () => res.writeHead(404).end('{}'));
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const dir = path.join(tmp.make('lazy-restart'), 's');
+    let content = Buffer.alloc(0);
+    try {
+      await withStore(Store.init(dir), async (store) => {
+        const made = await lazyVolume(store, src);
+        content = made.content;
+        store.setAbsent('v', undefined);
+        // As a lazy receive leaves it: the blocks marked absent (holes), a state file, then the hand-over.
+        const lazy = new LazyIncoming(store);
+        const deferred = new Map<string, number[]>();
+        for (let b = 0; b < 64; b++) deferred.set(made.ab.hashes.toString('hex', b * HASH_SIZE, (b + 1) * HASH_SIZE), [b]);
+        lazy.add('v', deferred);
+        lazy.attach('vm1', ['v'], { url, token: 'lease-token' });
+        const h = await store.openVolume('v');
+        await h.write(3 * BLOCK_SIZE, Buffer.alloc(BLOCK_SIZE, 9)); // written after the last checkpoint
+        await h.close();
+        await store.flush();
+        expect(fs.readdirSync(path.join(dir, 'lazy'))).toEqual(['v.dlzy']);
+      });
+      await withStore(Store.open(dir), async (store) => {
+        const lazy = new LazyIncoming(store);
+        expect(await lazy.load()).toEqual(['vm1']);
+        for (let i = 0; i < 200 && lazy.status('vm1')?.state !== 'complete'; i++) await sleep(25);
+        expect(lazy.status('vm1')).toMatchObject({ state: 'complete', blocksLeft: 0, blocksTotal: 63 });
+        expect(store.absentOf('v')).toBeUndefined();
+        const h = await store.openVolume('v');
+        const all = await h.read(0, 64 * BLOCK_SIZE);
+        await h.close();
+        expect(all.subarray(3 * BLOCK_SIZE, 4 * BLOCK_SIZE)).toEqual(Buffer.alloc(BLOCK_SIZE, 9));
+        expect(all.subarray(0, 3 * BLOCK_SIZE)).toEqual(content.subarray(0, 3 * BLOCK_SIZE));
+        expect(all.subarray(4 * BLOCK_SIZE)).toEqual(content.subarray(4 * BLOCK_SIZE));
+        for (let i = 0; i < 100 && done === 0; i++) await sleep(20);
+        expect(done).toBe(1);
+        expect(fs.readdirSync(path.join(dir, 'lazy'))).toEqual([]);
+        await lazy.close();
+      });
+    } finally {
+      server.close();
+    }
   });
 });
 
