@@ -12,6 +12,13 @@
  *            The idle case runs twice: the first VM of its image on the
  *            destination, then a sibling (the destination holds the
  *            first one's memory, as a host of many such VMs does);
+ *   lazy     `dormant vm migrate --mode lazy` of a third idle VM and a
+ *            second busy one: only the manifests go before the pause, the
+ *            patch carries hashes, the guest goes on there at once and the
+ *            destination fetches what it lacks from the source (on demand
+ *            and in the background). Bytes moved count what went before
+ *            the guest went on there plus what the destination fetched
+ *            until its copy completed (vm status there);
  *   qemu     QEMU's own live migration of the same guest (anonymous RAM,
  *            a qcow2 overlay on the same golden image as shared storage)
  *            to a fresh QEMU on this machine: RAM in the stream, pre-copy.
@@ -132,7 +139,7 @@ async function host(name) {
   return { name, store, url: `http://127.0.0.1:${port}`, child };
 }
 
-async function dormantCase(a, b, vm, busy, label) {
+async function dormantCase(a, b, vm, busy, label, mode = 'copy') {
   await dormant(a.store, ['vm', 'create', vm, '--from', 'golden@base', '--memory', '256M', '--ballast', BALLAST,
     '--ballast-shared', `${SHARED}%`, '--cache-dir', CACHE]);
   const s = JSON.parse(await dormant(a.store, ['vm', 'start', vm, '--json']));
@@ -148,17 +155,32 @@ async function dormantCase(a, b, vm, busy, label) {
     await dormant(a.store, ['vm', 'pageout', vm]);
   }
   log(`dormant ${busy ? 'busy' : 'idle'}: migrating ${vm}`);
-  const r = JSON.parse(await dormant(a.store, ['vm', 'migrate', vm, '--to', b.url, '--token-file', path.join(dir, 'token'), '--json']));
+  const r = JSON.parse(await dormant(a.store, ['vm', 'migrate', vm, '--to', b.url, '--mode', mode, '--token-file', path.join(dir, 'token'), '--json']));
   port = r.hostPort;
   await waitHttp(vm, port, 60_000);
+  // Lazy: the move is over once the destination's copy is complete (it answers meanwhile).
+  let lazy;
+  for (let i = 0; mode === 'lazy' && i < 3000; i++) {
+    lazy = JSON.parse(await dormant(b.store, ['vm', 'status', vm, '--json'])).lazyCopy;
+    if (lazy?.state === 'complete') break;
+    await sleep(200);
+  }
+  if (mode === 'lazy' && lazy?.state !== 'complete') throw new Error(`${vm}: lazy copy not complete: ${JSON.stringify(lazy)}`);
   if (load) { await sleep(2_000); load.stopped = true; await load.done; }
   await dormant(b.store, ['vm', 'stop', vm, '--timeout', '0']).catch(() => undefined);
+  const phases = `downtime: write-back ${r.downtimePhasesMs.writeBack}, patch ${r.downtimePhasesMs.patch} (${r.patchedBlocks.memory} memory + `
+    + `${r.patchedBlocks.disk} disk blocks), device state ${r.downtimePhasesMs.deviceState}, resume ${r.downtimePhasesMs.resume} ms`;
+  // A fetch request carries 16 bytes of hash per chunk besides the chunk.
+  const fetched = lazy ? lazy.bytesFetched * (1 + 16 / 4096) : 0;
   return {
-    system: 'dormant', kind: label ?? (busy ? 'busy' : 'idle (paged out)'), downtimeMs: r.downtimeMs, bytes: r.bytesSent,
-    detail: `memory ${mib(r.memoryBytesSent)} + disk ${mib(r.diskBytesSent)} + QEMU stream ${mib(r.deviceStateBytes)} MiB; `
-      + `downtime: write-back ${r.downtimePhasesMs.writeBack}, patch ${r.downtimePhasesMs.patch} (${r.patchedBlocks.memory} memory + `
-      + `${r.patchedBlocks.disk} disk blocks), device state ${r.downtimePhasesMs.deviceState}, resume ${r.downtimePhasesMs.resume} ms`,
-    whole: disk + RAM, seconds: r.seconds, gapMs: load?.longestGapMs,
+    system: mode === 'lazy' ? 'dormant lazy' : 'dormant', kind: label ?? (busy ? 'busy' : 'idle (paged out)'), downtimeMs: r.downtimeMs,
+    bytes: r.bytesSent + fetched, before: r.bytesSent,
+    detail: lazy
+      ? `before it went on there ${mib(r.bytesSent)} MiB (manifests and patch hashes ${mib(r.memoryBytesSent + r.diskBytesSent)}, QEMU stream `
+        + `${mib(r.deviceStateBytes)}); then fetched ${mib(fetched)} MiB: ${lazy.demandChunks} chunks on demand, ${lazy.backgroundChunks} `
+        + `in the background, in ${lazy.seconds.toFixed(1)} s; ${phases}`
+      : `memory ${mib(r.memoryBytesSent)} + disk ${mib(r.diskBytesSent)} + QEMU stream ${mib(r.deviceStateBytes)} MiB; ${phases}`,
+    whole: disk + RAM, seconds: r.seconds + (lazy?.seconds ?? 0), gapMs: load?.longestGapMs,
   };
 }
 
@@ -257,22 +279,28 @@ try {
   const rows = [];
   rows.push(await dormantCase(a, b, 'idle1', false, 'idle (paged out), first of its image there'));
   rows.push(await dormantCase(a, b, 'idle2', false, 'idle (paged out), a sibling there'));
+  rows.push(await dormantCase(a, b, 'idle3', false, 'idle (paged out), a sibling there', 'lazy'));
   rows.push(await qemuCase('qidle1', false));
   rows.push(await dormantCase(a, b, 'busy1', true));
+  rows.push(await dormantCase(a, b, 'busy2', true, 'busy, a sibling there', 'lazy'));
   rows.push(await qemuCase('qbusy1', true));
   for (const r of rows) log(JSON.stringify(r));
   console.log(`\nMigration (${new Date().toISOString().slice(0, 10)}; ${machine()}; TCG): 256 MiB VMs with a ${BALLAST} ballast `
-    + `(${SHARED}% alike), both hosts on this machine over loopback; dormant copy mode vs QEMU's own live migration\n`);
+    + `(${SHARED}% alike), both hosts on this machine over loopback; dormant copy and lazy mode vs QEMU's own live migration\n`);
   console.log('| VM | system | downtime | bytes moved | of disk + RAM | what moved | total | longest gap in answers |');
   console.log('|---|---|---:|---:|---:|---|---:|---:|');
   for (const r of rows) {
     console.log(`| ${r.kind} | ${r.system} | ${r.downtimeMs} ms | ${mib(r.bytes)} MiB | ${((100 * r.bytes) / r.whole).toFixed(2)} % `
       + `| ${r.detail} | ${r.seconds.toFixed(2)} s | ${r.gapMs === undefined ? '-' : `${r.gapMs.toFixed(0)} ms`} |`);
   }
+  console.log('');
   for (const kind of ['idle', 'busy']) {
-    const d = rows.filter((r) => r.system === 'dormant' && r.kind.startsWith(kind)).pop();
     const q = rows.find((r) => r.system === 'qemu' && r.kind.startsWith(kind));
-    console.log(`\n${kind}: dormant / qemu: downtime ${(d.downtimeMs / q.downtimeMs).toFixed(2)}x, bytes ${(d.bytes / q.bytes).toFixed(3)}x`);
+    for (const system of ['dormant', 'dormant lazy']) {
+      const d = rows.filter((r) => r.system === system && r.kind.startsWith(kind)).pop();
+      console.log(`${kind}: ${system} / qemu: downtime ${(d.downtimeMs / q.downtimeMs).toFixed(2)}x, bytes ${(d.bytes / q.bytes).toFixed(3)}x`
+        + `${d.before !== d.bytes ? ` (before the guest went on there: ${(d.before / q.bytes).toFixed(3)}x)` : ''}`);
+    }
   }
 } finally {
   cleanup();

@@ -11,6 +11,11 @@
  * State shared by the parts: the committed block map, the hash filter (the
  * committed hashes' bits), the write-back overlay, the segment files.
  *
+ * Absent blocks (absent.ts: a volume arriving from another host in lazy
+ * mode): a whole-block write or zeroing clears their bits here, where it
+ * applies; a synchronous read of one is refused (the handle fills it
+ * first) and a view of one is not given.
+ *
  * Ordering rule: everything here is synchronous and runs to completion on
  * the JS thread, so no two operations interleave inside a block; only
  * flush (flush.ts) awaits, big writes may be hashed beforehand on libuv's
@@ -31,6 +36,9 @@ import type { BlockHashes, ReadOptions } from './types.js';
 import { BlockWriter } from './writer.js';
 import type { Writeback } from './writeback.js';
 import type { Fingerprints } from './fingerprints.js';
+import type { AbsentBlocks } from './absent.js';
+import { DormantError } from './errors.js';
+import { BLOCK_SIZE } from './constants.js';
 
 /** A point to read or write, with its search chain. */
 export interface Target {
@@ -52,6 +60,8 @@ export class BlockEngine {
   private readonly reader: BlockReader;
   private readonly writer: BlockWriter;
   private readonly landings: Landings;
+  /** Absent blocks per volume (Store.setAbsent): only lazy volumes have an entry. */
+  readonly absent = new Map<string, AbsentBlocks>();
 
   constructor(
     dbs: IndexDbs,
@@ -96,6 +106,11 @@ export class BlockEngine {
    * them to `label`. Synchronous: for read-modify-write inside one operation.
    */
   readBlocks(t: Target, first: number, n: number, out: Buffer, outOffset: number, label?: string): void {
+    const ab = this.absentIn(t, first, n);
+    if (ab !== undefined) {
+      throw new DormantError('EIO', `block ${first} of '${t.name}' has not arrived from its source host yet (read before its fill)`,
+        { volume: t.name, offset: first * BLOCK_SIZE, length: n * BLOCK_SIZE });
+    }
     this.reader.readBlocks(t, first, n, out, outOffset, label);
   }
 
@@ -110,6 +125,7 @@ export class BlockEngine {
    * ordinary way (see BlockReader.readView).
    */
   readView(t: Target, first: number, n: number, label?: string, stored?: ReadOptions['stored']): Buffer | null {
+    if (this.absentIn(t, first, n) !== undefined) return null;
     return this.reader.readView(t, first, n, label, stored);
   }
 
@@ -120,7 +136,10 @@ export class BlockEngine {
    * then. `landed`: the payload lies in the slots `land` gave.
    */
   writeBlocks(t: Target, first: number, data: Buffer, hashed?: BlockHashes, async = false, landed?: Location): Promise<void> | undefined {
-    return this.writer.writeBlocks(t, first, data, hashed, async, landed);
+    const landing = this.writer.writeBlocks(t, first, data, hashed, async, landed);
+    // Applied (a landing still pending is the slot write, not the block map): these blocks are no longer absent.
+    if (this.absent.size > 0) this.absent.get(t.name)?.clear(first, Math.ceil(data.length / BLOCK_SIZE));
+    return landing;
   }
 
   /**
@@ -151,6 +170,14 @@ export class BlockEngine {
   /** Makes `n` blocks from `first` read as zeroes (holes). */
   zeroBlocks(t: Target, first: number, n: number): void {
     this.writer.zeroBlocks(t, first, n);
+    if (this.absent.size > 0) this.absent.get(t.name)?.clear(first, n);
+  }
+
+  /** The absent blocks of `t`'s volume when any of `n` blocks from `first` is absent. */
+  absentIn(t: Target, first: number, n: number): AbsentBlocks | undefined {
+    if (this.absent.size === 0 || !t.head) return undefined;
+    const ab = this.absent.get(t.name);
+    return ab?.anyAbsent(first, n) ? ab : undefined;
   }
 
   /** Location and hash of a chunk (pending or committed). */

@@ -15,3 +15,4 @@ export { isHole, type BlockHashList } from './inventory.js';
 export { importFile, exportFile, type ProgressFn, type RawImageResult } from './raw-image.js';
 export { IMAGE_FORMATS, checkFormat, isNbdUri, probeFormat, type ImageFormat } from './image-format.js';
 export { LOG_LEVELS, asWarn, asError, type LogLevel, type LogFields, type LogFn } from './log.js';
+export { AbsentBlocks, MAX_FETCH, type ChunkSource, type FillKind, type AbsentStats } from './absent.js';

@@ -51,6 +51,7 @@ import { checkAccess, restrictUmask, tightenStore } from './permissions.js';
 import { parseChunkKey } from './keys.js';
 import { SpaceGuard, type SpaceOptions } from './space.js';
 import { ChunkInventory, type BlockHashList } from './inventory.js';
+import type { AbsentBlocks, FillKind } from './absent.js';
 import { isNoSpace } from './segment-file.js';
 import type {
   DataReport, FingerprintEntry, GcResult, StoreStats, VerifyOptions, VolumeEntry, VolumeHandle, VolumeInfo, VolumeKind,
@@ -198,6 +199,7 @@ export class Store implements VolumeHost {
     checkName(snap, 'snapshot name');
     const lineage = this.catalog.resolve(volume).lineage;
     if (splitName(volume).snap !== null) throw new DormantError('EINVAL', `cannot snapshot a snapshot ('${volume}')`);
+    this.refuseAbsent(volume, 'snapshot');
     if (this.catalog.exists(`${volume}@${snap}`)) {
       throw new DormantError('EEXIST', `snapshot '${volume}@${snap}' already exists`, { volume });
     }
@@ -241,6 +243,7 @@ export class Store implements VolumeHost {
     if (snap === null) {
       const lineage = this.catalog.resolve(name).lineage;
       await this.persist(this.catalog.removeVolume(name));
+      this.engine.absent.delete(name);
       this.writeback.dropLineage(lineage);
     } else {
       await this.persist(this.catalog.removeSnapshot(name));
@@ -252,6 +255,7 @@ export class Store implements VolumeHost {
   async rename(from: string, to: string): Promise<void> {
     this.live();
     if ((this.openHandles.get(from) ?? 0) > 0) throw new DormantError('EBUSY', `'${from}' is in use`, { volume: from });
+    this.refuseAbsent(from, 'rename');
     await this.persist(this.catalog.renameVolume(from, to));
   }
 
@@ -506,6 +510,46 @@ export class Store implements VolumeHost {
    */
   afterWrite(): Promise<void> | undefined {
     return this.flusher.afterWrite();
+  }
+
+  /**
+   * Makes `ab`'s blocks of volume `name` absent (absent.ts: their reads
+   * fetch them from its source), or, with undefined, ends that (every
+   * block is here). The blocks must read as holes; a volume with absent
+   * blocks cannot be snapshotted or renamed (its snapshot would freeze
+   * holes), and removing it ends them.
+   */
+  setAbsent(name: string, ab: AbsentBlocks | undefined): void {
+    this.live();
+    const r = this.catalog.resolve(name);
+    if (r.readOnly) throw new DormantError('EROFS', `'${name}' is a snapshot: only a volume can have absent blocks`, { volume: name });
+    if (ab === undefined) this.engine.absent.delete(name);
+    else this.engine.absent.set(name, ab);
+    this.engine.invalidate();
+  }
+
+  /** The absent blocks of volume `name`, if it has any registered (setAbsent). */
+  absentOf(name: string): AbsentBlocks | undefined {
+    return this.engine.absent.get(name);
+  }
+
+  /** VolumeHost: fetches absent blocks of `name` and writes them (see AbsentBlocks.fill). */
+  async fillAbsent(name: string, blocks: readonly number[], kind: FillKind): Promise<void> {
+    const ab = this.engine.absent.get(name);
+    if (ab === undefined || blocks.length === 0) return;
+    await ab.fill(blocks, kind, (b, chunk) => {
+      if (this.closed || this.engine.absent.get(name) !== ab) return;
+      this.engine.writeBlocks(this.engine.target(name), b, chunk);
+    });
+    await this.afterWrite();
+  }
+
+  private refuseAbsent(name: string, what: string): void {
+    const ab = this.engine.absent.get(name);
+    if (ab !== undefined && ab.remaining > 0) {
+      throw new DormantError('EBUSY', `cannot ${what} '${name}': ${ab.remaining} of its blocks are still arriving from `
+        + `${ab.source?.where ?? 'another host'} (lazy migration; dormant vm status shows the copy)`, { volume: name });
+    }
   }
 
   /** VolumeHost: a handle closed. */

@@ -12,6 +12,12 @@
  * write refused there fails with ENOSPC before anything of it is applied
  * (zeroing and trimming take no space and are never refused).
  *
+ * Absent blocks (absent.ts, a volume arriving in lazy mode): a read fills
+ * the absent blocks it covers first (and a few after them: reads go on
+ * where they stopped); a write that covers part of an absent block fills
+ * that block first (its other bytes are needed), a whole-block write
+ * needs nothing (the engine clears its bits as it applies).
+ *
  * Ordering rule: a handle's mutations apply in the order they came. A big
  * write is hashed on libuv's pool first; while one is, later mutations of
  * the handle queue behind it (`inOrder`) instead of applying at once.
@@ -21,12 +27,15 @@ import type { Location } from './segments.js';
 import { DormantError } from './errors.js';
 import type { BlockEngine, Target } from './engine.js';
 import type { Catalog } from './catalog.js';
+import type { FillKind } from './absent.js';
 import type { Extent, ReadOptions, VolumeHandle, VolumeKind, WriteOptions } from './types.js';
 
 /** Writes of at least this many bytes are hashed on libuv's pool (smaller ones cost less than the hop). */
 const ASYNC_HASH_BYTES = 256 * 1024;
 /** Writes of at least this many bytes may land (VolumeHandle.landing). */
 const LANDING_BYTES = 256 * 1024;
+/** Absent blocks a read fills beyond its own (the next reads are likely there). */
+const FILL_AHEAD_BLOCKS = 32;
 
 /** What a handle needs from its store. */
 export interface VolumeHost {
@@ -35,6 +44,8 @@ export interface VolumeHost {
   flush(): Promise<void>;
   /** Called after every mutation; a returned promise makes the writer wait (backpressure). */
   afterWrite(): Promise<void> | undefined;
+  /** Fetches absent blocks `blocks` of volume `name` (absent.ts) and writes them; EIO when their source cannot send them. */
+  fillAbsent(name: string, blocks: readonly number[], kind: FillKind): Promise<void>;
   /** Called once when the handle closes. */
   release(name: string): void;
   /** The free-space floor: `admit` throws ENOSPC for a write that would go under it. */
@@ -70,7 +81,7 @@ export class Volume implements VolumeHandle {
   }
 
   async read(offset: number, length: number, opts: ReadOptions = {}): Promise<Buffer> {
-    const t = this.check(offset, length, false);
+    let t = this.check(offset, length, false);
     if (opts.into !== undefined && opts.into.length !== length) {
       throw new DormantError('EINVAL', `read buffer of ${opts.into.length} bytes for ${length}`, { volume: this.name, offset, length });
     }
@@ -78,6 +89,11 @@ export class Volume implements VolumeHandle {
     const first = Math.floor(offset / BLOCK_SIZE);
     const last = Math.floor((offset + length - 1) / BLOCK_SIZE);
     const n = last - first + 1;
+    const ab = this.host.engine.absentIn(t, first, n);
+    if (ab !== undefined) {
+      await this.host.fillAbsent(this.name, ab.within(first, n + FILL_AHEAD_BLOCKS), 'demand');
+      t = this.check(offset, length, false);
+    }
     const aligned = offset % BLOCK_SIZE === 0 && length === n * BLOCK_SIZE;
     if (aligned && opts.view === true) {
       const view = this.host.engine.readView(t, first, n, opts.label, opts.stored);
@@ -104,6 +120,7 @@ export class Volume implements VolumeHandle {
   writeNow(offset: number, data: Buffer): boolean | Promise<void> {
     const t = this.check(offset, data.length, true);
     if (this.ordering !== null || data.length >= ASYNC_HASH_BYTES || data.length === 0) return false;
+    if (this.absentEdges(t, offset, data.length).length > 0) return false;
     this.host.space.admit(data.length, this.kind, this.name);
     this.writeRange(t, offset, data);
     return this.host.afterWrite() ?? true;
@@ -133,8 +150,13 @@ export class Volume implements VolumeHandle {
   async write(offset: number, data: Buffer, opts: WriteOptions = {}): Promise<void> {
     const landed = this.landings.get(data);
     if (landed !== undefined) return this.writeLanded(offset, data, landed, opts);
-    const t = this.check(offset, data.length, true);
+    let t = this.check(offset, data.length, true);
     if (data.length > 0) this.host.space.admit(data.length, this.kind, this.name);
+    const edges = this.absentEdges(t, offset, data.length);
+    if (edges.length > 0) {
+      await this.host.fillAbsent(this.name, edges, 'demand');
+      t = this.check(offset, data.length, true);
+    }
     const hashing = data.length >= ASYNC_HASH_BYTES && offset % BLOCK_SIZE === 0 && data.length % BLOCK_SIZE === 0
       ? this.host.engine.hashAsync(data) : null;
     if (hashing !== null) {
@@ -190,7 +212,12 @@ export class Volume implements VolumeHandle {
   }
 
   async zero(offset: number, length: number, opts: WriteOptions = {}): Promise<void> {
-    const t = this.check(offset, length, true);
+    let t = this.check(offset, length, true);
+    const edges = this.absentEdges(t, offset, length);
+    if (edges.length > 0) {
+      await this.host.fillAbsent(this.name, edges, 'demand');
+      t = this.check(offset, length, true);
+    }
     if (length > 0) {
       if (this.ordering === null) this.zeroRange(t, offset, length);
       else await this.inOrder(async () => this.zeroRange(this.check(offset, length, true), offset, length));
@@ -221,10 +248,12 @@ export class Volume implements VolumeHandle {
     const first = Math.floor(offset / BLOCK_SIZE);
     const last = Math.floor((offset + length - 1) / BLOCK_SIZE);
     const ids = this.host.engine.resolve(t, first, last - first + 1);
+    // An absent block has data (at its source): it reads as that, not as the hole it is here.
+    const ab = this.host.engine.absentIn(t, first, ids.length);
     for (let i = 0; i < ids.length; i++) {
       const start = Math.max(offset, (first + i) * BLOCK_SIZE);
       const end = Math.min(offset + length, (first + i + 1) * BLOCK_SIZE);
-      const hole = ids[i] === 0;
+      const hole = ids[i] === 0 && !ab?.isAbsent(first + i);
       const prev = out[out.length - 1];
       if (prev && prev.hole === hole) prev.length += end - start;
       else out.push({ offset: start, length: end - start, hole });
@@ -291,6 +320,19 @@ export class Volume implements VolumeHandle {
       pos += n;
       src += n;
     }
+  }
+
+  /** The absent blocks a write of `length` bytes at `offset` covers only in part (their other bytes must be fetched first). */
+  private absentEdges(t: Target, offset: number, length: number): number[] {
+    if (length === 0) return [];
+    const first = Math.floor(offset / BLOCK_SIZE);
+    const last = Math.floor((offset + length - 1) / BLOCK_SIZE);
+    const ab = this.host.engine.absentIn(t, first, last - first + 1);
+    if (ab === undefined) return [];
+    const edges: number[] = [];
+    if (offset % BLOCK_SIZE !== 0 || length < BLOCK_SIZE) edges.push(first);
+    if ((offset + length) % BLOCK_SIZE !== 0 && last !== first) edges.push(last);
+    return edges.filter((b) => ab.isAbsent(b));
   }
 
   private async finish(opts: WriteOptions): Promise<void> {

@@ -7,8 +7,9 @@
  * from the fingerprint sketches the hosts publish (live-input.ts). Calls
  * the planner, prints; touches no store. `--apply` carries the migrations
  * out one by one, in that order: each source host is asked over its API
- * (hosts found in etcd by name) to `vm migrate` its VM, and the memory the
- * hosts use is read from etcd before and after.
+ * (hosts found in etcd by name) to `vm migrate` its VM (mode auto: lazy
+ * when the source's pager sees the VM idle, else copy), and the memory
+ * the hosts use is read from etcd before and after.
  */
 import type { Command } from 'commander';
 import { DormantError } from '../blockstore/index.js';
@@ -44,7 +45,7 @@ export function formatPlan(r: PlanResult): string {
 }
 
 /** One migration carried out by --apply. */
-interface Applied { vm: string; from: string; to: string; downtimeMs: number; bytesSent: number; seconds: number }
+interface Applied { vm: string; from: string; to: string; mode: string; downtimeMs: number; bytesSent: number; seconds: number }
 
 /** What the hosts use now, all together, as etcd has it (their records refresh every TTL/3). */
 const usedBytes = (hosts: HostStatus[]): number => hosts.reduce((s, h) => s + (h.usedBytes ?? 0), 0);
@@ -70,8 +71,8 @@ async function applyPlan(r: PlanResult, client: EtcdClient, token: string, say: 
     const from = hosts.get(m.from)!;
     say(`migrating ${m.vm}: ${m.from} -> ${m.to}`);
     const res = await requestJson<VmMoveResult>({ url: checkHostUrl(from.url), token }, 'POST', `/v1/vms/${encodeURIComponent(m.vm)}/migrate`,
-      Buffer.from(JSON.stringify({ to: hosts.get(m.to)!.url })), { timeoutMs: 15 * 60_000 });
-    applied.push({ vm: m.vm, from: m.from, to: m.to, downtimeMs: res.downtimeMs, bytesSent: res.bytesSent, seconds: res.seconds });
+      Buffer.from(JSON.stringify({ to: hosts.get(m.to)!.url, mode: 'auto' })), { timeoutMs: 15 * 60_000 });
+    applied.push({ vm: m.vm, from: m.from, to: m.to, mode: res.mode, downtimeMs: res.downtimeMs, bytesSent: res.bytesSent, seconds: res.seconds });
   }
   // The hosts publish their memory every TTL/3: wait until every moved VM shows on its new host (at most 30 s).
   let after = await listHosts(client);

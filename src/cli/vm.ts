@@ -10,6 +10,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { DormantError, isDormantError, splitName } from '../blockstore/index.js';
 import { CONTROL_SOCKET_NAME, RemoteControl, daemonAnswers } from '../control/index.js';
+import type { LazyCopyStatus } from '../migrate/index.js';
 import { NBD_SOCKET_NAME } from '../daemon/index.js';
 import { defaultCacheDir, metaPath, readImageMeta } from '../guest-image/index.js';
 import { STOP_TIMEOUT_MS, checkBallast, checkMemory, checkRestart, checkVmName, readVm, vmPaths, type VmStatus } from '../vm/index.js';
@@ -46,6 +47,13 @@ function uptime(s?: number): string {
 
 const resident = (s: VmStatus) => (s.residentGuestRam === undefined ? '-' : formatBytes(s.residentGuestRam));
 const stateText = (s: VmStatus) => (s.reason ? `${s.state} (${s.reason})` : s.state);
+
+/** A lazy copy's progress in words (vm status). */
+function lazyText(l: LazyCopyStatus): string {
+  return `${l.state} from ${l.from}: ${l.blocksTotal - l.blocksLeft}/${l.blocksTotal} blocks here; `
+    + `${l.demandChunks} chunks fetched on demand, ${l.backgroundChunks} in the background (${formatBytes(l.bytesFetched)}) `
+    + `in ${l.seconds.toFixed(1)} s${l.failures ? `; ${l.failures} failed fetches${l.lastError ? ` (last: ${l.lastError})` : ''}` : ''}`;
+}
 
 /** Registers `vm` and its subcommands on `program`. */
 export function addVmCommands(program: Command, run: (fn: () => Promise<void>) => Promise<void>): void {
@@ -154,14 +162,13 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
     .description('move a running VM, disk and memory, to another host; it keeps running there with its state '
       + '(only the chunks that host lacks and QEMU\'s device state travel)')
     .requiredOption('--to <url>', 'the destination host\'s API, e.g. http://10.0.0.2:7450')
-    .option('--mode <mode>', 'copy: pause, send what is missing, resume there (lazy is not built yet)', 'copy')
+    .option('--mode <mode>', 'copy: pause, send what is missing, resume there; lazy: resume there at once, '
+      + 'what is missing is fetched from here when read and copied in the background (vm status there shows it)', 'copy')
     .option('--token-file <file>', 'file holding the destination\'s API token (default: $DORMANT_TOKEN_FILE)')
     .option('--tls-ca <file>', 'CA certificate (PEM) to trust for an https:// host')
     .option('--json', 'machine-readable output')
     .action((name: string, o: { to: string; mode: string; tokenFile?: string; tlsCa?: string; json?: boolean }, cmd: Command) => run(async () => {
-      if (o.mode !== 'copy') {
-        throw new DormantError('EINVAL', o.mode === 'lazy' ? '--mode lazy is not built yet: use --mode copy' : `bad --mode '${o.mode}': use copy`);
-      }
+      if (o.mode !== 'copy' && o.mode !== 'lazy') throw new DormantError('EINVAL', `bad --mode '${o.mode}': use copy or lazy`);
       const token = apiToken(o.tokenFile);
       const ca = caText(o.tlsCa);
       const control = await daemon(cmd, 'vm migrate');
@@ -170,7 +177,8 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
       if (o.json) { printJson(r); return; }
       print(`migrated VM ${name} to ${r.to}: runs there${r.hostPort ? ` on port ${r.hostPort}` : ''}; `
         + `downtime ${r.downtimeMs} ms, ${formatBytes(r.bytesSent)} sent (memory ${formatBytes(r.memoryBytesSent)}, `
-        + `disk ${formatBytes(r.diskBytesSent)}, device state ${formatBytes(r.deviceStateBytes)}), in ${r.seconds.toFixed(2)} s`);
+        + `disk ${formatBytes(r.diskBytesSent)}, device state ${formatBytes(r.deviceStateBytes)}), in ${r.seconds.toFixed(2)} s`
+        + `${r.lazy ? `; it fetches ${formatBytes(r.lazy.memoryBytesToFetch + r.lazy.diskBytesToFetch)} more from here (dormant vm status there)` : ''}`);
     }));
 
   vm.command('rm <vm>')
@@ -240,6 +248,7 @@ export function addVmCommands(program: Command, run: (fn: () => Promise<void>) =
           : `${formatBytes(s.memoryStoredBytes)} non-zero, ${formatBytes(s.memoryUniqueBytes ?? 0)} of it not shared`}`,
         `disk:      ${s.diskBlocksWritten === undefined ? '-' : `${s.diskBlocksWritten} blocks written (${formatBytes(s.diskBlocksWritten * 4096)}) on top of ${s.from}`}`,
         `uptime:    ${uptime(s.uptimeSeconds)}`,
+        ...(s.lazyCopy ? [`lazy copy: ${lazyText(s.lazyCopy)}`] : []),
       ].join('\n'));
     }));
 

@@ -14,14 +14,22 @@
  *   POST /v1/receive[?as=NAME]          a manifest -> {id, needed, chunksPresent} (a push begins)
  *   GET  /v1/receive/<id>/needed        16-byte hashes of the chunks still needed
  *   PUT  /v1/receive/<id>/chunks        (hash, 4 KiB) records -> {accepted}
- *   POST /v1/receive/<id>/commit[?partial=1]  -> {volume, origin} (partial: although chunks are missing)
+ *   POST /v1/receive/<id>/commit[?partial=1][&lazy=1]  -> {volume, origin[, absent]} (partial: although chunks are
+ *                                       missing; lazy: they are fetched from the sender when read, src/migrate/lazy.ts)
  *   POST /v1/patch                      a patch (src/migrate/patch.ts) -> {id, needed, chunksPresent}; then
  *                                       needed, chunks and commit as for a receive
- *   POST /v1/vms/<vm>/migrate           {to} -> what `vm migrate --json` prints: this host moves its VM there
+ *   POST /v1/vms/<vm>/migrate           {to[, mode]} -> what `vm migrate --json` prints: this host moves its VM there
+ *                                       (mode copy, lazy, or auto: lazy when the VM is idle)
  *   POST /v1/vms/<vm>/incoming/check    a VM's record and kernel hashes -> {ok} (it can come here)
- *   POST /v1/vms/<vm>/incoming          the same -> {uri}: QEMU waits there for the device state
- *   POST /v1/vms/<vm>/incoming/finish   -> {state, hostPort}: the guest resumed here (the commit point)
+ *   POST /v1/vms/<vm>/incoming          the same [+ lazy: {url, token}: absent chunks come from there] -> {uri}:
+ *                                       QEMU waits there for the device state
+ *   POST /v1/vms/<vm>/incoming/finish   -> {state, hostPort[, lazyBlocks]}: the guest resumed here (the commit point)
  *   POST /v1/vms/<vm>/incoming/abort    {volumes} -> {aborted}: QEMU, the VM and those volumes go
+ *   POST /v1/vms/<vm>/lazy/done         -> {released}: the destination of a lazy migration has every chunk; the
+ *                                       volumes kept here for it go
+ *
+ * A lazy migration's token (src/migrate/lazy-source.ts) is accepted for
+ * `POST /v1/chunks/fetch` and its VM's `lazy/done` only.
  *
  * Errors: `{"error":{"code","message"}}` with 400 (EINVAL), 404 (ENOENT),
  * 409 (EEXIST, EBUSY), 401, 413 (body too large) or 500.
@@ -33,7 +41,7 @@ import https from 'node:https';
 import os from 'node:os';
 import type { AddressInfo } from 'node:net';
 import { DormantError, HASH_SIZE, isDormantError, type Store } from '../blockstore/index.js';
-import { buildManifest, encodeManifest, readChunks, type IncomingVms, type Receiver } from '../migrate/index.js';
+import { buildManifest, encodeManifest, readChunks, type IncomingVms, type LazyLeases, type Receiver } from '../migrate/index.js';
 import { freePort } from '../vm/index.js';
 import type { StoreControl } from './operations.js';
 
@@ -67,13 +75,15 @@ class HttpError extends Error {
 
 /** Serves the host API for `store`. */
 export async function serveApi(store: Store, control: StoreControl, receiver: Receiver, incoming: IncomingVms,
-  o: ApiOptions): Promise<ApiServer> {
+  o: ApiOptions, leases?: LazyLeases): Promise<ApiServer> {
   const want = crypto.createHash('sha256').update(o.token).digest();
   const version = readVersion();
   const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
     const auth = req.headers.authorization ?? '';
     const given = /^Bearer (\S+)$/.exec(auth)?.[1];
-    if (!given || !crypto.timingSafeEqual(crypto.createHash('sha256').update(given).digest(), want)) {
+    const leased = () => given !== undefined && leases !== undefined
+      && leases.allows(given, req.method ?? '', new URL(req.url ?? '/', 'http://api').pathname.split('/').filter(Boolean).slice(1).map(decodeURIComponent));
+    if (!given || (!crypto.timingSafeEqual(crypto.createHash('sha256').update(given).digest(), want) && !leased())) {
       o.log(`api: refused ${req.method} ${(req.url ?? '').split('?')[0]} from ${req.socket.remoteAddress}: ${given ? 'wrong' : 'no'} token`);
       req.resume();
       res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': 'Bearer' })
@@ -105,6 +115,7 @@ export async function serveApi(store: Store, control: StoreControl, receiver: Re
     } else if (m === 'GET' && a === 'vms' && !b) {
       json({ vms: await control.vmList() });
     } else if (m === 'GET' && a === 'volumes' && b && c === 'manifest' && parts.length === 4) {
+      if (store.absentOf(b)) throw new DormantError('EBUSY', `'${b}' is still arriving here lazily: send it once its copy is complete`);
       bytes(encodeManifest(await buildManifest(store, b)));
     } else if (m === 'POST' && a === 'chunks' && (b === 'have' || b === 'fetch') && !c) {
       const body = await readBody(req, MAX_CHUNKS);
@@ -119,17 +130,24 @@ export async function serveApi(store: Store, control: StoreControl, receiver: Re
       json({ accepted: await receiver.chunks(b, await readBody(req, MAX_CHUNKS)) });
     } else if (m === 'POST' && a === 'receive' && b && c === 'commit') {
       req.resume();
-      json(await receiver.commit(b, url.searchParams.get('partial') === '1'));
+      json(await receiver.commit(b, url.searchParams.get('partial') === '1', url.searchParams.get('lazy') === '1'));
     } else if (m === 'POST' && a === 'patch' && !b) {
       json(await receiver.beginPatch(await readBody(req, MAX_MANIFEST)));
     } else if (m === 'POST' && a === 'vms' && b && c === 'migrate' && parts.length === 4) {
       // Another host (`dormant plan --apply`) asks this one to move its VM: the destination takes this host's own
       // token (the hosts of a cluster share one).
-      let to: unknown;
-      try { to = (JSON.parse((await readBody(req, MAX_SMALL)).toString('utf8')) as { to?: unknown }).to; } catch { to = undefined; }
-      if (typeof to !== 'string') throw new DormantError('EINVAL', 'a migrate request is {"to": "<the destination\'s API URL>"}');
-      o.log(`api: ${req.socket.remoteAddress} asks to migrate VM ${b} to ${to}`);
-      json(await control.vmMigrate(b, to, o.token, 'copy', ''));
+      let ask: { to?: unknown; mode?: unknown } = {};
+      try { ask = JSON.parse((await readBody(req, MAX_SMALL)).toString('utf8')) as typeof ask; } catch { /* checked below */ }
+      const { to, mode = 'copy' } = ask ?? {};
+      if (typeof to !== 'string' || (mode !== 'copy' && mode !== 'lazy' && mode !== 'auto')) {
+        throw new DormantError('EINVAL', 'a migrate request is {"to": "<the destination\'s API URL>", "mode": "copy", "lazy" or "auto"}');
+      }
+      o.log(`api: ${req.socket.remoteAddress} asks to migrate VM ${b} to ${to} (${mode})`);
+      json(await control.vmMigrate(b, to, o.token, mode, ''));
+    } else if (m === 'POST' && a === 'vms' && b && c === 'lazy' && parts[4] === 'done' && parts.length === 5) {
+      req.resume();
+      if (!leases) throw new DormantError('ENOENT', `no lazy migration of VM '${b}' here`);
+      json(await leases.done(b));
     } else if (m === 'POST' && a === 'vms' && b && c === 'incoming') {
       const step = parts[4];
       const body = await readBody(req, MAX_SMALL);

@@ -10,7 +10,7 @@ import type { ProgressFn } from '../blockstore/index.js';
 import type { PageoutReport, PrefetchReport, SharingReport } from '../pager/index.js';
 import type { VmRecord, VmSpec, VmStatus } from '../vm/index.js';
 import type { TransferResult, VmMoveResult } from '../migrate/index.js';
-import type { ControlOp, StoreControl } from './operations.js';
+import type { ControlOp, StoreControl, VmStatusReport } from './operations.js';
 
 /** Calls one operation; `progress` receives streamed progress lines. */
 function call(socketPath: string, op: ControlOp, args: unknown[], progress?: ProgressFn): Promise<unknown> {
@@ -105,7 +105,7 @@ export class RemoteControl implements StoreControl {
   async vmPause(name: string) { return call(this.socketPath, 'vmPause', [name]) as Promise<VmStatus>; }
   async vmResume(name: string) { return call(this.socketPath, 'vmResume', [name]) as Promise<VmStatus>; }
   async vmRemove(name: string) { return call(this.socketPath, 'vmRemove', [name]) as Promise<string[]>; }
-  async vmStatus(name: string) { return call(this.socketPath, 'vmStatus', [name]) as Promise<VmStatus>; }
+  async vmStatus(name: string) { return call(this.socketPath, 'vmStatus', [name]) as Promise<VmStatusReport>; }
   async vmList() { return call(this.socketPath, 'vmList', []) as Promise<VmStatus[]>; }
   async vmPageout(name: string, keepBytes: number) {
     return call(this.socketPath, 'vmPageout', [name, keepBytes]) as Promise<PageoutReport>;

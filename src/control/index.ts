@@ -4,7 +4,7 @@
  * over its control socket (RemoteControl; serveControl is the daemon's end),
  * and the host API other hosts use (serveApi: HTTP/JSON with a token).
  */
-export { LocalControl, CONTROL_OPS, CONTROL_SOCKET_NAME, type StoreControl, type ControlOp } from './operations.js';
+export { LocalControl, CONTROL_OPS, CONTROL_SOCKET_NAME, type StoreControl, type ControlOp, type VmStatusReport } from './operations.js';
 export { serveControl, type ControlServer } from './server.js';
 export { RemoteControl, daemonAnswers } from './client.js';
 export { serveApi, type ApiServer, type ApiOptions } from './api-server.js';

@@ -9,12 +9,15 @@ import {
 } from '../blockstore/index.js';
 import { exportFile, importFile, type ProgressFn, type RawImageResult } from '../blockstore/index.js';
 import {
-  checkHostUrl, migrateVm, pull, push, type RemoteHost, type TransferResult, type VmMoveResult,
+  checkHostUrl, migrateVm, pull, push, type LazyCopyStatus, type LazyIncoming, type LazyLeases, type RemoteHost, type TransferResult, type VmMoveResult,
 } from '../migrate/index.js';
 import { sharingReport, type PageoutReport, type PrefetchReport, type SharingReport } from '../pager/index.js';
 import {
   VmMoves, checkRestart, createVm, listVms, offlineStatus, removeVm, vmUsing, readVm, type VmRecord, type VmSpec, type VmStatus, type VmSupervisor,
 } from '../vm/index.js';
+
+/** What `vm status` reports: the VM runner's status, and on the destination of a lazy migration its copy's progress. */
+export type VmStatusReport = VmStatus & { lazyCopy?: LazyCopyStatus };
 
 /** File name of the daemon's control socket inside the store directory. */
 export const CONTROL_SOCKET_NAME = 'control.sock';
@@ -62,7 +65,7 @@ export interface StoreControl {
   vmResume(name: string): Promise<VmStatus>;
   /** Removes a VM that does not run: its record, memory volume and disk branch; returns the volumes removed. */
   vmRemove(name: string): Promise<string[]>;
-  vmStatus(name: string): Promise<VmStatus>;
+  vmStatus(name: string): Promise<VmStatusReport>;
   vmList(): Promise<VmStatus[]>;
   /** Page-out and prefetch of a running VM (daemon only); the sharing report over every VM's memory. */
   vmPageout(name: string, keepBytes: number): Promise<PageoutReport>;
@@ -92,6 +95,9 @@ export class LocalControl implements StoreControl {
     private readonly log: LogFn = () => undefined,
     /** This host's name in the cluster on etcd, when it is in one. */
     private readonly hostName?: string) {}
+
+  /** The daemon's lazy migrations: VMs arriving here (their copy's progress in vm status) and leaving (needs the host API). */
+  lazy: { incoming?: LazyIncoming; leases?: LazyLeases } = {};
 
   createVolume(name: string, size: number, kind: VolumeKind) { return this.store.createVolume(name, size, kind); }
   snapshot(volume: string, snap: string) { return this.store.snapshot(volume, snap); }
@@ -126,9 +132,11 @@ export class LocalControl implements StoreControl {
     return push(this.store, remoteHost(url, token, ca), name, as || undefined, progress);
   }
   async vmMigrate(name: string, url: string, token: string, mode: string, ca: string, progress?: ProgressFn) {
-    if (mode !== 'copy') throw new DormantError('EINVAL', `bad migration mode '${mode}': only copy is built`);
+    if (mode !== 'copy' && mode !== 'lazy' && mode !== 'auto') throw new DormantError('EINVAL', `bad migration mode '${mode}': use copy or lazy`);
+    // auto (plan --apply): lazy for a VM the pager sees idle (it will read little of its memory soon), else copy.
+    if (mode === 'auto') mode = (await this.supervisor().status(name)).activity === 'idle' && this.lazy.leases?.selfUrl ? 'lazy' : 'copy';
     return migrateVm(this.store, new VmMoves(this.store, this.supervisor(), this.log), name, remoteHost(url, token, ca), this.log, progress,
-      this.hostName);
+      this.hostName, mode as 'copy' | 'lazy', this.lazy.leases);
   }
   async vmCreate(spec: VmSpec) { return createVm(this.store, spec); }
   async vmStart(name: string, kvm: boolean, restart = '') {
@@ -142,7 +150,7 @@ export class LocalControl implements StoreControl {
     await this.vms?.forget(name);
     return removeVm(this.store, name);
   }
-  async vmStatus(name: string): Promise<VmStatus> {
+  async vmStatus(name: string): Promise<VmStatusReport> {
     const rec = readVm(this.store.dir, name);
     const s = this.vms ? await this.vms.status(name) : offlineStatus(rec, this.store.dir);
     const disk = this.store.describe(rec.disk) ? await this.store.info(rec.disk) : undefined;
@@ -151,6 +159,7 @@ export class LocalControl implements StoreControl {
       ...s,
       ...(disk ? { diskBlocksWritten: disk.blocks.own } : {}),
       ...(mem ? { memoryStoredBytes: mem.allocated, memoryUniqueBytes: mem.unique } : {}),
+      ...(this.lazy.incoming?.status(name) ? { lazyCopy: this.lazy.incoming.status(name) } : {}),
     };
   }
   async vmList() { return this.vms ? this.vms.list() : listVms(this.store.dir).map((r) => offlineStatus(r, this.store.dir)); }

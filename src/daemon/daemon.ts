@@ -32,12 +32,13 @@
  */
 import { sdNotify } from './systemd.js';
 import { metricsRegistry, serveMetrics, type MetricsServer } from './metrics.js';
+import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { DormantError, Store, asError, asWarn, type LogFn } from '../blockstore/index.js';
 import { EtcdClient, Membership, VmSketches } from '../cluster/index.js';
 import { CONTROL_SOCKET_NAME, LocalControl, serveApi, serveControl, type ApiServer, type ControlServer } from '../control/index.js';
-import { IncomingVms, Receiver } from '../migrate/index.js';
+import { IncomingVms, LazyIncoming, LazyLeases, Receiver } from '../migrate/index.js';
 import { mountStore, type FuseMount } from '../fuse/index.js';
 import { NbdServer, StoreBackend, isLoopback, type NbdAddresses, type NbdTlsOptions } from '../nbd/index.js';
 import { MemoryIo, SwapFile } from '../pager/index.js';
@@ -137,7 +138,10 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
   let scrub: ScrubSchedule | undefined;
   let metrics: MetricsServer | undefined;
   let api: ApiServer | undefined;
-  const receiver = new Receiver(store, log);
+  // Lazy migrations: VMs arriving with absent blocks (fetched from their source), and VMs gone whose volumes stay here.
+  const lazyIn = new LazyIncoming(store, log);
+  const leases = new LazyLeases(store, log);
+  const receiver = new Receiver(store, log, lazyIn);
   let incoming: IncomingVms | undefined;
   let statsLog: StatsLog | undefined;
   let membership: Membership | undefined;
@@ -158,11 +162,15 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       });
     }
     const local = new LocalControl(store, false, vms, log, o.cluster?.hostName);
+    local.lazy = { incoming: lazyIn, leases };
     const moves = vms ? new VmMoves(store, vms, log) : undefined;
     control = await serveControl(local, path.join(dir, CONTROL_SOCKET_NAME), log);
     if (o.api) {
-      incoming = new IncomingVms(store, moves, log, (v) => receiver.forget(v));
-      api = await serveApi(store, local, receiver, incoming, { ...o.api, log });
+      incoming = new IncomingVms(store, moves, log, (v) => receiver.forget(v), lazyIn);
+      api = await serveApi(store, local, receiver, incoming, { ...o.api, log }, leases);
+      leases.selfUrl = advertisedUrl(api.url);
+      // A destination must trust this host's certificate to fetch from it: a self-signed one is its own CA.
+      if (o.api.tls) leases.selfCa = fs.readFileSync(o.api.tls.certFile, 'utf8');
       if (!isLoopback(o.api.host) && !o.api.tls) {
         log(`dormant serve: warning: the host API on ${api.url} is plain HTTP: its token and data cross the network in the clear (add --tls-cert and --tls-key)`,
           asWarn({ url: api.url }));
@@ -183,6 +191,8 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     if (vms) {
       // An incoming migration cut by the last daemon's end never ran here (its source has the VM): it goes first.
       await moves!.recover();
+      // Lazy copies cut by the last daemon's end go on (before a VM using their volumes starts again).
+      await lazyIn.load();
       void vms.startWanted();
     }
     if (o.scrub) scrub = new ScrubSchedule(store, o.scrub.everyMs, o.scrub.rate, log);
@@ -247,6 +257,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
       await step('host API', () => api?.close());
       await step('transfers', () => receiver.close());
       await step('incoming VMs', () => incoming?.close());
+      await step('lazy copies', () => lazyIn.close());
       await step('scrub', () => scrub?.stop());
       // QEMU maps its RAM through the FUSE view and reads its disk over NBD: VMs go first.
       await step('stopping VMs', () => vms?.stopAll());

@@ -57,8 +57,11 @@ export interface ReceiveSession {
   readonly remaining: number;
   readonly chunksReceived: number;
   accept(hashes: Buffer, at: number, data: Buffer, dataAt: number): Promise<void>;
-  /** `partial`: commit although chunks are missing (a pre-copy round; their blocks are fixed by a patch). */
-  finish(partial?: boolean): Promise<{ volume: string; origin: string | null; missing?: number }>;
+  /**
+   * `partial`: commit although chunks are missing (a pre-copy round; their blocks are fixed by a patch).
+   * `lazy`: the chunks missing are not coming: their blocks become holes and are returned (`deferred`, by hash) to be marked absent.
+   */
+  finish(partial?: boolean, lazy?: boolean): Promise<{ volume: string; origin: string | null; missing?: number; deferred?: Map<string, number[]> }>;
   close(): Promise<void>;
 }
 
@@ -172,11 +175,12 @@ export class IncomingVolume implements ReceiveSession {
    * migration's pre-copy: the blocks still missing are sent as a patch once
    * the guest has paused; no digest check then).
    */
-  async finish(partial = false): Promise<{ volume: string; origin: string | null; missing?: number }> {
+  async finish(partial = false, lazy = false): Promise<{ volume: string; origin: string | null; missing?: number; deferred?: Map<string, number[]> }> {
     const missing = this.placer.remaining;
     if (missing > 0 && !partial) {
       throw new DormantError('EINVAL', `transfer of '${this.manifest.header.name}' is incomplete: ${missing} chunks missing`);
     }
+    const deferred = lazy ? await this.placer.defer() : undefined;
     await this.close();
     await this.store.flush();
     if (!partial) {
@@ -187,7 +191,7 @@ export class IncomingVolume implements ReceiveSession {
     }
     await this.store.rename(this.staging, this.names.volume);
     if (this.names.snap !== null) await this.store.snapshot(this.names.volume, this.names.snap);
-    return { volume: this.names.full, origin: this.origin, ...(partial ? { missing } : {}) };
+    return { volume: this.names.full, origin: this.origin, ...(partial ? { missing } : {}), ...(deferred ? { deferred } : {}) };
   }
 
   /** Releases the staging volume's handle (the staging volume stays for a later attempt). */

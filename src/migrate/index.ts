@@ -1,5 +1,5 @@
 /**
- * Moving volumes (and, next, running VMs) between hosts: a volume's
+ * Moving volumes and running VMs between hosts: a volume's
  * manifest (block hashes, holes, origin), the receiving side that rebuilds
  * a volume from the chunks it lacks and commits it atomically, pull and
  * push over another host's API, and the client of that API.
@@ -8,4 +8,6 @@ export { buildManifest, decodeManifest, encodeManifest, contentDigest, type Mani
 export { IncomingVolume, STAGING_SUFFIX, type TransferResult } from './incoming.js';
 export { pull, push, readChunks, Receiver } from './transfer.js';
 export { request, requestJson, readTokenFile, checkHostUrl, type RemoteHost } from './remote.js';
-export { migrateVm, IncomingVms, type MovableVms, type MovableRecord, type VmMoveResult } from './vm-move.js';
+export { migrateVm, IncomingVms, type MovableVms, type MovableRecord, type VmMoveResult, type MoveMode } from './vm-move.js';
+export { LazyIncoming, LAZY_DIR, type LazyCopyStatus, type LazySource } from './lazy.js';
+export { LazyLeases } from './lazy-source.js';

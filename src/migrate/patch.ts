@@ -128,14 +128,19 @@ export class PatchVolume implements ReceiveSession {
     return this.placer.accept(hashes, at, data, dataAt);
   }
 
-  /** Every changed block written: durable once this resolves. EINVAL while chunks are missing. */
-  async finish(): Promise<{ volume: string; origin: null }> {
-    if (this.placer.remaining > 0) {
+  /**
+   * Every changed block written: durable once this resolves. EINVAL while
+   * chunks are missing, unless `lazy`: their blocks become holes and are
+   * returned (`deferred`) to be marked absent.
+   */
+  async finish(_partial = false, lazy = false): Promise<{ volume: string; origin: null; deferred?: Map<string, number[]> }> {
+    if (this.placer.remaining > 0 && !lazy) {
       throw new DormantError('EINVAL', `patch of '${this.target}' is incomplete: ${this.placer.remaining} chunks missing`);
     }
+    const deferred = lazy ? await this.placer.defer() : undefined;
     await this.close();
     await this.store.flush();
-    return { volume: this.target, origin: null };
+    return { volume: this.target, origin: null, ...(deferred ? { deferred } : {}) };
   }
 
   async close(): Promise<void> {

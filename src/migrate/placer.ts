@@ -3,7 +3,9 @@
  * each chunk (by hash), filled at once from this store's own copy when it
  * has one, else when the chunk arrives, checked against its hash first.
  * Shared by a whole volume being received (incoming.ts) and by a patch of
- * the blocks that changed (patch.ts).
+ * the blocks that changed (patch.ts). In lazy mode the chunks still to
+ * come are not sent at all: `defer` makes their blocks holes and hands
+ * them over, to be marked absent (lazy.ts) and fetched when read.
  */
 import { BLOCK_SIZE, DormantError, HASH_SIZE, xxh3, type Store, type VolumeHandle } from '../blockstore/index.js';
 
@@ -68,6 +70,18 @@ export class ChunkPlacer {
     this.waiting.delete(key);
     for (const b of blocks) await this.handle.write(b * BLOCK_SIZE, bytes.subarray(0, this.length(b)));
     this.chunksReceived++;
+  }
+
+  /**
+   * Gives up waiting: every block still waiting for its chunk becomes a
+   * hole (nothing stale of it can be read) and is returned, by hash (hex),
+   * for the caller to mark absent.
+   */
+  async defer(): Promise<Map<string, number[]>> {
+    const out = new Map(this.waiting);
+    this.waiting.clear();
+    for (const blocks of out.values()) for (const b of blocks) await this.zero(b);
+    return out;
   }
 
   /** Makes block `b` a hole. */

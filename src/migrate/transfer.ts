@@ -125,12 +125,27 @@ export async function push(store: Store, host: RemoteHost, name: string, as?: st
  * there, as the push that `before` describes left it.
  */
 export async function pushPatch(store: Store, host: RemoteHost, name: string, before: Float64Array,
-  progress?: ProgressFn): Promise<{ bytesSent: number; blocks: number; chunksSent: number }> {
+  progress?: ProgressFn, lazy = false): Promise<{ bytesSent: number; blocks: number; chunksSent: number; absent: number }> {
   const { wire, count } = await buildPatch(store, name, before);
   const begin = await requestJson<ReceiveBegin>(host, 'POST', '/v1/patch', wire);
-  const sent = begin.needed > 0 ? await sendChunks(store, host, begin.id, name, progress, false) : { bytes: 0, chunks: 0 };
-  await requestJson(host, 'POST', `/v1/receive/${begin.id}/commit`);
-  return { bytesSent: wire.length + sent.bytes, blocks: count, chunksSent: sent.chunks };
+  // Lazy: the chunks it lacks are not sent: it fetches them when they are read.
+  const sent = begin.needed > 0 && !lazy ? await sendChunks(store, host, begin.id, name, progress, false) : { bytes: 0, chunks: 0 };
+  const r = await requestJson<{ absent?: number }>(host, 'POST', `/v1/receive/${begin.id}/commit${lazy ? '?lazy=1' : ''}`);
+  return { bytesSent: wire.length + sent.bytes, blocks: count, chunksSent: sent.chunks, absent: r.absent ?? 0 };
+}
+
+/**
+ * Sends the manifest `m` of `name` to `host` and commits it there at once
+ * without sending a chunk (lazy mode): the receiver writes the blocks whose
+ * chunks it holds and marks the others absent, to be fetched from this
+ * host when read. Returns the bytes sent and the blocks left absent.
+ */
+export async function pushManifest(host: RemoteHost, m: Manifest): Promise<{ bytesSent: number; absent: number; chunksPresent: number }> {
+  const wire = encodeManifest(m);
+  const begin = await requestJson<ReceiveBegin>(host, 'POST', '/v1/receive', wire);
+  if (begin.alreadyPresent) throw new DormantError('EEXIST', `'${m.header.name}' is already on ${host.url}`);
+  const r = await requestJson<{ absent?: number }>(host, 'POST', `/v1/receive/${begin.id}/commit?partial=1&lazy=1`);
+  return { bytesSent: wire.length, absent: r.absent ?? 0, chunksPresent: begin.chunksPresent };
 }
 
 /**
@@ -189,7 +204,9 @@ interface Session { inc: ReceiveSession; timer: NodeJS.Timeout }
 export class Receiver {
   private readonly sessions = new Map<string, Session>();
 
-  constructor(private readonly store: Store, private readonly log: (line: string) => void = () => undefined) {}
+  constructor(private readonly store: Store, private readonly log: (line: string) => void = () => undefined,
+    /** Marks the blocks of a lazy commit absent (lazy.ts); without it lazy commits are refused. */
+    private readonly lazy?: { add(volume: string, deferred: Map<string, number[]>): void }) {}
 
   /** Starts receiving the volume of manifest `wire` (as `as`); a session for the same name is dropped first. */
   async begin(wire: Buffer, as?: string): Promise<ReceiveBegin> {
@@ -227,15 +244,25 @@ export class Receiver {
     return body.length / rec;
   }
 
-  /** Commits session `id` (`partial`: although chunks are missing; see ReceiveSession.finish). */
-  async commit(id: string, partial = false): Promise<{ volume: string; origin: string | null; missing?: number }> {
+  /**
+   * Commits session `id` (`partial`: although chunks are missing; `lazy`:
+   * the chunks missing will be fetched from the sender when read, their
+   * blocks are marked absent; see ReceiveSession.finish).
+   */
+  async commit(id: string, partial = false, lazy = false): Promise<{ volume: string; origin: string | null; missing?: number; absent?: number }> {
     const s = this.session(id);
-    const r = await s.inc.finish(partial);
+    if (lazy && !this.lazy) throw new DormantError('EINVAL', 'this host cannot receive volumes lazily (its daemon has no VM runner)');
+    const { deferred, ...r } = await s.inc.finish(partial, lazy);
     clearTimeout(s.timer);
     this.sessions.delete(id);
+    let absent: number | undefined;
+    if (deferred) {
+      this.lazy!.add(s.inc.target, deferred);
+      absent = [...deferred.values()].reduce((n, b) => n + b.length, 0);
+    }
     this.log(`received ${s.inc.label} as ${r.volume}: ${s.inc.chunksReceived} chunks sent, ${s.inc.chunksPresent} here already`
-      + `${r.missing ? `, ${r.missing} left for a patch` : ''}`);
-    return r;
+      + `${r.missing ? `, ${r.missing} left for a patch` : ''}${deferred ? `, ${deferred.size} to be fetched when read (${absent} blocks)` : ''}`);
+    return { ...r, ...(absent !== undefined ? { absent } : {}) };
   }
 
   /** Drops the session receiving volume `volume`, if any (a staging volume stays). */

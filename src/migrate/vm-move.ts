@@ -1,5 +1,5 @@
 /**
- * Moving a running VM to another host, copy mode: the VM's disk and memory
+ * Moving a running VM to another host: the VM's disk and memory
  * are volumes of the store, and QEMU's RAM is a shared file on the FUSE
  * view, so only the chunks the destination lacks and QEMU's device state
  * travel.
@@ -27,16 +27,35 @@
  * removed; the chunks stay, so a retry sends little) and resumes the guest
  * on the source: nothing is lost, and a retry starts over.
  *
+ * Lazy mode differs in what travels before the guest continues there:
+ *   2. only the manifests: the destination writes the blocks whose chunk it
+ *      holds and marks the others absent (lazy.ts);
+ *   5. the patch carries hashes only: changed blocks whose chunk the
+ *      destination lacks are marked absent too;
+ *   7. the finish hands the VM over with this host's API URL and a token
+ *      for this migration (lazy-source.ts): the destination fetches absent
+ *      chunks from here when read, and copies the rest in the background;
+ *   8. QEMU quits here and the VM's record goes, but its volumes stay
+ *      until the destination says its copy is complete (POST
+ *      /v1/vms/<vm>/lazy/done).
+ * The pause then covers the RAM write-back, the patches' metadata and the
+ * device state, not the chunks.
+ *
  * Destination (IncomingVms): the three routes above, over the daemon's
  * VM supervisor (MovableVms) and store.
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import { DormantError, HASH_SIZE, type Store } from '../blockstore/index.js';
+import { BLOCK_SIZE, DormantError, HASH_SIZE, type Store } from '../blockstore/index.js';
 import { STAGING_SUFFIX } from './incoming.js';
 import { buildManifest } from './manifest.js';
-import { push, pushPatch } from './transfer.js';
+import { push, pushManifest, pushPatch } from './transfer.js';
 import { requestJson, type RemoteHost } from './remote.js';
+import type { LazyIncoming, LazySource } from './lazy.js';
+import type { LazyLeases } from './lazy-source.js';
+
+/** How a VM moves: copy (every chunk before it continues there) or lazy (chunks fetched there after). */
+export type MoveMode = 'copy' | 'lazy';
 
 /** What a VM migration needs of the VM runner (the daemon's supervisor implements it). */
 export interface MovableVms {
@@ -64,8 +83,8 @@ export interface MovableVms {
   finishIncoming(name: string, timeoutMs: number): Promise<{ hostPort?: number; state: string }>;
   /** Stops QEMU at once (SIGKILL) if it runs; `reason` is shown in its status. */
   kill(name: string, reason: string): Promise<void>;
-  /** After the destination took over: QEMU quits, and the VM, its record and its volumes go. */
-  release(name: string, reason: string): Promise<void>;
+  /** After the destination took over: QEMU quits, and the VM, its record and (unless `keepVolumes`) its volumes go. */
+  release(name: string, reason: string, keepVolumes?: boolean): Promise<void>;
   /** Removes a VM that does not run, with its record and volumes (an aborted incoming one). */
   remove(name: string): Promise<void>;
   /** The VM whose disk or memory volume `volume` is, if any. */
@@ -85,7 +104,7 @@ export interface MovableRecord {
 /** What `vm migrate --json` prints. */
 export interface VmMoveResult {
   vm: string;
-  mode: 'copy';
+  mode: MoveMode;
   to: string;
   /** From the guest's pause on the source to its confirmed run on the destination. */
   downtimeMs: number;
@@ -102,7 +121,17 @@ export interface VmMoveResult {
   sourcePagesFaulted: number;
   /** The VM's HTTP port on the destination. */
   hostPort?: number;
+  /** Lazy mode: what the destination still lacked when the guest continued there (fetched from here afterwards). */
+  lazy?: { memoryBytesToFetch: number; diskBytesToFetch: number };
   seconds: number;
+}
+
+/** The answer to POST /v1/vms/<vm>/incoming/finish. */
+interface FinishAnswer {
+  hostPort?: number;
+  state: string;
+  /** Lazy mode: blocks still absent there per volume when the guest continued. */
+  lazyBlocks?: Record<string, number>;
 }
 
 /** Body of POST /v1/vms/<vm>/incoming. */
@@ -112,6 +141,8 @@ interface IncomingRequest {
   initrdSha256: string;
   /** The source's name in the cluster on etcd, if it is in one (the VM's location moves from it at the commit point). */
   fromHost?: string;
+  /** Lazy mode: where the absent chunks of the VM's volumes are (this request's sender, with a token for them). */
+  lazy?: LazySource;
 }
 
 /** The longest QEMU's device-state stream may take. */
@@ -121,12 +152,19 @@ function sha256File(file: string): string {
   return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 }
 
-/** Moves running VM `name` to `host` (copy mode); see the header. */
+/** Moves running VM `name` to `host`; see the header. Lazy mode needs `leases` with this host's API URL. */
 export async function migrateVm(store: Store, vms: MovableVms, name: string, host: RemoteHost,
   log: (line: string) => void = () => undefined, progress?: (done: number, total: number) => void,
-  fromHost?: string): Promise<VmMoveResult> {
+  fromHost?: string, mode: MoveMode = 'copy', leases?: LazyLeases): Promise<VmMoveResult> {
   const rec = vms.record(name);
   if (!vms.isRunning(name)) throw new DormantError('EINVAL', `cannot migrate VM '${name}': it is not running (start it, or push its volumes)`);
+  const lazy = mode === 'lazy';
+  if (lazy && !leases?.selfUrl) {
+    throw new DormantError('EINVAL', `--mode lazy needs this host's API (serve --api): VM '${name}' would fetch its chunks from it`);
+  }
+  for (const v of [rec.disk, rec.memory]) {
+    if (store.absentOf(v)) throw new DormantError('EBUSY', `VM '${name}' is still arriving here lazily ('${v}' lacks blocks): wait for its copy (dormant vm status)`);
+  }
   const t0 = performance.now();
   const request: IncomingRequest = {
     record: rec, kernelSha256: sha256File(rec.kernel), initrdSha256: sha256File(rec.initrd), ...(fromHost ? { fromHost } : {}),
@@ -147,6 +185,13 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
     const before: Record<'disk' | 'memory', Float64Array> = { disk: new Float64Array(0), memory: new Float64Array(0) };
     for (const role of roles) {
       const m = await buildManifest(store, rec[role]);
+      if (lazy) {
+        // Lazy: the manifest only; the destination marks what it lacks absent.
+        const r = await pushManifest(host, m);
+        sent[role] += r.bytesSent;
+        before[role] = m.ids!;
+        continue;
+      }
       const r = await push(store, host, rec[role], undefined, progress, { manifest: m, partial: true });
       sent[role] += r.bytesSent;
       // Blocks whose chunk could not be sent (rewritten meanwhile) count as changed: the patch sends them.
@@ -157,9 +202,18 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
       before[role] = ids;
     }
     // The destination starts QEMU now, waiting for the device state: its start is not downtime.
+    // Lazy: the destination fetches what it lacks from here (QEMU reads guest RAM as soon as the device state loads),
+    // with a token for this migration only.
+    const handOver: IncomingRequest = lazy ? {
+      ...request,
+      lazy: {
+        url: leases!.selfUrl!, token: leases!.grant(name, [rec.disk, rec.memory], host.url),
+        ...(leases!.selfCa ? { ca: leases!.selfCa } : {}),
+      },
+    } : request;
     const inc = await requestJson<{ uri: string }>(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming`,
-      Buffer.from(JSON.stringify(request)));
-    log(`vm ${name}: migrating to ${host.url} (copy): pre-copied ${sent.disk + sent.memory} bytes, QEMU waits there; pausing`);
+      Buffer.from(JSON.stringify(handOver)));
+    log(`vm ${name}: migrating to ${host.url} (${mode}): pre-copied ${sent.disk + sent.memory} bytes, QEMU waits there; pausing`);
     await vms.pause(name);
     paused = performance.now();
     await vms.writeBack(name);
@@ -168,7 +222,7 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
     // What changed since the pre-copy, patched in place there.
     const patchedBlocks = { disk: 0, memory: 0 };
     await Promise.all(roles.map(async (role) => {
-      const p = await pushPatch(store, host, rec[role], before[role]);
+      const p = await pushPatch(store, host, rec[role], before[role], undefined, lazy);
       sent[role] += p.bytesSent;
       patchedBlocks[role] = p.blocks;
     }));
@@ -176,14 +230,15 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
     const patched = performance.now();
     const stream = await vms.migrateOut(name, inc.uri, STREAM_TIMEOUT_MS);
     const streamed = performance.now();
-    const fin = await requestJson<{ hostPort?: number; state: string }>(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/finish`);
+    const fin = await requestJson<FinishAnswer>(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/finish`);
     committed = true;
     const resumed = performance.now();
     const sourcePagesFaulted = vms.pagesIn(name) - faultsBefore;
-    log(`vm ${name}: runs on ${host.url} (port ${fin.hostPort}); releasing it here`);
-    await vms.release(name, `migrated to ${host.url}`);
+    log(`vm ${name}: runs on ${host.url} (port ${fin.hostPort}); releasing it here${lazy ? ' (its volumes stay until the copy there completes)' : ''}`);
+    await vms.release(name, `migrated to ${host.url}`, lazy);
+    const left = fin.lazyBlocks ?? {};
     return {
-      vm: name, mode: 'copy', to: host.url, downtimeMs: Math.round(resumed - paused),
+      vm: name, mode, to: host.url, downtimeMs: Math.round(resumed - paused),
       bytesSent: sent.disk + sent.memory + stream.bytes, memoryBytesSent: sent.memory, diskBytesSent: sent.disk,
       deviceStateBytes: stream.bytes, sourcePagesFaulted,
       downtimePhasesMs: {
@@ -191,6 +246,7 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
         deviceState: Math.round(streamed - patched), resume: Math.round(resumed - streamed),
       },
       patchedBlocks, ...(fin.hostPort !== undefined ? { hostPort: fin.hostPort } : {}),
+      ...(lazy ? { lazy: { memoryBytesToFetch: (left[rec.memory] ?? 0) * BLOCK_SIZE, diskBytesToFetch: (left[rec.disk] ?? 0) * BLOCK_SIZE } } : {}),
       seconds: Math.round((performance.now() - t0) / 10) / 100,
     };
   } catch (err) {
@@ -200,6 +256,7 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
     await requestJson(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/abort`,
       Buffer.from(JSON.stringify({ volumes: [rec.disk, rec.memory] })))
       .catch((e: Error) => log(`vm ${name}: abort on ${host.url}: ${e.message}`));
+    if (lazy) leases!.revoke(name);
     if (paused) await vms.cont(name);
     vms.markMigrating(name, undefined);
     throw err;
@@ -219,7 +276,9 @@ export class IncomingVms {
   constructor(private readonly store: Store, private readonly vms: MovableVms | undefined,
     private readonly log: (line: string) => void = () => undefined,
     /** Ends a push session receiving volume `name` (its staging volume stays). */
-    private readonly dropTransfer: (volume: string) => Promise<void> = async () => undefined) {}
+    private readonly dropTransfer: (volume: string) => Promise<void> = async () => undefined,
+    /** The lazy volumes here (lazy mode); without it, a lazy hand-over is refused. */
+    private readonly lazy?: LazyIncoming) {}
 
   private need(): MovableVms {
     if (!this.vms) throw new DormantError('EINVAL', 'this host runs no VMs (its daemon has no --mount)');
@@ -261,7 +320,10 @@ export class IncomingVms {
     for (const v of [req.record.disk, req.record.memory]) {
       if (!this.store.describe(v)) throw new DormantError('ENOENT', `volume '${v}' of VM '${name}' has not arrived: push it first`);
     }
+    if (req.lazy && !this.lazy) throw new DormantError('EINVAL', 'this host cannot take a VM lazily (its daemon has no VM runner)');
     vms.adopt({ ...req.record, wanted: false } as MovableRecord, from);
+    // Before QEMU starts: loading the device state reads guest RAM (virtio rings), which may be absent here.
+    if (req.lazy) this.lazy!.attach(name, [req.record.disk, req.record.memory], req.lazy);
     const host = address.includes(':') ? `[${address}]` : address;
     const uri = `tcp:${host}:${port}`;
     const t = setTimeout(() => { void this.abort(name).catch(() => undefined); }, INCOMING_TIMEOUT_MS);
@@ -278,19 +340,25 @@ export class IncomingVms {
     return { uri };
   }
 
-  /** The device state arrived: resume the guest here; its status. */
-  async finish(name: string): Promise<{ hostPort?: number; state: string }> {
+  /**
+   * The device state arrived: resume the guest here; its status. A VM
+   * arriving lazily (its volumes' absent blocks fetched from the source
+   * since `begin`) starts its background copy once it runs.
+   */
+  async finish(name: string): Promise<FinishAnswer> {
     const vms = this.need();
     if (!this.pending.has(name)) throw new DormantError('ENOENT', `no incoming VM '${name}' here`);
     const st = await vms.finishIncoming(name, STREAM_TIMEOUT_MS);
+    const lazyBlocks = this.lazy?.start(name);
     clearTimeout(this.pending.get(name));
     this.pending.delete(name);
     const fromHost = this.sources.get(name);
     this.sources.delete(name);
     // The VM runs here: its location in the cluster moves with it (a failure there does not undo the move).
     await this.onArrived?.(name, fromHost).catch((err: Error) => this.log(`vm ${name}: cluster location: ${err.message}`));
-    this.log(`vm ${name}: arrived, running (port ${st.hostPort})`);
-    return st;
+    this.log(`vm ${name}: arrived, running (port ${st.hostPort})${lazyBlocks
+      ? `; ${Object.values(lazyBlocks).reduce((a, n) => a + n, 0)} absent blocks to copy in the background` : ''}`);
+    return { ...st, ...(lazyBlocks ? { lazyBlocks } : {}) };
   }
 
   /**
@@ -310,6 +378,7 @@ export class IncomingVms {
     }
     const removed: string[] = [];
     for (const v of volumes) await this.dropTransfer(v);
+    for (const v of volumes) await this.lazy?.forget(v);
     for (const v of volumes.flatMap((x) => [x, `${x}${STAGING_SUFFIX}`])) {
       if (!this.store.describe(v) || vms.usedBy(v)) continue;
       await this.store.remove(v).then(() => removed.push(v), (e: Error) => this.log(`vm ${name}: abort: cannot remove ${v}: ${e.message}`));
@@ -335,7 +404,9 @@ function parseIncoming(name: string, body: Buffer): IncomingRequest {
   if (!r || typeof r !== 'object' || r.name !== name || typeof r.disk !== 'string' || typeof r.memory !== 'string'
     || typeof r.kernel !== 'string' || typeof r.initrd !== 'string' || typeof r.image !== 'string'
     || typeof req.kernelSha256 !== 'string' || typeof req.initrdSha256 !== 'string'
-    || (req.fromHost !== undefined && typeof req.fromHost !== 'string')) {
+    || (req.fromHost !== undefined && typeof req.fromHost !== 'string')
+    || (req.lazy !== undefined && (typeof req.lazy?.url !== 'string' || typeof req.lazy.token !== 'string'
+      || (req.lazy.ca !== undefined && typeof req.lazy.ca !== 'string')))) {
     throw new DormantError('EINVAL', `an incoming VM request names VM '${name}' with its record (disk, memory, kernel, initrd, image) and kernel hashes`);
   }
   return req;

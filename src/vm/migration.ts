@@ -126,18 +126,18 @@ export class VmMoves {
     await this.vms.stop(name, 0);
   }
 
-  async release(name: string, reason: string): Promise<void> {
-    this.log(`vm ${name}: ${reason}: QEMU quits here, the VM and its volumes go`);
+  async release(name: string, reason: string, keepVolumes = false): Promise<void> {
+    this.log(`vm ${name}: ${reason}: QEMU quits here, the VM${keepVolumes ? ' goes (its volumes stay for the lazy copy)' : ' and its volumes go'}`);
     await this.vms.stop(name, 0);
-    await this.remove(name);
+    await this.remove(name, keepVolumes);
   }
 
-  async remove(name: string): Promise<void> {
+  async remove(name: string, keepVolumes = false): Promise<void> {
     await this.vms.forget(name);
     // QEMU is gone, but the FUSE view may hold its memory file a moment longer (the memory agent closes it, writing back).
     for (let i = 0; ; i++) {
       try {
-        await removeVm(this.store, name);
+        await removeVm(this.store, name, keepVolumes);
         return;
       } catch (err) {
         if (!isDormantError(err, 'EBUSY') || i >= 200) throw err;

@@ -230,11 +230,12 @@ export function vmUsing(storeDir: string, name: string): { vm: string; role: 'di
  * its disk branch with the disk's snapshots, then its record, serial log
  * and working set. Refused (EBUSY) before anything is removed when a branch
  * depends on the disk or one of its snapshots. A volume already gone is
- * skipped. Returns the volumes removed.
+ * skipped; with `keepVolumes` the volumes stay (a VM moved lazily: its
+ * destination still fetches chunks from them). Returns the volumes removed.
  */
-export async function removeVm(store: Store, name: string): Promise<string[]> {
+export async function removeVm(store: Store, name: string, keepVolumes = false): Promise<string[]> {
   const rec = readVm(store.dir, name);
-  const volumes = [rec.memory, rec.disk].filter((v) => store.describe(v));
+  const volumes = keepVolumes ? [] : [rec.memory, rec.disk].filter((v) => store.describe(v));
   for (const v of volumes) {
     const deps = (await store.info(v)).branches;
     if (deps.length > 0) {

@@ -240,8 +240,8 @@ describe('vm migrate --mode copy', () => {
   }, 60_000);
 
   it('refuses what it cannot do, with one line', async () => {
-    expectFailure(dormant(['vm', 'migrate', 'm1', '--to', b.url, '--token-file', tokenFile, '--mode', 'lazy'], { store: a.store }),
-      /--mode lazy is not built yet/);
+    expectFailure(dormant(['vm', 'migrate', 'm1', '--to', b.url, '--token-file', tokenFile, '--mode', 'later'], { store: a.store }),
+      /bad --mode 'later': use copy or lazy/);
     expectFailure(await migrate(a, 'nosuch', b.url), /unknown VM 'nosuch'/);
     expectOk(dormant(['vm', 'create', 'idle', '--from', 'golden@base', '--memory', '128M', '--cache-dir', CACHE], { store: a.store }));
     expectFailure(await migrate(a, 'idle', b.url), /it is not running/);
