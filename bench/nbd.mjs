@@ -5,7 +5,12 @@
  *   - qemu-nbd -t -e 16 serving a qcow2 overlay on the raw image,
  *   - nbdkit --filter=cow file on the raw image.
  * Workloads: 4 KiB randread/randwrite at iodepth 16, 1 MiB seq read/write at
- * iodepth 4, each for BENCH_RUNTIME seconds (default 10). Prints IOPS and
+ * iodepth 4, each for BENCH_RUNTIME seconds (default 10); then, on a region
+ * of BENCH_FRAG_MIB (default 256) written once at random in 4 KiB blocks
+ * (the same fio sequence on every server, not timed: a log-structured
+ * store's blocks are then scattered), reads of that region (4 KiB and
+ * 1 MiB, sequential and random) and a 70/30 random read/write mix, named
+ * `frag ...` and selected as `frag-<fio rw>-<bs>`. Prints IOPS and
  * MB/s per server and the dormant/peer ratio per workload, then the CPU
  * time each server spent per MiB moved (user + system, all its threads:
  * this process's for dormant, /proc/PID/stat for the peers; fio's own is
@@ -20,7 +25,8 @@
  * Build first (`npx tsc`); this imports the compiled modules from dist/.
  * Env: BENCH_SIZE_MIB (default 1024), BENCH_RUNTIME (s, default 10),
  * BENCH_DIR (work dir, default a temp dir, removed afterwards),
- * BENCH_WORKLOADS (comma-separated fio --rw names, default all four),
+ * BENCH_WORKLOADS (comma-separated fio --rw names, or `frag-read-1M` and the
+ * like for the fragmented rows; default all),
  * UV_THREADPOOL_SIZE (default 16, as bin/dormant sets it for the daemon).
  */
 import { spawn, execFile, execFileSync } from 'node:child_process';
@@ -57,12 +63,20 @@ const ALL_WORKLOADS = [
   { name: '1M seqread qd4', rw: 'read', bs: '1M', iodepth: 4 },
   { name: '4k randwrite qd16', rw: 'randwrite', bs: '4k', iodepth: 16 },
   { name: '1M seqwrite qd4', rw: 'write', bs: '1M', iodepth: 4 },
+  // After the region was written at random (fragment(), once per server before the first of these).
+  { name: 'frag 1M seqread qd4', rw: 'read', bs: '1M', iodepth: 4, frag: true },
+  { name: 'frag 4k seqread qd16', rw: 'read', bs: '4k', iodepth: 16, frag: true },
+  { name: 'frag 4k randread qd16', rw: 'randread', bs: '4k', iodepth: 16, frag: true },
+  { name: 'frag 1M randread qd4', rw: 'randread', bs: '1M', iodepth: 4, frag: true },
+  { name: 'frag 4k randrw 70/30', rw: 'randrw', bs: '4k', iodepth: 16, frag: true },
 ];
-// BENCH_WORKLOADS=randwrite,write (fio --rw names) runs only those.
+const selector = (w) => (w.frag ? `frag-${w.rw}-${w.bs}` : w.rw);
+// BENCH_WORKLOADS=randwrite,write (fio --rw names; frag-read-1M for a fragmented row) runs only those.
 const only = process.env.BENCH_WORKLOADS?.split(',').map((x) => x.trim());
-const WORKLOADS = only === undefined ? ALL_WORKLOADS : ALL_WORKLOADS.filter((w) => only.includes(w.rw));
+const WORKLOADS = only === undefined ? ALL_WORKLOADS : ALL_WORKLOADS.filter((w) => only.includes(selector(w)));
+const FRAG_SIZE = Number(process.env.BENCH_FRAG_MIB ?? 256) * MiB;
 if (WORKLOADS.length === 0) {
-  console.error(`bench/nbd.mjs: BENCH_WORKLOADS=${process.env.BENCH_WORKLOADS} names none of: ${ALL_WORKLOADS.map((w) => w.rw).join(', ')}`);
+  console.error(`bench/nbd.mjs: BENCH_WORKLOADS=${process.env.BENCH_WORKLOADS} names none of: ${ALL_WORKLOADS.map(selector).join(', ')}`);
   process.exit(2);
 }
 
@@ -129,15 +143,31 @@ function cpuSeconds(pid) {
 async function fio(uri, w) {
   const args = [
     '--name=bench', '--ioengine=nbd', `--uri=${uri}`, `--rw=${w.rw}`, `--bs=${w.bs}`, `--iodepth=${w.iodepth}`,
-    '--numjobs=1', `--size=${SIZE}`, `--runtime=${RUNTIME}`, '--time_based', '--output-format=json',
+    '--numjobs=1', `--size=${w.frag ? FRAG_SIZE : SIZE}`, '--output-format=json',
+    ...(w.rw === 'randrw' ? ['--rwmixread=70'] : []),
+    ...(w.fill ? [] : [`--runtime=${RUNTIME}`, '--time_based']),
   ];
-  const { stdout: out } = await promisify(execFile)('fio', args, { encoding: 'utf8', timeout: (RUNTIME + 60) * 1000, maxBuffer: 16 * MiB });
+  const { stdout: out } = await promisify(execFile)('fio', args, { encoding: 'utf8', timeout: (RUNTIME + 120) * 1000, maxBuffer: 16 * MiB });
   const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
-  const side = w.rw.includes('read') ? job.read : job.write;
-  const mib = side.io_bytes / MiB;
+  // A mix counts both sides.
+  const sides = w.rw === 'randrw' ? [job.read, job.write] : [w.rw.includes('read') ? job.read : job.write];
+  const sum = (f) => sides.reduce((a, s) => a + f(s), 0);
+  const mib = sum((s) => s.io_bytes) / MiB;
   // fio's own CPU: usr_cpu and sys_cpu are percentages of one CPU over job_runtime (ms).
   const fioCpuPerMiB = (((job.usr_cpu + job.sys_cpu) / 100) * job.job_runtime * 1e3) / mib;
-  return { iops: side.iops, mbps: side.bw_bytes / 1e6, mib, fioCpuPerMiB };
+  return { iops: sum((s) => s.iops), mbps: sum((s) => s.bw_bytes) / 1e6, mib, fioCpuPerMiB };
+}
+
+/**
+ * Scatters the fragmented region: every 4 KiB block of it written once, in
+ * fio's random order (the same on every server), then flushed and synced.
+ */
+async function fragment(t, store) {
+  const started = Date.now();
+  await fio(t.uri, { rw: 'randwrite', bs: '4k', iodepth: 16, frag: true, fill: true });
+  if (t.name === 'dormant') await store.flush();
+  execFileSync('sync');
+  console.log(`bench: ${t.name}: ${FRAG_SIZE / MiB} MiB written at random in ${((Date.now() - started) / 1000).toFixed(1)} s (not timed)`);
 }
 
 async function main() {
@@ -167,8 +197,13 @@ async function main() {
     { name: 'nbdkit-cow', uri: `nbd+unix:///vm?socket=${nbdkitSock}`, pid: nbdkit.pid },
   ];
   const results = {};
+  const fragmented = new Set();
   for (const w of WORKLOADS) {
     for (const t of targets) {
+      if (w.frag && !fragmented.has(t.name)) {
+        await fragment(t, store);
+        fragmented.add(t.name);
+      }
       const cpu0 = cpuSeconds(t.pid);
       const r0 = await fio(t.uri, w);
       r0.cpuPerMiB = ((cpuSeconds(t.pid) - cpu0) * 1e6) / r0.mib;
@@ -179,11 +214,11 @@ async function main() {
       // (after 30 s by default): every run starts with none (not timed).
       execFileSync('sync');
       const r = results[`${w.name}|${t.name}`];
-      console.log(`bench: ${w.name.padEnd(18)} ${t.name.padEnd(10)} ${r.iops.toFixed(0).padStart(8)} IOPS ${r.mbps.toFixed(1).padStart(8)} MB/s ${r.cpuPerMiB.toFixed(0).padStart(7)} us CPU/MiB`);
+      console.log(`bench: ${w.name.padEnd(22)} ${t.name.padEnd(10)} ${r.iops.toFixed(0).padStart(8)} IOPS ${r.mbps.toFixed(1).padStart(8)} MB/s ${r.cpuPerMiB.toFixed(0).padStart(7)} us CPU/MiB`);
     }
   }
 
-  console.log('\nworkload            ' + targets.map((t) => t.name.padStart(22)).join('') + '   dormant/qemu-nbd  dormant/nbdkit');
+  console.log('\nworkload                ' + targets.map((t) => t.name.padStart(22)).join('') + '   dormant/qemu-nbd  dormant/nbdkit');
   for (const w of WORKLOADS) {
     const cells = targets.map((t) => {
       const r = results[`${w.name}|${t.name}`];
@@ -192,7 +227,7 @@ async function main() {
     const d = results[`${w.name}|dormant`].iops;
     const q = results[`${w.name}|qemu-nbd`].iops;
     const k = results[`${w.name}|nbdkit-cow`].iops;
-    console.log(`${w.name.padEnd(20)}${cells.join('')}   ${(d / q).toFixed(2).padStart(16)}  ${(d / k).toFixed(2).padStart(14)}`);
+    console.log(`${w.name.padEnd(24)}${cells.join('')}   ${(d / q).toFixed(2).padStart(16)}  ${(d / k).toFixed(2).padStart(14)}`);
   }
 
   console.log('\nserver CPU per MiB moved (us, user + system)' + ' '.repeat(2) + targets.map((t) => t.name.padStart(12)).join('') + '   dormant/qemu-nbd  dormant/nbdkit');
@@ -204,14 +239,14 @@ async function main() {
   // Server and client share this machine's cores: their CPU per MiB together bounds the rate.
   const cores = availableParallelism();
   console.log(`\nwith the client (fio) on the same ${cores} cores: server + fio CPU per MiB (us) / the rate it allows (MB/s)`);
-  console.log(' '.repeat(20) + targets.map((t) => t.name.padStart(22)).join(''));
+  console.log(' '.repeat(24) + targets.map((t) => t.name.padStart(22)).join(''));
   for (const w of WORKLOADS) {
     const cells = targets.map((t) => {
       const r = results[`${w.name}|${t.name}`];
       const total = r.cpuPerMiB + r.fioCpuPerMiB;
       return `${total.toFixed(0)} / ${((cores * MiB) / total).toFixed(0)}`.padStart(22); // bytes per µs = MB/s
     });
-    console.log(`${w.name.padEnd(20)}${cells.join('')}`);
+    console.log(`${w.name.padEnd(24)}${cells.join('')}`);
   }
 
   await server.close();

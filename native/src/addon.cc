@@ -32,6 +32,7 @@ Napi::Value RecvStreamStart(const Napi::CallbackInfo& info);
 Napi::Value PreadCached(const Napi::CallbackInfo& info);
 Napi::Value HashBlocks(const Napi::CallbackInfo& info);
 Napi::Value VerifyBlocks(const Napi::CallbackInfo& info);
+Napi::Value GatherBlocks(const Napi::CallbackInfo& info);
 Napi::Value RehashRun(const Napi::CallbackInfo& info);
 Napi::Value AddRun(const Napi::CallbackInfo& info);
 
@@ -60,6 +61,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("preadCached", Napi::Function::New(env, PreadCached, "preadCached"));
   exports.Set("hashBlocks", Napi::Function::New(env, HashBlocks, "hashBlocks"));
   exports.Set("verifyBlocks", Napi::Function::New(env, VerifyBlocks, "verifyBlocks"));
+  exports.Set("gatherBlocks", Napi::Function::New(env, GatherBlocks, "gatherBlocks"));
   exports.Set("rehashRun", Napi::Function::New(env, RehashRun, "rehashRun"));
   exports.Set("addRun", Napi::Function::New(env, AddRun, "addRun"));
   exports.Set("XXH3_ISA", Napi::String::New(env, Xxh3Isa()));

@@ -34,6 +34,12 @@
 //   hash i as [at + i*16, at + (i+1)*16) after at + n*16 <= byteLength of
 //   the hash buffer is checked; zero flags likewise after n <= its length.
 // - Zero detection loads 8 bytes at a time with memcpy (unaligned-safe).
+// - gatherBlocks copies block i out of mapping sources[source[i]] at
+//   [position[i], +4096) only after checking, for every source it names,
+//   that the ArrayBuffer is a live mapFile mapping (not detached) and that
+//   the size the TypeScript side gives (bytes the file is known to have,
+//   so nothing past its end is touched) is within the mapping; then
+//   position[i] + 4096 <= that size, and out's block i within out.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
@@ -44,6 +50,7 @@
 #include <cstdint>
 #include <cstring>
 #include <unordered_map>
+#include <vector>
 
 #include "args.h"
 #include "errors.h"
@@ -362,6 +369,73 @@ Napi::Value VerifyBlocks(const Napi::CallbackInfo& info) {
     uint8_t got[kHash];
     CanonicalHash128(data.data + i * kBlock, kBlock, got);
     if (std::memcmp(got, hashes.data + at + i * kHash, kHash) != 0) return Napi::Number::New(env, static_cast<double>(i));
+  }
+  return Napi::Number::New(env, -1);
+}
+
+// gatherBlocks(sources, sizes, source, position, n, out, outOffset, hashes)
+// -> -1 when all went well; i >= 0 when block i does not match its hash;
+// -2 - i when block i lies past its source's known size (nothing copied
+// from there on). Block i of out (at outOffset + i*4096): source[i] >= 0:
+// copied from the mapFile buffer sources[source[i]] at position[i], then
+// checked against hashes[i*16, +16); -1: a hole, zero-filled, not checked;
+// -2: already there (the caller copied it), checked only. sizes[k] is how
+// many bytes of sources[k]'s file may be read. One call for a whole
+// request whose blocks are scattered over segments.
+Napi::Value GatherBlocks(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "gatherBlocks";
+  if (!info[0].IsArray()) throw Napi::TypeError::New(env, "gatherBlocks: expected an array of mappings");
+  Napi::Array list = info[0].As<Napi::Array>();
+  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+      !info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+      !info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    throw Napi::TypeError::New(env, "gatherBlocks: expected Float64Array sizes, Int32Array source, Float64Array position");
+  }
+  Napi::Float64Array sizes = info[1].As<Napi::Float64Array>();
+  Napi::Int32Array source = info[2].As<Napi::Int32Array>();
+  Napi::Float64Array position = info[3].As<Napi::Float64Array>();
+  uint64_t n = IntegerArg(info[4], fn, "n", 0, std::min(source.ElementLength(), position.ElementLength()));
+  ByteView out = BytesArg(info[5], fn);
+  uint64_t outOffset = IntegerArg(info[6], fn, "outOffset", 0, out.length);
+  ByteView hashes = BytesArg(info[7], fn);
+  if ((out.length - outOffset) / kBlock < n) ThrowNative(env, EINVAL, "gatherBlocks(out)");
+  if (hashes.length / kHash < n) ThrowNative(env, EINVAL, "gatherBlocks(hashes)");
+  uint32_t count = list.Length();
+  if (sizes.ElementLength() < count) ThrowNative(env, EINVAL, "gatherBlocks(sizes)");
+  std::vector<const uint8_t*> base(count);
+  std::vector<uint64_t> limit(count);
+  for (uint32_t k = 0; k < count; k++) {
+    Napi::Value v = list[k];
+    if (!v.IsArrayBuffer()) throw Napi::TypeError::New(env, "gatherBlocks: expected an ArrayBuffer from mapFile");
+    Napi::ArrayBuffer ab = v.As<Napi::ArrayBuffer>();
+    auto it = LiveMappings().find(ab.Data());
+    double size = sizes[k];
+    if (ab.ByteLength() == 0 || it == LiveMappings().end() || !(size >= 0) || size > static_cast<double>(ab.ByteLength())) {
+      ThrowNative(env, EINVAL, "gatherBlocks(mapping)");
+    }
+    base[k] = static_cast<const uint8_t*>(ab.Data());
+    limit[k] = static_cast<uint64_t>(size);
+  }
+  uint8_t* dest = const_cast<uint8_t*>(out.data) + outOffset;  // a Buffer the caller lends us to fill
+  for (uint64_t i = 0; i < n; i++) {
+    int32_t k = source[i];
+    uint8_t* block = dest + i * kBlock;
+    if (k == -1) {
+      std::memset(block, 0, kBlock);
+      continue;
+    }
+    if (k >= 0) {
+      if (static_cast<uint32_t>(k) >= count) ThrowNative(env, EINVAL, "gatherBlocks(source)");
+      double at = position[i];
+      if (!(at >= 0) || at + kBlock > static_cast<double>(limit[k])) return Napi::Number::New(env, -2.0 - static_cast<double>(i));
+      std::memcpy(block, base[k] + static_cast<uint64_t>(at), kBlock);
+    } else if (k != -2) {
+      ThrowNative(env, EINVAL, "gatherBlocks(source)");
+    }
+    uint8_t got[kHash];
+    CanonicalHash128(block, kBlock, got);
+    if (std::memcmp(got, hashes.data + i * kHash, kHash) != 0) return Napi::Number::New(env, static_cast<double>(i));
   }
   return Napi::Number::New(env, -1);
 }

@@ -30,7 +30,7 @@ import type { IndexDbs } from './index-db.js';
 import { UNRESOLVED, type BlockMap } from './blockmap.js';
 import { BLOCK_CACHE_PAGE, BlockIdCache, CHUNK_CACHE_PAGE, ChunkLocationCache } from './cache.js';
 import { chunkKey, parseChunkKey } from './keys.js';
-import type { Location, SegmentFiles } from './segments.js';
+import { HOLE_SEGMENT, type BlockPlaces, type Location, type SegmentFiles } from './segments.js';
 import type { ReadOptions } from './types.js';
 import type { Writeback } from './writeback.js';
 import type { Fingerprints } from './fingerprints.js';
@@ -40,6 +40,14 @@ import type { Target } from './engine.js';
 const COLD_EXCESS_MS = 0.25;
 /** Bytes per ms a page-cache hit copies at the least (1 GB/s). */
 const CACHED_BYTES_PER_MS = 1e6;
+/**
+ * Time a page-cache hit may take per run of consecutive slots beyond the
+ * copy (ms): the first touch of a page of a mapping is a minor fault, which
+ * maps the cached pages around it; a read from the disk costs far more.
+ * Without it, a read of scattered blocks through pages not mapped yet
+ * looked cold, went to RWF_NOWAIT reads, and so never mapped them.
+ */
+const CACHED_MS_PER_RUN = 0.025;
 /** How long reads go to libuv's pool after a cold synchronous read. */
 const COLD_HOLD_MS = 250;
 /** One view in this many is timed for the cold/warm estimate. */
@@ -66,6 +74,12 @@ export class BlockReader {
   private viewHashes = Buffer.allocUnsafe(256 * HASH_SIZE);
   /** Views handed out (every VIEW_SAMPLE-th is timed). */
   private views = 0;
+  /** Where the blocks of the request being read lie (`place`; grown as needed). */
+  private places: BlockPlaces = { segment: new Int32Array(256), slot: new Float64Array(256), pending: new Uint8Array(256) };
+  /** How many runs of consecutive slots the last `place` found. */
+  private placedRuns = 0;
+  /** Their expected hashes. */
+  private placeHashes = Buffer.allocUnsafe(256 * HASH_SIZE);
   /** The last `locate` found a pending (uncommitted) chunk. */
   private locatedNew = false;
   /** The hash is xxh3-128, which native code checks for whole runs at once. */
@@ -125,12 +139,14 @@ export class BlockReader {
 
   /**
    * Reads `n` whole blocks into `out` at `outOffset`; attributes them to
-   * `label`. Chunks in consecutive slots of one segment are read with one
-   * system call, then each block is checked against its hash. Synchronous:
-   * for read-modify-write inside one operation.
+   * `label`. Wherever the blocks lie, one native call copies them out of
+   * the segments' mappings and checks each against its hash (`gather`).
+   * Synchronous: for read-modify-write inside one operation.
    */
   readBlocks(t: Target, first: number, n: number, out: Buffer, outOffset: number, label?: string): void {
-    const plan = this.plan(t, first, n, out, outOffset, label);
+    const places = this.place(t, first, n, label);
+    if (this.gather(places, t, first, n, out, outOffset)) return;
+    const plan = this.runsOf(places, n, out, outOffset);
     for (const r of plan.runs) this.segments.readRun(r.loc, r.count, out, outOffset + r.index * BLOCK_SIZE);
     this.verify(plan, t, first, out, outOffset);
   }
@@ -139,15 +155,24 @@ export class BlockReader {
    * `readBlocks` for request handlers, adapting to the page cache. Which
    * chunks to read is decided synchronously (one consistent view of the
    * index). While reads are served from the page cache they are copies from
-   * the segments' mappings, on the JS thread. A copy slower than a cache hit
-   * means the disk is being read (a page fault waits for it): for
-   * COLD_HOLD_MS each run is then read with RWF_NOWAIT, and a run that is
-   * not cached goes to libuv's pool, so one cold read does not stall every
+   * the segments' mappings, on the JS thread, all of a request's blocks in
+   * one native call. A copy slower than a cache hit means the disk is being
+   * read (a page fault waits for it): for COLD_HOLD_MS each run of
+   * consecutive slots is then read with RWF_NOWAIT, and a run that is not
+   * cached goes to libuv's pool, so one cold read does not stall every
    * other request; after that a mapped copy probes again. A wrong guess
    * (the JS thread was only preempted) costs a system call per run.
    */
   async readBlocksAsync(t: Target, first: number, n: number, out: Buffer, outOffset: number, label?: string): Promise<void> {
-    const plan = this.plan(t, first, n, out, outOffset, label);
+    const places = this.place(t, first, n, label);
+    if (!this.poolReads && performance.now() >= this.coldUntil) {
+      const started = performance.now();
+      if (this.gather(places, t, first, n, out, outOffset)) {
+        this.sampleReadTime(started, n, this.placedRuns);
+        return;
+      }
+    }
+    const plan = this.runsOf(places, n, out, outOffset);
     if (plan.runs.length > 0 && (this.poolReads || performance.now() < this.coldUntil)) {
       const cold = this.poolReads ? plan.runs
         : plan.runs.filter((r) => !this.segments.readRunCached(r.loc, r.count, out, outOffset + r.index * BLOCK_SIZE));
@@ -157,7 +182,7 @@ export class BlockReader {
     } else if (plan.runs.length > 0) {
       const started = performance.now();
       for (const r of plan.runs) this.segments.readRun(r.loc, r.count, out, outOffset + r.index * BLOCK_SIZE);
-      this.sampleReadTime(started, n);
+      this.sampleReadTime(started, n, plan.runs.length);
     }
     this.verify(plan, t, first, out, outOffset);
   }
@@ -196,50 +221,91 @@ export class BlockReader {
     const started = timed ? performance.now() : 0;
     const bad = this.firstBadBlock(view, hashes, 0);
     if (bad >= 0) throw this.damaged({ segment: loc.segment, slot: loc.slot + bad }, t.name, first + bad);
-    if (timed) this.sampleReadTime(started, n);
+    if (timed) this.sampleReadTime(started, n, 1);
     if (label !== undefined) this.fingerprints.record(label, ids);
     if (stored !== undefined) stored(view, this.segments.fileOf(loc));
     return view;
   }
 
-  /** Feeds the time a synchronous read of n blocks took into the cold/warm estimate. */
-  private sampleReadTime(started: number, n: number): void {
+  /** Feeds the time a synchronous read of n blocks in `runs` runs of consecutive slots took into the cold/warm estimate. */
+  private sampleReadTime(started: number, n: number, runs: number): void {
     // Time beyond what copying from the page cache takes, averaged so that
     // one preempted read does not flip the mode; a probe after a hold that
     // finds the cache warm resets the average at once.
     // Each sample is capped, so a single scheduling stall of milliseconds
     // cannot flip the mode; three slow reads in a row do.
     const excess = Math.min(4 * COLD_EXCESS_MS,
-      Math.max(0, performance.now() - started - (n * BLOCK_SIZE) / CACHED_BYTES_PER_MS));
+      Math.max(0, performance.now() - started - (n * BLOCK_SIZE) / CACHED_BYTES_PER_MS - runs * CACHED_MS_PER_RUN));
     this.excessMs = this.coldUntil > 0 && excess < COLD_EXCESS_MS ? excess : this.excessMs * 0.9 + excess * 0.1;
     this.coldUntil = this.excessMs > COLD_EXCESS_MS ? performance.now() + COLD_HOLD_MS : 0;
   }
 
-  /** Resolves blocks to chunk locations, zero-fills holes, groups consecutive slots into runs. */
-  private plan(t: Target, first: number, n: number, out: Buffer, outOffset: number, label?: string): ReadPlan {
+  /**
+   * Where each of `n` blocks from `first` lies (this.places, valid until
+   * the next call: use it synchronously) and its expected hash
+   * (`placeHashes`); attributes the chunks to `label`.
+   */
+  private place(t: Target, first: number, n: number, label?: string): BlockPlaces {
     const ids = this.resolve(t, first, n);
-    const segs = new Array<number>(n);
-    const slots = new Array<number>(n);
-    const hashes = Buffer.allocUnsafe(n * HASH_SIZE);
-    for (let i = 0; i < n; i++) {
-      if (ids[i] === 0) continue;
-      const loc = this.locate(ids[i], hashes, i * HASH_SIZE);
-      segs[i] = loc.segment;
-      slots[i] = loc.slot;
+    let p = this.places;
+    if (p.segment.length < n) {
+      const size = Math.max(n, 2 * p.segment.length);
+      p = this.places = { segment: new Int32Array(size), slot: new Float64Array(size), pending: new Uint8Array(size) };
+      this.placeHashes = Buffer.allocUnsafe(size * HASH_SIZE);
     }
+    const hashes = this.placeHashes;
+    let runs = 0;
+    for (let i = 0; i < n; i++) {
+      if (ids[i] === 0) { p.segment[i] = HOLE_SEGMENT; continue; }
+      const loc = this.locate(ids[i], hashes, i * HASH_SIZE);
+      if (i === 0 || loc.segment !== p.segment[i - 1] || loc.slot !== p.slot[i - 1] + 1) runs++;
+      p.segment[i] = loc.segment;
+      p.slot[i] = loc.slot;
+      p.pending[i] = this.locatedNew ? 1 : 0;
+    }
+    this.placedRuns = runs;
+    if (label !== undefined) this.fingerprints.record(label, ids);
+    return p;
+  }
+
+  /**
+   * Reads and checks the placed blocks in one native call (SegmentFiles.
+   * gather); false, with nothing read, when they lie in too many segments
+   * or the hash is not the native one (then the caller goes run by run).
+   */
+  private gather(places: BlockPlaces, t: Target, first: number, n: number, out: Buffer, outOffset: number): boolean {
+    if (!this.nativeHash) return false;
+    const r = this.segments.gather(places, n, out, outOffset, this.placeHashes);
+    if (r === null) return false;
+    if (r === -1) return true;
+    const k = r >= 0 ? r : -2 - r;
+    const loc = { segment: places.segment[k], slot: places.slot[k] };
+    if (r >= 0) throw this.damaged(loc, t.name, first + k);
+    throw new DormantError('EIO', `segment ${loc.segment} is truncated near slot ${loc.slot}`,
+      { volume: t.name, offset: (first + k) * BLOCK_SIZE, length: BLOCK_SIZE });
+  }
+
+  /**
+   * The placed blocks as runs of consecutive slots to read (holes
+   * zero-filled in `out`), with copies of the places and hashes the runs
+   * need, which stay valid across awaits.
+   */
+  private runsOf(places: BlockPlaces, n: number, out: Buffer, outOffset: number): ReadPlan {
+    const segs = Array.from(places.segment.subarray(0, n));
+    const slots = Array.from(places.slot.subarray(0, n));
+    const hashes = Buffer.from(this.placeHashes.subarray(0, n * HASH_SIZE));
     const runs: ReadPlan['runs'] = [];
     for (let i = 0; i < n;) {
-      if (ids[i] === 0) {
+      if (segs[i] === HOLE_SEGMENT) {
         out.fill(0, outOffset + i * BLOCK_SIZE, outOffset + (i + 1) * BLOCK_SIZE);
         i++;
         continue;
       }
       let j = i + 1;
-      while (j < n && ids[j] !== 0 && segs[j] === segs[i] && slots[j] === slots[i] + (j - i)) j++;
+      while (j < n && segs[j] === segs[i] && slots[j] === slots[i] + (j - i)) j++;
       runs.push({ index: i, count: j - i, loc: { segment: segs[i], slot: slots[i] } });
       i = j;
     }
-    if (label !== undefined) this.fingerprints.record(label, ids);
     return { runs, hashes, segs, slots };
   }
 

@@ -51,10 +51,36 @@ import {
 } from './segment-file.js';
 import { SegmentLandings } from './segment-landings.js';
 import { SegmentMaps } from './segment-maps.js';
-import { preadCached, writeMapped } from '../native/index.js';
+import { gatherBlocks, preadCached, writeMapped } from '../native/index.js';
 
 /** Where a chunk lives. */
 export interface Location { segment: number; slot: number }
+
+/** Most segments one `gather` reads from (each needs its mapping kept meanwhile; far below the open files kept). */
+export const GATHER_MAX_SEGMENTS = 64;
+/** `gather`: a block i with segment[i] = HOLE_SEGMENT is a hole. */
+export const HOLE_SEGMENT = -1;
+
+/**
+ * Where each of a request's blocks lies, in parallel arrays indexed by
+ * block (filled by the reader; `n` entries used): segment id or
+ * HOLE_SEGMENT, slot, and 1 in `pending` for a chunk not committed yet.
+ */
+export interface BlockPlaces {
+  segment: Int32Array;
+  slot: Float64Array;
+  pending: Uint8Array;
+}
+
+/** `gather`'s arrays: per block its source (index into `ids`, -1 hole, -2 read already) and byte position; per segment its slot span and known size. */
+interface GatherScratch {
+  source: Int32Array;
+  position: Float64Array;
+  ids: number[];
+  low: Float64Array;
+  high: Float64Array;
+  sizes: Float64Array;
+}
 
 /** Owns the segment directory: appends, rewrites, reads, sync, deletion. */
 export class SegmentFiles {
@@ -69,6 +95,11 @@ export class SegmentFiles {
   readonly landings: SegmentLandings;
   /** The first fdatasync that failed: every later sync fails with it. */
   private syncFailure: DormantError | null = null;
+  private scratch: GatherScratch = {
+    source: new Int32Array(256), position: new Float64Array(256), ids: [],
+    low: new Float64Array(GATHER_MAX_SEGMENTS), high: new Float64Array(GATHER_MAX_SEGMENTS),
+    sizes: new Float64Array(GATHER_MAX_SEGMENTS),
+  };
 
   /** `makeRoom()` releases the store's space reserve after an ENOSPC (true when it freed some). */
   constructor(readonly dir: string, hash: HashFunction, private readonly makeRoom: () => boolean = () => false) {
@@ -218,6 +249,85 @@ export class SegmentFiles {
       return;
     }
     this.copyMapped(loc, count, target, targetOffset);
+  }
+
+  /**
+   * Reads `n` blocks lying anywhere (`places`) into `target` at
+   * `targetOffset` and checks each against `hashes` (16 bytes a block, at
+   * 0), with one native call for the lot: holes are zero-filled, committed
+   * chunks copied out of their segments' mappings. Chunks not committed
+   * yet, and every block of a segment some of whose slots are not in its
+   * file (the append buffer, a pool write in flight), are copied first, one
+   * at a time (`readInto`). Returns -1, the first block that does not match
+   * its hash, or `-2 - i` when block i lies past its segment's known end.
+   * Null, with nothing read, when the blocks lie in more than
+   * GATHER_MAX_SEGMENTS segments (the caller reads them run by run).
+   */
+  gather(places: BlockPlaces, n: number, target: Buffer, targetOffset: number, hashes: Buffer): number | null {
+    const g = this.gatherScratch(n);
+    const ids = g.ids;
+    ids.length = 0;
+    let last = -1;
+    let lastIndex = -1;
+    for (let i = 0; i < n; i++) {
+      const seg = places.segment[i];
+      if (seg === HOLE_SEGMENT) { g.source[i] = -1; continue; }
+      if (places.pending[i] === 1) {
+        this.readInto({ segment: seg, slot: places.slot[i] }, target, targetOffset + i * BLOCK_SIZE);
+        g.source[i] = -2;
+        continue;
+      }
+      if (seg !== last) {
+        last = seg;
+        lastIndex = ids.indexOf(seg);
+        if (lastIndex < 0) {
+          if (ids.length === GATHER_MAX_SEGMENTS) return null;
+          lastIndex = ids.length;
+          ids.push(seg);
+          g.low[lastIndex] = places.slot[i];
+          g.high[lastIndex] = places.slot[i];
+        }
+      }
+      const slot = places.slot[i];
+      if (slot < g.low[lastIndex]) g.low[lastIndex] = slot;
+      if (slot > g.high[lastIndex]) g.high[lastIndex] = slot;
+      g.source[i] = lastIndex;
+      g.position[i] = slotOffset(slot);
+    }
+    const sources: ArrayBuffer[] = new Array(ids.length);
+    for (let k = 0; k < ids.length; k++) {
+      const loc = { segment: ids[k], slot: g.low[k] };
+      if (this.notAllInFile(loc, g.high[k] - g.low[k] + 1)) {
+        // Committed chunks are in their files; this only guards the rule.
+        for (let i = 0; i < n; i++) {
+          if (g.source[i] !== k) continue;
+          this.readInto({ segment: ids[k], slot: places.slot[i] }, target, targetOffset + i * BLOCK_SIZE);
+          g.source[i] = -2;
+        }
+      }
+    }
+    // Mappings are taken after every readInto (which may open files); the
+    // native call checks each is still mapped.
+    for (let k = 0; k < ids.length; k++) {
+      const m = this.maps.mapFor(ids[k]);
+      sources[k] = m.ab;
+      g.sizes[k] = m.size;
+    }
+    try {
+      return gatherBlocks(sources, g.sizes, g.source, g.position, n, target, targetOffset, hashes);
+    } catch (err) {
+      throw new DormantError('EIO', `cannot read segments ${ids.join(', ')}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** Scratch arrays of `gather` for `n` blocks (one gather runs at a time: it is synchronous). */
+  private gatherScratch(n: number): GatherScratch {
+    if (this.scratch.source.length < n) {
+      const size = Math.max(n, 2 * this.scratch.source.length);
+      this.scratch.source = new Int32Array(size);
+      this.scratch.position = new Float64Array(size);
+    }
+    return this.scratch;
   }
 
   /**

@@ -82,6 +82,8 @@ interface Addon {
   preadCached(fd: number, buffer: Uint8Array, offset: number, length: number, position: number): number;
   hashBlocks(data: Uint8Array, hashes: Uint8Array, zero: Uint8Array): number;
   verifyBlocks(data: Uint8Array, hashes: Uint8Array, at: number): number;
+  gatherBlocks(sources: ArrayBuffer[], sizes: Float64Array, source: Int32Array, position: Float64Array, n: number,
+    out: Uint8Array, outOffset: number, hashes: Uint8Array): number;
   rehashRun(slots: Float64Array, mask: number, words: Uint32Array | null, fmask: number, pageHashes: Uint8Array,
     pageFlags: Uint8Array, j0: number, id0: number, count: number, newHashes: Uint8Array, at: number): number;
   addRun(slots: Float64Array, mask: number, words: Uint32Array | null, fmask: number, pageHashes: Uint8Array,
@@ -298,6 +300,21 @@ export function hashBlocks(data: Uint8Array, hashes: Uint8Array, zero: Uint8Arra
 /** -1 when each 4096-byte block i of data hashes to hashes[at + i*16, +16); else the first i that does not. */
 export function verifyBlocks(data: Uint8Array, hashes: Uint8Array, at: number): number {
   return call(() => addon.verifyBlocks(data, hashes, at));
+}
+
+/**
+ * Reads `n` scattered 4096-byte blocks into `out` from `outOffset` and
+ * checks them, in one call. Block i: `source[i]` >= 0 copies it from the
+ * mapFile buffer `sources[source[i]]` at byte `position[i]`, which must lie
+ * below `sizes[source[i]]` (the bytes the file is known to have); -1 is a
+ * hole (zero-filled, not checked); -2 is already in `out` (checked only).
+ * Every block but holes is checked against hashes[i*16, +16). Returns -1,
+ * the first block i that does not match its hash, or -2 - i when block i
+ * lies past its source's size (nothing copied from there on).
+ */
+export function gatherBlocks(sources: ArrayBuffer[], sizes: Float64Array, source: Int32Array, position: Float64Array, n: number,
+  out: Uint8Array, outOffset: number, hashes: Uint8Array): number {
+  return call(() => addon.gatherBlocks(sources, sizes, source, position, n, out, outOffset, hashes));
 }
 
 /**
