@@ -73,6 +73,7 @@ async function applyPlan(r: PlanResult, client: EtcdClient, token: string, say: 
     const res = await requestJson<VmMoveResult>({ url: checkHostUrl(from.url), token }, 'POST', `/v1/vms/${encodeURIComponent(m.vm)}/migrate`,
       Buffer.from(JSON.stringify({ to: hosts.get(m.to)!.url, mode: 'auto' })), { timeoutMs: 15 * 60_000 });
     applied.push({ vm: m.vm, from: m.from, to: m.to, mode: res.mode, downtimeMs: res.downtimeMs, bytesSent: res.bytesSent, seconds: res.seconds });
+    say(`migrated ${m.vm} (${res.mode}): paused ${res.downtimeMs} ms, ${formatBytes(res.bytesSent)} sent, ${res.seconds} s`);
   }
   // The hosts publish their memory every TTL/3: wait until every moved VM shows on its new host (at most 30 s).
   let after = await listHosts(client);

@@ -11,7 +11,7 @@
  * migration between the two records' updates) is left out there; one
  * listed twice with no record is taken on the first host by name. A VM
  * with no sketch yet (it has just started) shares 0 MB; the notes say how
- * many, and anything else left out.
+ * many, which VMs are still booting (left out), and anything else left out.
  */
 import { BLOCK_SIZE, DormantError } from '../blockstore/index.js';
 import { ETCD_ROOT, HOSTS_PREFIX, VMS_PREFIX, parseRecord, type LiveRecord } from './cluster-keys.js';
@@ -34,8 +34,11 @@ export function liveInput(records: readonly LiveRecord[], locations: ReadonlyMap
   const vms: PlanInput['vms'] = [];
   const sketches: (FingerprintSketch | undefined)[] = [];
   const taken = new Set<string>();
+  const starting: string[] = [];
   for (const h of hosts) {
     for (const v of h.vms ?? []) {
+      // A booting guest holds memory soon: say so, or a plan made during boot looks like one of an empty cluster.
+      if (v.state === 'booting') starting.push(v.name);
       if (!PLACED_STATES.includes(v.state) || !(Number(v.memoryBytes) > 0)) continue;
       const at = locations.get(v.name);
       if ((at !== undefined && at !== h.name) || taken.has(v.name)) {
@@ -53,6 +56,9 @@ export function liveInput(records: readonly LiveRecord[], locations: ReadonlyMap
       }
       sketches.push(s);
     }
+  }
+  if (starting.length > 0) {
+    notes.push(`${starting.length} VM${starting.length === 1 ? ' is' : 's are'} still booting (${starting.slice(0, 5).join(', ')}${starting.length > 5 ? ', ...' : ''}): left out until ${starting.length === 1 ? 'it runs' : 'they run'}`);
   }
   const without = vms.filter((_, i) => !sketches[i]).map((v) => v.name);
   if (without.length > 0) {

@@ -232,7 +232,12 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     await store.close();
     await swap?.remove().catch(() => undefined);
     const e = err as NodeJS.ErrnoException;
-    if (e.code === 'EADDRINUSE') throw new DormantError('EBUSY', `cannot listen: address in use (${e.message.replace(/^listen EADDRINUSE: address already in use /, '')})`);
+    if (e.code === 'EADDRINUSE') {
+      // The NBD port is the one two daemons on a machine meet on unless told otherwise: say how to give each its own.
+      const addr = e.message.replace(/^listen EADDRINUSE: address already in use /, '');
+      const hint = o.tcp && addr === `${o.tcp.host}:${o.tcp.port}` ? ': NBD\'s port, maybe another daemon\'s: give this one --listen HOST:PORT or --no-tcp' : '';
+      throw new DormantError('EBUSY', `cannot listen: address in use (${addr}${hint})`);
+    }
     if (e.code === 'EACCES') throw new DormantError('EINVAL', `cannot listen: permission denied (${e.message})`);
     throw err;
   }

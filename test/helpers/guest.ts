@@ -11,6 +11,7 @@ import { expect } from 'vitest';
 import fs from 'node:fs';
 import { BIN, cliEnv, dormant, dormantJson, ensureBuilt, expectOk } from './cli.js';
 import type { TempDirs } from './tmp.js';
+import { freePort } from '../../src/vm/index.js';
 import { cleanupMounts, startDaemon, type MountDaemon } from './mount-daemon.js';
 
 /** The test-guest image cache shared by every e2e test. */
@@ -83,6 +84,23 @@ export async function startVmDaemon(tmp: TempDirs, prefix: string, serveArgs: st
   await dormantAsync(['--store', store, 'image', 'build-test-guest', 'golden', '--cache-dir', CACHE], 200_000);
   const daemon = await startDaemon(store, mnt, ['serve', '--no-tcp', '--mount', mnt, ...serveArgs], /FUSE on /);
   return { store, mnt, daemon };
+}
+
+/** A host of a cluster: a VM daemon with the host API, a member on etcd. */
+export interface ClusterHost { name: string; store: string; mnt: string; url: string; daemon: MountDaemon; args: string[] }
+
+/**
+ * `startVmDaemon` as host `name` of the cluster on `etcdUrl`: `--api` on a
+ * free loopback port with the token of `tokenFile`, `--etcd`, `--host-name
+ * name`, a 3 s lease, no automatic paging; `extra` goes last.
+ */
+export async function startClusterHost(tmp: TempDirs, name: string, etcdUrl: string, tokenFile: string, extra: string[] = []):
+  Promise<ClusterHost> {
+  const port = await freePort();
+  const args = ['--no-auto-page', '--api', `127.0.0.1:${port}`, '--api-token-file', tokenFile,
+    '--etcd', etcdUrl, '--host-name', name, '--etcd-ttl', '3', ...extra];
+  const { store, daemon, mnt } = await startVmDaemon(tmp, name, args);
+  return { name, store, mnt, url: `http://127.0.0.1:${port}`, daemon, args };
 }
 
 /** Pages `vm` faulted in through FUSE while `fn` ran (prefetch reads are counted apart). */

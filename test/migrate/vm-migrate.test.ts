@@ -21,28 +21,21 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort } from '../../src/vm/index.js';
 import { dormant, dormantAsync, dormantJson, expectFailure, expectOk, type CliResult } from '../helpers/cli.js';
-import { CACHE, diskCounter, startVmDaemon, vmStatus, waitHttp, type Status } from '../helpers/guest.js';
+import { CACHE, diskCounter, startClusterHost, vmStatus, waitHttp, type ClusterHost, type Status } from '../helpers/guest.js';
 import { cleanupMounts, startDaemon, type MountDaemon } from '../helpers/mount-daemon.js';
 import { TempDirs } from '../helpers/tmp.js';
 import { stopAllEtcd, TestEtcd } from '../helpers/etcd.js';
 
 const tmp = new TempDirs();
 const qemuPids = new Set<number>();
-interface Host { store: string; url: string; daemon: MountDaemon; args: string[]; mnt: string }
+type Host = ClusterHost;
 let a: Host;
 let b: Host;
 let tokenFile = '';
 let etcd: TestEtcd;
 
-async function host(prefix: string, extra: string[] = []): Promise<Host> {
-  const port = await freePort();
-  const args = ['--no-auto-page', '--api', `127.0.0.1:${port}`, '--api-token-file', tokenFile,
-    '--etcd', etcd.url, '--host-name', prefix, '--etcd-ttl', '3', ...extra];
-  const { store, daemon, mnt } = await startVmDaemon(tmp, prefix, args);
-  return { store, url: `http://127.0.0.1:${port}`, daemon, args, mnt };
-}
+const host = (prefix: string, extra: string[] = []): Promise<Host> => startClusterHost(tmp, prefix, etcd.url, tokenFile, extra);
 
 /** Boots VM `vm` on `h` and waits for its page; its status. */
 async function boot(h: Host, vm: string): Promise<Status> {
