@@ -19,9 +19,7 @@
  * and msync(2) reach the store before they return, so NBD reads see them.
  *
  * Throughput: libfuse2 moves at most 128 KiB per request (32 pages), so
- * max_read and max_write are 128 KiB and big_writes is on. The kernel's
- * 1 % dirty limit for FUSE mounts is lifted when the daemon may
- * (liftDirtyLimit).
+ * max_read and max_write are 128 KiB and big_writes is on.
  *
  * Access: by default only the user who mounted the view may use it (FUSE
  * refuses everyone else, root included, before any callback runs).
@@ -69,41 +67,12 @@ export interface MountOptions {
 /** What the mount point looks like before mounting. */
 export type MountPointState = 'free' | 'stale' | 'mounted';
 
-/** The mounts of this mount namespace, oldest first: device ("MAJOR:MINOR", which names its bdi) and mount point. */
-function mounts(): Array<{ device: string; point: string }> {
-  let info: string;
-  try { info = fs.readFileSync('/proc/self/mountinfo', 'utf8'); } catch { return []; }
-  const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
-  return info.split('\n').map((l) => l.split(' ')).filter((f) => f[4] !== undefined).map((f) => ({ device: f[2], point: unescape(f[4]) }));
-}
-
-/** True when `dir` is a mount point in this mount namespace. */
+/** True when `dir` is a mount point in this mount namespace (/proc/self/mountinfo). */
 function isMountPoint(dir: string): boolean {
-  return mounts().some((m) => m.point === dir);
-}
-
-/**
- * The kernel gives a FUSE mount's write-back cache 1 % of the host's dirty
- * limit, strictly (max_ratio 1, strict_limit 1: about 44 MB on a 24 GiB
- * host). Every VM's RAM on this view shares that budget: one VM filling
- * its memory (a boot) throttled every other VM writing to its own RAM, and
- * a request to an active VM waited seconds. Root lifts it for the view
- * (max_ratio 100, so only the host's own dirty limits apply); otherwise
- * the default stays, said in one line.
- */
-function liftDirtyLimit(dir: string, log: FuseLog): void {
-  const bdi = mounts().reverse().find((m) => m.point === dir)?.device;
-  if (!bdi) return;
-  const base = `/sys/class/bdi/${bdi}`;
-  try {
-    fs.writeFileSync(`${base}/max_ratio`, '100');
-  } catch (err) {
-    log(`fuse: the view's write-back cache keeps the kernel's FUSE limit (1 % of the host's dirty limit): `
-      + `cannot write ${base}/max_ratio: ${(err as Error).message}`, { level: 'info', mount: dir });
-    return;
-  }
-  try { fs.writeFileSync(`${base}/strict_limit`, '0'); } catch { /* older kernels have no such file; max_ratio 100 suffices */ }
-  log(`fuse: the view's write-back cache may use the host's dirty limit (bdi ${bdi}: max_ratio 100, was 1)`, { level: 'debug', mount: dir });
+  let info: string;
+  try { info = fs.readFileSync('/proc/self/mountinfo', 'utf8'); } catch { return false; }
+  const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+  return info.split('\n').some((line) => line.split(' ')[4] !== undefined && unescape(line.split(' ')[4]) === dir);
 }
 
 /** Probes `dir`: free, a stale FUSE mount (ENOTCONN) or a live mount. ENOENT/EINVAL for a bad dir. */
@@ -166,7 +135,6 @@ export async function mountStore(store: Store, dir: string, opts: MountOptions =
     });
   });
   store.views.add(abs);
-  liftDirtyLimit(abs, log);
   let unmounting: Promise<void> | null = null;
   return {
     dir: abs,
