@@ -109,6 +109,21 @@ class Search {
     return true;
   }
 
+  /**
+   * Whether a change that gains only migrations (`d`: no MB saved) really
+   * gains them. Migrations are counted as if group g stayed on host g,
+   * while `ok` lets groups trade hosts (they are relabelled onto hosts
+   * afterwards): a change that fills group g beyond host g's capacity is
+   * relabelled onto another host and its migrations come back (both VMs of
+   * an overfull host "moved home" together, then both moved away again).
+   * So such a change must fit the hosts of its groups' own indices.
+   */
+  private keepsCount(d: Score, a: number, needA: number, b: number, needB: number): boolean {
+    if (d.saved > EPS) return true;
+    const cap = this.inst.capacity;
+    return needA <= cap[a] + EPS && needB <= cap[b] + EPS;
+  }
+
   /** Change in migrations when `v` goes from `from` to `to`. */
   private dMig(v: number, from: number, to: number): number {
     const home = this.inst.initial[v];
@@ -161,7 +176,8 @@ class Search {
       if (ub < bestD.saved - EPS) continue;
       const savedTo = savedMB(inst, this.members[to], v);
       const d = { saved: savedFrom + savedTo - this.saved[from] - this.saved[to], migrations: this.dMig(v, from, to) };
-      if (!better(d, bestD) || !this.ok(from, needFrom, to, this.size[to] + inst.size[v] - savedTo)) continue;
+      const needTo = this.size[to] + inst.size[v] - savedTo;
+      if (!better(d, bestD) || !this.ok(from, needFrom, to, needTo) || !this.keepsCount(d, from, needFrom, to, needTo)) continue;
       bestTo = to;
       bestSaved = savedTo;
       bestD = d;
@@ -191,7 +207,8 @@ class Search {
       };
       if (!better(d, bestD)) continue;
       const needA = this.size[a] - inst.size[v] + inst.size[u] - savedA;
-      if (!this.ok(a, needA, b, this.size[b] - inst.size[u] + inst.size[v] - savedB)) continue;
+      const needB = this.size[b] - inst.size[u] + inst.size[v] - savedB;
+      if (!this.ok(a, needA, b, needB) || !this.keepsCount(d, a, needA, b, needB)) continue;
       best = { u, savedA, savedB };
       bestD = d;
     }

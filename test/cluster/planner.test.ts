@@ -128,6 +128,18 @@ describe('the seed\'s worked example', () => {
     expect(r.savedMB).toBe(0);
     expect(r.placement).toEqual(where);
   });
+
+  it('moves one VM off an overfull host when one is enough (VMs that share nothing: fewer migrations on a tie)', () => {
+    const input: PlanInput = {
+      hosts: [{ name: 'M0', capacityMB: 1000 }, { name: 'M1', capacityMB: 4000 }],
+      vms: [{ name: 'A', sizeMB: 600, host: 'M0' }, { name: 'B', sizeMB: 600, host: 'M0' }],
+      sharingMB: [],
+    };
+    const r = plan(input);
+    expect(r.migrations).toHaveLength(1);
+    expect(Object.values(r.placement).sort()).toEqual(['M0', 'M1']);
+    expectConsistent(input, r);
+  });
 });
 
 describe('quality', () => {
