@@ -188,7 +188,7 @@ async function dormantMode(swap) {
   if (swap) args.push('--swap-file', path.join(dir, 'swap'), '--swap-size', SWAP_SIZE);
   daemon = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
-  const daemonLog = process.env.BENCH_DAEMON_LOG ? fs.createWriteStream(process.env.BENCH_DAEMON_LOG) : null;
+  const daemonLog = process.env.BENCH_DAEMON_LOG ? fs.createWriteStream(process.env.BENCH_DAEMON_LOG, { flags: 'a' }) : null;
   daemon.stderr.on('data', (d) => { err = (err + d).slice(-20_000); daemonLog?.write(d); });
   for (let i = 0; !/FUSE on /.test(err); i++) {
     if (i > 600 || daemon.exitCode !== null) throw new Error(`daemon did not start: ${err}`);
