@@ -120,10 +120,12 @@ describe('vm migrate --mode copy', () => {
     const out = dormantJson<{ residentBefore: number; residentAfter: number }>(['vm', 'pageout', 'm2'], { store: a.store });
     const r = json(await migrate(a, 'm2', b.url));
     // The volumes are read from the store, not through the guest's mapping: what the source faulted in meanwhile
-    // is the guest's own idle activity during the pre-copy, a few percent of what the page-out pushed out.
+    // is the guest's own idle activity during the pre-copy (its timer ticks, for as long as the migration takes:
+    // 2-5 % of what the page-out pushed out on a quiet machine, 5 % and more under the full suite's load). Reading
+    // through the mapping would fault all of it back in.
     const pushedOut = out.residentBefore - out.residentAfter;
     expect(pushedOut).toBeGreaterThan(32 * 2 ** 20);
-    expect(r.sourcePagesFaulted * 4096).toBeLessThan(0.05 * pushedOut);
+    expect(r.sourcePagesFaulted * 4096).toBeLessThan(0.2 * pushedOut);
     const s = vmStatus(b.store, 'm2');
     qemuPids.add(s.pid!);
     await waitHttp(b.store, 'm2', s.hostPort!, 60_000);

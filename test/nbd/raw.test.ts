@@ -211,7 +211,10 @@ describe('transmission over raw sockets', () => {
         await sleep(20);
       }
     };
-    for (const structured of [false, true]) {
+    // Views (sendfile) are skipped while the reader's cold/warm estimate says cold for 250 ms after a slow
+    // timed read, which CPU contention alone can cause (the full suite on 2 cores): a round that happened to
+    // be all cold is tried again, up to three times, its bytes checked each time.
+    const round = async (structured: boolean): Promise<number> => {
       const c = await client('big', { structured });
       const mark = s.logger.lines.length;
       // 16 reads of 1 MiB while the client reads nothing: the socket's buffer fills in the middle of a reply.
@@ -238,7 +241,11 @@ describe('transmission over raw sockets', () => {
       }
       c.request(P.NBD_CMD_DISC, 99n, 0, 0);
       expect(await c.closedWithin(5000)).toBe(true);
-      const n = await fromFiles(mark);
+      return fromFiles(mark);
+    };
+    for (const structured of [false, true]) {
+      let n = 0;
+      for (let attempt = 0; attempt < 3 && n === 0; attempt++) n = await round(structured);
       expect(n).toBeGreaterThan(0);
       expect(n).toBeLessThanOrEqual(16 * MiB);
     }
