@@ -27,6 +27,11 @@
  *    only; what must finish (a flush, a catalog change, GC, close) first
  *    gets room, from the space reserve when the disk is short, and is tried
  *    once more after an ENOSPC with the reserve released.
+ *
+ * About 600 lines, on purpose: this file is the Store class's public
+ * methods, each a short delegation to the module that does the work
+ * (catalog, engine, writeback, gc, verify, absent blocks); splitting the
+ * class by concern would scatter one object's surface over several files.
  */
 import fs from 'node:fs';
 import path from 'node:path';

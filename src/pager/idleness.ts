@@ -160,3 +160,12 @@ export async function threadPolicy(pid: number, tid: number): Promise<number | u
   try { text = await fs.promises.readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8'); } catch { return undefined; }
   return Number(text.slice(text.lastIndexOf(')') + 2).split(' ')[38]);
 }
+
+/** The period of `wakes` (ms timestamps), when the last intervals agree within a quarter; else undefined. */
+export function learnPeriod(wakes: readonly number[]): number | undefined {
+  if (wakes.length < 4) return undefined;
+  const gaps = wakes.slice(1).map((t, i) => t - wakes[i]).sort((a, b) => a - b);
+  const median = gaps[Math.floor(gaps.length / 2)];
+  const agree = gaps.filter((g) => Math.abs(g - median) <= median / 4).length;
+  return agree >= gaps.length - 1 ? median : undefined;
+}

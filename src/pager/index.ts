@@ -6,10 +6,10 @@
  */
 export { Pager, SAMPLE_MS, DEFAULT_IDLE_TIMEOUT_S, type PagerOptions } from './pager.js';
 export {
-  VmPager, NETWORK_WINDOW_MS, learnPeriod,
+  VmPager, NETWORK_WINDOW_MS,
   type PagedVm, type PageoutReport, type PrefetchReport, type PagerStatus, type WakeReport,
 } from './vm-pager.js';
-export { IdlePredictor, predictorOptions, threadPolicy, BUSY_CPU_SHARE, type PredictorOptions } from './idleness.js';
+export { IdlePredictor, learnPeriod, predictorOptions, threadPolicy, BUSY_CPU_SHARE, type PredictorOptions } from './idleness.js';
 export { MemoryIo, VolumeIo, EVENT_CLASSES, type MemoryCounters, type EventClass } from './faults.js';
 export { sharingReport, type SharingReport, type VmSharing, type SharedVm } from './sharing.js';
 export { readWorkingSet, recordedWorkingSetBytes, type WorkingSet } from './working-set.js';

@@ -35,11 +35,11 @@ import os from 'node:os';
 import { DormantError, asError, asWarn, type LogFn } from '../blockstore/index.js';
 import { setThreadIdle } from '../native/index.js';
 import type { VolumeIo } from './faults.js';
-import { BUSY_CPU_SHARE, BUSY_DISK_REQUESTS, IdlePredictor, threadUserSeconds, type PredictorOptions } from './idleness.js';
+import { BUSY_CPU_SHARE, BUSY_DISK_REQUESTS, IdlePredictor, learnPeriod, threadUserSeconds, type PredictorOptions } from './idleness.js';
 import { GuestMemory, pageOut, pageOutRanges, prefetchPages, type PageoutResult, type PrefetchResult } from './pageout.js';
 import { ownPrivateRanges, residentMemory, swapBytes } from './process-memory.js';
 import {
-  classPages, foldClasses, foldEpoch, hottest, readWorkingSet, recentPages, writeWorkingSet, type WorkingSet,
+  classPages, foldClasses, foldEpoch, hottest, keepOnly, readWorkingSet, recentPages, unionSorted, writeWorkingSet, type WorkingSet,
 } from './working-set.js';
 
 const PAGE = 4096;
@@ -557,32 +557,8 @@ export class VmPager {
   }
 }
 
-/** The period of `wakes` (ms timestamps), when the last intervals agree within a quarter; else undefined. */
-export function learnPeriod(wakes: readonly number[]): number | undefined {
-  if (wakes.length < 4) return undefined;
-  const gaps = wakes.slice(1).map((t, i) => t - wakes[i]).sort((a, b) => a - b);
-  const median = gaps[Math.floor(gaps.length / 2)];
-  const agree = gaps.filter((g) => Math.abs(g - median) <= median / 4).length;
-  return agree >= gaps.length - 1 ? median : undefined;
-}
 
-/** The union of two sorted page lists, sorted. */
-export function unionSorted(a: readonly number[], b: readonly number[]): number[] {
-  const out: number[] = [];
-  let i = 0;
-  let j = 0;
-  while (i < a.length || j < b.length) {
-    if (j >= b.length || (i < a.length && a[i] < b[j])) out.push(a[i++]);
-    else if (i >= a.length || b[j] < a[i]) out.push(b[j++]);
-    else { out.push(a[i++]); j++; }
-  }
-  return out;
-}
 
-/** Clears the counts of `touched` whose page is not set in `mapped`. */
-function keepOnly(touched: Uint8Array, mapped: Uint8Array): void {
-  for (let p = 0; p < touched.length; p++) if (touched[p] !== 0 && !mapped[p]) touched[p] = 0;
-}
 
 /** Of `pages` (sorted), the `n` hottest by `ws`'s heat, sorted. */
 function hottestOf(ws: WorkingSet | undefined, pages: number[], n: number): number[] {

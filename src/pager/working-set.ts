@@ -167,3 +167,21 @@ export function recordedWorkingSetBytes(file: string): number | undefined {
   const ws = readWorkingSet(file);
   return ws ? recentPages(ws).length * 4096 : undefined;
 }
+
+/** The union of two sorted page lists, sorted. */
+export function unionSorted(a: readonly number[], b: readonly number[]): number[] {
+  const out: number[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    if (j >= b.length || (i < a.length && a[i] < b[j])) out.push(a[i++]);
+    else if (i >= a.length || b[j] < a[i]) out.push(b[j++]);
+    else { out.push(a[i++]); j++; }
+  }
+  return out;
+}
+
+/** Clears the counts of `touched` whose page is not set in `mapped`. */
+export function keepOnly(touched: Uint8Array, mapped: Uint8Array): void {
+  for (let p = 0; p < touched.length; p++) if (touched[p] !== 0 && !mapped[p]) touched[p] = 0;
+}

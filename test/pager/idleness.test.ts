@@ -1,6 +1,6 @@
 /**
  * The idleness predictor (src/pager/idleness.ts) and the timer-period
- * learner (src/pager/vm-pager.ts learnPeriod), on sample sequences: the
+ * learner (src/pager/idleness.ts learnPeriod), on sample sequences: the
  * initial timeout before a history, a timeout learnt from a VM's own quiet
  * spells, the maximum for spells that keep being cut short, short gaps
  * alone saying nothing about long ones; periods found only when wake-ups agree.
