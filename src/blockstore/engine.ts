@@ -96,6 +96,11 @@ export class BlockEngine {
     return this.reader.resolve(t, first, n);
   }
 
+  /** Chunk id (0 = hole) of block `b`, for scattered look-ups (one index seek on a miss, nothing cached). */
+  resolveOne(t: Target, b: number): number {
+    return this.reader.resolveOne(t, b);
+  }
+
   /** Forgets cached index look-ups: call when a commit changed the index or the catalog. */
   invalidate(): void {
     this.reader.invalidate();

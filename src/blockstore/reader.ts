@@ -131,6 +131,21 @@ export class BlockReader {
     return ids;
   }
 
+  /**
+   * Chunk id (0 = hole) of block `b` as `resolve` gives it, for scattered
+   * blocks: a miss seeks the committed index for this block alone instead
+   * of loading (and caching) its whole cache page.
+   */
+  resolveOne(t: Target, b: number): number {
+    if (t.head && this.writeback.hasLineage(t.point.lineage)) {
+      const pending = this.writeback.target(t.point.lineage, b, t.point.version);
+      if (pending >= 0) return pending;
+    }
+    const one = [UNRESOLVED];
+    if (this.blockIds.fill(t.key, b, one, UNRESOLVED) === 0) return one[0];
+    return this.blockMap.lookup(t.chain, b);
+  }
+
   /** Forgets cached index look-ups: call when a commit changed the index or the catalog. */
   invalidate(): void {
     this.blockIds.clear();

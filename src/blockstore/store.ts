@@ -435,6 +435,45 @@ export class Store implements VolumeHost {
   }
 
   /**
+   * Records the blocks of volume `name` written from now on (new content,
+   * rewrites in place, zeroes): what a migration's patch sends. Chunk ids
+   * alone cannot tell: an uncommitted chunk rewritten in place keeps its id.
+   * `blocks()` gives them sorted (EBUSY when the volume's lineage changed
+   * meanwhile: it was removed and made again); `close()` ends the watch.
+   */
+  watchWrites(name: string): { blocks(): number[]; close(): void } {
+    this.live();
+    const lineage = this.engine.target(name).point.lineage;
+    const into = new Set<number>();
+    this.writeback.watch(lineage, into);
+    return {
+      blocks: () => {
+        if (this.engine.target(name).point.lineage !== lineage) {
+          throw new DormantError('EBUSY', `volume '${name}' was replaced while its writes were watched`);
+        }
+        return [...into].sort((a, b) => a - b);
+      },
+      close: () => this.writeback.unwatch(lineage, into),
+    };
+  }
+
+  /** Chunk ids (0 = hole) of blocks `blocks` (sorted) of `name` as a reader sees them now. */
+  chunkIdsOf(name: string, blocks: readonly number[]): Float64Array {
+    this.live();
+    const t = this.engine.target(name);
+    const out = new Float64Array(blocks.length);
+    // Long runs resolve by cache pages, scattered blocks one index seek each.
+    for (let i = 0; i < blocks.length;) {
+      let n = 1;
+      while (i + n < blocks.length && blocks[i + n] === blocks[i] + n) n++;
+      if (n >= 64) out.set(this.engine.resolve(t, blocks[i], n), i);
+      else for (let k = 0; k < n; k++) out[i + k] = this.engine.resolveOne(t, blocks[i + k]);
+      i += n;
+    }
+    return out;
+  }
+
+  /**
    * The content of `name` as block hashes (pending writes included), with
    * the snapshot its lineage was branched from: what another store needs to
    * rebuild it from the chunks it lacks (src/migrate).

@@ -60,8 +60,32 @@ export class Writeback {
   private lastChunkPageNo = -1;
   private lastChunkPage: ChunkPage | undefined;
 
+  /** Write watches (`watch`): lineage -> the block sets to add written blocks to. */
+  private readonly watches = new Map<number, Set<Set<number>>>();
+
   /** When the current generation got its first entry (Date.now()). */
   since = 0;
+
+  /**
+   * Adds every block of `lineage` written from now on (new content, a
+   * rewrite in place, zeroes) to `into`, until `unwatch`.
+   */
+  watch(lineage: number, into: Set<number>): void {
+    let sets = this.watches.get(lineage);
+    if (!sets) this.watches.set(lineage, (sets = new Set()));
+    sets.add(into);
+  }
+
+  unwatch(lineage: number, into: Set<number>): void {
+    const sets = this.watches.get(lineage);
+    if (sets?.delete(into) && sets.size === 0) this.watches.delete(lineage);
+  }
+
+  private noteWritten(lineage: number, block: number, count: number): void {
+    const sets = this.watches.get(lineage);
+    if (!sets) return;
+    for (const into of sets) for (let k = 0; k < count; k++) into.add(block + k);
+  }
 
   /** Pending blocks in the current generation. */
   get size(): number { return this.current.count; }
@@ -96,6 +120,7 @@ export class Writeback {
 
   /** Records a write of `target` (chunk id or 0) to a block. */
   set(lineage: number, block: number, version: number, target: number): void {
+    if (this.watches.size !== 0) this.noteWritten(lineage, block, 1);
     const p = this.currentPage(lineage, Math.floor(block / ENTRY_PAGE), true)!;
     const i = block % ENTRY_PAGE;
     const old = p[i];
@@ -205,6 +230,7 @@ export class Writeback {
 
   /** The `count` blocks from `block` were rewritten in place for `version` (their entries keep their chunks). */
   setVersions(lineage: number, block: number, count: number, version: number): void {
+    if (this.watches.size !== 0) this.noteWritten(lineage, block, count);
     for (let k = 0; k < count; k++) {
       const b = block + k;
       const p = this.currentPage(lineage, Math.floor(b / ENTRY_PAGE), false)!;

@@ -9,7 +9,9 @@
  * session still deduplicate (the hash filter learns them at commit),
  * pending writes are flushed once writes pause, and a big rewrite takes
  * runs of its own chunks at once while leaving possible duplicates to the
- * general path.
+ * general path. Write watches (Store.watchWrites, what a migration's
+ * patch sends) name every block written, rewrites in place included,
+ * which keep their chunk id.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -309,5 +311,68 @@ describe('rewrites in place', () => {
       expect(await again.check()).toEqual([]);
       await h.close();
     });
+  });
+});
+
+describe('write watches (Store.watchWrites, what a migration patch sends)', () => {
+  it('name every block written, rewrites in place included, which chunk ids cannot tell', async () => {
+    const dir = tmp.make('rw-watch');
+    await withStore(Store.init(dir, { writebackIntervalMs: 0 }), async (store) => {
+      await store.createVolume('v', SIZE);
+      await store.createVolume('other', SIZE);
+      const h = await store.openVolume('v');
+      const o = await store.openVolume('other');
+      await h.write(0, pseudoRandom(1, SIZE));
+      await h.flush();
+      const watch = store.watchWrites('v');
+      // A block written after the flush gets a new (pending) chunk...
+      await h.write(5 * BLOCK_SIZE, pseudoRandom(2, BLOCK_SIZE));
+      const ids = await store.chunkMap('v');
+      // ...and written again, its chunk is rewritten in place: same id, other bytes.
+      await h.write(5 * BLOCK_SIZE, pseudoRandom(3, BLOCK_SIZE));
+      expect((await store.chunkMap('v'))[5]).toBe(ids[5]);
+      expect((await h.read(5 * BLOCK_SIZE, BLOCK_SIZE)).equals(pseudoRandom(3, BLOCK_SIZE))).toBe(true);
+      // A big write twice (the second a run of rewrites in place), zeroes, and another volume's writes.
+      await h.write(16 * BLOCK_SIZE, pseudoRandom(4, 8 * BLOCK_SIZE));
+      await h.write(16 * BLOCK_SIZE, pseudoRandom(5, 8 * BLOCK_SIZE));
+      await h.zero(40 * BLOCK_SIZE, 2 * BLOCK_SIZE);
+      await o.write(0, pseudoRandom(6, SIZE));
+      const expected = [5, ...Array.from({ length: 8 }, (_, i) => 16 + i), 40, 41];
+      expect(watch.blocks()).toEqual(expected);
+      // The ids of scattered blocks, looked up one by one, are those of the whole map.
+      await h.flush();
+      const all = await store.chunkMap('v');
+      expect([...store.chunkIdsOf('v', [0, 5, 17, 40, 63])]).toEqual([all[0], all[5], all[17], all[40], all[63]]);
+      expect(all[40]).toBe(0);
+      // Closed, it records nothing more.
+      watch.close();
+      await h.write(60 * BLOCK_SIZE, pseudoRandom(7, BLOCK_SIZE));
+      expect(watch.blocks()).toEqual(expected);
+      await h.close();
+      await o.close();
+    });
+  });
+
+  it('name the blocks of a big rewrite that renames its own chunks a run at once', async () => {
+    const N = 300;
+    const B = BLOCK_SIZE;
+    const renamed = vi.spyOn(Writeback.prototype, 'rehashRun');
+    try {
+      await withStore(Store.init(tmp.make('rw-watch-runs'), { writebackIntervalMs: 0 }), async (store) => {
+        await store.createVolume('v', N * B);
+        const h = await store.openVolume('v');
+        await h.flush();
+        await store.engine.filter.build();
+        await h.write(0, pseudoRandom(1, N * B));
+        const watch = store.watchWrites('v');
+        await h.write(0, pseudoRandom(2, N * B));
+        expect(renamed.mock.results.reduce((sum, r) => sum + (r.value as number), 0)).toBeGreaterThan(N - 20);
+        expect(watch.blocks()).toEqual(Array.from({ length: N }, (_, i) => i));
+        watch.close();
+        await h.close();
+      });
+    } finally {
+      renamed.mockRestore();
+    }
   });
 });
