@@ -25,7 +25,9 @@
  * Bytes moved are compared with the VM's disk + RAM (the disk volume's
  * size, 256 MiB of RAM). dormant's downtime is from the guest's pause to
  * its confirmed run on the destination (as `vm migrate` reports it);
- * QEMU's is its own `downtime` figure (query-migrate).
+ * QEMU's is its own `downtime` figure (query-migrate), which ends when the
+ * source has sent its last byte, and beside it the guest's own pause: from
+ * the source's STOP event to the destination's RESUME (QEMU's timestamps).
  *
  * Needs root (the daemons raise their priority; FUSE). Build first (npm
  * run setup). Env: BENCH_BALLAST (160M), BENCH_SHARED (50), BENCH_SETTLE_S
@@ -168,7 +170,7 @@ async function dormantCase(a, b, vm, busy, label, mode = 'copy') {
   if (mode === 'lazy' && lazy?.state !== 'complete') throw new Error(`${vm}: lazy copy not complete: ${JSON.stringify(lazy)}`);
   if (load) { await sleep(2_000); load.stopped = true; await load.done; }
   await dormant(b.store, ['vm', 'stop', vm, '--timeout', '0']).catch(() => undefined);
-  const phases = `downtime: write-back ${r.downtimePhasesMs.writeBack}, patch ${r.downtimePhasesMs.patch} (${r.patchedBlocks.memory} memory + `
+  const phases = `${r.arrivalPages} pages in use read in there before the pause; downtime: write-back ${r.downtimePhasesMs.writeBack}, patch ${r.downtimePhasesMs.patch} (${r.patchedBlocks.memory} memory + `
     + `${r.patchedBlocks.disk} disk blocks), device state ${r.downtimePhasesMs.deviceState}, resume ${r.downtimePhasesMs.resume} ms`;
   // A fetch request carries 16 bytes of hash per chunk besides the chunk.
   const fetched = lazy ? lazy.bytesFetched * (1 + 16 / 4096) : 0;
@@ -196,6 +198,7 @@ class Qmp {
     }
     q.buf = '';
     q.waiting = [];
+    q.events = [];
     q.sock.setEncoding('utf8');
     q.sock.on('data', (d) => {
       q.buf += d;
@@ -204,6 +207,7 @@ class Qmp {
         const msg = JSON.parse(q.buf.slice(0, nl));
         q.buf = q.buf.slice(nl + 1);
         if (!('event' in msg)) q.waiting.shift()?.(msg);
+        else q.events.push(msg);
       }
     });
     await new Promise((r) => q.waiting.push(r));
@@ -256,14 +260,24 @@ async function qemuCase(name, busy) {
     await sleep(20);
   }
   const seconds = (performance.now() - t0) / 1000;
+  // The guest's own pause: from the source's STOP event to the destination's RESUME (both stamped by QEMU, same clock).
+  const stamp = (q, ev) => {
+    const e = q.qmp.events.find((m) => m.event === ev);
+    return e ? e.timestamp.seconds * 1000 + e.timestamp.microseconds / 1000 : undefined;
+  };
+  let resumedAt;
+  for (let i = 0; i < 500 && (resumedAt = stamp(dst, 'RESUME')) === undefined; i++) await sleep(10);
+  const stopped = stamp(src, 'STOP');
+  const pauseMs = stopped !== undefined && resumedAt !== undefined ? Math.round(resumedAt - stopped) : undefined;
   port = dst.port;
   await waitHttp(name, port, 60_000);
   if (load) { await sleep(2_000); load.stopped = true; await load.done; }
   for (const q of [src, dst]) { q.qmp.close(); q.child.kill('SIGKILL'); }
   const diskSize = JSON.parse((await run('qemu-img', ['info', '--output=json', disk])).stdout)['virtual-size'];
   return {
-    system: 'qemu', kind: busy ? 'busy' : 'idle', downtimeMs: info.downtime, bytes: info.ram.transferred,
-    detail: `RAM stream ${mib(info.ram.transferred)} MiB (disk shared)`, whole: diskSize + RAM, seconds, gapMs: load?.longestGapMs,
+    system: 'qemu', kind: busy ? 'busy' : 'idle', downtimeMs: info.downtime, pauseMs, bytes: info.ram.transferred,
+    detail: `RAM stream ${mib(info.ram.transferred)} MiB (disk shared); its own downtime figure ${info.downtime} ms, `
+      + `the guest stopped to running there ${pauseMs ?? '?'} ms (STOP to RESUME events)`, whole: diskSize + RAM, seconds, gapMs: load?.longestGapMs,
   };
 }
 
@@ -298,7 +312,8 @@ try {
     const q = rows.find((r) => r.system === 'qemu' && r.kind.startsWith(kind));
     for (const system of ['dormant', 'dormant lazy']) {
       const d = rows.filter((r) => r.system === system && r.kind.startsWith(kind)).pop();
-      console.log(`${kind}: ${system} / qemu: downtime ${(d.downtimeMs / q.downtimeMs).toFixed(2)}x, bytes ${(d.bytes / q.bytes).toFixed(3)}x`
+      console.log(`${kind}: ${system} / qemu: downtime ${(d.downtimeMs / q.downtimeMs).toFixed(2)}x its own figure`
+        + `${q.pauseMs ? `, ${(d.downtimeMs / q.pauseMs).toFixed(2)}x its guest's stop to resume` : ''}, bytes ${(d.bytes / q.bytes).toFixed(3)}x`
         + `${d.before !== d.bytes ? ` (before the guest went on there: ${(d.before / q.bytes).toFixed(3)}x)` : ''}`);
     }
   }

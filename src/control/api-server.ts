@@ -23,6 +23,8 @@
  *   POST /v1/vms/<vm>/incoming/check    a VM's record and kernel hashes -> {ok} (it can come here)
  *   POST /v1/vms/<vm>/incoming          the same [+ lazy: {url, token}: absent chunks come from there] -> {uri}:
  *                                       QEMU waits there for the device state
+ *   POST /v1/vms/<vm>/incoming/prefetch {runs: [[first, count], ...]} -> {pages}: guest pages read into the page
+ *                                       cache here before the guest pauses there (its pages in use)
  *   POST /v1/vms/<vm>/incoming/finish   -> {state, hostPort[, lazyBlocks]}: the guest resumed here (the commit point)
  *   POST /v1/vms/<vm>/incoming/abort    {volumes} -> {aborted}: QEMU, the VM and those volumes go
  *   POST /v1/vms/<vm>/lazy/done         -> {released}: the destination of a lazy migration has every chunk; the
@@ -158,6 +160,8 @@ export async function serveApi(store: Store, control: StoreControl, receiver: Re
       } else if (parts.length === 5 && step === 'check') {
         incoming.check(b, body);
         json({ ok: true });
+      } else if (parts.length === 5 && step === 'prefetch') {
+        json(await incoming.prefetch(b, body));
       } else if (parts.length === 5 && step === 'finish') {
         json(await incoming.finish(b));
       } else if (parts.length === 5 && step === 'abort') {

@@ -164,6 +164,8 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
     const local = new LocalControl(store, false, vms, log, o.cluster?.hostName);
     local.lazy = { incoming: lazyIn, leases };
     const moves = vms ? new VmMoves(store, vms, log) : undefined;
+    // A patch rewrote a VM's memory in the store: the pages read in ahead there leave the page cache.
+    if (vms) receiver.onPatched = (volume, blocks) => vms!.dropPatched(volume, blocks);
     control = await serveControl(local, path.join(dir, CONTROL_SOCKET_NAME), log);
     if (o.api) {
       incoming = new IncomingVms(store, moves, log, (v) => receiver.forget(v), lazyIn);

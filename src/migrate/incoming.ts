@@ -61,7 +61,11 @@ export interface ReceiveSession {
    * `partial`: commit although chunks are missing (a pre-copy round; their blocks are fixed by a patch).
    * `lazy`: the chunks missing are not coming: their blocks become holes and are returned (`deferred`, by hash) to be marked absent.
    */
-  finish(partial?: boolean, lazy?: boolean): Promise<{ volume: string; origin: string | null; missing?: number; deferred?: Map<string, number[]> }>;
+  finish(partial?: boolean, lazy?: boolean): Promise<{
+    volume: string; origin: string | null; missing?: number; deferred?: Map<string, number[]>;
+    /** A patch: the blocks it rewrote in place. */
+    patched?: number[];
+  }>;
   close(): Promise<void>;
 }
 

@@ -8,6 +8,8 @@ export { buildManifest, decodeManifest, encodeManifest, contentDigest, type Mani
 export { IncomingVolume, STAGING_SUFFIX, type TransferResult } from './incoming.js';
 export { pull, push, readChunks, Receiver } from './transfer.js';
 export { request, requestJson, readTokenFile, checkHostUrl, type RemoteHost } from './remote.js';
-export { migrateVm, IncomingVms, type MovableVms, type MovableRecord, type VmMoveResult, type MoveMode } from './vm-move.js';
+export { migrateVm, type VmMoveResult } from './vm-move.js';
+export { IncomingVms } from './vm-arrive.js';
+export type { MovableVms, MovableRecord, MoveMode } from './movable.js';
 export { LazyIncoming, LAZY_DIR, type LazyCopyStatus, type LazySource } from './lazy.js';
 export { LazyLeases } from './lazy-source.js';

@@ -1,10 +1,9 @@
 /**
  * A patch: the blocks of a volume that changed since it was sent, applied
  * in place on the receiving host. A VM migration sends its volumes while
- * the guest runs (a pre-copy), then, paused, only the blocks whose chunk
- * changed since (the sender compares chunk ids, so finding them costs one
- * index look-up per block, no hashing): the downtime then grows with what
- * the guest changed, not with its size.
+ * the guest runs (a pre-copy), then, paused, only the blocks written since
+ * (the store records them: Store.watchWrites), with their hashes: the
+ * downtime then grows with what the guest changed, not with its size.
  *
  * Wire form (application/x-dormant-patch, framed as frame.ts says): "DPCH",
  * the JSON header (PatchHeader), then per changed block 25 bytes: its index (u64 big-endian), a flag byte (1 = hole) and
@@ -70,14 +69,19 @@ export function decodePatch(buf: Buffer): Patch {
   return { header, blocks, list: { hashes, holes, blocks: header.count } };
 }
 
-/** The changed blocks of `name` since its chunk ids were `before` (Store.chunkMap), as a patch. */
-export async function buildPatch(store: Store, name: string, before: Float64Array): Promise<{ wire: Buffer; count: number }> {
-  const now = await store.chunkMap(name);
-  if (now.length !== before.length) throw new DormantError('EBUSY', `'${name}' changed size while it was sent`);
-  const blocks: number[] = [];
-  for (let b = 0; b < now.length; b++) if (now[b] !== before[b]) blocks.push(b);
-  const list = await store.chunkHashes(Float64Array.from(blocks, (b) => now[b]));
-  return { wire: encodePatch(name, store.describe(name)!.size, blocks, list), count: blocks.length };
+/**
+ * The changed blocks of `name` as a patch: those written since it was sent
+ * (`written`, sorted: Store.watchWrites) and those whose chunk could not
+ * be sent (-1 in `before`, its chunk ids when it was sent).
+ */
+export async function buildPatch(store: Store, name: string, before: Float64Array, written: readonly number[]): Promise<{ wire: Buffer; count: number }> {
+  const size = store.describe(name)!.size;
+  if (Math.ceil(size / BLOCK_SIZE) !== before.length) throw new DormantError('EBUSY', `'${name}' changed size while it was sent`);
+  const unsent: number[] = [];
+  for (let b = 0; b < before.length; b++) if (before[b] === -1) unsent.push(b);
+  const blocks = unsent.length === 0 ? [...written] : [...new Set([...written, ...unsent])].sort((x, y) => x - y);
+  const list = await store.chunkHashes(store.chunkIdsOf(name, blocks));
+  return { wire: encodePatch(name, size, blocks, list), count: blocks.length };
 }
 
 /** A patch being applied to a volume here. */
@@ -91,6 +95,8 @@ export class PatchVolume implements ReceiveSession {
     private readonly placer: ChunkPlacer,
     readonly needed: Buffer,
     readonly chunksPresent: number,
+    /** The blocks the patch rewrites, sorted. */
+    readonly blocks: number[],
   ) {}
 
   get label(): string { return `${this.target} (patch)`; }
@@ -116,7 +122,7 @@ export class PatchVolume implements ReceiveSession {
         if (list) list.push(p.blocks[i]); else wanted.set(key, [p.blocks[i]]);
       }
       const { needed, present } = await placer.fill(store, wanted);
-      return new PatchVolume(store, p.header.volume, handle, placer, needed, present);
+      return new PatchVolume(store, p.header.volume, handle, placer, needed, present, [...p.blocks].sort((a, b) => a - b));
     } catch (err) {
       await handle.close();
       throw err;
@@ -133,14 +139,14 @@ export class PatchVolume implements ReceiveSession {
    * chunks are missing, unless `lazy`: their blocks become holes and are
    * returned (`deferred`) to be marked absent.
    */
-  async finish(_partial = false, lazy = false): Promise<{ volume: string; origin: null; deferred?: Map<string, number[]> }> {
+  async finish(_partial = false, lazy = false): Promise<{ volume: string; origin: null; deferred?: Map<string, number[]>; patched: number[] }> {
     if (this.placer.remaining > 0 && !lazy) {
       throw new DormantError('EINVAL', `patch of '${this.target}' is incomplete: ${this.placer.remaining} chunks missing`);
     }
     const deferred = lazy ? await this.placer.defer() : undefined;
     await this.close();
     await this.store.flush();
-    return { volume: this.target, origin: null, ...(deferred ? { deferred } : {}) };
+    return { volume: this.target, origin: null, ...(deferred ? { deferred } : {}), patched: this.blocks };
   }
 
   async close(): Promise<void> {

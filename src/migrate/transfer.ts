@@ -120,13 +120,14 @@ export async function push(store: Store, host: RemoteHost, name: string, as?: st
 }
 
 /**
- * Sends the blocks of `name` whose chunk ids are no longer `before` as a
- * patch (patch.ts) applied in place on `host`; the patched volume must be
- * there, as the push that `before` describes left it.
+ * Sends the blocks of `name` written since it was pushed (`written`) or
+ * not sent then (-1 in `before`, its chunk ids at the push) as a patch
+ * (patch.ts) applied in place on `host`; the patched volume must be there,
+ * as that push left it.
  */
-export async function pushPatch(store: Store, host: RemoteHost, name: string, before: Float64Array,
+export async function pushPatch(store: Store, host: RemoteHost, name: string, before: Float64Array, written: readonly number[],
   progress?: ProgressFn, lazy = false): Promise<{ bytesSent: number; blocks: number; chunksSent: number; absent: number }> {
-  const { wire, count } = await buildPatch(store, name, before);
+  const { wire, count } = await buildPatch(store, name, before, written);
   const begin = await requestJson<ReceiveBegin>(host, 'POST', '/v1/patch', wire);
   // Lazy: the chunks it lacks are not sent: it fetches them when they are read.
   const sent = begin.needed > 0 && !lazy ? await sendChunks(store, host, begin.id, name, progress, false) : { bytes: 0, chunks: 0 };
@@ -208,6 +209,13 @@ export class Receiver {
     /** Marks the blocks of a lazy commit absent (lazy.ts); without it lazy commits are refused. */
     private readonly lazy?: { add(volume: string, deferred: Map<string, number[]>): void }) {}
 
+  /**
+   * Called when a patch rewrote blocks of a volume in place, before its
+   * commit is answered (a VM's memory here drops those pages from the page
+   * cache); a failure fails the commit.
+   */
+  onPatched?: (volume: string, blocks: number[]) => Promise<void>;
+
   /** Starts receiving the volume of manifest `wire` (as `as`); a session for the same name is dropped first. */
   async begin(wire: Buffer, as?: string): Promise<ReceiveBegin> {
     const m: Manifest = decodeManifest(wire);
@@ -252,7 +260,7 @@ export class Receiver {
   async commit(id: string, partial = false, lazy = false): Promise<{ volume: string; origin: string | null; missing?: number; absent?: number }> {
     const s = this.session(id);
     if (lazy && !this.lazy) throw new DormantError('EINVAL', 'this host cannot receive volumes lazily (its daemon has no VM runner)');
-    const { deferred, ...r } = await s.inc.finish(partial, lazy);
+    const { deferred, patched, ...r } = await s.inc.finish(partial, lazy);
     clearTimeout(s.timer);
     this.sessions.delete(id);
     let absent: number | undefined;
@@ -260,6 +268,8 @@ export class Receiver {
       this.lazy!.add(s.inc.target, deferred);
       absent = [...deferred.values()].reduce((n, b) => n + b.length, 0);
     }
+    // (after the lazy blocks are marked absent: a page read in between would be a hole's zeroes)
+    if (patched?.length) await this.onPatched?.(s.inc.target, patched);
     this.log(`received ${s.inc.label} as ${r.volume}: ${s.inc.chunksReceived} chunks sent, ${s.inc.chunksPresent} here already`
       + `${r.missing ? `, ${r.missing} left for a patch` : ''}${deferred ? `, ${deferred.size} to be fetched when read (${absent} blocks)` : ''}`);
     return { ...r, ...(absent !== undefined ? { absent } : {}) };

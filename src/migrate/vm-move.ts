@@ -9,15 +9,22 @@
  *      kernel), before anything else;
  *   2. pre-copy while the guest runs: write its dirty RAM back, push the
  *      disk branch and the memory volume (missing chunks only), committed
- *      there under their names; the chunk id of every block sent is kept;
+ *      there under their names; from before this step on the store
+ *      records every block written to either (Store.watchWrites);
  *   3. the destination starts QEMU on them with `-incoming defer`
  *      (POST /v1/vms/<vm>/incoming), `x-ignore-shared` on both QEMUs so
- *      that QEMU's stream carries device state, not RAM;
+ *      that QEMU's stream carries device state, not RAM; then it reads
+ *      the guest pages in use (those QEMU has mapped here: touched since
+ *      the last page-out) into its page cache (POST .../prefetch,
+ *      src/pager/handover.ts), so loading the device state and the
+ *      guest's first moments there fault nothing in through FUSE;
  *   4. pause the guest (QMP stop: QEMU drains and flushes its disk), write
  *      its RAM back again;
- *   5. patch both volumes there in place with the blocks whose chunk id
- *      changed since step 2 (patch.ts): the downtime grows with what the
- *      guest changed, not with its size;
+ *   5. patch both volumes there in place with the blocks written since
+ *      step 2 (patch.ts; chunk ids alone would miss a block whose
+ *      uncommitted chunk was rewritten in place): the downtime grows with
+ *      what the guest changed, not with its size. The destination drops
+ *      the patched pages from its page cache before it answers;
  *   6. QMP migrate to the destination's listener, wait for completion;
  *   7. ask the destination to resume the guest and confirm it runs
  *      (POST .../finish): the commit point;
@@ -41,65 +48,15 @@
  * The pause then covers the RAM write-back, the patches' metadata and the
  * device state, not the chunks.
  *
- * Destination (IncomingVms): the three routes above, over the daemon's
- * VM supervisor (MovableVms) and store.
+ * The destination's side is vm-arrive.ts; what both ask of the VM runner,
+ * movable.ts.
  */
-import crypto from 'node:crypto';
-import fs from 'node:fs';
 import { BLOCK_SIZE, DormantError, HASH_SIZE, type Store } from '../blockstore/index.js';
-import { STAGING_SUFFIX } from './incoming.js';
 import { buildManifest } from './manifest.js';
 import { push, pushManifest, pushPatch } from './transfer.js';
 import { requestJson, type RemoteHost } from './remote.js';
-import type { LazyIncoming, LazySource } from './lazy.js';
 import type { LazyLeases } from './lazy-source.js';
-
-/** How a VM moves: copy (every chunk before it continues there) or lazy (chunks fetched there after). */
-export type MoveMode = 'copy' | 'lazy';
-
-/** What a VM migration needs of the VM runner (the daemon's supervisor implements it). */
-export interface MovableVms {
-  /** The VM's record (ENOENT when there is none). */
-  record(name: string): MovableRecord;
-  /** True when QEMU runs for the VM (running or paused). */
-  isRunning(name: string): boolean;
-  /** Records in the VM's record that it is being migrated to `to` (undefined: clears it); see src/vm's VmRecord.migration. */
-  markMigrating(name: string, to: string | undefined): void;
-  /** QMP stop: the vCPUs stop, QEMU flushes the disk. */
-  pause(name: string): Promise<void>;
-  /** QMP cont (after a pause or a failed migration). */
-  cont(name: string): Promise<void>;
-  /** Guest pages faulted in through the FUSE view since QEMU started (reads of its memory file). */
-  pagesIn(name: string): number;
-  /** Writes the guest's dirty RAM back into its memory volume. */
-  writeBack(name: string): Promise<void>;
-  /** Sends QEMU's device state to `uri` (x-ignore-shared set first); resolves with the stream's bytes once completed. */
-  migrateOut(name: string, uri: string, timeoutMs: number): Promise<{ bytes: number }>;
-  /** Writes a record received from another host (its volumes are here), marked as arriving from `from` until it runs. */
-  adopt(rec: MovableRecord, from: string): void;
-  /** Starts QEMU for a VM with `-incoming defer`, x-ignore-shared, listening on `uri` (tcp:HOST:PORT). */
-  startIncoming(name: string, uri: string): Promise<void>;
-  /** Waits until the incoming migration completed, resumes the guest, and confirms it runs; its status. */
-  finishIncoming(name: string, timeoutMs: number): Promise<{ hostPort?: number; state: string }>;
-  /** Stops QEMU at once (SIGKILL) if it runs; `reason` is shown in its status. */
-  kill(name: string, reason: string): Promise<void>;
-  /** After the destination took over: QEMU quits, and the VM, its record and (unless `keepVolumes`) its volumes go. */
-  release(name: string, reason: string, keepVolumes?: boolean): Promise<void>;
-  /** Removes a VM that does not run, with its record and volumes (an aborted incoming one). */
-  remove(name: string): Promise<void>;
-  /** The VM whose disk or memory volume `volume` is, if any. */
-  usedBy(volume: string): string | undefined;
-}
-
-/** The fields of a VM record a move needs (src/vm's VmRecord has them all). */
-export interface MovableRecord {
-  name: string;
-  disk: string;
-  memory: string;
-  kernel: string;
-  initrd: string;
-  image: string;
-}
+import { sha256File, STREAM_TIMEOUT_MS, type FinishAnswer, type IncomingRequest, type MoveMode, type MovableVms } from './movable.js';
 
 /** What `vm migrate --json` prints. */
 export interface VmMoveResult {
@@ -115,6 +72,8 @@ export interface VmMoveResult {
   deviceStateBytes: number;
   /** Where the downtime went: RAM write-back and flush, the patches, QEMU's device state, the resume there. */
   downtimePhasesMs: { writeBack: number; patch: number; deviceState: number; resume: number };
+  /** Guest pages read into the destination's page cache before the pause (those the guest touched since its last page-out). */
+  arrivalPages: number;
   /** Blocks sent as patches while the guest was paused, per volume. */
   patchedBlocks: Record<string, number>;
   /** Guest pages faulted in on the source while it moved (a paged-out VM's memory is read from the store, not faulted back). */
@@ -126,30 +85,21 @@ export interface VmMoveResult {
   seconds: number;
 }
 
-/** The answer to POST /v1/vms/<vm>/incoming/finish. */
-interface FinishAnswer {
-  hostPort?: number;
-  state: string;
-  /** Lazy mode: blocks still absent there per volume when the guest continued. */
-  lazyBlocks?: Record<string, number>;
-}
+/**
+ * Guest pages read in on the destination before the pause, at most: in
+ * copy mode from its own store (256 MiB); in lazy mode each is fetched
+ * from here first, and the point of lazy mode is to go on there before the
+ * chunks do (16 MiB: the device state's and a quiet guest's first needs).
+ */
+const ARRIVAL_PAGES_MAX = { copy: 65_536, lazy: 4_096 };
 
-/** Body of POST /v1/vms/<vm>/incoming. */
-interface IncomingRequest {
-  record: MovableRecord;
-  kernelSha256: string;
-  initrdSha256: string;
-  /** The source's name in the cluster on etcd, if it is in one (the VM's location moves from it at the commit point). */
-  fromHost?: string;
-  /** Lazy mode: where the absent chunks of the VM's volumes are (this request's sender, with a token for them). */
-  lazy?: LazySource;
-}
-
-/** The longest QEMU's device-state stream may take. */
-const STREAM_TIMEOUT_MS = 120_000;
-
-function sha256File(file: string): string {
-  return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+/** Asks `host` to read the pages VM `name` touched since its last page-out into its page cache; the pages read there. */
+async function sendArrivalPages(vms: MovableVms, name: string, host: RemoteHost, mode: MoveMode): Promise<number> {
+  const runs = await vms.touchedRuns(name, ARRIVAL_PAGES_MAX[mode]);
+  if (runs.length === 0) return 0;
+  const r = await requestJson<{ pages: number }>(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/prefetch`,
+    Buffer.from(JSON.stringify({ runs })));
+  return r.pages;
 }
 
 /** Moves running VM `name` to `host`; see the header. Lazy mode needs `leases` with this host's API URL. */
@@ -178,6 +128,8 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
   const sent = { disk: 0, memory: 0 };
   let committed = false;
   let paused = 0;
+  // Every block written from before the pre-copy on: what the patch sends.
+  const watches = { disk: store.watchWrites(rec.disk), memory: store.watchWrites(rec.memory) };
   try {
     // Pre-copy, while the guest runs: the volumes as the store holds them now, committed there under their names.
     await vms.writeBack(name);
@@ -213,7 +165,14 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
     } : request;
     const inc = await requestJson<{ uri: string }>(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming`,
       Buffer.from(JSON.stringify(handOver)));
-    log(`vm ${name}: migrating to ${host.url} (${mode}): pre-copied ${sent.disk + sent.memory} bytes, QEMU waits there; pausing`);
+    // The pages the guest uses now are read in there while it still runs here: loading its device state and its
+    // first moments there then find them in the page cache (src/pager/handover.ts). A failure only costs time.
+    const arrivalPages = await sendArrivalPages(vms, name, host, mode).catch((err: Error) => {
+      log(`vm ${name}: reading its pages in use in there: ${err.message}`);
+      return 0;
+    });
+    log(`vm ${name}: migrating to ${host.url} (${mode}): pre-copied ${sent.disk + sent.memory} bytes, QEMU waits there`
+      + ` with ${arrivalPages} pages in use read in; pausing`);
     await vms.pause(name);
     paused = performance.now();
     await vms.writeBack(name);
@@ -222,7 +181,7 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
     // What changed since the pre-copy, patched in place there.
     const patchedBlocks = { disk: 0, memory: 0 };
     await Promise.all(roles.map(async (role) => {
-      const p = await pushPatch(store, host, rec[role], before[role], undefined, lazy);
+      const p = await pushPatch(store, host, rec[role], before[role], watches[role].blocks(), undefined, lazy);
       sent[role] += p.bytesSent;
       patchedBlocks[role] = p.blocks;
     }));
@@ -245,7 +204,7 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
         writeBack: Math.round(wroteBack - paused), patch: Math.round(patched - wroteBack),
         deviceState: Math.round(streamed - patched), resume: Math.round(resumed - streamed),
       },
-      patchedBlocks, ...(fin.hostPort !== undefined ? { hostPort: fin.hostPort } : {}),
+      patchedBlocks, arrivalPages, ...(fin.hostPort !== undefined ? { hostPort: fin.hostPort } : {}),
       ...(lazy ? { lazy: { memoryBytesToFetch: (left[rec.memory] ?? 0) * BLOCK_SIZE, diskBytesToFetch: (left[rec.disk] ?? 0) * BLOCK_SIZE } } : {}),
       seconds: Math.round((performance.now() - t0) / 10) / 100,
     };
@@ -260,154 +219,8 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
     if (paused) await vms.cont(name);
     vms.markMigrating(name, undefined);
     throw err;
+  } finally {
+    watches.disk.close();
+    watches.memory.close();
   }
-}
-
-/** Incoming VM sessions older than this are aborted (their source is gone). */
-const INCOMING_TIMEOUT_MS = 10 * 60_000;
-
-/** The destination's side of VM migrations (the host API's /v1/vms/<vm>/incoming routes). */
-export class IncomingVms {
-  private readonly pending = new Map<string, NodeJS.Timeout>();
-  private readonly sources = new Map<string, string | undefined>();
-  /** Called once an incoming VM runs here (the cluster's location record moves), with the source's cluster name. */
-  onArrived?: (vm: string, fromHost: string | undefined) => Promise<unknown>;
-
-  constructor(private readonly store: Store, private readonly vms: MovableVms | undefined,
-    private readonly log: (line: string) => void = () => undefined,
-    /** Ends a push session receiving volume `name` (its staging volume stays). */
-    private readonly dropTransfer: (volume: string) => Promise<void> = async () => undefined,
-    /** The lazy volumes here (lazy mode); without it, a lazy hand-over is refused. */
-    private readonly lazy?: LazyIncoming) {}
-
-  private need(): MovableVms {
-    if (!this.vms) throw new DormantError('EINVAL', 'this host runs no VMs (its daemon has no --mount)');
-    return this.vms;
-  }
-
-  /**
-   * Checks that VM `name` (request `body`) can come here: no VM of that
-   * name, and its kernel files here with the same content; with `fresh`,
-   * none of its volumes either (before they are sent). Returns the request.
-   */
-  check(name: string, body: Buffer, fresh = true): IncomingRequest {
-    const vms = this.need();
-    const req = parseIncoming(name, body);
-    let exists = true;
-    try { vms.record(name); } catch { exists = false; }
-    if (exists && !this.pending.has(name)) throw new DormantError('EEXIST', `a VM named '${name}' already exists on this host`);
-    for (const v of [req.record.disk, req.record.memory]) {
-      if (fresh && !this.pending.has(name) && this.store.describe(v)) {
-        throw new DormantError('EEXIST', `volume '${v}' of VM '${name}' already exists on this host (remove it, or migrate under another name)`);
-      }
-    }
-    const { kernel, initrd } = req.record;
-    if (!fs.existsSync(kernel) || !fs.existsSync(initrd) || sha256File(kernel) !== req.kernelSha256 || sha256File(initrd) !== req.initrdSha256) {
-      throw new DormantError('ENOENT', `the kernel of image '${req.record.image}' is not on this host with the same content: `
-        + `build the image here too (dormant image build-test-guest ${req.record.image})`);
-    }
-    return req;
-  }
-
-  /**
-   * Adopts the VM's record (its volumes arrived), starts QEMU waiting for
-   * the device state on `address`:`port` (the address the source reached
-   * this host's API on); the URI to send it to.
-   */
-  async begin(name: string, body: Buffer, address: string, port: number, from = 'another host'): Promise<{ uri: string }> {
-    const vms = this.need();
-    const req = this.check(name, body, false);
-    for (const v of [req.record.disk, req.record.memory]) {
-      if (!this.store.describe(v)) throw new DormantError('ENOENT', `volume '${v}' of VM '${name}' has not arrived: push it first`);
-    }
-    if (req.lazy && !this.lazy) throw new DormantError('EINVAL', 'this host cannot take a VM lazily (its daemon has no VM runner)');
-    vms.adopt({ ...req.record, wanted: false } as MovableRecord, from);
-    // Before QEMU starts: loading the device state reads guest RAM (virtio rings), which may be absent here.
-    if (req.lazy) this.lazy!.attach(name, [req.record.disk, req.record.memory], req.lazy);
-    const host = address.includes(':') ? `[${address}]` : address;
-    const uri = `tcp:${host}:${port}`;
-    const t = setTimeout(() => { void this.abort(name).catch(() => undefined); }, INCOMING_TIMEOUT_MS);
-    t.unref();
-    this.pending.set(name, t);
-    this.sources.set(name, req.fromHost);
-    try {
-      await vms.startIncoming(name, uri);
-    } catch (err) {
-      await this.abort(name).catch(() => undefined);
-      throw err;
-    }
-    this.log(`vm ${name}: incoming from another host, QEMU waits on ${uri}`);
-    return { uri };
-  }
-
-  /**
-   * The device state arrived: resume the guest here; its status. A VM
-   * arriving lazily (its volumes' absent blocks fetched from the source
-   * since `begin`) starts its background copy once it runs.
-   */
-  async finish(name: string): Promise<FinishAnswer> {
-    const vms = this.need();
-    if (!this.pending.has(name)) throw new DormantError('ENOENT', `no incoming VM '${name}' here`);
-    const st = await vms.finishIncoming(name, STREAM_TIMEOUT_MS);
-    const lazyBlocks = this.lazy?.start(name);
-    clearTimeout(this.pending.get(name));
-    this.pending.delete(name);
-    const fromHost = this.sources.get(name);
-    this.sources.delete(name);
-    // The VM runs here: its location in the cluster moves with it (a failure there does not undo the move).
-    await this.onArrived?.(name, fromHost).catch((err: Error) => this.log(`vm ${name}: cluster location: ${err.message}`));
-    this.log(`vm ${name}: arrived, running (port ${st.hostPort})${lazyBlocks
-      ? `; ${Object.values(lazyBlocks).reduce((a, n) => a + n, 0)} absent blocks to copy in the background` : ''}`);
-    return { ...st, ...(lazyBlocks ? { lazyBlocks } : {}) };
-  }
-
-  /**
-   * The source gave up before the commit point: QEMU goes, and the VM with
-   * the volumes it received (`volumes`: those the source pushed, which
-   * `check` saw absent; removed when no VM here uses them).
-   */
-  async abort(name: string, volumes: string[] = []): Promise<{ aborted: boolean }> {
-    const vms = this.need();
-    const t = this.pending.get(name);
-    if (t !== undefined) {
-      clearTimeout(t);
-      this.pending.delete(name);
-      this.sources.delete(name);
-      await vms.kill(name, 'incoming migration aborted');
-      await vms.remove(name);
-    }
-    const removed: string[] = [];
-    for (const v of volumes) await this.dropTransfer(v);
-    for (const v of volumes) await this.lazy?.forget(v);
-    for (const v of volumes.flatMap((x) => [x, `${x}${STAGING_SUFFIX}`])) {
-      if (!this.store.describe(v) || vms.usedBy(v)) continue;
-      await this.store.remove(v).then(() => removed.push(v), (e: Error) => this.log(`vm ${name}: abort: cannot remove ${v}: ${e.message}`));
-    }
-    this.log(`vm ${name}: incoming migration aborted; removed here: ${[...(t !== undefined ? ['the VM'] : []), ...removed].join(', ') || 'nothing'}`);
-    return { aborted: t !== undefined || removed.length > 0 };
-  }
-
-  /** Aborts every pending incoming VM (daemon stop). */
-  async close(): Promise<void> {
-    for (const name of [...this.pending.keys()]) await this.abort(name).catch(() => undefined);
-  }
-}
-
-function parseIncoming(name: string, body: Buffer): IncomingRequest {
-  let req: IncomingRequest;
-  try {
-    req = JSON.parse(body.toString('utf8')) as IncomingRequest;
-  } catch {
-    throw new DormantError('EINVAL', 'an incoming VM request is JSON: {record, kernelSha256, initrdSha256}');
-  }
-  const r = req?.record;
-  if (!r || typeof r !== 'object' || r.name !== name || typeof r.disk !== 'string' || typeof r.memory !== 'string'
-    || typeof r.kernel !== 'string' || typeof r.initrd !== 'string' || typeof r.image !== 'string'
-    || typeof req.kernelSha256 !== 'string' || typeof req.initrdSha256 !== 'string'
-    || (req.fromHost !== undefined && typeof req.fromHost !== 'string')
-    || (req.lazy !== undefined && (typeof req.lazy?.url !== 'string' || typeof req.lazy.token !== 'string'
-      || (req.lazy.ca !== undefined && typeof req.lazy.ca !== 'string')))) {
-    throw new DormantError('EINVAL', `an incoming VM request names VM '${name}' with its record (disk, memory, kernel, initrd, image) and kernel hashes`);
-  }
-  return req;
 }

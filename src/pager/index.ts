@@ -12,8 +12,9 @@ export {
 export { IdlePredictor, learnPeriod, predictorOptions, threadPolicy, BUSY_CPU_SHARE, type PredictorOptions } from './idleness.js';
 export { MemoryIo, VolumeIo, EVENT_CLASSES, type MemoryCounters, type EventClass } from './faults.js';
 export { sharingReport, type SharingReport, type VmSharing, type SharedVm } from './sharing.js';
-export { readWorkingSet, recordedWorkingSetBytes, type WorkingSet } from './working-set.js';
+export { readWorkingSet, recordedWorkingSetBytes, pageRuns, type WorkingSet } from './working-set.js';
 export {
   residentMemory, parseSmaps, qemuMemory, parseQemuMemory, swapBytes, type Resident, type QemuMemory,
 } from './process-memory.js';
 export { SwapFile } from './swap.js';
+export { touchedPages, readInArrival, dropPatched } from './handover.js';

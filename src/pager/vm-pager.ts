@@ -107,8 +107,8 @@ export interface PageoutReport extends PageoutResult {
 /** What `vm prefetch` (or a prefetch ahead of an event) did. */
 export interface PrefetchReport extends PrefetchResult {
   at: string;
-  /** What was prefetched: the whole last epoch, or one event class's set. */
-  set: 'epoch' | 'network' | 'timer';
+  /** What was prefetched: the whole last epoch, one event class's set, or what a VM arriving from another host touched there. */
+  set: 'epoch' | 'network' | 'timer' | 'arrival';
   residentBefore: number;
   cachedBefore: number;
   cachedAfter: number;
@@ -287,8 +287,8 @@ export class VmPager {
     return this.prefetchSet('epoch', recentPages(ws));
   }
 
-  /** Prefetches `pages`; `onRead` is called as soon as they are read in, before the memory figures of the report. */
-  private prefetchSet(set: PrefetchReport['set'], pages: number[], onRead?: () => void): Promise<PrefetchReport> {
+  /** Prefetches `pages` (sorted), as set `set`; `onRead` is called as soon as they are read in, before the memory figures of the report. */
+  prefetchSet(set: PrefetchReport['set'], pages: number[], onRead?: () => void): Promise<PrefetchReport> {
     return this.exclusive('prefetch', 'prefetch', async () => {
       const { name, pid } = this.vm;
       // A connection waits for this prefetch (onRead): its memory figures are taken alongside, not first.
@@ -556,9 +556,6 @@ export class VmPager {
     return this.mem.close();
   }
 }
-
-
-
 
 /** Of `pages` (sorted), the `n` hottest by `ws`'s heat, sorted. */
 function hottestOf(ws: WorkingSet | undefined, pages: number[], n: number): number[] {

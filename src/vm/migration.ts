@@ -17,6 +17,7 @@
  */
 import net from 'node:net';
 import { DormantError, isDormantError, type Store } from '../blockstore/index.js';
+import { pageRuns } from '../pager/index.js';
 import type { VmSupervisor } from './supervisor.js';
 import { listVms, readVm, removeVm, setMigration, vmUsing, writeVm, type VmRecord } from './vm-record.js';
 
@@ -55,6 +56,14 @@ export class VmMoves {
 
   writeBack(name: string): Promise<void> {
     return this.vms.writeBack(name);
+  }
+
+  async touchedRuns(name: string, max: number): Promise<Array<[number, number]>> {
+    return pageRuns(await this.vms.touchedPages(name, max));
+  }
+
+  async readInArrival(name: string, runs: Array<[number, number]>): Promise<number> {
+    return this.vms.readInArrival(name, runs.flatMap(([first, count]) => Array.from({ length: count }, (_, i) => first + i)));
   }
 
   async migrateOut(name: string, uri: string, timeoutMs: number): Promise<{ bytes: number }> {

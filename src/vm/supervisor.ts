@@ -28,7 +28,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { DormantError, asError, asWarn, type LogFn } from '../blockstore/index.js';
-import { MemoryIo, Pager, type PageoutReport, type PrefetchReport, type VmPager } from '../pager/index.js';
+import { MemoryIo, Pager, dropPatched, readInArrival, touchedPages, type PageoutReport, type PrefetchReport, type VmPager } from '../pager/index.js';
 import { PortProxy } from './port-proxy.js';
 import { freePort, keepFuseDeviceFromChildren, QEMU_BINARY, qemuArgs } from './qemu.js';
 import { QmpClient } from './qmp.js';
@@ -386,6 +386,22 @@ export class VmSupervisor {
   /** Guest pages VM `name` faulted in through the FUSE view since its QEMU started (0 when it does not run). */
   pagesIn(name: string): number {
     return this.vms.get(name)?.io.counters.pagesIn ?? 0;
+  }
+
+  /** Guest pages VM `name` touched since its last page-out, sorted, at most `max` (src/pager/handover.ts). */
+  touchedPages(name: string, max: number): Promise<number[]> {
+    return touchedPages(this.running(name, 'read the pages of'), max);
+  }
+
+  /** Reads `pages` of VM `name` (arriving from another host) into the page cache; pages read. */
+  async readInArrival(name: string, pages: number[]): Promise<number> {
+    return (await readInArrival(this.running(name, 'read in the memory of'), pages)).cachedPages;
+  }
+
+  /** A patch rewrote `pages` of memory volume `volume`: out of the page cache of the VM running on it here, if any. */
+  async dropPatched(volume: string, pages: number[]): Promise<void> {
+    const vm = [...this.vms.values()].find((v) => v.rec.memory === volume && v.pager && v.state === 'running' && !v.gone);
+    if (vm) await dropPatched(vm.pager!, pages);
   }
 
   /** Writes VM `name`'s dirty guest RAM back into its memory volume (EINVAL when it does not run). */

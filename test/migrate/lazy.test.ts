@@ -246,6 +246,9 @@ describe('vm migrate --mode lazy', () => {
     // Before the guest went on there: manifests, patches' hashes and the device state, no chunk.
     expect(r.memoryBytesSent).toBeLessThan(2 * 2 ** 20);
     expect(r.lazy.memoryBytesToFetch).toBeGreaterThan(8 * 2 ** 20);
+    // Of the pages the guest was using, at most 16 MiB were fetched and read in there before the pause.
+    expect(r.arrivalPages).toBeGreaterThan(0);
+    expect(r.arrivalPages).toBeLessThanOrEqual(4096);
     // The source's QEMU and record are gone at once; its volumes stay for the copy.
     expectFailure(dormant(['vm', 'status', 'z1'], { store: a.store }), /unknown VM 'z1'/);
 

@@ -5,7 +5,8 @@
  * killed in the middle of a migration. A migrated VM keeps its identity:
  * the same hostname page, its uptime goes on (no reboot), its disk counter
  * goes on, and it answers HTTP on the port the destination gives it; the
- * source holds nothing of it afterwards. A paged-out VM migrates without
+ * source holds nothing of it afterwards; the pages its guest was using were
+ * read into the destination's page cache before the pause. A paged-out VM migrates without
  * faulting its memory back in. A destination that dies before the commit
  * point leaves the VM running on the source, and a retry succeeds.
  *
@@ -97,6 +98,9 @@ describe('vm migrate --mode copy', () => {
     expect(r.diskBytesSent).toBeLessThan(8 * 2 ** 20);
     expect(r.deviceStateBytes).toBeLessThan(16 * 2 ** 20);
     expect(r.bytesSent).toBeLessThan(256 * 2 ** 20 + 64 * 2 ** 20);
+    // The pages the guest was using were read in there before the pause (src/pager/handover.ts).
+    expect(r.arrivalPages).toBeGreaterThan(0);
+    expect(b.daemon.stderr()).toMatch(new RegExp(`vm m1: prefetched ${r.arrivalPages}/\\d+ pages of its arrival set`));
     const after = vmStatus(b.store, 'm1');
     qemuPids.add(after.pid!);
     expect(after.state).toMatch(/^(running|booting)$/);
