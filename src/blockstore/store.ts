@@ -439,9 +439,10 @@ export class Store implements VolumeHost {
    * rewrites in place, zeroes): what a migration's patch sends. Chunk ids
    * alone cannot tell: an uncommitted chunk rewritten in place keeps its id.
    * `blocks()` gives them sorted (EBUSY when the volume's lineage changed
-   * meanwhile: it was removed and made again); `close()` ends the watch.
+   * meanwhile: it was removed and made again), `count()` how many;
+   * `close()` ends the watch.
    */
-  watchWrites(name: string): { blocks(): number[]; close(): void } {
+  watchWrites(name: string): { blocks(): number[]; count(): number; close(): void } {
     this.live();
     const lineage = this.engine.target(name).point.lineage;
     const into = new Set<number>();
@@ -453,6 +454,7 @@ export class Store implements VolumeHost {
         }
         return [...into].sort((a, b) => a - b);
       },
+      count: () => into.size,
       close: () => this.writeback.unwatch(lineage, into),
     };
   }

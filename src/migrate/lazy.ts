@@ -50,6 +50,8 @@ const CHECKPOINT_MS = 2000;
 const MAX_BACKOFF_MS = 30_000;
 /** A read waits at most this long for its chunks (the guest is stalled meanwhile). */
 const DEMAND_TIMEOUT_MS = 10_000;
+/** Connection errors after which a read asks its source again (until DEMAND_TIMEOUT_MS). */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ECONNABORTED', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH']);
 const BACKGROUND_TIMEOUT_MS = 60_000;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -114,9 +116,23 @@ class HostChunks implements ChunkSource {
 
   get where(): string { return this.host.url; }
 
+  /**
+   * A read's fetch (`urgent`) waits up to DEMAND_TIMEOUT_MS in all, asking
+   * again while the source cannot be reached (its daemon restarting), so a
+   * source back within that time costs the guest a stall, not an EIO.
+   */
   async fetch(hashes: Buffer, urgent: boolean): Promise<Buffer> {
-    return (await request(this.host, 'POST', '/v1/chunks/fetch', hashes,
-      { timeoutMs: urgent ? DEMAND_TIMEOUT_MS : BACKGROUND_TIMEOUT_MS })).body;
+    if (!urgent) return (await request(this.host, 'POST', '/v1/chunks/fetch', hashes, { timeoutMs: BACKGROUND_TIMEOUT_MS })).body;
+    const deadline = Date.now() + DEMAND_TIMEOUT_MS;
+    for (let wait = 100; ; wait = Math.min(1000, wait * 2)) {
+      try {
+        return (await request(this.host, 'POST', '/v1/chunks/fetch', hashes, { timeoutMs: Math.max(1, deadline - Date.now()) })).body;
+      } catch (err) {
+        const code = ((err as Error).cause as NodeJS.ErrnoException | undefined)?.code;
+        if (code === undefined || !UNREACHABLE.has(code) || Date.now() + wait >= deadline) throw err;
+        await sleep(wait);
+      }
+    }
   }
 }
 

@@ -69,17 +69,9 @@ export function decodePatch(buf: Buffer): Patch {
   return { header, blocks, list: { hashes, holes, blocks: header.count } };
 }
 
-/**
- * The changed blocks of `name` as a patch: those written since it was sent
- * (`written`, sorted: Store.watchWrites) and those whose chunk could not
- * be sent (-1 in `before`, its chunk ids when it was sent).
- */
-export async function buildPatch(store: Store, name: string, before: Float64Array, written: readonly number[]): Promise<{ wire: Buffer; count: number }> {
+/** Blocks `blocks` (sorted) of `name`, as it reads now, as a patch. */
+export async function buildPatch(store: Store, name: string, blocks: readonly number[]): Promise<{ wire: Buffer; count: number }> {
   const size = store.describe(name)!.size;
-  if (Math.ceil(size / BLOCK_SIZE) !== before.length) throw new DormantError('EBUSY', `'${name}' changed size while it was sent`);
-  const unsent: number[] = [];
-  for (let b = 0; b < before.length; b++) if (before[b] === -1) unsent.push(b);
-  const blocks = unsent.length === 0 ? [...written] : [...new Set([...written, ...unsent])].sort((x, y) => x - y);
   const list = await store.chunkHashes(store.chunkIdsOf(name, blocks));
   return { wire: encodePatch(name, size, blocks, list), count: blocks.length };
 }

@@ -120,14 +120,13 @@ export async function push(store: Store, host: RemoteHost, name: string, as?: st
 }
 
 /**
- * Sends the blocks of `name` written since it was pushed (`written`) or
- * not sent then (-1 in `before`, its chunk ids at the push) as a patch
+ * Sends blocks `blocks` (sorted) of `name` as they read now as a patch
  * (patch.ts) applied in place on `host`; the patched volume must be there,
- * as that push left it.
+ * as an earlier push or patch left it.
  */
-export async function pushPatch(store: Store, host: RemoteHost, name: string, before: Float64Array, written: readonly number[],
+export async function pushPatch(store: Store, host: RemoteHost, name: string, blocks: readonly number[],
   progress?: ProgressFn, lazy = false): Promise<{ bytesSent: number; blocks: number; chunksSent: number; absent: number }> {
-  const { wire, count } = await buildPatch(store, name, before, written);
+  const { wire, count } = await buildPatch(store, name, blocks);
   const begin = await requestJson<ReceiveBegin>(host, 'POST', '/v1/patch', wire);
   // Lazy: the chunks it lacks are not sent: it fetches them when they are read.
   const sent = begin.needed > 0 && !lazy ? await sendChunks(store, host, begin.id, name, progress, false) : { bytes: 0, chunks: 0 };

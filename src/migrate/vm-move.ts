@@ -72,6 +72,8 @@ export interface VmMoveResult {
   deviceStateBytes: number;
   /** Where the downtime went: RAM write-back and flush, the patches, QEMU's device state, the resume there. */
   downtimePhasesMs: { writeBack: number; patch: number; deviceState: number; resume: number };
+  /** Blocks each pre-copy round after the first push sent (what the guest wrote during the round before), in order. */
+  precopyRounds: number[];
   /** Guest pages read into the destination's page cache before the pause (those the guest touched since its last page-out). */
   arrivalPages: number;
   /** Blocks sent as patches while the guest was paused, per volume. */
@@ -84,6 +86,11 @@ export interface VmMoveResult {
   lazy?: { memoryBytesToFetch: number; diskBytesToFetch: number };
   seconds: number;
 }
+
+/** Patch rounds while the guest runs, at most, after the first push (a guest that writes faster than they send never converges). */
+const PRECOPY_ROUNDS = 4;
+/** Rounds stop once one sent this few blocks: the pause's patch will be about as small. */
+const PAUSED_PATCH_BLOCKS = 256;
 
 /**
  * Guest pages read in on the destination before the pause, at most: in
@@ -128,30 +135,51 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
   const sent = { disk: 0, memory: 0 };
   let committed = false;
   let paused = 0;
-  // Every block written from before the pre-copy on: what the patch sends.
-  const watches = { disk: store.watchWrites(rec.disk), memory: store.watchWrites(rec.memory) };
+  // Every block written from before the pre-copy on: what the patches send (renewed at each patch).
+  let watches = { disk: store.watchWrites(rec.disk), memory: store.watchWrites(rec.memory) };
+  // Blocks whose chunk the push could not send (rewritten meanwhile): the first patch sends them.
+  const unsent: Record<'disk' | 'memory', number[]> = { disk: [], memory: [] };
+  let wroteBack = 0;
+  /** Writes the RAM back and sends what was written since the last push or patch; per volume, the blocks sent. */
+  const patchRound = async (): Promise<Record<'disk' | 'memory', number>> => {
+    const taken = watches;
+    watches = { disk: store.watchWrites(rec.disk), memory: store.watchWrites(rec.memory) };
+    try {
+      await vms.writeBack(name);
+      await store.flush();
+      wroteBack = performance.now();
+      const counts = { disk: 0, memory: 0 };
+      await Promise.all(roles.map(async (role) => {
+        const blocks = unsent[role].length === 0 ? taken[role].blocks()
+          : [...new Set([...taken[role].blocks(), ...unsent[role]])].sort((x, y) => x - y);
+        unsent[role] = [];
+        const p = await pushPatch(store, host, rec[role], blocks, undefined, lazy);
+        sent[role] += p.bytesSent;
+        counts[role] = p.blocks;
+      }));
+      return counts;
+    } finally {
+      taken.disk.close();
+      taken.memory.close();
+    }
+  };
   try {
     // Pre-copy, while the guest runs: the volumes as the store holds them now, committed there under their names.
     await vms.writeBack(name);
     await store.flush();
-    const before: Record<'disk' | 'memory', Float64Array> = { disk: new Float64Array(0), memory: new Float64Array(0) };
     for (const role of roles) {
       const m = await buildManifest(store, rec[role]);
       if (lazy) {
         // Lazy: the manifest only; the destination marks what it lacks absent.
         const r = await pushManifest(host, m);
         sent[role] += r.bytesSent;
-        before[role] = m.ids!;
         continue;
       }
       const r = await push(store, host, rec[role], undefined, progress, { manifest: m, partial: true });
       sent[role] += r.bytesSent;
-      // Blocks whose chunk could not be sent (rewritten meanwhile) count as changed: the patch sends them.
-      const ids = m.ids!;
-      for (let b = 0; r.missing?.size && b < ids.length; b++) {
-        if (ids[b] !== 0 && r.missing.has(m.hashes.toString('hex', b * HASH_SIZE, (b + 1) * HASH_SIZE))) ids[b] = -1;
+      for (let b = 0; r.missing?.size && b < m.header.blocks; b++) {
+        if (r.missing.has(m.hashes.toString('hex', b * HASH_SIZE, (b + 1) * HASH_SIZE))) unsent[role].push(b);
       }
-      before[role] = ids;
     }
     // The destination starts QEMU now, waiting for the device state: its start is not downtime.
     // Lazy: the destination fetches what it lacks from here (QEMU reads guest RAM as soon as the device state loads),
@@ -171,20 +199,20 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
       log(`vm ${name}: reading its pages in use in there: ${err.message}`);
       return 0;
     });
-    log(`vm ${name}: migrating to ${host.url} (${mode}): pre-copied ${sent.disk + sent.memory} bytes, QEMU waits there`
-      + ` with ${arrivalPages} pages in use read in; pausing`);
+    // More rounds while the guest runs, each sending what it wrote during the last (shorter each time while the
+    // guest writes slower than they send): the patch during the pause carries only the last round's writes.
+    const rounds: number[] = [];
+    for (let last = Infinity; rounds.length < PRECOPY_ROUNDS && last > PAUSED_PATCH_BLOCKS;) {
+      const c = await patchRound();
+      last = c.disk + c.memory;
+      rounds.push(last);
+    }
+    log(`vm ${name}: migrating to ${host.url} (${mode}): pre-copied ${sent.disk + sent.memory} bytes (then ${rounds.join(', ')} `
+      + `blocks written meanwhile), QEMU waits there with ${arrivalPages} pages in use read in; pausing`);
     await vms.pause(name);
     paused = performance.now();
-    await vms.writeBack(name);
-    await store.flush();
-    const wroteBack = performance.now();
-    // What changed since the pre-copy, patched in place there.
-    const patchedBlocks = { disk: 0, memory: 0 };
-    await Promise.all(roles.map(async (role) => {
-      const p = await pushPatch(store, host, rec[role], before[role], watches[role].blocks(), undefined, lazy);
-      sent[role] += p.bytesSent;
-      patchedBlocks[role] = p.blocks;
-    }));
+    // What changed since, patched in place there (the write-back is its first step).
+    const patchedBlocks = await patchRound();
     log(`vm ${name}: patched ${patchedBlocks.disk} disk and ${patchedBlocks.memory} memory blocks there; sending QEMU's device state`);
     const patched = performance.now();
     const stream = await vms.migrateOut(name, inc.uri, STREAM_TIMEOUT_MS);
@@ -204,7 +232,7 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
         writeBack: Math.round(wroteBack - paused), patch: Math.round(patched - wroteBack),
         deviceState: Math.round(streamed - patched), resume: Math.round(resumed - streamed),
       },
-      patchedBlocks, arrivalPages, ...(fin.hostPort !== undefined ? { hostPort: fin.hostPort } : {}),
+      patchedBlocks, precopyRounds: rounds, arrivalPages, ...(fin.hostPort !== undefined ? { hostPort: fin.hostPort } : {}),
       ...(lazy ? { lazy: { memoryBytesToFetch: (left[rec.memory] ?? 0) * BLOCK_SIZE, diskBytesToFetch: (left[rec.disk] ?? 0) * BLOCK_SIZE } } : {}),
       seconds: Math.round((performance.now() - t0) / 10) / 100,
     };

@@ -211,10 +211,26 @@ export class VmPager {
   /** The page-out or prefetch in progress (settles when it ends), and whether a connection asked the page-out to stop. */
   private running?: Promise<void>;
   private stopPageout = false;
+  /** The working set as last read or folded (`workingSet`). */
+  private recorded?: { ws: WorkingSet | undefined };
 
   constructor(readonly vm: PagedVm, readonly io: VolumeIo, readonly mem: GuestMemory, predictor: PredictorOptions,
     private readonly log: LogFn) {
     this.predictor = new IdlePredictor(predictor);
+  }
+
+  /**
+   * The recorded working set: read from its file once (an unreadable one
+   * counts as none), then kept as each page-out folds it; this pager is
+   * its only writer while the VM runs.
+   */
+  private workingSet(): WorkingSet | undefined {
+    if (!this.recorded) {
+      let ws: WorkingSet | undefined;
+      try { ws = readWorkingSet(this.vm.workingSetFile); } catch { ws = undefined; }
+      this.recorded = { ws };
+    }
+    return this.recorded.ws;
   }
 
   /** Runs `fn` as this VM's one page-out or prefetch (EBUSY when one runs). */
@@ -249,8 +265,9 @@ export class VmPager {
         keepOnly(touched, mapped);
         for (const e of classEpochs.values()) keepOnly(e.touched, mapped);
       }
-      const prev = readWorkingSet(workingSetFile);
+      const prev = this.workingSet();
       const ws = foldClasses(foldEpoch(prev, touched), classEpochs, prev);
+      this.recorded = { ws };
       writeWorkingSet(workingSetFile, ws);
       const keep = automatic
         ? hottestOf(ws.classes?.get('timer'), classPages(ws, 'timer'), Math.floor(mem.pages * MAX_KEEP_SHARE))
@@ -280,7 +297,7 @@ export class VmPager {
 
   /** Brings the pages of the last epoch back into memory ahead of need. */
   prefetch(): Promise<PrefetchReport> {
-    const ws = readWorkingSet(this.vm.workingSetFile);
+    const ws = this.workingSet();
     if (!ws) {
       throw new DormantError('EINVAL', `cannot prefetch VM '${this.vm.name}': no working set recorded yet (one is recorded at each vm pageout)`);
     }
@@ -334,7 +351,7 @@ export class VmPager {
     this.io.countEvent('network');
     // The network set, and the timer set beside it: an automatic page-out kept the timer set resident, so a
     // request's faults never showed the pages of it that the request needs too (mostly cached: cheap to read).
-    const ws = readWorkingSetSafe(this.vm.workingSetFile);
+    const ws = this.workingSet();
     const network = classPages(ws, 'network');
     const pages = network.length > 0 ? unionSorted(network, classPages(ws, 'timer')) : [];
     const wake: WakeReport = { at: new Date(started).toISOString(), prefetchPages: 0, heldMs: 0 };
@@ -448,7 +465,7 @@ export class VmPager {
     const next = this.wakes[this.wakes.length - 1] + this.timerPeriodMs;
     if (now < next - WAKE_LEAD_MS || now > next || this.wakePrefetchedFor === next) return;
     this.wakePrefetchedFor = next;
-    const pages = classPages(readWorkingSetSafe(this.vm.workingSetFile), 'timer');
+    const pages = classPages(this.workingSet(), 'timer');
     if (pages.length === 0) return;
     const cached = await this.mem.cached().catch(() => undefined);
     if (cached && pages.every((p) => cached[p])) return;
@@ -489,7 +506,7 @@ export class VmPager {
     const next = this.nextArrival();
     if (next === undefined || this.busy || now < next - ARRIVAL_LEAD_MS || now > next || this.arrivalPrefetchedFor === next) return;
     this.arrivalPrefetchedFor = next;
-    const pages = classPages(readWorkingSetSafe(this.vm.workingSetFile), 'network');
+    const pages = classPages(this.workingSet(), 'network');
     if (pages.length === 0) return;
     await this.prefetchSet('network', pages).catch((err: Error) => this.log(`vm ${this.vm.name}: network prefetch ahead of a connection: ${err.message}`,
       asWarn({ vm: this.vm.name, err: err.message })));
@@ -525,7 +542,7 @@ export class VmPager {
 
   /** What `vm status` shows of the pager. */
   status(): PagerStatus {
-    const ws = readWorkingSetSafe(this.vm.workingSetFile);
+    const ws = this.workingSet();
     return {
       activity: this.activity, pagedOut: this.pagedOut,
       idleTimeoutSeconds: this.predictor.timeoutSeconds(), quietSeconds: Math.round(this.predictor.quietSeconds),
@@ -563,9 +580,6 @@ function hottestOf(ws: WorkingSet | undefined, pages: number[], n: number): numb
   return hottest(ws, n);
 }
 
-function readWorkingSetSafe(file: string) {
-  try { return readWorkingSet(file); } catch { return undefined; }
-}
 
 const count = (bitmap: Uint8Array): number => {
   let n = 0;

@@ -15,7 +15,11 @@
  * machine (`serve --mount --api`, one guest): the VM answers HTTP on the
  * destination with its uptime and disk counter going on, the destination
  * fetched chunks on demand and completed its background copy (vm status
- * there), and the source released the volumes it kept for it.
+ * there), and the source released the volumes it kept for it. A source
+ * daemon SIGKILLed during the background copy and started again: the
+ * destination's copy stalls and goes on when the source is back (its
+ * lease survives on disk), the guest runs on with its state, and the
+ * source lets go of the volumes at the end.
  *
  * Every QEMU pid seen is SIGKILLed at the end, the daemons stopped, the
  * mounts lazily unmounted and temp dirs removed.
@@ -31,7 +35,7 @@ import { LazyIncoming } from '../../src/migrate/index.js';
 import { freePort } from '../../src/vm/index.js';
 import { dormant, dormantAsync, dormantJson, expectFailure, expectOk } from '../helpers/cli.js';
 import { CACHE, diskCounter, sleep, startVmDaemon, vmStatus, waitHttp } from '../helpers/guest.js';
-import { cleanupMounts, type MountDaemon } from '../helpers/mount-daemon.js';
+import { cleanupMounts, startDaemon, type MountDaemon } from '../helpers/mount-daemon.js';
 import { withStore } from '../helpers/store.js';
 import { TempDirs } from '../helpers/tmp.js';
 
@@ -281,5 +285,54 @@ describe('vm migrate --mode lazy', () => {
     const home = vmStatus(a.store, 'z1');
     qemuPids.add(home.pid!);
     expect(await diskCounter(a.store, 'z1')).toBe(counter + 3);
+  }, 600_000);
+
+  it('a source daemon killed during the background copy and started again: the copy stalls, goes on, completes; the VM runs on', async () => {
+    const dir = tmp.make('lazy-restart');
+    const tokenFile = path.join(dir, 'token');
+    fs.writeFileSync(tokenFile, 'lazy-test-token-0123456789abcdef\n', { mode: 0o600 });
+    const serve = (port: number) => ['--no-auto-page', '--api', `127.0.0.1:${port}`, '--api-token-file', tokenFile];
+    const [portA, portB] = [await freePort(), await freePort()];
+    const a = await startVmDaemon(tmp, 'lazy-ra', serve(portA));
+    daemons.push(a.daemon);
+    const b = await startVmDaemon(tmp, 'lazy-rb', serve(portB));
+    daemons.push(b.daemon);
+    // 800 MiB of memory unlike anything on the destination: seconds of background copy to cut into.
+    expectOk(dormant(['vm', 'create', 'z2', '--from', 'golden@base', '--memory', '1G', '--ballast', '800M', '--ballast-shared', '0%',
+      '--cache-dir', CACHE], { store: a.store }));
+    expectOk(dormant(['vm', 'start', 'z2'], { store: a.store }));
+    const before = vmStatus(a.store, 'z2');
+    qemuPids.add(before.pid!);
+    await waitHttp(a.store, 'z2', before.hostPort!);
+    const counter = await diskCounter(a.store, 'z2');
+    const up = await guestUptime(before.hostPort!);
+    expectOk(await dormantAsync(['vm', 'migrate', 'z2', '--to', `http://127.0.0.1:${portB}`, '--mode', 'lazy', '--token-file', tokenFile,
+      '--json'], { store: a.store }, 300_000));
+    const there = vmStatus(b.store, 'z2');
+    qemuPids.add(there.pid!);
+    type Lazy = { state: string; blocksLeft: number; lastError?: string };
+    const lazy = () => dormantJson<{ lazyCopy: Lazy }>(['vm', 'status', 'z2'], { store: b.store }).lazyCopy;
+    const left = lazy().blocksLeft;
+    expect(left).toBeGreaterThan(1000);
+    a.daemon.child.kill('SIGKILL');
+    await a.daemon.exited;
+    let l = lazy();
+    for (let i = 0; i < 100 && l.state !== 'stalled'; i++) { await sleep(100); l = lazy(); }
+    expect(l.state).toBe('stalled');
+    expect(l.blocksLeft).toBeGreaterThan(0);
+    // The source comes back on the same address, with the lease it wrote before the hand-over.
+    const again = await startDaemon(a.store, a.mnt, ['serve', '--no-tcp', '--mount', a.mnt, ...serve(portA)], /FUSE on /);
+    daemons.push(again);
+    for (let i = 0; i < 900 && l.state !== 'complete'; i++) { await sleep(200); l = lazy(); }
+    expect(l).toMatchObject({ state: 'complete', blocksLeft: 0 });
+    expect(b.daemon.stderr()).toMatch(/vm z2: lazy copy stalled/);
+    expect(b.daemon.stderr()).toMatch(/vm z2: http:\/\/127\.0\.0\.1:\d+ answers again: the lazy copy goes on/);
+    await waitHttp(b.store, 'z2', there.hostPort!, 60_000);
+    expect(vmStatus(b.store, 'z2').pid).toBe(there.pid);
+    expect(await guestUptime(there.hostPort!)).toBeGreaterThan(up);
+    expect(await diskCounter(b.store, 'z2')).toBe(counter + 1);
+    const volumes = () => dormantJson<{ volumes: { name: string }[] }>(['list'], { store: a.store }).volumes.map((v) => v.name);
+    for (let i = 0; i < 100 && volumes().includes('z2.mem'); i++) await sleep(100);
+    expect(volumes()).not.toContain('z2.mem');
   }, 600_000);
 });
