@@ -170,7 +170,7 @@ async function dormantCase(a, b, vm, busy, label, mode = 'copy') {
   if (mode === 'lazy' && lazy?.state !== 'complete') throw new Error(`${vm}: lazy copy not complete: ${JSON.stringify(lazy)}`);
   if (load) { await sleep(2_000); load.stopped = true; await load.done; }
   await dormant(b.store, ['vm', 'stop', vm, '--timeout', '0']).catch(() => undefined);
-  const phases = `${r.arrivalPages} pages in use read in there before the pause; downtime: write-back ${r.downtimePhasesMs.writeBack}, patch ${r.downtimePhasesMs.patch} (${r.patchedBlocks.memory} memory + `
+  const phases = `rounds while it ran ${r.precopyRounds.join(', ') || 'none'} blocks; ${r.arrivalPages} pages in use read in there before the pause; downtime: write-back ${r.downtimePhasesMs.writeBack}, patch ${r.downtimePhasesMs.patch} (${r.patchedBlocks.memory} memory + `
     + `${r.patchedBlocks.disk} disk blocks), device state ${r.downtimePhasesMs.deviceState}, resume ${r.downtimePhasesMs.resume} ms`;
   // A fetch request carries 16 bytes of hash per chunk besides the chunk.
   const fetched = lazy ? lazy.bytesFetched * (1 + 16 / 4096) : 0;

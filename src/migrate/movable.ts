@@ -32,8 +32,12 @@ export interface MovableVms {
   touchedRuns(name: string, max: number): Promise<Array<[number, number]>>;
   /** Reads page runs `runs` of the VM's memory into the page cache (a VM arriving here); pages read. */
   readInArrival(name: string, runs: Array<[number, number]>): Promise<number>;
-  /** Sends QEMU's device state to `uri` (x-ignore-shared set first); resolves with the stream's bytes once completed. */
-  migrateOut(name: string, uri: string, timeoutMs: number): Promise<{ bytes: number }>;
+  /**
+   * Sends QEMU's device state to `uri` (x-ignore-shared set first);
+   * resolves once QEMU completed, with the stream's bytes to come once the
+   * destination has read it all.
+   */
+  migrateOut(name: string, uri: string, timeoutMs: number): Promise<{ bytes: Promise<number> }>;
   /** Writes a record received from another host (its volumes are here), marked as arriving from `from` until it runs. */
   adopt(rec: MovableRecord, from: string): void;
   /** Starts QEMU for a VM with `-incoming defer`, x-ignore-shared, listening on `uri` (tcp:HOST:PORT). */

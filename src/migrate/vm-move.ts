@@ -153,6 +153,7 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
         const blocks = unsent[role].length === 0 ? taken[role].blocks()
           : [...new Set([...taken[role].blocks(), ...unsent[role]])].sort((x, y) => x - y);
         unsent[role] = [];
+        if (blocks.length === 0) return; // (nothing written: no round trips, no flush there)
         const p = await pushPatch(store, host, rec[role], blocks, undefined, lazy);
         sent[role] += p.bytesSent;
         counts[role] = p.blocks;
@@ -217,7 +218,9 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
     const patched = performance.now();
     const stream = await vms.migrateOut(name, inc.uri, STREAM_TIMEOUT_MS);
     const streamed = performance.now();
-    const fin = await requestJson<FinishAnswer>(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/finish`);
+    // The destination waits for its side to have loaded the state, then resumes the guest: the commit point.
+    const [fin, streamBytes] = await Promise.all([
+      requestJson<FinishAnswer>(host, 'POST', `/v1/vms/${encodeURIComponent(name)}/incoming/finish`), stream.bytes]);
     committed = true;
     const resumed = performance.now();
     const sourcePagesFaulted = vms.pagesIn(name) - faultsBefore;
@@ -226,8 +229,8 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
     const left = fin.lazyBlocks ?? {};
     return {
       vm: name, mode, to: host.url, downtimeMs: Math.round(resumed - paused),
-      bytesSent: sent.disk + sent.memory + stream.bytes, memoryBytesSent: sent.memory, diskBytesSent: sent.disk,
-      deviceStateBytes: stream.bytes, sourcePagesFaulted,
+      bytesSent: sent.disk + sent.memory + streamBytes, memoryBytesSent: sent.memory, diskBytesSent: sent.disk,
+      deviceStateBytes: streamBytes, sourcePagesFaulted,
       downtimePhasesMs: {
         writeBack: Math.round(wroteBack - paused), patch: Math.round(patched - wroteBack),
         deviceState: Math.round(streamed - patched), resume: Math.round(resumed - streamed),

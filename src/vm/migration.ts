@@ -66,21 +66,20 @@ export class VmMoves {
     return this.vms.readInArrival(name, runs.flatMap(([first, count]) => Array.from({ length: count }, (_, i) => first + i)));
   }
 
-  async migrateOut(name: string, uri: string, timeoutMs: number): Promise<{ bytes: number }> {
+  async migrateOut(name: string, uri: string, timeoutMs: number): Promise<{ bytes: Promise<number> }> {
     const qmp = this.vms.qmpOf(name, 'migrate');
     const relay = await StreamRelay.to(uri);
     try {
       await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
       await qmp.execute('migrate', { uri: `tcp:127.0.0.1:${relay.port}` });
       await waitMigration(() => qmp.execute('query-migrate') as Promise<MigrateInfo>, timeoutMs, `VM '${name}': sending its state`);
-      await relay.done(5_000);
-      return { bytes: relay.bytes };
     } catch (err) {
       await qmp.execute('migrate_cancel').catch(() => undefined);
-      throw err;
-    } finally {
       relay.close();
+      throw err;
     }
+    // The destination is still loading what QEMU sent: the caller asks it to go on meanwhile.
+    return { bytes: relay.done(5_000).then(() => { relay.close(); return relay.bytes; }) };
   }
 
   adopt(rec: { name: string }, from: string): void {
@@ -161,7 +160,7 @@ export class VmMoves {
 }
 
 /** How often QEMU is asked about a migration: a query costs it next to nothing, and each ms of lag here is downtime. */
-const POLL_MS = 10;
+const POLL_MS = 2;
 
 /** Polls query-migrate until `completed` (EREMOTE on `failed` or `cancelled`, or after `timeoutMs`). */
 async function waitMigration(query: () => Promise<MigrateInfo>, timeoutMs: number, what: string): Promise<void> {
