@@ -16,8 +16,8 @@
  *   PUT  /v1/receive/<id>/chunks        (hash, 4 KiB) records -> {accepted}
  *   POST /v1/receive/<id>/commit[?partial=1][&lazy=1]  -> {volume, origin[, absent]} (partial: although chunks are
  *                                       missing; lazy: they are fetched from the sender when read, src/migrate/lazy.ts)
- *   POST /v1/patch                      a patch (src/migrate/patch.ts) -> {id, needed, chunksPresent}; then
- *                                       needed, chunks and commit as for a receive
+ *   POST /v1/patch[?partial=1][&lazy=1] a patch (src/migrate/patch.ts) carrying its chunks, applied and committed
+ *                                       at once -> {volume, blocks, chunksMissing[, absent]}
  *   POST /v1/vms/<vm>/migrate           {to[, mode]} -> what `vm migrate --json` prints: this host moves its VM there
  *                                       (mode copy, lazy, or auto: lazy when the VM is idle)
  *   POST /v1/vms/<vm>/incoming/check    a VM's record and kernel hashes -> {ok} (it can come here)
@@ -134,7 +134,8 @@ export async function serveApi(store: Store, control: StoreControl, receiver: Re
       req.resume();
       json(await receiver.commit(b, url.searchParams.get('partial') === '1', url.searchParams.get('lazy') === '1'));
     } else if (m === 'POST' && a === 'patch' && !b) {
-      json(await receiver.beginPatch(await readBody(req, MAX_MANIFEST)));
+      json(await receiver.applyPatch(await readBody(req, MAX_MANIFEST), url.searchParams.get('partial') === '1',
+        url.searchParams.get('lazy') === '1'));
     } else if (m === 'POST' && a === 'vms' && b && c === 'migrate' && parts.length === 4) {
       // Another host (`dormant plan --apply`) asks this one to move its VM: the destination takes this host's own
       // token (the hosts of a cluster share one).

@@ -7,7 +7,11 @@
  *
  * Wire form (application/x-dormant-patch, framed as frame.ts says): "DPCH",
  * the JSON header (PatchHeader), then per changed block 25 bytes: its index (u64 big-endian), a flag byte (1 = hole) and
- * the 16-byte hash of its new content (zeroes for a hole).
+ * the 16-byte hash of its new content (zeroes for a hole); then, when the
+ * header says `inline: N`, N chunks (16-byte hash, 4 KiB), so the patch
+ * needs no second round trip for the chunks the receiver lacks (a
+ * migration's patches carry their chunks: what a guest just wrote is
+ * rarely anywhere else).
  */
 import { BLOCK_SIZE, DormantError, HASH_SIZE, isHole, type BlockHashList, type Store, type VolumeHandle } from '../blockstore/index.js';
 import type { ReceiveSession } from './incoming.js';
@@ -26,24 +30,37 @@ export interface PatchHeader {
   size: number;
   /** Changed blocks. */
   count: number;
+  /** Chunks carried after the block records. */
+  inline?: number;
 }
+
+/** A chunk carried in a patch: its hash, then its bytes. */
+const CHUNK_RECORD = HASH_SIZE + BLOCK_SIZE;
 
 /** A decoded patch. */
 export interface Patch {
   header: PatchHeader;
   blocks: number[];
   list: BlockHashList;
+  /** The chunks carried (CHUNK_RECORD each), if any. */
+  chunks?: Buffer;
 }
 
-/** The wire form of a patch of `volume` (`size` bytes) whose blocks `blocks` now read as `list` says. */
-export function encodePatch(volume: string, size: number, blocks: readonly number[], list: BlockHashList): Buffer {
-  const { out, body } = frame(MAGIC, { version: 1, volume, size, count: blocks.length } satisfies PatchHeader, blocks.length * RECORD);
+/**
+ * The wire form of a patch of `volume` (`size` bytes) whose blocks
+ * `blocks` now read as `list` says, carrying `chunks` (CHUNK_RECORD each).
+ */
+export function encodePatch(volume: string, size: number, blocks: readonly number[], list: BlockHashList, chunks?: Buffer): Buffer {
+  const inline = chunks ? chunks.length / CHUNK_RECORD : 0;
+  const header: PatchHeader = { version: 1, volume, size, count: blocks.length, ...(inline ? { inline } : {}) };
+  const { out, body } = frame(MAGIC, header, blocks.length * RECORD + inline * CHUNK_RECORD);
   let at = body;
   for (let i = 0; i < blocks.length; i++, at += RECORD) {
     out.writeBigUInt64BE(BigInt(blocks[i]), at);
     if (isHole(list.holes, i)) out[at + 8] = 1;
     else list.hashes.copy(out, at + 9, i * HASH_SIZE, (i + 1) * HASH_SIZE);
   }
+  if (inline) chunks!.copy(out, at);
   return out;
 }
 
@@ -53,8 +70,14 @@ export function decodePatch(buf: Buffer): Patch {
   const { bad } = f;
   const header = f.header as PatchHeader;
   if (header?.version !== 1 || typeof header.volume !== 'string' || !Number.isSafeInteger(header.size) || header.size <= 0
-    || !Number.isSafeInteger(header.count) || header.count < 0) throw bad('header fields missing or out of range');
-  if (f.body.length !== header.count * RECORD) throw bad(`${f.body.length} bytes of body for ${header.count} blocks`);
+    || !Number.isSafeInteger(header.count) || header.count < 0
+    || (header.inline !== undefined && (!Number.isSafeInteger(header.inline) || header.inline < 0))) {
+    throw bad('header fields missing or out of range');
+  }
+  const inline = header.inline ?? 0;
+  if (f.body.length !== header.count * RECORD + inline * CHUNK_RECORD) {
+    throw bad(`${f.body.length} bytes of body for ${header.count} blocks and ${inline} chunks`);
+  }
   const blocksInVolume = Math.ceil(header.size / BLOCK_SIZE);
   const blocks: number[] = [];
   const hashes = Buffer.alloc(header.count * HASH_SIZE);
@@ -66,14 +89,36 @@ export function decodePatch(buf: Buffer): Patch {
     if (f.body[at + 8] === 1) holes[i >> 3] |= 1 << (i & 7);
     else f.body.copy(hashes, i * HASH_SIZE, at + 9, at + RECORD);
   }
-  return { header, blocks, list: { hashes, holes, blocks: header.count } };
+  const chunks = inline ? f.body.subarray(header.count * RECORD) : undefined;
+  return { header, blocks, list: { hashes, holes, blocks: header.count }, ...(chunks ? { chunks } : {}) };
 }
 
-/** Blocks `blocks` (sorted) of `name`, as it reads now, as a patch. */
-export async function buildPatch(store: Store, name: string, blocks: readonly number[]): Promise<{ wire: Buffer; count: number }> {
+/**
+ * Blocks `blocks` (sorted) of `name`, as it reads now, as a patch; with
+ * `inline`, carrying the chunks (each distinct one once). A chunk this
+ * store no longer holds under its hash (rewritten in place since its id
+ * was read: the block was written again) is left out.
+ */
+export async function buildPatch(store: Store, name: string, blocks: readonly number[], inline = false): Promise<{ wire: Buffer; count: number }> {
   const size = store.describe(name)!.size;
   const list = await store.chunkHashes(store.chunkIdsOf(name, blocks));
-  return { wire: encodePatch(name, size, blocks, list), count: blocks.length };
+  let chunks: Buffer | undefined;
+  if (inline) {
+    const seen = new Set<string>();
+    const out = Buffer.allocUnsafe(blocks.length * CHUNK_RECORD);
+    let n = 0;
+    for (let i = 0; i < blocks.length; i++) {
+      if (isHole(list.holes, i)) continue;
+      const key = list.hashes.toString('latin1', i * HASH_SIZE, (i + 1) * HASH_SIZE);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      const at = n * CHUNK_RECORD;
+      list.hashes.copy(out, at, i * HASH_SIZE, (i + 1) * HASH_SIZE);
+      if (store.readChunkByHash(list.hashes, i * HASH_SIZE, out, at + HASH_SIZE)) n++;
+    }
+    chunks = out.subarray(0, n * CHUNK_RECORD);
+  }
+  return { wire: encodePatch(name, size, blocks, list, chunks), count: blocks.length };
 }
 
 /** A patch being applied to a volume here. */
@@ -114,7 +159,8 @@ export class PatchVolume implements ReceiveSession {
         if (list) list.push(p.blocks[i]); else wanted.set(key, [p.blocks[i]]);
       }
       const { needed, present } = await placer.fill(store, wanted);
-      return new PatchVolume(store, p.header.volume, handle, placer, needed, present, [...p.blocks].sort((a, b) => a - b));
+      for (let at = 0; p.chunks && at < p.chunks.length; at += CHUNK_RECORD) await placer.accept(p.chunks, at, p.chunks, at + HASH_SIZE);
+      return new PatchVolume(store, p.header.volume, handle, placer, p.chunks ? placer.stillNeeded() : needed, present, [...p.blocks].sort((a, b) => a - b));
     } catch (err) {
       await handle.close();
       throw err;
@@ -129,10 +175,11 @@ export class PatchVolume implements ReceiveSession {
   /**
    * Every changed block written: durable once this resolves. EINVAL while
    * chunks are missing, unless `lazy`: their blocks become holes and are
-   * returned (`deferred`) to be marked absent.
+   * returned (`deferred`) to be marked absent; or `partial`: their blocks
+   * keep what they held (the sender patches them again later).
    */
-  async finish(_partial = false, lazy = false): Promise<{ volume: string; origin: null; deferred?: Map<string, number[]>; patched: number[] }> {
-    if (this.placer.remaining > 0 && !lazy) {
+  async finish(partial = false, lazy = false): Promise<{ volume: string; origin: null; deferred?: Map<string, number[]>; patched: number[] }> {
+    if (this.placer.remaining > 0 && !lazy && !partial) {
       throw new DormantError('EINVAL', `patch of '${this.target}' is incomplete: ${this.placer.remaining} chunks missing`);
     }
     const deferred = lazy ? await this.placer.defer() : undefined;

@@ -53,6 +53,11 @@ export class ChunkPlacer {
     return this.waiting.size;
   }
 
+  /** Hashes (16 bytes each) of the chunks still to come. */
+  stillNeeded(): Buffer {
+    return Buffer.from([...this.waiting.keys()].join(''), 'hex');
+  }
+
   /**
    * Takes the chunk named hashes[at, at + 16) whose bytes are data[dataAt,
    * dataAt + 4096): checked against its name (EINVAL if they differ:

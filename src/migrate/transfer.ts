@@ -121,18 +121,30 @@ export async function push(store: Store, host: RemoteHost, name: string, as?: st
 
 /**
  * Sends blocks `blocks` (sorted) of `name` as they read now as a patch
- * (patch.ts) applied in place on `host`; the patched volume must be there,
- * as an earlier push or patch left it.
+ * (patch.ts) applied in place on `host`, in one request: the chunks go
+ * with it (lazy: hashes only; the receiver fetches what it lacks when
+ * read). The patched volume must be there, as an earlier push or patch
+ * left it. `partial`: blocks whose chunk was rewritten in place meanwhile
+ * (so it could not be sent) keep their old content there; the caller
+ * patches them again (they are written since).
  */
 export async function pushPatch(store: Store, host: RemoteHost, name: string, blocks: readonly number[],
-  progress?: ProgressFn, lazy = false): Promise<{ bytesSent: number; blocks: number; chunksSent: number; absent: number }> {
-  const { wire, count } = await buildPatch(store, name, blocks);
-  const begin = await requestJson<ReceiveBegin>(host, 'POST', '/v1/patch', wire);
-  // Lazy: the chunks it lacks are not sent: it fetches them when they are read.
-  const sent = begin.needed > 0 && !lazy ? await sendChunks(store, host, begin.id, name, progress, false) : { bytes: 0, chunks: 0 };
-  const r = await requestJson<{ absent?: number }>(host, 'POST', `/v1/receive/${begin.id}/commit${lazy ? '?lazy=1' : ''}`);
-  return { bytesSent: wire.length + sent.bytes, blocks: count, chunksSent: sent.chunks, absent: r.absent ?? 0 };
+  lazy = false, partial = false): Promise<{ bytesSent: number; blocks: number; absent: number }> {
+  const out = { bytesSent: 0, blocks: 0, absent: 0 };
+  // (in slices: a request body stays well under the API's limit)
+  for (let first = 0; first < blocks.length; first += PATCH_SLICE_BLOCKS) {
+    const { wire, count } = await buildPatch(store, name, blocks.slice(first, first + PATCH_SLICE_BLOCKS), !lazy);
+    const r = await requestJson<{ absent?: number }>(host, 'POST',
+      `/v1/patch${lazy ? '?lazy=1' : ''}${partial ? `${lazy ? '&' : '?'}partial=1` : ''}`, wire);
+    out.bytesSent += wire.length;
+    out.blocks += count;
+    out.absent += r.absent ?? 0;
+  }
+  return out;
 }
+
+/** Blocks per patch request (64 MiB of chunks). */
+const PATCH_SLICE_BLOCKS = 16_384;
 
 /**
  * Sends the manifest `m` of `name` to `host` and commits it there at once
@@ -224,10 +236,16 @@ export class Receiver {
     return this.add(await IncomingVolume.open(this.store, m, as), `as ${names.full}`);
   }
 
-  /** Starts applying patch `wire` (patch.ts) to a volume here. */
-  async beginPatch(wire: Buffer): Promise<ReceiveBegin> {
+  /**
+   * Applies patch `wire` (patch.ts, carrying its chunks) to a volume here
+   * and commits it (as `commit` does, with `partial` and `lazy`).
+   */
+  async applyPatch(wire: Buffer, partial = false, lazy = false): Promise<{ volume: string; blocks: number; chunksMissing: number; absent?: number }> {
     const p = await PatchVolume.open(this.store, wire);
-    return this.add(p, '');
+    const missing = p.remaining;
+    const { id } = this.add(p, 'at once');
+    const r = await this.commit(id, partial, lazy);
+    return { volume: r.volume, blocks: p.blocks.length, chunksMissing: missing, ...(r.absent !== undefined ? { absent: r.absent } : {}) };
   }
 
   private add(inc: ReceiveSession, how: string): ReceiveBegin {

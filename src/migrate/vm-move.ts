@@ -154,7 +154,7 @@ export async function migrateVm(store: Store, vms: MovableVms, name: string, hos
           : [...new Set([...taken[role].blocks(), ...unsent[role]])].sort((x, y) => x - y);
         unsent[role] = [];
         if (blocks.length === 0) return; // (nothing written: no round trips, no flush there)
-        const p = await pushPatch(store, host, rec[role], blocks, undefined, lazy);
+        const p = await pushPatch(store, host, rec[role], blocks, lazy, !paused);
         sent[role] += p.bytesSent;
         counts[role] = p.blocks;
       }));

@@ -43,11 +43,9 @@ export function readInArrival(pager: VmPager, pages: number[]): Promise<Prefetch
  */
 export async function dropPatched(pager: VmPager, pages: number[]): Promise<void> {
   if (pages.length === 0) return;
-  await pager.mem.drop(pageRuns(pages));
-  const cached = await pager.mem.cached();
-  const stale = pages.filter((p) => cached[p]);
-  if (stale.length > 0) {
-    throw new DormantError('EBUSY', `VM '${pager.vm.name}': ${stale.length} patched pages of its memory stay in the page cache `
-      + `(first: page ${stale[0]}); they could show old bytes`);
+  const r = await pager.mem.dropChecked(pageRuns(pages));
+  if (r.stillCached > 0) {
+    throw new DormantError('EBUSY', `VM '${pager.vm.name}': ${r.stillCached} patched pages of its memory stay in the page cache `
+      + `(first: page ${r.first}); they could show old bytes`);
   }
 }

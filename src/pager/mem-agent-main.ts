@@ -36,6 +36,8 @@ interface Request {
   bytes?: number;
   bitmap?: boolean;
   runs?: Array<[number, number]>;
+  /** drop: say which pages of the runs stayed cached. */
+  check?: boolean;
   pid?: number;
   maps?: Array<{ start: number; end: number; offset: number }>;
 }
@@ -64,7 +66,16 @@ async function run(r: Request): Promise<unknown> {
     case 'drop': {
       const fd = (await handle(r.file)).fd;
       for (const [first, count] of r.runs ?? [[0, 0]]) await fileAdvise(fd, first * PAGE, count * PAGE, 'dontneed');
-      return null;
+      if (!r.check) return null;
+      // The pages of those runs still cached after it (mapped, dirty or being read): the first, and how many.
+      let stillCached = 0;
+      let first: number | undefined;
+      for (const [from, count] of r.runs ?? []) {
+        const c = await fileCached(fd, from * PAGE, count * PAGE);
+        stillCached += c.present;
+        for (let i = 0; first === undefined && c.present > 0 && i < c.bitmap.length; i++) if (c.bitmap[i]) first = from + i;
+      }
+      return { stillCached, ...(first !== undefined ? { first } : {}) };
     }
     case 'readIn': {
       // Reads the page runs into the page cache, READ_PIECE bytes a read, READ_DEPTH reads at once.

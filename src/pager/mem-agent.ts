@@ -65,6 +65,10 @@ export class MemoryAgent {
 
   /** posix_fadvise(DONTNEED) of the page runs `runs` of `file` ([[0, 0]] = all of it). */
   drop(file: string, runs: Array<[number, number]>): Promise<void> { return this.call('drop', file, { runs }); }
+  /** Drops the runs, then counts their pages still cached (the first of them too). */
+  dropChecked(file: string, runs: Array<[number, number]>): Promise<{ stillCached: number; first?: number }> {
+    return this.call('drop', file, { runs, check: true });
+  }
 
   /** Per page of `file` (`bytes` long): 1 when QEMU `pid` has it present in one of `maps` (its mappings of the file). */
   async mapped(file: string, bytes: number, pid: number, maps: Array<{ start: number; end: number; offset: number }>): Promise<Uint8Array> {

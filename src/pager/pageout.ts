@@ -103,6 +103,11 @@ export class GuestMemory {
     return this.agent.drop(this.file, runs.length === 1 && runs[0][0] === 0 && runs[0][1] >= this.pages ? [[0, 0]] : runs);
   }
 
+  /** Drops the page runs `runs` as `drop` does; how many of their pages stayed cached, and the first. */
+  dropChecked(runs: Array<[number, number]>): Promise<{ stillCached: number; first?: number }> {
+    return this.agent.dropChecked(this.file, runs);
+  }
+
   /** The VM stopped: the agent closes the file. */
   close(): Promise<void> { return this.agent.forget(this.file); }
 }
