@@ -95,23 +95,36 @@ export function decodePatch(buf: Buffer): Patch {
 
 /**
  * Blocks `blocks` (sorted) of `name`, as it reads now, as a patch; with
- * `inline`, carrying the chunks (each distinct one once). A chunk this
- * store no longer holds under its hash (rewritten in place since its id
- * was read: the block was written again) is left out.
+ * `inline`, carrying the chunks (each distinct one once), but those
+ * `held` says the receiver holds (one byte per 16-byte hash, 1 = held).
+ * A chunk this store no longer holds under its hash (rewritten in place
+ * since its id was read: the block was written again) is left out.
  */
-export async function buildPatch(store: Store, name: string, blocks: readonly number[], inline = false): Promise<{ wire: Buffer; count: number }> {
+export async function buildPatch(store: Store, name: string, blocks: readonly number[], inline = false,
+  held?: (hashes: Buffer) => Promise<Uint8Array>): Promise<{ wire: Buffer; count: number }> {
   const size = store.describe(name)!.size;
   const list = await store.chunkHashes(store.chunkIdsOf(name, blocks));
   let chunks: Buffer | undefined;
   if (inline) {
+    // Each distinct hash once: the index of its first block.
     const seen = new Set<string>();
-    const out = Buffer.allocUnsafe(blocks.length * CHUNK_RECORD);
-    let n = 0;
+    const firsts: number[] = [];
     for (let i = 0; i < blocks.length; i++) {
       if (isHole(list.holes, i)) continue;
       const key = list.hashes.toString('latin1', i * HASH_SIZE, (i + 1) * HASH_SIZE);
-      if (seen.has(key)) continue;
-      seen.add(key);
+      if (!seen.has(key)) { seen.add(key); firsts.push(i); }
+    }
+    let there: Uint8Array | undefined;
+    if (held && firsts.length > 0) {
+      const asked = Buffer.allocUnsafe(firsts.length * HASH_SIZE);
+      firsts.forEach((i, k) => list.hashes.copy(asked, k * HASH_SIZE, i * HASH_SIZE, (i + 1) * HASH_SIZE));
+      there = await held(asked);
+    }
+    const out = Buffer.allocUnsafe(firsts.length * CHUNK_RECORD);
+    let n = 0;
+    for (let k = 0; k < firsts.length; k++) {
+      if (there?.[k]) continue;
+      const i = firsts[k];
       const at = n * CHUNK_RECORD;
       list.hashes.copy(out, at, i * HASH_SIZE, (i + 1) * HASH_SIZE);
       if (store.readChunkByHash(list.hashes, i * HASH_SIZE, out, at + HASH_SIZE)) n++;

@@ -121,19 +121,25 @@ export async function push(store: Store, host: RemoteHost, name: string, as?: st
 
 /**
  * Sends blocks `blocks` (sorted) of `name` as they read now as a patch
- * (patch.ts) applied in place on `host`, in one request: the chunks go
- * with it (lazy: hashes only; the receiver fetches what it lacks when
- * read). The patched volume must be there, as an earlier push or patch
- * left it. `partial`: blocks whose chunk was rewritten in place meanwhile
- * (so it could not be sent) keep their old content there; the caller
- * patches them again (they are written since).
+ * (patch.ts) applied in place on `host`: the chunks go with it (lazy:
+ * hashes only; the receiver fetches what it lacks when read), with
+ * `partial` only those the receiver does not hold (one round trip more
+ * to ask: a guest often rewrites a page with the bytes it had), else all
+ * (one round trip: the guest waits). The patched volume must be there, as
+ * an earlier push or patch left it. `partial`: blocks whose chunk was
+ * rewritten in place meanwhile (so it could not be sent) keep their old
+ * content there; the caller patches them again (they are written since).
  */
 export async function pushPatch(store: Store, host: RemoteHost, name: string, blocks: readonly number[],
   lazy = false, partial = false): Promise<{ bytesSent: number; blocks: number; absent: number }> {
   const out = { bytesSent: 0, blocks: 0, absent: 0 };
+  const held = partial ? async (hashes: Buffer) => {
+    out.bytesSent += hashes.length;
+    return (await request(host, 'POST', '/v1/chunks/have', hashes)).body;
+  } : undefined;
   // (in slices: a request body stays well under the API's limit)
   for (let first = 0; first < blocks.length; first += PATCH_SLICE_BLOCKS) {
-    const { wire, count } = await buildPatch(store, name, blocks.slice(first, first + PATCH_SLICE_BLOCKS), !lazy);
+    const { wire, count } = await buildPatch(store, name, blocks.slice(first, first + PATCH_SLICE_BLOCKS), !lazy, held);
     const r = await requestJson<{ absent?: number }>(host, 'POST',
       `/v1/patch${lazy ? '?lazy=1' : ''}${partial ? `${lazy ? '&' : '?'}partial=1` : ''}`, wire);
     out.bytesSent += wire.length;
