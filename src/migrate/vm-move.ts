@@ -18,16 +18,21 @@
  *      the last page-out) into its page cache (POST .../prefetch,
  *      src/pager/handover.ts), so loading the device state and the
  *      guest's first moments there fault nothing in through FUSE;
- *   4. pause the guest (QMP stop: QEMU drains and flushes its disk), write
- *      its RAM back again;
- *   5. patch both volumes there in place with the blocks written since
- *      step 2 (patch.ts; chunk ids alone would miss a block whose
- *      uncommitted chunk was rewritten in place): the downtime grows with
- *      what the guest changed, not with its size. The destination drops
- *      the patched pages from its page cache before it answers;
- *   6. QMP migrate to the destination's listener, wait for completion;
- *   7. ask the destination to resume the guest and confirm it runs
- *      (POST .../finish): the commit point;
+ *   4. rounds while the guest runs (up to PRECOPY_ROUNDS, until one sends
+ *      PAUSED_PATCH_BLOCKS or fewer): write the RAM back and patch both
+ *      volumes there in place with the blocks written since the push or
+ *      the last round (patch.ts, carrying the chunks the destination does
+ *      not hold; chunk ids alone would miss a block whose uncommitted
+ *      chunk was rewritten in place); then pause the guest (QMP stop:
+ *      QEMU drains and flushes its disk);
+ *   5. the same once more, paused, in one request per volume: the
+ *      downtime grows with what the guest wrote during the last round, not
+ *      with its size. The destination drops the patched pages from its
+ *      page cache before it answers;
+ *   6. QMP migrate to the destination's listener, wait until QEMU sent
+ *      its last byte;
+ *   7. ask the destination to resume the guest once it loaded the state,
+ *      and confirm it runs (POST .../finish): the commit point;
  *   8. release the source: quit its QEMU, remove the VM and its volumes.
  * Before the commit point any failure aborts the destination's side
  * (POST .../abort: its QEMU killed, the VM and volumes it received
