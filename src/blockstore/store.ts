@@ -28,9 +28,10 @@
  *    gets room, from the space reserve when the disk is short, and is tried
  *    once more after an ENOSPC with the reserve released.
  *
- * About 600 lines, on purpose: this file is the Store class's public
+ * About 650 lines, on purpose: this file is the Store class's public
  * methods, each a short delegation to the module that does the work
- * (catalog, engine, writeback, gc, verify, absent blocks); splitting the
+ * (catalog, engine, writeback, gc, verify, absent blocks; the write
+ * watches a migration takes are the write-back's too); splitting the
  * class by concern would scatter one object's surface over several files.
  */
 import fs from 'node:fs';

@@ -137,11 +137,12 @@ export async function pushPatch(store: Store, host: RemoteHost, name: string, bl
     out.bytesSent += hashes.length;
     return (await request(host, 'POST', '/v1/chunks/have', hashes)).body;
   } : undefined;
+  const q = new URLSearchParams({ ...(lazy ? { lazy: '1' } : {}), ...(partial ? { partial: '1' } : {}) }).toString();
+  const query = q ? `?${q}` : '';
   // (in slices: a request body stays well under the API's limit)
   for (let first = 0; first < blocks.length; first += PATCH_SLICE_BLOCKS) {
     const { wire, count } = await buildPatch(store, name, blocks.slice(first, first + PATCH_SLICE_BLOCKS), !lazy, held);
-    const r = await requestJson<{ absent?: number }>(host, 'POST',
-      `/v1/patch${lazy ? '?lazy=1' : ''}${partial ? `${lazy ? '&' : '?'}partial=1` : ''}`, wire);
+    const r = await requestJson<{ absent?: number }>(host, 'POST', `/v1/patch${query}`, wire);
     out.bytesSent += wire.length;
     out.blocks += count;
     out.absent += r.absent ?? 0;

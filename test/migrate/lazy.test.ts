@@ -228,11 +228,25 @@ describe('lazy copies across a restart of the destination', () => {
   });
 });
 
+/** A token file for the hosts of a test, in `dir`. */
+function writeToken(dir: string): string {
+  const file = path.join(dir, 'token');
+  fs.writeFileSync(file, 'lazy-test-token-0123456789abcdef\n', { mode: 0o600 });
+  return file;
+}
+
+/** Waits (at most 10 s) until the source `store` let go of VM `vm`'s volumes, and checks it did. */
+async function expectReleased(store: string, vm: string): Promise<void> {
+  const volumes = () => dormantJson<{ volumes: { name: string }[] }>(['list'], { store }).volumes.map((v) => v.name);
+  for (let i = 0; i < 100 && volumes().includes(`${vm}.mem`); i++) await sleep(100);
+  expect(volumes()).not.toContain(`${vm}.mem`);
+  expect(volumes()).not.toContain(vm);
+}
+
 describe('vm migrate --mode lazy', () => {
   it('the VM goes on there at once, its chunks fetched on demand and in the background; then the source lets go', async () => {
     const dir = tmp.make('lazy-vm');
-    const tokenFile = path.join(dir, 'token');
-    fs.writeFileSync(tokenFile, 'lazy-test-token-0123456789abcdef\n', { mode: 0o600 });
+    const tokenFile = writeToken(dir);
     const hosts = [];
     for (const name of ['lazy-a', 'lazy-b']) {
       const port = await freePort();
@@ -279,10 +293,7 @@ describe('vm migrate --mode lazy', () => {
     expect(lazy.backgroundChunks).toBeGreaterThan(0);
     expect(lazy.bytesFetched).toBe((lazy.demandChunks + lazy.backgroundChunks) * BLOCK_SIZE);
     // The source lets go of the volumes it kept once told.
-    const volumes = () => dormantJson<{ volumes: { name: string }[] }>(['list'], { store: a.store }).volumes.map((v) => v.name);
-    for (let i = 0; i < 100 && volumes().includes('z1.mem'); i++) await sleep(100);
-    expect(volumes()).not.toContain('z1.mem');
-    expect(volumes()).not.toContain('z1');
+    await expectReleased(a.store, 'z1');
     // Still itself, its volumes whole: a copy-mode move back sends only what a lacks.
     expect(await diskCounter(b.store, 'z1')).toBe(counter + 2);
     const back = JSON.parse(expectOk(await dormantAsync(['vm', 'migrate', 'z1', '--to', a.url, '--token-file', tokenFile, '--json'],
@@ -295,8 +306,7 @@ describe('vm migrate --mode lazy', () => {
 
   it('a source daemon killed during the background copy and started again: the copy stalls, goes on, completes; the VM runs on', async () => {
     const dir = tmp.make('lazy-restart');
-    const tokenFile = path.join(dir, 'token');
-    fs.writeFileSync(tokenFile, 'lazy-test-token-0123456789abcdef\n', { mode: 0o600 });
+    const tokenFile = writeToken(dir);
     const serve = (port: number) => ['--no-auto-page', '--api', `127.0.0.1:${port}`, '--api-token-file', tokenFile];
     const [portA, portB] = [await freePort(), await freePort()];
     const a = await startVmDaemon(tmp, 'lazy-ra', serve(portA));
@@ -337,15 +347,12 @@ describe('vm migrate --mode lazy', () => {
     expect(vmStatus(b.store, 'z2').pid).toBe(there.pid);
     expect(await guestUptime(there.hostPort!)).toBeGreaterThan(up);
     expect(await diskCounter(b.store, 'z2')).toBe(counter + 1);
-    const volumes = () => dormantJson<{ volumes: { name: string }[] }>(['list'], { store: a.store }).volumes.map((v) => v.name);
-    for (let i = 0; i < 100 && volumes().includes('z2.mem'); i++) await sleep(100);
-    expect(volumes()).not.toContain('z2.mem');
+    await expectReleased(a.store, 'z2');
   }, 600_000);
 
   it('between HTTPS hosts: the destination fetches from the source trusting the certificate it was handed', async () => {
     const dir = tmp.make('lazy-tls');
-    const tokenFile = path.join(dir, 'token');
-    fs.writeFileSync(tokenFile, 'lazy-test-token-0123456789abcdef\n', { mode: 0o600 });
+    const tokenFile = writeToken(dir);
     const cert = path.join(dir, 'cert.pem');
     const key = path.join(dir, 'key.pem');
     execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1',
@@ -385,15 +392,12 @@ describe('vm migrate --mode lazy', () => {
     expect(l.demandChunks + l.backgroundChunks).toBeGreaterThan(1000);
     await waitHttp(b.store, 'z3', there.hostPort!, 60_000);
     expect(await diskCounter(b.store, 'z3')).toBe(counter + 1);
-    const volumes = () => dormantJson<{ volumes: { name: string }[] }>(['list'], { store: a.store }).volumes.map((v) => v.name);
-    for (let i = 0; i < 100 && volumes().includes('z3.mem'); i++) await sleep(100);
-    expect(volumes()).not.toContain('z3.mem');
+    await expectReleased(a.store, 'z3');
   }, 600_000);
 
   it('a destination killed before the guest goes on there leaves it running here, the lease revoked; a retry succeeds', async () => {
     const dir = tmp.make('lazy-abort');
-    const tokenFile = path.join(dir, 'token');
-    fs.writeFileSync(tokenFile, 'lazy-test-token-0123456789abcdef\n', { mode: 0o600 });
+    const tokenFile = writeToken(dir);
     const hosts = [];
     for (const name of ['lazy-xa', 'lazy-xb', 'lazy-xc']) {
       const port = await freePort();
