@@ -174,7 +174,8 @@ async function main() {
   const rawPath = path.join(dir, 'golden.raw');
   console.log(`bench: ${SIZE / MiB} MiB golden image, ${RUNTIME} s per run, work dir ${dir}`);
   const t0 = Date.now();
-  const store = await Store.init(path.join(dir, 'store'));
+  // Relocation on, as `dormant serve` has it (BENCH_RELOCATE=0: off, for comparison).
+  const store = await Store.init(path.join(dir, 'store'), { relocate: process.env.BENCH_RELOCATE !== '0' });
   await makeGolden(store, rawPath);
   console.log(`bench: golden written in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 

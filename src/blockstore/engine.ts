@@ -106,6 +106,11 @@ export class BlockEngine {
     this.reader.invalidate();
   }
 
+  /** Hears of request reads whose blocks lie scattered (the store's background relocation), or nobody. */
+  set onScattered(fn: ((t: Target, first: number, n: number) => void) | null) {
+    this.reader.onScattered = fn;
+  }
+
   /**
    * Reads `n` whole blocks into `out` at `outOffset`, checked; attributes
    * them to `label`. Synchronous: for read-modify-write inside one operation.

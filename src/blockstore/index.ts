@@ -9,8 +9,9 @@ export { xxh3, type HashFunction } from './hash.js';
 export { checkName, splitName } from './catalog.js';
 export type {
   VolumeKind, VolumeHandle, ReadOptions, WriteOptions, Extent, VolumeEntry, VolumeSummary, VolumeInfo, StoreStats, GcResult,
-  FingerprintEntry, BlockHashes, StoredFile, ChunkUser, DamagedChunk, DataReport, VerifyOptions,
+  FingerprintEntry, Locality, RelocatorStats, BlockHashes, StoredFile, ChunkUser, DamagedChunk, DataReport, VerifyOptions,
 } from './types.js';
+export type { RelocateResult } from './locality.js';
 export { isHole, type BlockHashList } from './inventory.js';
 export { importFile, exportFile, type ProgressFn, type RawImageResult } from './raw-image.js';
 export { IMAGE_FORMATS, checkFormat, isNbdUri, probeFormat, type ImageFormat } from './image-format.js';

@@ -35,6 +35,7 @@ import type { ReadOptions } from './types.js';
 import type { Writeback } from './writeback.js';
 import type { Fingerprints } from './fingerprints.js';
 import type { Target } from './engine.js';
+import { SCATTER_MIN_BLOCKS, SCATTER_RUN_BLOCKS } from './locality.js';
 
 /** Average time of synchronous reads beyond the copy, above which the page cache is missing. */
 const COLD_EXCESS_MS = 0.25;
@@ -84,6 +85,8 @@ export class BlockReader {
   private locatedNew = false;
   /** The hash is xxh3-128, which native code checks for whole runs at once. */
   private readonly nativeHash: boolean;
+  /** Told of a request's read whose blocks lie scattered (locality.ts: the background relocation). */
+  onScattered: ((t: Target, first: number, n: number) => void) | null = null;
 
   constructor(
     private readonly dbs: IndexDbs,
@@ -180,6 +183,9 @@ export class BlockReader {
    */
   async readBlocksAsync(t: Target, first: number, n: number, out: Buffer, outOffset: number, label?: string): Promise<void> {
     const places = this.place(t, first, n, label);
+    if (this.onScattered !== null && n >= SCATTER_MIN_BLOCKS && this.placedRuns > 1 + n / SCATTER_RUN_BLOCKS) {
+      this.onScattered(t, first, n);
+    }
     if (!this.poolReads && performance.now() >= this.coldUntil) {
       const started = performance.now();
       if (this.gather(places, t, first, n, out, outOffset)) {

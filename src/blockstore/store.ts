@@ -51,6 +51,7 @@ import { Volume, type VolumeHost } from './volume.js';
 import { acquireStoreLock, type StoreLock } from './lock.js';
 import { computeInfo, computeList, computeStats } from './usage.js';
 import { collectGarbage } from './gc.js';
+import { EXTENT_BLOCKS, Relocator, RELOCATE_BYTES_PER_S, measureLocality, relocate, type BlockRange, type RelocateResult } from './locality.js';
 import { checkIndex } from './check.js';
 import { verifyChunks } from './verify.js';
 import { checkAccess, restrictUmask, tightenStore } from './permissions.js';
@@ -85,7 +86,16 @@ export interface StoreOptions {
   space?: SpaceOptions;
   /** One line about the store's state (space: writes refused, the reserve released or re-created; background flush failures); default: nothing. */
   log?: LogFn;
+  /**
+   * Relocate scattered ranges of disk volumes in the background as reads
+   * find them (locality.ts): true, or the pace in bytes per second
+   * (true: RELOCATE_BYTES_PER_S). Default off; the daemon turns it on.
+   */
+  relocate?: boolean | number;
 }
+
+/** Pages of 1,024 blocks `info` and `stats` sample for their locality figure. */
+const LOCALITY_SAMPLE_PAGES = 64;
 
 /** Room a catalog change asks for before it commits (a few pages of the index). */
 const CATALOG_ROOM_BYTES = 1024 * 1024;
@@ -101,6 +111,10 @@ export class Store implements VolumeHost {
   private readonly segments: SegmentFiles;
   private readonly openHandles = new Map<string, number>();
   private readonly flusher: Flusher;
+  /** The background relocation of scattered ranges (StoreOptions.relocate), if on. */
+  private readonly relocator: Relocator | null = null;
+  /** GC and relocation batches, one at a time (locality.ts: GC may compact the segment holding uncommitted copies). */
+  private exclusiveTail: Promise<void> = Promise.resolve();
   private closed = false;
   /** The data check running (verify.ts), which close() stops and waits for. */
   private verifying: Promise<DataReport> | null = null;
@@ -114,7 +128,7 @@ export class Store implements VolumeHost {
   private constructor(readonly dir: string, private readonly dbs: IndexDbs, private readonly lock: StoreLock,
     private readonly hash: HashFunction, intervalMs: number, idleMs: number, readMode: StoreOptions['readMode'],
     /** The free-space floor and the space reserve. */
-    readonly space: SpaceGuard, log: LogFn) {
+    readonly space: SpaceGuard, log: LogFn, relocate: StoreOptions['relocate']) {
     this.committer = new Committer(dbs);
     this.segments = new SegmentFiles(path.join(dir, 'segments'), hash, () => space.release('finish a segment write'));
     this.catalog.load(dbs.catalog.getRange({}) as Iterable<{ key: string; value: unknown }>);
@@ -134,6 +148,17 @@ export class Store implements VolumeHost {
       committer: this.committer, fingerprints: this.fingerprintsDb, closed: () => this.closed,
       makeRoom: (need, why) => space.makeRoom(need, why), releaseReserve: (why) => space.release(why), log,
     }, intervalMs, idleMs);
+    if (relocate) {
+      const relocator = new Relocator((ranges) => this.relocateRanges(ranges, false),
+        typeof relocate === 'number' ? relocate : RELOCATE_BYTES_PER_S,
+        (message) => log(`store: ${message}`, { level: 'warn' }));
+      this.relocator = relocator;
+      this.engine.onScattered = (t, first, n) => {
+        if ((this.catalog.volumes.get(t.name) ?? this.catalog.snapshots.get(t.name))?.kind === 'disk') {
+          relocator.note(t.name, first, n);
+        }
+      };
+    }
   }
 
   /** Builds the Store over an open index; closes the index if that fails. */
@@ -141,7 +166,7 @@ export class Store implements VolumeHost {
     try {
       const log = opts.log ?? (() => undefined);
       return new Store(dir, dbs, lock, opts.hash ?? xxh3, opts.writebackIntervalMs ?? WRITEBACK_INTERVAL_MS,
-        opts.writebackIdleMs ?? WRITEBACK_IDLE_MS, opts.readMode, new SpaceGuard(dir, opts.space, log), log);
+        opts.writebackIdleMs ?? WRITEBACK_IDLE_MS, opts.readMode, new SpaceGuard(dir, opts.space, log), log, opts.relocate);
     } catch (err) {
       await dbs.env.close();
       throw err;
@@ -325,14 +350,76 @@ export class Store implements VolumeHost {
     this.live();
     this.catalog.resolve(name);
     await this.flush();
-    return computeInfo(this.catalog, this.engine.blockMap, this.dbs, name, this.openHandles.get(name) ?? 0);
+    return {
+      ...computeInfo(this.catalog, this.engine.blockMap, this.dbs, name, this.openHandles.get(name) ?? 0),
+      locality: measureLocality(this.localityContext(), [name], LOCALITY_SAMPLE_PAGES),
+    };
   }
 
   /** Store totals. */
   async stats(): Promise<StoreStats> {
     this.live();
     await this.flush();
-    return computeStats(this.dir, this.catalog, this.engine.blockMap, this.dbs, this.segments);
+    return {
+      ...computeStats(this.dir, this.catalog, this.engine.blockMap, this.dbs, this.segments),
+      locality: measureLocality(this.localityContext(), [...this.catalog.volumes.keys()], LOCALITY_SAMPLE_PAGES),
+      relocation: this.relocator ? { ...this.relocator.stats } : null,
+    };
+  }
+
+  /**
+   * Copies the scattered chunks of `name`'s blocks (all, or `count` from
+   * `first`) to consecutive slots, in block order (locality.ts); with
+   * `force`, even ranges that lie in few runs. Committed chunks of one
+   * reference only; a batch of ranges per commit.
+   */
+  async relocate(name: string, opts: { first?: number; count?: number; force?: boolean } = {}): Promise<RelocateResult> {
+    this.live();
+    const size = Math.ceil(this.catalog.resolve(name).size / BLOCK_SIZE);
+    const first = opts.first ?? 0;
+    const end = Math.min(size, opts.count === undefined ? size : first + opts.count);
+    const total: RelocateResult = { blocks: 0, runsBefore: 0, runsAfter: 0, chunksMoved: 0 };
+    for (let at = first; at < end && !this.closing;) {
+      const ranges: BlockRange[] = [];
+      for (let k = 0; k < 4 && at < end; k++, at += EXTENT_BLOCKS) ranges.push({ name, first: at, count: Math.min(EXTENT_BLOCKS, end - at) });
+      const r = await this.relocateRanges(ranges, Boolean(opts.force));
+      total.blocks += r.blocks; total.runsBefore += r.runsBefore; total.runsAfter += r.runsAfter; total.chunksMoved += r.chunksMoved;
+    }
+    return total;
+  }
+
+  private relocateRanges(ranges: BlockRange[], force: boolean): Promise<RelocateResult> {
+    return this.exclusive(async () => {
+      if (this.closing || this.closed) return { blocks: 0, runsBefore: 0, runsAfter: 0, chunksMoved: 0 };
+      return relocate({
+        ...this.localityContext(), segments: this.segments, engine: this.engine, hash: this.hash,
+        commit: async (body, before) => {
+          try {
+            return await this.commitWithRoom(body, 'commit a relocation', before);
+          } finally {
+            this.engine.invalidate();
+          }
+        },
+        freeBytes: () => this.space.freeBytes(),
+      }, ranges, force);
+    });
+  }
+
+  private localityContext() {
+    return { dbs: this.dbs, catalog: this.catalog, blockMap: this.engine.blockMap, writeback: this.writeback };
+  }
+
+  /** Runs `fn` after every GC and relocation batch before it (one at a time). */
+  private async exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const before = this.exclusiveTail;
+    let done!: () => void;
+    this.exclusiveTail = new Promise<void>((resolve) => { done = resolve; });
+    try {
+      await before;
+      return await fn();
+    } finally {
+      done();
+    }
   }
 
   /** Reclaims unreferenced chunks and compacts sparse segments. */
@@ -342,7 +429,7 @@ export class Store implements VolumeHost {
     this.space.makeRoom(this.space.floor, 'let gc run');
     await this.flush();
     try {
-      return await collectGarbage({
+      return await this.exclusive(() => collectGarbage({
         dbs: this.dbs, catalog: this.catalog, blockMap: this.engine.blockMap, segments: this.segments,
         writeback: this.writeback, engine: this.engine,
         commit: async (body, before) => {
@@ -353,7 +440,7 @@ export class Store implements VolumeHost {
           }
         },
         freeBytes: () => this.space.freeBytes(),
-      });
+      }));
     } finally {
       this.space.settle();
     }
@@ -519,6 +606,7 @@ export class Store implements VolumeHost {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closing = true;
+    await this.relocator?.stop();
     await this.verifying?.catch(() => undefined); // it stops at its next batch
     this.flusher.stopTimer();
     this.engine.filter.close();

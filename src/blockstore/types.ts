@@ -156,7 +156,29 @@ export interface VolumeInfo extends VolumeSummary {
   /** Volumes branched from this snapshot (or from this volume's snapshots). */
   branches: string[];
   openHandles: number;
+  /** How scattered its committed blocks lie (a sample). */
+  locality: Locality;
 }
+
+/** How scattered a name's blocks lie: a sample of whole pages of its mapped blocks. */
+export interface Locality {
+  /** Mapped blocks looked at. */
+  sampledBlocks: number;
+  /** Runs of consecutive slots among them (one more at each hole, jump or page start). */
+  runs: number;
+  /** Of the pairs of neighbouring mapped blocks, the share whose chunks do not lie one after the other (0: in order). */
+  fragmentation: number;
+}
+
+/** Counters of the background loop. */
+export interface RelocatorStats {
+  /** Extents waiting or being relocated (0: the loop is idle). */
+  queued: number;
+  /** Extents looked at, and chunks moved, since the store opened. */
+  extents: number;
+  chunksMoved: number;
+}
+
 
 /** `dormant stats`. */
 export interface StoreStats {
@@ -177,6 +199,10 @@ export interface StoreStats {
   /** segmentBytes - storedBytes, roughly what GC could reclaim. */
   garbageBytes: number;
   indexBytes: number;
+  /** How scattered the volumes' committed blocks lie (a sample over all of them). */
+  locality: Locality;
+  /** The background relocation's counters, when it is on (the daemon). */
+  relocation: RelocatorStats | null;
 }
 
 /** What `gc` did. */

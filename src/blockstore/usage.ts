@@ -122,7 +122,7 @@ export function computeList(catalog: Catalog, blockMap: BlockMap, dbs: IndexDbs)
 
 /** Details of one name. */
 export function computeInfo(catalog: Catalog, blockMap: BlockMap, dbs: IndexDbs, name: string,
-  openHandles: number): VolumeInfo {
+  openHandles: number): Omit<VolumeInfo, 'locality'> {
   // Only the lineages this name reads through need scanning.
   const points = computePoints(catalog, blockMap, dbs, new Set(catalog.chain(catalog.pointOf(name)).map((p) => p.lineage)));
   const u = points.get(key(catalog.pointOf(name)));
@@ -150,7 +150,7 @@ export function computeInfo(catalog: Catalog, blockMap: BlockMap, dbs: IndexDbs,
 
 /** Store totals. */
 export function computeStats(dir: string, catalog: Catalog, blockMap: BlockMap, dbs: IndexDbs,
-  segments: SegmentFiles): StoreStats {
+  segments: SegmentFiles): Omit<StoreStats, 'locality' | 'relocation'> {
   const points = computePoints(catalog, blockMap, dbs);
   let logicalBlocks = 0;
   for (const name of [...catalog.volumes.keys(), ...catalog.snapshots.keys()]) {

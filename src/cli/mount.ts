@@ -29,7 +29,7 @@ export function addMountCommand(program: Command, run: (fn: () => Promise<void>)
     .action((dir: string, o: { allowOther?: boolean }, cmd: Command) => run(async () => {
       const log = logFromOptions(cmd);
       exitOnUnhandled('dormant mount', log);
-      const store = await Store.open(storeDir(cmd), { log });
+      const store = await Store.open(storeDir(cmd), { log, relocate: true });
       let view: Awaited<ReturnType<typeof mountStore>>;
       try {
         view = await mountStore(store, dir, { log, allowOther: Boolean(o.allowOther) });

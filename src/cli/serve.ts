@@ -40,6 +40,7 @@ interface ServeOptions {
   mount?: string;
   allowOther?: boolean;
   autoPage: boolean;
+  relocate: boolean;
   idleTimeout: string;
   swapFile?: string;
   swapSize: string;
@@ -157,6 +158,7 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
     .option('--max-connections <n>', 'NBD connections open at once; more are closed at once '
       + '(default 1000, or half the open-file limit when lower)')
     .option('--read-only', 'export every volume read-only')
+    .option('--no-relocate', 'do not copy the scattered ranges reads find in disk volumes to consecutive places in the background')
     .option('--label-by <what>', 'read fingerprints per export name or per client peer address: export|peer', 'export')
     .option('--foreground', 'run in the foreground (the default; accepted for scripts)')
     .option('--mount <dir>', 'also show the store as files under DIR (FUSE: volumes/<vol>, snapshots/<vol@snap>); needed to run VMs')
@@ -227,6 +229,7 @@ export function addServeCommand(program: Command, run: (fn: () => Promise<void>)
         mountDir: o.mount,
         allowOther: Boolean(o.allowOther),
         autoPage: o.autoPage,
+        relocate: o.relocate,
         idleTimeoutSeconds,
         swap,
         scrub,

@@ -6,7 +6,7 @@ import path from 'node:path';
 import os from 'node:os';
 import type { Command } from 'commander';
 import {
-  BLOCK_SIZE, DormantError, IMAGE_FORMATS, Store, checkFormat, isNbdUri, type VolumeKind, type VolumeSummary,
+  BLOCK_SIZE, DormantError, IMAGE_FORMATS, Store, checkFormat, isNbdUri, type VolumeKind, type VolumeSummary, type Locality,
 } from '../blockstore/index.js';
 import {
   CONTROL_SOCKET_NAME, LocalControl, RemoteControl, daemonAnswers, type StoreControl,
@@ -150,6 +150,7 @@ export function addStoreCommands(program: Command, run: (fn: () => Promise<void>
         `snapshots:   ${i.snapshots.length ? i.snapshots.join(', ') : '-'}`,
         `branches:    ${i.branches.length ? i.branches.join(', ') : '-'}`,
         `created:     ${i.created}`,
+        `locality:    ${localityLine(i.locality)}`,
       ].join('\n'));
     }));
 
@@ -205,8 +206,18 @@ export function addStoreCommands(program: Command, run: (fn: () => Promise<void>
         `dedup ratio: ${s.dedupRatio.toFixed(2)}`,
         `segments:    ${s.segments} files, ${formatBytes(s.segmentBytes)} (${formatBytes(s.garbageBytes)} reclaimable by gc)`,
         `index:       ${formatBytes(s.indexBytes)}`,
+        `locality:    ${localityLine(s.locality)}`,
+        ...(s.relocation ? [`relocated:   ${s.relocation.chunksMoved} chunks in the background (${s.relocation.extents} extents looked at, `
+          + `${s.relocation.queued} waiting)`] : []),
       ].join('\n'));
     }));
+}
+
+/** "12.5 % scattered (1,234 runs over 65,536 sampled blocks)". */
+function localityLine(l: Locality): string {
+  if (l.sampledBlocks === 0) return '- (no committed blocks)';
+  return `${(l.fragmentation * 100).toFixed(1)} % scattered (${l.runs} runs over ${l.sampledBlocks} sampled blocks; `
+    + `mean run ${formatBytes((l.sampledBlocks / l.runs) * BLOCK_SIZE)})`;
 }
 
 function listTable(rows: VolumeSummary[]): string {

@@ -76,6 +76,8 @@ export interface DaemonOptions {
   /** Page out VMs that turn idle (default true); initial idle timeout in seconds. */
   autoPage?: boolean;
   idleTimeoutSeconds?: number;
+  /** Relocate scattered ranges of disk volumes in the background as reads find them (default true). */
+  relocate?: boolean;
   /** A swap file to make, enable, and remove at stop. */
   swap?: { path: string; bytes: number };
   /** Scrub the store every `everyMs`, reading at most `rate` bytes a second (scrub-schedule.ts). */
@@ -108,7 +110,7 @@ export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
   const { log } = o;
   raisePriority(log);
   const dir = o.storeDir;
-  const store = await Store.open(dir, { log });
+  const store = await Store.open(dir, { log, relocate: o.relocate !== false });
   const socketPath = path.resolve(o.socketPath ?? path.join(dir, NBD_SOCKET_NAME));
   let nbd: NbdServer;
   const backend = new StoreBackend(store, { readOnly: o.readOnly });

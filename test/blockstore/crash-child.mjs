@@ -7,6 +7,7 @@
 //   A b v   block b holds value v, durable (FUA write acknowledged)
 //   F       flush acknowledged: every W before it is durable
 //   P name  snapshot crash@name exists, frozen with every W before it
+//   R n     a relocation (run beside the writes, every few steps) moved n chunks
 // Values: see crash-values.mjs.
 import fs from 'node:fs';
 import { Store } from '../../dist/blockstore/index.js';
@@ -25,7 +26,13 @@ const store = await Store.open(dir, { writebackIntervalMs: 50 });
 const h = await store.openVolume('crash');
 process.stdout.write('READY\n');
 let snaps = 0;
+let relocating = null;
 for (let i = 0; i < 1e6; i++) {
+  // Now and then a relocation of a random range runs beside the next writes and flushes (not awaited here).
+  if (relocating === null && rand(6) === 0) {
+    relocating = store.relocate('crash', { first: rand(BLOCKS), count: 256, force: true })
+      .then((r) => { out(`R ${r.chunksMoved}`); relocating = null; });
+  }
   const op = rand(100);
   const first = rand(BLOCKS - 8);
   const n = 1 + rand(8);

@@ -1,6 +1,7 @@
 /**
  * Crash safety: a child process writes, trims, flushes, FUA-writes and
- * snapshots under load and is killed with SIGKILL at random moments, many
+ * snapshots under load, with relocations of random ranges running beside
+ * (locality.ts), and is killed with SIGKILL at random moments, many
  * times. After each kill the store opens without any repair step; every block
  * whose flush (or FUA write) was acknowledged reads back exactly, or as a
  * value written after it; every acknowledged snapshot reads exactly as it was
@@ -28,6 +29,9 @@ const since: string[][] = Array.from({ length: BLOCKS }, () => []);
 const latest: string[] = new Array(BLOCKS).fill('Z');
 const snapshots = new Map<string, string[]>();
 
+/** Chunks the children's relocations moved (R lines). */
+let relocated = 0;
+
 async function runRound(round: number, gen: number): Promise<number> {
   const logPath = path.join(dir, `round-${round}.log`);
   const run = await killWhenRunning(child, [path.join(dir, 'store'), String(round * 7919 + 1), String(gen), logPath],
@@ -39,6 +43,7 @@ async function runRound(round: number, gen: number): Promise<number> {
   const lines = fs.readFileSync(logPath, 'utf8').split('\n');
   for (const line of lines) {
     const [kind, a, b] = line.split(' ');
+    if (kind === 'R') relocated += Number(a);
     if (kind === 'I') {
       since[Number(a)].push(b);
     } else if (kind === 'W' || kind === 'A') {
@@ -78,7 +83,7 @@ async function verify(store: Store, round = -1): Promise<void> {
   }
 }
 
-describe('SIGKILL during writes and flushes', () => {
+describe('SIGKILL during writes, flushes and relocations', () => {
   test(`${ROUNDS} kills at random moments lose nothing acknowledged`, async () => {
     ensureBuilt(); // the child runs dist/, this test src/: they must be the same code
     const init = await Store.init(path.join(dir, 'store'));
@@ -109,7 +114,8 @@ describe('SIGKILL during writes and flushes', () => {
       }
       await store.close();
     }
-    // The children really worked under load between kills.
+    // The children really worked under load between kills, relocations included.
     expect(totalLines).toBeGreaterThan(ROUNDS * 50);
+    expect(relocated).toBeGreaterThan(0);
   });
 });

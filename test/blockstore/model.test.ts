@@ -1,6 +1,7 @@
 /**
  * Model-based test of the store: random sequences of write, read, trim,
- * zero, snapshot, branch, rm, gc, flush and reopen over several volumes,
+ * zero, snapshot, branch, rm, gc, relocation (with a write, a flush and GC
+ * beside it), flush and reopen over several volumes,
  * checked after every step against a plain model (one Buffer per volume and
  * snapshot). Byte ranges are unaligned and span blocks; volume sizes are not
  * block multiples; contents come from a small palette so deduplication and
@@ -28,6 +29,7 @@ type Op =
   | { op: 'branch'; vol: string; from: string }
   | { op: 'rm'; name: string }
   | { op: 'concurrent'; vol: string; at: number; len: number; pattern: number }
+  | { op: 'relocate'; name: string; vol: string; at: number; len: number; pattern: number }
   | { op: 'gc' | 'flush' | 'reopen' };
 
 const name = fc.oneof(fc.constantFrom(...VOLUMES),
@@ -44,6 +46,7 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   { weight: 2, arbitrary: fc.record({ op: fc.constant('branch' as const), vol: fc.constantFrom(...VOLUMES), from: name }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('rm' as const), name }) },
   { weight: 2, arbitrary: fc.record({ op: fc.constant('concurrent' as const), vol: fc.constantFrom(...VOLUMES), at: frac, len: frac, pattern: fc.nat(7) }) },
+  { weight: 2, arbitrary: fc.record({ op: fc.constant('relocate' as const), name, vol: fc.constantFrom(...VOLUMES), at: frac, len: frac, pattern: fc.nat(7) }) },
   { weight: 4, arbitrary: fc.record({ op: fc.constantFrom('gc' as const, 'flush' as const, 'flush' as const, 'reopen' as const) }) },
 );
 
@@ -173,6 +176,21 @@ async function runOps(ops: Op[], hash?: HashFunction, readMode: 'adaptive' | 'po
           expect((await h.read(off, len)).equals(data)).toBe(true);
           await flushing;
           if (snapDuring) { await snapDuring; m.snaps.set(`${o.vol}@s2`, Buffer.from(cur)); }
+          break;
+        }
+        case 'relocate': {
+          // Relocation of a name's chunks while a write to a volume, a flush and a GC run beside it.
+          if (!model(o.name)) { await expectCode(store.relocate(o.name), 'ENOENT'); break; }
+          const relocating = store.relocate(o.name, { force: o.pattern % 2 === 0 });
+          const cur = m.vols.get(o.vol);
+          const steps: Promise<unknown>[] = [relocating, store.flush(), store.gc()];
+          if (cur) {
+            const [off, len] = range(cur.length, o.at, o.len);
+            const data = content(len, o.pattern, seq);
+            steps.push((await handle(o.vol)).write(off, data));
+            data.copy(cur, off);
+          }
+          await Promise.all(steps);
           break;
         }
         case 'gc': await store.gc(); break;

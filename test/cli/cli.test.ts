@@ -278,6 +278,8 @@ describe('branches, list and info', () => {
     expect(i.blocks).toMatchObject({ own: 0, inherited: goldenBlocks + 1 });
     const text = expectOk(dormant(['info', 'vm4'], { store }));
     expect(text).toMatch(/^origin:\s+vm3@s1 <- golden@base$/m);
+    expect(i.locality.sampledBlocks).toBe(goldenBlocks + 1);
+    expect(text).toMatch(/^locality:\s+\d+\.\d % scattered/m);
     expect(text).toMatch(/^name:\s+vm4 \(volume, disk\)$/m);
   });
 });
@@ -337,6 +339,10 @@ describe('rm, gc and stats', () => {
     const text = expectOk(dormant(['stats'], { store: dir }));
     expect(text).toMatch(/^dedup ratio: 2\.00$/m);
     expect(text).toMatch(/^volumes:\s+2 \(\+ 0 snapshots\)$/m);
+    // Imported in order: nothing scattered; offline, no background relocation.
+    expect(s.locality).toMatchObject({ sampledBlocks: 2 * blocks, fragmentation: 0 });
+    expect(s.relocation).toBeNull();
+    expect(text).toMatch(/^locality:\s+0\.0 % scattered \(\d+ runs over \d+ sampled blocks; mean run .*\)$/m);
   });
 });
 

@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Store } from '../../src/blockstore/index.js';
+import { Store, type StoreOptions } from '../../src/blockstore/index.js';
 import { ByteQueue } from '../../src/nbd/bytequeue.js';
 import * as C from '../../src/nbd/codec.js';
 import { NbdServer, StoreBackend, type NbdLogger, type NbdServerOptions } from '../../src/nbd/index.js';
@@ -65,9 +65,10 @@ export async function serveStore(
   prefix: string,
   setup: (store: Store) => Promise<void>,
   extra: Partial<NbdServerOptions> = {},
+  storeOptions: StoreOptions = {},
 ): Promise<Served> {
   const dir = tempDir(prefix);
-  const store = await Store.init(path.join(dir, 'store'));
+  const store = await Store.init(path.join(dir, 'store'), storeOptions);
   await setup(store);
   const logger = memoryLogger();
   const socketPath = path.join(dir, 'nbd.sock');
