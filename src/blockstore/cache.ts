@@ -137,6 +137,15 @@ export class ChunkLocationCache {
     page.known[i] = 1;
   }
 
+  /** A cached chunk now lies at (segment, slot) (relocation); an uncached one stays uncached. */
+  move(id: number, segment: number, slot: number): void {
+    const page = this.pageMap.get(Math.floor(id / PAGE_ENTRIES));
+    const i = id % PAGE_ENTRIES;
+    if (page === undefined || page.known[i] === 0) return;
+    page.segment[i] = segment;
+    page.slot[i] = slot;
+  }
+
   clear(): void {
     this.pageMap.clear();
   }

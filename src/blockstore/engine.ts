@@ -106,6 +106,11 @@ export class BlockEngine {
     this.reader.invalidate();
   }
 
+  /** Committed chunks now lie elsewhere (relocation): the cached places follow; block look-ups stay cached. */
+  moved(moves: ReadonlyArray<{ id: number; to: Location }>): void {
+    this.reader.moved(moves);
+  }
+
   /** Hears of request reads whose blocks lie scattered (the store's background relocation), or nobody. */
   set onScattered(fn: ((t: Target, first: number, n: number) => void) | null) {
     this.reader.onScattered = fn;

@@ -74,7 +74,7 @@ export interface LocalityContext {
   writeback: Writeback;
   engine: BlockEngine;
   hash: HashFunction;
-  /** Commits `body` in one transaction after `before` (the copies' sync). */
+  /** Commits `body` in one transaction after `before` (the copies' sync); needs not forget cached look-ups. */
   commit<T>(body: () => T, before?: () => Promise<void>): Promise<T>;
   /** Bytes free on the store's file system now. */
   freeBytes?(): number;
@@ -141,9 +141,9 @@ export async function relocate(ctx: LocalityContext, ranges: BlockRange[], force
     result.runsAfter += runsOf(places).runs;
   }
   if (moved.length === 0) return result;
-  result.chunksMoved = await ctx.commit(() => {
+  const repointed = await ctx.commit(() => {
     const delta = new Map<number, number>();
-    let n = 0;
+    const done: typeof moved = [];
     for (const m of moved) {
       const raw = ctx.dbs.chunks.getBinary(chunkKey(m.id));
       if (!raw) continue;
@@ -152,14 +152,17 @@ export async function relocate(ctx: LocalityContext, ranges: BlockRange[], force
       ctx.dbs.chunks.put(chunkKey(m.id), encodeChunk({ ...c, segment: m.to.segment, slot: m.to.slot }));
       delta.set(m.from.segment, (delta.get(m.from.segment) ?? 0) - 1);
       delta.set(m.to.segment, (delta.get(m.to.segment) ?? 0) + 1);
-      n++;
+      done.push(m);
     }
     for (const [s, d] of delta) {
       const live = (ctx.dbs.segments.get(s) ?? 0) + d;
       if (live > 0) ctx.dbs.segments.put(s, live); else ctx.dbs.segments.remove(s);
     }
-    return n;
+    return done;
   }, () => ctx.segments.sync());
+  // Cached places follow; the old places stay readable (same bytes) until GC, which forgets every cached place.
+  ctx.engine.moved(repointed);
+  result.chunksMoved = repointed.length;
   return result;
 }
 

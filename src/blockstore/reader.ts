@@ -155,6 +155,11 @@ export class BlockReader {
     this.chunkPlaces.clear();
   }
 
+  /** Committed chunks now lie elsewhere (relocation): cached places follow, nothing else is forgotten. */
+  moved(moves: ReadonlyArray<{ id: number; to: Location }>): void {
+    for (const m of moves) this.chunkPlaces.move(m.id, m.to.segment, m.to.slot);
+  }
+
   /**
    * Reads `n` whole blocks into `out` at `outOffset`; attributes them to
    * `label`. Wherever the blocks lie, one native call copies them out of

@@ -393,13 +393,8 @@ export class Store implements VolumeHost {
       if (this.closing || this.closed) return { blocks: 0, runsBefore: 0, runsAfter: 0, chunksMoved: 0 };
       return relocate({
         ...this.localityContext(), segments: this.segments, engine: this.engine, hash: this.hash,
-        commit: async (body, before) => {
-          try {
-            return await this.commitWithRoom(body, 'commit a relocation', before);
-          } finally {
-            this.engine.invalidate();
-          }
-        },
+        // No cache is forgotten: block look-ups do not change, and relocate() moves the cached chunk places.
+        commit: (body, before) => this.commitWithRoom(body, 'commit a relocation', before),
         freeBytes: () => this.space.freeBytes(),
       }, ranges, force);
     });
