@@ -1,14 +1,16 @@
 #!/usr/bin/env node
 /**
  * FUSE benchmark: the same workloads on a volume file of the FUSE view
- * (`dormant mount`, run from dist/ in a child process) and on a file of the
- * same size on tmpfs (/dev/shm), in the same run:
+ * (`dormant serve --mount`, run from dist/ in a child process), on a file
+ * `nbdfuse` shows for another volume of the same daemon over its NBD Unix
+ * socket (the generic tool a user would stack on dormant instead), and on a
+ * file of the same size on tmpfs (/dev/shm), in the same run:
  *   - 1 MiB sequential write and read (fio, psync engine, through the page cache);
  *   - 4 KiB random read (fio, psync engine) for BENCH_RUNTIME seconds;
  *   - page faults through a MAP_SHARED mapping: first touch (read) of every
  *     page, and first write of every page followed by msync (python3 mmap).
- * Prints MB/s, IOPS and faults/s per target, the FUSE/tmpfs ratio, and a
- * markdown table.
+ * Prints MB/s, IOPS and faults/s per target, the ratios of dormant's view
+ * to nbdfuse and to tmpfs, and a markdown table.
  *
  * Build first (`npx tsc`). Env: BENCH_SIZE_MIB (default 256), BENCH_RUNTIME
  * (s, default 5), BENCH_DIR (work dir, default a temp dir, removed afterwards).
@@ -35,11 +37,16 @@ const ownDir = process.env.BENCH_DIR === undefined;
 const dir = process.env.BENCH_DIR ?? mkdtempSync(path.join(tmpdir(), 'dormant-bench-fuse-'));
 const store = path.join(dir, 'store');
 const mnt = path.join(dir, 'mnt');
+const nbdMnt = path.join(dir, 'nbdfuse');
 const shmDir = mkdtempSync('/dev/shm/dormant-bench-');
 mkdirSync(mnt, { recursive: true });
+mkdirSync(nbdMnt, { recursive: true });
 
 let daemon = null;
+let nbdfuse = null;
 function cleanup() {
+  try { execFileSync('fusermount3', ['-uz', nbdMnt], { stdio: 'ignore' }); } catch { /* not mounted */ }
+  if (nbdfuse && nbdfuse.exitCode === null) nbdfuse.kill('SIGKILL');
   if (daemon && daemon.exitCode === null) daemon.kill('SIGKILL');
   try { execFileSync('fusermount', ['-uz', mnt], { stdio: 'ignore' }); } catch { /* not mounted */ }
   rmSync(shmDir, { recursive: true, force: true });
@@ -87,13 +94,25 @@ async function faults(file, mode) {
 
 async function startMount() {
   execFileSync(process.execPath, [BIN, '--store', store, 'init'], { stdio: 'ignore' });
-  execFileSync(process.execPath, [BIN, '--store', store, 'create', 'bench', '--size', String(SIZE), '--kind', 'memory'], { stdio: 'ignore' });
-  daemon = spawn(process.execPath, [BIN, '--store', store, 'mount', mnt], { stdio: ['ignore', 'ignore', 'pipe'] });
+  for (const name of ['bench', 'viaNbd']) {
+    execFileSync(process.execPath, [BIN, '--store', store, 'create', name, '--size', String(SIZE), '--kind', 'memory'], { stdio: 'ignore' });
+  }
+  daemon = spawn(process.execPath, [BIN, '--store', store, 'serve', '--no-tcp', '--no-auto-page', '--mount', mnt],
+    { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   daemon.stderr.on('data', (d) => { err += d; });
   const end = Date.now() + 30_000;
-  while (!/dormant mount: store /.test(err)) {
-    if (daemon.exitCode !== null || Date.now() > end) throw new Error(`dormant mount did not start: ${err}`);
+  while (!/dormant serve: store /.test(err)) {
+    if (daemon.exitCode !== null || Date.now() > end) throw new Error(`dormant serve did not start: ${err}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  // nbdfuse on the daemon's NBD socket: MOUNTPOINT/FILE, in the foreground (its default: 4 connections, multi-threaded FUSE).
+  const sock = path.join(store, 'nbd.sock');
+  nbdfuse = spawn('nbdfuse', [path.join(nbdMnt, 'viaNbd'), `nbd+unix:///viaNbd?socket=${sock}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let nerr = '';
+  nbdfuse.stderr.on('data', (d) => { nerr += d; });
+  while (!existsSync(path.join(nbdMnt, 'viaNbd'))) {
+    if (nbdfuse.exitCode !== null || Date.now() > end) throw new Error(`nbdfuse did not start: ${nerr}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -106,7 +125,8 @@ try {
   writeFileSync(tmpfsFile, '');
   truncateSync(tmpfsFile, SIZE);
   if (statSync(fuseFile).size !== SIZE) throw new Error('volume file has the wrong size');
-  const targets = [{ name: 'dormant FUSE', file: fuseFile }, { name: 'tmpfs', file: tmpfsFile }];
+  const targets = [{ name: 'dormant FUSE', file: fuseFile }, { name: 'nbdfuse', file: path.join(nbdMnt, 'viaNbd') },
+    { name: 'tmpfs', file: tmpfsFile }];
   const rows = [
     { name: '1M seq write (psync)', unit: 'MB/s', fn: (f) => fio(f, 'seqwrite', 'write', '1M', false).then((r) => r.mbps) },
     { name: '1M seq read (psync)', unit: 'MB/s', fn: (f) => fio(f, 'seqread', 'read', '1M', false).then((r) => r.mbps) },
@@ -124,11 +144,15 @@ try {
     }
     results.push({ ...row, vals });
   }
-  console.log('\n| workload | dormant FUSE | tmpfs | FUSE/tmpfs |');
-  console.log('|---|---:|---:|---:|');
+  console.log(`\n${new Date().toISOString()}, ${execFileSync('sh', ['-c', "lscpu | sed -n 's/^Model name: *//p'"]).toString().trim()}`);
+  console.log('| workload | dormant FUSE | nbdfuse on dormant NBD | tmpfs | dormant / nbdfuse | dormant / tmpfs |');
+  console.log('|---|---:|---:|---:|---:|---:|');
   for (const r of results) {
-    console.log(`| ${r.name} | ${r.vals[0].toFixed(1)} ${r.unit} | ${r.vals[1].toFixed(1)} ${r.unit} | ${(r.vals[0] / r.vals[1]).toFixed(3)} |`);
+    const [d, n, t] = r.vals;
+    console.log(`| ${r.name} | ${d.toFixed(1)} ${r.unit} | ${n.toFixed(1)} ${r.unit} | ${t.toFixed(1)} ${r.unit} | ${(d / n).toFixed(2)}× | ${(d / t).toFixed(3)} |`);
   }
+  execFileSync('fusermount3', ['-u', nbdMnt], { stdio: 'ignore' });
+  await new Promise((r) => { const t = setTimeout(r, 10_000); nbdfuse.once('exit', () => { clearTimeout(t); r(); }); });
   daemon.kill('SIGTERM');
   await new Promise((r) => { const t = setTimeout(r, 20_000); daemon.once('exit', () => { clearTimeout(t); r(); }); });
 } finally {

@@ -6,17 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: e2fsprogs (demo image), qemu-utils, libnbd-bin, nbdkit,
-# fio (real NBD clients and peers for tests and benchmarks), libfuse2 + fuse3
-# (fuse-native loads libfuse.so.2; fusermount comes with fuse3), and for the
+# fio (real NBD clients and peers for tests and benchmarks), fuse3
+# (libfuse3 for the FUSE view, fusermount), and for the
 # test guest (dormant image build-test-guest, test/vm, test/pager): busybox-static, cpio,
 # kmod (depmod), gcc + libc6-dev (the guest's static memory ballast) and
 # qemu-system-x86 to boot it. The guest's kernel is not
 # installed: the builder fetches it with apt-get download. The native addon
 # (native/) needs g++, make and python3 (node-gyp; python3 also runs the
-# addon's test helper) and libxxhash-dev (xxhash.h, compiled in with
-# XXH_INLINE_ALL).
-DEB_PACKAGES=(e2fsprogs qemu-utils libnbd-bin nbdkit fio openssl libfuse2 fuse3 busybox-static cpio kmod qemu-system-x86 etcd-server
-  g++ gcc libc6-dev make python3 libxxhash-dev)
+# addon's test helper), libxxhash-dev (xxhash.h, compiled in with
+# XXH_INLINE_ALL) and libfuse3-dev (the FUSE view's session, native/src/fuse.cc).
+DEB_PACKAGES=(e2fsprogs qemu-utils libnbd-bin nbdkit fio openssl fuse3 busybox-static cpio kmod qemu-system-x86 etcd-server
+  g++ gcc libc6-dev make python3 libxxhash-dev libfuse3-dev)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,5 +1,5 @@
 // dormant_native: the module table. Each binding lives in its own file
-// (process.cc, residency.cc, hash.cc, store.cc, socket.cc, recv.cc, rehash.cc) and validates its own arguments; no
+// (process.cc, residency.cc, hash.cc, store.cc, socket.cc, recv.cc, rehash.cc, fuse.cc) and validates its own arguments; no
 // pointers are kept here.
 #include <napi.h>
 
@@ -35,6 +35,19 @@ Napi::Value VerifyBlocks(const Napi::CallbackInfo& info);
 Napi::Value GatherBlocks(const Napi::CallbackInfo& info);
 Napi::Value RehashRun(const Napi::CallbackInfo& info);
 Napi::Value AddRun(const Napi::CallbackInfo& info);
+Napi::Value FuseMount(const Napi::CallbackInfo& info);
+Napi::Value FuseStop(const Napi::CallbackInfo& info);
+Napi::Value FuseInFlight(const Napi::CallbackInfo& info);
+Napi::Value FuseDestroy(const Napi::CallbackInfo& info);
+Napi::Value FuseReplyErr(const Napi::CallbackInfo& info);
+Napi::Value FuseReplyBuf(const Napi::CallbackInfo& info);
+Napi::Value FuseReplyWrite(const Napi::CallbackInfo& info);
+Napi::Value FuseReplyOpen(const Napi::CallbackInfo& info);
+Napi::Value FuseReplyAttr(const Napi::CallbackInfo& info);
+Napi::Value FuseReplyEntry(const Napi::CallbackInfo& info);
+Napi::Value FuseReplyStatfs(const Napi::CallbackInfo& info);
+Napi::Value FuseReplyDir(const Napi::CallbackInfo& info);
+Napi::Value FuseReplyFile(const Napi::CallbackInfo& info);
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen, "pidfdOpen"));
@@ -64,6 +77,19 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("gatherBlocks", Napi::Function::New(env, GatherBlocks, "gatherBlocks"));
   exports.Set("rehashRun", Napi::Function::New(env, RehashRun, "rehashRun"));
   exports.Set("addRun", Napi::Function::New(env, AddRun, "addRun"));
+  exports.Set("fuseMount", Napi::Function::New(env, FuseMount, "fuseMount"));
+  exports.Set("fuseStop", Napi::Function::New(env, FuseStop, "fuseStop"));
+  exports.Set("fuseInFlight", Napi::Function::New(env, FuseInFlight, "fuseInFlight"));
+  exports.Set("fuseDestroy", Napi::Function::New(env, FuseDestroy, "fuseDestroy"));
+  exports.Set("fuseReplyErr", Napi::Function::New(env, FuseReplyErr, "fuseReplyErr"));
+  exports.Set("fuseReplyBuf", Napi::Function::New(env, FuseReplyBuf, "fuseReplyBuf"));
+  exports.Set("fuseReplyWrite", Napi::Function::New(env, FuseReplyWrite, "fuseReplyWrite"));
+  exports.Set("fuseReplyOpen", Napi::Function::New(env, FuseReplyOpen, "fuseReplyOpen"));
+  exports.Set("fuseReplyAttr", Napi::Function::New(env, FuseReplyAttr, "fuseReplyAttr"));
+  exports.Set("fuseReplyEntry", Napi::Function::New(env, FuseReplyEntry, "fuseReplyEntry"));
+  exports.Set("fuseReplyStatfs", Napi::Function::New(env, FuseReplyStatfs, "fuseReplyStatfs"));
+  exports.Set("fuseReplyDir", Napi::Function::New(env, FuseReplyDir, "fuseReplyDir"));
+  exports.Set("fuseReplyFile", Napi::Function::New(env, FuseReplyFile, "fuseReplyFile"));
   exports.Set("XXH3_ISA", Napi::String::New(env, Xxh3Isa()));
   exports.Set("PAGE_SIZE", Napi::Number::New(env, static_cast<double>(PageSize())));
   return exports;

@@ -32,7 +32,7 @@ import { BlockIdCache } from './cache.js';
 import { Landings } from './landing.js';
 import { BlockReader } from './reader.js';
 import type { Location, SegmentFiles } from './segments.js';
-import type { BlockHashes, ReadOptions } from './types.js';
+import type { BlockHashes, ReadOptions, StoredRange } from './types.js';
 import { BlockWriter } from './writer.js';
 import type { Writeback } from './writeback.js';
 import type { Fingerprints } from './fingerprints.js';
@@ -142,6 +142,12 @@ export class BlockEngine {
   readView(t: Target, first: number, n: number, label?: string, stored?: ReadOptions['stored']): Buffer | null {
     if (this.absentIn(t, first, n) !== undefined) return null;
     return this.reader.readView(t, first, n, label, stored);
+  }
+
+  /** The blocks as one range of a segment file with their hashes, or null (see BlockReader.readFile). */
+  readFile(t: Target, first: number, n: number, label?: string): StoredRange | null {
+    if (this.absentIn(t, first, n) !== undefined) return null;
+    return this.reader.readFile(t, first, n, label);
   }
 
   /**

@@ -9,7 +9,7 @@ export { xxh3, type HashFunction } from './hash.js';
 export { checkName, splitName } from './catalog.js';
 export type {
   VolumeKind, VolumeHandle, ReadOptions, WriteOptions, Extent, VolumeEntry, VolumeSummary, VolumeInfo, StoreStats, GcResult,
-  FingerprintEntry, Locality, RelocatorStats, BlockHashes, StoredFile, ChunkUser, DamagedChunk, DataReport, VerifyOptions,
+  FingerprintEntry, StoredRange, Locality, RelocatorStats, BlockHashes, StoredFile, ChunkUser, DamagedChunk, DataReport, VerifyOptions,
 } from './types.js';
 export type { RelocateResult } from './locality.js';
 export { isHole, type BlockHashList } from './inventory.js';

@@ -31,7 +31,7 @@ import { UNRESOLVED, type BlockMap } from './blockmap.js';
 import { BLOCK_CACHE_PAGE, BlockIdCache, CHUNK_CACHE_PAGE, ChunkLocationCache } from './cache.js';
 import { chunkKey, parseChunkKey } from './keys.js';
 import { HOLE_SEGMENT, type BlockPlaces, type Location, type SegmentFiles } from './segments.js';
-import type { ReadOptions } from './types.js';
+import type { ReadOptions, StoredRange } from './types.js';
 import type { Writeback } from './writeback.js';
 import type { Fingerprints } from './fingerprints.js';
 import type { Target } from './engine.js';
@@ -251,6 +251,30 @@ export class BlockReader {
     if (label !== undefined) this.fingerprints.record(label, ids);
     if (stored !== undefined) stored(view, this.segments.fileOf(loc));
     return view;
+  }
+
+  /**
+   * The `n` blocks from `first` as a range of one segment file with their
+   * expected hashes, for a reader that reads and checks them itself (the
+   * FUSE view's answers on libuv's pool), when they are one run of
+   * consecutive committed slots; else null (nothing attributed). The file
+   * stays open until `release()`.
+   */
+  readFile(t: Target, first: number, n: number, label?: string): StoredRange | null {
+    const ids = this.resolve(t, first, n);
+    if (ids[0] === 0) return null;
+    const hashes = Buffer.allocUnsafe(n * HASH_SIZE);
+    const loc = this.locate(ids[0], hashes, 0);
+    if (this.locatedNew) return null;
+    for (let i = 1; i < n; i++) {
+      if (ids[i] === 0) return null;
+      const l = this.locate(ids[i], hashes, i * HASH_SIZE);
+      if (this.locatedNew || l.segment !== loc.segment || l.slot !== loc.slot + i) return null;
+    }
+    const file = this.segments.pinnedFile(loc, n);
+    if (file === null) return null;
+    if (label !== undefined) this.fingerprints.record(label, ids);
+    return { ...file, hashes, segment: loc.segment, slot: loc.slot };
   }
 
   /** Feeds the time a synchronous read of n blocks in `runs` runs of consecutive slots took into the cold/warm estimate. */

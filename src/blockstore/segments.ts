@@ -351,6 +351,20 @@ export class SegmentFiles {
   }
 
   /**
+   * The file of `count` slots from `loc` for a reader of its own: its
+   * descriptor and the first slot's position, pinned (kept open even if GC
+   * deletes the segment, and no slot of it overwritten) until `release()`;
+   * null when some of the slots are not in the file yet.
+   */
+  pinnedFile(loc: Location, count: number): { fd: number; position: number; release(): void } | null {
+    if (this.notAllInFile(loc, count)) return null;
+    const fd = this.maps.fdFor(loc.segment);
+    this.maps.pin(fd);
+    let pinned = true;
+    return { fd, position: slotOffset(loc.slot), release: () => { if (pinned) { pinned = false; this.maps.unpin(fd); } } };
+  }
+
+  /**
    * `readRun` if the bytes are all in the page cache (preadv2 RWF_NOWAIT);
    * false, with nothing read, when reading them would wait for the disk.
    */

@@ -81,6 +81,14 @@ export interface VolumeHandle {
    * For request handlers: no promise on the common path.
    */
   readView(offset: number, length: number, opts?: ReadOptions): Buffer | null;
+  /**
+   * The range as one run of committed chunks in one segment file, for a
+   * reader that reads the bytes and checks them against `hashes` itself
+   * (the FUSE view answers reads this way on libuv's pool); null when it is
+   * not whole blocks in one such run (then use `read`). The file stays open
+   * until `release()`, which must be called once.
+   */
+  readFile(offset: number, length: number, opts?: ReadOptions): StoredRange | null;
   /** Writes `data` at `offset`; the caller may reuse `data` once the promise settles. */
   write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void>;
   /**
@@ -179,6 +187,19 @@ export interface RelocatorStats {
   chunksMoved: number;
 }
 
+
+/** VolumeHandle.readFile: where a range lies, and what its blocks must hash to. */
+export interface StoredRange {
+  fd: number;
+  /** Byte position of the range in the file. */
+  position: number;
+  /** XXH3-128 of each 4096-byte block, 16 bytes each, in order. */
+  hashes: Buffer;
+  /** Where the range starts (for an error message). */
+  segment: number;
+  slot: number;
+  release(): void;
+}
 
 /** `dormant stats`. */
 export interface StoreStats {

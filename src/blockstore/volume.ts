@@ -28,7 +28,7 @@ import { DormantError } from './errors.js';
 import type { BlockEngine, Target } from './engine.js';
 import type { Catalog } from './catalog.js';
 import type { FillKind } from './absent.js';
-import type { Extent, ReadOptions, VolumeHandle, VolumeKind, WriteOptions } from './types.js';
+import type { Extent, ReadOptions, StoredRange, VolumeHandle, VolumeKind, WriteOptions } from './types.js';
 
 /** Writes of at least this many bytes are hashed on libuv's pool (smaller ones cost less than the hop). */
 const ASYNC_HASH_BYTES = 256 * 1024;
@@ -115,6 +115,12 @@ export class Volume implements VolumeHandle {
     const t = this.check(offset, length, false);
     if (length === 0 || offset % BLOCK_SIZE !== 0 || length % BLOCK_SIZE !== 0) return null;
     return this.host.engine.readView(t, offset / BLOCK_SIZE, length / BLOCK_SIZE, opts.label, opts.stored);
+  }
+
+  readFile(offset: number, length: number, opts: ReadOptions = {}): StoredRange | null {
+    const t = this.check(offset, length, false);
+    if (length === 0 || offset % BLOCK_SIZE !== 0 || length % BLOCK_SIZE !== 0) return null;
+    return this.host.engine.readFile(t, offset / BLOCK_SIZE, length / BLOCK_SIZE, opts.label);
   }
 
   writeNow(offset: number, data: Buffer): boolean | Promise<void> {

@@ -1,7 +1,7 @@
 /**
  * The one place where store errors become FUSE errno values.
  *
- * fuse-native wants a negative errno in its callbacks. The store throws
+ * libfuse's replies take a positive errno. The store throws
  * DormantError with a `code`; most codes have a same-named errno. ERANGE (a
  * range outside the volume) is ENOSPC for writes, as for a full disk, and
  * EINVAL otherwise. ENOSPC (a full store: the free-space floor refused the
@@ -14,22 +14,24 @@ import { isDormantError } from '../blockstore/index.js';
 
 const E = os.constants.errno;
 
-/** Negative errno values handed back to the kernel. */
+/** errno values handed back to the kernel. */
 export const FUSE_ERRNO = {
-  EPERM: -E.EPERM,
-  ENOENT: -E.ENOENT,
-  EIO: -E.EIO,
-  EBADF: -E.EBADF,
-  EACCES: -E.EACCES,
-  EBUSY: -E.EBUSY,
-  EEXIST: -E.EEXIST,
-  ENOTDIR: -E.ENOTDIR,
-  EISDIR: -E.EISDIR,
-  EINVAL: -E.EINVAL,
-  EFBIG: -E.EFBIG,
-  ENOSPC: -E.ENOSPC,
-  EROFS: -E.EROFS,
-  ENOTSUP: -E.ENOTSUP,
+  EPERM: E.EPERM,
+  ENOENT: E.ENOENT,
+  EIO: E.EIO,
+  EBADF: E.EBADF,
+  EACCES: E.EACCES,
+  EBUSY: E.EBUSY,
+  EEXIST: E.EEXIST,
+  ENOTDIR: E.ENOTDIR,
+  EISDIR: E.EISDIR,
+  EINVAL: E.EINVAL,
+  EFBIG: E.EFBIG,
+  ENOSPC: E.ENOSPC,
+  EROFS: E.EROFS,
+  ENOTSUP: E.ENOTSUP,
+  ENOSYS: E.ENOSYS,
+  ENOTCONN: E.ENOTCONN,
 } as const;
 
 /** A FUSE errno plus whether the original error deserves a log line. */
@@ -39,7 +41,7 @@ export interface MappedError {
   unexpected: boolean;
 }
 
-/** Maps anything a Store or VolumeHandle call threw to a negative errno; `write` for data-writing calls. */
+/** Maps anything a Store or VolumeHandle call threw to an errno; `write` for data-writing calls. */
 export function mapStoreError(err: unknown, write = false): MappedError {
   if (!isDormantError(err)) return { errno: FUSE_ERRNO.EIO, unexpected: true };
   switch (err.code) {

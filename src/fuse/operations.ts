@@ -1,24 +1,35 @@
 /**
- * The FUSE operations over a Store: what each path is, and how each call
- * maps onto the store.
+ * The FUSE operations over a Store: what each inode is, and how each
+ * request (native/src/fuse.cc, libfuse3's low-level API) maps onto the
+ * store.
  *
- *   /                     dir  (volumes, snapshots)
+ *   /                     dir  (volumes, snapshots)     inode 1
+ *   /volumes              dir                           inode 2
+ *   /snapshots            dir                           inode 3
  *   /volumes/<vol>        file, read-write, size = volume size
  *   /snapshots/<vol@snap> file, read-only
  *
- * Listings and attributes come from store.entries()/describe() at each
- * call, so volumes created through the CLI or the control socket appear
- * without a remount. Files cannot be created, removed or renamed (EPERM;
- * EROFS under /snapshots). truncate grows a volume (store.resize); shrinking
- * is refused with EINVAL, because it would drop data. fsync and fdatasync
- * are the store's durability point (store flush). fuse-native has no
- * fallocate, so punching a hole gets EOPNOTSUPP from the kernel.
+ * A file's inode is given to its name the first time it is looked up and
+ * stays that name's for the life of the mount (the kernel's FORGET is
+ * answered natively; nothing is freed: names are few). Listings and
+ * attributes come from store.entries()/describe() at each request, so
+ * volumes created through the CLI or the control socket appear without a
+ * remount; a name removed since answers ENOENT. Files cannot be created,
+ * removed or renamed (EPERM; EROFS under /snapshots or with readOnly);
+ * chmod and chown are EPERM; truncate grows a volume (store.resize) and
+ * shrinking is refused with EINVAL, because it would drop data. fsync is
+ * the store's durability point (store flush). There is no fallocate
+ * (punching a hole gets EOPNOTSUPP from the kernel).
  *
- * Every callback answers exactly once; errors go through errors.ts.
+ * Every request is answered exactly once (reply*), also when the store
+ * throws; errors go through errors.ts.
  */
 import fs from 'node:fs';
-import path from 'node:path';
-import type { LogFn, Store, VolumeEntry } from '../blockstore/index.js';
+import { DormantError, type LogFn, type Store, type VolumeEntry } from '../blockstore/index.js';
+import {
+  FUSE_OP, fuseReplyAttr, fuseReplyBuf, fuseReplyDir, fuseReplyEntry, fuseReplyErr, fuseReplyOpen, fuseReplyStatfs,
+  fuseReplyWrite,
+} from '../native/index.js';
 import { FUSE_ERRNO, mapStoreError } from './errors.js';
 import type { HandlePool } from './handles.js';
 
@@ -26,19 +37,22 @@ import type { HandlePool } from './handles.js';
 export const VOLUMES_DIR = 'volumes';
 export const SNAPSHOTS_DIR = 'snapshots';
 
+const ROOT_INO = 1;
+const VOLUMES_INO = 2;
+const SNAPSHOTS_INO = 3;
+const FIRST_FILE_INO = 4;
+
 const O_ACCMODE = 3;
 const O_RDONLY = 0;
 const DIR_MODE = 0o040755;
 const RO_DIR_MODE = 0o040555;
 const FILE_MODE = 0o100644;
 const RO_FILE_MODE = 0o100444;
-
-type Callback = (errno: number, ...rest: unknown[]) => void;
-
-/** What a path names. */
-type Node =
-  | { type: 'dir'; dir: '' | typeof VOLUMES_DIR | typeof SNAPSHOTS_DIR }
-  | { type: 'file'; entry: VolumeEntry };
+/** FUSE_SET_ATTR_* bits of a SETATTR. */
+const SET_MODE = 1 << 0;
+const SET_UID = 1 << 1;
+const SET_GID = 1 << 2;
+const SET_SIZE = 1 << 3;
 
 /** Logger for unexpected failures. */
 export type FuseLog = LogFn;
@@ -54,152 +68,265 @@ export interface IoObserver {
   write(name: string, pos: number, len: number): void;
 }
 
-/** Builds the fuse-native operations table over `store`; `readOnly` makes volumes read-only too. */
-export function buildOperations(store: Store, handles: HandlePool, log: FuseLog, readOnly = false,
-  observer?: IoObserver): Record<string, unknown> {
-  const started = new Date();
-  const mtimes = new Map<string, Date>();
-
-  const lookup = (p: string): Node | null => {
-    if (p === '/') return { type: 'dir', dir: '' };
-    const parts = p.split('/').slice(1);
-    const top = parts[0];
-    if (top !== VOLUMES_DIR && top !== SNAPSHOTS_DIR) return null;
-    if (parts.length === 1) return { type: 'dir', dir: top };
-    if (parts.length !== 2) return null;
-    const entry = store.describe(parts[1]);
-    if (!entry || entry.type !== (top === VOLUMES_DIR ? 'volume' : 'snapshot')) return null;
-    return { type: 'file', entry };
-  };
-
-  /** The parent dir of `p` refuses new names with this errno. */
-  const refuseIn = (p: string): number =>
-    (readOnly || p.startsWith(`/${SNAPSHOTS_DIR}/`) || p === `/${SNAPSHOTS_DIR}` ? FUSE_ERRNO.EROFS : FUSE_ERRNO.EPERM);
-
-  const fail = (cb: Callback, what: string, p: string, err: unknown, write = false) => {
-    const m = mapStoreError(err, write);
-    if (m.unexpected) log(`fuse: ${what} ${p}: ${(err as Error)?.message ?? err}`,
-      { level: 'error', op: what, path: p, err: (err as Error)?.message ?? String(err) });
-    cb(m.errno);
-  };
-
-  const statOf = (node: Node) => {
-    if (node.type === 'dir') {
-      return {
-        mode: node.dir === SNAPSHOTS_DIR || readOnly ? RO_DIR_MODE : DIR_MODE, size: 4096, nlink: node.dir === '' ? 4 : 2,
-        mtime: started, atime: started, ctime: started, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0,
-      };
-    }
-    const e = node.entry;
-    const created = new Date(e.created);
-    const mtime = mtimes.get(e.name) ?? created;
-    return {
-      mode: e.type === 'snapshot' || readOnly ? RO_FILE_MODE : FILE_MODE, size: e.size, nlink: 1, blksize: 4096,
-      blocks: Math.ceil(e.size / 512), mtime, atime: mtime, ctime: mtime,
-      uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0,
-    };
-  };
-
-  /** An operation that is always refused; the errno depends on the paths it names. */
-  const refuse = (errnoFor: (p: string) => number) => (...args: unknown[]) => {
-    const paths = args.filter((a): a is string => typeof a === 'string');
-    const errnos = paths.map(errnoFor);
-    (args[args.length - 1] as Callback)(errnos.includes(FUSE_ERRNO.EROFS) ? FUSE_ERRNO.EROFS : FUSE_ERRNO.EPERM);
-  };
-
-  const fileOrFail = (p: string, cb: Callback): VolumeEntry | null => {
-    const node = lookup(p);
-    if (!node) { cb(FUSE_ERRNO.ENOENT); return null; }
-    if (node.type === 'dir') { cb(FUSE_ERRNO.EISDIR); return null; }
-    return node.entry;
-  };
-
-  const resizeTo = (p: string, size: number, cb: Callback) => {
-    const entry = fileOrFail(p, cb);
-    if (!entry) return;
-    if (entry.type === 'snapshot' || readOnly) { cb(FUSE_ERRNO.EROFS); return; }
-    if (size === entry.size) { cb(0); return; }
-    if (size < entry.size) { cb(FUSE_ERRNO.EINVAL); return; }
-    store.resize(entry.name, size).then(() => { mtimes.set(entry.name, new Date()); cb(0); },
-      (err) => fail(cb, 'truncate', p, err, true));
-  };
-
-  return {
-    getattr(p: string, cb: Callback) {
-      const node = lookup(p);
-      if (!node) { cb(FUSE_ERRNO.ENOENT); return; }
-      cb(0, statOf(node));
-    },
-    readdir(p: string, cb: Callback) {
-      const node = lookup(p);
-      if (!node) { cb(FUSE_ERRNO.ENOENT); return; }
-      if (node.type === 'file') { cb(FUSE_ERRNO.ENOTDIR); return; }
-      if (node.dir === '') { cb(0, [VOLUMES_DIR, SNAPSHOTS_DIR]); return; }
-      const type = node.dir === VOLUMES_DIR ? 'volume' : 'snapshot';
-      cb(0, store.entries().filter((e) => e.type === type).map((e) => e.name));
-    },
-    statfs(_p: string, cb: Callback) {
-      fs.statfs(store.dir, (err, st) => {
-        if (err) { log(`fuse: statfs ${store.dir}: ${err.message}`, { level: 'error', op: 'statfs', err: err.message }); cb(FUSE_ERRNO.EIO); return; }
-        const files = store.entries().length;
-        // fuse-native passes 32-bit block counts: report in the store's
-        // filesystem block size, capped so huge filesystems do not wrap.
-        const cap = (n: number) => Math.min(n, 0xffffffff);
-        cb(0, {
-          bsize: st.bsize, frsize: st.bsize, blocks: cap(st.blocks), bfree: cap(st.bfree), bavail: cap(st.bavail),
-          files, ffree: 0, favail: 0, fsid: 0, flag: 0, namemax: 255,
-        });
-      });
-    },
-    open(p: string, flags: number, cb: Callback) {
-      const entry = fileOrFail(p, cb);
-      if (!entry) return;
-      if ((entry.type === 'snapshot' || readOnly) && (flags & O_ACCMODE) !== O_RDONLY) { cb(FUSE_ERRNO.EROFS); return; }
-      handles.acquire(entry.name).then(() => cb(0, 0), (err) => fail(cb, 'open', p, err));
-    },
-    release(p: string, _fd: number, cb: Callback) {
-      const name = path.posix.basename(p);
-      handles.release(name).then(() => cb(0), (err) => fail(cb, 'release', p, err));
-    },
-    read(p: string, _fd: number, buf: Buffer, len: number, pos: number, cb: Callback) {
-      const entry = fileOrFail(p, cb);
-      if (!entry) return;
-      const n = Math.max(0, Math.min(len, entry.size - pos));
-      if (n === 0) { cb(0); return; }
-      handles.withHandle(entry.name, (h) => h.read(pos, n, { label: entry.name }))
-        .then((data) => { data.copy(buf, 0, 0, n); observer?.read(entry.name, pos, n); cb(n); }, (err) => fail(cb, 'read', p, err));
-    },
-    write(p: string, _fd: number, buf: Buffer, len: number, pos: number, cb: Callback) {
-      const entry = fileOrFail(p, cb);
-      if (!entry) return;
-      if (entry.type === 'snapshot' || readOnly) { cb(FUSE_ERRNO.EROFS); return; }
-      if (pos + len > entry.size) { cb(pos >= entry.size ? FUSE_ERRNO.EFBIG : FUSE_ERRNO.ENOSPC); return; }
-      // buf is libfuse's buffer, freed once we answer: the store gets a copy.
-      const data = Buffer.from(buf.subarray(0, len));
-      handles.withHandle(entry.name, (h) => h.write(pos, data))
-        .then(() => { mtimes.set(entry.name, new Date()); observer?.write(entry.name, pos, len); cb(len); },
-          (err) => fail(cb, 'write', p, err, true));
-    },
-    fsync(p: string, _datasync: boolean, _fd: number, cb: Callback) {
-      const entry = fileOrFail(p, cb);
-      if (!entry) return;
-      handles.withHandle(entry.name, (h) => h.flush()).then(() => cb(0), (err) => fail(cb, 'fsync', p, err));
-    },
-    flush(_p: string, _fd: number, cb: Callback) { cb(0); },
-    truncate(p: string, size: number, cb: Callback) { resizeTo(p, size, cb); },
-    ftruncate(p: string, _fd: number, size: number, cb: Callback) { resizeTo(p, size, cb); },
-    utimens(p: string, _atime: unknown, _mtime: unknown, cb: Callback) {
-      cb(lookup(p) ? 0 : FUSE_ERRNO.ENOENT);
-    },
-    chmod: refuse(() => FUSE_ERRNO.EPERM),
-    chown: refuse(() => FUSE_ERRNO.EPERM),
-    create: refuse(refuseIn),
-    mknod: refuse(refuseIn),
-    mkdir: refuse(refuseIn),
-    unlink: refuse(refuseIn),
-    rmdir: refuse(refuseIn),
-    rename: refuse(refuseIn),
-    link: refuse(refuseIn),
-    symlink: refuse(refuseIn),
-  };
+/** The answers to a request (mount.ts: the native replies, ignoring a request no longer held). */
+export interface FuseReply {
+  err(req: number, errno: number): void;
+  buf(req: number, data: Uint8Array, length: number): void;
+  write(req: number, count: number): void;
+  open(req: number, fh: number): void;
+  attr(req: number, attr: Float64Array, timeout: number): void;
+  entry(req: number, attr: Float64Array, attrTimeout: number, entryTimeout: number): void;
+  statfs(req: number, values: Float64Array): void;
+  dir(req: number, size: number, offset: number, names: string[], inos: number[], modes: number[]): void;
+  /** A READ answered from a file range on libuv's pool (fuseReplyFile); `done` as there. */
+  file(req: number, fd: number, position: number, length: number, hashes: Uint8Array, done: (r: number) => void): void;
 }
+
+/** What an inode is right now. */
+type Node =
+  | { type: 'dir'; ino: number }
+  | { type: 'file'; ino: number; entry: VolumeEntry };
+
+/** Answers the requests of one mount. */
+export class FuseOperations {
+  private readonly started = Date.now();
+  private readonly mtimes = new Map<string, number>();
+  private readonly inoOf = new Map<string, number>();
+  private readonly nameOf = new Map<number, string>();
+  private readonly attr = new Float64Array(11);
+  private readonly uid = process.getuid?.() ?? 0;
+  private readonly gid = process.getgid?.() ?? 0;
+
+  constructor(
+    private readonly reply: FuseReply,
+    private readonly store: Store,
+    private readonly handles: HandlePool,
+    private readonly log: FuseLog,
+    private readonly readOnly: boolean,
+    private readonly observer: IoObserver | undefined,
+    /** Seconds the kernel caches attributes and names. */
+    private readonly timeout: number,
+  ) {}
+
+  /** The native handler (FuseHandler): one request; never throws. */
+  handle(op: number, req: number, ino: number, a: number, b: number, extra: string | Buffer | undefined): void {
+    try {
+      switch (op) {
+        case FUSE_OP.LOOKUP: this.lookup(req, ino, extra as string); return;
+        case FUSE_OP.GETATTR: this.getattr(req, ino); return;
+        case FUSE_OP.SETATTR: this.setattr(req, ino, a, b); return;
+        case FUSE_OP.OPEN: this.open(req, ino, a); return;
+        case FUSE_OP.READ: this.read(req, ino, a, b); return;
+        case FUSE_OP.WRITE: this.write(req, ino, a, extra as Buffer); return;
+        case FUSE_OP.RELEASE: this.release(req, ino); return;
+        case FUSE_OP.FSYNC: this.fsync(req, ino); return;
+        case FUSE_OP.READDIR: this.readdir(req, ino, a, b); return;
+        case FUSE_OP.STATFS: this.statfs(req); return;
+        case FUSE_OP.REFUSE: this.reply.err(req, this.readOnly || ino === SNAPSHOTS_INO || a === SNAPSHOTS_INO ? FUSE_ERRNO.EROFS : FUSE_ERRNO.EPERM); return;
+        default: this.reply.err(req, FUSE_ERRNO.ENOSYS);
+      }
+    } catch (err) {
+      this.fail(req, `op ${op}`, ino, err);
+    }
+  }
+
+  /** Tells the observer; a throw there must not leave the request unanswered. */
+  private observe(what: 'read' | 'write', name: string, pos: number, len: number): void {
+    if (this.observer === undefined) return;
+    try {
+      this.observer[what](name, pos, len);
+    } catch (err) {
+      this.log(`fuse: the ${what} observer failed: ${(err as Error).message}`, { level: 'error' });
+    }
+  }
+
+  private fail(req: number, what: string, ino: number, err: unknown, write = false): void {
+    const m = mapStoreError(err, write);
+    const name = this.nameOf.get(ino) ?? `inode ${ino}`;
+    if (m.unexpected) {
+      this.log(`fuse: ${what} ${name}: ${(err as Error)?.message ?? err}`,
+        { level: 'error', op: what, path: name, err: (err as Error)?.message ?? String(err) });
+    }
+    try { this.reply.err(req, m.errno); } catch { /* answered already */ }
+  }
+
+  /** The node of `ino` now, or null (a name removed since). */
+  private node(ino: number): Node | null {
+    if (ino === ROOT_INO || ino === VOLUMES_INO || ino === SNAPSHOTS_INO) return { type: 'dir', ino };
+    const name = this.nameOf.get(ino);
+    const entry = name === undefined ? null : this.store.describe(name);
+    return entry ? { type: 'file', ino, entry } : null;
+  }
+
+  private fileInode(name: string): number {
+    let ino = this.inoOf.get(name);
+    if (ino === undefined) {
+      ino = FIRST_FILE_INO + this.inoOf.size;
+      this.inoOf.set(name, ino);
+      this.nameOf.set(ino, name);
+    }
+    return ino;
+  }
+
+  /** Fills this.attr for `node`. */
+  private statOf(node: Node): Float64Array {
+    const a = this.attr;
+    a[0] = node.ino;
+    if (node.type === 'dir') {
+      a[1] = node.ino === SNAPSHOTS_INO || this.readOnly ? RO_DIR_MODE : DIR_MODE;
+      a[2] = node.ino === ROOT_INO ? 4 : 2;
+      a[5] = 4096; a[6] = 8; a[7] = 4096;
+      a[8] = a[9] = a[10] = this.started;
+    } else {
+      const e = node.entry;
+      a[1] = e.type === 'snapshot' || this.readOnly ? RO_FILE_MODE : FILE_MODE;
+      a[2] = 1;
+      a[5] = e.size; a[6] = Math.ceil(e.size / 512); a[7] = 4096;
+      a[8] = a[9] = a[10] = this.mtimes.get(e.name) ?? Date.parse(e.created);
+    }
+    a[3] = this.uid;
+    a[4] = this.gid;
+    return a;
+  }
+
+  private lookup(req: number, parent: number, name: string): void {
+    let node: Node | null = null;
+    if (parent === ROOT_INO) {
+      if (name === VOLUMES_DIR) node = { type: 'dir', ino: VOLUMES_INO };
+      else if (name === SNAPSHOTS_DIR) node = { type: 'dir', ino: SNAPSHOTS_INO };
+    } else if (parent === VOLUMES_INO || parent === SNAPSHOTS_INO) {
+      const entry = this.store.describe(name);
+      if (entry && entry.type === (parent === VOLUMES_INO ? 'volume' : 'snapshot')) {
+        node = { type: 'file', ino: this.fileInode(entry.name), entry };
+      }
+    } else {
+      this.reply.err(req, this.node(parent) ? FUSE_ERRNO.ENOTDIR : FUSE_ERRNO.ENOENT);
+      return;
+    }
+    if (!node) { this.reply.err(req, FUSE_ERRNO.ENOENT); return; }
+    this.reply.entry(req, this.statOf(node), this.timeout, this.timeout);
+  }
+
+  private getattr(req: number, ino: number): void {
+    const node = this.node(ino);
+    if (!node) { this.reply.err(req, FUSE_ERRNO.ENOENT); return; }
+    this.reply.attr(req, this.statOf(node), this.timeout);
+  }
+
+  private setattr(req: number, ino: number, toSet: number, size: number): void {
+    const node = this.node(ino);
+    if (!node) { this.reply.err(req, FUSE_ERRNO.ENOENT); return; }
+    if (toSet & (SET_MODE | SET_UID | SET_GID)) { this.reply.err(req, FUSE_ERRNO.EPERM); return; }
+    if (!(toSet & SET_SIZE)) { this.reply.attr(req, this.statOf(node), this.timeout); return; } // times: accepted, not kept
+    if (node.type === 'dir') { this.reply.err(req, FUSE_ERRNO.EISDIR); return; }
+    const e = node.entry;
+    if (e.type === 'snapshot' || this.readOnly) { this.reply.err(req, FUSE_ERRNO.EROFS); return; }
+    if (size === e.size) { this.reply.attr(req, this.statOf(node), this.timeout); return; }
+    if (size < e.size) { this.reply.err(req, FUSE_ERRNO.EINVAL); return; }
+    this.store.resize(e.name, size).then(() => {
+      this.mtimes.set(e.name, Date.now());
+      const now = this.node(ino);
+      if (now) this.reply.attr(req, this.statOf(now), this.timeout); else this.reply.err(req, FUSE_ERRNO.ENOENT);
+    }, (err) => this.fail(req, 'truncate', ino, err, true));
+  }
+
+  private open(req: number, ino: number, flags: number): void {
+    const node = this.node(ino);
+    if (!node) { this.reply.err(req, FUSE_ERRNO.ENOENT); return; }
+    if (node.type === 'dir') { this.reply.err(req, FUSE_ERRNO.EISDIR); return; }
+    const e = node.entry;
+    if ((e.type === 'snapshot' || this.readOnly) && (flags & O_ACCMODE) !== O_RDONLY) { this.reply.err(req, FUSE_ERRNO.EROFS); return; }
+    this.handles.acquire(e.name).then(() => this.reply.open(req, 0), (err) => this.fail(req, 'open', ino, err));
+  }
+
+  private release(req: number, ino: number): void {
+    const name = this.nameOf.get(ino);
+    if (name === undefined) { this.reply.err(req, 0); return; }
+    this.handles.release(name).then(() => this.reply.err(req, 0), (err) => this.fail(req, 'release', ino, err));
+  }
+
+  private read(req: number, ino: number, pos: number, len: number): void {
+    const node = this.node(ino);
+    if (!node) { this.reply.err(req, FUSE_ERRNO.ENOENT); return; }
+    if (node.type === 'dir') { this.reply.err(req, FUSE_ERRNO.EISDIR); return; }
+    const e = node.entry;
+    const n = Math.max(0, Math.min(len, e.size - pos));
+    if (n === 0) { this.reply.buf(req, EMPTY, 0); return; }
+    this.handles.withHandle(e.name, async (h) => {
+      // One run of committed chunks: read, checked and answered on libuv's pool, not on this thread.
+      const file = h.readFile(pos, n, { label: e.name });
+      if (file === null) return h.read(pos, n, { label: e.name });
+      let r: number;
+      try {
+        r = await new Promise<number>((resolve) => this.reply.file(req, file.fd, file.position, n, file.hashes, resolve));
+      } finally {
+        file.release();
+      }
+      if (r === -1) return null;
+      const what = r >= 0 ? `data in segment ${file.segment} slot ${file.slot + r} does not match its checksum`
+        : r === -2 ? `segment ${file.segment} is truncated near slot ${file.slot}` : `cannot read segment ${file.segment}: errno ${-3 - r}`;
+      throw new DormantError('EIO', `${what} (${e.name} at byte ${pos})`, { volume: e.name, offset: pos, length: n });
+    }).then((data) => {
+      this.observe('read', e.name, pos, n);
+      if (data !== null) this.reply.buf(req, data, n);
+    }, (err) => this.fail(req, 'read', ino, err));
+  }
+
+  private write(req: number, ino: number, pos: number, data: Buffer): void {
+    const node = this.node(ino);
+    if (!node) { this.reply.err(req, FUSE_ERRNO.ENOENT); return; }
+    if (node.type === 'dir') { this.reply.err(req, FUSE_ERRNO.EISDIR); return; }
+    const e = node.entry;
+    if (e.type === 'snapshot' || this.readOnly) { this.reply.err(req, FUSE_ERRNO.EROFS); return; }
+    const len = data.length;
+    if (pos + len > e.size) { this.reply.err(req, pos >= e.size ? FUSE_ERRNO.EFBIG : FUSE_ERRNO.ENOSPC); return; }
+    // data is the store's to keep: native code copied it out of libfuse's buffer.
+    this.handles.withHandle(e.name, (h) => h.write(pos, data))
+      .then(() => { this.mtimes.set(e.name, Date.now()); this.observe('write', e.name, pos, len); this.reply.write(req, len); },
+        (err) => this.fail(req, 'write', ino, err, true));
+  }
+
+  private fsync(req: number, ino: number): void {
+    const node = this.node(ino);
+    if (!node) { this.reply.err(req, FUSE_ERRNO.ENOENT); return; }
+    if (node.type === 'dir') { this.reply.err(req, 0); return; }
+    this.handles.withHandle(node.entry.name, (h) => h.flush()).then(() => this.reply.err(req, 0), (err) => this.fail(req, 'fsync', ino, err));
+  }
+
+  private readdir(req: number, ino: number, offset: number, size: number): void {
+    const node = this.node(ino);
+    if (!node) { this.reply.err(req, FUSE_ERRNO.ENOENT); return; }
+    if (node.type === 'file') { this.reply.err(req, FUSE_ERRNO.ENOTDIR); return; }
+    const names = ['.', '..'];
+    const inos = [ino, ino === ROOT_INO ? ROOT_INO : ROOT_INO];
+    const modes = [DIR_MODE, DIR_MODE];
+    if (ino === ROOT_INO) {
+      names.push(VOLUMES_DIR, SNAPSHOTS_DIR);
+      inos.push(VOLUMES_INO, SNAPSHOTS_INO);
+      modes.push(DIR_MODE, DIR_MODE);
+    } else {
+      const type = ino === VOLUMES_INO ? 'volume' : 'snapshot';
+      for (const e of this.store.entries()) {
+        if (e.type !== type) continue;
+        names.push(e.name);
+        inos.push(this.fileInode(e.name));
+        modes.push(FILE_MODE);
+      }
+    }
+    this.reply.dir(req, size, offset, names, inos, modes);
+  }
+
+  private statfs(req: number): void {
+    fs.statfs(this.store.dir, { bigint: false }, (err, st) => {
+      if (err) {
+        this.log(`fuse: statfs ${this.store.dir}: ${err.message}`, { level: 'error', op: 'statfs', err: err.message });
+        this.reply.err(req, FUSE_ERRNO.EIO);
+        return;
+      }
+      const files = this.store.entries().length;
+      this.reply.statfs(req, Float64Array.of(st.bsize, st.bsize, st.blocks, st.bfree, st.bavail, files, 0, 0, 255));
+    });
+  }
+}
+
+const EMPTY = Buffer.alloc(0);

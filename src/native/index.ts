@@ -43,6 +43,27 @@ export class NativeError extends Error {
   }
 }
 
+/**
+ * A FUSE request as native/src/fuse.cc hands it over (on the JS thread):
+ * its op (FUSE_OP), the request to answer exactly once with a fuseReply*
+ * (a number), the inode (the parent for LOOKUP and REFUSE), two numbers
+ * (READ/WRITE/READDIR: offset and size; SETATTR: the FUSE_SET_ATTR_* bits
+ * and the new size; OPEN: the open flags; FSYNC: datasync; REFUSE of a
+ * rename: the new parent) and a name (LOOKUP, REFUSE) or a WRITE's payload
+ * (a Buffer of its own). op ENDED (req 0): the file system was unmounted
+ * from outside. Must not throw.
+ */
+export type FuseHandler = (op: number, req: number, ino: number, a: number, b: number, extra: string | Buffer | undefined) => void;
+
+/** The op codes of FuseHandler (native/src/fuse.cc keeps the same table). */
+export const FUSE_OP = {
+  ENDED: -1, LOOKUP: 1, GETATTR: 2, SETATTR: 3, OPEN: 4, READ: 5, WRITE: 6, RELEASE: 7, FSYNC: 8, READDIR: 9,
+  STATFS: 10, REFUSE: 11,
+} as const;
+
+/** fuseReplyAttr's layout: one Float64Array of these fields, in this order. */
+export const FUSE_ATTR_FIELDS = ['ino', 'mode', 'nlink', 'uid', 'gid', 'size', 'blocks', 'blksize', 'atimeMs', 'mtimeMs', 'ctimeMs'] as const;
+
 /** Advice for processMadvise: MADV_PAGEOUT, MADV_COLD, MADV_WILLNEED. */
 export type Advice = 'pageout' | 'cold' | 'willneed';
 
@@ -56,6 +77,19 @@ export interface MappingResidency { present: number; total: number; bitmap: Uint
 export interface PageHashes { hashes: Buffer; zero: Uint8Array; pages: number }
 
 interface Addon {
+  fuseMount(mountpoint: string, options: string, handler: FuseHandler): number;
+  fuseStop(session: number): void;
+  fuseInFlight(session: number): number;
+  fuseDestroy(session: number): void;
+  fuseReplyErr(req: number, errno: number): number;
+  fuseReplyBuf(req: number, data: Uint8Array, length: number): number;
+  fuseReplyWrite(req: number, count: number): number;
+  fuseReplyOpen(req: number, fh: number): number;
+  fuseReplyAttr(req: number, attr: Float64Array, timeout: number): number;
+  fuseReplyEntry(req: number, attr: Float64Array, attrTimeout: number, entryTimeout: number): number;
+  fuseReplyStatfs(req: number, values: Float64Array): number;
+  fuseReplyDir(req: number, size: number, offset: number, names: string[], inos: number[], modes: number[]): number;
+  fuseReplyFile(req: number, fd: number, position: number, length: number, hashes: Uint8Array, done: (r: number) => void): void;
   pidfdOpen(pid: number): number;
   processMadvise(pidfd: number, ranges: Range[], advice: Advice): Promise<number>;
   mappingResidency(pid: number, addr: number, length: number): MappingResidency;
@@ -410,4 +444,82 @@ export function addRun(slots: Float64Array, mask: number, words: Uint32Array | n
 export function rehashRun(slots: Float64Array, mask: number, words: Uint32Array | null, fmask: number,
   pageHashes: Uint8Array, pageFlags: Uint8Array, j0: number, id0: number, count: number, newHashes: Uint8Array, at: number): number {
   return call(() => addon.rehashRun(slots, mask, words, fmask, pageHashes, pageFlags, j0, id0, count, newHashes, at));
+}
+
+/**
+ * Mounts a FUSE file system (libfuse3 low-level API) on `mountpoint` with
+ * the `-o` options (e.g. `fsname=x,subtype=y,allow_other`); its requests
+ * reach `handler` on the JS thread, several in flight at once. Returns the
+ * session. Threads and lifetime: native/src/fuse.cc.
+ */
+export function fuseMount(mountpoint: string, options: string, handler: FuseHandler): number {
+  return call(() => addon.fuseMount(mountpoint, options, handler));
+}
+
+/** Stops reading requests (the session's threads are joined); answer what is held, then fuseDestroy. */
+export function fuseStop(session: number): void {
+  call(() => addon.fuseStop(session));
+}
+
+/** Requests handed to the handler and not answered yet. */
+export function fuseInFlight(session: number): number {
+  return call(() => addon.fuseInFlight(session));
+}
+
+/** Closes the session's device (what the kernel still queues fails) and lazily unmounts; after fuseStop. */
+export function fuseDestroy(session: number): void {
+  call(() => addon.fuseDestroy(session));
+}
+
+/** Answers a FUSE request with an errno (0: success with no data). */
+export function fuseReplyErr(req: number, errno: number): void {
+  call(() => addon.fuseReplyErr(req, errno));
+}
+
+/** Answers a READ with the first `length` bytes of `data` (copied to the kernel). */
+export function fuseReplyBuf(req: number, data: Uint8Array, length: number): void {
+  call(() => addon.fuseReplyBuf(req, data, length));
+}
+
+/** Answers a WRITE with the bytes written. */
+export function fuseReplyWrite(req: number, count: number): void {
+  call(() => addon.fuseReplyWrite(req, count));
+}
+
+/** Answers an OPEN: cached pages dropped at open (no keep_cache), not direct I/O (shared writable mmap works). */
+export function fuseReplyOpen(req: number, fh: number): void {
+  call(() => addon.fuseReplyOpen(req, fh));
+}
+
+/** Answers a GETATTR or SETATTR (attr: FUSE_ATTR_FIELDS), cached by the kernel for `timeout` seconds. */
+export function fuseReplyAttr(req: number, attr: Float64Array, timeout: number): void {
+  call(() => addon.fuseReplyAttr(req, attr, timeout));
+}
+
+/** Answers a LOOKUP with the inode attr[0] and its attributes. */
+export function fuseReplyEntry(req: number, attr: Float64Array, attrTimeout: number, entryTimeout: number): void {
+  call(() => addon.fuseReplyEntry(req, attr, attrTimeout, entryTimeout));
+}
+
+/** Answers a STATFS: [bsize, frsize, blocks, bfree, bavail, files, ffree, favail, namemax]. */
+export function fuseReplyStatfs(req: number, values: Float64Array): void {
+  call(() => addon.fuseReplyStatfs(req, values));
+}
+
+/** Answers a READDIR with the entries from index `offset` on that fit in `size` bytes. */
+export function fuseReplyDir(req: number, size: number, offset: number, names: string[], inos: number[], modes: number[]): void {
+  call(() => addon.fuseReplyDir(req, size, offset, names, inos, modes));
+}
+
+/**
+ * Answers a READ from a file, off the JS thread: on libuv's pool, reads
+ * `length` bytes (a multiple of 4096) of `fd` from `position`, checks each
+ * 4096-byte block against hashes[i*16, +16) (XXH3-128) and answers. `done`
+ * (on the JS thread) gets -1 when it answered, else nothing was sent: i >= 0
+ * block i does not match its hash; -2 the file is shorter; -3 - errno a
+ * read error. The caller keeps `fd` open until `done`.
+ */
+export function fuseReplyFile(req: number, fd: number, position: number, length: number, hashes: Uint8Array,
+  done: (r: number) => void): void {
+  call(() => addon.fuseReplyFile(req, fd, position, length, hashes, done));
 }

@@ -126,6 +126,7 @@ export class StoreBackend implements NbdBackend {
       },
       read: (offset, length, opts) => { count(); return h.read(offset, length, opts); },
       readView: (offset, length, opts) => { count(); return h.readView(offset, length, opts); },
+      readFile: (offset, length, opts) => { count(); return h.readFile(offset, length, opts); },
       write: (offset, data, opts) => { count(); return readOnly ? refuse() : h.write(offset, data, opts); },
       writeNow: (offset, data) => { count(); return readOnly ? false : h.writeNow(offset, data); },
       landing: (offset, length) => { count(); return readOnly ? null : h.landing(offset, length); },

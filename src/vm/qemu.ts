@@ -87,12 +87,13 @@ export function freePort(address = '127.0.0.1'): Promise<number> {
 }
 
 /**
- * Marks this process's /dev/fuse descriptors close-on-exec. libfuse2 gets
- * the descriptor from fusermount without FD_CLOEXEC, so every QEMU (and the
- * memory agent) inherited it: after a daemon died, they kept the dead
- * daemon's FUSE connection open, QEMU and the agent then hung in their own
- * exit writing back to it, and the next daemon's probe of the mount point
- * hung too instead of seeing a stale mount. Returns how many were marked.
+ * Marks this process's /dev/fuse descriptors close-on-exec. A descriptor
+ * inherited by every QEMU (and the memory agent) kept a dead daemon's FUSE
+ * connection open: QEMU and the agent then hung in their own exit writing
+ * back to it, and the next daemon's probe of the mount point hung too
+ * instead of seeing a stale mount. The view's own session sets it already
+ * (native/src/fuse.cc; libfuse2 through fusermount did not); this stays as
+ * the check for any other. Returns how many were marked.
  */
 export function keepFuseDeviceFromChildren(): number {
   let n = 0;
