@@ -39,12 +39,11 @@
 import { BLOCK_SIZE, HASH_SIZE } from './constants.js';
 import { xxh3, type HashFunction } from './hash.js';
 import { DormantError } from './errors.js';
-import { UNRESOLVED, type BlockMap } from './blockmap.js';
-import type { Catalog, Point } from './catalog.js';
+import { UNRESOLVED } from './blockmap.js';
+import type { GcContext } from './gc.js';
+import type { Point } from './catalog.js';
 import type { IndexDbs } from './index-db.js';
-import type { BlockEngine } from './engine.js';
-import type { BlockPlaces, Location, SegmentFiles } from './segments.js';
-import type { Writeback } from './writeback.js';
+import type { BlockPlaces, Location } from './segments.js';
 import type { Locality, RelocatorStats } from './types.js';
 import { chunkKey, decodeChunk, encodeChunk, mapKey, parseMapKey } from './keys.js';
 
@@ -65,19 +64,9 @@ const IDLE_PER_BUSY = 2;
 /** Default pace of the background loop. */
 export const RELOCATE_BYTES_PER_S = 128 * 1024 * 1024;
 
-/** What relocation needs from the store. */
-export interface LocalityContext {
-  dbs: IndexDbs;
-  catalog: Catalog;
-  blockMap: BlockMap;
-  segments: SegmentFiles;
-  writeback: Writeback;
-  engine: BlockEngine;
+/** What relocation needs from the store: GC's context (its commit need not forget cached look-ups), and the chunk hash. */
+export interface LocalityContext extends GcContext {
   hash: HashFunction;
-  /** Commits `body` in one transaction after `before` (the copies' sync); needs not forget cached look-ups. */
-  commit<T>(body: () => T, before?: () => Promise<void>): Promise<T>;
-  /** Bytes free on the store's file system now. */
-  freeBytes?(): number;
 }
 
 /** A range of one name's blocks. */
