@@ -182,6 +182,27 @@ function readChecked(ctx: LocalityContext, places: Place[], name: string, blocks
 
 interface Place { segment: number; slot: number; refs: number; hash: Buffer }
 
+/**
+ * Store.relocate's walk: `count` blocks of `name` from `first` (all of its
+ * `size` blocks by default), BATCH_EXTENTS extents per call of `run` (one
+ * commit each), until done or `stop()`; the results summed.
+ */
+export async function relocateBatches(name: string, size: number, opts: { first?: number; count?: number },
+  run: (ranges: BlockRange[]) => Promise<RelocateResult>, stop: () => boolean): Promise<RelocateResult> {
+  const first = opts.first ?? 0;
+  const end = Math.min(size, opts.count === undefined ? size : first + opts.count);
+  const total: RelocateResult = { blocks: 0, runsBefore: 0, runsAfter: 0, chunksMoved: 0 };
+  for (let at = first; at < end && !stop();) {
+    const ranges: BlockRange[] = [];
+    for (let k = 0; k < BATCH_EXTENTS && at < end; k++, at += EXTENT_BLOCKS) {
+      ranges.push({ name, first: at, count: Math.min(EXTENT_BLOCKS, end - at) });
+    }
+    const r = await run(ranges);
+    total.blocks += r.blocks; total.runsBefore += r.runsBefore; total.runsAfter += r.runsAfter; total.chunksMoved += r.chunksMoved;
+  }
+  return total;
+}
+
 /** A committed chunk's place and references; null for a hole or a pending chunk. */
 function placeOf(ctx: Pick<LocalityContext, 'dbs' | 'writeback'>, id: number): Place | null {
   if (id === 0 || ctx.writeback.newPlace(id, scratch)) return null;

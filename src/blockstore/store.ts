@@ -28,10 +28,10 @@
  *    gets room, from the space reserve when the disk is short, and is tried
  *    once more after an ENOSPC with the reserve released.
  *
- * About 650 lines, on purpose: this file is the Store class's public
+ * About 720 lines, on purpose: this file is the Store class's public
  * methods, each a short delegation to the module that does the work
- * (catalog, engine, writeback, gc, verify, absent blocks; the write
- * watches a migration takes are the write-back's too); splitting the
+ * (catalog, engine, writeback, gc, verify, locality, absent blocks; the
+ * write watches a migration takes are the write-back's too); splitting the
  * class by concern would scatter one object's surface over several files.
  */
 import fs from 'node:fs';
@@ -51,7 +51,9 @@ import { Volume, type VolumeHost } from './volume.js';
 import { acquireStoreLock, type StoreLock } from './lock.js';
 import { computeInfo, computeList, computeStats } from './usage.js';
 import { collectGarbage } from './gc.js';
-import { EXTENT_BLOCKS, Relocator, RELOCATE_BYTES_PER_S, measureLocality, relocate, type BlockRange, type RelocateResult } from './locality.js';
+import {
+  Relocator, RELOCATE_BYTES_PER_S, measureLocality, relocate, relocateBatches, type BlockRange, type RelocateResult,
+} from './locality.js';
 import { checkIndex } from './check.js';
 import { verifyChunks } from './verify.js';
 import { checkAccess, restrictUmask, tightenStore } from './permissions.js';
@@ -376,16 +378,7 @@ export class Store implements VolumeHost {
   async relocate(name: string, opts: { first?: number; count?: number; force?: boolean } = {}): Promise<RelocateResult> {
     this.live();
     const size = Math.ceil(this.catalog.resolve(name).size / BLOCK_SIZE);
-    const first = opts.first ?? 0;
-    const end = Math.min(size, opts.count === undefined ? size : first + opts.count);
-    const total: RelocateResult = { blocks: 0, runsBefore: 0, runsAfter: 0, chunksMoved: 0 };
-    for (let at = first; at < end && !this.closing;) {
-      const ranges: BlockRange[] = [];
-      for (let k = 0; k < 4 && at < end; k++, at += EXTENT_BLOCKS) ranges.push({ name, first: at, count: Math.min(EXTENT_BLOCKS, end - at) });
-      const r = await this.relocateRanges(ranges, Boolean(opts.force));
-      total.blocks += r.blocks; total.runsBefore += r.runsBefore; total.runsAfter += r.runsAfter; total.chunksMoved += r.chunksMoved;
-    }
-    return total;
+    return relocateBatches(name, size, opts, (ranges) => this.relocateRanges(ranges, Boolean(opts.force)), () => this.closing);
   }
 
   private relocateRanges(ranges: BlockRange[], force: boolean): Promise<RelocateResult> {
