@@ -356,3 +356,78 @@ export class Relocator {
     }
   }
 }
+
+/** Pages of 1,024 blocks `info` and `stats` sample for their locality figure. */
+const LOCALITY_SAMPLE_PAGES = 64;
+
+/**
+ * The store's side of locality: relocation batches (run one at a time with
+ * GC: `exclusive`), the background loop when it is on, and the figures of
+ * `info` and `stats`. Store delegates to it.
+ */
+export class StoreLocality {
+  private readonly relocator: Relocator | null = null;
+  private tail: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly ctx: LocalityContext,
+    /** StoreOptions.relocate: false, true, or the pace in bytes per second. */
+    relocateOption: boolean | number | undefined,
+    log: (message: string) => void,
+    /** The store is closing: no batch starts. */
+    private readonly closing: () => boolean,
+  ) {
+    if (relocateOption) {
+      this.relocator = new Relocator((ranges) => this.run(ranges, false),
+        typeof relocateOption === 'number' ? relocateOption : RELOCATE_BYTES_PER_S, log);
+    }
+  }
+
+  /** The background loop is on: the engine's reads should tell noteScattered. */
+  get background(): boolean { return this.relocator !== null; }
+
+  /** A request's read of `n` blocks of `name` found them scattered: noted, for a disk volume or its snapshot. */
+  noteScattered(name: string, first: number, n: number): void {
+    const kind = (this.ctx.catalog.volumes.get(name) ?? this.ctx.catalog.snapshots.get(name))?.kind;
+    if (kind === 'disk') this.relocator?.note(name, first, n);
+  }
+
+  /** Store.relocate: `name`'s blocks (of `size`) in batches, each a commit. */
+  relocate(name: string, size: number, opts: { first?: number; count?: number; force?: boolean }): Promise<RelocateResult> {
+    return relocateBatches(name, size, opts, (ranges) => this.run(ranges, Boolean(opts.force)), this.closing);
+  }
+
+  /** How scattered `names` lie (a sample). */
+  measure(names: string[]): Locality {
+    return measureLocality(this.ctx, names, LOCALITY_SAMPLE_PAGES);
+  }
+
+  /** The background loop's counters, or null when it is off. */
+  stats(): RelocatorStats | null {
+    return this.relocator ? { ...this.relocator.stats } : null;
+  }
+
+  /** Runs `fn` after every GC and relocation batch before it (one at a time). */
+  async exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const before = this.tail;
+    let done!: () => void;
+    this.tail = new Promise<void>((resolve) => { done = resolve; });
+    try {
+      await before;
+      return await fn();
+    } finally {
+      done();
+    }
+  }
+
+  /** Stops the background loop (close). */
+  stop(): Promise<void> {
+    return this.relocator?.stop() ?? Promise.resolve();
+  }
+
+  private run(ranges: BlockRange[], force: boolean): Promise<RelocateResult> {
+    return this.exclusive(async () => (this.closing()
+      ? { blocks: 0, runsBefore: 0, runsAfter: 0, chunksMoved: 0 }
+      : relocate(this.ctx, ranges, force)));
+  }
+}

@@ -224,21 +224,11 @@ export class BlockReader {
   readView(t: Target, first: number, n: number, label?: string, stored?: ReadOptions['stored']): Buffer | null {
     if (this.poolReads || performance.now() < this.coldUntil) return null;
     const ids = this.resolve(t, first, n);
-    if (ids[0] === 0) return null;
     // Checked synchronously below: a scratch buffer serves every view.
     if (this.viewHashes.length < n * HASH_SIZE) this.viewHashes = Buffer.allocUnsafe(n * HASH_SIZE);
     const hashes = this.viewHashes;
-    const loc = this.locate(ids[0], hashes, 0);
-    let pending = this.locatedNew;
-    for (let i = 1; i < n; i++) {
-      if (ids[i] === 0) return null;
-      const l = this.locate(ids[i], hashes, i * HASH_SIZE);
-      if (l.segment !== loc.segment || l.slot !== loc.slot + i) return null;
-      if (this.locatedNew) pending = true;
-    }
-    // A pending chunk's slot may be rewritten, or freed and landed in by another block's write, while a
-    // view of it waits on a socket: its bytes are copied instead (the caller's ordinary read).
-    if (pending) return null;
+    const loc = this.committedRun(ids, n, hashes);
+    if (loc === null) return null;
     const view = this.segments.view(loc, n);
     if (view === null) return null;
     // Hashing touches every page: a slow pass means the disk was read. Timed every VIEW_SAMPLE
@@ -262,8 +252,25 @@ export class BlockReader {
    */
   readFile(t: Target, first: number, n: number, label?: string): StoredRange | null {
     const ids = this.resolve(t, first, n);
-    if (ids[0] === 0) return null;
     const hashes = Buffer.allocUnsafe(n * HASH_SIZE);
+    const loc = this.committedRun(ids, n, hashes);
+    if (loc === null) return null;
+    const file = this.segments.pinnedFile(loc, n);
+    if (file === null) return null;
+    if (label !== undefined) this.fingerprints.record(label, ids);
+    return { ...file, hashes, segment: loc.segment, slot: loc.slot };
+  }
+
+  /**
+   * Where the chunks `ids` lie when they are one run of consecutive
+   * committed slots (their hashes copied into `hashes`), else null: a hole,
+   * a jump, or a pending chunk (its slot may be rewritten, or freed and
+   * landed in by another block's write, while a view or a file range of it
+   * is still being sent: its bytes are copied instead, by the caller's
+   * ordinary read).
+   */
+  private committedRun(ids: number[], n: number, hashes: Buffer): Location | null {
+    if (ids[0] === 0) return null;
     const loc = this.locate(ids[0], hashes, 0);
     if (this.locatedNew) return null;
     for (let i = 1; i < n; i++) {
@@ -271,10 +278,7 @@ export class BlockReader {
       const l = this.locate(ids[i], hashes, i * HASH_SIZE);
       if (this.locatedNew || l.segment !== loc.segment || l.slot !== loc.slot + i) return null;
     }
-    const file = this.segments.pinnedFile(loc, n);
-    if (file === null) return null;
-    if (label !== undefined) this.fingerprints.record(label, ids);
-    return { ...file, hashes, segment: loc.segment, slot: loc.slot };
+    return loc;
   }
 
   /** Feeds the time a synchronous read of n blocks in `runs` runs of consecutive slots took into the cold/warm estimate. */

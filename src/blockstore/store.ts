@@ -28,7 +28,7 @@
  *    gets room, from the space reserve when the disk is short, and is tried
  *    once more after an ENOSPC with the reserve released.
  *
- * About 720 lines, on purpose: this file is the Store class's public
+ * About 690 lines, on purpose: this file is the Store class's public
  * methods, each a short delegation to the module that does the work
  * (catalog, engine, writeback, gc, verify, locality, absent blocks; the
  * write watches a migration takes are the write-back's too); splitting the
@@ -51,9 +51,7 @@ import { Volume, type VolumeHost } from './volume.js';
 import { acquireStoreLock, type StoreLock } from './lock.js';
 import { computeInfo, computeList, computeStats } from './usage.js';
 import { collectGarbage } from './gc.js';
-import {
-  Relocator, RELOCATE_BYTES_PER_S, measureLocality, relocate, relocateBatches, type BlockRange, type RelocateResult,
-} from './locality.js';
+import { StoreLocality, type RelocateResult } from './locality.js';
 import { checkIndex } from './check.js';
 import { verifyChunks } from './verify.js';
 import { checkAccess, restrictUmask, tightenStore } from './permissions.js';
@@ -96,9 +94,6 @@ export interface StoreOptions {
   relocate?: boolean | number;
 }
 
-/** Pages of 1,024 blocks `info` and `stats` sample for their locality figure. */
-const LOCALITY_SAMPLE_PAGES = 64;
-
 /** Room a catalog change asks for before it commits (a few pages of the index). */
 const CATALOG_ROOM_BYTES = 1024 * 1024;
 
@@ -113,10 +108,8 @@ export class Store implements VolumeHost {
   private readonly segments: SegmentFiles;
   private readonly openHandles = new Map<string, number>();
   private readonly flusher: Flusher;
-  /** The background relocation of scattered ranges (StoreOptions.relocate), if on. */
-  private readonly relocator: Relocator | null = null;
-  /** GC and relocation batches, one at a time (locality.ts: GC may compact the segment holding uncommitted copies). */
-  private exclusiveTail: Promise<void> = Promise.resolve();
+  /** Relocation (in the background if StoreOptions.relocate), locality figures, and GC's exclusion with relocation. */
+  private readonly locality: StoreLocality;
   private closed = false;
   /** The data check running (verify.ts), which close() stops and waits for. */
   private verifying: Promise<DataReport> | null = null;
@@ -150,17 +143,14 @@ export class Store implements VolumeHost {
       committer: this.committer, fingerprints: this.fingerprintsDb, closed: () => this.closed,
       makeRoom: (need, why) => space.makeRoom(need, why), releaseReserve: (why) => space.release(why), log,
     }, intervalMs, idleMs);
-    if (relocate) {
-      const relocator = new Relocator((ranges) => this.relocateRanges(ranges, false),
-        typeof relocate === 'number' ? relocate : RELOCATE_BYTES_PER_S,
-        (message) => log(`store: ${message}`, { level: 'warn' }));
-      this.relocator = relocator;
-      this.engine.onScattered = (t, first, n) => {
-        if ((this.catalog.volumes.get(t.name) ?? this.catalog.snapshots.get(t.name))?.kind === 'disk') {
-          relocator.note(t.name, first, n);
-        }
-      };
-    }
+    this.locality = new StoreLocality({
+      dbs, catalog: this.catalog, blockMap: this.engine.blockMap, segments: this.segments, writeback: this.writeback,
+      engine: this.engine, hash,
+      // No cache is forgotten: block look-ups do not change, and relocate() moves the cached chunk places.
+      commit: (body, before) => this.commitWithRoom(body, 'commit a relocation', before),
+      freeBytes: () => space.freeBytes(),
+    }, relocate, (message) => log(`store: ${message}`, { level: 'warn' }), () => this.closing || this.closed);
+    if (this.locality.background) this.engine.onScattered = (t, first, n) => this.locality.noteScattered(t.name, first, n);
   }
 
   /** Builds the Store over an open index; closes the index if that fails. */
@@ -354,7 +344,7 @@ export class Store implements VolumeHost {
     await this.flush();
     return {
       ...computeInfo(this.catalog, this.engine.blockMap, this.dbs, name, this.openHandles.get(name) ?? 0),
-      locality: measureLocality(this.localityContext(), [name], LOCALITY_SAMPLE_PAGES),
+      locality: this.locality.measure([name]),
     };
   }
 
@@ -364,8 +354,8 @@ export class Store implements VolumeHost {
     await this.flush();
     return {
       ...computeStats(this.dir, this.catalog, this.engine.blockMap, this.dbs, this.segments),
-      locality: measureLocality(this.localityContext(), [...this.catalog.volumes.keys()], LOCALITY_SAMPLE_PAGES),
-      relocation: this.relocator ? { ...this.relocator.stats } : null,
+      locality: this.locality.measure([...this.catalog.volumes.keys()]),
+      relocation: this.locality.stats(),
     };
   }
 
@@ -377,37 +367,7 @@ export class Store implements VolumeHost {
    */
   async relocate(name: string, opts: { first?: number; count?: number; force?: boolean } = {}): Promise<RelocateResult> {
     this.live();
-    const size = Math.ceil(this.catalog.resolve(name).size / BLOCK_SIZE);
-    return relocateBatches(name, size, opts, (ranges) => this.relocateRanges(ranges, Boolean(opts.force)), () => this.closing);
-  }
-
-  private relocateRanges(ranges: BlockRange[], force: boolean): Promise<RelocateResult> {
-    return this.exclusive(async () => {
-      if (this.closing || this.closed) return { blocks: 0, runsBefore: 0, runsAfter: 0, chunksMoved: 0 };
-      return relocate({
-        ...this.localityContext(), segments: this.segments, engine: this.engine, hash: this.hash,
-        // No cache is forgotten: block look-ups do not change, and relocate() moves the cached chunk places.
-        commit: (body, before) => this.commitWithRoom(body, 'commit a relocation', before),
-        freeBytes: () => this.space.freeBytes(),
-      }, ranges, force);
-    });
-  }
-
-  private localityContext() {
-    return { dbs: this.dbs, catalog: this.catalog, blockMap: this.engine.blockMap, writeback: this.writeback };
-  }
-
-  /** Runs `fn` after every GC and relocation batch before it (one at a time). */
-  private async exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const before = this.exclusiveTail;
-    let done!: () => void;
-    this.exclusiveTail = new Promise<void>((resolve) => { done = resolve; });
-    try {
-      await before;
-      return await fn();
-    } finally {
-      done();
-    }
+    return this.locality.relocate(name, Math.ceil(this.catalog.resolve(name).size / BLOCK_SIZE), opts);
   }
 
   /** Reclaims unreferenced chunks and compacts sparse segments. */
@@ -417,7 +377,7 @@ export class Store implements VolumeHost {
     this.space.makeRoom(this.space.floor, 'let gc run');
     await this.flush();
     try {
-      return await this.exclusive(() => collectGarbage({
+      return await this.locality.exclusive(() => collectGarbage({
         dbs: this.dbs, catalog: this.catalog, blockMap: this.engine.blockMap, segments: this.segments,
         writeback: this.writeback, engine: this.engine,
         commit: async (body, before) => {
@@ -594,7 +554,7 @@ export class Store implements VolumeHost {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closing = true;
-    await this.relocator?.stop();
+    await this.locality.stop();
     await this.verifying?.catch(() => undefined); // it stops at its next batch
     this.flusher.stopTimer();
     this.engine.filter.close();

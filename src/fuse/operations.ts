@@ -298,7 +298,7 @@ export class FuseOperations {
     if (!node) { this.reply.err(req, FUSE_ERRNO.ENOENT); return; }
     if (node.type === 'file') { this.reply.err(req, FUSE_ERRNO.ENOTDIR); return; }
     const names = ['.', '..'];
-    const inos = [ino, ino === ROOT_INO ? ROOT_INO : ROOT_INO];
+    const inos = [ino, ROOT_INO]; // '..' of the root is the root; of volumes/ and snapshots/ too
     const modes = [DIR_MODE, DIR_MODE];
     if (ino === ROOT_INO) {
       names.push(VOLUMES_DIR, SNAPSHOTS_DIR);
